@@ -1,0 +1,148 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "job.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDefaultsValid(t *testing.T) {
+	j := Defaults()
+	if err := j.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := load("", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(*got, j) {
+		t.Fatalf("Load with no file != Defaults():\n%+v\n%+v", *got, j)
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	p := writeFile(t, `
+name: demo
+train:
+  steps: 10
+  log_every: 3
+eval:
+  steps: [1, 2]
+roles:
+  student:
+    lr: 1.0e-4
+    ema_decay: 0.99
+params:
+  guidance: 4.5
+`)
+	env := []string{"FEWSTEP_TRAIN_STEPS=20", "FEWSTEP_DATA_TEXT_LEN=12", "FEWSTEP_ROLES_STUDENT_LR=2e-4",
+		"FEWSTEP_DATA_SYNTH_HELDOUT_COUNT=7", "FEWSTEP_PARAMS_GUIDANCE=5", "HOME=/x"}
+	j, err := load(p, []string{"train.steps=30", "eval.steps=[4]", "data.normalize=wan"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Name != "demo" || j.Train.LogEvery != 3 {
+		t.Errorf("file values lost: %+v", j)
+	}
+	if j.Train.Steps != 30 {
+		t.Errorf("train.steps = %d, want 30 (--set wins over env 20 and file 10)", j.Train.Steps)
+	}
+	if j.Data.TextLen != 12 || j.Data.Synth.HeldoutCount != 7 {
+		t.Errorf("env not applied: text_len %d heldout_count %d", j.Data.TextLen, j.Data.Synth.HeldoutCount)
+	}
+	if !reflect.DeepEqual(j.Eval.Steps, []int{4}) {
+		t.Errorf("eval.steps = %v, want [4] (list replaced, not merged)", j.Eval.Steps)
+	}
+	st := j.Roles["student"]
+	if st.LR != 2e-4 || st.EMADecay != 0.99 || !reflect.DeepEqual(st.Betas, []float64{0.9, 0.999}) || st.Eps != 1e-8 {
+		t.Errorf("role = %+v", st)
+	}
+	if g, _ := j.Params["guidance"].(int); g != 5 {
+		t.Errorf("params.guidance = %v (%T)", j.Params["guidance"], j.Params["guidance"])
+	}
+	if j.Data.Synth.Frames != 8 || j.Data.BatchSize != 8 {
+		t.Errorf("defaults lost: %+v", j.Data)
+	}
+	// Save → Load round trip.
+	out := filepath.Join(t.TempDir(), "sub", "job.yaml")
+	if err := Save(j, out); err != nil {
+		t.Fatal(err)
+	}
+	k, err := load(out, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(j, k) {
+		t.Fatalf("Save/Load round trip differs:\n%+v\n%+v", j, k)
+	}
+}
+
+func TestUnknownKeys(t *testing.T) {
+	cases := []struct {
+		file, set, env string
+		want           []string
+	}{
+		{file: "train:\n  stpes: 3\n", want: []string{`"train.stpes"`, "job.yaml"}},
+		{file: "trian: {steps: 3}\n", want: []string{`"trian"`, "job.yaml"}},
+		{file: "roles:\n  student:\n    learning_rate: 1\n", want: []string{`"roles.student.learning_rate"`, "job.yaml"}},
+		{file: "train: 3\n", want: []string{"train"}},
+		{set: "data.synth.cuont=3", want: []string{`"data.synth.cuont"`, "--set"}},
+		{env: "FEWSTEP_TRAIN_STPES=3", want: []string{"FEWSTEP_TRAIN_STPES"}},
+		{set: "train.steps=many", want: []string{"steps"}},
+		{file: "data:\n  normalize: zscore\n", want: []string{"data.normalize", "job.yaml"}},
+		{file: "data:\n  normalize: custom\n  mean: [0]\n", want: []string{"data.mean"}},
+		{file: "device: tpu\n", want: []string{"device"}},
+		{file: "train: [\n", want: []string{"job.yaml"}},
+	}
+	for _, c := range cases {
+		path := ""
+		if c.file != "" {
+			path = writeFile(t, c.file)
+		}
+		var sets, env []string
+		if c.set != "" {
+			sets = []string{c.set}
+		}
+		if c.env != "" {
+			env = []string{c.env}
+		}
+		_, err := load(path, sets, env)
+		if err == nil {
+			t.Errorf("%+v: no error", c)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%+v: error %q does not mention %s", c, err, w)
+			}
+		}
+	}
+}
+
+func TestEnvKey(t *testing.T) {
+	for name, want := range map[string]string{
+		"train_steps":               "train.steps",
+		"out_dir":                   "out_dir",
+		"data_synth_heldout_count":  "data.synth.heldout_count",
+		"data_heldout":              "data.heldout",
+		"model_local_attn_frames":   "model.local_attn_frames",
+		"roles_critic_weight_decay": "roles.critic.weight_decay",
+		"params_exit_steps":         "params.exit_steps",
+	} {
+		got, ok := envKey(name, reflect.TypeOf(Job{}))
+		if !ok || got != want {
+			t.Errorf("envKey(%s) = %q %v, want %q", name, got, ok, want)
+		}
+	}
+}
