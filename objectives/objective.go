@@ -1,0 +1,258 @@
+// Package objectives holds the pluggable loss modules of fewstep (OBJECTIVES.md): flowmatch,
+// consistency, dmd (+critic), adversarial, selfforcing, odeinit. A new objective is one file plus a
+// config: a type that implements Objective and an init() that calls Register.
+//
+// The contract between an objective and the trainer:
+//
+//  1. Construction. The trainer looks the job's `objective:` name up in the registry and calls the
+//     constructor with the job's `params:` map. The constructor decodes it strictly with
+//     DecodeParams (an unknown key is an error naming the key) and fills in the anchors' defaults.
+//
+//  2. Roles. Objective.Roles declares the networks it needs (student, teacher, critic, ema,
+//     discriminator): each trainable (own optimizer, lr and schedule from `roles.<name>` of the job)
+//     or frozen, and where its weights start (RoleSpec.Init). The trainer builds them, loads or copies
+//     their weights, and hands them over in Env.Roles. Trainable roles have gradient buffers (G);
+//     frozen ones do not, but Backward through a frozen DiT still returns the input gradient.
+//
+//  3. Setup. Objective.Setup(env) is called once before the first step: allocate the passes and
+//     scratch tensors for env.Shape here (the hot loop allocates nothing).
+//
+//  4. Steps. For every optimizer step n = 1, 2, ... and micro-batch i of Train.GradAccum, the
+//     trainer calls Objective.Step(s, b) with s.Step = n, s.Micro = i and s.RNG seeded from
+//     (job seed, n, i) — the same on every rank, and exactly reproducible after a resume. Before
+//     micro-batch 0 the trainer zeroes every trainable role's G; the objective's Backward calls
+//     accumulate (+=) into them. Step returns the names of the roles whose gradients it produced in
+//     this step (Update.Roles) and named metrics (Update.Metrics, "loss" shown in the progress bar).
+//     After the last micro-batch the trainer, for each role named by Step (in any micro-batch):
+//     scales G by 1/GradAccum, clips it to Train.ClipNorm (global L2 norm of that role), and applies
+//     AdamW (lr from the role's schedule at step n; weight decay only on parameters whose table
+//     entry has Decay). Roles not named are left untouched (their optimizer step count does not
+//     advance): this is how the two time-scale rule works — dmd names "critic" every step and
+//     "student" only when n % generator_update_ratio == 0.
+//
+//     If an objective backpropagates a loss through a trainable network that must NOT update it
+//     (e.g. the generator's GAN loss through the critic, OBJECTIVES.md "adversarial"), it must
+//     zero that role's G (Env.ZeroGrad) before accumulating the gradients it does want.
+//
+//  5. EMA. If the job sets roles.student.ema_decay > 0 (or the objective declares an "ema" role),
+//     the trainer keeps an "ema" role: a frozen copy of the student updated after each optimizer
+//     step of the student, ema = d·ema + (1−d)·w, copied straight from the student before
+//     roles.student.ema_start. Objectives read it (consistency's target) and never write it.
+//
+// Objectives never import data/ (ARCHITECTURE.md: cmd → trainer → objectives → models → kernels):
+// the trainer converts the loader's batches into a Batch of device tensors.
+package objectives
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+	"github.com/go-viper/mapstructure/v2"
+)
+
+// Role names.
+const (
+	Student       = "student"
+	Teacher       = "teacher"
+	Critic        = "critic"
+	EMA           = "ema"
+	Discriminator = "discriminator"
+)
+
+// Init says where a role's weights start. Every role may still be given a checkpoint in the job
+// (roles.<name>.weights), which wins over InitScratch/InitTeacher/InitStudent; InitWeights makes that
+// checkpoint required.
+type Init string
+
+const (
+	InitScratch Init = "scratch" // Wan's init (models.DiT.Init) or CustomNet.Init, seeded from the job seed
+	InitWeights Init = "weights" // roles.<name>.weights must name a checkpoint
+	InitTeacher Init = "teacher" // a copy of the teacher's weights (dmd's critic, distilled students)
+	InitStudent Init = "student" // a copy of the student's weights (ema)
+)
+
+// RoleSpec is one network an objective needs.
+type RoleSpec struct {
+	Name      string // Student, Teacher, Critic, EMA, Discriminator (or an objective's own name)
+	Trainable bool   // has G, its own AdamW and lr schedule (roles.<name> in the job)
+	Init      Init
+	// Causal makes the role's DiT block-causal with the job's model.chunk_frames (selfforcing's and
+	// odeinit's student); the teacher and critic stay bidirectional.
+	Causal bool
+	// Custom, when non-nil, makes the role a network of the objective's own (e.g. a discriminator
+	// head) instead of a DiT; the trainer optimizes and checkpoints it through its table.
+	Custom *CustomNet
+}
+
+// CustomNet is a non-DiT network: a parameter table laid over one buffer (Decay flags honoured by
+// AdamW) and its initialization. The objective implements its forward/backward with kernels ops on
+// Role.W / Role.G views.
+type CustomNet struct {
+	Table []models.Param
+	Numel int
+	Init  func(w []float32, rng *rand.Rand) // host copy of the whole buffer, len Numel
+}
+
+// Role is a built network handed to the objective.
+type Role struct {
+	Spec  RoleSpec
+	Net   *models.DiT     // nil for a CustomNet role
+	W     *kernels.Tensor // [P] all parameters (Net.W for a DiT)
+	G     *kernels.Tensor // [P] gradients (Net.G); nil when frozen
+	Table []models.Param
+}
+
+// Batch is what an objective sees of one micro-batch: device tensors plus the captions.
+type Batch struct {
+	X0       *kernels.Tensor // [B,C,F,H,W] data latents, normalized; nil for a text-only dataset
+	Ctx      *kernels.Tensor // [B,L,text_dim] conditional text embeddings (never dropped)
+	Null     *kernels.Tensor // [B,L,text_dim] the null (empty-prompt) embedding, for CFG's uncond branch
+	Drop     []bool          // [B] the loader's per-sample CFG-dropout decision (data.cfg_dropout)
+	Captions []string        // [B]
+	IDs      []string        // [B]
+	// ODE pairs (odeinit), nil otherwise: TrajX [B,S,C,F,H,W] latents at TrajSigma [S] (descending),
+	// and the final clean x0 in X0.
+	TrajX     *kernels.Tensor
+	TrajSigma []float32
+}
+
+// B is the batch size.
+func (b *Batch) B() int { return b.Ctx.Shape[0] }
+
+// Env is what an objective is set up with.
+type Env struct {
+	Dev   kernels.Device
+	Cfg   models.Config
+	Shape models.Shape // B, F, H, W of the latents, L context tokens, ChunkFrames (0 = bidirectional)
+	Roles map[string]*Role
+}
+
+// Role returns a declared role or an error naming it.
+func (e *Env) Role(name string) (*Role, error) {
+	r, ok := e.Roles[name]
+	if !ok {
+		return nil, fmt.Errorf("objectives: role %q was not built (have %s)", name, strings.Join(e.roleNames(), ", "))
+	}
+	return r, nil
+}
+
+func (e *Env) roleNames() []string {
+	var ns []string
+	for n := range e.Roles {
+		ns = append(ns, n)
+	}
+	sort.Strings(ns)
+	return ns
+}
+
+// ZeroGrad zeroes a trainable role's gradients (see the package comment on losses that must not
+// update a network they pass through).
+func (e *Env) ZeroGrad(name string) {
+	if r := e.Roles[name]; r != nil && r.G != nil {
+		e.Dev.Zero(r.G)
+	}
+}
+
+// Step is one call of Objective.Step.
+type Step struct {
+	Step  int        // optimizer step, 1-based
+	Micro int        // micro-batch index in [0, Accum)
+	Accum int        // Train.GradAccum
+	RNG   *rand.Rand // seeded from (seed, Step, Micro): every random choice of the step comes from it
+}
+
+// Update is what a step reports.
+type Update struct {
+	Roles   []string           // roles whose G this step accumulated into: the trainer steps their optimizers
+	Metrics map[string]float64 // named scalars for metrics.jsonl; "loss" is shown in the progress bar
+}
+
+// Objective is one training method.
+type Objective interface {
+	Name() string
+	Roles() []RoleSpec
+	Setup(env *Env) error
+	Step(s *Step, b *Batch) (Update, error)
+}
+
+// Constructor builds an objective from the job's params map (decode it with DecodeParams).
+type Constructor func(params map[string]any) (Objective, error)
+
+var (
+	regMu    sync.Mutex
+	registry = map[string]Constructor{}
+)
+
+// Register makes an objective available by name; call it from the objective file's init().
+// Registering a name twice panics (a programming error).
+func Register(name string, c Constructor) {
+	regMu.Lock()
+	defer regMu.Unlock()
+	if _, dup := registry[name]; dup {
+		panic("objectives: " + name + " registered twice")
+	}
+	registry[name] = c
+}
+
+// New builds the objective named in a job.
+func New(name string, params map[string]any) (Objective, error) {
+	regMu.Lock()
+	c, ok := registry[name]
+	regMu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("objective: %q is not registered (have %s)", name, strings.Join(Names(), ", "))
+	}
+	o, err := c(params)
+	if err != nil {
+		return nil, fmt.Errorf("objective %s: %w", name, err)
+	}
+	return o, nil
+}
+
+// Names lists the registered objectives.
+func Names() []string {
+	regMu.Lock()
+	defer regMu.Unlock()
+	var ns []string
+	for n := range registry {
+		ns = append(ns, n)
+	}
+	sort.Strings(ns)
+	return ns
+}
+
+// DecodeParams decodes a params map into dst (a pointer to a struct with mapstructure tags, already
+// holding the defaults) strictly: an unknown key is an error naming it ("params.foo"), and so is a
+// value of the wrong type. Numbers convert between int and float kinds.
+func DecodeParams(params map[string]any, dst any) error {
+	var md mapstructure.Metadata
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		Result:   dst,
+		Metadata: &md,
+	})
+	if err != nil {
+		return err
+	}
+	if err := dec.Decode(params); err != nil {
+		return fmt.Errorf("params: %w", err)
+	}
+	if len(md.Unused) > 0 {
+		sort.Strings(md.Unused)
+		for i, k := range md.Unused {
+			md.Unused[i] = "params." + k
+		}
+		return fmt.Errorf("unknown key(s) %s", strings.Join(md.Unused, ", "))
+	}
+	return nil
+}
+
+// StepRNG is the RNG of one micro-batch: PCG seeded from (seed, step, micro). Ranks that share the
+// seed draw the same choices.
+func StepRNG(seed int64, step, micro int) *rand.Rand {
+	return rand.New(rand.NewPCG(uint64(seed)^0x9e3779b97f4a7c15, uint64(step)<<16|uint64(micro)))
+}
