@@ -259,3 +259,18 @@ func (r *Rollout) Backward(dX0 *kernels.Tensor) {
 	r.sc.dev.Combine(r.dv, dX0, dX0, a, make([]float32, len(a))) // dv = −σ_s·dx0
 	r.Net.Backward(r.Pass, r.dv)
 }
+
+// RunFrom is the rollout: data variant (CausVid): the clean latents x0data noised to Sigmas[level]
+// with fresh noise, and the student's graded x0 prediction from there.
+func (r *Rollout) RunFrom(rng *rand.Rand, x0data, ctx *kernels.Tensor, level int) *kernels.Tensor {
+	dev := r.sc.dev
+	for b := range r.sigma {
+		r.sigma[b] = r.Sigmas[level]
+	}
+	Randn(dev, r.eps, r.sc.host, rng)
+	Noise(dev, r.x, x0data, r.eps, r.sigma) // x at σ_level [B,C,F,H,W]
+	SetTimesteps(dev, r.sc.t, r.sc.th, r.sigma)
+	v := r.Net.Forward(r.Pass, r.x, r.sc.t, ctx) // v  [B,C,F,H,W]
+	X0FromV(dev, r.x0, r.x, v, r.sigma)          // x0 [B,C,F,H,W]
+	return r.x0
+}

@@ -1,0 +1,208 @@
+package objectives
+
+// dmd — distribution matching distillation with a fake-score critic (DMD / DMD2; OBJECTIVES.md).
+//
+// Generator step (every generator_update_ratio steps):
+//   x      = backward simulation of the student through the denoising list, exiting at a random
+//            step s (the graded forward), or with rollout: data the student's x0 on noised data
+//   σ      ~ U[sigma_min, sigma_max], shifted; x_σ = (1−σ)·x + σ·ε
+//   x0_real = teacher with CFG w;  x0_fake = critic without CFG
+//   grad   = (x0_fake − x0_real) / mean_per_sample|x − x0_real|   (a sample whose grad is not finite → 0)
+//   loss   = 0.5·mean((x − sg(x − grad))²),  dL/dx = grad/numel, carried through the student's graded step
+// Critic step (every step): flow matching of the critic on a fresh no-grad generator sample.
+//
+// Roles: student (trainable, starts as the teacher), teacher (frozen, weights required),
+// critic (trainable, starts as the teacher).
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+)
+
+func init() { Register("dmd", newDMD) }
+
+type dmdParams struct {
+	Timesteps []float64 `mapstructure:"denoising_timesteps"`    // the generator's levels, t in (0, 1000]
+	Shift     float64   `mapstructure:"shift"`                  // warps the denoising list and σ
+	SigmaMin  float64   `mapstructure:"sigma_min"`              // σ ~ U[min, max] before the shift
+	SigmaMax  float64   `mapstructure:"sigma_max"`              //
+	CFG       float64   `mapstructure:"cfg"`                    // teacher guidance w (v = v_u + w·(v_c − v_u))
+	Ratio     int       `mapstructure:"generator_update_ratio"` // generator updated every Ratio steps
+	Rollout   string    `mapstructure:"rollout"`                // backward | data
+}
+
+type dmd struct {
+	p   dmdParams
+	env *Env
+
+	sigmas       []float32 // the denoising list
+	law          SigmaLaw
+	student      *Rollout
+	teacher      *models.DiT
+	critic       *models.DiT
+	tPass        *models.Pass // teacher
+	cPass        *models.Pass // critic forward in the generator step
+	criticStep   *FlowMatch
+	sc           scratch
+	eps, xs      *kernels.Tensor // [B,C,F,H,W]
+	vReal, vu    *kernels.Tensor
+	x0Real       *kernels.Tensor
+	x0Fake       *kernels.Tensor
+	grad, diff   *kernels.Tensor
+	sigma        []float32 // [B]
+	norm, gsum   []float64 // [B]
+	coefA, coefB []float32
+}
+
+func newDMD(params map[string]any) (Objective, error) {
+	o := &dmd{p: dmdParams{
+		Timesteps: []float64{1000, 750, 500, 250},
+		Shift:     1, SigmaMin: 0.02, SigmaMax: 0.98, CFG: 4, Ratio: 5, Rollout: "backward",
+	}}
+	if err := DecodeParams(params, &o.p); err != nil {
+		return nil, err
+	}
+	p := &o.p
+	if len(p.Timesteps) == 0 {
+		return nil, fmt.Errorf("params.denoising_timesteps: empty")
+	}
+	for i, t := range p.Timesteps {
+		if !(t > 0 && t <= 1000) || (i > 0 && t >= p.Timesteps[i-1]) {
+			return nil, fmt.Errorf("params.denoising_timesteps: %v, want descending values in (0, 1000]", p.Timesteps)
+		}
+	}
+	if p.Ratio < 1 {
+		return nil, fmt.Errorf("params.generator_update_ratio: %d, must be >= 1", p.Ratio)
+	}
+	if p.Rollout != "backward" && p.Rollout != "data" {
+		return nil, fmt.Errorf("params.rollout: %q is not backward or data", p.Rollout)
+	}
+	o.law = SigmaLaw{Law: "uniform", Min: p.SigmaMin, Max: p.SigmaMax, Shift: p.Shift}
+	if err := o.law.Validate(); err != nil {
+		return nil, err
+	}
+	o.sigmas = DenoisingList(p.Timesteps, p.Shift)
+	return o, nil
+}
+
+func (o *dmd) Name() string { return "dmd" }
+
+func (o *dmd) Roles() []RoleSpec {
+	return []RoleSpec{
+		{Name: Teacher, Init: InitWeights},
+		{Name: Student, Trainable: true, Init: InitTeacher},
+		{Name: Critic, Trainable: true, Init: InitTeacher},
+	}
+}
+
+func (o *dmd) Setup(env *Env) error {
+	st, err := env.Role(Student)
+	if err != nil {
+		return err
+	}
+	te, err := env.Role(Teacher)
+	if err != nil {
+		return err
+	}
+	cr, err := env.Role(Critic)
+	if err != nil {
+		return err
+	}
+	o.env = env
+	s, C, dev := env.Shape, env.Cfg.InDim, env.Dev
+	o.student = NewRollout(env, st.Net, s, o.sigmas)
+	o.teacher, o.critic = te.Net, cr.Net
+	o.tPass, o.cPass = te.Net.NewPass(s), cr.Net.NewPass(s)
+	o.criticStep = NewFlowMatch(env, cr.Net, s)
+	o.sc = newScratch(dev, s, C)
+	for _, t := range []**kernels.Tensor{&o.eps, &o.xs, &o.vReal, &o.vu, &o.x0Real, &o.x0Fake, &o.grad, &o.diff} {
+		*t = video(dev, s, C)
+	}
+	o.sigma = make([]float32, s.B)
+	o.norm, o.gsum = make([]float64, s.B), make([]float64, s.B)
+	o.coefA, o.coefB = make([]float32, s.B), make([]float32, s.B)
+	return nil
+}
+
+// generate runs the student's generator: backward simulation or, with rollout: data, its x0 on data
+// noised to a random level of the list. The result's graded activations sit in o.student.Pass.
+func (o *dmd) generate(s *Step, b *Batch) (*kernels.Tensor, error) {
+	exit := s.RNG.IntN(len(o.sigmas))
+	if o.p.Rollout == "backward" {
+		return o.student.Run(s.RNG, b.Ctx, exit), nil
+	}
+	if b.X0 == nil {
+		return nil, fmt.Errorf("dmd: rollout: data needs latents, the batch has none")
+	}
+	return o.student.RunFrom(s.RNG, b.X0, b.Ctx, exit), nil
+}
+
+func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
+	dev := o.env.Dev
+	B := b.B()
+	m := map[string]float64{}
+	up := Update{Roles: []string{Critic}, Metrics: m}
+
+	if s.Step%o.p.Ratio == 0 {
+		// ---- generator step ----
+		x, err := o.generate(s, b) // x [B,C,F,H,W], graded
+		if err != nil {
+			return up, err
+		}
+		for i := range o.sigma {
+			o.sigma[i] = float32(o.law.Draw(s.RNG))
+		}
+		Randn(dev, o.eps, o.sc.host, s.RNG)                                                               // ε        [B,C,F,H,W]
+		Noise(dev, o.xs, x, o.eps, o.sigma)                                                               // x_σ      [B,C,F,H,W]
+		SetTimesteps(dev, o.sc.t, o.sc.th, o.sigma)                                                       // t        [B,F]
+		CFGForward(dev, o.teacher, o.tPass, o.vReal, o.vu, o.xs, o.sc.t, b.Ctx, b.Null, float32(o.p.CFG)) // v_real
+		X0FromV(dev, o.x0Real, o.xs, o.vReal, o.sigma)                                                    // x0_real  [B,C,F,H,W]
+		vFake := o.critic.Forward(o.cPass, o.xs, o.sc.t, b.Ctx)                                           // v_fake   (no CFG)
+		X0FromV(dev, o.x0Fake, o.xs, vFake, o.sigma)                                                      // x0_fake  [B,C,F,H,W]
+
+		// grad = (x0_fake − x0_real) / mean|x − x0_real| per sample.
+		dev.Combine(o.diff, x, o.x0Real, []float32{1}, []float32{-1}) // x − x0_real
+		dev.SumAbsGroups(o.norm, o.diff)
+		per := float64(x.Numel() / B)
+		for i := range o.coefA {
+			c := float32(per / o.norm[i]) // 1/mean|x − x0_real|
+			if math.IsNaN(float64(c)) || math.IsInf(float64(c), 0) {
+				c = 0
+			}
+			o.coefA[i], o.coefB[i] = c, -c
+		}
+		dev.Combine(o.grad, o.x0Fake, o.x0Real, o.coefA, o.coefB) // grad [B,C,F,H,W]
+		dev.SumAbsGroups(o.gsum, o.grad)
+		for i := 0; i < B; i++ { // NaN → 0, per sample
+			if v := o.gsum[i]; math.IsNaN(v) || math.IsInf(v, 0) {
+				dev.Zero(o.grad.View(i*int(per), o.grad.Shape[1:]...))
+				o.gsum[i] = 0
+			}
+		}
+		n := float64(x.Numel())
+		m["gen_loss"] = 0.5 * dev.Dot(o.grad, o.grad) / n // 0.5·mean((x − sg(x − grad))²)
+		m["loss"] = m["gen_loss"]
+		var g float64
+		for _, v := range o.gsum {
+			g += v
+		}
+		m["dmd_grad_abs"] = g / n
+		dev.Scale(o.grad, float32(1/n)) // dL/dx = grad/numel
+		o.student.Backward(o.grad)
+		up.Roles = append(up.Roles, Student)
+	}
+
+	// ---- critic step: flow matching on a fresh generator sample, no gradient to the student ----
+	x, err := o.generate(s, b)
+	if err != nil {
+		return up, err
+	}
+	for i := range o.sigma {
+		o.sigma[i] = float32(o.law.Draw(s.RNG))
+	}
+	m["critic_loss"] = o.criticStep.Step(s.RNG, x, b.Ctx, o.sigma)
+	return up, nil
+}

@@ -1,0 +1,231 @@
+package trainer
+
+// Checkpoints. One checkpoint is a folder run/checkpoints/step-NNNNNN holding
+//
+//	<role>.safetensors        every role's weights, fp32 (Wan key layout for DiT roles)
+//	optim.<role>.safetensors  AdamW moments m, v of each trainable role (flat [P])
+//	state.json                step, AdamW step count per role, the loader cursor, the RNG scheme
+//	job.yaml                  the resolved job
+//
+// written atomically: the files go to step-NNNNNN.tmp (each fsynced), the folder is fsynced and
+// renamed, then run/checkpoints/latest (a one-line file naming the folder) is replaced by
+// rename. A crash at any point leaves the previous checkpoint and `latest` intact.
+//
+// The step RNG is not state: every micro-batch's RNG is PCG(seed, step, micro)
+// (objectives.StepRNG), so resuming at step n draws exactly what the straight run drew.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+)
+
+type state struct {
+	Step      int            `json:"step"`
+	Objective string         `json:"objective"`
+	Seed      int64          `json:"seed"`
+	RNG       string         `json:"rng"`
+	Updates   map[string]int `json:"adamw_steps"`
+	Loader    []byte         `json:"loader_cursor"` // base64 in JSON
+}
+
+// saveHook, when set (tests), is called after each file of a checkpoint is written; an error aborts
+// the save there, as a crash would.
+var saveHook func(file string) error
+
+// CheckpointDir is the folder of the checkpoint at step n.
+func (t *Trainer) CheckpointDir(n int) string {
+	return filepath.Join(t.Dir, "checkpoints", fmt.Sprintf("step-%06d", n))
+}
+
+// Save writes the checkpoint of the current step and points checkpoints/latest at it.
+func (t *Trainer) Save() (string, error) {
+	final := t.CheckpointDir(t.Step)
+	tmp := final + ".tmp"
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return "", err
+	}
+	step := func(file string, err error) error {
+		if err != nil {
+			return fmt.Errorf("checkpoint %s: %s: %w", final, file, err)
+		}
+		if saveHook != nil {
+			if err := saveHook(file); err != nil {
+				return fmt.Errorf("checkpoint %s: %s: %w", final, file, err)
+			}
+		}
+		return nil
+	}
+	st := state{Step: t.Step, Objective: t.Obj.Name(), Seed: t.Job.Seed, Updates: map[string]int{},
+		RNG: "stateless: micro-batch RNG = PCG(seed, step, micro)"}
+	for _, r := range t.roles {
+		name := r.Spec.Name
+		f := name + ".safetensors"
+		if err := step(f, r.save(filepath.Join(tmp, f), kernels.F32)); err != nil {
+			return "", err
+		}
+		if r.m == nil {
+			continue
+		}
+		st.Updates[name] = r.updates
+		f = "optim." + name + ".safetensors"
+		if err := step(f, writeMoments(filepath.Join(tmp, f), r)); err != nil {
+			return "", err
+		}
+	}
+	cur, err := t.opt.Source.Cursor()
+	if err := step("loader cursor", err); err != nil {
+		return "", err
+	}
+	st.Loader = cur
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return "", err
+	}
+	if err := step("state.json", writeFileSync(filepath.Join(tmp, "state.json"), append(b, '\n'))); err != nil {
+		return "", err
+	}
+	if err := step("job.yaml", config.Save(t.Job, filepath.Join(tmp, "job.yaml"))); err != nil {
+		return "", err
+	}
+	if err := syncDir(tmp); err != nil {
+		return "", err
+	}
+	// Replace an existing folder of the same step (a re-run) only after the new one is complete.
+	if _, err := os.Stat(final); err == nil {
+		old := final + ".old"
+		os.RemoveAll(old)
+		if err := os.Rename(final, old); err != nil {
+			return "", err
+		}
+		defer os.RemoveAll(old)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return "", err
+	}
+	parent := filepath.Dir(final)
+	if err := syncDir(parent); err != nil {
+		return "", err
+	}
+	if err := step("latest", writeFileSync(filepath.Join(parent, "latest.tmp"), []byte(filepath.Base(final)+"\n"))); err != nil {
+		return "", err
+	}
+	if err := os.Rename(filepath.Join(parent, "latest.tmp"), filepath.Join(parent, "latest")); err != nil {
+		return "", err
+	}
+	return final, syncDir(parent)
+}
+
+func writeMoments(path string, r *role) error {
+	P := r.W.Numel()
+	m, v := make([]float32, P), make([]float32, P)
+	r.W.Dev.ToHost(m, r.m)
+	r.W.Dev.ToHost(v, r.v)
+	return models.WriteSafetensors(path, []models.NamedTensor{
+		{Name: "m", Shape: []int{P}, Data: m}, {Name: "v", Shape: []int{P}, Data: v},
+	}, kernels.F32, map[string]string{"adamw_steps": fmt.Sprint(r.updates)})
+}
+
+func writeFileSync(path string, b []byte) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ResolveCheckpoint turns a path into a checkpoint folder: a checkpoint folder itself, a
+// checkpoints folder or a run folder (their `latest`).
+func ResolveCheckpoint(path string) (string, error) {
+	if _, err := os.Stat(filepath.Join(path, "state.json")); err == nil {
+		return path, nil
+	}
+	for _, dir := range []string{path, filepath.Join(path, "checkpoints")} {
+		b, err := os.ReadFile(filepath.Join(dir, "latest"))
+		if err == nil {
+			return filepath.Join(dir, strings.TrimSpace(string(b))), nil
+		}
+	}
+	return "", fmt.Errorf("resume %s: not a checkpoint (no state.json) and no checkpoints/latest in it", path)
+}
+
+// Restore loads a checkpoint (see ResolveCheckpoint for the paths accepted) into the trainer:
+// every role's weights, the AdamW moments and step counts, the step and the loader's cursor.
+func (t *Trainer) Restore(path string) error {
+	dir, err := ResolveCheckpoint(path)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		return fmt.Errorf("resume: %w", err)
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fmt.Errorf("resume: %s: %w", filepath.Join(dir, "state.json"), err)
+	}
+	if st.Objective != t.Obj.Name() {
+		return fmt.Errorf("resume: %s was written by objective %s, this job is %s", dir, st.Objective, t.Obj.Name())
+	}
+	for _, r := range t.roles {
+		name := r.Spec.Name
+		if err := r.load(filepath.Join(dir, name+".safetensors")); err != nil {
+			return fmt.Errorf("resume: role %s: %w", name, err)
+		}
+		if r.m == nil {
+			continue
+		}
+		p := filepath.Join(dir, "optim."+name+".safetensors")
+		ts, _, err := models.ReadSafetensors(p)
+		if err != nil {
+			return fmt.Errorf("resume: %w", err)
+		}
+		for _, mv := range []struct {
+			key string
+			dst *kernels.Tensor
+		}{{"m", r.m}, {"v", r.v}} {
+			nt, ok := ts[mv.key]
+			if !ok || len(nt.Data) != mv.dst.Numel() {
+				return fmt.Errorf("resume: %s: tensor %q missing or not %d values", p, mv.key, mv.dst.Numel())
+			}
+			r.W.Dev.FromHost(mv.dst, nt.Data)
+		}
+		u, ok := st.Updates[name]
+		if !ok {
+			return fmt.Errorf("resume: %s: no adamw_steps for role %s", filepath.Join(dir, "state.json"), name)
+		}
+		r.updates = u
+	}
+	if err := t.opt.Source.Restore(st.Loader); err != nil {
+		return fmt.Errorf("resume: loader cursor: %w", err)
+	}
+	t.Step = st.Step
+	t.logf("resumed from %s at step %d", dir, st.Step)
+	return nil
+}

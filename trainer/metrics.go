@@ -1,0 +1,136 @@
+package trainer
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+)
+
+// metricsLog is run/metrics.jsonl: one JSON object per logged step,
+// {"step": n, "elapsed_s": …, "loss": …, "lr/student": …, …}, keys sorted, means over the steps since
+// the previous line. Opening it for a resumed run drops the lines past the resumed step.
+type metricsLog struct{ f *os.File }
+
+func openMetrics(path string, resumedAt int) (*metricsLog, error) {
+	var keep [][]byte
+	if b, err := os.ReadFile(path); err == nil && resumedAt > 0 {
+		for _, line := range bytes.Split(b, []byte("\n")) {
+			var rec struct {
+				Step int `json:"step"`
+			}
+			if len(line) > 0 && json.Unmarshal(line, &rec) == nil && rec.Step <= resumedAt {
+				keep = append(keep, line)
+			}
+		}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range keep {
+		f.Write(append(l, '\n'))
+	}
+	return &metricsLog{f: f}, nil
+}
+
+func (l *metricsLog) write(step int, elapsed float64, m map[string]float64) error {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	fmt.Fprintf(&b, `{"step":%d,"elapsed_s":%.3f`, step, elapsed)
+	for _, k := range keys {
+		v := m[k]
+		kb, _ := json.Marshal(k)
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			fmt.Fprintf(&b, `,%s:"%v"`, kb, v) // JSON has no NaN: keep it visible as a string
+		} else {
+			fmt.Fprintf(&b, `,%s:%.6g`, kb, v)
+		}
+	}
+	b.WriteString("}\n")
+	_, err := l.f.WriteString(b.String())
+	return err
+}
+
+func (l *metricsLog) Close() error { return l.f.Close() }
+
+// meanAcc averages metrics over steps, per key over the steps that reported it.
+type meanAcc struct {
+	sum map[string]float64
+	n   map[string]int
+}
+
+func (a *meanAcc) add(m map[string]float64) {
+	if a.sum == nil {
+		a.sum, a.n = map[string]float64{}, map[string]int{}
+	}
+	for k, v := range m {
+		a.sum[k] += v
+		a.n[k]++
+	}
+}
+
+func (a *meanAcc) mean() map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range a.sum {
+		out[k] = v / float64(a.n[k])
+	}
+	return out
+}
+
+// bar is the progress bar: step count, steps/s, the last loss and the student's lr.
+type bar struct {
+	pb   *progressbar.ProgressBar
+	loss float64
+	lr   float64
+}
+
+func newBar(w io.Writer, total, done int, name string) *bar {
+	if w == nil {
+		return &bar{}
+	}
+	pb := progressbar.NewOptions(total,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(name),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetWidth(24),
+		progressbar.OptionThrottle(200_000_000),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
+	)
+	pb.Set(done)
+	return &bar{pb: pb, loss: math.NaN()}
+}
+
+func (b *bar) update(step int, m map[string]float64, rate float64) {
+	if b.pb == nil {
+		return
+	}
+	if v, ok := m["loss"]; ok {
+		b.loss = v
+	}
+	for _, k := range []string{"lr/student", "lr/critic"} {
+		if v, ok := m[k]; ok {
+			b.lr = v
+			break
+		}
+	}
+	b.pb.Describe(fmt.Sprintf("loss %.4f lr %.2e %.2f steps/s", b.loss, b.lr, rate))
+	b.pb.Set(step)
+}
+
+func (b *bar) finish() {
+	if b.pb != nil {
+		b.pb.Finish()
+	}
+}

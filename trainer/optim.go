@@ -1,0 +1,72 @@
+package trainer
+
+import (
+	"math"
+
+	"github.com/fewstep/fewstep/models"
+)
+
+// run is a contiguous range [Off, Off+N) of a parameter buffer with one weight-decay setting.
+type run struct {
+	Off, N int
+	Decay  bool
+}
+
+// decayRuns coalesces the table into contiguous runs of equal Decay, so AdamW is one op per run
+// (a handful per model) instead of one per parameter. Each parameter owns its alignment padding up
+// to the next parameter's offset; padding has zero weights and gradients and stays zero under AdamW.
+func decayRuns(table []models.Param, P int) []run {
+	var rs []run
+	for i, p := range table {
+		end := P
+		if i+1 < len(table) {
+			end = table[i+1].Offset
+		}
+		if len(rs) > 0 && rs[len(rs)-1].Decay == p.Decay && rs[len(rs)-1].Off+rs[len(rs)-1].N == p.Offset {
+			rs[len(rs)-1].N = end - rs[len(rs)-1].Off
+			continue
+		}
+		rs = append(rs, run{Off: p.Offset, N: end - p.Offset, Decay: p.Decay})
+	}
+	if len(table) == 0 && P > 0 {
+		rs = append(rs, run{Off: 0, N: P, Decay: false})
+	}
+	return rs
+}
+
+// lrAt is the role's learning rate at optimizer step n (1-based) of total: linear warmup over
+// `warmup` steps, then constant or cosine to 0 at the last step.
+func lrAt(base float64, schedule string, warmup, n, total int) float64 {
+	if warmup > 0 && n <= warmup {
+		return base * float64(n) / float64(warmup)
+	}
+	if schedule == "cosine" && total > warmup {
+		p := float64(n-warmup) / float64(total-warmup)
+		return base * 0.5 * (1 + math.Cos(math.Pi*math.Min(p, 1)))
+	}
+	return base
+}
+
+// update applies one optimizer step to a role whose G holds the sum over accum micro-batches:
+// G /= accum; clip the global L2 norm to train.clip_norm (0 = off); AdamW per decay run.
+func (t *Trainer) update(r *role, n, accum int) {
+	dev := t.opt.Dev
+	if accum > 1 {
+		dev.Scale(r.G, float32(1/float64(accum)))
+	}
+	r.gnorm = math.Sqrt(dev.Dot(r.G, r.G))
+	if c := t.Job.Train.ClipNorm; c > 0 && r.gnorm > c {
+		dev.Scale(r.G, float32(c/(r.gnorm+1e-6)))
+	}
+	r.lr = lrAt(r.cfg.LR, r.cfg.Schedule, r.cfg.Warmup, n, t.Job.Train.Steps)
+	r.updates++
+	b1, b2 := float32(r.cfg.Betas[0]), float32(r.cfg.Betas[1])
+	for _, ru := range r.runs {
+		wd := float32(0)
+		if ru.Decay {
+			wd = float32(r.cfg.WeightDecay)
+		}
+		dev.AdamW(r.W.View(ru.Off, ru.N), r.G.View(ru.Off, ru.N), r.m.View(ru.Off, ru.N), r.v.View(ru.Off, ru.N),
+			float32(r.lr), b1, b2, float32(r.cfg.Eps), wd, r.updates)
+	}
+}

@@ -1,0 +1,426 @@
+// Package trainer is the training loop: it builds the roles an objective declares (each a network
+// with, when trainable, its own AdamW, learning rate and schedule), feeds the objective micro-batches,
+// steps the optimizers of the roles the objective reports (objectives/objective.go has the
+// contract), keeps the EMA, clips, accumulates, logs metrics as JSON lines, shows a progress bar,
+// draws validation samples on schedule and writes checkpoints that resume exactly.
+package trainer
+
+import (
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/objectives"
+)
+
+// HostBatch is one micro-batch as a loader gives it, on the host.
+type HostBatch struct {
+	X0       []float32 // [B,C,F,H,W] normalized latents; nil for a text-only dataset
+	Ctx      []float32 // [B,L,text_dim] conditional text embeddings, padded to L
+	Drop     []bool    // [B] CFG dropout decided by the loader
+	Captions []string
+	IDs      []string
+}
+
+// Source is the trainer's view of a loader: batches in a deterministic order and a cursor that a
+// checkpoint saves and Restore puts back exactly.
+type Source interface {
+	Next() (*HostBatch, error)
+	Cursor() ([]byte, error)
+	Restore(cursor []byte) error
+}
+
+// Options is everything a Trainer is built from.
+type Options struct {
+	Job    *config.Job
+	Dev    kernels.Device
+	Model  models.Config
+	Shape  models.Shape // one micro-batch: B, F, H, W of the latents, L; ChunkFrames for causal roles
+	Null   []float32    // [L, text_dim] the null (empty-prompt) embedding
+	Source Source
+	// Progress receives the progress bar (nil: none). Log receives one line per event (nil: none).
+	Progress io.Writer
+	Log      io.Writer
+	// Validate is called after step n when train.sample_every divides n, and after the last step
+	// (nil: no validation). It may sample from tr.Net("ema") or tr.Net("student").
+	Validate func(step int, tr *Trainer) error
+}
+
+// Trainer runs one job.
+type Trainer struct {
+	Job  *config.Job
+	Obj  objectives.Objective
+	Env  *objectives.Env
+	Step int    // optimizer steps done
+	Dir  string // the run folder (job.out_dir)
+
+	opt     Options
+	roles   []*role // build order
+	byName  map[string]*role
+	batch   objectives.Batch
+	x0      *kernels.Tensor // [B,C,F,H,W] the latents' device buffer (batch.X0 is nil for text-only batches)
+	ema     *role           // nil without EMA
+	emaOf   *role
+	metrics *metricsLog
+	last    map[string]float64 // the last logged values (progress bar)
+}
+
+// role is a built network and its optimizer state.
+type role struct {
+	*objectives.Role
+	cfg     config.Role
+	m, v    *kernels.Tensor // AdamW moments, same layout as W (trainable roles)
+	updates int             // AdamW steps taken (bias correction)
+	runs    []run           // weight-decay mask as contiguous runs of the table
+	lr      float64         // the lr of the last update
+	gnorm   float64         // the gradient norm before clipping of the last update
+}
+
+// New builds the objective, its roles and their optimizers, and restores job.train.resume if set.
+func New(opt Options) (*Trainer, error) {
+	job := opt.Job
+	obj, err := objectives.New(job.Objective, job.Params)
+	if err != nil {
+		return nil, err
+	}
+	t := &Trainer{Job: job, Obj: obj, Dir: job.OutDir, opt: opt, byName: map[string]*role{}}
+	t.Env = &objectives.Env{Dev: opt.Dev, Cfg: opt.Model, Shape: opt.Shape, Roles: map[string]*objectives.Role{}}
+
+	specs := obj.Roles()
+	declared := map[string]bool{}
+	for _, s := range specs {
+		declared[s.Name] = true
+	}
+	// The EMA of the student: declared by the objective, or asked for by roles.student.ema_decay.
+	if st, ok := job.Roles[objectives.Student]; ok && st.EMADecay > 0 && declared[objectives.Student] && !declared[objectives.EMA] {
+		specs = append(specs, objectives.RoleSpec{Name: objectives.EMA, Init: objectives.InitStudent})
+		declared[objectives.EMA] = true
+	}
+	for name := range job.Roles {
+		if !declared[name] {
+			return nil, fmt.Errorf("roles.%s: objective %s has no role %s (its roles: %s)", name, obj.Name(), name, strings.Join(specNames(specs), ", "))
+		}
+	}
+	// Build order: sources of copies first.
+	rank := map[objectives.Init]int{objectives.InitWeights: 0, objectives.InitScratch: 0, objectives.InitTeacher: 1, objectives.InitStudent: 2}
+	sort.SliceStable(specs, func(i, j int) bool { return rank[specs[i].Init] < rank[specs[j].Init] })
+	for _, s := range specs {
+		r, err := t.build(s)
+		if err != nil {
+			return nil, err
+		}
+		t.roles = append(t.roles, r)
+		t.byName[s.Name] = r
+		t.Env.Roles[s.Name] = r.Role
+	}
+	if r := t.byName[objectives.EMA]; r != nil {
+		t.ema, t.emaOf = r, t.byName[objectives.Student]
+		if t.emaOf == nil || t.emaOf.G == nil {
+			return nil, fmt.Errorf("objective %s: an ema role needs a trainable student", obj.Name())
+		}
+	}
+
+	// Device tensors of one micro-batch.
+	s, C, dev := opt.Shape, opt.Model.InDim, opt.Dev
+	t.x0 = dev.Alloc(kernels.F32, s.B, C, s.F, s.H, s.W)
+	t.batch.Ctx = dev.Alloc(kernels.F32, s.B, s.L, opt.Model.TextDim)
+	t.batch.Null = dev.Alloc(kernels.F32, s.B, s.L, opt.Model.TextDim)
+	if len(opt.Null) != s.L*opt.Model.TextDim {
+		return nil, fmt.Errorf("trainer: null embedding has %d values, want text_len·text_dim = %d·%d", len(opt.Null), s.L, opt.Model.TextDim)
+	}
+	null := make([]float32, 0, s.B*len(opt.Null))
+	for b := 0; b < s.B; b++ {
+		null = append(null, opt.Null...)
+	}
+	dev.FromHost(t.batch.Null, null)
+
+	if err := obj.Setup(t.Env); err != nil {
+		return nil, fmt.Errorf("objective %s: setup: %w", obj.Name(), err)
+	}
+	if job.Train.Resume != "" {
+		if err := t.Restore(job.Train.Resume); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+func specNames(specs []objectives.RoleSpec) []string {
+	var ns []string
+	for _, s := range specs {
+		ns = append(ns, s.Name)
+	}
+	return ns
+}
+
+// roleSeed is the init seed of a role: the job seed mixed with the role's name.
+func roleSeed(seed int64, name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return seed ^ int64(h.Sum64()>>1)
+}
+
+func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
+	job, dev := t.Job, t.opt.Dev
+	cfg, hasCfg := job.Roles[s.Name]
+	if s.Trainable && !hasCfg {
+		return nil, fmt.Errorf("roles.%s: objective %s trains a %s; give it an optimizer (roles.%s.lr, ...)", s.Name, t.Obj.Name(), s.Name, s.Name)
+	}
+	r := &role{Role: &objectives.Role{Spec: s}, cfg: cfg}
+	if s.Custom != nil {
+		r.Table = s.Custom.Table
+		r.W = dev.Alloc(kernels.F32, s.Custom.Numel)
+		if s.Trainable {
+			r.G = dev.Alloc(kernels.F32, s.Custom.Numel)
+		}
+	} else {
+		r.Net = models.New(dev, t.opt.Model, s.Trainable)
+		r.W, r.G, r.Table = r.Net.W, r.Net.G, r.Net.Table
+	}
+	switch {
+	case cfg.Weights != "":
+		if err := r.load(cfg.Weights); err != nil {
+			return nil, fmt.Errorf("roles.%s.weights: %w", s.Name, err)
+		}
+	case s.Init == objectives.InitWeights:
+		return nil, fmt.Errorf("roles.%s.weights: objective %s needs a checkpoint for its %s", s.Name, t.Obj.Name(), s.Name)
+	case s.Init == objectives.InitTeacher || s.Init == objectives.InitStudent:
+		from := objectives.Teacher
+		if s.Init == objectives.InitStudent {
+			from = objectives.Student
+		}
+		src := t.byName[from]
+		if src == nil {
+			return nil, fmt.Errorf("roles.%s: starts as a copy of the %s, which objective %s does not have; set roles.%s.weights", s.Name, from, t.Obj.Name(), s.Name)
+		}
+		if src.W.Numel() != r.W.Numel() {
+			return nil, fmt.Errorf("roles.%s: cannot copy the %s (%d parameters into %d)", s.Name, from, src.W.Numel(), r.W.Numel())
+		}
+		dev.Copy(r.W, src.W)
+	default: // scratch
+		seed := roleSeed(job.Seed, s.Name)
+		if s.Custom != nil {
+			host := make([]float32, s.Custom.Numel)
+			if s.Custom.Init != nil {
+				s.Custom.Init(host, rand.New(rand.NewPCG(uint64(seed), 1)))
+			}
+			dev.FromHost(r.W, host)
+		} else {
+			r.Net.Init(seed)
+		}
+	}
+	if s.Trainable {
+		r.m = dev.Alloc(kernels.F32, r.W.Numel())
+		r.v = dev.Alloc(kernels.F32, r.W.Numel())
+		r.runs = decayRuns(r.Table, r.W.Numel())
+	}
+	return r, nil
+}
+
+// load reads a role's weights from a safetensors file (Wan layout for a DiT, its table's names
+// for a custom network).
+func (r *role) load(path string) error {
+	if r.Net != nil {
+		return r.Net.Load(path)
+	}
+	ts, _, err := models.ReadSafetensors(path)
+	if err != nil {
+		return err
+	}
+	host := make([]float32, r.W.Numel())
+	for _, p := range r.Table {
+		nt, ok := ts[p.Name]
+		if !ok {
+			return fmt.Errorf("%s: missing key %s", path, p.Name)
+		}
+		if kernels.Numel(nt.Shape) != kernels.Numel(p.Shape) {
+			return fmt.Errorf("%s: key %s has shape %v, want %v", path, p.Name, nt.Shape, p.Shape)
+		}
+		copy(host[p.Offset:], nt.Data)
+	}
+	r.W.Dev.FromHost(r.W, host)
+	return nil
+}
+
+// save writes a role's weights in dtype dt.
+func (r *role) save(path string, dt kernels.DType) error {
+	if r.Net != nil {
+		return r.Net.Save(path, dt)
+	}
+	host := make([]float32, r.W.Numel())
+	r.W.Dev.ToHost(host, r.W)
+	ts := make([]models.NamedTensor, len(r.Table))
+	for i, p := range r.Table {
+		n := kernels.Numel(p.Shape)
+		ts[i] = models.NamedTensor{Name: p.Name, Shape: p.Shape, Data: host[p.Offset : p.Offset+n]}
+	}
+	return models.WriteSafetensors(path, ts, dt, nil)
+}
+
+// Net returns a role's DiT (nil if the job has no such role or it is not a DiT).
+func (t *Trainer) Net(name string) *models.DiT {
+	if r := t.byName[name]; r != nil {
+		return r.Net
+	}
+	return nil
+}
+
+// RoleNames lists the built roles.
+func (t *Trainer) RoleNames() []string {
+	var ns []string
+	for _, r := range t.roles {
+		ns = append(ns, r.Spec.Name)
+	}
+	return ns
+}
+
+// nextBatch loads one micro-batch onto the device.
+func (t *Trainer) nextBatch() error {
+	hb, err := t.opt.Source.Next()
+	if err != nil {
+		return fmt.Errorf("step %d: loading a batch: %w", t.Step+1, err)
+	}
+	dev, b := t.opt.Dev, &t.batch
+	if want := b.Ctx.Numel(); len(hb.Ctx) != want {
+		return fmt.Errorf("step %d: batch text embeddings have %d values, want %v", t.Step+1, len(hb.Ctx), b.Ctx.Shape)
+	}
+	dev.FromHost(b.Ctx, hb.Ctx)
+	b.X0 = nil
+	if hb.X0 != nil {
+		if want := t.x0.Numel(); len(hb.X0) != want {
+			return fmt.Errorf("step %d: batch latents have %d values, want %v", t.Step+1, len(hb.X0), t.x0.Shape)
+		}
+		dev.FromHost(t.x0, hb.X0)
+		b.X0 = t.x0
+	}
+	b.Drop, b.Captions, b.IDs = hb.Drop, hb.Captions, hb.IDs
+	return nil
+}
+
+// TrainStep runs one optimizer step (all micro-batches) and returns its metrics.
+func (t *Trainer) TrainStep() (map[string]float64, error) {
+	n := t.Step + 1
+	job := t.Job
+	accum := max(job.Train.GradAccum, 1)
+	for _, r := range t.roles {
+		if r.G != nil {
+			t.opt.Dev.Zero(r.G)
+		}
+	}
+	metrics := map[string]float64{}
+	counts := map[string]int{}
+	updated := map[string]bool{}
+	for micro := 0; micro < accum; micro++ {
+		if err := t.nextBatch(); err != nil {
+			return nil, err
+		}
+		s := &objectives.Step{Step: n, Micro: micro, Accum: accum, RNG: objectives.StepRNG(job.Seed, n, micro)}
+		up, err := t.Obj.Step(s, &t.batch)
+		if err != nil {
+			return nil, fmt.Errorf("step %d: %s: %w", n, t.Obj.Name(), err)
+		}
+		for _, name := range up.Roles {
+			r := t.byName[name]
+			if r == nil || r.G == nil {
+				return nil, fmt.Errorf("step %d: %s reported gradients for %q, which is not a trainable role", n, t.Obj.Name(), name)
+			}
+			updated[name] = true
+		}
+		for k, v := range up.Metrics {
+			metrics[k] += v
+			counts[k]++
+		}
+	}
+	for k := range metrics {
+		metrics[k] /= float64(counts[k])
+	}
+	for _, r := range t.roles { // build order: deterministic
+		if !updated[r.Spec.Name] {
+			continue
+		}
+		t.update(r, n, accum)
+		metrics["lr/"+r.Spec.Name] = r.lr
+		metrics["grad_norm/"+r.Spec.Name] = r.gnorm
+		if r == t.emaOf && t.ema != nil {
+			if n < job.Roles[objectives.Student].EMAStart {
+				t.opt.Dev.Copy(t.ema.W, r.W)
+			} else {
+				t.opt.Dev.EMA(t.ema.W, r.W, float32(job.Roles[objectives.Student].EMADecay))
+			}
+		}
+	}
+	t.Step = n
+	return metrics, nil
+}
+
+// Run trains to train.steps, logging, validating and checkpointing on schedule; the last step is
+// always checkpointed and validated.
+func (t *Trainer) Run() error {
+	job := t.Job
+	if err := os.MkdirAll(t.Dir, 0o755); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(t.Dir, "job.yaml")); err != nil || t.Step == 0 {
+		if err := config.Save(job, filepath.Join(t.Dir, "job.yaml")); err != nil {
+			return err
+		}
+	}
+	ml, err := openMetrics(filepath.Join(t.Dir, "metrics.jsonl"), t.Step)
+	if err != nil {
+		return err
+	}
+	defer ml.Close()
+	t.metrics = ml
+	bar := newBar(t.opt.Progress, job.Train.Steps, t.Step, job.Name)
+	start, startStep := time.Now(), t.Step
+	logEvery := max(job.Train.LogEvery, 1)
+	var acc meanAcc
+	for t.Step < job.Train.Steps {
+		m, err := t.TrainStep()
+		if err != nil {
+			return err
+		}
+		acc.add(m)
+		n := t.Step
+		rate := float64(n-startStep) / time.Since(start).Seconds()
+		bar.update(n, m, rate)
+		if n%logEvery == 0 || n == job.Train.Steps {
+			rec := acc.mean()
+			rec["steps_per_s"] = rate
+			if err := ml.write(n, time.Since(start).Seconds(), rec); err != nil {
+				return err
+			}
+			acc = meanAcc{}
+		}
+		last := n == job.Train.Steps
+		if (job.Train.CkptEvery > 0 && n%job.Train.CkptEvery == 0) || last {
+			dir, err := t.Save()
+			if err != nil {
+				return err
+			}
+			t.logf("step %d: checkpoint %s", n, dir)
+		}
+		if t.opt.Validate != nil && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
+			if err := t.opt.Validate(n, t); err != nil {
+				return fmt.Errorf("step %d: validation: %w", n, err)
+			}
+		}
+	}
+	bar.finish()
+	return nil
+}
+
+func (t *Trainer) logf(format string, a ...any) {
+	if t.opt.Log != nil {
+		fmt.Fprintf(t.opt.Log, format+"\n", a...)
+	}
+}
