@@ -1,0 +1,280 @@
+package models
+
+import (
+	"fmt"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// Cache is the KV cache of streaming (causal) generation: per layer, the self-attention K (after
+// RMSNorm and RoPE at absolute frame positions) and V of the frames committed so far, in frame
+// slots of h·w tokens. With a local window, it keeps at most localFrames frames: the first
+// sinkFrames frames (never evicted) and the most recent localFrames − sinkFrames others (the oldest
+// non-sink frame is overwritten first). Keys are position-encoded before caching and every cached
+// key is visible to every query of the next chunk, so the slot order does not matter.
+type Cache struct {
+	B, H, W, hw int // batch, latent height and width, tokens per frame
+	local, sink int // window and sink, in frames (local 0 = unbounded)
+	frames      int // absolute index of the next frame
+	used        int // occupied slots (a prefix of the slots)
+	capFrames   int // allocated slots
+	D, layers   int
+	K, V        []*kernels.Tensor // per layer [B, capFrames·hw·D]
+	dev         kernels.Device
+	gen         int // bumped when K/V are reallocated
+}
+
+// CheckWindow validates a window and sink (in frames) for NewCache.
+func CheckWindow(localFrames, sinkFrames int) error {
+	if localFrames < 0 || sinkFrames < 0 {
+		return fmt.Errorf("models: kv cache: local_attn_frames %d and sink_frames %d must be ≥ 0", localFrames, sinkFrames)
+	}
+	if localFrames > 0 && sinkFrames >= localFrames {
+		return fmt.Errorf("models: kv cache: sink_frames %d must be < local_attn_frames %d (the window includes the sink)", sinkFrames, localFrames)
+	}
+	return nil
+}
+
+// NewCache makes an empty cache for batch B and latent size H×W. localFrames bounds the cached frames
+// (sink included); 0 = unbounded, the cache grows as frames are committed. It panics on a window
+// CheckWindow rejects.
+func (m *DiT) NewCache(B, H, W, localFrames, sinkFrames int) *Cache {
+	if err := CheckWindow(localFrames, sinkFrames); err != nil {
+		panic(err)
+	}
+	if localFrames == 0 {
+		sinkFrames = 0 // nothing is ever evicted
+	}
+	c := &Cache{B: B, H: H, W: W, hw: (H / 2) * (W / 2), local: localFrames, sink: sinkFrames,
+		D: m.Cfg.Dim, layers: m.Cfg.Layers, dev: m.Dev}
+	n := localFrames
+	if n == 0 {
+		n = 8
+	}
+	c.grow(n)
+	return c
+}
+
+// Frames is the absolute frame index of the next chunk.
+func (c *Cache) Frames() int { return c.frames }
+
+// CachedFrames is the number of frames the next chunk attends to besides itself.
+func (c *Cache) CachedFrames() int { return c.used }
+
+// Reset empties the cache (memory is kept).
+func (c *Cache) Reset() { c.frames, c.used = 0, 0 }
+
+// Free releases the cache's device memory.
+func (c *Cache) Free() {
+	for l := range c.K {
+		c.dev.Free(c.K[l])
+		c.dev.Free(c.V[l])
+	}
+	c.K, c.V = nil, nil
+}
+
+func (c *Cache) grow(frames int) {
+	K := make([]*kernels.Tensor, c.layers)
+	V := make([]*kernels.Tensor, c.layers)
+	T := c.hw * c.D
+	for l := range K {
+		K[l] = c.dev.Alloc(kernels.F32, c.B, frames*T)
+		V[l] = c.dev.Alloc(kernels.F32, c.B, frames*T)
+		if c.K != nil { // keep the occupied slots
+			for b := 0; b < c.B; b++ {
+				c.dev.Copy(K[l].View(b*frames*T, c.used*T), c.K[l].View(b*c.capFrames*T, c.used*T))
+				c.dev.Copy(V[l].View(b*frames*T, c.used*T), c.V[l].View(b*c.capFrames*T, c.used*T))
+			}
+			c.dev.Free(c.K[l])
+			c.dev.Free(c.V[l])
+		}
+	}
+	c.K, c.V, c.capFrames = K, V, frames
+	c.gen++
+}
+
+// slot is where absolute frame a lives.
+func (c *Cache) slot(a int) int {
+	if c.local == 0 || a < c.sink {
+		return a
+	}
+	return c.sink + (a-c.sink)%(c.local-c.sink)
+}
+
+// chunkState is a pass's view of the cache during ForwardChunk, kept for Backward and Commit.
+type chunkState struct {
+	active     bool // the pass's last forward was a ForwardChunk
+	committed  bool // and it has been committed
+	cache      *Cache
+	frame0     int               // absolute frame of the chunk's first frame
+	nc         int               // cached tokens attended (per batch)
+	ct, qOff   int               // attention mask arguments
+	capTok     int               // allocated key tokens per batch (cache + chunk)
+	kBuf, vBuf []*kernels.Tensor // per layer [B·capTok·D]
+	dkBuf      *kernels.Tensor   // [B·capTok·D] gradient of the gathered keys
+	dvBuf      *kernels.Tensor
+
+	// views for the current (cache, gen, nc)
+	key                 [3]any
+	kAll, vAll          []*kernels.Tensor   // per layer [B, nc+N, H, hd]
+	dkAll, dvAll        *kernels.Tensor     // [B, nc+N, H, hd]
+	kSrc, vSrc          [][]*kernels.Tensor // [layer][b] cache rows [nc·D]
+	kDstC, vDstC        [][]*kernels.Tensor // [layer][b] gathered rows [0, nc)
+	kDstN, vDstN        [][]*kernels.Tensor // [layer][b] gathered rows [nc, nc+N)
+	krB, vB             [][]*kernels.Tensor // [layer][b] the chunk's own k, v [N·D]
+	dkN, dvN, dKrB, dVB []*kernels.Tensor   // [b] gradient rows of the chunk's keys; of dKr, dV
+}
+
+func (s *chunkState) free(d kernels.Device) {
+	for l := range s.kBuf {
+		d.Free(s.kBuf[l])
+		d.Free(s.vBuf[l])
+	}
+	if s.dkBuf != nil {
+		d.Free(s.dkBuf)
+		d.Free(s.dvBuf)
+	}
+	*s = chunkState{}
+}
+
+// ForwardChunk runs the model on the next chunk of a streamed video: x [B, C, k, H, W] holds the
+// frames c.Frames()…+k−1 (RoPE at those absolute positions), t [B, k]. Self-attention sees the
+// cached K/V plus the chunk itself (block-causally inside the chunk if p.S.ChunkFrames < k). The
+// pass must come from NewPass(Shape{F: k, H, W of the cache, ...}). Commit(c, p) then caches the
+// chunk's K/V; Backward(p) works, with no gradient into the cache.
+func (m *DiT) ForwardChunk(p *Pass, c *Cache, x, t, ctx *kernels.Tensor) *kernels.Tensor {
+	p.checkInputs(m, x, t, ctx)
+	if p.S.B != c.B || p.S.H != c.H || p.S.W != c.W {
+		panic(fmt.Sprintf("models: ForwardChunk: pass %+v, cache for B %d, H %d, W %d", p.S, c.B, c.H, c.W))
+	}
+	s := &p.chunk
+	s.active, s.committed, s.cache, s.frame0 = true, false, c, c.frames
+	s.nc = c.used * c.hw
+	s.ct, s.qOff = 0, 0
+	if cf := p.S.ChunkFrames; cf > 0 && cf < p.S.F {
+		s.ct, s.qOff = cf*p.hw, s.nc
+		if s.nc%s.ct != 0 {
+			panic(fmt.Sprintf("models: ForwardChunk: %d cached frames are not a multiple of chunk_frames %d", c.used, cf))
+		}
+	}
+	m.prepareChunk(p, c)
+	return m.forward(p, x, t, ctx, c)
+}
+
+// prepareChunk sizes the gather buffers and makes the views for the cache's current fill.
+func (m *DiT) prepareChunk(p *Pass, c *Cache) {
+	s, d := &p.chunk, m.Dev
+	B, N, D, H, Hd := p.S.B, p.N, p.D, p.Heads, p.Hd
+	need := c.capFrames*c.hw + N
+	if need > s.capTok {
+		for l := range s.kBuf {
+			d.Free(s.kBuf[l])
+			d.Free(s.vBuf[l])
+		}
+		if s.dkBuf != nil {
+			d.Free(s.dkBuf)
+			d.Free(s.dvBuf)
+		}
+		s.kBuf, s.vBuf, s.kAll = nil, nil, nil
+		s.capTok = need
+		for range p.blocks {
+			s.kBuf = append(s.kBuf, d.Alloc(kernels.F32, B*need*D))
+			s.vBuf = append(s.vBuf, d.Alloc(kernels.F32, B*need*D))
+		}
+		s.dkBuf = d.Alloc(kernels.F32, B*need*D)
+		s.dvBuf = d.Alloc(kernels.F32, B*need*D)
+	}
+	key := [3]any{c, c.gen, s.nc}
+	if s.key == key && s.kAll != nil {
+		return
+	}
+	s.key = key
+	nk := s.nc + N
+	nl := len(p.blocks)
+	s.kAll, s.vAll = make([]*kernels.Tensor, nl), make([]*kernels.Tensor, nl)
+	s.kSrc, s.vSrc = make([][]*kernels.Tensor, nl), make([][]*kernels.Tensor, nl)
+	s.kDstC, s.vDstC = make([][]*kernels.Tensor, nl), make([][]*kernels.Tensor, nl)
+	s.kDstN, s.vDstN = make([][]*kernels.Tensor, nl), make([][]*kernels.Tensor, nl)
+	s.krB, s.vB = make([][]*kernels.Tensor, nl), make([][]*kernels.Tensor, nl)
+	T := c.capFrames * c.hw * D // one batch row of the cache
+	for l := range p.blocks {
+		s.kAll[l] = s.kBuf[l].View(0, B, nk, H, Hd)
+		s.vAll[l] = s.vBuf[l].View(0, B, nk, H, Hd)
+		for b := 0; b < B; b++ {
+			s.kSrc[l] = append(s.kSrc[l], c.K[l].View(b*T, s.nc*D))
+			s.vSrc[l] = append(s.vSrc[l], c.V[l].View(b*T, s.nc*D))
+			s.kDstC[l] = append(s.kDstC[l], s.kBuf[l].View(b*nk*D, s.nc*D))
+			s.vDstC[l] = append(s.vDstC[l], s.vBuf[l].View(b*nk*D, s.nc*D))
+			s.kDstN[l] = append(s.kDstN[l], s.kBuf[l].View((b*nk+s.nc)*D, N*D))
+			s.vDstN[l] = append(s.vDstN[l], s.vBuf[l].View((b*nk+s.nc)*D, N*D))
+			s.krB[l] = append(s.krB[l], p.blocks[l].kr.View(b*N*D, N*D))
+			s.vB[l] = append(s.vB[l], p.blocks[l].v.View(b*N*D, N*D))
+		}
+	}
+	s.dkAll = s.dkBuf.View(0, B, nk, H, Hd)
+	s.dvAll = s.dvBuf.View(0, B, nk, H, Hd)
+	s.dkN, s.dvN, s.dKrB, s.dVB = nil, nil, nil, nil
+	for b := 0; b < B; b++ {
+		s.dkN = append(s.dkN, s.dkBuf.View((b*nk+s.nc)*D, N*D))
+		s.dvN = append(s.dvN, s.dvBuf.View((b*nk+s.nc)*D, N*D))
+		s.dKrB = append(s.dKrB, p.g.dKr.View(b*N*D, N*D))
+		s.dVB = append(s.dVB, p.g.dV.View(b*N*D, N*D))
+	}
+}
+
+// gather assembles layer l's keys and values: the cached tokens, then the chunk's own.
+func (s *chunkState) gather(d kernels.Device, l int, a *blockActs, c *Cache) (k, v *kernels.Tensor) {
+	for b := range s.kDstN[l] {
+		if s.nc > 0 {
+			d.Copy(s.kDstC[l][b], s.kSrc[l][b]) // [nc·D]
+			d.Copy(s.vDstC[l][b], s.vSrc[l][b]) // [nc·D]
+		}
+		d.Copy(s.kDstN[l][b], s.krB[l][b]) // [N·D]
+		d.Copy(s.vDstN[l][b], s.vB[l][b])  // [N·D]
+	}
+	return s.kAll[l], s.vAll[l]
+}
+
+// attentionBack is self-attention's backward over the gathered keys; only the chunk's own key and
+// value gradients are kept (none flows into the cache).
+func (s *chunkState) attentionBack(d kernels.Device, l int, a *blockActs, g *passGrads) {
+	d.Zero(s.dkAll)
+	d.Zero(s.dvAll)
+	d.AttentionBack(g.dQr4, s.dkAll, s.dvAll, g.dAtt4, a.att4, a.lse, a.qr4, s.kAll[l], s.vAll[l], s.ct, s.qOff)
+	for b := range s.dkN {
+		d.Axpy(s.dKrB[b], 1, s.dkN[b]) // [N·D]
+		d.Axpy(s.dVB[b], 1, s.dvN[b])  // [N·D]
+	}
+}
+
+// Commit appends the K/V of p's last ForwardChunk to c (evicting the oldest non-sink frames beyond
+// the window) and advances c.Frames() by the chunk's frames.
+func (m *DiT) Commit(c *Cache, p *Pass) {
+	s := &p.chunk
+	if !s.active || s.committed || s.cache != c || s.frame0 != c.frames {
+		panic("models: Commit: the pass's last forward was not a ForwardChunk on this cache at its current frame")
+	}
+	F, hw, D := p.S.F, c.hw, c.D
+	if c.local == 0 && c.frames+F > c.capFrames {
+		c.grow(max(2*c.capFrames, c.frames+F))
+	}
+	T := c.capFrames * hw * D
+	for l := range p.blocks {
+		a := &p.blocks[l]
+		for f := 0; f < F; f++ {
+			sl := c.slot(c.frames + f)
+			for b := 0; b < c.B; b++ {
+				src := (b*p.N + f*hw) * D
+				dst := b*T + sl*hw*D
+				m.Dev.Copy(c.K[l].View(dst, hw*D), a.kr.View(src, hw*D)) // [h·w·D] RoPE'd key
+				m.Dev.Copy(c.V[l].View(dst, hw*D), a.v.View(src, hw*D))  // [h·w·D]
+			}
+		}
+	}
+	c.frames += F
+	c.used = c.frames
+	if c.local > 0 {
+		c.used = min(c.frames, c.local)
+	}
+	s.committed = true // a second Commit of the same chunk is an error
+}

@@ -1,0 +1,274 @@
+package models
+
+import (
+	"fmt"
+	"math"
+	"math/rand"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// DiT is the Wan2.1 T2V diffusion transformer: its config, its parameter table, and one buffer of
+// weights (and one of gradients) carved by that table.
+type DiT struct {
+	Cfg   Config
+	Dev   kernels.Device
+	Table []Param
+	W     *kernels.Tensor // [P] every parameter in one buffer (fp32 master on the CPU)
+	G     *kernels.Tensor // [P] gradients, same layout; nil for a frozen network
+
+	index map[string]int
+	w, g  weights // views of W and G by layer (g's views are nil when G is nil)
+}
+
+// linear is the weight [out, in] and bias [out] of one Linear layer.
+type linear struct{ W, B *kernels.Tensor }
+
+// attn is one attention module's parameters.
+type attn struct {
+	Q, K, V, O   linear
+	NormQ, NormK *kernels.Tensor // [D]
+}
+
+type block struct {
+	Self, Cross attn
+	Norm3W      *kernels.Tensor // [D]
+	Norm3B      *kernels.Tensor // [D]
+	FFN0, FFN2  linear
+	Modulation  *kernels.Tensor // [6·D]
+}
+
+// weights are views of a parameter buffer shaped for the ops.
+type weights struct {
+	Patch          linear // W viewed [D, C·4]
+	Text0, Text2   linear
+	Time0, Time2   linear
+	TimeProj       linear
+	Blocks         []block
+	Head           linear
+	HeadModulation *kernels.Tensor // [2·D]
+}
+
+// New allocates a model (zero weights; call Init or Load) on dev, with a gradient buffer if grads.
+func New(dev kernels.Device, cfg Config, grads bool) *DiT {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	table, P := cfg.Params()
+	m := &DiT{Cfg: cfg, Dev: dev, Table: table, index: make(map[string]int, len(table))}
+	for i, p := range table {
+		m.index[p.Name] = i
+	}
+	m.W = dev.Alloc(kernels.F32, P)
+	m.w = m.carve(m.W)
+	if grads {
+		m.G = dev.Alloc(kernels.F32, P)
+		m.g = m.carve(m.G)
+	} else {
+		m.g = weights{Blocks: make([]block, cfg.Layers)} // every gradient view nil: "not wanted"
+	}
+	return m
+}
+
+func (m *DiT) view(buf *kernels.Tensor, name string, shape ...int) *kernels.Tensor {
+	i, ok := m.index[name]
+	if !ok {
+		panic("models: no parameter " + name)
+	}
+	p := m.Table[i]
+	if shape == nil {
+		shape = p.Shape
+	}
+	return buf.View(p.Offset, shape...)
+}
+
+func (m *DiT) carve(buf *kernels.Tensor) weights {
+	c := m.Cfg
+	D := c.Dim
+	lin := func(name string, out, in int) linear {
+		return linear{m.view(buf, name+".weight", out, in), m.view(buf, name+".bias", out)}
+	}
+	var w weights
+	w.Patch = linear{m.view(buf, "patch_embedding.weight", D, 4*c.InDim), m.view(buf, "patch_embedding.bias")}
+	w.Text0 = lin("text_embedding.0", D, c.TextDim)
+	w.Text2 = lin("text_embedding.2", D, D)
+	w.Time0 = lin("time_embedding.0", D, c.FreqDim)
+	w.Time2 = lin("time_embedding.2", D, D)
+	w.TimeProj = lin("time_projection.1", 6*D, D)
+	for i := 0; i < c.Layers; i++ {
+		b := fmt.Sprintf("blocks.%d.", i)
+		at := func(a string) attn {
+			return attn{Q: lin(b+a+".q", D, D), K: lin(b+a+".k", D, D), V: lin(b+a+".v", D, D), O: lin(b+a+".o", D, D),
+				NormQ: m.view(buf, b+a+".norm_q.weight"), NormK: m.view(buf, b+a+".norm_k.weight")}
+		}
+		w.Blocks = append(w.Blocks, block{Self: at("self_attn"), Cross: at("cross_attn"),
+			Norm3W: m.view(buf, b+"norm3.weight"), Norm3B: m.view(buf, b+"norm3.bias"),
+			FFN0: lin(b+"ffn.0", c.FFNDim, D), FFN2: lin(b+"ffn.2", D, c.FFNDim),
+			Modulation: m.view(buf, b+"modulation", 6*D)})
+	}
+	w.Head = lin("head.head", 4*c.OutDim, D)
+	w.HeadModulation = m.view(buf, "head.modulation", 2*D)
+	return w
+}
+
+// Param is the view of W holding parameter name (Wan2.1 key), in the key's own shape.
+// It panics on an unknown name (a programming error).
+func (m *DiT) Param(name string) *kernels.Tensor { return m.view(m.W, name) }
+
+// Grad is the view of G holding the gradient of parameter name; nil for a frozen network.
+func (m *DiT) Grad(name string) *kernels.Tensor {
+	if m.G == nil {
+		return nil
+	}
+	return m.view(m.G, name)
+}
+
+// HasParam reports whether name is a key of the table.
+func (m *DiT) HasParam(name string) bool { _, ok := m.index[name]; return ok }
+
+// Init sets Wan's initialization (WanModel.init_weights), seeded: every Linear xavier-uniform with
+// zero bias; the patch embedding xavier-uniform on its [D, C·4] flattening with PyTorch's default
+// Conv3d bias U(±1/√(C·4)); the text and time MLP weights N(0, 0.02); modulations randn/√D; norm
+// weights 1 and biases 0; the output layer head.head's weight 0.
+func (m *DiT) Init(seed int64) {
+	rng := rand.New(rand.NewSource(seed))
+	host := make([]float32, m.W.Numel())
+	D := float64(m.Cfg.Dim)
+	for _, p := range m.Table {
+		v := host[p.Offset : p.Offset+numel(p.Shape)]
+		name := p.Name
+		switch {
+		case hasSuffix(name, ".bias") && name == "patch_embedding.bias":
+			bound := 1 / math.Sqrt(float64(4*m.Cfg.InDim))
+			for i := range v {
+				v[i] = float32((2*rng.Float64() - 1) * bound)
+			}
+		case hasSuffix(name, ".bias"):
+			// zero (Linear biases and norm3.bias)
+		case hasSuffix(name, "norm_q.weight"), hasSuffix(name, "norm_k.weight"), hasSuffix(name, "norm3.weight"):
+			for i := range v {
+				v[i] = 1
+			}
+		case hasSuffix(name, "modulation"):
+			for i := range v {
+				v[i] = float32(rng.NormFloat64() / math.Sqrt(D))
+			}
+		case name == "head.head.weight":
+			// zero: the network starts by predicting 0
+		case hasPrefix(name, "text_embedding.") || hasPrefix(name, "time_embedding."):
+			for i := range v {
+				v[i] = float32(0.02 * rng.NormFloat64())
+			}
+		default: // a Linear weight [out, in] or the patch embedding [D, C, 1, 2, 2]
+			out := p.Shape[0]
+			in := numel(p.Shape) / out
+			bound := math.Sqrt(6 / float64(in+out))
+			for i := range v {
+				v[i] = float32((2*rng.Float64() - 1) * bound)
+			}
+		}
+	}
+	m.Dev.FromHost(m.W, host)
+}
+
+// InitRandom fills every parameter (head and norms included) with N(0, std) values, seeded: the
+// non-degenerate weights tests use so that every gradient is non-trivial.
+func (m *DiT) InitRandom(seed int64, std float32) {
+	rng := rand.New(rand.NewSource(seed))
+	host := make([]float32, m.W.Numel())
+	for _, p := range m.Table {
+		v := host[p.Offset : p.Offset+numel(p.Shape)]
+		for i := range v {
+			v[i] = std * float32(rng.NormFloat64())
+		}
+	}
+	m.Dev.FromHost(m.W, host)
+}
+
+// ZeroGrad zeroes G.
+func (m *DiT) ZeroGrad() {
+	if m.G != nil {
+		m.Dev.Zero(m.G)
+	}
+}
+
+// Tensors returns the parameters (buf = m.W) or gradients (buf = m.G) as host tensors in table order,
+// named prefix+key.
+func (m *DiT) Tensors(buf *kernels.Tensor, prefix string) []NamedTensor {
+	host := make([]float32, buf.Numel())
+	m.Dev.ToHost(host, buf)
+	ts := make([]NamedTensor, len(m.Table))
+	for i, p := range m.Table {
+		ts[i] = NamedTensor{Name: prefix + p.Name, Shape: p.Shape, Data: host[p.Offset : p.Offset+numel(p.Shape) : p.Offset+numel(p.Shape)]}
+	}
+	return ts
+}
+
+// Save writes the weights as safetensors in Wan2.1's key layout, in dtype dt, atomically.
+func (m *DiT) Save(path string, dt kernels.DType) error {
+	return WriteSafetensors(path, m.Tensors(m.W, ""), dt, map[string]string{"format": "pt"})
+}
+
+// Load reads weights in Wan2.1's key layout (F32, BF16 or F16) into W. Strict: every key of the
+// table must be present with its shape and no other key may be; the error lists every missing,
+// unexpected and mis-shaped key. W is left unchanged on error.
+func (m *DiT) Load(path string) error {
+	st, err := openSafetensors(path)
+	if err != nil {
+		return err
+	}
+	defer st.f.Close()
+	var missing, unexpected, misshaped []string
+	for _, p := range m.Table {
+		i, ok := st.byName[p.Name]
+		if !ok {
+			missing = append(missing, p.Name)
+			continue
+		}
+		if s := st.entries[i].Shape; !sameShape(s, p.Shape) {
+			misshaped = append(misshaped, fmt.Sprintf("%s %v (want %v)", p.Name, s, p.Shape))
+		}
+	}
+	for _, e := range st.entries {
+		if _, ok := m.index[e.Name]; !ok {
+			unexpected = append(unexpected, e.Name)
+		}
+	}
+	if len(missing)+len(unexpected)+len(misshaped) > 0 {
+		msg := fmt.Sprintf("models: load %s: checkpoint does not match the model (dim %d, %d layers, text_dim %d, in/out %d/%d)",
+			path, m.Cfg.Dim, m.Cfg.Layers, m.Cfg.TextDim, m.Cfg.InDim, m.Cfg.OutDim)
+		if len(missing) > 0 {
+			msg += fmt.Sprintf("; %d missing keys: %s", len(missing), describeKeys(missing))
+		}
+		if len(unexpected) > 0 {
+			msg += fmt.Sprintf("; %d unexpected keys: %s", len(unexpected), describeKeys(unexpected))
+		}
+		if len(misshaped) > 0 {
+			msg += fmt.Sprintf("; %d mis-shaped keys: %s", len(misshaped), describeKeys(misshaped))
+		}
+		return fmt.Errorf("%s", msg)
+	}
+	host := make([]float32, m.W.Numel())
+	for _, p := range m.Table {
+		if err := st.read(st.entries[st.byName[p.Name]], host[p.Offset:p.Offset+numel(p.Shape)]); err != nil {
+			return err
+		}
+	}
+	m.Dev.FromHost(m.W, host)
+	return nil
+}
+
+func sameShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func hasSuffix(s, suf string) bool { return len(s) >= len(suf) && s[len(s)-len(suf):] == suf }
+func hasPrefix(s, pre string) bool { return len(s) >= len(pre) && s[:len(pre)] == pre }

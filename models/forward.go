@@ -1,0 +1,234 @@
+package models
+
+import (
+	"fmt"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// Forward runs the DiT: x [B, C, F, H, W] latents, t [B, F] per-frame timesteps in [0, 1000],
+// ctx [B, L, text_dim] text embeddings → the velocity [B, C_out, F, H, W], owned by p and valid
+// until p's next forward. Self-attention is bidirectional, or block-causal over chunks of
+// p.S.ChunkFrames frames when that is > 0. Every activation backward needs is kept in p.
+func (m *DiT) Forward(p *Pass, x, t, ctx *kernels.Tensor) *kernels.Tensor {
+	p.checkInputs(m, x, t, ctx)
+	p.chunk.active = false
+	return m.forward(p, x, t, ctx, nil)
+}
+
+func (p *Pass) checkInputs(m *DiT, x, t, ctx *kernels.Tensor) {
+	s := p.S
+	if x.Numel() != s.B*p.C*s.F*s.H*s.W || t.Numel() != s.B*s.F || ctx.Numel() != s.B*s.L*m.Cfg.TextDim {
+		panic(fmt.Sprintf("models: forward of a pass for %+v (C %d, text_dim %d) got x %v, t %v, ctx %v",
+			s, p.C, m.Cfg.TextDim, x.Shape, t.Shape, ctx.Shape))
+	}
+}
+
+// forward is Forward, and ForwardChunk when c != nil (self-attention over c's K/V plus the chunk).
+func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Tensor {
+	d, w, cfg, s := m.Dev, &m.w, m.Cfg, p.S
+	B, F, H, W, hw := s.B, s.F, s.H, s.W, p.hw
+	frame0 := 0
+	if c != nil {
+		frame0 = c.frames
+	}
+
+	// patch embedding: a linear layer on each 1×2×2 patch
+	d.Patchify(p.xp, x, B, p.C, F, H, W)         // [B, N, 4C]
+	d.Linear(p.tok, p.xpF, w.Patch.W, w.Patch.B) // [B·N, D]
+
+	// text embedding
+	d.Copy(p.ctxIn, ctx)                          // [B·L, text_dim]
+	d.Linear(p.c1, p.ctxIn, w.Text0.W, w.Text0.B) // [B·L, D]
+	d.GELU(p.c1g, p.c1)                           // [B·L, D]
+	d.Linear(p.ctx, p.c1g, w.Text2.W, w.Text2.B)  // [B·L, D]
+
+	// time embedding, per frame
+	d.Copy(p.tIn, t)                                 // [B·F]
+	d.Sinusoid(p.tsin, p.tIn, cfg.FreqDim/2)         // [B·F, 256] = [cos, sin]
+	d.Linear(p.e1, p.tsin, w.Time0.W, w.Time0.B)     // [B·F, D]
+	d.SiLU(p.e1s, p.e1)                              // [B·F, D]
+	d.Linear(p.e, p.e1s, w.Time2.W, w.Time2.B)       // [B·F, D] e
+	d.SiLU(p.es, p.e)                                // [B·F, D]
+	d.Linear(p.e0, p.es, w.TimeProj.W, w.TimeProj.B) // [B·F, 6·D] e0
+
+	for l := range p.blocks {
+		a, bw := &p.blocks[l], &w.Blocks[l]
+		// (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0
+		d.AddBroadcast(a.modF, bw.Modulation, p.e0) // [B·F, 6, D]
+
+		// self-attention
+		d.LayerNorm(a.ln1, a.mean1, a.rstd1, a.x, nil, nil, cfg.Eps) // [B, N, D]
+		d.Modulate(a.h1, a.ln1, a.mod, 0, 1, hw)                     // [B, N, D] ·(1+scale1)+shift1
+		d.Linear(a.q, a.h1F, bw.Self.Q.W, bw.Self.Q.B)               // [B·N, D]
+		d.Linear(a.k, a.h1F, bw.Self.K.W, bw.Self.K.B)               // [B·N, D]
+		d.Linear(a.v, a.h1F, bw.Self.V.W, bw.Self.V.B)               // [B·N, D]
+		d.RMSNorm(a.qr, a.rstdQ, a.q, bw.Self.NormQ, cfg.Eps)        // [B·N, D]
+		d.RMSNorm(a.kr, a.rstdK, a.k, bw.Self.NormK, cfg.Eps)        // [B·N, D]
+		d.RoPE(a.qr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
+		d.RoPE(a.kr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
+		switch {
+		case c != nil:
+			k, v := p.chunk.gather(d, l, a, c)                                // [B, Nc+N, H, hd] cache + chunk
+			d.Attention(a.att4, a.lse, a.qr4, k, v, p.chunk.ct, p.chunk.qOff) // [B, N, H, hd]
+		case p.selfAttn != nil:
+			p.selfAttn(l, a.att4, a.lse, a.qr4, a.kr4, a.v4)
+		default:
+			d.Attention(a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
+		}
+		d.Linear(a.o, a.att, bw.Self.O.W, bw.Self.O.B) // [B·N, D]
+		d.Copy(a.x1, a.x)                              // [B, N, D]
+		d.GateAdd(a.x1, a.o3, a.mod, 2, hw)            // [B, N, D] x1 = x + gate1·o
+
+		// cross-attention over the context, no RoPE, no mask
+		d.LayerNorm(a.n3, a.mean3, a.rstd3, a.x1, bw.Norm3W, bw.Norm3B, cfg.Eps) // [B, N, D]
+		d.Linear(a.cq, a.n3F, bw.Cross.Q.W, bw.Cross.Q.B)                        // [B·N, D]
+		d.RMSNorm(a.cqr, a.rstdCq, a.cq, bw.Cross.NormQ, cfg.Eps)                // [B·N, D]
+		d.Linear(a.ck, p.ctx, bw.Cross.K.W, bw.Cross.K.B)                        // [B·L, D]
+		d.RMSNorm(a.ckr, a.rstdCk, a.ck, bw.Cross.NormK, cfg.Eps)                // [B·L, D]
+		d.Linear(a.cv, p.ctx, bw.Cross.V.W, bw.Cross.V.B)                        // [B·L, D]
+		d.Attention(a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0)                // [B, N, H, hd]
+		d.Linear(a.co, a.catt, bw.Cross.O.W, bw.Cross.O.B)                       // [B·N, D]
+		d.Add(a.x2, a.x1, a.co3)                                                 // [B, N, D] x2 = x1 + o
+
+		// feed-forward
+		d.LayerNorm(a.ln2, a.mean2, a.rstd2, a.x2, nil, nil, cfg.Eps) // [B, N, D]
+		d.Modulate(a.h2, a.ln2, a.mod, 3, 4, hw)                      // [B, N, D] ·(1+scale2)+shift2
+		d.Linear(a.f1, a.h2F, bw.FFN0.W, bw.FFN0.B)                   // [B·N, ffn]
+		d.GELU(a.f1g, a.f1)                                           // [B·N, ffn]
+		d.Linear(a.f2, a.f1g, bw.FFN2.W, bw.FFN2.B)                   // [B·N, D]
+		d.Copy(a.x3, a.x2)                                            // [B, N, D]
+		d.GateAdd(a.x3, a.f23, a.mod, 5, hw)                          // [B, N, D] x3 = x2 + gate2·y
+	}
+
+	// head: (shift, scale) = head.modulation + e
+	for i, r := range p.eRows {
+		d.Copy(p.eDupRows[2*i], r)   // [D]
+		d.Copy(p.eDupRows[2*i+1], r) // [D]
+	}
+	d.AddBroadcast(p.hmodF, w.HeadModulation, p.eDup)           // [B·F, 2, D]
+	xL := p.blocks[len(p.blocks)-1].x3                          // [B, N, D]
+	d.LayerNorm(p.lnH, p.meanH, p.rstdH, xL, nil, nil, cfg.Eps) // [B, N, D]
+	d.Modulate(p.hin, p.lnH, p.hmod, 0, 1, hw)                  // [B, N, D]
+	d.Linear(p.yF, p.hinF, w.Head.W, w.Head.B)                  // [B·N, 4·C_out]
+	d.Unpatchify(p.out, p.y, B, p.Co, F, H, W)                  // [B, C_out, F, H, W]
+	return p.out
+}
+
+// Backward backpropagates dOut (shaped like Forward's output) through p's last forward. With m.G
+// it accumulates every parameter's gradient into m.G; it always returns dx [B, C, F, H, W] (owned
+// by p, overwritten by each call). No gradient flows into t, the context, or a KV cache.
+func (m *DiT) Backward(p *Pass, dOut *kernels.Tensor) *kernels.Tensor {
+	return m.BackwardHidden(p, dOut, -1, nil)
+}
+
+// BackwardHidden is Backward with an extra gradient dHidden [B, N, D] on block layer's output
+// (Pass.Hidden(layer)), e.g. from a discriminator head on the critic's features. dOut may be nil
+// (then only dHidden is backpropagated).
+func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *kernels.Tensor) *kernels.Tensor {
+	d, w, s, g := m.Dev, &m.w, p.S, &p.g
+	B, F, H, W, hw := s.B, s.F, s.H, s.W, p.hw
+	train := m.G != nil
+	gw := &m.g // parameter-gradient views; every one nil for a frozen network ("not wanted")
+	for _, t := range g.global {
+		d.Zero(t)
+	}
+	frame0 := 0
+	if p.chunk.active {
+		frame0 = p.chunk.frame0
+	}
+	var dMod, dHmod *kernels.Tensor // modulation gradients, only wanted for the parameters
+	if train {
+		dMod, dHmod = g.dMod, g.dHmod
+	}
+
+	// head
+	xL := p.blocks[len(p.blocks)-1].x3
+	if dOut != nil {
+		if dOut.Numel() != p.out.Numel() {
+			panic(fmt.Sprintf("models: backward: dOut %v, output %v", dOut.Shape, p.out.Shape))
+		}
+		d.UnpatchifyBack(g.dY, dOut, B, p.Co, F, H, W)                      // [B, N, 4·C_out]
+		d.LinearBack(g.dHin, gw.Head.W, gw.Head.B, g.dYF, p.hinF, w.Head.W) // [B·N, D]
+		d.ModulateBack(g.dLnH, dHmod, g.dHin3, p.lnH, p.hmod, 0, 1, hw)     // [B, N, D]
+		d.LayerNormBack(g.dX, nil, nil, g.dLnH, xL, p.meanH, p.rstdH, nil)  // [B, N, D]
+		if train {
+			d.AddBroadcastBack(gw.HeadModulation, g.dEDup, g.dHmodF) // [2·D], [B·F, 2, D]
+			for i, r := range g.deRows {
+				d.Axpy(r, 1, g.dEDupRows[2*i])   // [D]
+				d.Axpy(r, 1, g.dEDupRows[2*i+1]) // [D]
+			}
+		}
+	}
+
+	for l := len(p.blocks) - 1; l >= 0; l-- {
+		a, bw, gb := &p.blocks[l], &w.Blocks[l], &gw.Blocks[l]
+		if l == layer && dHidden != nil {
+			d.Axpy(g.dX, 1, dHidden) // [B, N, D]
+		}
+		for _, t := range g.block {
+			d.Zero(t)
+		}
+
+		// feed-forward; g.dX, the gradient of x3, becomes that of x2
+		d.GateAddBack(g.dF23, dMod, g.dX, a.f23, a.mod, 5, hw)               // [B, N, D]
+		d.LinearBack(g.dF1g, gb.FFN2.W, gb.FFN2.B, g.dF2, a.f1g, bw.FFN2.W)  // [B·N, ffn]
+		d.GELUBack(g.dF1, g.dF1g, a.f1)                                      // [B·N, ffn]
+		d.LinearBack(g.dH2, gb.FFN0.W, gb.FFN0.B, g.dF1, a.h2F, bw.FFN0.W)   // [B·N, D]
+		d.ModulateBack(g.dLn2, dMod, g.dH23, a.ln2, a.mod, 3, 4, hw)         // [B, N, D]
+		d.LayerNormBack(g.dX, nil, nil, g.dLn2, a.x2, a.mean2, a.rstd2, nil) // [B, N, D]
+
+		// cross-attention; g.dX becomes the gradient of x1
+		d.LinearBack(g.dCatt, gb.Cross.O.W, gb.Cross.O.B, g.dXF, a.catt, bw.Cross.O.W)                  // [B·N, D]
+		d.AttentionBack(g.dCq4, g.dCk4, g.dCv4, g.dCatt4, a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0) // [B, N|L, H, hd]
+		d.RMSNormBack(g.dCqPre, gb.Cross.NormQ, g.dCq, a.cq, a.rstdCq, bw.Cross.NormQ)                  // [B·N, D]
+		d.LinearBack(g.dN3, gb.Cross.Q.W, gb.Cross.Q.B, g.dCqPre, a.n3F, bw.Cross.Q.W)                  // [B·N, D]
+		if train {                                                                                      // the context's path only carries parameter gradients
+			d.RMSNormBack(g.dCkPre, gb.Cross.NormK, g.dCk, a.ck, a.rstdCk, bw.Cross.NormK)  // [B·L, D]
+			d.LinearBack(g.dCtx, gb.Cross.K.W, gb.Cross.K.B, g.dCkPre, p.ctx, bw.Cross.K.W) // [B·L, D]
+			d.LinearBack(g.dCtx, gb.Cross.V.W, gb.Cross.V.B, g.dCv, p.ctx, bw.Cross.V.W)    // [B·L, D]
+		}
+		d.LayerNormBack(g.dX, gb.Norm3W, gb.Norm3B, g.dN33, a.x1, a.mean3, a.rstd3, bw.Norm3W) // [B, N, D]
+
+		// self-attention; g.dX becomes the gradient of the block input x
+		d.GateAddBack(g.dO3, dMod, g.dX, a.o3, a.mod, 2, hw)                     // [B, N, D]
+		d.LinearBack(g.dAtt, gb.Self.O.W, gb.Self.O.B, g.dO, a.att, bw.Self.O.W) // [B·N, D]
+		if p.chunk.active {
+			p.chunk.attentionBack(d, l, a, g) // [B, N, H, hd] through the cache + chunk keys
+		} else {
+			d.AttentionBack(g.dQr4, g.dKr4, g.dV4, g.dAtt4, a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
+		}
+		d.RoPEBack(g.dQr4, F, p.h, p.w, frame0)                                 // [B, N, H, hd]
+		d.RoPEBack(g.dKr4, F, p.h, p.w, frame0)                                 // [B, N, H, hd]
+		d.RMSNormBack(g.dQ, gb.Self.NormQ, g.dQr, a.q, a.rstdQ, bw.Self.NormQ)  // [B·N, D]
+		d.RMSNormBack(g.dK, gb.Self.NormK, g.dKr, a.k, a.rstdK, bw.Self.NormK)  // [B·N, D]
+		d.LinearBack(g.dH1, gb.Self.Q.W, gb.Self.Q.B, g.dQ, a.h1F, bw.Self.Q.W) // [B·N, D]
+		d.LinearBack(g.dH1, gb.Self.K.W, gb.Self.K.B, g.dK, a.h1F, bw.Self.K.W) // [B·N, D]
+		d.LinearBack(g.dH1, gb.Self.V.W, gb.Self.V.B, g.dV, a.h1F, bw.Self.V.W) // [B·N, D]
+		d.ModulateBack(g.dLn1, dMod, g.dH13, a.ln1, a.mod, 0, 1, hw)            // [B, N, D]
+		d.LayerNormBack(g.dX, nil, nil, g.dLn1, a.x, a.mean1, a.rstd1, nil)     // [B, N, D]
+
+		if train {
+			d.AddBroadcastBack(gb.Modulation, g.dE0, g.dModF) // [6·D], [B·F, 6, D]
+		}
+	}
+
+	if train {
+		// time embedding (t itself gets no gradient)
+		d.LinearBack(g.dEs, gw.TimeProj.W, gw.TimeProj.B, g.dE0F, p.es, w.TimeProj.W) // [B·F, D]
+		d.SiLUBack(g.de, g.dEs, p.e)                                                  // [B·F, D]
+		d.LinearBack(g.dE1s, gw.Time2.W, gw.Time2.B, g.de, p.e1s, w.Time2.W)          // [B·F, D]
+		d.SiLUBack(g.dE1, g.dE1s, p.e1)                                               // [B·F, D]
+		d.LinearBack(nil, gw.Time0.W, gw.Time0.B, g.dE1, p.tsin, w.Time0.W)           // [B·F, 256]
+
+		// text embedding (the context itself gets no gradient)
+		d.LinearBack(g.dC1g, gw.Text2.W, gw.Text2.B, g.dCtx, p.c1g, w.Text2.W) // [B·L, D]
+		d.GELUBack(g.dC1, g.dC1g, p.c1)                                        // [B·L, D]
+		d.LinearBack(nil, gw.Text0.W, gw.Text0.B, g.dC1, p.ctxIn, w.Text0.W)   // [B·L, text_dim]
+	}
+
+	// patch embedding
+	d.LinearBack(g.dXpF, gw.Patch.W, gw.Patch.B, g.dXF, p.xpF, w.Patch.W) // [B·N, 4C]
+	d.PatchifyBack(g.dx, g.dXp, B, p.C, F, H, W)                          // [B, C, F, H, W]
+	return g.dx
+}
