@@ -97,12 +97,17 @@ func New(opt Options) (*Trainer, error) {
 
 	specs := obj.Roles()
 	declared := map[string]bool{}
+	var studentSpec objectives.RoleSpec
 	for _, s := range specs {
 		declared[s.Name] = true
+		if s.Name == objectives.Student {
+			studentSpec = s
+		}
 	}
 	// The EMA of the student: declared by the objective, or asked for by roles.student.ema_decay.
 	if st, ok := job.Roles[objectives.Student]; ok && st.EMADecay > 0 && declared[objectives.Student] && !declared[objectives.EMA] {
-		specs = append(specs, objectives.RoleSpec{Name: objectives.EMA, Init: objectives.InitStudent})
+		specs = append(specs, objectives.RoleSpec{Name: objectives.EMA, Init: objectives.InitStudent,
+			Causal: studentSpec.Causal, Custom: studentSpec.Custom})
 		declared[objectives.EMA] = true
 	}
 	for name := range job.Roles {
