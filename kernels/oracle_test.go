@@ -268,3 +268,19 @@ func (gr *graph) watch(n *G.Node) *G.Value {
 
 // watched copies a watched value.
 func watched(v *G.Value) []float64 { return append([]float64(nil), (*v).Data().([]float64)...) }
+
+// tensorParam is an n-D input we want the gradient of.
+func (gr *graph) tensorParam(shape []int, data []float32) *G.Node {
+	gr.n++
+	v := tensor.New(tensor.WithShape(shape...), tensor.WithBacking(to64(data)))
+	n := G.NewTensor(gr.g, tensor.Float64, len(shape), G.WithShape(shape...), G.WithName(fmt.Sprintf("t%d", gr.n)), G.WithValue(v))
+	gr.wrt = append(gr.wrt, n)
+	return n
+}
+
+func (gr *graph) reshape(n *G.Node, shape ...int) *G.Node { return gr.must(G.Reshape(n, shape)) }
+func (gr *graph) transpose(n *G.Node, axes ...int) *G.Node {
+	return gr.must(G.Transpose(n, axes...))
+}
+
+type gNode = G.Node
