@@ -118,6 +118,10 @@ func Save(job *Job, path string) error {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("config: save %s: %w", path, err)
 	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("config: save %s: %w", path, err)
+	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("config: save %s: %w", path, err)
