@@ -44,7 +44,7 @@ func TestAnalyzeRecoversGroundTruth(t *testing.T) {
 				t.Fatalf("video %d frame %d: centre (%.3f, %.3f), renderer (%.3f, %.3f)", i, f, an.CX[f], an.CY[f], v.CX[f], v.CY[f])
 			}
 		}
-		if sd, cd := drift(an); sd > 0.03 || cd > 0.01 {
+		if sd, cd := drift(an); sd > 0.05 || cd > 0.01 { // area quantized by the 4×4 supersampling
 			t.Fatalf("video %d (%s): size drift %g colour drift %g on a rigid object", i, v.Caption, sd, cd)
 		}
 	}
