@@ -1,0 +1,303 @@
+package objectives
+
+// selfforcing — autoregressive rollouts of the causal student with its KV cache (Self-Forcing;
+// OBJECTIVES.md).
+//
+// Rollout, chunk j = 0, 1, … of k latent frames, all chunks sharing one random exit step s:
+//
+//	x ← ε                                                    the chunk's noise, at σ_0
+//	for i < s:  x0 = x − σ_i·v(x, σ_i | cache)  (no grad);  x ← (1−σ_{i+1})·x0 + σ_{i+1}·ε'
+//	i = s:      x0_j = x − σ_s·v(x, σ_s | cache)             the graded step (activations kept)
+//	cache ← K/V of v(x0_j noised to σ = context_noise | cache), no grad
+//
+// No gradient crosses chunks (the cache holds values, not a graph). The video x = [x0_0, x0_1, …]
+// gets DMD's gradient from the bidirectional teacher (CFG) and critic; it flows back into each
+// chunk's graded step. The critic then takes a flow-matching step on a fresh no-grad rollout, every
+// step; the generator is updated every generator_update_ratio steps.
+//
+// Roles: student (trainable, block-causal; starts as the teacher unless roles.student.weights names
+// the odeinit checkpoint), teacher (frozen), critic (trainable, starts as the teacher).
+
+import (
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+)
+
+func init() { Register("selfforcing", newSelfForcing) }
+
+type selfForcingParams struct {
+	Timesteps    []float64 `mapstructure:"denoising_timesteps"`     // the generator's levels, t in (0, 1000]
+	Shift        float64   `mapstructure:"shift"`                   // warps the list and DMD's σ (Self-Forcing: 5)
+	SigmaMin     float64   `mapstructure:"sigma_min"`               // DMD's σ ~ U[min, max] before the shift
+	SigmaMax     float64   `mapstructure:"sigma_max"`               //
+	CFG          float64   `mapstructure:"cfg"`                     // teacher guidance w (Self-Forcing's 3.0 = w 4)
+	Ratio        int       `mapstructure:"generator_update_ratio"`  // generator updated every Ratio steps (5)
+	ContextNoise float64   `mapstructure:"context_noise"`           // σ of the cache refresh (0 = clean)
+	SameStep     bool      `mapstructure:"same_step_across_chunks"` // one exit step for every chunk (true)
+	ChunkFrames  int       `mapstructure:"chunk_frames"`            // 0 = the model's chunk_frames
+}
+
+// SelfForcing is the objective.
+type SelfForcing struct {
+	P selfForcingParams
+
+	env    *Env
+	sigmas []float32
+	roll   *CausalRollout
+	dmd    *DMDGrad
+	critic *FlowMatch
+	csigma []float32 // [B] critic σ
+	exits  []int
+}
+
+func newSelfForcing(params map[string]any) (Objective, error) {
+	o := &SelfForcing{P: selfForcingParams{
+		Timesteps: []float64{1000, 750, 500, 250}, Shift: 5, SigmaMin: 0.02, SigmaMax: 0.98,
+		CFG: 4, Ratio: 5, ContextNoise: 0, SameStep: true,
+	}}
+	if err := DecodeParams(params, &o.P); err != nil {
+		return nil, err
+	}
+	p := &o.P
+	if err := checkTimesteps(p.Timesteps); err != nil {
+		return nil, err
+	}
+	switch {
+	case p.Ratio < 1:
+		return nil, fmt.Errorf("params.generator_update_ratio: %d, must be ≥ 1", p.Ratio)
+	case p.ContextNoise < 0 || p.ContextNoise >= 1:
+		return nil, fmt.Errorf("params.context_noise: %g, want σ in [0, 1)", p.ContextNoise)
+	case p.ChunkFrames < 0:
+		return nil, fmt.Errorf("params.chunk_frames: %d, must be ≥ 0", p.ChunkFrames)
+	case p.CFG < 0:
+		return nil, fmt.Errorf("params.cfg: %g, must be ≥ 0", p.CFG)
+	}
+	law := SigmaLaw{Law: "uniform", Min: p.SigmaMin, Max: p.SigmaMax, Shift: p.Shift}
+	if err := law.Validate(); err != nil {
+		return nil, err
+	}
+	o.sigmas = DenoisingList(p.Timesteps, p.Shift)
+	return o, nil
+}
+
+func checkTimesteps(ts []float64) error {
+	if len(ts) == 0 {
+		return fmt.Errorf("params.denoising_timesteps: empty")
+	}
+	for i, t := range ts {
+		if !(t > 0 && t <= 1000) || (i > 0 && t >= ts[i-1]) {
+			return fmt.Errorf("params.denoising_timesteps: %v, want strictly descending values in (0, 1000]", ts)
+		}
+	}
+	return nil
+}
+
+func (o *SelfForcing) Name() string { return "selfforcing" }
+
+func (o *SelfForcing) Roles() []RoleSpec {
+	return []RoleSpec{
+		{Name: Teacher, Init: InitWeights},
+		{Name: Student, Trainable: true, Init: InitTeacher, Causal: true},
+		{Name: Critic, Trainable: true, Init: InitTeacher},
+	}
+}
+
+// chunkFrames resolves the chunk length: the param, else the job's model.chunk_frames.
+func chunkFrames(param int, s models.Shape) (int, error) {
+	k := param
+	if k == 0 {
+		k = s.ChunkFrames
+	}
+	if k < 1 {
+		return 0, fmt.Errorf("chunk_frames: neither params.chunk_frames nor model.chunk_frames is set (the causal student needs chunks)")
+	}
+	if s.F%k != 0 {
+		return 0, fmt.Errorf("chunk_frames: %d latent frames are not a multiple of chunk_frames %d", s.F, k)
+	}
+	return k, nil
+}
+
+func (o *SelfForcing) Setup(env *Env) error {
+	nets, err := dits(env, Student, Teacher, Critic)
+	if err != nil {
+		return err
+	}
+	k, err := chunkFrames(o.P.ChunkFrames, env.Shape)
+	if err != nil {
+		return fmt.Errorf("selfforcing: %w", err)
+	}
+	o.env = env
+	full := env.Shape
+	full.ChunkFrames = 0 // teacher and critic are bidirectional
+	o.roll = NewCausalRollout(env, nets[0], full, k, o.sigmas, o.P.ContextNoise)
+	law := SigmaLaw{Law: "uniform", Min: o.P.SigmaMin, Max: o.P.SigmaMax, Shift: o.P.Shift}
+	o.dmd = NewDMDGrad(env, nets[1], nets[2], full, law, o.P.CFG)
+	o.critic = NewFlowMatch(env, nets[2], full)
+	o.csigma = make([]float32, full.B)
+	o.exits = make([]int, full.F/k)
+	return nil
+}
+
+// drawExits picks the exit step of every chunk: one shared step, or one per chunk.
+func (o *SelfForcing) drawExits(rng *rand.Rand) []int {
+	n := len(o.sigmas)
+	s := rng.IntN(n)
+	for j := range o.exits {
+		o.exits[j] = s
+		if !o.P.SameStep && j > 0 {
+			o.exits[j] = rng.IntN(n)
+		}
+	}
+	return o.exits
+}
+
+func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
+	m := map[string]float64{}
+	up := Update{Roles: []string{Critic}, Metrics: m}
+
+	if s.Step%o.P.Ratio == 0 {
+		// ---- generator: graded rollout, DMD on the whole video ----
+		exits := o.drawExits(s.RNG)
+		x := o.roll.Run(s.RNG, b.Ctx, exits, true) // [B,C,F,H,W]
+		loss, gabs := o.dmd.Compute(s.RNG, x, b.Ctx, b.Null)
+		o.roll.Backward(o.dmd.Grad) // into the student's G, chunk by chunk
+		m["gen_loss"], m["loss"], m["dmd_grad_abs"], m["exit"] = loss, loss, gabs, float64(exits[0])
+		up.Roles = append(up.Roles, Student)
+	}
+
+	// ---- critic: flow matching on a fresh rollout without gradient ----
+	x := o.roll.Run(s.RNG, b.Ctx, o.drawExits(s.RNG), false)
+	for i := range o.csigma {
+		o.csigma[i] = float32(o.dmd.Law.Draw(s.RNG))
+	}
+	m["critic_loss"] = o.critic.Step(s.RNG, x, b.Ctx, o.csigma)
+	return up, nil
+}
+
+// CausalRollout is Self-Forcing's training rollout of a block-causal student with its KV cache
+// (see the file comment). It keeps one pass per chunk for the graded steps, so that Backward can
+// run after the whole video is known (the chunks' gathered K/V live in their passes).
+type CausalRollout struct {
+	Net          *models.DiT
+	Sigmas       []float32 // descending denoising list
+	ContextNoise float32   // σ of the cache refresh
+	K, Chunks    int       // frames per chunk, chunks per video
+
+	dev     kernels.Device
+	cache   *models.Cache
+	pStep   *models.Pass   // no-grad steps and cache refreshes
+	pGrad   []*models.Pass // the graded step of each chunk
+	used    []bool         // pGrad[j] holds chunk j's graded step
+	t       *kernels.Tensor
+	th, sig []float32
+	x, x0   *kernels.Tensor // [B,C,k,H,W]
+	eps, dv *kernels.Tensor
+	Video   *kernels.Tensor // [B,C,F,H,W] the rollout
+	host    []float32
+	copiers []frameCopier // chunk j ↔ video frames (x0 / gradient)
+	exitSig []float32     // σ of each chunk's exit step
+}
+
+// NewCausalRollout allocates a rollout of videos of shape full (F frames) in chunks of k frames.
+func NewCausalRollout(env *Env, net *models.DiT, full models.Shape, k int, sigmas []float32, contextNoise float64) *CausalRollout {
+	dev, C := env.Dev, env.Cfg.InDim
+	cs := models.Shape{B: full.B, F: k, H: full.H, W: full.W, L: full.L, ChunkFrames: k}
+	r := &CausalRollout{Net: net, Sigmas: sigmas, ContextNoise: float32(contextNoise), K: k, Chunks: full.F / k, dev: dev}
+	r.cache = net.NewCache(full.B, full.H, full.W, 0, 0)
+	r.pStep = net.NewPass(cs)
+	for j := 0; j < r.Chunks; j++ {
+		r.pGrad = append(r.pGrad, net.NewPass(cs))
+	}
+	r.used = make([]bool, r.Chunks)
+	r.t = dev.Alloc(kernels.F32, full.B, k)
+	r.th, r.sig = make([]float32, full.B*k), make([]float32, full.B)
+	r.x, r.x0 = video(dev, cs, C), video(dev, cs, C)
+	r.eps, r.dv = video(dev, cs, C), video(dev, cs, C)
+	r.Video = video(dev, full, C)
+	r.host = make([]float32, r.x.Numel())
+	for j := 0; j < r.Chunks; j++ {
+		r.copiers = append(r.copiers, newFrameCopier(dev, r.Video, r.x0, j*k))
+	}
+	r.exitSig = make([]float32, r.Chunks)
+	return r
+}
+
+func (r *CausalRollout) setSigma(s float32) {
+	for i := range r.sig {
+		r.sig[i] = s
+	}
+	SetTimesteps(r.dev, r.t, r.th, r.sig)
+}
+
+// Run rolls out one video conditioned on ctx, chunk j exiting at step exits[j]. With grad, each
+// chunk's exit step runs on its own pass for Backward; without, everything runs on one pass.
+// Returns r.Video [B,C,F,H,W], valid until the next Run.
+func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, grad bool) *kernels.Tensor {
+	if len(exits) != r.Chunks {
+		panic(fmt.Sprintf("objectives: causal rollout of %d chunks got %d exit steps", r.Chunks, len(exits)))
+	}
+	dev := r.dev
+	r.cache.Reset()
+	for j := 0; j < r.Chunks; j++ {
+		s := exits[j]
+		if s < 0 || s >= len(r.Sigmas) {
+			panic(fmt.Sprintf("objectives: causal rollout exit step %d outside the %d-level denoising list", s, len(r.Sigmas)))
+		}
+		Randn(dev, r.x, r.host, rng) // x at σ_0 [B,C,k,H,W]
+		for i := 0; ; i++ {
+			r.setSigma(r.Sigmas[i])
+			p := r.pStep
+			if i == s && grad {
+				p = r.pGrad[j]
+			}
+			v := r.Net.ForwardChunk(p, r.cache, r.x, r.t, ctx) // v  [B,C,k,H,W]
+			X0FromV(dev, r.x0, r.x, v, r.sig)                  // x0 [B,C,k,H,W]
+			if i == s {
+				break
+			}
+			Randn(dev, r.eps, r.host, rng)
+			r.setSigma(r.Sigmas[i+1])
+			Noise(dev, r.x, r.x0, r.eps, r.sig) // x at σ_{i+1}, fresh noise
+		}
+		r.exitSig[j], r.used[j] = r.Sigmas[s], grad
+		r.copiers[j].toVideo() // video frames of chunk j ← x0
+		if j == r.Chunks-1 {
+			break // nothing attends to the last chunk
+		}
+		// Refresh the cache with the finished chunk at σ = context_noise, no gradient.
+		cn := r.ContextNoise
+		if cn > 0 {
+			Randn(dev, r.eps, r.host, rng)
+			r.setSigma(cn)
+			Noise(dev, r.x, r.x0, r.eps, r.sig)
+		} else {
+			r.setSigma(0)
+			dev.Copy(r.x, r.x0)
+		}
+		r.Net.ForwardChunk(r.pStep, r.cache, r.x, r.t, ctx)
+		r.Net.Commit(r.cache, r.pStep)
+	}
+	return r.Video
+}
+
+// Backward carries dL/dvideo [B,C,F,H,W] into the student's G through each chunk's graded step
+// (dv = −σ_s·dx0); nothing crosses chunks. Run must have been called with grad.
+func (r *CausalRollout) Backward(dVideo *kernels.Tensor) {
+	zero := make([]float32, len(r.sig))
+	for j := 0; j < r.Chunks; j++ {
+		if !r.used[j] {
+			panic("objectives: causal rollout Backward without a graded Run")
+		}
+		fc := newFrameCopier(r.dev, dVideo, r.x0, j*r.K) // reuses x0 as the chunk's gradient scratch
+		fc.fromVideo()                                   // dx0 [B,C,k,H,W]
+		for i := range r.sig {
+			r.sig[i] = -r.exitSig[j]
+		}
+		r.dev.Combine(r.dv, r.x0, r.x0, r.sig, zero) // dv = −σ_s·dx0
+		r.Net.Backward(r.pGrad[j], r.dv)
+		r.used[j] = false
+	}
+}
