@@ -1,0 +1,83 @@
+package sampler
+
+import (
+	"fmt"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+)
+
+// DiTNet adapts a models.DiT to Net and CausalNet. It keeps one Pass per input shape (made on first
+// use, reused after) and, for streaming, one KV cache.
+type DiTNet struct {
+	M           *models.DiT
+	ChunkFrames int // > 0: whole-video forwards are block-causal over chunks of this many frames
+
+	passes map[models.Shape]*models.Pass
+	cache  *models.Cache
+	last   *models.Pass // the pass of the last VelocityChunk (what Commit caches)
+}
+
+// NewDiTNet wraps m; chunkFrames > 0 for a block-causal student (0 = bidirectional).
+func NewDiTNet(m *models.DiT, chunkFrames int) *DiTNet {
+	return &DiTNet{M: m, ChunkFrames: chunkFrames, passes: map[models.Shape]*models.Pass{}}
+}
+
+func (d *DiTNet) Device() kernels.Device { return d.M.Dev }
+
+func (d *DiTNet) pass(s models.Shape) *models.Pass {
+	p, ok := d.passes[s]
+	if !ok {
+		p = d.M.NewPass(s)
+		d.passes[s] = p
+	}
+	return p
+}
+
+// Velocity runs one forward (block-causal when ChunkFrames > 0).
+func (d *DiTNet) Velocity(x, t, ctx *kernels.Tensor) *kernels.Tensor {
+	s := models.Shape{B: x.Shape[0], F: x.Shape[2], H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: d.ChunkFrames}
+	return d.M.Forward(d.pass(s), x, t, ctx)
+}
+
+// StartCache makes a fresh KV cache (the previous one is released).
+func (d *DiTNet) StartCache(B, H, W, localFrames, sinkFrames int) error {
+	if err := models.CheckWindow(localFrames, sinkFrames); err != nil {
+		return err
+	}
+	if H%2 != 0 || W%2 != 0 {
+		return fmt.Errorf("sampler: stream: latent %d×%d must be even (patch 1×2×2)", H, W)
+	}
+	if d.cache != nil {
+		d.cache.Free()
+	}
+	d.cache = d.M.NewCache(B, H, W, localFrames, sinkFrames)
+	d.last = nil
+	return nil
+}
+
+// VelocityChunk runs the next chunk against the cache (attention inside the chunk is full).
+func (d *DiTNet) VelocityChunk(x, t, ctx *kernels.Tensor) *kernels.Tensor {
+	k := x.Shape[2]
+	s := models.Shape{B: x.Shape[0], F: k, H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: k}
+	d.last = d.pass(s)
+	return d.M.ForwardChunk(d.last, d.cache, x, t, ctx)
+}
+
+// Commit caches the last chunk's K/V.
+func (d *DiTNet) Commit() { d.M.Commit(d.cache, d.last) }
+
+// CacheFrames is the absolute index of the next frame of the stream.
+func (d *DiTNet) CacheFrames() int { return d.cache.Frames() }
+
+// Free releases the passes and the cache.
+func (d *DiTNet) Free() {
+	for s, p := range d.passes {
+		p.Free()
+		delete(d.passes, s)
+	}
+	if d.cache != nil {
+		d.cache.Free()
+		d.cache = nil
+	}
+}
