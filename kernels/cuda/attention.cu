@@ -1,0 +1,614 @@
+// Fused attention, FlashAttention-2 style (Dao 2023), forward and backward.
+//
+//   out[b,i,h,:] = softmax_j(q[b,i,h,:]·k[b,j,h,:]·scale) · v[b,j,h,:]      over the visible keys j
+//   q, out [B,Nq,H,hd]; k, v [B,Nk,H,hd]; lse [B,H,Nq] fp32, natural log.
+//   Mask: ct (chunkTokens) == 0 → every key visible; else key j is visible to query i iff
+//   j/ct <= (qoff+i)/ct (block-causal by chunk; qoff = the queries' absolute offset, a KV cache).
+//   Backward ACCUMULATES (+=) into dQ, dK, dV; a null gradient pointer is skipped.
+//
+// Head dim 64 or 128, storage bf16 or fp32 (converted to bf16 on the way into shared memory); other
+// head dims and fp16 go to refattn.cu (attention.go decides). Tensor cores through mma.sync m16n8k16
+// (bf16 in, fp32 accumulate), ldmatrix, cp.async double buffering, online softmax in the log2 domain,
+// fully masked key (or query) tiles skipped. Backward: one block per key tile, dK/dV in registers,
+// dQ by fp32 atomics into an fp32 buffer (dQ itself when it is fp32), D = rowsum(dO∘O) from a prep
+// kernel. Launch shapes and shared memory sizes are mirrored in attention.go.
+#include "common.cuh"
+
+typedef unsigned short bf16_t;
+typedef unsigned int u32;
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+// ---------------------------------------------------------------------------------------------
+// PTX helpers
+// ---------------------------------------------------------------------------------------------
+struct alignas(16) U4 { u32 x, y, z, w; };
+struct alignas(16) F4 { float x, y, z, w; };
+struct alignas(8) F2 { float x, y; };
+
+#if defined(__clang__) && !defined(__NVCC__)  // the syntax check of common.cuh
+extern "C" __device__ float fmaf(float, float, float);
+#define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
+#endif
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
+__device__ __forceinline__ float neg_inf() {
+    union { u32 u; float f; } c;
+    c.u = 0xff800000u;
+    return c.f;
+}
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {  // lo in the low half
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ u32 smem_u32(const void *p) {
+    u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ float shfl_xor(float v, int m) {
+    float r;
+    asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(m));
+    return r;
+}
+// 16-byte global→shared copy; n = 0 zero-fills the destination without reading.
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, int n) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, int n) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+__device__ __forceinline__ void ldsm_x4(u32 (&r)[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32 (&r)[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+// d += a·b for a 16×16 bf16 A (row), a 16×8 bf16 B (col), fp32 16×8 accumulators.
+__device__ __forceinline__ void mma(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void red_add(float *p, float v) {
+    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p), "f"(v) : "memory");
+}
+__device__ __forceinline__ void red_add2(float *p, float a, float b) {
+#ifndef ATTN_RED_V2
+#define ATTN_RED_V2 1  // the build falls back to 2, then 0, should ptxas refuse a spelling
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && ATTN_RED_V2 == 1
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && ATTN_RED_V2 == 2
+    asm volatile("red.global.v2.f32.add [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+    red_add(p, a);
+    red_add(p + 1, b);
+#endif
+}
+
+// Storage types of the fast path.
+template <typename T> struct Elem;
+template <> struct Elem<bf16_t> {
+    static __device__ __forceinline__ F2 ld2(const bf16_t *p) {
+        u32 u = *(const u32 *)p;
+        return F2{bf2f((unsigned short)(u & 0xffff)), bf2f((unsigned short)(u >> 16))};
+    }
+    static __device__ __forceinline__ void st2(bf16_t *p, float a, float b) { *(u32 *)p = pack_bf16(a, b); }
+};
+template <> struct Elem<float> {
+    static __device__ __forceinline__ F2 ld2(const float *p) { return *(const F2 *)p; }
+    static __device__ __forceinline__ void st2(float *p, float a, float b) { *(F2 *)p = F2{a, b}; }
+};
+
+// load_tile: rows [0, NROWS) of a HD-wide tile (global row stride ldg elements) into shared memory as
+// bf16 with row stride LD; rows at or past `valid` become zeros. bf16 storage goes by cp.async (the
+// caller commits and waits); fp32 is converted through registers.
+template <int HD, int LD, int NROWS, int NT>
+__device__ __forceinline__ void load_tile(bf16_t *s, const bf16_t *g, ll ldg, int valid, int tid) {
+    constexpr int CPR = HD / 8, TOTAL = NROWS * CPR;
+#pragma unroll
+    for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
+        int c = it * NT + tid;
+        if (TOTAL % NT == 0 || c < TOTAL) {
+            int r = c / CPR, ch = c % CPR;
+            bool ok = r < valid;
+            cp_async16(s + r * LD + ch * 8, ok ? g + r * ldg + ch * 8 : g, ok ? 16 : 0);
+        }
+    }
+}
+template <int HD, int LD, int NROWS, int NT>
+__device__ __forceinline__ void load_tile(bf16_t *s, const float *g, ll ldg, int valid, int tid) {
+    constexpr int CPR = HD / 8, TOTAL = NROWS * CPR;
+#pragma unroll
+    for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
+        int c = it * NT + tid;
+        if (TOTAL % NT == 0 || c < TOTAL) {
+            int r = c / CPR, ch = c % CPR;
+            U4 u = {0u, 0u, 0u, 0u};
+            if (r < valid) {
+                const F4 *src = (const F4 *)(g + r * ldg + ch * 8);
+                F4 a = src[0], b = src[1];
+                u.x = pack_bf16(a.x, a.y);
+                u.y = pack_bf16(a.z, a.w);
+                u.z = pack_bf16(b.x, b.y);
+                u.w = pack_bf16(b.z, b.w);
+            }
+            *(U4 *)(s + r * LD + ch * 8) = u;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast forward. Block: 128 query rows (8 warps × 16), key tiles of 64, K/V double-buffered.
+// Grid: (ceil(Nq/128), H, B); query tiles run last-first so the heaviest causal tiles start first.
+// ---------------------------------------------------------------------------------------------
+template <int HD> struct FwdCfg {
+    static constexpr int BR = 128, BC = 64, NT = 256, LD = HD + 8;
+    static constexpr int SMEM = (BR + 4 * BC) * LD * 2;
+};
+
+template <int HD, typename T>
+__device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *__restrict__ k,
+                                              const T *__restrict__ v, T *__restrict__ out,
+                                              float *__restrict__ lse, int Nq, int Nk, int H, int ct, int qoff,
+                                              float scale) {
+    typedef FwdCfg<HD> C;
+    constexpr int BR = C::BR, BC = C::BC, NT = C::NT, LD = C::LD;
+    extern __shared__ U4 smem_u4[];
+    bf16_t *sQ = (bf16_t *)smem_u4;  // [BR][LD]
+    bf16_t *sK = sQ + BR * LD;       // [2][BC][LD]
+    bf16_t *sV = sK + 2 * BC * LD;   // [2][BC][LD]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int i0 = qt * BR;
+    const ll ldg = (ll)H * HD;
+    const T *qg = q + ((ll)b * Nq + i0) * ldg + (ll)h * HD;
+    const T *kg = k + (ll)b * Nk * ldg + (ll)h * HD;
+    const T *vg = v + (ll)b * Nk * ldg + (ll)h * HD;
+
+    // Keys [0, kend) can be visible to some row of this tile; keys [0, kfull) to every row.
+    int kend = Nk, kfull = Nk;
+    if (ct > 0) {
+        int ilast = imin(i0 + BR, Nq) - 1;
+        kend = imin(Nk, ((qoff + ilast) / ct + 1) * ct);
+        kfull = imin(Nk, ((qoff + i0) / ct + 1) * ct);
+    }
+    const int nkt = (kend + BC - 1) / BC;
+
+    load_tile<HD, LD, BR, NT>(sQ, qg, ldg, Nq - i0, tid);
+    load_tile<HD, LD, BC, NT>(sK, kg, ldg, Nk, tid);
+    load_tile<HD, LD, BC, NT>(sV, vg, ldg, Nk, tid);
+    cp_commit();
+    cp_wait<0>();
+    __syncthreads();
+
+    u32 qf[HD / 16][4];  // this warp's 16 query rows as A fragments
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m0 = neg_inf(), m1 = neg_inf(), l0 = 0.f, l1 = 0.f;  // rows g and g+8, log2 domain
+    const float sl2 = scale * LOG2E;
+    const int r0 = i0 + warp * 16 + g;  // query row of c0,c1; r0+8 of c2,c3
+    const int ch0 = ct > 0 ? (qoff + r0) / ct : 0, ch1 = ct > 0 ? (qoff + r0 + 8) / ct : 0;
+
+    for (int t = 0; t < nkt; ++t) {
+        const int j0 = t * BC, st = t & 1;
+        if (t + 1 < nkt) {
+            load_tile<HD, LD, BC, NT>(sK + (st ^ 1) * BC * LD, kg + (ll)(j0 + BC) * ldg, ldg, Nk - j0 - BC, tid);
+            load_tile<HD, LD, BC, NT>(sV + (st ^ 1) * BC * LD, vg + (ll)(j0 + BC) * ldg, ldg, Nk - j0 - BC, tid);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        const bf16_t *sKs = sK + st * BC * LD, *sVs = sV + st * BC * LD;
+
+        // S = Q Kᵀ: [16 rows × BC keys] per warp
+        float s[BC / 8][4];
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+            for (int p = 0; p < BC / 16; ++p) {
+                u32 bb[4];
+                ldsm_x4(bb, sKs + (p * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+                mma(s[2 * p], qf[kk], bb[0], bb[1]);
+                mma(s[2 * p + 1], qf[kk], bb[2], bb[3]);
+            }
+        }
+        if (j0 + BC > kfull) {  // a key of this tile is hidden from some row (mask or past Nk)
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    int j = j0 + n * 8 + 2 * tq + e;
+                    int cj = ct > 0 ? j / ct : 0;
+                    if (j >= Nk || cj > ch0) s[n][e] = neg_inf();
+                    if (j >= Nk || cj > ch1) s[n][2 + e] = neg_inf();
+                }
+        }
+        // Online softmax.
+        float mx0 = neg_inf(), mx1 = neg_inf();
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) {
+            mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
+        }
+        mx0 = fmaxf(mx0, shfl_xor(mx0, 1));
+        mx0 = fmaxf(mx0, shfl_xor(mx0, 2));
+        mx1 = fmaxf(mx1, shfl_xor(mx1, 1));
+        mx1 = fmaxf(mx1, shfl_xor(mx1, 2));
+        const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+        const float ms0 = mn0 == neg_inf() ? 0.f : mn0, ms1 = mn1 == neg_inf() ? 0.f : mn1;
+        const float c0 = ex2(m0 - ms0), c1 = ex2(m1 - ms1);
+        m0 = mn0;
+        m1 = mn1;
+        float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) {
+            s[n][0] = ex2(fmaf(s[n][0], sl2, -ms0));
+            s[n][1] = ex2(fmaf(s[n][1], sl2, -ms0));
+            s[n][2] = ex2(fmaf(s[n][2], sl2, -ms1));
+            s[n][3] = ex2(fmaf(s[n][3], sl2, -ms1));
+            rs0 += s[n][0] + s[n][1];
+            rs1 += s[n][2] + s[n][3];
+        }
+        l0 = l0 * c0 + rs0;
+        l1 = l1 * c1 + rs1;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            o[n][0] *= c0;
+            o[n][1] *= c0;
+            o[n][2] *= c1;
+            o[n][3] *= c1;
+        }
+        // O += P V
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) {
+            u32 a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int p = 0; p < HD / 16; ++p) {
+                u32 bb[4];
+                ldsm_x4_t(bb, sVs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + p * 16 + (lane >> 4) * 8);
+                mma(o[2 * p], a, bb[0], bb[1]);
+                mma(o[2 * p + 1], a, bb[2], bb[3]);
+            }
+        }
+        __syncthreads();  // this stage is refilled next iteration
+    }
+
+    l0 += shfl_xor(l0, 1);
+    l0 += shfl_xor(l0, 2);
+    l1 += shfl_xor(l1, 1);
+    l1 += shfl_xor(l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    T *og = out + ((ll)b * Nq + r0) * ldg + (ll)h * HD + 2 * tq;
+    if (r0 < Nq) {
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) Elem<T>::st2(og + n * 8, o[n][0] * inv0, o[n][1] * inv0);
+        if (tq == 0) lse[((ll)b * H + h) * Nq + r0] = (m0 + lg2(l0)) * LN2;
+    }
+    if (r0 + 8 < Nq) {
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) Elem<T>::st2(og + 8 * ldg + n * 8, o[n][2] * inv1, o[n][3] * inv1);
+        if (tq == 0) lse[((ll)b * H + h) * Nq + r0 + 8] = (m1 + lg2(l1)) * LN2;
+    }
+}
+
+#define FWD(HD, T, NAME)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) NAME(const T *q, const T *k, const T *v, T *out,  \
+                                                           float *lse, int Nq, int Nk, int H, int ct,    \
+                                                           int qoff, float scale) {                      \
+        attn_fwd_body<HD, T>(q, k, v, out, lse, Nq, Nk, H, ct, qoff, scale);                             \
+    }
+FWD(128, bf16_t, attn_fwd_hd128_bf16)
+FWD(128, float, attn_fwd_hd128_f32)
+FWD(64, bf16_t, attn_fwd_hd64_bf16)
+FWD(64, float, attn_fwd_hd64_f32)
+
+// ---------------------------------------------------------------------------------------------
+// Fast backward. Prep: D[b,h,i] = Σ_d dO·O (fp32 [B,H,Nq]). Main: one block per 128-key tile (8 warps
+// × 16 keys), looping over 64-query tiles (Q, dO, lse, D double-buffered). Per warp, transposed:
+//   Sᵀ = K_w Qᵀ, Pᵀ = exp(Sᵀ·scale − lse), dV_w += Pᵀ dO, dPᵀ = V_w dOᵀ, dSᵀ = Pᵀ∘(dPᵀ − D),
+//   dK_w += dSᵀ Q; dSᵀ goes through shared memory for dQ += dS K (fp32 atomics, ×scale).
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void attn_bwd_prep_body(float *__restrict__ D, const T *__restrict__ dO,
+                                                   const T *__restrict__ O, int B, int Nq, int H, int hd) {
+    // one warp per (b, i, h) row; hd even
+    ll row = ((ll)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= (ll)B * Nq * H) return;
+    const T *a = dO + row * hd, *c = O + row * hd;
+    float acc = 0.f;
+    for (int d = 2 * lane; d < hd; d += 64) {
+        F2 x = Elem<T>::ld2(a + d), y = Elem<T>::ld2(c + d);
+        acc += x.x * y.x + x.y * y.y;
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) {
+        int h = (int)(row % H);
+        ll bi = row / H;
+        int i = (int)(bi % Nq), b = (int)(bi / Nq);
+        D[((ll)b * H + h) * Nq + i] = acc;
+    }
+}
+extern "C" __global__ void attn_bwd_prep_bf16(float *D, const bf16_t *dO, const bf16_t *O, int B, int Nq, int H,
+                                              int hd) {
+    attn_bwd_prep_body<bf16_t>(D, dO, O, B, Nq, H, hd);
+}
+extern "C" __global__ void attn_bwd_prep_f32(float *D, const float *dO, const float *O, int B, int Nq, int H,
+                                             int hd) {
+    attn_bwd_prep_body<float>(D, dO, O, B, Nq, H, hd);
+}
+// dst[i] += src[i] (dst in storage dtype dt, src fp32): folds an fp32 dQ buffer into a bf16/fp16 dQ.
+extern "C" __global__ void attn_add_f32_into(void *dst, int dt, const float *src, ll n) {
+    GRID_STRIDE(i, n) st(dst, i, dt, ld(dst, i, dt) + src[i]);
+}
+
+template <int HD> struct BwdCfg {
+    static constexpr int BC = 128, BR = 64, NT = 256, LD = HD + 8, LDS = BR + 8;
+    // sK, sV [BC][LD]; sQ, sdO [2][BR][LD]; sdS [BC][LDS]; sL, sD [2][BR] fp32
+    static constexpr int SMEM = (2 * BC * LD + 4 * BR * LD + BC * LDS) * 2 + 4 * BR * 4;
+};
+
+template <int HD, typename T, typename G>
+__device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict__ dV, float *__restrict__ dQacc,
+                                              const T *__restrict__ dO, const float *__restrict__ lse,
+                                              const float *__restrict__ Dg, const T *__restrict__ q,
+                                              const T *__restrict__ k, const T *__restrict__ v, int Nq, int Nk,
+                                              int H, int ct, int qoff, float scale) {
+    typedef BwdCfg<HD> C;
+    constexpr int BC = C::BC, BR = C::BR, NT = C::NT, LD = C::LD, LDS = C::LDS;
+    extern __shared__ U4 smem_u4[];
+    bf16_t *sK = (bf16_t *)smem_u4;  // [BC][LD]
+    bf16_t *sV = sK + BC * LD;       // [BC][LD]
+    bf16_t *sQ = sV + BC * LD;       // [2][BR][LD]
+    bf16_t *sdO = sQ + 2 * BR * LD;  // [2][BR][LD]
+    bf16_t *sdS = sdO + 2 * BR * LD; // [BC][LDS]  dSᵀ, bf16
+    float *sL = (float *)(sdS + BC * LDS);  // [2][BR]
+    float *sD = sL + 2 * BR;                // [2][BR]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int j0 = kt * BC;
+    const ll ldg = (ll)H * HD;
+
+    // Queries that see some key of this tile: i >= istart. Rows i < imask may miss some key of it.
+    int istart = 0, imask = 0;
+    if (ct > 0) {
+        int jlast = imin(j0 + BC, Nk) - 1;
+        istart = imax(0, (j0 / ct) * ct - qoff);
+        imask = (jlast / ct) * ct - qoff;
+    }
+    if (istart >= Nq) return;  // no query sees these keys: their gradients get += 0
+    const int qt0 = istart / BR, nqt = (Nq + BR - 1) / BR;
+
+    const T *qg = q + (ll)b * Nq * ldg + (ll)h * HD;
+    const T *dOg = dO + (ll)b * Nq * ldg + (ll)h * HD;
+    const float *lseg = lse + ((ll)b * H + h) * Nq;
+    const float *Dgh = Dg + ((ll)b * H + h) * Nq;
+
+    load_tile<HD, LD, BC, NT>(sK, k + ((ll)b * Nk + j0) * ldg + (ll)h * HD, ldg, Nk - j0, tid);
+    load_tile<HD, LD, BC, NT>(sV, v + ((ll)b * Nk + j0) * ldg + (ll)h * HD, ldg, Nk - j0, tid);
+    auto load_q = [&](int qt, int st) {
+        int i0 = qt * BR;
+        load_tile<HD, LD, BR, NT>(sQ + st * BR * LD, qg + (ll)i0 * ldg, ldg, Nq - i0, tid);
+        load_tile<HD, LD, BR, NT>(sdO + st * BR * LD, dOg + (ll)i0 * ldg, ldg, Nq - i0, tid);
+        if (tid < BR) {
+            bool ok = i0 + tid < Nq;
+            cp_async4(sL + st * BR + tid, ok ? lseg + i0 + tid : lseg, ok ? 4 : 0);
+        } else if (tid < 2 * BR) {
+            int r = tid - BR;
+            bool ok = i0 + r < Nq;
+            cp_async4(sD + st * BR + r, ok ? Dgh + i0 + r : Dgh, ok ? 4 : 0);
+        }
+    };
+    load_q(qt0, 0);
+    cp_commit();
+
+    const float sl2 = scale * LOG2E;
+    const int kr0 = j0 + warp * 16 + g;  // key row of c0,c1; kr0+8 of c2,c3
+    const int kc0 = ct > 0 ? kr0 / ct : 0, kc1 = ct > 0 ? (kr0 + 8) / ct : 0;
+    float dv[HD / 8][4], dk[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dv[n][e] = dk[n][e] = 0.f;
+
+    for (int qt = qt0, it = 0; qt < nqt; ++qt, ++it) {
+        const int st = it & 1, i0 = qt * BR;
+        __syncthreads();  // iteration it-1 is done with sdS and stage st^1
+        if (qt + 1 < nqt) {
+            load_q(qt + 1, st ^ 1);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads();
+        const bf16_t *sQs = sQ + st * BR * LD, *sdOs = sdO + st * BR * LD;
+        const float *sLs = sL + st * BR, *sDs = sD + st * BR;
+        const bool need_mask = i0 + BR > Nq || j0 + BC > Nk || (ct > 0 && i0 < imask);
+
+        // Sᵀ = K_w Qᵀ  [16 keys × BR queries]
+        float s[BR / 8][4];
+#pragma unroll
+        for (int n = 0; n < BR / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            u32 a[4];
+            ldsm_x4(a, sK + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int p = 0; p < BR / 16; ++p) {
+                u32 bb[4];
+                ldsm_x4(bb, sQs + (p * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+                mma(s[2 * p], a, bb[0], bb[1]);
+                mma(s[2 * p + 1], a, bb[2], bb[3]);
+            }
+        }
+        // Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e), masked to 0
+#pragma unroll
+        for (int n = 0; n < BR / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                int qi = n * 8 + 2 * tq + e;
+                float L = sLs[qi] * LOG2E;
+                float p0 = ex2(fmaf(s[n][e], sl2, -L)), p1 = ex2(fmaf(s[n][2 + e], sl2, -L));
+                if (need_mask) {
+                    int i = i0 + qi;
+                    int cq = ct > 0 ? (qoff + i) / ct : 0;
+                    if (i >= Nq || kr0 >= Nk || kc0 > cq) p0 = 0.f;
+                    if (i >= Nq || kr0 + 8 >= Nk || kc1 > cq) p1 = 0.f;
+                }
+                s[n][e] = p0;
+                s[n][2 + e] = p1;
+            }
+        // dV_w += Pᵀ dO
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk) {
+            u32 a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
+                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int p = 0; p < HD / 16; ++p) {
+                u32 bb[4];
+                ldsm_x4_t(bb, sdOs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + p * 16 + (lane >> 4) * 8);
+                mma(dv[2 * p], a, bb[0], bb[1]);
+                mma(dv[2 * p + 1], a, bb[2], bb[3]);
+            }
+        }
+        // dPᵀ = V_w dOᵀ
+        float dp[BR / 8][4];
+#pragma unroll
+        for (int n = 0; n < BR / 8; ++n) dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            u32 a[4];
+            ldsm_x4(a, sV + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int p = 0; p < BR / 16; ++p) {
+                u32 bb[4];
+                ldsm_x4(bb, sdOs + (p * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+                mma(dp[2 * p], a, bb[0], bb[1]);
+                mma(dp[2 * p + 1], a, bb[2], bb[3]);
+            }
+        }
+        // dSᵀ = Pᵀ ∘ (dPᵀ − D); to shared memory for dQ
+#pragma unroll
+        for (int n = 0; n < BR / 8; ++n) {
+            float D0 = sDs[n * 8 + 2 * tq], D1 = sDs[n * 8 + 2 * tq + 1];
+            dp[n][0] = s[n][0] * (dp[n][0] - D0);
+            dp[n][1] = s[n][1] * (dp[n][1] - D1);
+            dp[n][2] = s[n][2] * (dp[n][2] - D0);
+            dp[n][3] = s[n][3] * (dp[n][3] - D1);
+            *(u32 *)(sdS + (warp * 16 + g) * LDS + n * 8 + 2 * tq) = pack_bf16(dp[n][0], dp[n][1]);
+            *(u32 *)(sdS + (warp * 16 + g + 8) * LDS + n * 8 + 2 * tq) = pack_bf16(dp[n][2], dp[n][3]);
+        }
+        // dK_w += dSᵀ Q
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk) {
+            u32 a[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]), pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
+                        pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                        pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+            for (int p = 0; p < HD / 16; ++p) {
+                u32 bb[4];
+                ldsm_x4_t(bb, sQs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + p * 16 + (lane >> 4) * 8);
+                mma(dk[2 * p], a, bb[0], bb[1]);
+                mma(dk[2 * p + 1], a, bb[2], bb[3]);
+            }
+        }
+        if (dQacc == nullptr) continue;  // uniform across the block
+        __syncthreads();
+        // dQ[16 queries × HD/2] per warp: rows (warp&3)*16, columns (warp>>2)*HD/2; k = the BC keys
+        {
+            const int qr = (warp & 3) * 16, hc = (warp >> 2) * (HD / 2);
+            float dq[HD / 16][4];
+#pragma unroll
+            for (int n = 0; n < HD / 16; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; ++kk) {
+                u32 a[4];
+                ldsm_x4_t(a, sdS + (kk * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + qr + ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int p = 0; p < HD / 32; ++p) {
+                    u32 bb[4];
+                    ldsm_x4_t(bb, sK + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + hc + p * 16 + (lane >> 4) * 8);
+                    mma(dq[2 * p], a, bb[0], bb[1]);
+                    mma(dq[2 * p + 1], a, bb[2], bb[3]);
+                }
+            }
+            const int i = i0 + qr + g;
+            float *dqg = dQacc + ((ll)b * Nq + i) * ldg + (ll)h * HD + hc + 2 * tq;
+            if (i < Nq) {
+#pragma unroll
+                for (int n = 0; n < HD / 16; ++n) red_add2(dqg + n * 8, dq[n][0] * scale, dq[n][1] * scale);
+            }
+            if (i + 8 < Nq) {
+#pragma unroll
+                for (int n = 0; n < HD / 16; ++n) red_add2(dqg + 8 * ldg + n * 8, dq[n][2] * scale, dq[n][3] * scale);
+            }
+        }
+    }
+
+    // dK += scale·dK_w, dV += dV_w for this warp's 16 keys
+    G *dkg = dK + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
+    G *dvg = dV + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (kr0 + 8 * r >= Nk) continue;
+        const ll off = 8 * r * ldg;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            if (dK) {
+                F2 x = Elem<G>::ld2(dkg + off + n * 8);
+                Elem<G>::st2(dkg + off + n * 8, x.x + dk[n][2 * r] * scale, x.y + dk[n][2 * r + 1] * scale);
+            }
+            if (dV) {
+                F2 x = Elem<G>::ld2(dvg + off + n * 8);
+                Elem<G>::st2(dvg + off + n * 8, x.x + dv[n][2 * r], x.y + dv[n][2 * r + 1]);
+            }
+        }
+    }
+}
+
+#define BWD(HD, T, G, NAME)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256)                                                           \
+        NAME(G *dK, G *dV, float *dQacc, const T *dO, const float *lse, const float *D, const T *q, const T *k, \
+             const T *v, int Nq, int Nk, int H, int ct, int qoff, float scale) {                                \
+        attn_bwd_body<HD, T, G>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale);                \
+    }
+BWD(128, bf16_t, float, attn_bwd_hd128_bf16_gf32)
+BWD(128, bf16_t, bf16_t, attn_bwd_hd128_bf16_gbf16)
+BWD(128, float, float, attn_bwd_hd128_f32_gf32)
+BWD(64, bf16_t, float, attn_bwd_hd64_bf16_gf32)
+BWD(64, bf16_t, bf16_t, attn_bwd_hd64_bf16_gbf16)
+BWD(64, float, float, attn_bwd_hd64_f32_gf32)

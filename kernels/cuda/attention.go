@@ -1,0 +1,139 @@
+package cuda
+
+import (
+	"math"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// The fused FlashAttention-2 kernels of attention.cu behind Device.Attention and AttentionBack
+// (ops.go calls them through FusedAttention). They take head_dim 64 or 128 with q, k, v, out, dOut
+// in bf16 or fp32 storage (gradients fp32, or bf16 with bf16 inputs) on 16-byte aligned tensors;
+// anything else returns false and ops.go runs the reference kernels of refattn.cu.
+
+func init() {
+	FusedAttention.Fwd = attentionFwd
+	FusedAttention.Back = attentionBack
+}
+
+// Launch shapes of attention.cu (FwdCfg, BwdCfg): 256 threads; the forward takes 128 query rows per
+// block and double-buffers 64-key tiles; the backward takes 128 keys per block and double-buffers
+// 64-query tiles.
+const (
+	attnThreads = 256
+	attnFwdRows = 128
+	attnBwdKeys = 128
+)
+
+func attnFwdSmem(hd int) int { return (128 + 4*64) * (hd + 8) * 2 }
+func attnBwdSmem(hd int) int { return (2*128*(hd+8)+4*64*(hd+8)+128*72)*2 + 4*64*4 }
+
+// Kernel names by head dim, storage dtype and gradient dtype (no formatting in the hot path).
+var (
+	attnFwdNames = map[[2]int]string{
+		{128, int(kernels.BF16)}: "attn_fwd_hd128_bf16", {128, int(kernels.F32)}: "attn_fwd_hd128_f32",
+		{64, int(kernels.BF16)}: "attn_fwd_hd64_bf16", {64, int(kernels.F32)}: "attn_fwd_hd64_f32",
+	}
+	attnBwdNames = map[[3]int]string{
+		{128, int(kernels.BF16), int(kernels.F32)}:  "attn_bwd_hd128_bf16_gf32",
+		{128, int(kernels.BF16), int(kernels.BF16)}: "attn_bwd_hd128_bf16_gbf16",
+		{128, int(kernels.F32), int(kernels.F32)}:   "attn_bwd_hd128_f32_gf32",
+		{64, int(kernels.BF16), int(kernels.F32)}:   "attn_bwd_hd64_bf16_gf32",
+		{64, int(kernels.BF16), int(kernels.BF16)}:  "attn_bwd_hd64_bf16_gbf16",
+		{64, int(kernels.F32), int(kernels.F32)}:    "attn_bwd_hd64_f32_gf32",
+	}
+	attnPrepNames = map[kernels.DType]string{kernels.BF16: "attn_bwd_prep_bf16", kernels.F32: "attn_bwd_prep_f32"}
+)
+
+// attnFits: the fused kernels take this case (shape already checked by attnDims).
+func (d *Device) attnFits(B, Nq, Nk, H, hd int, ts ...*kernels.Tensor) bool {
+	if hd != 64 && hd != 128 || Nk == 0 || d.smem < attnBwdSmem(hd) {
+		return false
+	}
+	if B > 65535 || H > 65535 || Nq > math.MaxInt32/2 || Nk > math.MaxInt32/2 { // grid.y/z; int32 sizes
+		return false
+	}
+	for _, t := range ts {
+		if t != nil && t.Ptr%16 != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// attentionFwd runs the fused forward: out [B,Nq,H,hd], lse [B,H,Nq] fp32. False: not taken.
+func attentionFwd(d *Device, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) bool {
+	B, Nq, H, hd := q.Shape[0], q.Shape[1], q.Shape[2], q.Shape[3]
+	Nk := k.Shape[1]
+	name, ok := attnFwdNames[[2]int{hd, int(q.DType)}]
+	if !ok || out.DType != q.DType || lse.DType != kernels.F32 || !d.attnFits(B, Nq, Nk, H, hd, out, q, k, v) {
+		return false
+	}
+	if !d.enter() {
+		d.leave()
+		return true // an earlier error stands; the op is skipped like every other
+	}
+	defer d.leave()
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	d.Args().Ptr(q.Ptr).Ptr(k.Ptr).Ptr(v.Ptr).Ptr(out.Ptr).Ptr(lse.Ptr).I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale)
+	d.Launch(name, [3]int{(Nq + attnFwdRows - 1) / attnFwdRows, H, B}, [3]int{attnThreads, 1, 1}, attnFwdSmem(hd))
+	return true
+}
+
+// attentionBack runs the fused backward, accumulating into dQ, dK, dV (nil ones skipped). Scratch:
+// D = rowsum(dOut∘out) [B,H,Nq] fp32, and an fp32 dQ accumulator when dQ is not fp32.
+func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) bool {
+	B, Nq, H, hd := q.Shape[0], q.Shape[1], q.Shape[2], q.Shape[3]
+	Nk := k.Shape[1]
+	var g *kernels.Tensor
+	for _, t := range []*kernels.Tensor{dQ, dK, dV} {
+		if t != nil {
+			if g != nil && t.DType != g.DType {
+				return false
+			}
+			g = t
+		}
+	}
+	if g == nil {
+		return true // no gradient wanted
+	}
+	name, ok := attnBwdNames[[3]int{hd, int(q.DType), int(g.DType)}]
+	if !ok || dOut.DType != q.DType || out.DType != q.DType || lse.DType != kernels.F32 ||
+		!d.attnFits(B, Nq, Nk, H, hd, dQ, dK, dV, dOut, out, q, k, v) {
+		return false
+	}
+	if !d.enter() {
+		d.leave()
+		return true
+	}
+	defer d.leave()
+	nD, nQ := 4*B*H*Nq, 0
+	if dQ != nil && dQ.DType != kernels.F32 {
+		nQ = 4 * dQ.Numel()
+	}
+	d.reserve(nD + nQ + 512)
+	D := d.scratch(nD)
+	if D == 0 {
+		return true
+	}
+	rows := B * Nq * H
+	d.Args().Ptr(D).Ptr(dOut.Ptr).Ptr(out.Ptr).I32(B).I32(Nq).I32(H).I32(hd)
+	d.Launch(attnPrepNames[q.DType], [3]int{(rows*32 + 255) / 256, 1, 1}, [3]int{256, 1, 1}, 0)
+	dQacc := ptrOf(dQ)
+	if nQ > 0 {
+		if dQacc = d.scratch(nQ); dQacc == 0 {
+			return true
+		}
+		d.fail(d.drv.call("cuMemsetD32Async(attention dQ accumulator)", d.drv.cuMemsetD32Async, dQacc, 0, uintptr(dQ.Numel()), d.stream))
+	}
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	d.Args().Ptr(ptrOf(dK)).Ptr(ptrOf(dV)).Ptr(dQacc).Ptr(dOut.Ptr).Ptr(lse.Ptr).Ptr(D).Ptr(q.Ptr).Ptr(k.Ptr).Ptr(v.Ptr).
+		I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale)
+	d.Launch(name, [3]int{(Nk + attnBwdKeys - 1) / attnBwdKeys, H, B}, [3]int{attnThreads, 1, 1}, attnBwdSmem(hd))
+	if nQ > 0 {
+		n := dQ.Numel()
+		d.Args().Ptr(dQ.Ptr).I32(int(dQ.DType)).Ptr(dQacc).I64(n)
+		d.Launch("attn_add_f32_into", [3]int{d.grid1(n), 1, 1}, [3]int{256, 1, 1}, 0)
+	}
+	return true
+}

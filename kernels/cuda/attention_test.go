@@ -1,0 +1,93 @@
+package cuda
+
+import (
+	"math"
+	"testing"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// TestFusedAttentionTiles checks the fused kernels against the CPU device at sizes that span several
+// query and key tiles (cuda_test.go's attention cases fit in one tile of each): partial tiles, chunks
+// that are not tile multiples, Nq ≠ Nk with a KV-cache offset, one query. Gradients start random and
+// the increments are compared (the backward accumulates). fp32 storage goes through bf16 tensor cores
+// too, hence the bf16 tolerance for both storages; gradients are fp32 or bf16 like the inputs.
+func TestFusedAttentionTiles(t *testing.T) {
+	g := gpu(t)
+	cpu := kernels.NewCPU(2)
+	type ac struct {
+		name             string
+		B, Nq, Nk, H, hd int
+		chunk, off       int
+	}
+	for _, a := range []ac{
+		{"full", 1, 300, 300, 2, 128, 0, 0},
+		{"causal", 1, 257, 257, 2, 128, 100, 0},
+		{"cache", 1, 130, 390, 2, 128, 130, 260},
+		{"cache, partial chunk", 2, 100, 357, 2, 64, 50, 257},
+		{"one query", 1, 1, 300, 2, 128, 100, 250},
+	} {
+		for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+			t.Run(a.name+"/"+dt.String(), func(t *testing.T) {
+				r := seedRand(t)
+				qs, ks := []int{a.B, a.Nq, a.H, a.hd}, []int{a.B, a.Nk, a.H, a.hd}
+				shapes := map[string][]int{"q": qs, "k": ks, "v": ks, "do": qs, "dq": qs, "dk": ks, "dv": ks}
+				host := map[string][]float32{}
+				tc, tg := map[string]*kernels.Tensor{}, map[string]*kernels.Tensor{}
+				for name, sh := range shapes {
+					v := randn(r, kernels.Numel(sh))
+					if dt == kernels.BF16 && (name == "dq" || name == "dk" || name == "dv") {
+						for i := range v { // a small start: bf16 sums would drown the increment
+							v[i] *= 1e-2
+						}
+					}
+					if dt == kernels.BF16 {
+						roundBF16(v)
+					}
+					host[name] = v
+					tc[name] = cpu.Alloc(kernels.F32, sh...)
+					cpu.FromHost(tc[name], v)
+					tg[name] = g.Alloc(dt, sh...)
+					g.FromHost(tg[name], v)
+				}
+				for _, d := range []struct {
+					dev kernels.Device
+					ts  map[string]*kernels.Tensor
+					dt  kernels.DType
+				}{{cpu, tc, kernels.F32}, {g, tg, dt}} {
+					d.ts["o"] = d.dev.Alloc(d.dt, qs...)
+					d.ts["lse"] = d.dev.Alloc(kernels.F32, a.B, a.H, a.Nq)
+					d.dev.Fill(d.ts["o"], float32(math.NaN()))
+					d.dev.Fill(d.ts["lse"], float32(math.NaN()))
+					ts := d.ts
+					d.dev.Attention(ts["o"], ts["lse"], ts["q"], ts["k"], ts["v"], a.chunk, a.off)
+					d.dev.AttentionBack(ts["dq"], ts["dk"], ts["dv"], ts["do"], ts["o"], ts["lse"], ts["q"], ts["k"], ts["v"], a.chunk, a.off)
+				}
+				if err := g.Sync(); err != nil {
+					t.Fatal(err)
+				}
+				for _, name := range []string{"o", "lse", "dq", "dk", "dv"} {
+					want := make([]float32, tc[name].Numel())
+					got := make([]float32, len(want))
+					cpu.ToHost(want, tc[name])
+					g.ToHost(got, tg[name])
+					if start, ok := host[name]; ok { // compare the increments
+						for i := range got {
+							got[i] -= start[i]
+							want[i] -= start[i]
+						}
+					}
+					tol := 1e-2
+					if e := relErr(got, want); !(e <= tol) {
+						t.Errorf("%s: rel error %.3g > %.0e", name, e, tol)
+					} else {
+						t.Logf("%s: rel error %.3g (tol %.0e)", name, e, tol)
+					}
+				}
+				for _, x := range tg {
+					g.Free(x)
+				}
+			})
+		}
+	}
+}

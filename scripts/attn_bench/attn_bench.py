@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Checks and times the fused attention kernels of kernels/cuda/attention.cu on a GPU.
+
+Loads the built cubin (scripts/attn_bench/build.sh) through CuPy, launches the kernels on PyTorch
+tensors, and
+  1. checks forward (out, lse) and backward (dQ, dK, dV, accumulated onto random initial values)
+     against an fp64 PyTorch reference on fresh random inputs: head dims 128 and 64 (other head dims
+     and fp16 go to refattn.cu, tested by the Go tests), Nq != Nk with a query offset (KV cache),
+     chunk masks, sizes that are not multiples of the tiles, bf16 and fp32 storage, bf16 and fp32
+     gradients;
+  2. times forward and backward at Wan-1.3B shapes (B=1, H=12, hd=128, N=4680 and 32760, no mask and
+     block-causal by 1560-token chunks) beside torch SDPA in the same process.
+
+Usage (on the GPU machine): python3 scripts/attn_bench/attn_bench.py BUILD_DIR [--quick] [--no-bench]
+"""
+import math
+import os
+import sys
+import time
+
+import cupy as cp
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BUILD = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else os.environ.get("OUT", "/tmp/attn_build")
+QUICK = "--quick" in sys.argv
+BENCH = "--no-bench" not in sys.argv
+
+mod = cp.RawModule(path=os.path.join(BUILD, "attention.sm90a.cubin"))
+_fns = {}
+
+
+def fn(name, smem=0):
+    f = _fns.get(name)
+    if f is None:
+        f = mod.get_function(name)
+        if smem > 48 * 1024:
+            f.max_dynamic_shared_size_bytes = smem
+        _fns[name] = f
+    return f
+
+
+def P(t):  # device pointer of a tensor (or 0 for None)
+    return np.uint64(0 if t is None else t.data_ptr())
+
+
+I32 = np.int32
+F32 = np.float32
+DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+SUF = {torch.float32: "f32", torch.bfloat16: "bf16"}
+
+
+def fwd_smem(hd):
+    return (128 + 4 * 64) * (hd + 8) * 2
+
+
+def bwd_smem(hd):
+    return (2 * 128 * (hd + 8) + 4 * 64 * (hd + 8) + 128 * 72) * 2 + 4 * 64 * 4
+
+
+def fast_ok(hd, dt):
+    return hd in (64, 128) and dt in (torch.bfloat16, torch.float32)
+
+
+def attn_fwd(out, lse, q, k, v, ct, qoff):
+    B, Nq, H, hd = q.shape
+    Nk = k.shape[1]
+    assert fast_ok(hd, q.dtype)
+    scale = F32(1.0 / math.sqrt(hd))
+    name = f"attn_fwd_hd{hd}_{SUF[q.dtype]}"
+    sm = fwd_smem(hd)
+    fn(name, sm)((((Nq + 127) // 128), H, B), (256,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
+
+
+def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None):
+    """Accumulates into dQ, dK, dV (any may be None). ws: fp32 scratch dict (D, and dQ for bf16 grads)."""
+    B, Nq, H, hd = q.shape
+    Nk = k.shape[1]
+    scale = F32(1.0 / math.sqrt(hd))
+    gdt = next(t.dtype for t in (dQ, dK, dV) if t is not None)
+    assert fast_ok(hd, q.dtype) and (q.dtype == torch.bfloat16 or gdt == torch.float32)
+    D = ws["D"] if ws else torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
+    rows = B * Nq * H
+    fn(f"attn_bwd_prep_{SUF[q.dtype]}")((((rows * 32 + 255) // 256),), (256,), (P(D), P(dO), P(out), I32(B), I32(Nq), I32(H), I32(hd)))
+    dQacc = dQ
+    if dQ is not None and dQ.dtype != torch.float32:
+        dQacc = ws["dQ"] if ws else torch.zeros(dQ.shape, device=q.device, dtype=torch.float32)
+        dQacc.zero_()
+    name = f"attn_bwd_hd{hd}_{SUF[q.dtype]}_g{SUF[gdt]}"
+    sm = bwd_smem(hd)
+    fn(name, sm)((((Nk + 127) // 128), H, B), (256,), (P(dK), P(dV), P(dQacc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
+    if dQ is not None and dQacc is not dQ:
+        n = dQ.numel()
+        fn("attn_add_f32_into")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(dQacc), np.int64(n)))
+
+
+def visible(Nq, Nk, ct, qoff, device):
+    if ct == 0:
+        return torch.ones(Nq, Nk, dtype=torch.bool, device=device)
+    i = torch.arange(Nq, device=device)[:, None] + qoff
+    j = torch.arange(Nk, device=device)[None, :]
+    return (j // ct) <= (i // ct)
+
+
+def reference(q, k, v, dO, ct, qoff):
+    """fp64 reference: out, lse, dq, dk, dv; inputs [B,N,H,hd] of any dtype."""
+    qd, kd, vd = (t.detach().double().transpose(1, 2).requires_grad_(True) for t in (q, k, v))
+    s = qd @ kd.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(~visible(q.shape[1], k.shape[1], ct, qoff, q.device), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    o = torch.softmax(s, -1) @ vd
+    o.backward(dO.double().transpose(1, 2))
+    tr = lambda t: t.transpose(1, 2)
+    return tr(o).detach(), lse.detach(), tr(qd.grad), tr(kd.grad), tr(vd.grad)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    if not torch.isfinite(a).all():
+        return float("inf")
+    return ((a - b).norm() / b.norm()).item()
+
+
+def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2):
+    dev = "cuda"
+    q, k, v = (torch.randn(B, n, H, hd, device=dev).to(dt) for n in (Nq, Nk, Nk))
+    dO = torch.randn(B, Nq, H, hd, device=dev).to(dt)
+    out = torch.full((B, Nq, H, hd), float("nan"), device=dev, dtype=dt)  # poisoned
+    lse = torch.full((B, H, Nq), float("nan"), device=dev)
+    attn_fwd(out, lse, q, k, v, ct, qoff)
+    g0s = 1.0 if gdt == torch.float32 else 1e-3  # bf16 sums lose the small addend: keep the start small
+    g0 = [(g0s * torch.randn(B, n, H, hd, device=dev)).to(gdt) for n in (Nq, Nk, Nk)]  # += onto these
+    dQ, dK, dV = (t.clone() for t in g0)
+    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff)
+    torch.cuda.synchronize()
+    ro, rl, rq, rk, rv = reference(q, k, v, dO.float(), ct, qoff)
+    # the backward is checked on its own: the reference gradient is taken at the kernel's own out
+    # only through D = rowsum(dO∘out); an out error shows in e_out already.
+    errs = dict(out=rel(out, ro), lse=rel(lse, rl), dq=rel(dQ.double() - g0[0].double(), rq),
+                dk=rel(dK.double() - g0[1].double(), rk), dv=rel(dV.double() - g0[2].double(), rv))
+    ok = all(e <= tol for e in errs.values())
+    print(f"{'PASS' if ok else 'FAIL'} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
+          + " ".join(f"{k}={v:.2e}" for k, v in errs.items()), flush=True)
+    return ok
+
+
+def bench_ms(f, iters, warm=2):
+    for _ in range(warm):
+        f()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        f()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    return float(np.median(ts))
+
+
+def bench(N, ct, iters):
+    B, H, hd = 1, 12, 128
+    dev = "cuda"
+    q, k, v, dO = (torch.randn(B, N, H, hd, device=dev, dtype=torch.bfloat16) for _ in range(4))
+    out = torch.empty_like(q)
+    lse = torch.empty(B, H, N, device=dev)
+    dQ, dK, dV = (torch.zeros(B, N, H, hd, device=dev) for _ in range(3))
+    ws = dict(D=torch.empty(B, H, N, device=dev))
+    pairs = visible(N, N, ct, 0, dev).sum().item() if ct else N * N  # visible (i, j) pairs
+    ffwd = 4.0 * pairs * hd * H
+    fbwd = 2.5 * ffwd
+    t_f = bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0), iters)
+    t_b = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws), iters)
+    rows = [("ours", t_f, t_b)]
+    # torch SDPA on [B,H,N,hd]
+    qt, kt, vt = (t.transpose(1, 2).contiguous().requires_grad_(True) for t in (q, k, v))
+    dOt = dO.transpose(1, 2).contiguous()
+    mask = None if ct == 0 else visible(N, N, ct, 0, dev)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backends = [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)] if ct == 0 else \
+        [("sdpa-efficient+mask", SDPBackend.EFFICIENT_ATTENTION), ("sdpa-cudnn+mask", SDPBackend.CUDNN_ATTENTION)]
+    for label, be in backends:
+        try:
+            with sdpa_kernel(be):
+                fwd = lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)
+                tf = bench_ms(fwd, iters)
+                o = fwd()
+                tb = bench_ms(lambda: torch.autograd.grad(o, (qt, kt, vt), dOt, retain_graph=True), iters)
+            rows.append((label, tf, tb))
+        except Exception as e:  # a backend may not take this case
+            print(f"  {label}: not run ({str(e).splitlines()[0][:120]})")
+    if ct:
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+            bm = create_block_mask(lambda b, h, i, j: (j // ct) <= (i // ct), None, None, N, N, device=dev)
+            flex = torch.compile(flex_attention)
+            fwd = lambda: flex(qt, kt, vt, block_mask=bm)
+            tf = bench_ms(fwd, iters, warm=3)
+            o = fwd()
+            tb = bench_ms(lambda: torch.autograd.grad(o, (qt, kt, vt), dOt, retain_graph=True), iters, warm=3)
+            rows.append(("flex_attention(compiled)", tf, tb))
+        except Exception as e:
+            print(f"  flex_attention: not run ({str(e).splitlines()[0][:120]})")
+    for label, tf, tb in rows:
+        print(f"  N={N:6d} ct={ct:5d} {label:26s} fwd {tf:8.3f} ms {ffwd / tf / 1e9:6.1f} TFLOP/s   bwd {tb:8.3f} ms {fbwd / tb / 1e9:6.1f} TFLOP/s", flush=True)
+
+
+def main():
+    torch.manual_seed(int(time.time()))
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    cases = [
+        # B, Nq, Nk, H, hd, ct, qoff
+        (2, 200, 200, 3, 128, 0, 0),
+        (1, 300, 300, 2, 128, 64, 0),
+        (1, 257, 257, 2, 128, 100, 0),
+        (1, 130, 390, 2, 128, 130, 260),   # KV cache: the last chunk's queries
+        (1, 100, 357, 2, 128, 50, 257),    # chunk not a tile multiple, partial tiles
+        (1, 77, 500, 2, 128, 0, 0),        # Nq != Nk, no mask
+        (1, 200, 70, 1, 128, 0, 0),
+        (2, 200, 200, 3, 64, 0, 0),
+        (1, 130, 390, 2, 64, 130, 260),
+        (1, 300, 300, 2, 64, 64, 0),
+        (1, 1, 300, 2, 128, 100, 250),     # one query (streaming decode shape)
+        (3, 64, 64, 4, 64, 16, 0),
+    ]
+    ok = True
+    for c in cases:
+        ok &= check(*c)
+    for c in [(1, 300, 300, 2, 128, 64, 0), (1, 130, 390, 2, 64, 130, 260)]:
+        ok &= check(*c, dt=torch.float32, gdt=torch.float32)                 # fp32 storage, fast path
+        ok &= check(*c, dt=torch.bfloat16, gdt=torch.bfloat16)              # bf16 grads (dQ via fp32 scratch)
+    ok &= check(1, 4680, 4680, 2, 128, 1560, 0)                              # Wan chunk size
+    ok &= check(1, 1560, 4680, 2, 128, 1560, 3120)
+    print("ALL PASS" if ok else "SOME FAILED", flush=True)
+    if BENCH:
+        it = 5 if QUICK else 20
+        for N in (4680, 32760):
+            for ct in (0, 1560):
+                bench(N, ct, it if N < 10000 else max(3, it // 4))
+
+
+if __name__ == "__main__":
+    main()
