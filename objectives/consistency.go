@@ -192,7 +192,7 @@ func (o *Consistency) Step(st *Step, b *Batch) (Update, error) {
 	if p.Loss == "l2" {
 		loss = MSE(dev, o.dF, o.diff, o.fs, o.target)
 	} else {
-		dev.Combine(o.dF, o.fs, o.target, one, []float32{-1}) // d = f_s − f_ema
+		dev.Combine(o.dF, o.fs, o.target, []float32{1}, []float32{-1}) // d = f_s − f_ema
 		dev.ToHost(o.diffH, o.dF)
 		loss = PseudoHuber(o.gradH, o.diffH, p.HuberC)
 		dev.FromHost(o.dF, o.gradH)
