@@ -21,7 +21,7 @@ func TestAdversarialGradients(t *testing.T) {
 	}
 	env := testEnv(t, o, testShape, seed)
 	b := testBatch(env, testShape, rand.New(rand.NewPCG(uint64(seed), 2)))
-	directional(t, env, o, b, Student, "gen_gan", 2, 0.03)       // step 2: generator and discriminator
+	directional(t, env, o, b, Student, "gen_gan", 2, 0.03)         // step 2: generator and discriminator
 	directional(t, env, o, b, Discriminator, "disc_loss", 1, 0.03) // step 1: discriminator only
 	directional(t, env, o, b, Critic, "disc_loss", 1, 0.03)
 }
