@@ -113,6 +113,7 @@ func (o *dmd) Setup(env *Env) error {
 	}
 	o.env = env
 	s, C, dev := env.Shape, env.Cfg.InDim, env.Dev
+	s.ChunkFrames = 0 // dmd's student, teacher and critic are bidirectional
 	o.student = NewRollout(env, st.Net, s, o.sigmas)
 	o.teacher, o.critic = te.Net, cr.Net
 	o.tPass, o.cPass = te.Net.NewPass(s), cr.Net.NewPass(s)
