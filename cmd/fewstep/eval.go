@@ -1,0 +1,290 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/eval"
+	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/sampler"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+)
+
+// `fewstep eval`: DATA.md's metrics of a samples file against the held-out split, or (with
+// --teacher) the whole distillation table.
+
+var evalCmd = &cobra.Command{
+	Use:   "eval",
+	Short: "Score a samples file against the held-out split, or make the distillation table (--teacher)",
+	Long: `Two modes.
+
+fewstep eval --samples OUT/samples.safetensors [--heldout PATH]
+  Decodes the samples (synthetic 48-channel latents) and reports CondAcc (dominant colour and
+  centre-of-mass direction match the caption of manifest.jsonl), FD (Fréchet distance to the held-out
+  videos in eval.Features' fixed space; only for videos of the held-out length), and the temporal
+  stability (object size and colour drift). Writes --out (default: metrics.json beside the samples).
+
+fewstep eval --teacher T.safetensors [--student S.safetensors] [--heldout PATH]
+  The distillation table: teacher (Euler, --teacher-cfg) at eval.teacher_steps and at each k of
+  eval.steps, student at each k with --student-sampler; CondAcc, FD, stability, NFE, ms/video.
+  Prints it and writes OUT_DIR/eval/table.txt and table.json (or --out DIR).`,
+	Args: cobra.NoArgs,
+	RunE: runEval,
+}
+
+func init() {
+	f := evalCmd.Flags()
+	f.String("samples", "", "samples file from `fewstep sample` (score mode)")
+	f.String("manifest", "", "manifest.jsonl of the samples (default: beside them)")
+	f.String("heldout", "", "held-out dataset (default: data.heldout)")
+	f.String("out", "", "metrics JSON (score mode) or output folder (table mode)")
+	f.String("teacher", "", "teacher checkpoint (table mode)")
+	f.String("student", "", "student checkpoint (table mode; omit for teacher rows only)")
+	f.String("model-config", "", "Wan config.json of both checkpoints (default: beside each, else the job's model)")
+	f.Float64("teacher-cfg", 4, "teacher guidance w")
+	f.Float64("teacher-shift", 0, "teacher Euler shift (default: sample.shift)")
+	f.String("student-sampler", "fewstep", "fewstep | consistency | stream")
+	f.Float64("student-cfg", 1, "student guidance w (distilled students: 1)")
+	f.Float64("student-shift", 0, "student denoising-list shift (default: sample.shift)")
+	f.String("student-timesteps", "", "the student's denoising list as timesteps, e.g. 1000,750,500,250; k steps use its first k... (default: DenoisingList(k))")
+	f.Int("grid-n", 0, "consistency: snap σ to this grid")
+	f.Int("long-frames", 0, "stream: add a row at this many latent frames (e.g. twice the training length)")
+	f.Int("count", 0, "prompts (default: eval.count)")
+	f.Int("batch", 8, "videos per sampler call")
+	f.String("device", "", "cpu | cuda | cuda:N (default: the job's device)")
+	addJobFlags(evalCmd)
+	rootCmd.AddCommand(evalCmd)
+}
+
+func runEval(cmd *cobra.Command, _ []string) error {
+	job, err := loadJob(cmd)
+	if err != nil {
+		return err
+	}
+	fl := cmd.Flags()
+	samples, _ := fl.GetString("samples")
+	teacher, _ := fl.GetString("teacher")
+	if (samples == "") == (teacher == "") {
+		return fmt.Errorf("eval: give --samples (score a samples file) or --teacher (the distillation table)")
+	}
+	heldPath, _ := fl.GetString("heldout")
+	if heldPath == "" {
+		heldPath = job.Data.Heldout
+	}
+	if heldPath == "" {
+		return fmt.Errorf("eval: no held-out split: --heldout PATH or data.heldout")
+	}
+	held, err := eval.LoadSet(heldPath, job.Data.TextLen)
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	if samples != "" {
+		return scoreSamples(cmd, samples, held)
+	}
+	return distillTable(cmd, job, held)
+}
+
+func scoreSamples(cmd *cobra.Command, samples string, held *eval.Set) error {
+	fl := cmd.Flags()
+	st, meta, err := models.ReadSafetensors(samples)
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	lat, ok := st["latents"]
+	if !ok || len(lat.Shape) != 5 {
+		return fmt.Errorf("eval: %s: want a tensor latents [N, C, F, H, W]", samples)
+	}
+	N, C, F, H, W := lat.Shape[0], lat.Shape[1], lat.Shape[2], lat.Shape[3], lat.Shape[4]
+	man, _ := fl.GetString("manifest")
+	if man == "" {
+		man = filepath.Join(filepath.Dir(samples), "manifest.jsonl")
+	}
+	caps, err := readManifest(man, N)
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	gen, err := eval.DecodeLatents(lat.Data, N, C, F, H, W)
+	if err != nil {
+		return fmt.Errorf("eval: %s: %w", samples, err)
+	}
+	real, err := held.Videos()
+	if err != nil {
+		return fmt.Errorf("eval: held-out: %w", err)
+	}
+	if real.F != gen.F || real.H != gen.H || real.W != gen.W {
+		fmt.Fprintf(cmd.ErrOrStderr(), "eval: samples are [F=%d, %d×%d], held-out [F=%d, %d×%d]: no FD\n", gen.F, gen.H, gen.W, real.F, real.H, real.W)
+		real = eval.Videos{}
+	}
+	m, err := eval.Score(gen, caps, real)
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	out, _ := fl.GetString("out")
+	if out == "" {
+		out = filepath.Join(filepath.Dir(samples), "metrics.json")
+	}
+	rec := map[string]any{"samples": samples, "heldout_n": held.N, "metrics": m, "sampler": meta}
+	if math.IsNaN(m.FD) {
+		rec["fd_note"] = "no FD: lengths differ"
+		m.FD = -1
+		rec["metrics"] = m
+	}
+	b, _ := json.MarshalIndent(rec, "", "  ")
+	if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "eval: %d videos %s (steps %s, cfg %s): CondAcc %.3f (colour %.3f, direction %.3f)  FD %.3f  stability %.4f (size %.4f, colour %.4f)\n  %s\n",
+		N, meta["sampler"], meta["steps"], meta["cfg"], m.CondAcc, m.ColourAcc, m.DirAcc, m.FD, m.Stability, m.SizeDrift, m.ColourDrift, out)
+	return nil
+}
+
+// readManifest returns the captions of manifest.jsonl lines 0..n−1 (by their index field).
+func readManifest(path string, n int) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	defer f.Close()
+	caps := make([]string, n)
+	seen := make([]bool, n)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
+		}
+		var m manifestLine
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+		if m.Index < 0 || m.Index >= n {
+			return nil, fmt.Errorf("%s:%d: index %d outside the %d samples", path, line, m.Index, n)
+		}
+		caps[m.Index], seen[m.Index] = m.Caption, true
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for i, ok := range seen {
+		if !ok {
+			return nil, fmt.Errorf("%s: no line for sample %d", path, i)
+		}
+	}
+	return caps, nil
+}
+
+func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
+	fl := cmd.Flags()
+	devName, _ := fl.GetString("device")
+	if devName == "" {
+		devName = job.Device
+	}
+	dev, err := openBackend(devName)
+	if err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
+	mc, _ := fl.GetString("model-config")
+	tPath, _ := fl.GetString("teacher")
+	teacher, _, err := loadModel(dev, job, tPath, mc, held.C, held.TextDim)
+	if err != nil {
+		return fmt.Errorf("eval: teacher: %w", err)
+	}
+	var student *models.DiT
+	if sPath, _ := fl.GetString("student"); sPath != "" {
+		if student, _, err = loadModel(dev, job, sPath, mc, held.C, held.TextDim); err != nil {
+			return fmt.Errorf("eval: student: %w", err)
+		}
+	}
+	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed}
+	spec.TeacherCFG, _ = fl.GetFloat64("teacher-cfg")
+	spec.TeacherShift, _ = fl.GetFloat64("teacher-shift")
+	if spec.TeacherShift == 0 {
+		spec.TeacherShift = job.Sample.Shift
+	}
+	sm, _ := fl.GetString("student-sampler")
+	spec.Student = sampler.Options{Method: sampler.Method(sm), ChunkFrames: job.Model.ChunkFrames,
+		LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames}
+	spec.Student.CFG, _ = fl.GetFloat64("student-cfg")
+	spec.Student.Shift, _ = fl.GetFloat64("student-shift")
+	if spec.Student.Shift == 0 {
+		spec.Student.Shift = job.Sample.Shift
+	}
+	spec.Student.GridN, _ = fl.GetInt("grid-n")
+	if ts, _ := fl.GetString("student-timesteps"); ts != "" {
+		var list []float64
+		for _, f := range strings.Split(ts, ",") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+			if err != nil || v <= 0 || v > 1000 {
+				return fmt.Errorf("eval: --student-timesteps %q: %q is not a timestep in (0, 1000]", ts, f)
+			}
+			list = append(list, sampler.Shift(v/1000, spec.Student.Shift))
+		}
+		spec.StudentLists = SubLists(list, spec.Steps)
+	}
+	if n, _ := fl.GetInt("count"); n > 0 {
+		spec.Count = n
+	}
+	spec.Batch, _ = fl.GetInt("batch")
+	spec.LongFrames, _ = fl.GetInt("long-frames")
+	spec.Mean, spec.Std = normStats(job, held.C)
+	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(cmd.ErrOrStderr()), progressbar.OptionSetDescription("eval"),
+		progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
+	spec.Progress = func(done, total int, row string) {
+		bar.ChangeMax(total)
+		bar.Describe("eval: " + row)
+		bar.Set(done)
+	}
+	tab, err := eval.DistillTable(teacher, student, held, spec)
+	bar.Finish()
+	if err != nil {
+		return err
+	}
+	out, _ := fl.GetString("out")
+	if out == "" {
+		out = filepath.Join(job.OutDir, "eval")
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	js, err := tab.JSON()
+	if err != nil {
+		return err
+	}
+	txt := tab.Text()
+	if err := os.WriteFile(filepath.Join(out, "table.txt"), []byte(txt), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "table.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprint(cmd.OutOrStdout(), txt)
+	fmt.Fprintf(cmd.OutOrStdout(), "  %s/table.txt, table.json\n", out)
+	return nil
+}
+
+// SubLists picks, for each k, k levels of a denoising list spread evenly from its first entry
+// (list 1000,750,500,250: k=4 all, k=2 → 1000,500, k=1 → 1000); a k longer than the list is left out
+// (the sampler then uses DenoisingList(k)).
+func SubLists(list []float64, ks []int) map[int][]float64 {
+	out := map[int][]float64{}
+	for _, k := range ks {
+		if k < 1 || k > len(list) {
+			continue
+		}
+		for i := 0; i < k; i++ {
+			out[k] = append(out[k], list[i*len(list)/k])
+		}
+	}
+	return out
+}

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/data"
+	"github.com/fewstep/fewstep/eval"
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/sampler"
+	"github.com/spf13/cobra"
+)
+
+// `fewstep sample`: videos from a checkpoint for held-out prompts (or --caption), written as a
+// samples file (safetensors `latents` [N,C,F,H,W], in the dataset's raw latent space), a
+// manifest.jsonl, and GIF / PNG-strip previews when the latent space is the synthetic one.
+
+var sampleCmd = &cobra.Command{
+	Use:   "sample",
+	Short: "Sample videos from a checkpoint: samples.safetensors + manifest.jsonl + previews",
+	Long: `Sample videos from a checkpoint (--weights, Wan2.1 layout). The architecture is the
+config.json beside the weights if there is one, else --model-config, else the job's model (preset,
+with in/out channels and text_dim taken from the prompts' dataset).
+
+Samplers (--sampler, default sample.sampler):
+  euler        the flow ODE, N steps, CFG w (teachers; flowmatch-trained networks)
+  fewstep      predict x0, re-noise to the next level (DMD, DMD+adversarial, odeinit students)
+  consistency  LCM multistep consistency sampling (consistency students; --grid-n snaps σ)
+  stream       causal chunk-by-chunk with the KV cache (Self-Forcing student; model.chunk_frames,
+               model.local_attn_frames, model.sink_frames; --frames may exceed the training length)
+
+Writes OUT/samples.safetensors, OUT/manifest.jsonl (index, caption, seed, steps, cfg, ...),
+OUT/previews/NNNN.gif and NNNN.png (synthetic 48-channel latents only), OUT/job.yaml.`,
+	Args: cobra.NoArgs,
+	RunE: runSample,
+}
+
+func init() {
+	f := sampleCmd.Flags()
+	f.String("weights", "", "checkpoint (safetensors, Wan2.1 keys) (required)")
+	f.String("model-config", "", "Wan config.json of the checkpoint (default: config.json beside --weights, else the job's model)")
+	f.String("prompts", "", "dataset whose captions and text embeddings are the prompts (default: data.heldout)")
+	f.StringArray("caption", nil, "a caption to sample (repeatable; toy text encoder, synthetic data only) instead of --prompts")
+	f.String("sampler", "", "euler | fewstep | consistency | stream (default: sample.sampler)")
+	f.Int("steps", 0, "steps (default: sample.steps)")
+	f.String("cfg", "", "guidance w, v = v_u + w·(v_c − v_u); 1 = none (default: sample.cfg)")
+	f.String("shift", "", "schedule shift (default: sample.shift)")
+	f.Int("grid-n", 0, "consistency: snap σ to this Euler grid (the student's training grid, e.g. 50)")
+	f.Float64("context-noise", 0, "stream: σ at which finished chunks are re-encoded into the cache")
+	f.Int("count", 0, "videos (default: sample.count; at most the prompts available)")
+	f.Int("frames", 0, "latent frames per video (default: the dataset's; stream may go longer)")
+	f.Int("batch", 8, "videos per batch")
+	f.Int64("seed", -1, "noise seed; video i uses seed+i (default: the job's seed)")
+	f.String("device", "", "cpu | cuda | cuda:N (default: the job's device)")
+	f.String("out", "", "output folder (default: OUT_DIR/samples)")
+	f.Int("preview-scale", 4, "pixel upscaling of the previews")
+	addJobFlags(sampleCmd)
+	rootCmd.AddCommand(sampleCmd)
+}
+
+// loadPrompts reads --prompts (or the job's held-out split), or encodes --caption with the toy
+// encoder at the job's synthetic shape.
+func loadPrompts(cmd *cobra.Command, job *config.Job) (*eval.Set, error) {
+	caps, _ := cmd.Flags().GetStringArray("caption")
+	path, _ := cmd.Flags().GetString("prompts")
+	L := job.Data.TextLen
+	if len(caps) > 0 {
+		if path != "" {
+			return nil, fmt.Errorf("give --prompts or --caption, not both")
+		}
+		sy := job.Data.Synth
+		if sy.Size%4 != 0 || sy.Size <= 0 || sy.Frames <= 0 || sy.TextDim <= 0 {
+			return nil, fmt.Errorf("--caption needs the synthetic shape: data.synth.size %d (multiple of 4), frames %d, text_dim %d", sy.Size, sy.Frames, sy.TextDim)
+		}
+		s := &eval.Set{N: len(caps), C: data.LatentChannels, F: sy.Frames, H: sy.Size / 4, W: sy.Size / 4, L: L, TextDim: sy.TextDim}
+		for i, c := range caps {
+			if _, _, _, err := data.ParseCaption(c); err != nil {
+				return nil, fmt.Errorf("--caption %d: %w", i, err)
+			}
+			s.Text = append(s.Text, data.EncodeText(c, sy.TextDim, L)...)
+			s.Captions = append(s.Captions, c)
+			s.IDs = append(s.IDs, "caption-"+strconv.Itoa(i))
+		}
+		return s, nil
+	}
+	if path == "" {
+		path = job.Data.Heldout
+	}
+	if path == "" {
+		return nil, fmt.Errorf("no prompts: give --prompts DATASET, --caption, or set data.heldout")
+	}
+	return eval.LoadSet(path, L)
+}
+
+// loadModel builds the architecture for a checkpoint and loads it. The config is --model-config,
+// else config.json beside the weights, else the job's model with in/out channels and text_dim from
+// the data (C, textDim).
+func loadModel(dev kernels.Device, job *config.Job, weights, modelConfig string, C, textDim int) (*models.DiT, models.Config, error) {
+	if modelConfig == "" {
+		if p := filepath.Join(filepath.Dir(weights), "config.json"); fileExists(p) {
+			modelConfig = p
+		} else if job.Model.Config != "" {
+			modelConfig = job.Model.Config
+		}
+	}
+	var cfg models.Config
+	var err error
+	if modelConfig != "" {
+		cfg, err = models.ReadWanConfig(modelConfig)
+	} else {
+		cfg, err = models.Preset(job.Model.Preset)
+		cfg.InDim, cfg.OutDim, cfg.TextDim = C, C, textDim
+		if job.Data.TextLen > 0 {
+			cfg.TextLen = job.Data.TextLen
+		}
+	}
+	if err != nil {
+		return nil, cfg, err
+	}
+	if cfg.InDim != C || cfg.TextDim != textDim {
+		return nil, cfg, fmt.Errorf("model %s: in_dim %d, text_dim %d, but the prompts' latents have %d channels and text_dim %d", weights, cfg.InDim, cfg.TextDim, C, textDim)
+	}
+	m := models.New(dev, cfg, false)
+	if err := m.Load(weights); err != nil {
+		return nil, cfg, err
+	}
+	return m, cfg, nil
+}
+
+func fileExists(p string) bool { st, err := os.Stat(p); return err == nil && !st.IsDir() }
+
+// sampleOptions merges the job's sample: and model: sections with the flags.
+func sampleOptions(cmd *cobra.Command, job *config.Job) (sampler.Options, error) {
+	f := cmd.Flags()
+	o := sampler.Options{Method: sampler.Method(job.Sample.Sampler), Steps: job.Sample.Steps, CFG: job.Sample.CFG, Shift: job.Sample.Shift,
+		ChunkFrames: job.Model.ChunkFrames, LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames}
+	if s, _ := f.GetString("sampler"); s != "" {
+		o.Method = sampler.Method(s)
+	}
+	if n, _ := f.GetInt("steps"); n != 0 {
+		o.Steps = n
+	}
+	for _, fl := range []struct {
+		name string
+		dst  *float64
+	}{{"cfg", &o.CFG}, {"shift", &o.Shift}} {
+		if s, _ := f.GetString(fl.name); s != "" {
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil {
+				return o, fmt.Errorf("--%s %q: %w", fl.name, s, err)
+			}
+			*fl.dst = v
+		}
+	}
+	o.GridN, _ = f.GetInt("grid-n")
+	o.ContextNoise, _ = f.GetFloat64("context-noise")
+	if o.Method == sampler.Stream && o.ChunkFrames <= 0 {
+		return o, fmt.Errorf("--sampler stream needs model.chunk_frames > 0")
+	}
+	_, err := o.Schedule()
+	return o, err
+}
+
+// manifestLine is one line of manifest.jsonl.
+type manifestLine struct {
+	Index   int     `json:"index"`
+	ID      string  `json:"id"`
+	Caption string  `json:"caption"`
+	Seed    int64   `json:"seed"`
+	Steps   int     `json:"steps"`
+	CFG     float64 `json:"cfg"`
+	Sampler string  `json:"sampler"`
+	Shift   float64 `json:"shift"`
+	Frames  int     `json:"frames"`
+	NFE     int     `json:"nfe"`
+	Weights string  `json:"weights"`
+}
+
+func runSample(cmd *cobra.Command, _ []string) error {
+	job, err := loadJob(cmd)
+	if err != nil {
+		return err
+	}
+	fl := cmd.Flags()
+	weights, _ := fl.GetString("weights")
+	if weights == "" {
+		return fmt.Errorf("sample: --weights is required")
+	}
+	set, err := loadPrompts(cmd, job)
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	o, err := sampleOptions(cmd, job)
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	devName, _ := fl.GetString("device")
+	if devName == "" {
+		devName = job.Device
+	}
+	dev, err := openBackend(devName)
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	mc, _ := fl.GetString("model-config")
+	m, _, err := loadModel(dev, job, weights, mc, set.C, set.TextDim)
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	count, _ := fl.GetInt("count")
+	if count <= 0 {
+		count = job.Sample.Count
+	}
+	if count <= 0 || count > set.N {
+		count = set.N
+	}
+	frames, _ := fl.GetInt("frames")
+	if frames <= 0 {
+		frames = set.F
+	}
+	batch, _ := fl.GetInt("batch")
+	seed, _ := fl.GetInt64("seed")
+	if seed < 0 {
+		seed = job.Seed
+	}
+	out, _ := fl.GetString("out")
+	if out == "" {
+		out = filepath.Join(job.OutDir, "samples")
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	if _, err := saveJob(job, out); err != nil {
+		return err
+	}
+	chunk := 0
+	if o.Method == sampler.Stream {
+		chunk = o.ChunkFrames
+	}
+	net := sampler.NewDiTNet(m, chunk)
+	defer net.Free()
+	lat, nfe, ms, err := eval.Generate(net, set, count, batch, seed, o, frames)
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	mean, std := normStats(job, set.C)
+	if err := eval.Denormalize(lat, count, set.C, mean, std); err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	shape := []int{count, set.C, frames, set.H, set.W}
+	meta := map[string]string{"sampler": string(o.Method), "steps": strconv.Itoa(o.Steps), "cfg": fmt.Sprint(o.CFG),
+		"shift": fmt.Sprint(o.Shift), "seed": strconv.FormatInt(seed, 10), "weights": weights, "space": "raw dataset latents"}
+	samplesPath := filepath.Join(out, "samples.safetensors")
+	if err := models.WriteSafetensors(samplesPath, []models.NamedTensor{{Name: "latents", Shape: shape, Data: lat}}, kernels.F32, meta); err != nil {
+		return err
+	}
+	var man []byte
+	for i := 0; i < count; i++ {
+		b, _ := json.Marshal(manifestLine{Index: i, ID: set.IDs[i], Caption: set.Captions[i], Seed: seed + int64(i), Steps: o.Steps, CFG: o.CFG,
+			Sampler: string(o.Method), Shift: o.Shift, Frames: frames, NFE: nfe, Weights: weights})
+		man = append(append(man, b...), '\n')
+	}
+	if err := os.WriteFile(filepath.Join(out, "manifest.jsonl"), man, 0o644); err != nil {
+		return err
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "sample: %d videos [%d, %d, %d, %d] with %s, %d steps, cfg %g, shift %g: NFE %d per video, %.1f ms per video (%s)\n",
+		count, set.C, frames, set.H, set.W, o.Method, o.Steps, o.CFG, o.Shift, nfe, ms, dev.Name())
+	fmt.Fprintf(w, "  %s\n  %s\n", samplesPath, filepath.Join(out, "manifest.jsonl"))
+	if set.C != data.LatentChannels {
+		fmt.Fprintf(w, "  no previews: %d-channel latents are not the synthetic space (decode them with the VAE)\n", set.C)
+		return nil
+	}
+	scale, _ := fl.GetInt("preview-scale")
+	pdir := filepath.Join(out, "previews")
+	if err := os.MkdirAll(pdir, 0o755); err != nil {
+		return err
+	}
+	vids, err := eval.DecodeLatents(lat, count, set.C, frames, set.H, set.W)
+	if err != nil {
+		return err
+	}
+	for i, pix := range vids.Pix {
+		base := filepath.Join(pdir, fmt.Sprintf("%04d", i))
+		if err := sampler.WriteGIF(base+".gif", pix, vids.F, vids.H, vids.W, scale, 250); err != nil {
+			return err
+		}
+		if err := sampler.WritePNGStrip(base+".png", pix, vids.F, vids.H, vids.W, scale); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(w, "  %s/NNNN.gif, NNNN.png (%d each)\n", pdir, count)
+	return nil
+}
+
+// normStats is the per-channel normalization of the job's data (nil, nil = none).
+func normStats(job *config.Job, C int) ([]float64, []float64) {
+	switch job.Data.Normalize {
+	case "wan":
+		if C == len(config.WanMean) {
+			return config.WanMean, config.WanStd
+		}
+	case "custom":
+		return job.Data.Mean, job.Data.Std
+	}
+	return nil, nil
+}

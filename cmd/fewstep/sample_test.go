@@ -1,0 +1,150 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fewstep/fewstep/data"
+	"github.com/fewstep/fewstep/eval"
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/sampler"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// sampleFixture writes a small synthetic dataset and a random tiny checkpoint for it.
+func sampleFixture(t *testing.T) (dir, held, weights string, m *models.DiT) {
+	t.Helper()
+	dir = t.TempDir()
+	files, err := data.WriteSynth(filepath.Join(dir, "data"), data.SynthOptions{Count: 2, Heldout: 6, Frames: 4, Size: 16, TextDim: 8, Seed: 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := models.Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.TextDim, cfg.TextLen = 48, 48, 8, 8
+	m = models.New(kernels.CPU(), cfg, false)
+	m.InitRandom(4, 0.02)
+	weights = filepath.Join(dir, "w", "student.safetensors")
+	os.MkdirAll(filepath.Dir(weights), 0o755)
+	if err := m.Save(weights, kernels.F32); err != nil {
+		t.Fatal(err)
+	}
+	return dir, files.Heldout, weights, m
+}
+
+// resetFlags puts every flag of every command back to its default: cobra keeps the values of an
+// earlier Execute in the same process.
+func resetFlags(c *cobra.Command) {
+	c.Flags().VisitAll(func(f *pflag.Flag) {
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			sv.Replace(nil)
+		} else {
+			f.Value.Set(f.DefValue)
+		}
+		f.Changed = false
+	})
+	for _, sub := range c.Commands() {
+		resetFlags(sub)
+	}
+}
+
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	resetFlags(rootCmd)
+	var sb strings.Builder
+	rootCmd.SetArgs(args)
+	rootCmd.SetOut(&sb)
+	rootCmd.SetErr(&strings.Builder{})
+	if err := rootCmd.Execute(); err != nil {
+		t.Fatalf("fewstep %s: %v", strings.Join(args, " "), err)
+	}
+	return sb.String()
+}
+
+// `fewstep sample` then `fewstep eval --samples`: the files, the previews, and latents equal to the
+// library's sampler on the same prompts and seeds.
+func TestSampleAndEvalCommands(t *testing.T) {
+	dir, held, weights, m := sampleFixture(t)
+	out := filepath.Join(dir, "samples")
+	run(t, "sample", "--weights", weights, "--prompts", held, "--sampler", "euler", "--steps", "2", "--cfg", "2.5",
+		"--count", "3", "--batch", "2", "--seed", "7", "--out", out, "--device", "cpu",
+		"--set", "data.text_len=8", "--set", "model.preset=tiny", "--set", "out_dir="+dir)
+	st, meta, err := models.ReadSafetensors(filepath.Join(out, "samples.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lat := st["latents"]
+	if want := []int{3, 48, 4, 4, 4}; len(lat.Shape) != 5 || lat.Shape[0] != 3 || lat.Shape[1] != 48 || lat.Shape[2] != 4 {
+		t.Fatalf("latents %v, want %v", lat.Shape, want)
+	}
+	if meta["sampler"] != "euler" || meta["steps"] != "2" {
+		t.Fatalf("metadata %v", meta)
+	}
+	set, _ := eval.LoadSet(held, 8)
+	net := sampler.NewDiTNet(m, 0)
+	ref, _, _, err := eval.Generate(net, set, 3, 3, 7, sampler.Options{Method: sampler.Euler, Steps: 2, CFG: 2.5, Shift: 1}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ref {
+		if d := ref[i] - lat.Data[i]; d > 1e-5 || d < -1e-5 {
+			t.Fatalf("latent %d: command %g, library %g", i, lat.Data[i], ref[i])
+		}
+	}
+	man, _ := os.ReadFile(filepath.Join(out, "manifest.jsonl"))
+	lines := strings.Split(strings.TrimSpace(string(man)), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("manifest has %d lines", len(lines))
+	}
+	var l manifestLine
+	if err := json.Unmarshal([]byte(lines[2]), &l); err != nil || l.Index != 2 || l.Seed != 9 || l.Caption != set.Captions[2] || l.Steps != 2 || l.CFG != 2.5 || l.NFE != 4 {
+		t.Fatalf("manifest line %+v (%v)", l, err)
+	}
+	for _, f := range []string{"0000.gif", "0002.png"} {
+		if _, err := os.Stat(filepath.Join(out, "previews", f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	txt := run(t, "eval", "--samples", filepath.Join(out, "samples.safetensors"), "--heldout", held,
+		"--set", "data.text_len=8", "--set", "out_dir="+dir)
+	if !strings.Contains(txt, "CondAcc") {
+		t.Fatalf("eval output: %s", txt)
+	}
+	var rec struct {
+		Metrics eval.Metrics `json:"metrics"`
+	}
+	b, err := os.ReadFile(filepath.Join(out, "metrics.json"))
+	if err != nil || json.Unmarshal(b, &rec) != nil || rec.Metrics.N != 3 || rec.Metrics.FD <= 0 {
+		t.Fatalf("metrics.json: %v %s", err, b)
+	}
+}
+
+// `fewstep eval --teacher --student`: the table files.
+func TestEvalTableCommand(t *testing.T) {
+	dir, held, weights, _ := sampleFixture(t)
+	out := filepath.Join(dir, "table")
+	txt := run(t, "eval", "--teacher", weights, "--student", weights, "--heldout", held, "--count", "2", "--out", out,
+		"--student-sampler", "fewstep", "--student-timesteps", "1000,750,500,250", "--device", "cpu",
+		"--set", "data.text_len=8", "--set", "eval.teacher_steps=3", "--set", "eval.steps=[1,2]", "--set", "out_dir="+dir)
+	if !strings.Contains(txt, "student  fewstep") || !strings.Contains(txt, "teacher  euler") {
+		t.Fatalf("table:\n%s", txt)
+	}
+	var tab struct {
+		Rows []eval.Row `json:"rows"`
+	}
+	b, _ := os.ReadFile(filepath.Join(out, "table.json"))
+	if err := json.Unmarshal(b, &tab); err != nil || len(tab.Rows) != 6 {
+		t.Fatalf("table.json: %v, %d rows\n%s", err, len(tab.Rows), b)
+	}
+}
+
+func TestSubLists(t *testing.T) {
+	l := SubLists([]float64{1, 0.75, 0.5, 0.25}, []int{1, 2, 4, 8})
+	if len(l[1]) != 1 || l[1][0] != 1 || len(l[2]) != 2 || l[2][1] != 0.5 || len(l[4]) != 4 || l[8] != nil {
+		t.Fatalf("SubLists = %v", l)
+	}
+}
