@@ -75,17 +75,21 @@ type attnCase struct {
 	name                 string
 	B, H, hd, Nq, Nk     int
 	chunkTokens, qOffset int
-	qScale               float64
-	tol                  float64
+	qScale               float64 // q ~ N(0, qScale²), k, v ~ N(0, 1): scores have std ≈ qScale
+	tol, gradTol         float64
 }
 
 func TestAttention(t *testing.T) {
 	cases := []attnCase{
-		{"full", 2, 2, 8, 13, 13, 0, 0, 1, 1e-6},
-		{"block-causal", 2, 3, 8, 12, 12, 4, 0, 1, 1e-6},
-		{"kv-cache offset", 1, 2, 8, 4, 10, 4, 6, 1, 1e-6},
-		{"cross", 2, 2, 6, 11, 7, 0, 0, 1, 1e-6},
-		{"large logits", 1, 2, 8, 9, 9, 3, 0, 12, 4e-6},
+		{"full", 2, 2, 8, 13, 13, 0, 0, 1, 1e-6, 5e-6},
+		{"block-causal", 2, 3, 8, 12, 12, 4, 0, 1, 1e-6, 5e-6},
+		{"kv-cache offset", 1, 2, 8, 4, 10, 4, 6, 1, 1e-6, 5e-6},
+		{"cross", 2, 2, 6, 11, 7, 0, 0, 1, 1e-6, 5e-6},
+		{"sharp", 2, 2, 8, 9, 9, 3, 0, 4, 2e-6, 5e-6},
+		// Scores up to ~±150: exp overflows fp32 without the max shift. The forward must stay exact;
+		// the gradient of a saturated softmax is a small difference of large terms (dP − rowsum(dO⊙O)),
+		// ill-conditioned in fp32 for any implementation, so only a loose bound is meaningful there.
+		{"huge logits", 1, 2, 8, 9, 9, 3, 0, 40, 5e-6, 1e-2},
 	}
 	for _, dev := range devices() {
 		for _, tc := range cases {
@@ -97,10 +101,7 @@ func TestAttention(t *testing.T) {
 func testAttention(t *testing.T, dev kernels.Device, tc attnCase) {
 	r := newRand(t)
 	B, H, hd, Nq, Nk := tc.B, tc.H, tc.hd, tc.Nq, tc.Nk
-	q, k, v := randn(r, B*Nq*H*hd, tc.qScale), randn(r, B*Nk*H*hd, 4), randn(r, B*Nk*H*hd, 1)
-	if tc.qScale == 1 {
-		k = randn(r, B*Nk*H*hd, 1)
-	}
+	q, k, v := randn(r, B*Nq*H*hd, tc.qScale), randn(r, B*Nk*H*hd, 1), randn(r, B*Nk*H*hd, 1)
 	// head (b, h) of a [B, N, H, hd] tensor as an [N, hd] matrix, and back.
 	head := func(x []float32, N, b, h int) []float32 {
 		m := make([]float32, N*hd)
@@ -132,7 +133,7 @@ func testAttention(t *testing.T, dev kernels.Device, tc attnCase) {
 		for h := 0; h < H; h++ {
 			Q, K, V := gr.param(Nq, hd, head(q, Nq, b, h)), gr.param(Nk, hd, head(k, Nk, b, h)), gr.param(Nk, hd, head(v, Nk, b, h))
 			s := gr.add(gr.hmul(gr.mul(Q, gr.must(G_T(K))), gr.fill(Nq, Nk, 1/math.Sqrt(float64(hd)))), gr.mat(Nq, Nk, bias)) // [Nq,Nk]
-			// scores here reach ~±100 in the large-logits case: exp is still finite in float64.
+			// scores reach ~±150 in the huge-logits case: exp is still finite in float64.
 			e := gr.unary(G_Exp, s)                                      // [Nq,Nk]
 			z := gr.mul(e, gr.fill(Nk, 1, 1))                            // [Nq,1]
 			p := gr.hmul(e, gr.rowBroadcast(gr.unary(G_Inverse, z), Nk)) // [Nq,Nk]
@@ -182,9 +183,9 @@ func testAttention(t *testing.T, dev kernels.Device, tc attnCase) {
 	dK, dk0 := grad0(dev, r, B, Nk, H, hd)
 	dV, dv0 := grad0(dev, r, B, Nk, H, hd)
 	dev.AttentionBack(dQ, dK, dV, tensorOf(dev, R, B, Nq, H, hd), O, L, Q, K, V, tc.chunkTokens, tc.qOffset)
-	checkRel(t, "Attention dQ", accumulated(dev, dQ, dq0), wantQ, 5*tc.tol)
-	checkRel(t, "Attention dK", accumulated(dev, dK, dk0), wantK, 5*tc.tol)
-	checkRel(t, "Attention dV", accumulated(dev, dV, dv0), wantV, tc.tol)
+	checkRel(t, "Attention dQ", accumulated(dev, dQ, dq0), wantQ, tc.gradTol)
+	checkRel(t, "Attention dK", accumulated(dev, dK, dk0), wantK, tc.gradTol)
+	checkRel(t, "Attention dV", accumulated(dev, dV, dv0), wantV, tc.gradTol)
 
 	// nil gradients are skipped.
 	dev.AttentionBack(nil, nil, dV, tensorOf(dev, R, B, Nq, H, hd), O, L, Q, K, V, tc.chunkTokens, tc.qOffset)
