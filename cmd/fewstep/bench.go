@@ -1,0 +1,267 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"os"
+	"sort"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/kernels/cuda"
+	"github.com/fewstep/fewstep/models"
+)
+
+// `fewstep bench forward|attention`: GPU timings with CUDA events (median of --iters after --warmup),
+// one JSON line each, in the form shared/reference/wan_ref.py prints, so the two can be put side by side.
+
+var benchCmd = &cobra.Command{Use: "bench", Short: "Time the engine on the GPU (forward, attention)"}
+
+var benchForwardCmd = &cobra.Command{
+	Use:   "forward",
+	Short: "Time the DiT's forward (and with --train forward+backward) on random weights",
+	Example: `  fewstep bench forward --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --graph
+  fewstep bench forward --preset small --frames 2 --height 64 --width 64 --ctx 512 --graph`,
+	RunE: runBenchForward,
+}
+
+var benchAttnCmd = &cobra.Command{
+	Use:     "attention",
+	Short:   "Time the attention forward (and backward) alone: milliseconds and TFLOP/s",
+	Example: `  fewstep bench attention --tokens 32760 --heads 12 --head-dim 128`,
+	RunE:    runBenchAttention,
+}
+
+func init() {
+	f := benchForwardCmd.Flags()
+	f.String("preset", "wan2.1-1.3b", "architecture preset")
+	f.Int("batch", 1, "batch size")
+	f.Int("frames", 3, "latent frames")
+	f.Int("height", 60, "latent height (480p: 60)")
+	f.Int("width", 104, "latent width (480p: 104)")
+	f.Int("ctx", 512, "context tokens")
+	f.Int("chunk-frames", 0, "block-causal attention over chunks of this many frames (0: bidirectional)")
+	f.Bool("graph", false, "capture the forward in a CUDA graph and time its replays")
+	f.Bool("train", false, "also time forward+backward (parameter gradients)")
+	for _, c := range []*cobra.Command{benchForwardCmd, benchAttnCmd} {
+		c.Flags().String("device", "cuda", "cuda or cuda:N")
+		c.Flags().String("gemm", "bf16", "fp32 GEMMs: bf16 (tensor cores, bf16 operands), tf32, or fp32 (exact)")
+		c.Flags().Int("iters", 10, "timed repetitions (the median is reported)")
+		c.Flags().Int("warmup", 3, "untimed repetitions first")
+	}
+	a := benchAttnCmd.Flags()
+	a.Int("batch", 1, "batch size")
+	a.Int("tokens", 32760, "query and key tokens")
+	a.Int("heads", 12, "heads")
+	a.Int("head-dim", 128, "head dim")
+	a.String("dtype", "bf16", "storage of q, k, v: bf16 or fp32")
+	a.Int("chunk-tokens", 0, "block-causal mask with chunks of this many tokens (0: full)")
+	a.Bool("backward", true, "also time the backward")
+	benchCmd.AddCommand(benchForwardCmd, benchAttnCmd)
+	rootCmd.AddCommand(benchCmd)
+}
+
+func benchDevice(cmd *cobra.Command) (*cuda.Device, error) {
+	name, _ := cmd.Flags().GetString("device")
+	g, err := openCUDA(name)
+	if err != nil {
+		return nil, err
+	}
+	mode, _ := cmd.Flags().GetString("gemm")
+	switch mode {
+	case "bf16":
+		g.GEMM = cuda.GEMMBF16
+	case "tf32":
+		g.GEMM = cuda.GEMMTF32
+	case "fp32":
+		g.GEMM = cuda.GEMMExact
+	default:
+		return nil, fmt.Errorf("--gemm %q: want bf16, tf32 or fp32", mode)
+	}
+	return g, nil
+}
+
+// timeIt runs fn warm times, then iters times between events, and returns the median in ms.
+func timeIt(g *cuda.Device, warm, iters int, fn func() error) (float64, error) {
+	for i := 0; i < warm; i++ {
+		if err := fn(); err != nil {
+			return 0, err
+		}
+	}
+	if err := g.Sync(); err != nil {
+		return 0, err
+	}
+	a, err := g.NewEvent()
+	if err != nil {
+		return 0, err
+	}
+	b, err := g.NewEvent()
+	if err != nil {
+		return 0, err
+	}
+	ts := make([]float64, 0, iters)
+	for i := 0; i < iters; i++ {
+		a.Record()
+		if err := fn(); err != nil {
+			return 0, err
+		}
+		b.Record()
+		ms, err := b.Since(a)
+		if err != nil {
+			return 0, err
+		}
+		ts = append(ts, float64(ms))
+	}
+	sort.Float64s(ts)
+	return ts[len(ts)/2], g.Sync()
+}
+
+func randTensor(d kernels.Device, r *rand.Rand, lo, hi float32, shape ...int) *kernels.Tensor {
+	t := d.Alloc(kernels.F32, shape...)
+	v := make([]float32, t.Numel())
+	for i := range v {
+		if hi > lo {
+			v[i] = lo + (hi-lo)*r.Float32()
+		} else {
+			v[i] = float32(r.NormFloat64())
+		}
+	}
+	d.FromHost(t, v)
+	return t
+}
+
+func runBenchForward(cmd *cobra.Command, _ []string) error {
+	fl := cmd.Flags()
+	preset, _ := fl.GetString("preset")
+	B, _ := fl.GetInt("batch")
+	F, _ := fl.GetInt("frames")
+	H, _ := fl.GetInt("height")
+	W, _ := fl.GetInt("width")
+	L, _ := fl.GetInt("ctx")
+	chunk, _ := fl.GetInt("chunk-frames")
+	graph, _ := fl.GetBool("graph")
+	train, _ := fl.GetBool("train")
+	iters, _ := fl.GetInt("iters")
+	warm, _ := fl.GetInt("warmup")
+	cfg, err := models.Preset(preset)
+	if err != nil {
+		return err
+	}
+	s := models.Shape{B: B, F: F, H: H, W: W, L: L, ChunkFrames: chunk}
+	if err := s.Check(cfg); err != nil {
+		return err
+	}
+	g, err := benchDevice(cmd)
+	if err != nil {
+		return err
+	}
+	m := models.New(g, cfg, train)
+	m.InitRandom(1, 0.02) // random, not zero: zeros time faster than real data
+	g.MarkWeights(m.W)
+	p := m.NewPass(s)
+	r := rand.New(rand.NewSource(2))
+	x := randTensor(g, r, 0, 0, B, cfg.InDim, F, H, W)
+	t := randTensor(g, r, 700, 700.001, B, F)
+	ctx := randTensor(g, r, 0, 0, B, L, cfg.TextDim)
+	if err := g.Sync(); err != nil {
+		return err
+	}
+	free, total, _ := g.MemInfo()
+	gemm, _ := fl.GetString("gemm")
+	res := map[string]any{"preset": preset, "frames": F, "tokens": F * (H / 2) * (W / 2) * B, "device": g.Info,
+		"gemm": gemm, "graph": graph, "engine": "fewstep", "mem_used_GiB": float64(total-free) / (1 << 30)}
+	fwd := func() error { m.Forward(p, x, t, ctx); return g.Err() }
+	ms, err := timeIt(g, warm, iters, fwd)
+	if err != nil {
+		return err
+	}
+	res["fwd_ms"] = ms
+	if graph {
+		gr, err := g.Capture(func() { m.Forward(p, x, t, ctx) })
+		if err != nil {
+			return fmt.Errorf("capturing the forward: %w", err)
+		}
+		gms, err := timeIt(g, warm, iters, gr.Launch)
+		if err != nil {
+			return err
+		}
+		res["fwd_eager_ms"], res["fwd_ms"] = ms, gms
+		gr.Destroy()
+	}
+	if train {
+		dOut := randTensor(g, r, 0, 0, B, cfg.OutDim, F, H, W)
+		step := func() error {
+			m.Forward(p, x, t, ctx)
+			m.Backward(p, dOut)
+			return g.Err()
+		}
+		ms, err := timeIt(g, warm, iters, step)
+		if err != nil {
+			return err
+		}
+		res["fwd_bwd_ms"] = ms
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+func runBenchAttention(cmd *cobra.Command, _ []string) error {
+	fl := cmd.Flags()
+	B, _ := fl.GetInt("batch")
+	N, _ := fl.GetInt("tokens")
+	H, _ := fl.GetInt("heads")
+	hd, _ := fl.GetInt("head-dim")
+	ds, _ := fl.GetString("dtype")
+	ct, _ := fl.GetInt("chunk-tokens")
+	back, _ := fl.GetBool("backward")
+	iters, _ := fl.GetInt("iters")
+	warm, _ := fl.GetInt("warmup")
+	dt := kernels.BF16
+	if ds == "fp32" {
+		dt = kernels.F32
+	} else if ds != "bf16" {
+		return fmt.Errorf("--dtype %q: want bf16 or fp32", ds)
+	}
+	g, err := benchDevice(cmd)
+	if err != nil {
+		return err
+	}
+	r := rand.New(rand.NewSource(3))
+	mk := func(shape ...int) *kernels.Tensor {
+		f := randTensor(g, r, 0, 0, shape...)
+		o := g.Alloc(dt, shape...)
+		g.Copy(o, f)
+		g.Free(f)
+		return o
+	}
+	q, k, v, o, dO := mk(B, N, H, hd), mk(B, N, H, hd), mk(B, N, H, hd), mk(B, N, H, hd), mk(B, N, H, hd)
+	dq, dk, dv := g.Alloc(dt, B, N, H, hd), g.Alloc(dt, B, N, H, hd), g.Alloc(dt, B, N, H, hd)
+	lse := g.Alloc(kernels.F32, B, H, N)
+	// Visible pairs: all, or for block-causal Σ over chunks.
+	pairs := float64(N) * float64(N)
+	if ct > 0 {
+		pairs = 0
+		for i := 0; i < N; i++ {
+			pairs += float64(min(N, (i/ct+1)*ct))
+		}
+	}
+	flops := 4 * float64(B*H*hd) * pairs // QKᵀ and PV
+	ms, err := timeIt(g, warm, iters, func() error { g.Attention(o, lse, q, k, v, ct, 0); return g.Err() })
+	if err != nil {
+		return err
+	}
+	res := map[string]any{"op": "attention", "tokens": N, "heads": H, "head_dim": hd, "dtype": ds, "chunk_tokens": ct,
+		"device": g.Info, "fwd_ms": ms, "fwd_TFLOPs": flops / ms / 1e9}
+	if back {
+		bms, err := timeIt(g, warm, iters, func() error {
+			g.AttentionBack(dq, dk, dv, dO, o, lse, q, k, v, ct, 0)
+			return g.Err()
+		})
+		if err != nil {
+			return err
+		}
+		res["bwd_ms"], res["bwd_TFLOPs"] = bms, 2.5*flops/bms/1e9
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}

@@ -1,0 +1,39 @@
+// GELU (tanh form, as Wan's nn.GELU(approximate="tanh")) and SiLU, forward and backward.
+#include "common.cuh"
+
+#define GELU_C 0.7978845608028654f  // √(2/π)
+
+extern "C" __global__ void act_gelu(void *out, int dto, const void *in, int dti, ll n) {
+    GRID_STRIDE(i, n) {
+        float x = ld(in, i, dti);
+        float u = GELU_C * (x + 0.044715f * x * x * x);
+        st(out, i, dto, 0.5f * x * (1.f + tanhf(u)));
+    }
+}
+
+// dIn += dOut·gelu'(x)
+extern "C" __global__ void act_gelu_back(void *dIn, int dti, const void *dOut, int dto, const void *in, int dtx, ll n) {
+    GRID_STRIDE(i, n) {
+        float x = ld(in, i, dtx);
+        float u = GELU_C * (x + 0.044715f * x * x * x);
+        float t = tanhf(u);
+        float g = 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * GELU_C * (1.f + 3.f * 0.044715f * x * x);
+        st(dIn, i, dti, ld(dIn, i, dti) + ld(dOut, i, dto) * g);
+    }
+}
+
+extern "C" __global__ void act_silu(void *out, int dto, const void *in, int dti, ll n) {
+    GRID_STRIDE(i, n) {
+        float x = ld(in, i, dti);
+        st(out, i, dto, x / (1.f + expf(-x)));
+    }
+}
+
+// dIn += dOut·σ(x)(1 + x(1 − σ(x)))
+extern "C" __global__ void act_silu_back(void *dIn, int dti, const void *dOut, int dto, const void *in, int dtx, ll n) {
+    GRID_STRIDE(i, n) {
+        float x = ld(in, i, dtx);
+        float s = 1.f / (1.f + expf(-x));
+        st(dIn, i, dti, ld(dIn, i, dti) + ld(dOut, i, dto) * s * (1.f + x * (1.f - s)));
+    }
+}

@@ -1,0 +1,157 @@
+package cuda
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+)
+
+// blasLt holds the cuBLASLt entry points.
+type blasLt struct {
+	lib, handle uintptr
+	version     uintptr
+
+	create, getVersion, descCreate, descSetAttr, descDestroy, layoutCreate, layoutDestroy,
+	prefCreate, prefSetAttr, prefDestroy, heuristic, matmul uintptr
+}
+
+// cuBLASLt / CUDA enums used here (cublasLt.h, library_types.h).
+const (
+	cudaR32F  = 0
+	cudaR16F  = 2
+	cudaR16BF = 14
+
+	computeF32     = 68 // CUBLAS_COMPUTE_32F: fp32 accumulate (bf16 operands or full fp32)
+	computeF32TF32 = 77 // CUBLAS_COMPUTE_32F_FAST_TF32
+
+	descTransA     = 3
+	descTransB     = 4
+	descEpilogue   = 7
+	descBiasPtr    = 8
+	descBiasDType  = 26
+	epilogueDef    = 1
+	epilogueBias   = 4
+	prefMaxWSBytes = 1
+	opN            = 0
+	opT            = 1
+
+	heurResultSize = 96 // cublasLtMatmulHeuristicResult_t: algo (64 B), workspaceSize, state, wavesCount, reserved[4]
+	ltWorkspace    = 32 << 20
+)
+
+func loadBlasLt() (*blasLt, error) {
+	h, name, err := dlopenFirst("libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so")
+	if err != nil {
+		return nil, fmt.Errorf("cuBLASLt not found: libcublasLt.so.13 / .12 (%v)", err)
+	}
+	b := &blasLt{lib: h}
+	for _, s := range []struct {
+		p    *uintptr
+		name string
+	}{
+		{&b.create, "cublasLtCreate"}, {&b.getVersion, "cublasLtGetVersion"},
+		{&b.descCreate, "cublasLtMatmulDescCreate"}, {&b.descSetAttr, "cublasLtMatmulDescSetAttribute"},
+		{&b.descDestroy, "cublasLtMatmulDescDestroy"}, {&b.layoutCreate, "cublasLtMatrixLayoutCreate"},
+		{&b.layoutDestroy, "cublasLtMatrixLayoutDestroy"}, {&b.prefCreate, "cublasLtMatmulPreferenceCreate"},
+		{&b.prefSetAttr, "cublasLtMatmulPreferenceSetAttribute"}, {&b.prefDestroy, "cublasLtMatmulPreferenceDestroy"},
+		{&b.heuristic, "cublasLtMatmulAlgoGetHeuristic"}, {&b.matmul, "cublasLtMatmul"},
+	} {
+		p, err := purego.Dlsym(h, s.name)
+		if err != nil || p == 0 {
+			return nil, fmt.Errorf("%s lacks %s", name, s.name)
+		}
+		*s.p = p
+	}
+	if err := b.call("cublasLtCreate", b.create, uintptr(unsafe.Pointer(&b.handle))); err != nil {
+		return nil, err
+	}
+	b.version, _, _ = purego.SyscallN(b.getVersion)
+	return b, nil
+}
+
+// call runs a cuBLASLt entry point and names it in the error.
+func (b *blasLt) call(name string, fn uintptr, args ...uintptr) error {
+	r, _, _ := purego.SyscallN(fn, args...)
+	if r&0xffffffff != 0 {
+		return fmt.Errorf("cuda: %s failed: cublasStatus %d", name, r&0xffffffff)
+	}
+	return nil
+}
+
+// gemmKey identifies one cached matmul plan (column-major, cuBLAS's view).
+type gemmKey struct {
+	transA, transB  int
+	m, n, k         int
+	lda, ldb, ldd   int
+	ta, tb, td      int // cudaDataType of A, B, C=D
+	compute         int
+	bias, biasDType int // bias epilogue on (1) and the bias's data type
+}
+
+// gemmPlan is the descriptors and the chosen algorithm for one gemmKey.
+type gemmPlan struct {
+	desc, la, lb, ld uintptr
+	algo             [64]byte
+	ok               bool // a heuristic algorithm was found
+}
+
+func (b *blasLt) plan(k gemmKey) (*gemmPlan, error) {
+	p := &gemmPlan{}
+	scale := cudaR32F
+	if err := b.call("cublasLtMatmulDescCreate", b.descCreate, uintptr(unsafe.Pointer(&p.desc)), uintptr(k.compute), uintptr(scale)); err != nil {
+		return nil, err
+	}
+	ta, tb := int32(k.transA), int32(k.transB)
+	if err := b.call("cublasLtMatmulDescSetAttribute(TRANSA)", b.descSetAttr, p.desc, descTransA, uintptr(unsafe.Pointer(&ta)), 4); err != nil {
+		return nil, err
+	}
+	if err := b.call("cublasLtMatmulDescSetAttribute(TRANSB)", b.descSetAttr, p.desc, descTransB, uintptr(unsafe.Pointer(&tb)), 4); err != nil {
+		return nil, err
+	}
+	if k.bias != 0 {
+		ep, bt := int32(epilogueBias), int32(k.biasDType)
+		if err := b.call("cublasLtMatmulDescSetAttribute(EPILOGUE)", b.descSetAttr, p.desc, descEpilogue, uintptr(unsafe.Pointer(&ep)), 4); err != nil {
+			return nil, err
+		}
+		if err := b.call("cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)", b.descSetAttr, p.desc, descBiasDType, uintptr(unsafe.Pointer(&bt)), 4); err != nil {
+			return nil, err
+		}
+	}
+	// op(A) is m×k, op(B) is k×n, D is m×n, all column-major.
+	ar, ac := k.m, k.k
+	if k.transA == opT {
+		ar, ac = k.k, k.m
+	}
+	br, bc := k.k, k.n
+	if k.transB == opT {
+		br, bc = k.n, k.k
+	}
+	if err := b.call("cublasLtMatrixLayoutCreate(A)", b.layoutCreate, uintptr(unsafe.Pointer(&p.la)), uintptr(k.ta), uintptr(ar), uintptr(ac), uintptr(k.lda)); err != nil {
+		return nil, err
+	}
+	if err := b.call("cublasLtMatrixLayoutCreate(B)", b.layoutCreate, uintptr(unsafe.Pointer(&p.lb)), uintptr(k.tb), uintptr(br), uintptr(bc), uintptr(k.ldb)); err != nil {
+		return nil, err
+	}
+	if err := b.call("cublasLtMatrixLayoutCreate(D)", b.layoutCreate, uintptr(unsafe.Pointer(&p.ld)), uintptr(k.td), uintptr(k.m), uintptr(k.n), uintptr(k.ldd)); err != nil {
+		return nil, err
+	}
+	var pref uintptr
+	if err := b.call("cublasLtMatmulPreferenceCreate", b.prefCreate, uintptr(unsafe.Pointer(&pref))); err != nil {
+		return nil, err
+	}
+	defer purego.SyscallN(b.prefDestroy, pref)
+	ws := uint64(ltWorkspace)
+	if err := b.call("cublasLtMatmulPreferenceSetAttribute", b.prefSetAttr, pref, prefMaxWSBytes, uintptr(unsafe.Pointer(&ws)), 8); err != nil {
+		return nil, err
+	}
+	var res [heurResultSize]byte
+	var n int32
+	if err := b.call("cublasLtMatmulAlgoGetHeuristic", b.heuristic, b.handle, p.desc, p.la, p.lb, p.ld, p.ld, pref, 1,
+		uintptr(unsafe.Pointer(&res[0])), uintptr(unsafe.Pointer(&n))); err != nil || n == 0 {
+		return p, nil // no algorithm: the caller falls back
+	}
+	copy(p.algo[:], res[:64])
+	p.ok = true
+	return p, nil
+}

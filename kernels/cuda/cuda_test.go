@@ -1,0 +1,551 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// Every GPU op is checked against the CPU device's op on fresh random inputs, by the relative L2
+// error ‖gpu − cpu‖/‖cpu‖ of every output (ARCHITECTURE.md: fp32 ≲ 1e-5, bf16 storage 1e-3…1e-2,
+// NaN never). Outputs are poisoned with NaN before the GPU op so unwritten elements show; gradients
+// start from random values on both devices so "accumulate, don't overwrite" is checked. In the bf16
+// variant every bf16 input is rounded to bf16 on the host first, so the CPU sees the same values and
+// the error measures only the GPU's bf16 storage and bf16 tensor-core products.
+// The tests skip when no GPU is usable (the CI machine).
+
+var (
+	gpuOnce sync.Once
+	gpuDev  *Device
+	gpuErr  error
+)
+
+func gpu(t testing.TB) *Device {
+	gpuOnce.Do(func() { gpuDev, gpuErr = New(0) })
+	if gpuErr != nil {
+		t.Skipf("no GPU: %v", gpuErr)
+	}
+	return gpuDev
+}
+
+// Tolerances by storage of the case (see the package comment).
+const (
+	tolF32  = 1e-5
+	tolBF16 = 1e-2
+)
+
+// kind of a case tensor: input (read), output (poisoned), accumulated gradient (random start, compared),
+// in place (random, compared), or special inputs.
+type kind int
+
+const (
+	in     kind = iota // randn
+	out                // NaN-poisoned output, compared
+	acc                // random start, compared (backward +=)
+	inout              // random, modified in place, compared
+	pos                // uniform (0.05, 1]: variances
+	tsteps             // uniform [0, 1000]: timesteps
+	saved              // output of a forward that the case's backward reads: compared too
+)
+
+type spec struct {
+	name  string
+	shape []int
+	k     kind
+	f32   bool // stays fp32 in the bf16 variant (saved statistics, LSE, optimizer state)
+}
+
+type opCase struct {
+	name  string
+	ts    []spec
+	run   func(d kernels.Device, t map[string]*kernels.Tensor)
+	tolBF float64 // 0: tolBF16
+	tolF  float64 // 0: tolF32
+	noBF  bool    // fp32 only
+}
+
+func S(name string, k kind, shape ...int) spec { return spec{name: name, shape: shape, k: k} }
+func SF(name string, k kind, shape ...int) spec {
+	return spec{name: name, shape: shape, k: k, f32: true}
+}
+
+func seedRand(t *testing.T) *rand.Rand {
+	s := time.Now().UnixNano()
+	t.Logf("seed %d", s)
+	return rand.New(rand.NewSource(s))
+}
+
+func relErr(got, want []float32) float64 {
+	var num, den float64
+	for i := range want {
+		g, w := float64(got[i]), float64(want[i])
+		if math.IsNaN(g) || math.IsInf(g, 0) {
+			return math.Inf(1)
+		}
+		num += (g - w) * (g - w)
+		den += w * w
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+func roundBF16(v []float32) {
+	for i := range v {
+		v[i] = BF16ToF32(F32ToBF16(v[i]))
+	}
+}
+
+// runCase runs c on the CPU and the GPU with dtype dt for the non-f32 tensors and compares.
+func runCase(t *testing.T, g *Device, c opCase, dt kernels.DType) {
+	r := seedRand(t)
+	cpu := kernels.NewCPU(2)
+	host := map[string][]float32{}
+	tc, tg := map[string]*kernels.Tensor{}, map[string]*kernels.Tensor{}
+	for _, s := range c.ts {
+		n := kernels.Numel(s.shape)
+		v := make([]float32, n)
+		for i := range v {
+			switch s.k {
+			case pos:
+				v[i] = 0.05 + 0.95*r.Float32()
+			case tsteps:
+				v[i] = 1000 * r.Float32()
+			default:
+				v[i] = float32(r.NormFloat64())
+			}
+		}
+		sdt := dt
+		if s.f32 {
+			sdt = kernels.F32
+		}
+		if sdt == kernels.BF16 {
+			roundBF16(v)
+		}
+		host[s.name] = v
+		a := cpu.Alloc(kernels.F32, s.shape...)
+		cpu.FromHost(a, v)
+		tc[s.name] = a
+		b := g.Alloc(sdt, s.shape...)
+		if s.k == out || s.k == saved {
+			g.Fill(b, float32(math.NaN()))
+		} else {
+			g.FromHost(b, v)
+		}
+		tg[s.name] = b
+	}
+	c.run(cpu, tc)
+	c.run(g, tg)
+	if err := g.Sync(); err != nil {
+		t.Fatalf("%s: %v", c.name, err)
+	}
+	tol := tolF32
+	if c.tolF > 0 {
+		tol = c.tolF
+	}
+	if dt == kernels.BF16 {
+		tol = tolBF16
+		if c.tolBF > 0 {
+			tol = c.tolBF
+		}
+	}
+	for _, s := range c.ts {
+		if s.k == in || s.k == pos || s.k == tsteps {
+			continue
+		}
+		want := make([]float32, tc[s.name].Numel())
+		cpu.ToHost(want, tc[s.name])
+		got := make([]float32, len(want))
+		g.ToHost(got, tg[s.name])
+		e := relErr(got, want)
+		if !(e <= tol) {
+			t.Errorf("%s [%s] %s %v: rel error %.3g > %.1g", c.name, dt, s.name, s.shape, e, tol)
+		} else {
+			t.Logf("%s [%s] %s: rel error %.3g (tol %.0e)", c.name, dt, s.name, e, tol)
+		}
+	}
+	for _, x := range tg {
+		g.Free(x)
+	}
+}
+
+func cases() []opCase {
+	const B, N, D, F = 2, 24, 96, 3 // 8 tokens per frame
+	const tpf = N / F
+	var cs []opCase
+	for _, bias := range []bool{false, true} {
+		name := "Linear"
+		if bias {
+			name += "+bias"
+		}
+		cs = append(cs, opCase{name: name,
+			ts: []spec{S("x", in, 37, 72), S("w", in, 40, 72), S("b", in, 40), S("y", out, 37, 40),
+				S("dy", in, 37, 40), S("dx", acc, 37, 72), S("dw", acc, 40, 72), S("db", acc, 40)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				var b, db *kernels.Tensor
+				if bias {
+					b, db = t["b"], t["db"]
+				}
+				d.Linear(t["y"], t["x"], t["w"], b)
+				d.LinearBack(t["dx"], t["dw"], db, t["dy"], t["x"], t["w"])
+			}})
+	}
+	for _, affine := range []bool{false, true} {
+		name := "LayerNorm"
+		if affine {
+			name += "+affine"
+		}
+		cs = append(cs, opCase{name: name,
+			ts: []spec{S("x", in, B*N, D), S("w", in, D), S("b", in, D), S("y", out, B*N, D), SF("mean", saved, B*N), SF("rstd", saved, B*N),
+				S("dy", in, B*N, D), S("dx", acc, B*N, D), S("dw", acc, D), S("db", acc, D)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				var w, b, dw, db *kernels.Tensor
+				if affine {
+					w, b, dw, db = t["w"], t["b"], t["dw"], t["db"]
+				}
+				d.LayerNorm(t["y"], t["mean"], t["rstd"], t["x"], w, b, 1e-6)
+				d.LayerNormBack(t["dx"], dw, db, t["dy"], t["x"], t["mean"], t["rstd"], w)
+			}})
+	}
+	cs = append(cs, opCase{name: "RMSNorm",
+		ts: []spec{S("x", in, B*N, D), S("w", in, D), S("y", out, B*N, D), SF("rstd", saved, B*N),
+			S("dy", in, B*N, D), S("dx", acc, B*N, D), S("dw", acc, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.RMSNorm(t["y"], t["rstd"], t["x"], t["w"], 1e-6)
+			d.RMSNormBack(t["dx"], t["dw"], t["dy"], t["x"], t["rstd"], t["w"])
+		}})
+	cs = append(cs, opCase{name: "Modulate",
+		ts: []spec{S("x", in, B, N, D), S("mod", in, B, F, 6, D), S("y", out, B, N, D),
+			S("dy", in, B, N, D), S("dx", acc, B, N, D), S("dmod", acc, B, F, 6, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.Modulate(t["y"], t["x"], t["mod"], 3, 4, tpf)
+			d.ModulateBack(t["dx"], t["dmod"], t["dy"], t["x"], t["mod"], 3, 4, tpf)
+		}})
+	cs = append(cs, opCase{name: "GateAdd",
+		ts: []spec{S("x", inout, B, N, D), S("y", in, B, N, D), S("mod", in, B, F, 6, D),
+			S("dx", in, B, N, D), S("dy", acc, B, N, D), S("dmod", acc, B, F, 6, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.GateAdd(t["x"], t["y"], t["mod"], 5, tpf)
+			d.GateAddBack(t["dy"], t["dmod"], t["dx"], t["y"], t["mod"], 5, tpf)
+		}})
+	for _, a := range []string{"GELU", "SiLU"} {
+		cs = append(cs, opCase{name: a,
+			ts: []spec{S("x", in, 5, 333), S("y", out, 5, 333), S("dy", in, 5, 333), S("dx", acc, 5, 333)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				if a == "GELU" {
+					d.GELU(t["y"], t["x"])
+					d.GELUBack(t["dx"], t["dy"], t["x"])
+				} else {
+					d.SiLU(t["y"], t["x"])
+					d.SiLUBack(t["dx"], t["dy"], t["x"])
+				}
+			}})
+	}
+	for _, hd := range []int{128, 12} {
+		cs = append(cs, opCase{name: fmt.Sprintf("RoPE hd=%d", hd),
+			ts: []spec{S("x", inout, 2, 3*4*5, 3, hd), S("g", inout, 2, 3*4*5, 3, hd)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				d.RoPE(t["x"], 3, 4, 5, 7)
+				d.RoPEBack(t["g"], 3, 4, 5, 7)
+			}})
+	}
+	cs = append(cs, opCase{name: "Patchify",
+		ts: []spec{S("x", in, 2, 5, 3, 6, 4), S("p", out, 2, 3*3*2, 20), S("dp", in, 2, 3*3*2, 20), S("dx", acc, 2, 5, 3, 6, 4),
+			S("u", out, 2, 5, 3, 6, 4), S("du", acc, 2, 3*3*2, 20)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.Patchify(t["p"], t["x"], 2, 5, 3, 6, 4)
+			d.PatchifyBack(t["dx"], t["dp"], 2, 5, 3, 6, 4)
+			d.Unpatchify(t["u"], t["dp"], 2, 5, 3, 6, 4)
+			d.UnpatchifyBack(t["du"], t["x"], 2, 5, 3, 6, 4)
+		}})
+	cs = append(cs, opCase{name: "Sinusoid", noBF: true,
+		ts:  []spec{S("t", tsteps, 2, 5), S("y", out, 10, 256)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) { d.Sinusoid(t["y"], t["t"], 128) }})
+	cs = append(cs, opCase{name: "AddBroadcast",
+		ts: []spec{S("a", in, 6, D), S("b", in, B*F, 6, D), S("y", out, B*F, 6, D), S("dy", in, B*F, 6, D), S("da", acc, 6, D), S("db", acc, B*F, 6, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.AddBroadcast(t["y"], t["a"], t["b"])
+			d.AddBroadcastBack(t["da"], t["db"], t["dy"])
+		}})
+	cs = append(cs, opCase{name: "MeanTokens",
+		ts: []spec{S("x", in, B, 77, D), S("y", out, B, D), S("dy", in, B, D), S("dx", acc, B, 77, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.MeanTokens(t["y"], t["x"])
+			d.MeanTokensBack(t["dx"], t["dy"])
+		}})
+	cs = append(cs, opCase{name: "Elementwise",
+		ts: []spec{S("a", in, 1000), S("b", in, 1000), S("y", out, 1000), S("z", inout, 1000), S("s", inout, 1000)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.Add(t["y"], t["a"], t["b"])
+			d.Axpy(t["z"], -0.7, t["a"])
+			d.Scale(t["s"], 1.3)
+		}})
+	for _, G := range []int{4, 100} {
+		cs = append(cs, opCase{name: fmt.Sprintf("Combine G=%d", G),
+			ts: []spec{S("x", in, G*30), S("y", in, G*30), S("o", out, G*30)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				a, b := make([]float32, G), make([]float32, G)
+				for i := range a {
+					a[i], b[i] = float32(i)/7-1, 0.5-float32(i%5)/3
+				}
+				d.Combine(t["o"], t["x"], t["y"], a, b)
+			}})
+	}
+	for _, Bc := range []int{2, 40} {
+		cs = append(cs, opCase{name: fmt.Sprintf("CombineFrames B=%d", Bc),
+			ts: []spec{S("x", in, Bc, 3, 2, 10), S("y", in, Bc, 3, 2, 10), S("o", out, Bc, 3, 2, 10)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				a, b := make([]float32, Bc*2), make([]float32, Bc*2)
+				for i := range a {
+					a[i], b[i] = float32(i)/9-1, 0.3-float32(i%3)/4
+				}
+				d.CombineFrames(t["o"], t["x"], t["y"], a, b, Bc, 3, 2, 10)
+			}})
+	}
+	cs = append(cs, opCase{name: "AdamW+EMA", noBF: true,
+		ts: []spec{S("w", inout, 999), S("g", in, 999), S("m", inout, 999), S("v", pos, 999), S("vv", inout, 999), S("e", inout, 999)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.Copy(t["vv"], t["v"])
+			d.AdamW(t["w"], t["g"], t["m"], t["vv"], 1e-3, 0.9, 0.999, 1e-8, 0.01, 3)
+			d.EMA(t["e"], t["w"], 0.95)
+		}})
+	// Attention: full, cross (Nk ≠ Nq), block-causal, block-causal with a KV-cache offset.
+	type ac struct {
+		name             string
+		B, Nq, Nk, H, hd int
+		chunk, off       int
+	}
+	for _, a := range []ac{
+		{"full hd=128", 2, 70, 70, 2, 128, 0, 0},
+		{"cross hd=64", 1, 50, 33, 3, 64, 0, 0},
+		{"causal hd=128", 1, 96, 96, 2, 128, 32, 0},
+		{"cache hd=64", 2, 40, 120, 2, 64, 40, 80},
+		{"odd hd=18", 1, 30, 45, 2, 18, 15, 15},
+	} {
+		for _, ref := range []bool{true, false} {
+			n := "Attention " + a.name
+			if ref {
+				n += " (reference)"
+			}
+			cs = append(cs, opCase{name: n, tolF: map[bool]float64{true: 1e-5, false: 1e-2}[ref],
+				ts: []spec{S("q", in, a.B, a.Nq, a.H, a.hd), S("k", in, a.B, a.Nk, a.H, a.hd), S("v", in, a.B, a.Nk, a.H, a.hd),
+					S("o", saved, a.B, a.Nq, a.H, a.hd), SF("lse", saved, a.B, a.H, a.Nq), S("do", in, a.B, a.Nq, a.H, a.hd),
+					S("dq", acc, a.B, a.Nq, a.H, a.hd), S("dk", acc, a.B, a.Nk, a.H, a.hd), S("dv", acc, a.B, a.Nk, a.H, a.hd)},
+				run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+					if g, ok := d.(*Device); ok {
+						g.refAttn = ref
+						defer func() { g.refAttn = false }()
+					}
+					d.Attention(t["o"], t["lse"], t["q"], t["k"], t["v"], a.chunk, a.off)
+					d.AttentionBack(t["dq"], t["dk"], t["dv"], t["do"], t["o"], t["lse"], t["q"], t["k"], t["v"], a.chunk, a.off)
+				}})
+		}
+	}
+	return cs
+}
+
+func TestOpsAgainstCPU(t *testing.T) {
+	g := gpu(t)
+	t.Logf("device: %s", g.Info)
+	for _, c := range cases() {
+		for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+			if dt == kernels.BF16 && c.noBF {
+				continue
+			}
+			t.Run(c.name+"/"+dt.String(), func(t *testing.T) { runCase(t, g, c, dt) })
+		}
+	}
+}
+
+// Mixed storage: fp32 activations with bf16 weights (the bf16 shadow path), and TF32.
+func TestLinearMixedAndTF32(t *testing.T) {
+	g := gpu(t)
+	r := seedRand(t)
+	cpu := kernels.NewCPU(2)
+	M, K, N := 300, 256, 192
+	x, w, b := randn(r, M*K), randn(r, N*K), randn(r, N)
+	roundBF16(w)
+	want := make([]float32, M*N)
+	{
+		X, W, Bt, Y := cpu.Alloc(kernels.F32, M, K), cpu.Alloc(kernels.F32, N, K), cpu.Alloc(kernels.F32, N), cpu.Alloc(kernels.F32, M, N)
+		cpu.FromHost(X, x)
+		cpu.FromHost(W, w)
+		cpu.FromHost(Bt, b)
+		cpu.Linear(Y, X, W, Bt)
+		cpu.ToHost(want, Y)
+	}
+	for _, mode := range []string{"bf16 weights", "tf32", "bf16 shadows"} {
+		X, Bt, Y := g.Alloc(kernels.F32, M, K), g.Alloc(kernels.F32, N), g.Alloc(kernels.F32, M, N)
+		wdt := kernels.F32
+		if mode == "bf16 weights" {
+			wdt = kernels.BF16
+		}
+		W := g.Alloc(wdt, N, K)
+		g.FromHost(X, x)
+		g.FromHost(W, w)
+		g.FromHost(Bt, b)
+		g.Fill(Y, float32(math.NaN()))
+		g.GEMM = map[string]GEMMMode{"tf32": GEMMTF32, "bf16 shadows": GEMMBF16}[mode]
+		g.Linear(Y, X, W, Bt)
+		g.GEMM = GEMMExact
+		got := make([]float32, M*N)
+		g.ToHost(got, Y)
+		if err := g.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		e := relErr(got, want)
+		if !(e < 1e-2) {
+			t.Errorf("Linear %s: rel error %.3g > 1e-2", mode, e)
+		}
+		t.Logf("Linear %s: rel error %.3g", mode, e)
+		for _, x := range []*kernels.Tensor{X, Bt, Y, W} {
+			g.Free(x)
+		}
+	}
+}
+
+func randn(r *rand.Rand, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(r.NormFloat64())
+	}
+	return v
+}
+
+// Reductions to the host, dtype round trips, and a captured graph replayed.
+func TestReductionsCopyGraph(t *testing.T) {
+	g := gpu(t)
+	r := seedRand(t)
+	cpu := kernels.NewCPU(2)
+	n := 12345 * 3
+	a, b := randn(r, n), randn(r, n)
+	A, Bt := g.Alloc(kernels.F32, n), g.Alloc(kernels.F32, n)
+	g.FromHost(A, a)
+	g.FromHost(Bt, b)
+	Ac, Bc := cpu.Alloc(kernels.F32, n), cpu.Alloc(kernels.F32, n)
+	cpu.FromHost(Ac, a)
+	cpu.FromHost(Bc, b)
+	if d, w := g.Dot(A, Bt), cpu.Dot(Ac, Bc); math.Abs(d-w) > 1e-9*math.Abs(w)+1e-9 {
+		t.Errorf("Dot %v, CPU %v", d, w)
+	}
+	gs, cs := make([]float64, 3), make([]float64, 3)
+	g.SumAbsGroups(gs, A)
+	cpu.SumAbsGroups(cs, Ac)
+	for i := range gs {
+		if math.Abs(gs[i]-cs[i]) > 1e-9*cs[i] {
+			t.Errorf("SumAbsGroups[%d] %v, CPU %v", i, gs[i], cs[i])
+		}
+	}
+	// fp32 → bf16 → fp32 through Copy equals the host rounding; Fill and Zero.
+	H := g.Alloc(kernels.BF16, n)
+	g.Copy(H, A)
+	back := make([]float32, n)
+	g.ToHost(back, H)
+	for i := range a {
+		if want := BF16ToF32(F32ToBF16(a[i])); back[i] != want {
+			t.Fatalf("Copy to bf16 [%d]: %v, want %v", i, back[i], want)
+		}
+	}
+	g.Fill(H, 2.5)
+	g.ToHost(back, H)
+	g.Zero(A)
+	g.ToHost(a, A)
+	for i := range back {
+		if back[i] != 2.5 || a[i] != 0 {
+			t.Fatalf("Fill/Zero [%d]: %v %v", i, back[i], a[i])
+		}
+	}
+	// Graph: y = 2·(x + x) captured, replayed on new x.
+	X, Y := g.Alloc(kernels.F32, 1000), g.Alloc(kernels.F32, 1000)
+	ops := func() { g.Add(Y, X, X); g.Scale(Y, 2) }
+	ops()
+	gr, err := g.Capture(ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xs := randn(r, 1000)
+	g.FromHost(X, xs)
+	if err := gr.Launch(); err != nil {
+		t.Fatal(err)
+	}
+	ys := make([]float32, 1000)
+	g.ToHost(ys, Y)
+	for i := range xs {
+		if ys[i] != 4*xs[i] {
+			t.Fatalf("graph replay [%d]: %v, want %v", i, ys[i], 4*xs[i])
+		}
+	}
+	gr.Destroy()
+	if err := g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestArtifactsFresh fails when a kernel source changed without a rebuild (runs everywhere, no GPU):
+// every kernels/cuda/*.cu must have build/<name>.fatbin whose MANIFEST hash is the source's.
+func TestArtifactsFresh(t *testing.T) {
+	srcs, _ := filepath.Glob("*.cu")
+	sort.Strings(srcs)
+	man := Manifest(mustRead(t, "build/MANIFEST"))
+	var stale []string
+	for _, cu := range srcs {
+		fb := strings.TrimSuffix(cu, ".cu") + ".fatbin"
+		h, err := SourceHash(".", cu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join("build", fb)); err != nil || man[fb] != h {
+			stale = append(stale, cu)
+		}
+	}
+	if len(stale) > 0 {
+		t.Errorf("kernel artifacts are stale or missing for %v: rebuild on a GPU machine with scripts/build-kernels.sh and commit kernels/cuda/build", stale)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Without a GPU, New must say so in an error, not crash.
+func TestNoGPUError(t *testing.T) {
+	d, err := New(0)
+	if err == nil {
+		t.Skipf("a GPU is present: %s", d.Info)
+	}
+	if !strings.Contains(err.Error(), "CUDA") && !strings.Contains(err.Error(), "GPU") {
+		t.Errorf("unclear error without a GPU: %v", err)
+	}
+	t.Logf("without a GPU: %v", err)
+}
+
+func TestHostConversions(t *testing.T) {
+	for _, c := range []struct {
+		f float32
+		h uint16
+	}{{1, 0x3c00}, {-2, 0xc000}, {65504, 0x7bff}, {6.103515625e-05, 0x0400}, {5.960464477539063e-08, 0x0001}, {0.1, 0x2e66}} {
+		if got := F32ToF16(c.f); got != c.h {
+			t.Errorf("F32ToF16(%v) = %#x, want %#x", c.f, got, c.h)
+		}
+		if got := F16ToF32(c.h); math.Abs(float64(got-c.f)) > 1e-3*math.Abs(float64(c.f)) {
+			t.Errorf("F16ToF32(%#x) = %v, want %v", c.h, got, c.f)
+		}
+	}
+	if F32ToBF16(1.00390625) != 0x3f80 || F32ToBF16(1.01171875) != 0x3f82 { // ties to even
+		t.Errorf("bf16 rounding: %#x %#x", F32ToBF16(1.00390625), F32ToBF16(1.01171875))
+	}
+}

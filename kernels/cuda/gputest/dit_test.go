@@ -1,0 +1,169 @@
+// Package gputest checks the whole DiT on the GPU against the same DiT on the CPU: forward, input
+// gradient and every parameter gradient, bidirectional, block-causal, and streaming with the KV cache.
+// It skips without a GPU.
+package gputest
+
+import (
+	"fmt"
+	"math"
+	"math/rand"
+	"testing"
+	"time"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/kernels/cuda"
+	"github.com/fewstep/fewstep/models"
+)
+
+func relErr(got, want []float32) float64 {
+	var num, den float64
+	for i := range want {
+		g, w := float64(got[i]), float64(want[i])
+		if math.IsNaN(g) || math.IsInf(g, 0) {
+			return math.Inf(1)
+		}
+		num += (g - w) * (g - w)
+		den += w * w
+	}
+	return math.Sqrt(num / math.Max(den, 1e-30))
+}
+
+func host(d kernels.Device, t *kernels.Tensor) []float32 {
+	v := make([]float32, t.Numel())
+	d.ToHost(v, t)
+	return v
+}
+
+func upload(d kernels.Device, v []float32, shape ...int) *kernels.Tensor {
+	t := d.Alloc(kernels.F32, shape...)
+	d.FromHost(t, v)
+	return t
+}
+
+func randn(r *rand.Rand, n int, lo, hi float64) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		if hi > lo {
+			v[i] = float32(lo + (hi-lo)*r.Float64())
+		} else {
+			v[i] = float32(r.NormFloat64())
+		}
+	}
+	return v
+}
+
+type variant struct {
+	name string
+	ref  bool // reference attention kernels (exact fp32) instead of the fused bf16 ones
+	gemm cuda.GEMMMode
+	tol  float64
+}
+
+// The variants: exact fp32 everywhere (tolerance: fp32 through 2 layers), fused attention (bf16
+// tensor cores inside), and bf16 GEMMs.
+var variants = []variant{
+	{"fp32", true, cuda.GEMMExact, 1e-4},
+	{"fused-attention", false, cuda.GEMMExact, 2e-2},
+	{"bf16-gemm", false, cuda.GEMMBF16, 3e-2},
+}
+
+func TestDiTAgainstCPU(t *testing.T) {
+	g, err := cuda.New(0)
+	if err != nil {
+		t.Skipf("no GPU: %v", err)
+	}
+	t.Logf("device: %s", g.Info)
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	cfg, _ := models.Preset("tiny")
+	cfg.TextDim = 48
+	for _, chunk := range []int{0, 1} {
+		for _, v := range variants {
+			t.Run(fmt.Sprintf("chunk=%d/%s", chunk, v.name), func(t *testing.T) {
+				testDiT(t, g, cfg, chunk, v, seed)
+			})
+		}
+	}
+}
+
+func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v variant, seed int64) {
+	r := rand.New(rand.NewSource(seed))
+	cpu := kernels.NewCPU(2)
+	s := models.Shape{B: 2, F: 3, H: 4, W: 6, L: 7, ChunkFrames: chunk}
+	mc, mg := models.New(cpu, cfg, true), models.New(g, cfg, true)
+	defer func() { g.GEMM = cuda.GEMMExact; setRef(g, false) }()
+	mc.InitRandom(seed, 0.15)
+	g.FromHost(mg.W, host(cpu, mc.W))
+	g.MarkWeights(mg.W)
+	g.GEMM = v.gemm
+	setRef(g, v.ref)
+	x := randn(r, s.B*cfg.InDim*s.F*s.H*s.W, 0, 0)
+	ts := randn(r, s.B*s.F, 0, 1000)
+	ctx := randn(r, s.B*s.L*cfg.TextDim, 0, 0)
+	pc, pg := mc.NewPass(s), mg.NewPass(s)
+	xs := []int{s.B, cfg.InDim, s.F, s.H, s.W}
+	oc := mc.Forward(pc, upload(cpu, x, xs...), upload(cpu, ts, s.B, s.F), upload(cpu, ctx, s.B, s.L, cfg.TextDim))
+	og := mg.Forward(pg, upload(g, x, xs...), upload(g, ts, s.B, s.F), upload(g, ctx, s.B, s.L, cfg.TextDim))
+	check(t, g, "out", host(g, og), host(cpu, oc), v.tol)
+	cot := randn(r, oc.Numel(), 0, 0)
+	dxc := mc.Backward(pc, upload(cpu, cot, xs...))
+	dxg := mg.Backward(pg, upload(g, cot, xs...))
+	check(t, g, "grad.x", host(g, dxg), host(cpu, dxc), v.tol)
+	gc, gg := host(cpu, mc.G), host(g, mg.G)
+	check(t, g, "grad (all parameters)", gg, gc, v.tol)
+	worst, wname := 0.0, ""
+	for _, p := range mc.Table {
+		n := 1
+		for _, d := range p.Shape {
+			n *= d
+		}
+		if e := relErr(gg[p.Offset:p.Offset+n], gc[p.Offset:p.Offset+n]); e > worst {
+			worst, wname = e, p.Name
+		}
+	}
+	t.Logf("worst parameter gradient: %s rel error %.3g", wname, worst)
+	if !(worst < 10*v.tol) {
+		t.Errorf("grad.%s: rel error %.3g > %.1g", wname, worst, 10*v.tol)
+	}
+	if chunk > 0 { // streaming: chunk by chunk with the KV cache equals the block-causal forward
+		cc := mg.NewCache(s.B, s.H, s.W, 0, 0)
+		ps := mg.NewPass(models.Shape{B: s.B, F: chunk, H: s.H, W: s.W, L: s.L, ChunkFrames: chunk})
+		full := host(g, og)
+		hw := s.H * s.W
+		got := make([]float32, len(full))
+		ctxG := upload(g, ctx, s.B, s.L, cfg.TextDim)
+		for f0 := 0; f0 < s.F; f0 += chunk {
+			xc := make([]float32, s.B*cfg.InDim*chunk*hw)
+			tc := make([]float32, s.B*chunk)
+			for b := 0; b < s.B; b++ {
+				for c := 0; c < cfg.InDim; c++ {
+					copy(xc[((b*cfg.InDim+c)*chunk)*hw:((b*cfg.InDim+c)*chunk+chunk)*hw], x[((b*cfg.InDim+c)*s.F+f0)*hw:((b*cfg.InDim+c)*s.F+f0+chunk)*hw])
+				}
+				copy(tc[b*chunk:(b+1)*chunk], ts[b*s.F+f0:b*s.F+f0+chunk])
+			}
+			o := host(g, mg.ForwardChunk(ps, cc, upload(g, xc, s.B, cfg.InDim, chunk, s.H, s.W), upload(g, tc, s.B, chunk), ctxG))
+			mg.Commit(cc, ps)
+			for b := 0; b < s.B; b++ {
+				for c := 0; c < cfg.OutDim; c++ {
+					copy(got[((b*cfg.OutDim+c)*s.F+f0)*hw:((b*cfg.OutDim+c)*s.F+f0+chunk)*hw], o[((b*cfg.OutDim+c)*chunk)*hw:((b*cfg.OutDim+c)*chunk+chunk)*hw])
+				}
+			}
+		}
+		check(t, g, "streaming out vs block-causal (GPU)", got, full, 1e-5+v.tol/10)
+	}
+}
+
+func setRef(g *cuda.Device, on bool) { cuda.SetReferenceAttention(g, on) }
+
+func check(t *testing.T, g *cuda.Device, what string, got, want []float32, tol float64) {
+	t.Helper()
+	if err := g.Sync(); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	e := relErr(got, want)
+	if !(e <= tol) {
+		t.Errorf("%s: rel error %.3g > %.1g", what, e, tol)
+	} else {
+		t.Logf("%s: rel error %.3g (tol %.0e)", what, e, tol)
+	}
+}

@@ -1,0 +1,54 @@
+// LayerNorm over the last dim D, with or without affine (Wan's norm1/norm2 have none, norm3 has both).
+// One block per row; mean and rstd saved for the backward.
+#include "common.cuh"
+
+extern "C" __global__ void ln_fwd(void *out, int dto, void *mean, void *rstd, int dts, const void *in, int dti,
+                                  const void *w, const void *b, int dtw, ll D, float eps) {
+    __shared__ float sh[32];
+    ll row = blockIdx.x;
+    const ll o = row * D;
+    float s = 0.f;
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) s += ld(in, o + c, dti);
+    float mu = block_sum(s, sh) / (float)D;
+    float q = 0.f;
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
+        float d = ld(in, o + c, dti) - mu;
+        q += d * d;
+    }
+    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
+        float y = (ld(in, o + c, dti) - mu) * rs;
+        if (w) y *= ld(w, c, dtw);
+        if (b) y += ld(b, c, dtw);
+        st(out, o + c, dto, y);
+    }
+    if (threadIdx.x == 0) {
+        if (mean) st(mean, row, dts, mu);
+        if (rstd) st(rstd, row, dts, rs);
+    }
+}
+
+// dIn += rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = dOut·w, x̂ = (x − μ)·rstd.
+extern "C" __global__ void ln_bwd(void *dIn, int dtdi, const void *dOut, int dtdo, const void *in, int dti,
+                                  const void *mean, const void *rstd, int dts, const void *w, int dtw, ll D) {
+    __shared__ float sh[32];
+    ll row = blockIdx.x;
+    const ll o = row * D;
+    float mu = ld(mean, row, dts), rs = ld(rstd, row, dts);
+    float s1 = 0.f, s2 = 0.f;
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
+        float g = ld(dOut, o + c, dtdo);
+        if (w) g *= ld(w, c, dtw);
+        float xh = (ld(in, o + c, dti) - mu) * rs;
+        s1 += g;
+        s2 += g * xh;
+    }
+    float m1 = block_sum(s1, sh) / (float)D;
+    float m2 = block_sum(s2, sh) / (float)D;
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
+        float g = ld(dOut, o + c, dtdo);
+        if (w) g *= ld(w, c, dtw);
+        float xh = (ld(in, o + c, dti) - mu) * rs;
+        st(dIn, o + c, dtdi, ld(dIn, o + c, dtdi) + rs * (g - m1 - xh * m2));
+    }
+}

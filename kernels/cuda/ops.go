@@ -1,0 +1,900 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/ebitengine/purego"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// The ops of kernels.Device on the GPU. Each queues work on the device's stream and returns; shapes
+// are checked as on the CPU (a mismatch panics, naming the op and the shapes).
+
+func must(cond bool, format string, args ...any) {
+	if !cond {
+		panic("cuda: " + fmt.Sprintf(format, args...))
+	}
+}
+
+func sameNumel(op string, ts ...*kernels.Tensor) int {
+	n := ts[0].Numel()
+	for _, t := range ts[1:] {
+		must(t.Numel() == n, "%s: %v and %v differ in size", op, ts[0], t)
+	}
+	return n
+}
+
+func lastDim(t *kernels.Tensor) int {
+	must(len(t.Shape) > 0, "tensor %v has no dims", t)
+	return t.Shape[len(t.Shape)-1]
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM through cuBLASLt.
+
+func cudaType(dt kernels.DType) int {
+	switch dt {
+	case kernels.BF16:
+		return cudaR16BF
+	case kernels.F16:
+		return cudaR16F
+	}
+	return cudaR32F
+}
+
+// bf16Operand returns t's address as bf16: t itself, the cached shadow of a marked weight, or a
+// bf16 copy in scratch.
+func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
+	if t.DType == kernels.BF16 {
+		return t.Ptr
+	}
+	n := t.Numel()
+	if t.DType == kernels.F32 && d.isWeight(t) {
+		s := d.shadows[t.Ptr]
+		if s == nil || s.n != n {
+			if d.capturing {
+				d.fail(fmt.Errorf("cuda: new bf16 weight shadow during graph capture: run the work once before capturing"))
+				return 0
+			}
+			s = &shadow{n: n, gen: -1}
+			if err := d.drv.call("cuMemAlloc_v2(bf16 weight shadow)", d.drv.cuMemAlloc, uintptr(unsafe.Pointer(&s.p)), uintptr(2*n)); err != nil {
+				d.fail(err)
+				return 0
+			}
+			d.shadows[t.Ptr] = s
+		}
+		if s.gen != d.wgen {
+			d.args.reset().ptr(s.p).i32(int(kernels.BF16)).t(t).i64(n)
+			d.ew("ew_convert", n)
+			s.gen = d.wgen
+		}
+		return s.p
+	}
+	p := d.scratch(2 * n)
+	if p == 0 {
+		return 0
+	}
+	d.args.reset().ptr(p).i32(int(kernels.BF16)).t(t).i64(n)
+	d.ew("ew_convert", n)
+	return p
+}
+
+// gemm: D (m×n, column-major, ld ldd) = op(A)·op(B) + beta·D (+ bias[m] per column when bias != nil),
+// A, B, D given as tensors holding the column-major matrices. All-fp32 runs in fp32 (or TF32);
+// anything else in bf16×bf16 with fp32 accumulation into D's dtype (fp32 or bf16).
+func (d *Device) gemm(op string, transA, transB, m, n, k int, A *kernels.Tensor, lda int, B *kernels.Tensor, ldb int,
+	D *kernels.Tensor, ldd int, beta float32, bias *kernels.Tensor) {
+	if m == 0 || n == 0 {
+		return
+	}
+	must(D.DType == kernels.F32 || D.DType == kernels.BF16, "%s: output %v must be float32 or bfloat16 on the GPU", op, D)
+	d.scratchReset()
+	key := gemmKey{transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldd: ldd, td: cudaType(D.DType)}
+	var pa, pb uintptr
+	if A.DType == kernels.F32 && B.DType == kernels.F32 && D.DType == kernels.F32 && d.GEMM != GEMMBF16 {
+		key.ta, key.tb, key.compute = cudaR32F, cudaR32F, computeF32
+		if d.GEMM == GEMMTF32 {
+			key.compute = computeF32TF32
+		}
+		pa, pb = A.Ptr, B.Ptr
+	} else {
+		d.reserve(2*A.Numel()*btoi(A.DType != kernels.BF16 && !d.isWeight(A)) + 2*B.Numel()*btoi(B.DType != kernels.BF16 && !d.isWeight(B)) + 512)
+		key.ta, key.tb, key.compute = cudaR16BF, cudaR16BF, computeF32
+		pa, pb = d.bf16Operand(A), d.bf16Operand(B)
+	}
+	if d.err != nil {
+		return
+	}
+	useBias := bias != nil && (bias.DType == D.DType || bias.DType == kernels.F32)
+	if useBias {
+		key.bias, key.biasDType = 1, cudaType(bias.DType)
+	}
+	p := d.getPlan(key)
+	if p != nil && !p.ok && useBias { // no algorithm with the bias epilogue: plain GEMM, then a bias kernel
+		key.bias, key.biasDType = 0, 0
+		useBias = false
+		p = d.getPlan(key)
+	}
+	if p == nil {
+		return
+	}
+	if !p.ok {
+		d.fail(fmt.Errorf("%s: cuBLASLt has no algorithm for m=%d n=%d k=%d (types %d×%d→%d, compute %d)", op, m, n, k, key.ta, key.tb, key.td, key.compute))
+		return
+	}
+	if useBias {
+		bp := bias.Ptr
+		if err := d.lt.call("cublasLtMatmulDescSetAttribute(BIAS_POINTER)", d.lt.descSetAttr, p.desc, descBiasPtr, uintptr(unsafe.Pointer(&bp)), 8); err != nil {
+			d.fail(err)
+			return
+		}
+	}
+	alpha := float32(1)
+	r, _, _ := purego.SyscallN(d.lt.matmul, d.lt.handle, p.desc, uintptr(unsafe.Pointer(&alpha)), pa, p.la, pb, p.lb,
+		uintptr(unsafe.Pointer(&beta)), D.Ptr, p.ld, D.Ptr, p.ld, uintptr(unsafe.Pointer(&p.algo[0])), d.ws, ltWorkspace, d.stream)
+	if r&0xffffffff != 0 {
+		d.fail(fmt.Errorf("%s: cublasLtMatmul m=%d n=%d k=%d failed: cublasStatus %d", op, m, n, k, r&0xffffffff))
+		return
+	}
+	if bias != nil && !useBias { // out[c, :] += bias (D is m×n column-major: bias over the m rows)
+		d.args.reset().t(D).t(bias).t(D).i64(m).i64(m * n)
+		d.ew("ew_add_broadcast", m*n)
+	}
+}
+
+// getPlan returns the cached cuBLASLt plan of key, making it on first use (nil after an error).
+func (d *Device) getPlan(key gemmKey) *gemmPlan {
+	if p := d.plans[key]; p != nil {
+		return p
+	}
+	p, err := d.lt.plan(key)
+	if err != nil {
+		d.fail(fmt.Errorf("gemm plan m=%d n=%d k=%d: %w", key.m, key.n, key.k, err))
+		return nil
+	}
+	d.plans[key] = p
+	return p
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Linear: out[M,N] = in[M,K]·w[N,K]ᵀ + b. Column-major, that is outᵀ (N×M) = (w as K×N)ᵀ·(in as K×M).
+func (d *Device) Linear(out, in, w, b *kernels.Tensor) {
+	N, K := w.Shape[0], w.Numel()/w.Shape[0]
+	must(len(w.Shape) == 2 && in.Numel()%K == 0, "Linear: in %v w %v", in.Shape, w.Shape)
+	M := in.Numel() / K
+	must(out.Numel() == M*N && (b == nil || b.Numel() == N), "Linear: out %v in %v w %v b %v", out.Shape, in.Shape, w.Shape, b)
+	if !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.gemm("Linear", opT, opN, N, M, K, w, K, in, K, out, N, 0, b)
+}
+
+// LinearBack: dIn += dOut·w; dW += dOutᵀ·in; dB += Σ_rows dOut.
+func (d *Device) LinearBack(dIn, dW, dB, dOut, in, w *kernels.Tensor) {
+	N, K := w.Shape[0], w.Numel()/w.Shape[0]
+	M := in.Numel() / K
+	must(dOut.Numel() == M*N, "LinearBack: dOut %v in %v w %v", dOut.Shape, in.Shape, w.Shape)
+	if !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	if dIn != nil { // dInᵀ (K×M) = (w as K×N)·(dOut as N×M)
+		mustNumel("LinearBack dIn", M*K, dIn)
+		d.gemm("LinearBack(dIn)", opN, opN, K, M, N, w, K, dOut, N, dIn, K, 1, nil)
+	}
+	if dW != nil { // dWᵀ (K×N) = (in as K×M)·(dOut as N×M)ᵀ
+		mustNumel("LinearBack dW", N*K, dW)
+		d.gemm("LinearBack(dW)", opN, opT, K, N, M, in, K, dOut, N, dW, K, 1, nil)
+	}
+	if dB != nil {
+		mustNumel("LinearBack dB", N, dB)
+		d.colReduce(dB, 0, N, dOut, nil, nil, nil, 1, M, N, 0, 1, false)
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Column reductions into any dtype: dst (s, c) at dstOff + s·dstStride + c += scale·Σ term (see
+// colreduce in reductions.cu); overwrite replaces instead. fp32 destinations take the atomics
+// directly; others go through an fp32 accumulator in scratch.
+
+func (d *Device) colReduce(dst *kernels.Tensor, dstOff, dstStride int, a, b, mean, rstd *kernels.Tensor,
+	nseg, segRows, cols, mode int, scale float32, overwrite bool) {
+	if nseg == 0 || cols == 0 {
+		return
+	}
+	d.scratchReset()
+	direct := dst.DType == kernels.F32 && scale == 1 && !overwrite
+	acc, accStride := dst.Ptr+uintptr(4*dstOff), dstStride
+	if !direct {
+		acc, accStride = d.scratch(4*nseg*cols), cols
+		if acc == 0 {
+			return
+		}
+		d.fail(d.drv.call("cuMemsetD8Async", d.drv.cuMemsetD8Async, acc, 0, uintptr(4*nseg*cols), d.stream))
+	}
+	gx := (cols + 31) / 32
+	gy := (4*d.sms + gx*nseg - 1) / (gx * nseg)
+	if lim := (segRows + 7) / 8; gy > lim {
+		gy = lim
+	}
+	if gy < 1 {
+		gy = 1
+	}
+	rpb := (segRows + gy - 1) / gy
+	rpb = (rpb + 7) &^ 7
+	gy = (segRows + rpb - 1) / rpb
+	sdt := kernels.F32
+	if mean != nil {
+		sdt = mean.DType
+	} else if rstd != nil {
+		sdt = rstd.DType
+	}
+	d.args.reset().ptr(acc).i64(accStride).t(a).t(b).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(int(sdt)).
+		i64(segRows).i64(cols).i32(rpb).i32(mode)
+	d.launch("colreduce", gx, gy, nseg, 32, 8, 1, 0)
+	if !direct {
+		dp := *dst
+		dp.Ptr += uintptr(dstOff * dst.DType.Size())
+		d.args.reset().t(&dp).ptr(acc).i64(nseg).i64(dstStride).i64(cols).f32(scale).i32(btoi(overwrite))
+		d.ew("ew_finalize", nseg*cols)
+	}
+}
+
+func ptrOf(t *kernels.Tensor) uintptr {
+	if t == nil {
+		return 0
+	}
+	return t.Ptr
+}
+
+// ---------------------------------------------------------------------------------------------
+// Normalization, modulation, activations.
+
+func rowThreads(D int) int {
+	switch {
+	case D >= 2048:
+		return 512
+	case D >= 512:
+		return 256
+	case D >= 128:
+		return 128
+	}
+	return 32
+}
+
+func (d *Device) LayerNorm(out, mean, rstd, in, w, b *kernels.Tensor, eps float32) {
+	D := lastDim(in)
+	n := sameNumel("LayerNorm", out, in)
+	rows := n / D
+	must((mean == nil || mean.Numel() == rows) && (rstd == nil || rstd.Numel() == rows), "LayerNorm: mean %v rstd %v for %d rows", mean, rstd, rows)
+	must(w == nil || w.Numel() == D, "LayerNorm: weight %v for D=%d", w, D)
+	must(b == nil || b.Numel() == D, "LayerNorm: bias %v for D=%d", b, D)
+	must(w == nil || b == nil || w.DType == b.DType, "LayerNorm: weight %v and bias %v dtypes differ", w, b)
+	if rows == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	sdt := 0
+	if mean != nil {
+		sdt = int(mean.DType)
+	}
+	must(mean == nil || rstd == nil || mean.DType == rstd.DType, "LayerNorm: mean %v rstd %v dtypes differ", mean, rstd)
+	wdt := 0
+	if w != nil {
+		wdt = int(w.DType)
+	} else if b != nil {
+		wdt = int(b.DType)
+	}
+	d.args.reset().t(out).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i64(D).f32(eps)
+	d.launch("ln_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+}
+
+func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Tensor) {
+	D := lastDim(in)
+	n := sameNumel("LayerNormBack", in, dOut)
+	rows := n / D
+	must(mean.Numel() == rows && rstd.Numel() == rows && mean.DType == rstd.DType, "LayerNormBack: mean %v rstd %v for %d rows", mean, rstd, rows)
+	if rows == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	if dIn != nil {
+		mustNumel("LayerNormBack dIn", n, dIn)
+		wdt := 0
+		if w != nil {
+			wdt = int(w.DType)
+		}
+		d.args.reset().t(dIn).t(dOut).t(in).ptr(mean.Ptr).ptr(rstd.Ptr).i32(int(mean.DType)).ptr(ptrOf(w)).i32(wdt).i64(D)
+		d.launch("ln_bwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+	}
+	if dW != nil {
+		mustNumel("LayerNormBack dW", D, dW)
+		d.colReduce(dW, 0, D, dOut, in, mean, rstd, 1, rows, D, 2, 1, false)
+	}
+	if dB != nil {
+		mustNumel("LayerNormBack dB", D, dB)
+		d.colReduce(dB, 0, D, dOut, nil, nil, nil, 1, rows, D, 0, 1, false)
+	}
+}
+
+func (d *Device) RMSNorm(out, rstd, in, w *kernels.Tensor, eps float32) {
+	D := lastDim(in)
+	n := sameNumel("RMSNorm", out, in)
+	rows := n / D
+	must(rstd == nil || rstd.Numel() == rows, "RMSNorm: rstd %v for %d rows", rstd, rows)
+	must(w == nil || w.Numel() == D, "RMSNorm: weight %v for D=%d", w, D)
+	if rows == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	sdt, wdt := 0, 0
+	if rstd != nil {
+		sdt = int(rstd.DType)
+	}
+	if w != nil {
+		wdt = int(w.DType)
+	}
+	d.args.reset().t(out).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).i32(wdt).i64(D).f32(eps)
+	d.launch("rms_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+}
+
+func (d *Device) RMSNormBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor) {
+	D := lastDim(in)
+	n := sameNumel("RMSNormBack", in, dOut)
+	rows := n / D
+	must(rstd.Numel() == rows, "RMSNormBack: rstd %v for %d rows", rstd, rows)
+	if rows == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	if dIn != nil {
+		mustNumel("RMSNormBack dIn", n, dIn)
+		wdt := 0
+		if w != nil {
+			wdt = int(w.DType)
+		}
+		d.args.reset().t(dIn).t(dOut).t(in).ptr(rstd.Ptr).i32(int(rstd.DType)).ptr(ptrOf(w)).i32(wdt).i64(D)
+		d.launch("rms_bwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+	}
+	if dW != nil {
+		mustNumel("RMSNormBack dW", D, dW)
+		d.colReduce(dW, 0, D, dOut, in, nil, rstd, 1, rows, D, 3, 1, false)
+	}
+}
+
+// modDims reads x [B,N,D] and mod [B,F,K,D] and checks they agree.
+func modDims(op string, x, mod *kernels.Tensor, idx []int, tpf int) (B, N, D, F, K int) {
+	must(len(x.Shape) == 3 && len(mod.Shape) == 4, "%s: x %v mod %v (want [B,N,D], [B,F,K,D])", op, x.Shape, mod.Shape)
+	B, N, D = x.Shape[0], x.Shape[1], x.Shape[2]
+	F, K = mod.Shape[1], mod.Shape[2]
+	must(mod.Shape[0] == B && mod.Shape[3] == D && tpf > 0 && N == F*tpf, "%s: x %v mod %v tokensPerFrame %d", op, x.Shape, mod.Shape, tpf)
+	for _, i := range idx {
+		must(i >= 0 && i < K, "%s: mod index %d of K=%d", op, i, K)
+	}
+	return
+}
+
+func (d *Device) Modulate(out, x, mod *kernels.Tensor, iShift, iScale, tpf int) {
+	B, N, D, F, K := modDims("Modulate", x, mod, []int{iShift, iScale}, tpf)
+	n := sameNumel("Modulate", out, x)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	_ = B
+	d.args.reset().t(out).t(x).t(mod).i32(iShift).i32(iScale).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
+	d.ew("mod_fwd", n)
+}
+
+func (d *Device) ModulateBack(dX, dMod, dOut, x, mod *kernels.Tensor, iShift, iScale, tpf int) {
+	B, N, D, F, K := modDims("ModulateBack", x, mod, []int{iShift, iScale}, tpf)
+	n := sameNumel("ModulateBack", dOut, x)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	if dX != nil {
+		mustNumel("ModulateBack dX", n, dX)
+		d.args.reset().t(dX).t(dOut).t(mod).i32(iScale).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
+		d.ew("mod_bwd_x", n)
+	}
+	if dMod != nil {
+		mustNumel("ModulateBack dMod", mod.Numel(), dMod)
+		// Segments = (b, f), tpf rows each; dMod[b,f,i,:] at ((b·F+f)·K + i)·D.
+		d.colReduce(dMod, iShift*D, K*D, dOut, nil, nil, nil, B*F, tpf, D, 0, 1, false)
+		d.colReduce(dMod, iScale*D, K*D, dOut, x, nil, nil, B*F, tpf, D, 1, 1, false)
+	}
+}
+
+func (d *Device) GateAdd(x, y, mod *kernels.Tensor, iGate, tpf int) {
+	_, N, D, F, K := modDims("GateAdd", x, mod, []int{iGate}, tpf)
+	n := sameNumel("GateAdd", x, y)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(x).t(y).t(mod).i32(iGate).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
+	d.ew("gate_add", n)
+}
+
+func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf int) {
+	B, N, D, F, K := modDims("GateAddBack", y, mod, []int{iGate}, tpf)
+	n := sameNumel("GateAddBack", dX, y)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	if dY != nil { // dY += dX·gate: the forward's form
+		mustNumel("GateAddBack dY", n, dY)
+		d.args.reset().t(dY).t(dX).t(mod).i32(iGate).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
+		d.ew("gate_add", n)
+	}
+	if dMod != nil {
+		mustNumel("GateAddBack dMod", mod.Numel(), dMod)
+		d.colReduce(dMod, iGate*D, K*D, dX, y, nil, nil, B*F, tpf, D, 1, 1, false)
+	}
+}
+
+func (d *Device) act(name string, out, in *kernels.Tensor) {
+	n := sameNumel(name, out, in)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(out).t(in).i64(n)
+	d.ew(name, n)
+}
+
+func (d *Device) actBack(name string, dIn, dOut, in *kernels.Tensor) {
+	n := sameNumel(name, dIn, dOut, in)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(dIn).t(dOut).t(in).i64(n)
+	d.ew(name, n)
+}
+
+func (d *Device) GELU(out, in *kernels.Tensor)           { d.act("act_gelu", out, in) }
+func (d *Device) GELUBack(dIn, dOut, in *kernels.Tensor) { d.actBack("act_gelu_back", dIn, dOut, in) }
+func (d *Device) SiLU(out, in *kernels.Tensor)           { d.act("act_silu", out, in) }
+func (d *Device) SiLUBack(dIn, dOut, in *kernels.Tensor) { d.actBack("act_silu_back", dIn, dOut, in) }
+
+// ---------------------------------------------------------------------------------------------
+// RoPE and attention.
+
+func (d *Device) rope(op string, x *kernels.Tensor, frames, rows, cols, frame0 int, sign float32) {
+	must(len(x.Shape) == 4 && x.Shape[3]%2 == 0, "%s: x %v is not [B,N,heads,hd] with even hd", op, x.Shape)
+	N, H, hd := x.Shape[1], x.Shape[2], x.Shape[3]
+	must(N == frames*rows*cols, "%s: x %v for a %d×%d×%d grid", op, x.Shape, frames, rows, cols)
+	n := x.Numel() / 2
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(x).i64(N).i32(H).i32(hd).i32(rows).i32(cols).i32(frame0).f32(sign).i64(n)
+	d.ew("rope_apply", n)
+}
+
+func (d *Device) RoPE(x *kernels.Tensor, frames, rows, cols, frame0 int) {
+	d.rope("RoPE", x, frames, rows, cols, frame0, 1)
+}
+func (d *Device) RoPEBack(dx *kernels.Tensor, frames, rows, cols, frame0 int) {
+	d.rope("RoPEBack", dx, frames, rows, cols, frame0, -1)
+}
+
+// FusedAttention is filled in by attention.go (the FlashAttention-2 kernels of attention*.cu): each
+// returns false when it does not take the case (head dim, dtype, …) and the reference kernels of
+// refattn.cu run instead. FEWSTEP_ATTENTION=ref forces the reference.
+var FusedAttention struct {
+	Fwd  func(d *Device, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) bool
+	Back func(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) bool
+}
+
+func attnDims(op string, out, lse, q, k, v *kernels.Tensor) (B, Nq, Nk, H, hd int) {
+	must(len(q.Shape) == 4 && len(k.Shape) == 4, "%s: q %v k %v are not [B,N,H,hd]", op, q.Shape, k.Shape)
+	B, Nq, H, hd = q.Shape[0], q.Shape[1], q.Shape[2], q.Shape[3]
+	Nk = k.Shape[1]
+	must(k.Shape[0] == B && k.Shape[2] == H && k.Shape[3] == hd, "%s: q %v k %v", op, q.Shape, k.Shape)
+	must(v.Numel() == k.Numel(), "%s: k %v v %v", op, k.Shape, v.Shape)
+	must(out.Numel() == q.Numel(), "%s: q %v out %v", op, q.Shape, out.Shape)
+	must(lse.Numel() == B*H*Nq, "%s: lse %v for [B=%d,H=%d,Nq=%d]", op, lse.Shape, B, H, Nq)
+	must(hd <= 256, "%s: head dim %d > 256", op, hd)
+	must(q.DType == k.DType && k.DType == v.DType, "%s: q %v k %v v %v dtypes differ", op, q, k, v)
+	return
+}
+
+func (d *Device) Attention(out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) {
+	B, Nq, Nk, H, hd := attnDims("Attention", out, lse, q, k, v)
+	must(chunkTokens >= 0 && qOffset >= 0, "Attention: chunkTokens %d qOffset %d", chunkTokens, qOffset)
+	if B*Nq*H == 0 {
+		return
+	}
+	if !d.refAttn && FusedAttention.Fwd != nil && FusedAttention.Fwd(d, out, lse, q, k, v, chunkTokens, qOffset) {
+		return
+	}
+	if !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	rows := B * H * Nq
+	d.args.reset().t(out).t(lse).ptr(q.Ptr).ptr(k.Ptr).ptr(v.Ptr).i32(int(q.DType)).i32(B).i64(Nq).i64(Nk).i32(H).i32(hd).i64(chunkTokens).i64(qOffset)
+	d.launch("refattn_fwd", (rows*32+255)/256, 1, 1, 256, 1, 1, 0)
+}
+
+func (d *Device) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) {
+	B, Nq, Nk, H, hd := attnDims("AttentionBack", out, lse, q, k, v)
+	sameNumel("AttentionBack", dOut, out)
+	if B*Nq*H == 0 {
+		return
+	}
+	if !d.refAttn && FusedAttention.Back != nil && FusedAttention.Back(d, dQ, dK, dV, dOut, out, lse, q, k, v, chunkTokens, qOffset) {
+		return
+	}
+	if !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	gdt := kernels.F32
+	for _, g := range []*kernels.Tensor{dQ, dK, dV} {
+		if g != nil {
+			gdt = g.DType
+		}
+	}
+	must((dQ == nil || dQ.DType == gdt) && (dK == nil || dK.DType == gdt) && (dV == nil || dV.DType == gdt), "AttentionBack: gradient dtypes differ")
+	d.reserve(4 * B * H * Nq)
+	delta := d.scratch(4 * B * H * Nq)
+	if delta == 0 {
+		return
+	}
+	rows := B * H * Nq
+	d.args.reset().ptr(delta).t(dOut).t(out).i32(B).i64(Nq).i32(H).i32(hd)
+	d.launch("refattn_delta", (rows*32+255)/256, 1, 1, 256, 1, 1, 0)
+	if dQ != nil {
+		d.args.reset().ptr(dQ.Ptr).i32(int(gdt)).t(dOut).t(lse).ptr(delta).ptr(q.Ptr).ptr(k.Ptr).ptr(v.Ptr).i32(int(q.DType)).
+			i32(B).i64(Nq).i64(Nk).i32(H).i32(hd).i64(chunkTokens).i64(qOffset)
+		d.launch("refattn_dq", (rows*32+255)/256, 1, 1, 256, 1, 1, 0)
+	}
+	if dK != nil || dV != nil {
+		krows := B * H * Nk
+		d.args.reset().ptr(ptrOf(dK)).ptr(ptrOf(dV)).i32(int(gdt)).t(dOut).t(lse).ptr(delta).ptr(q.Ptr).ptr(k.Ptr).ptr(v.Ptr).i32(int(q.DType)).
+			i32(B).i64(Nq).i64(Nk).i32(H).i32(hd).i64(chunkTokens).i64(qOffset)
+		d.launch("refattn_dkv", (krows*32+255)/256, 1, 1, 256, 1, 1, 0)
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layout ops, time embedding, broadcasts, token means.
+
+func (d *Device) patch(name string, tok, vid *kernels.Tensor, n, B, C, F, H, W, back int) {
+	must(H%2 == 0 && W%2 == 0, "%s: H=%d W=%d must be even", name, H, W)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(tok).t(vid).i32(C).i32(F).i32(H).i32(W).i32(back).i64(n)
+	d.ew(name, n)
+}
+
+func (d *Device) Patchify(out, x *kernels.Tensor, B, C, F, H, W int) {
+	n := B * C * F * H * W
+	mustNumel("Patchify x", n, x)
+	mustNumel("Patchify out", n, out)
+	d.patch("patchify", out, x, n, B, C, F, H, W, 0)
+}
+
+func (d *Device) PatchifyBack(dX, dOut *kernels.Tensor, B, C, F, H, W int) {
+	n := B * C * F * H * W
+	mustNumel("PatchifyBack dX", n, dX)
+	mustNumel("PatchifyBack dOut", n, dOut)
+	d.patch("patchify", dOut, dX, n, B, C, F, H, W, 1)
+}
+
+func (d *Device) Unpatchify(out, in *kernels.Tensor, B, C, F, H, W int) {
+	n := B * C * F * H * W
+	mustNumel("Unpatchify in", n, in)
+	mustNumel("Unpatchify out", n, out)
+	d.patch("unpatchify", out, in, n, B, C, F, H, W, 0)
+}
+
+func (d *Device) UnpatchifyBack(dIn, dOut *kernels.Tensor, B, C, F, H, W int) {
+	n := B * C * F * H * W
+	mustNumel("UnpatchifyBack dIn", n, dIn)
+	mustNumel("UnpatchifyBack dOut", n, dOut)
+	d.patch("unpatchify", dOut, dIn, n, B, C, F, H, W, 1)
+}
+
+func (d *Device) Sinusoid(out, t *kernels.Tensor, half int) {
+	M := t.Numel()
+	mustNumel("Sinusoid out", M*2*half, out)
+	if M*half == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(out).t(t).i32(half).i64(M * half)
+	d.ew("sinusoid", M*half)
+}
+
+func (d *Device) AddBroadcast(out, a, b *kernels.Tensor) {
+	n := sameNumel("AddBroadcast", out, b)
+	KD := a.Numel()
+	must(KD > 0 && n%KD == 0, "AddBroadcast: a %v does not tile b %v", a.Shape, b.Shape)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(out).t(a).t(b).i64(KD).i64(n)
+	d.ew("ew_add_broadcast", n)
+}
+
+func (d *Device) AddBroadcastBack(dA, dB, dOut *kernels.Tensor) {
+	n := dOut.Numel()
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	if dB != nil {
+		mustNumel("AddBroadcastBack dB", n, dB)
+		d.args.reset().t(dB).f32(1).t(dOut).i64(n)
+		d.ew("ew_axpy", n)
+	}
+	if dA != nil {
+		KD := dA.Numel()
+		must(KD > 0 && n%KD == 0, "AddBroadcastBack: dA %v does not tile dOut %v", dA.Shape, dOut.Shape)
+		d.colReduce(dA, 0, KD, dOut, nil, nil, nil, 1, n/KD, KD, 0, 1, false)
+	}
+}
+
+func (d *Device) MeanTokens(out, in *kernels.Tensor) {
+	must(len(in.Shape) == 3, "MeanTokens: in %v is not [B,N,D]", in.Shape)
+	B, N, D := in.Shape[0], in.Shape[1], in.Shape[2]
+	mustNumel("MeanTokens out", B*D, out)
+	if B*D == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.colReduce(out, 0, D, in, nil, nil, nil, B, N, D, 0, 1/float32(N), true)
+}
+
+func (d *Device) MeanTokensBack(dIn, dOut *kernels.Tensor) {
+	must(len(dIn.Shape) == 3, "MeanTokensBack: dIn %v is not [B,N,D]", dIn.Shape)
+	B, N, D := dIn.Shape[0], dIn.Shape[1], dIn.Shape[2]
+	mustNumel("MeanTokensBack dOut", B*D, dOut)
+	n := B * N * D
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(dIn).t(dOut).i64(N).i64(D).i64(n)
+	d.ew("ew_mean_tokens_back", n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise.
+
+func (d *Device) Add(out, a, b *kernels.Tensor) {
+	n := sameNumel("Add", out, a, b)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.args.reset().t(out).t(a).t(b).i64(n)
+	d.ew("ew_add", n)
+}
+
+func (d *Device) Axpy(y *kernels.Tensor, alpha float32, x *kernels.Tensor) {
+	n := sameNumel("Axpy", y, x)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.touch(y)
+	d.args.reset().t(y).f32(alpha).t(x).i64(n)
+	d.ew("ew_axpy", n)
+}
+
+func (d *Device) Scale(x *kernels.Tensor, alpha float32) {
+	n := x.Numel()
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.touch(x)
+	d.args.reset().t(x).f32(alpha).i64(n)
+	d.ew("ew_scale", n)
+}
+
+const maxGroups = 64 // coefficients passed by value (see Coefs in elementwise.cu)
+
+// combine: groupSize > 0 → g = i/groupSize; else the video layout [B,C,F,HW] with g = b·F + f.
+func (d *Device) combine(op string, out, x, y *kernels.Tensor, a, b []float32, groupSize, C, F, HW int) {
+	n := sameNumel(op, out, x, y)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	G := len(a)
+	if G <= maxGroups {
+		var pa, pb [maxGroups]float32
+		copy(pa[:], a)
+		copy(pb[:], b)
+		if groupSize > 0 {
+			d.args.reset().t(out).t(x).t(y).floats(pa[:], pb[:]).i64(groupSize).i64(n)
+			d.ew("ew_combine", n)
+		} else {
+			d.args.reset().t(out).t(x).t(y).floats(pa[:], pb[:]).i32(C).i32(F).i64(HW).i64(n)
+			d.ew("ew_combine_frames", n)
+		}
+		return
+	}
+	if d.capturing {
+		d.fail(fmt.Errorf("%s: %d coefficient groups (> %d) cannot be captured in a graph", op, G, maxGroups))
+		return
+	}
+	d.reserve(8*G + 256)
+	p := d.scratch(8 * G)
+	if p == 0 {
+		return
+	}
+	ab := append(append(make([]float32, 0, 2*G), a...), b...)
+	d.fail(d.drv.call("cuMemcpyHtoDAsync_v2", d.drv.cuMemcpyHtoDAsync, p, uintptr(unsafe.Pointer(&ab[0])), uintptr(8*G), d.stream))
+	d.args.reset().t(out).t(x).t(y).ptr(p).ptr(p + uintptr(4*G)).i64(groupSize).i32(C).i32(F).i64(HW).i64(n)
+	d.ew("ew_combine_frames_dev", n)
+}
+
+func (d *Device) Combine(out, x, y *kernels.Tensor, a, b []float32) {
+	n := x.Numel()
+	G := len(a)
+	must(G > 0 && len(b) == G && n%G == 0, "Combine: %d coefficients a, %d b for %d elements", len(a), len(b), n)
+	d.combine("Combine", out, x, y, a, b, n/G, 0, 0, 0)
+}
+
+func (d *Device) CombineFrames(out, x, y *kernels.Tensor, a, b []float32, B, C, F, HW int) {
+	must(x.Numel() == B*C*F*HW, "CombineFrames: %v is not [%d,%d,%d,%d]", x.Shape, B, C, F, HW)
+	must(len(a) == B*F && len(b) == B*F, "CombineFrames: %d/%d coefficients for B·F = %d", len(a), len(b), B*F)
+	d.combine("CombineFrames", out, x, y, a, b, 0, C, F, HW)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reductions to the host (synchronizing).
+
+func (d *Device) dblBuf(n int) uintptr {
+	if n > d.dblCap {
+		if d.dbl != 0 {
+			d.fail(d.drv.call("cuStreamSynchronize", d.drv.cuStreamSynchronize, d.stream))
+			d.fail(d.drv.call("cuMemFree_v2", d.drv.cuMemFree, d.dbl))
+			d.dbl, d.dblCap = 0, 0
+		}
+		c := max(n, 1024)
+		if err := d.drv.call("cuMemAlloc_v2(reduction buffer)", d.drv.cuMemAlloc, uintptr(unsafe.Pointer(&d.dbl)), uintptr(8*c)); err != nil {
+			d.fail(err)
+			return 0
+		}
+		d.dblCap = c
+	}
+	d.fail(d.drv.call("cuMemsetD8Async", d.drv.cuMemsetD8Async, d.dbl, 0, uintptr(8*n), d.stream))
+	return d.dbl
+}
+
+func (d *Device) Dot(a, b *kernels.Tensor) float64 {
+	n := sameNumel("Dot", a, b)
+	if !d.enter() {
+		d.leave()
+		return math.NaN()
+	}
+	defer d.leave()
+	p := d.dblBuf(1)
+	if p == 0 {
+		return math.NaN()
+	}
+	if n > 0 {
+		d.args.reset().ptr(p).t(a).t(b).i64(n)
+		d.ew("red_dot", n)
+	}
+	var r [1]float64
+	d.fail(d.drv.call("cuMemcpyDtoHAsync_v2", d.drv.cuMemcpyDtoHAsync, uintptr(unsafe.Pointer(&r[0])), p, 8, d.stream))
+	d.fail(d.drv.call("cuStreamSynchronize", d.drv.cuStreamSynchronize, d.stream))
+	if d.err != nil {
+		return math.NaN()
+	}
+	return r[0]
+}
+
+func (d *Device) SumAbsGroups(dst []float64, x *kernels.Tensor) {
+	n := x.Numel()
+	G := len(dst)
+	must(G > 0 && n%G == 0, "SumAbsGroups: %d groups for %v", G, x.Shape)
+	if !d.enter() {
+		d.leave()
+		for i := range dst {
+			dst[i] = math.NaN()
+		}
+		return
+	}
+	defer d.leave()
+	p := d.dblBuf(G)
+	if p == 0 {
+		return
+	}
+	gs := n / G
+	if gs > 0 {
+		gx := max(1, min((gs+255)/256, (8*d.sms+G-1)/G))
+		d.args.reset().ptr(p).t(x).i64(gs)
+		d.launch("red_sumabs", gx, G, 1, 256, 1, 1, 0)
+	}
+	d.fail(d.drv.call("cuMemcpyDtoHAsync_v2", d.drv.cuMemcpyDtoHAsync, uintptr(unsafe.Pointer(&dst[0])), p, uintptr(8*G), d.stream))
+	d.fail(d.drv.call("cuStreamSynchronize", d.drv.cuStreamSynchronize, d.stream))
+	if d.err != nil {
+		for i := range dst {
+			dst[i] = math.NaN()
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer.
+
+func (d *Device) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd float32, step int) {
+	n := sameNumel("AdamW", w, g, m, v)
+	must(step >= 1, "AdamW: step %d < 1", step)
+	must(m.DType == v.DType, "AdamW: m %v and v %v dtypes differ", m, v)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.touch(w)
+	bc1 := 1 - math.Pow(float64(beta1), float64(step))
+	bc2 := 1 - math.Pow(float64(beta2), float64(step))
+	stepSize := float32(float64(lr) / bc1)
+	rbc2 := float32(1 / math.Sqrt(bc2))
+	d.args.reset().t(w).t(g).ptr(m.Ptr).ptr(v.Ptr).i32(int(m.DType)).f32(beta1).f32(beta2).f32(eps).f32(1 - lr*wd).f32(stepSize).f32(rbc2).i64(n)
+	d.ew("adamw", n)
+}
+
+func (d *Device) EMA(ema, w *kernels.Tensor, decay float32) {
+	n := sameNumel("EMA", ema, w)
+	if n == 0 || !d.enter() {
+		d.leave()
+		return
+	}
+	defer d.leave()
+	d.touch(ema)
+	d.args.reset().t(ema).t(w).f32(decay).i64(n)
+	d.ew("ema", n)
+}

@@ -1,0 +1,44 @@
+// RMSNorm over the last dim D (Wan's norm_q / norm_k run over all D channels, not per head).
+#include "common.cuh"
+
+// out = x·rsqrt(mean(x²) + eps)·w; rstd [rows] saved.
+extern "C" __global__ void rms_fwd(void *out, int dto, void *rstd, int dts, const void *in, int dti,
+                                   const void *w, int dtw, ll D, float eps) {
+    __shared__ float sh[32];
+    ll row = blockIdx.x;
+    const ll o = row * D;
+    float q = 0.f;
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
+        float x = ld(in, o + c, dti);
+        q += x * x;
+    }
+    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
+        float y = ld(in, o + c, dti) * rs;
+        if (w) y *= ld(w, c, dtw);
+        st(out, o + c, dto, y);
+    }
+    if (threadIdx.x == 0 && rstd) st(rstd, row, dts, rs);
+}
+
+// dIn += rstd·(g − x̂·mean(g·x̂)), g = dOut·w, x̂ = x·rstd.
+extern "C" __global__ void rms_bwd(void *dIn, int dtdi, const void *dOut, int dtdo, const void *in, int dti,
+                                   const void *rstd, int dts, const void *w, int dtw, ll D) {
+    __shared__ float sh[32];
+    ll row = blockIdx.x;
+    const ll o = row * D;
+    float rs = ld(rstd, row, dts);
+    float s = 0.f;
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
+        float g = ld(dOut, o + c, dtdo);
+        if (w) g *= ld(w, c, dtw);
+        s += g * ld(in, o + c, dti) * rs;
+    }
+    float m = block_sum(s, sh) / (float)D;
+    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
+        float g = ld(dOut, o + c, dtdo);
+        if (w) g *= ld(w, c, dtw);
+        float xh = ld(in, o + c, dti) * rs;
+        st(dIn, o + c, dtdi, ld(dIn, o + c, dtdi) + rs * (g - xh * m));
+    }
+}

@@ -1,0 +1,50 @@
+#!/bin/sh
+# Builds kernels/cuda/*.cu into fatbins (sm_90a cubin + compute_80 PTX) with nvcc, on a GPU machine
+# (nvcc 13.0 there; none on the development machine). Run from the repository root:
+#   scripts/build-kernels.sh [OUTDIR]          (default $OUT/kernels, else kernels/cuda/build)
+# It writes OUTDIR/<family>.fatbin, OUTDIR/MANIFEST (fatbin, SHA-256 of the sources, nvcc version),
+# OUTDIR/resource-usage.txt (ptxas registers/shared memory/spills), and, when $OUT is set,
+# $OUT/kernels.tgz of all of it (the device tool brings back at most 8 files). Copy the fatbins and
+# MANIFEST into kernels/cuda/build and commit them; TestArtifactsFresh checks the hashes.
+#
+# A .cu may list fallback flag sets, tried in order if the plain build fails, as lines
+#   // build-fallback: -DNAME=VALUE ...
+set -eu
+src=kernels/cuda
+out=${1:-${OUT:+$OUT/kernels}}
+out=${out:-$src/build}
+mkdir -p "$out"
+NVCC=${NVCC:-nvcc}
+ver=$($NVCC --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')
+arch="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80"
+hdrs=$(ls $src/*.cuh | LC_ALL=C sort)
+echo "# fatbin sha256(source.cu + *.cuh sorted by name) nvcc: written by scripts/build-kernels.sh" > "$out/MANIFEST"
+: > "$out/resource-usage.txt"
+status=0
+for cu in $(ls $src/*.cu | LC_ALL=C sort); do
+    name=$(basename "$cu" .cu)
+    hash=$(cat "$cu" $hdrs | sha256sum | cut -d' ' -f1)
+    ok=0
+    for flags in "" $(sed -n 's|^// build-fallback: *||p' "$cu" | tr ' ' '\001'); do
+        flags=$(echo "$flags" | tr '\001' ' ')
+        if $NVCC -fatbin -O3 -std=c++17 $arch $flags -Xptxas -v -o "$out/$name.fatbin" "$cu" 2> "$out/$name.log"; then
+            ok=1
+            echo "== $name $flags" >> "$out/resource-usage.txt"
+            grep -E "Function properties|registers|spill|Compiling entry" "$out/$name.log" >> "$out/resource-usage.txt" || true
+            break
+        fi
+        echo "build-kernels: $cu failed with flags '$flags':" >&2
+        tail -20 "$out/$name.log" >&2
+    done
+    rm -f "$out/$name.log"
+    if [ $ok = 1 ]; then
+        echo "$name.fatbin $hash nvcc-$ver" >> "$out/MANIFEST"
+        echo "built $name.fatbin ($(wc -c < "$out/$name.fatbin") bytes)"
+    else
+        status=1
+    fi
+done
+if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/kernels.tgz" -C "$out" .
+fi
+exit $status

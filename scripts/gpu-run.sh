@@ -1,0 +1,70 @@
+#!/bin/bash
+# The GPU machine's side of scripts/gpu-prepare.sh: run from the repository root.
+#   bash gpubuild/gpu-run.sh [tests|bench|all]      (default all)
+# Logs and results go to $OUT (or gpubuild/out): log.txt, tests.txt, bench.jsonl, kernels.tgz.
+set -uo pipefail
+mode=${1:-all}
+G=gpubuild
+OUT=${OUT:-$G/out}
+mkdir -p "$OUT"
+export OUT PYTHONUNBUFFERED=1
+L=$OUT/log.txt
+log() { echo "$@" | tee -a "$L"; }
+[ -f $G/fewstep.gz ] && gunzip -f $G/fewstep.gz
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$L"
+nvcc --version | tail -2 | tee -a "$L"
+
+# 1. kernels, built from this tree's sources and used by everything below
+if ! scripts/build-kernels.sh "$G/kernels" >> "$L" 2>&1; then log "KERNEL BUILD FAILED (see log.txt)"; tail -40 "$L"; fi
+export FEWSTEP_CUDA_KERNELS=$PWD/$G/kernels
+
+# 2. tests
+if [ "$mode" != bench ]; then
+    (cd kernels/cuda && timeout 300 ../../$G/cuda.test -test.v -test.count=1) > "$OUT/tests.txt" 2>&1
+    log "cuda.test exit $?"
+    (cd kernels/cuda/gputest && timeout 300 ../../../$G/gputest.test -test.v -test.count=1) >> "$OUT/tests.txt" 2>&1
+    log "gputest.test exit $?"
+    grep -E "^(=== RUN|--- FAIL|FAIL|ok|PASS)|rel error .* >|panic|Error" "$OUT/tests.txt" | grep -v "=== RUN" | head -60 | tee -a "$L"
+    grep -E "rel error" "$OUT/tests.txt" | sed 's/^ *//' | sort -u > "$OUT/tolerances.txt"
+fi
+
+# 3. benchmarks: ours and the PyTorch peer, same card, same run
+if [ "$mode" != tests ]; then
+    B=$OUT/bench.jsonl
+    : > "$B"
+    run() { log "+ $*"; timeout 240 "$@" 2>>"$L" | tee -a "$B"; }
+    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --graph --iters 10
+    run $G/fewstep bench forward --preset small --frames 2 --height 64 --width 64 --graph --iters 20
+    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 1 --height 16 --width 32 --graph --iters 20
+    run $G/fewstep bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run $G/fewstep bench attention --tokens 4680 --heads 12 --head-dim 128 --iters 10
+    if [ -f $G/wan_ref.py ]; then
+        run python3 $G/wan_ref.py --preset wan1.3b --frames 3
+        run python3 $G/wan_ref.py --preset small --frames 2 --height 64 --width 64
+        run python3 $G/wan_ref.py --preset wan1.3b --frames 1 --height 16 --width 32
+        run python3 $G/wan_ref.py --preset wan1.3b --frames 21
+        [ "$mode" = all ] && run python3 $G/wan_ref.py --preset wan1.3b --frames 3 --compile
+        [ "$mode" = all ] && run python3 $G/wan_ref.py --preset small --frames 2 --height 64 --width 64 --compile
+    fi
+    python3 - "$B" <<'PY' | tee -a "$L"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def key(r):
+    p = {"wan1.3b": "wan2.1-1.3b"}.get(r.get("preset"), r.get("preset"))
+    return (p, r.get("tokens"))
+ours = {key(r): r for r in rows if r.get("engine") == "fewstep"}
+eager = {key(r): r for r in rows if "compile" in r and not r["compile"]}
+comp = {key(r): r for r in rows if r.get("compile")}
+print("%-14s %7s %12s %12s %12s %12s %9s %9s" % ("preset", "tokens", "ours ms", "eager ms", "ours/graph", "compiled ms", "eager/ours", "comp/ours"))
+for k in sorted(set(ours) | set(eager), key=str):
+    o, e, c = ours.get(k, {}), eager.get(k, {}), comp.get(k, {})
+    om, em, cm = o.get("fwd_ms"), e.get("fwd_ms"), c.get("fwd_ms")
+    f = lambda v: "%.2f" % v if v else "-"
+    print("%-14s %7s %12s %12s %12s %12s %9s %9s" % (k[0], k[1], f(o.get("fwd_eager_ms", om)), f(em), f(om), f(cm),
+          f(em / om) if om and em else "-", f(cm / om) if om and cm else "-"))
+for r in rows:
+    if r.get("op") == "attention":
+        print("attention N=%d H=%d hd=%d %s: fwd %.2f ms %.0f TFLOP/s, bwd %s" % (r["tokens"], r["heads"], r["head_dim"], r["dtype"],
+              r["fwd_ms"], r["fwd_TFLOPs"], "%.2f ms %.0f TFLOP/s" % (r["bwd_ms"], r["bwd_TFLOPs"]) if "bwd_ms" in r else "-"))
+PY
+fi
