@@ -302,3 +302,12 @@ func (p *Pass) Free() {
 
 // Hidden is block layer's output [B, N, D] of the last forward (the critic's features).
 func (p *Pass) Hidden(layer int) *kernels.Tensor { return p.blocks[layer].x3 }
+
+// Bytes is the device memory the pass holds (activations and backward scratch).
+func (p *Pass) Bytes() int {
+	n := 0
+	for _, t := range p.allocated {
+		n += t.Numel() * 4
+	}
+	return n
+}
