@@ -1,0 +1,190 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/fewstep/fewstep/data"
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/trainer"
+	"github.com/spf13/cobra"
+)
+
+// `fewstep export`: a trained student (its EMA or raw weights) as a Wan2.1 model folder —
+// diffusion_pytorch_model.safetensors in Wan's key layout plus config.json — that Wan's loader and
+// shared/reference/wan_ref.py read (scripts/check_export.py compares the two on the same inputs).
+
+var exportCmd = &cobra.Command{
+	Use:   "export",
+	Short: "Export a student (EMA or raw) as Wan2.1 safetensors + config.json",
+	Long: `Export a student checkpoint as a Wan2.1 model folder:
+  OUT/diffusion_pytorch_model.safetensors   Wan2.1 state-dict keys (--dtype float32 | bfloat16 | float16)
+  OUT/config.json                           dim, ffn_dim, freq_dim, in_dim, out_dim, num_heads,
+                                            num_layers, text_len, eps, text_dim, model_type "t2v"
+The weights come from --weights FILE, or from --from RUN|CHECKPOINT (a run folder, its checkpoints
+folder or one checkpoint folder) and --role (ema by default when the checkpoint has one, else student).
+The architecture: --model-config, else config.json beside the weights, else read off the tensor
+shapes (num_heads from --heads, or the preset of that width; text_len from data.text_len).`,
+	Args: cobra.NoArgs,
+	RunE: runExport,
+}
+
+func init() {
+	f := exportCmd.Flags()
+	f.String("weights", "", "a checkpoint file (safetensors, Wan2.1 keys)")
+	f.String("from", "", "a run folder or checkpoint folder (instead of --weights)")
+	f.String("role", "", "the role to export from --from: ema (default when present) or student, or any role")
+	f.String("model-config", "", "Wan config.json of the weights")
+	f.Int("heads", 0, "num_heads when the architecture is read off the tensor shapes")
+	f.String("dtype", "float32", "float32 | bfloat16 | float16")
+	f.String("out", "", "output folder (required)")
+	addJobFlags(exportCmd)
+	rootCmd.AddCommand(exportCmd)
+}
+
+// resolveWeights turns --weights / --from + --role into a file.
+func resolveWeights(weights, from, role string) (string, error) {
+	switch {
+	case weights != "" && from != "":
+		return "", fmt.Errorf("give --weights or --from, not both")
+	case weights != "":
+		return weights, nil
+	case from == "":
+		return "", fmt.Errorf("--weights FILE or --from RUN|CHECKPOINT is required")
+	}
+	dir, err := trainer.ResolveCheckpoint(from)
+	if err != nil {
+		return "", err
+	}
+	if role == "" {
+		role = "student"
+		if fileExists(filepath.Join(dir, "ema.safetensors")) {
+			role = "ema"
+		}
+	}
+	p := filepath.Join(dir, role+".safetensors")
+	if !fileExists(p) {
+		return "", fmt.Errorf("checkpoint %s has no role %q (%s missing)", dir, role, filepath.Base(p))
+	}
+	return p, nil
+}
+
+// inferConfig reads the architecture off a Wan2.1 state dict's shapes; heads (not visible in any
+// shape) come from heads > 0 or the preset of the same width.
+func inferConfig(ts map[string]models.NamedTensor, heads, textLen int) (models.Config, error) {
+	shape := func(k string, rank int) ([]int, error) {
+		t, ok := ts[k]
+		if !ok || len(t.Shape) != rank {
+			return nil, fmt.Errorf("no %d-d tensor %s to read the architecture from (give --model-config)", rank, k)
+		}
+		return t.Shape, nil
+	}
+	c := models.Config{Eps: 1e-6, TextLen: textLen}
+	pe, err := shape("patch_embedding.weight", 5)
+	if err != nil {
+		return c, err
+	}
+	c.Dim, c.InDim = pe[0], pe[1]
+	te, err := shape("text_embedding.0.weight", 2)
+	if err != nil {
+		return c, err
+	}
+	c.TextDim = te[1]
+	tm, err := shape("time_embedding.0.weight", 2)
+	if err != nil {
+		return c, err
+	}
+	c.FreqDim = tm[1]
+	ff, err := shape("blocks.0.ffn.0.weight", 2)
+	if err != nil {
+		return c, err
+	}
+	c.FFNDim = ff[0]
+	hh, err := shape("head.head.weight", 2)
+	if err != nil {
+		return c, err
+	}
+	c.OutDim = hh[0] / 4
+	for ; ; c.Layers++ {
+		if _, ok := ts[fmt.Sprintf("blocks.%d.modulation", c.Layers)]; !ok {
+			break
+		}
+	}
+	c.Heads = heads
+	if c.Heads == 0 {
+		for _, n := range models.PresetNames {
+			if p, _ := models.Preset(n); p.Dim == c.Dim {
+				c.Heads = p.Heads
+			}
+		}
+	}
+	if c.Heads == 0 {
+		return c, fmt.Errorf("width %d matches no preset: give --heads or --model-config", c.Dim)
+	}
+	if c.TextLen <= 0 {
+		c.TextLen = 512
+	}
+	return c, c.Validate()
+}
+
+func runExport(cmd *cobra.Command, _ []string) error {
+	job, err := loadJob(cmd)
+	if err != nil {
+		return err
+	}
+	fl := cmd.Flags()
+	weights, _ := fl.GetString("weights")
+	from, _ := fl.GetString("from")
+	role, _ := fl.GetString("role")
+	out, _ := fl.GetString("out")
+	if out == "" {
+		return fmt.Errorf("export: --out is required")
+	}
+	src, err := resolveWeights(weights, from, role)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	dts, _ := fl.GetString("dtype")
+	dt, err := data.ParseDType(dts)
+	if err != nil {
+		return fmt.Errorf("export: --dtype: %w", err)
+	}
+	mc, _ := fl.GetString("model-config")
+	if mc == "" && fileExists(filepath.Join(filepath.Dir(src), "config.json")) {
+		mc = filepath.Join(filepath.Dir(src), "config.json")
+	}
+	var cfg models.Config
+	if mc != "" {
+		cfg, err = models.ReadWanConfig(mc)
+	} else {
+		var ts map[string]models.NamedTensor
+		if ts, _, err = models.ReadSafetensors(src); err == nil {
+			heads, _ := fl.GetInt("heads")
+			cfg, err = inferConfig(ts, heads, job.Data.TextLen)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("export: %s: %w", src, err)
+	}
+	m := models.New(kernels.CPU(), cfg, false)
+	if err := m.Load(src); err != nil { // strict: every key present, no extra, every shape right
+		return fmt.Errorf("export: %w", err)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	wp := filepath.Join(out, "diffusion_pytorch_model.safetensors")
+	if err := m.Save(wp, dt); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	cp := filepath.Join(out, "config.json")
+	if err := models.WriteWanConfig(cp, cfg); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "export: %s → %s (%s, %d parameters; dim %d, ffn %d, heads %d, layers %d, in/out %d/%d, text_dim %d)\n  %s\n",
+		src, out, strings.ToLower(dt.String()), cfg.NumParams(), cfg.Dim, cfg.FFNDim, cfg.Heads, cfg.Layers, cfg.InDim, cfg.OutDim, cfg.TextDim, cp)
+	return nil
+}

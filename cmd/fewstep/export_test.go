@@ -1,0 +1,93 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+)
+
+// cliEnv makes the test binary behave as the fewstep command (for scripts that call the CLI).
+const cliEnv = "FEWSTEP_TEST_AS_CLI"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(cliEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// `fewstep export` from a trainer-style checkpoint folder: the config is read off the shapes, the
+// EMA role is chosen, the exported weights are the checkpoint's exactly, config.json reads back.
+// When Debian's PyTorch is installed, scripts/check_export.py loads the export into wan_ref.py and
+// compares it with `fewstep model forward` (bidirectional and causal).
+func TestExportCommand(t *testing.T) {
+	dir := t.TempDir()
+	cfg, _ := models.Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.TextDim, cfg.TextLen, cfg.Layers = 12, 12, 16, 8, 3
+	ckpt := filepath.Join(dir, "run", "checkpoints", "step-000010")
+	os.MkdirAll(ckpt, 0o755)
+	os.WriteFile(filepath.Join(dir, "run", "checkpoints", "latest"), []byte("step-000010\n"), 0o644)
+	os.WriteFile(filepath.Join(ckpt, "state.json"), []byte("{}"), 0o644)
+	ema := models.New(kernels.CPU(), cfg, false)
+	ema.InitRandom(5, 0.05)
+	raw := models.New(kernels.CPU(), cfg, false)
+	raw.InitRandom(6, 0.05)
+	if err := ema.Save(filepath.Join(ckpt, "ema.safetensors"), kernels.F32); err != nil {
+		t.Fatal(err)
+	}
+	raw.Save(filepath.Join(ckpt, "student.safetensors"), kernels.F32)
+	out := filepath.Join(dir, "export")
+	txt := run(t, "export", "--from", filepath.Join(dir, "run"), "--out", out, "--set", "data.text_len=8")
+	if !strings.Contains(txt, "ema.safetensors") {
+		t.Fatalf("export did not pick the EMA role: %s", txt)
+	}
+	got, err := models.ReadWanConfig(filepath.Join(out, "config.json"))
+	if err != nil || got != cfg {
+		t.Fatalf("config.json: %+v (%v), want %+v", got, err, cfg)
+	}
+	back := models.New(kernels.CPU(), cfg, false)
+	if err := back.Load(filepath.Join(out, "diffusion_pytorch_model.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range back.W.F32 {
+		if back.W.F32[i] != ema.W.F32[i] {
+			t.Fatalf("exported weight %d: %g, EMA %g", i, back.W.F32[i], ema.W.F32[i])
+		}
+	}
+	// the raw student, bf16
+	run(t, "export", "--from", filepath.Join(dir, "run"), "--role", "student", "--dtype", "bfloat16", "--out", filepath.Join(dir, "raw"))
+	if _, _, err := models.ReadSafetensors(filepath.Join(dir, "raw", "diffusion_pytorch_model.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+	resetFlags(rootCmd)
+	rootCmd.SetArgs([]string{"export", "--from", filepath.Join(dir, "run"), "--role", "critic", "--out", out})
+	if err := rootCmd.Execute(); err == nil || !strings.Contains(err.Error(), "critic") {
+		t.Fatalf("a missing role: %v", err)
+	}
+
+	py := "/usr/bin/python3.11"
+	if testing.Short() || exec.Command(py, "-c", "import torch").Run() != nil {
+		t.Skip("no python3.11 with torch (apt-get install -y python3-torch): check_export.py not run")
+	}
+	bin, err := os.Executable() // this test binary, run as the CLI (TestMain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := filepath.Join("..", "..", "..", "shared", "reference", "wan_ref.py")
+	if _, err := os.Stat(ref); err != nil {
+		t.Skipf("no %s: check_export.py not run", ref)
+	}
+	c := exec.Command(py, filepath.Join("..", "..", "scripts", "check_export.py"), "--export", out, "--fewstep", bin, "--ref", ref)
+	c.Env = append(os.Environ(), cliEnv+"=1")
+	b, err := c.CombinedOutput()
+	t.Logf("check_export.py:\n%s", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
