@@ -45,10 +45,11 @@ func (c *cpuDevice) Name() string { return "cpu" }
 // except the closure the caller passes.
 
 type pool struct {
-	threads int
-	mu      sync.Mutex
-	wake    chan *job
-	job     job
+	threads  int
+	minFlops int // work below which a chunk is not split off (tests set 1 to exercise the split)
+	mu       sync.Mutex
+	wake     chan *job
+	job      job
 }
 
 type job struct {
@@ -59,7 +60,7 @@ type job struct {
 }
 
 func newPool(threads int) *pool {
-	p := &pool{threads: threads, wake: make(chan *job, threads)}
+	p := &pool{threads: threads, minFlops: 32768, wake: make(chan *job, threads)}
 	for w := 1; w < threads; w++ {
 		go func(w int) {
 			for j := range p.wake {
@@ -108,10 +109,10 @@ func (p *pool) For(n, chunk int, fn func(w, lo, hi int)) {
 }
 
 // grain picks a chunk size for n items of about `cost` flops each: about 4 chunks per thread, each
-// worth at least ~32k flops so tiny ops stay on the caller.
+// worth at least minFlops (~32k) so tiny ops stay on the caller.
 func (p *pool) grain(n, cost int) int {
 	cost = max(cost, 1)
-	minItems := max(1, 32768/cost)
+	minItems := max(1, p.minFlops/cost)
 	return max(minItems, (n+4*p.threads-1)/(4*p.threads))
 }
 

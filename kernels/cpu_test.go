@@ -14,8 +14,9 @@ import (
 // relative L2 errors of fp32 kernels against a float64 reference: a few ulps of fp32 (6e-8) times
 // the depth of the sums involved.
 
-// devices under test: one worker (sequential paths) and three (the parallel split, uneven on purpose).
-func devices() []kernels.Device { return []kernels.Device{kernels.NewCPU(1), kernels.NewCPU(3)} }
+// devices under test: one worker (sequential paths) and three workers splitting every op into the
+// smallest chunks (the parallel paths, uneven on purpose).
+func devices() []kernels.Device { return []kernels.Device{kernels.NewCPU(1), kernels.NewCPUFine(3)} }
 
 // grad0 allocates a gradient tensor pre-filled with random values; returns it and the start values.
 func grad0(dev kernels.Device, r *rand.Rand, shape ...int) (*kernels.Tensor, []float32) {
