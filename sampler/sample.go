@@ -3,6 +3,7 @@ package sampler
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/fewstep/fewstep/kernels"
@@ -59,6 +60,11 @@ type Options struct {
 	// denoising list of the other methods (decreasing, > 0).
 	GridN int // Consistency: snap the list to this Euler grid (OBJECTIVES.md: 50); 0 = no snapping
 
+	// Record (Euler only) lists σ levels of the grid at which x is copied to Result.Traj (e.g. the
+	// levels of a denoising list, for ODE pairs); σ = 0 records the final sample. Every level must be
+	// on the grid (put them in Sigmas).
+	Record []float64
+
 	// Stream only.
 	ChunkFrames  int     // latent frames per chunk (3)
 	LocalFrames  int     // KV window in frames (0 = unbounded)
@@ -68,10 +74,11 @@ type Options struct {
 
 // Result is a batch of sampled latents and what they cost.
 type Result struct {
-	Latents []float32 // [B, C, F, H, W]
-	Sigmas  []float64 // the schedule used
-	NFE     int       // network evaluations per video (cond and uncond counted apart; cache re-encodes too)
-	Millis  float64   // wall milliseconds per video, noise draw to latents on the host
+	Latents []float32   // [B, C, F, H, W]
+	Sigmas  []float64   // the schedule used
+	NFE     int         // network evaluations per video (cond and uncond counted apart; cache re-encodes too)
+	Millis  float64     // wall milliseconds per video, noise draw to latents on the host
+	Traj    [][]float32 // Euler with Record: x [B,C,F,H,W] at each recorded level, in Record's order
 }
 
 // Schedule resolves the schedule the options describe (Euler: N+1 values ending at 0; others: k).
@@ -146,7 +153,28 @@ func Sample(net Net, b *Batch, o Options) (*Result, error) {
 	if o.Method == Euler {
 		steps = len(sig) - 1
 	}
+	var traj [][]float32
+	if len(o.Record) > 0 {
+		if o.Method != Euler {
+			return nil, fmt.Errorf("sampler: record: only the euler sampler records trajectories")
+		}
+		traj = make([][]float32, len(o.Record))
+		for _, s := range o.Record {
+			if !slices.Contains(sig, s) {
+				return nil, fmt.Errorf("sampler: record: σ %g is not on the Euler grid %v", s, sig)
+			}
+		}
+	}
+	record := func(i int) {
+		for r, s := range o.Record {
+			if s == sig[i] && traj[r] == nil {
+				traj[r] = make([]float32, n)
+				dev.ToHost(traj[r], x)
+			}
+		}
+	}
 	for i := 0; i < steps; i++ {
+		record(i)
 		v := g.velocity(x, sig[i]) // [B,C,F,H,W]
 		switch o.Method {
 		case Euler:
@@ -168,13 +196,16 @@ func Sample(net Net, b *Batch, o Options) (*Result, error) {
 		s := float32(sig[i+1])
 		dev.Combine(x, x0, eps, []float32{1 - s}, []float32{s}) // x = (1−σ)·x0 + σ·ε
 	}
+	if traj != nil {
+		record(len(sig) - 1)
+	}
 	out := make([]float32, n)
 	dev.ToHost(out, x)
 	if err := dev.Sync(); err != nil {
 		return nil, fmt.Errorf("sampler: %s: %w", o.Method, err)
 	}
 	return &Result{
-		Latents: out, Sigmas: sig,
+		Latents: out, Sigmas: sig, Traj: traj,
 		NFE:    steps * g.perCall(),
 		Millis: float64(time.Since(start).Microseconds()) / 1e3 / float64(B),
 	}, nil

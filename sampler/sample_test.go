@@ -313,3 +313,39 @@ func TestBadInputs(t *testing.T) {
 		t.Fatal("CFG without a null embedding: no error")
 	}
 }
+
+// Recording a trajectory: for the one-point flow Euler stays on the straight line, so x at level σ
+// is exactly (1−σ)·x0* + σ·ε; levels of a denoising list are merged into the grid.
+func TestEulerRecordsTrajectory(t *testing.T) {
+	dev := kernels.CPU()
+	targets := []float32{0.8, -0.3}
+	b := testBatch(2, 1, 2, targets, 0)
+	levels := DenoisingList(4, 3)
+	grid := MergeGrid(EulerSigmas(6, 3), levels)
+	rec := append(append([]float64(nil), levels...), 0)
+	for i := range rec {
+		rec[i] = OnGrid(grid, rec[i])
+	}
+	r, err := Sample(pointNet(dev), b, Options{Method: Euler, Sigmas: grid, Record: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps := make([]float32, len(r.Latents))
+	drawNoise(eps, b.Seeds, 0, 0)
+	per := len(eps) / 2
+	for k, s := range rec {
+		for i, v := range r.Traj[k] {
+			want := (1-s)*float64(targets[i/per]) + s*float64(eps[i])
+			if math.Abs(float64(v)-want) > 1e-5*(1+math.Abs(want)) {
+				t.Fatalf("σ=%g: x[%d] = %g, want %g", s, i, v, want)
+			}
+		}
+	}
+	// EulerSigmas(6, 3) holds 1 and 0.75 already; 0.9 and 0.5 are inserted.
+	if r.NFE != len(grid)-1 || len(grid) != 7+2 {
+		t.Fatalf("grid %v, NFE %d", grid, r.NFE)
+	}
+	if _, err := Sample(pointNet(dev), b, Options{Method: Euler, Steps: 3, Record: []float64{0.55}}); err == nil {
+		t.Fatal("recording off the grid: no error")
+	}
+}

@@ -13,6 +13,7 @@ package sampler
 import (
 	"fmt"
 	"math"
+	"sort"
 )
 
 // Shift warps σ ∈ [0,1] toward the noisy end for s > 1: σ' = s·σ/(1+(s−1)·σ). Shift(0)=0, Shift(1)=1.
@@ -40,6 +41,36 @@ func EulerSigmas(n int, shift float64) []float64 {
 func DenoisingList(k int, shift float64) []float64 {
 	e := EulerSigmas(k, shift)
 	return e[:k]
+}
+
+// MergeGrid is an Euler grid (decreasing, ending at 0) with extra levels inserted, so that a
+// trajectory passes exactly through them (ODE pairs at the levels of a denoising list). Levels
+// within 1e-9 of a grid point are that grid point.
+func MergeGrid(grid, levels []float64) []float64 {
+	out := append([]float64(nil), grid...)
+	for _, l := range levels {
+		dup := false
+		for _, g := range out {
+			if math.Abs(g-l) < 1e-9 {
+				dup = true
+			}
+		}
+		if !dup {
+			out = append(out, l)
+		}
+	}
+	sort.Sort(sort.Reverse(sort.Float64Slice(out)))
+	return out
+}
+
+// OnGrid returns the grid point within 1e-9 of σ (σ itself if none).
+func OnGrid(grid []float64, sigma float64) float64 {
+	for _, g := range grid {
+		if math.Abs(g-sigma) < 1e-9 {
+			return g
+		}
+	}
+	return sigma
 }
 
 // Snap moves each σ to the nearest level of an N-level Euler grid (the grid a consistency student
