@@ -16,6 +16,7 @@ type Set struct {
 	Text          []float32 // [N, L, TextDim]
 	Captions      []string
 	IDs           []string
+	Tokens        []int // stored (unpadded) text tokens per row
 }
 
 // LoadSet reads a dataset file or folder (vae_latent, text_embedding, caption) with embeddings
@@ -66,6 +67,7 @@ func LoadSet(path string, textLen int) (*Set, error) {
 			return nil, fmt.Errorf("eval: %s: row %d (%s), column %s: text_dim %d, row 0 has %d", row.File, row.Index, row.ID, data.BytesCol(data.TextEmb), emb.Shape[1], s.TextDim)
 		}
 		emb.Decode(s.Text[i*textLen*s.TextDim:i*textLen*s.TextDim+emb.Numel()], nil, nil)
+		s.Tokens = append(s.Tokens, emb.Shape[0])
 		s.Captions = append(s.Captions, strings.Clone(row.Caption)) // the row aliases the mapped file
 		s.IDs = append(s.IDs, strings.Clone(row.ID))
 	}
@@ -81,6 +83,9 @@ func (s *Set) Slice(lo, hi int) *Set {
 	o.Text = s.Text[lo*lt : hi*lt]
 	o.Captions = s.Captions[lo:hi]
 	o.IDs = s.IDs[lo:hi]
+	if s.Tokens != nil {
+		o.Tokens = s.Tokens[lo:hi]
+	}
 	return &o
 }
 
