@@ -107,6 +107,15 @@ func TestGoldens(t *testing.T) {
 						t.Errorf("%s: relative error %.3g > %g", k, errs[k], goldenTol)
 					}
 				}
+				if rep == 1 { // a frozen network (no G) gives the same input gradient
+					fz := New(dev, m.Cfg, false)
+					dev.Copy(fz.W, m.W)
+					pf := fz.NewPass(s)
+					fz.Forward(pf, x, tt, ctx)
+					if e := relErr(host(dev, fz.Backward(pf, cot)), want["grad.x"].Data); e > goldenTol {
+						t.Errorf("frozen network: grad.x relative error %.3g", e)
+					}
+				}
 				if rep == 0 {
 					msg := ""
 					for _, k := range names[:5] {
