@@ -16,6 +16,7 @@
 
 typedef unsigned short bf16_t;
 typedef unsigned int u32;
+typedef unsigned long long u64;
 
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -107,6 +108,29 @@ __device__ __forceinline__ void red_add2(float *p, float a, float b) {
 #endif
 }
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// D[64×128] (+)= A[64×16]·B[16×128], A and B by shared-memory descriptors; B K-major (TB 0) or
+// MN-major (TB 1); acc = 0 overwrites D. d: this thread's accumulators, in the mma.sync C layout of
+// its warp's 16 rows (d[n] = columns 8n..8n+7).
+template <int TB>
+__device__ __forceinline__ void wgmma_ss(float (&d)[16][4], u64 da, u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, %67;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+        : "l"(da), "l"(db), "r"(acc), "n"(TB));
+}
+// D[64×128] (+)= A[64×16]·B[16×128], A from registers (the mma.sync A layout of the warp's 16 rows).
+template <int TB>
+__device__ __forceinline__ void wgmma_rs(float (&d)[16][4], const u32 (&a)[4], u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]), "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+}
+#endif
+
 // Storage types of the fast path.
 template <typename T> struct Elem;
 template <> struct Elem<bf16_t> {
@@ -160,21 +184,25 @@ __device__ __forceinline__ void load_tile(bf16_t *s, const float *g, ll ldg, int
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fast forward. Block: 128 query rows (8 warps × 16), key tiles of 64, K/V double-buffered.
-// Grid: (ceil(Nq/128), H, B); query tiles run last-first so the heaviest causal tiles start first.
+// Fast forward. Block: NW warps, each owning WM×16 query rows (BR = NW·WM·16 rows), key tiles of 64
+// (BC), K/V double-buffered by cp.async. With WM = 1 a warp keeps its Q fragments in registers; with
+// WM = 2 it reloads them from shared memory and each K/V fragment feeds two m-tiles (half the
+// ldmatrix traffic per mma). Grid: (ceil(Nq/BR), H, B); query tiles run last-first so the heaviest
+// causal tiles start first.
 // ---------------------------------------------------------------------------------------------
-template <int HD> struct FwdCfg {
-    static constexpr int BR = 128, BC = 64, NT = 256, LD = HD + 8;
+template <int HD, int NW, int WM, int BC_> struct FwdCfg {
+    static constexpr int BR = NW * WM * 16, BC = BC_, NT = NW * 32, LD = HD + 8;
     static constexpr int SMEM = (BR + 4 * BC) * LD * 2;
 };
 
-template <int HD, typename T>
+template <int HD, int NW, int WM, int BC_, typename T>
 __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *__restrict__ k,
                                               const T *__restrict__ v, T *__restrict__ out,
                                               float *__restrict__ lse, int Nq, int Nk, int H, int ct, int qoff,
                                               float scale) {
-    typedef FwdCfg<HD> C;
+    typedef FwdCfg<HD, NW, WM, BC_> C;
     constexpr int BR = C::BR, BC = C::BC, NT = C::NT, LD = C::LD;
+    constexpr bool QREG = WM == 1;  // Q fragments held in registers
     extern __shared__ U4 smem_u4[];
     bf16_t *sQ = (bf16_t *)smem_u4;  // [BR][LD]
     bf16_t *sK = sQ + BR * LD;       // [2][BC][LD]
@@ -204,17 +232,29 @@ __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *
     cp_wait<0>();
     __syncthreads();
 
-    u32 qf[HD / 16][4];  // this warp's 16 query rows as A fragments
+    const bf16_t *sQw = sQ + warp * WM * 16 * LD;  // this warp's rows
+    u32 qf[QREG ? HD / 16 : 1][4];
+    if (QREG) {
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk) ldsm_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        for (int kk = 0; kk < (QREG ? HD / 16 : 0); ++kk) ldsm_x4(qf[kk], sQw + (lane & 15) * LD + kk * 16 + (lane >> 4) * 8);
+    }
 
-    float o[HD / 8][4];
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-    float m0 = neg_inf(), m1 = neg_inf(), l0 = 0.f, l1 = 0.f;  // rows g and g+8, log2 domain
+    float o[WM][HD / 8][4];
+    float m[WM][2], l[WM][2];  // rows g and g+8 of each m-tile, log2 domain
+    int chq[WM][2];            // chunk of each row
     const float sl2 = scale * LOG2E;
-    const int r0 = i0 + warp * 16 + g;  // query row of c0,c1; r0+8 of c2,c3
-    const int ch0 = ct > 0 ? (qoff + r0) / ct : 0, ch1 = ct > 0 ? (qoff + r0 + 8) / ct : 0;
+    const int r0 = i0 + warp * WM * 16 + g;  // row of o[0][·][0,1]; m-tile w adds 16w, c2,c3 add 8
+#pragma unroll
+    for (int w = 0; w < WM; ++w) {
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) o[w][n][0] = o[w][n][1] = o[w][n][2] = o[w][n][3] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            m[w][e] = neg_inf();
+            l[w][e] = 0.f;
+            chq[w][e] = ct > 0 ? (qoff + r0 + 16 * w + 8 * e) / ct : 0;
+        }
+    }
 
     for (int t = 0; t < nkt; ++t) {
         const int j0 = t * BC, st = t & 1;
@@ -229,21 +269,265 @@ __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *
         __syncthreads();
         const bf16_t *sKs = sK + st * BC * LD, *sVs = sV + st * BC * LD;
 
-        // S = Q Kᵀ: [16 rows × BC keys] per warp
-        float s[BC / 8][4];
+        // S = Q Kᵀ: [WM·16 rows × BC keys] per warp
+        float s[WM][BC / 8][4];
 #pragma unroll
-        for (int n = 0; n < BC / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+        for (int w = 0; w < WM; ++w)
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n) s[w][n][0] = s[w][n][1] = s[w][n][2] = s[w][n][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < HD / 16; ++kk) {
+            u32 qa[WM][4];
+#pragma unroll
+            for (int w = 0; w < WM; ++w) {
+                if (QREG) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) qa[w][e] = qf[QREG ? kk : 0][e];
+                } else {
+                    ldsm_x4(qa[w], sQw + (w * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+                }
+            }
 #pragma unroll
             for (int p = 0; p < BC / 16; ++p) {
                 u32 bb[4];
                 ldsm_x4(bb, sKs + (p * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
-                mma(s[2 * p], qf[kk], bb[0], bb[1]);
-                mma(s[2 * p + 1], qf[kk], bb[2], bb[3]);
+#pragma unroll
+                for (int w = 0; w < WM; ++w) {
+                    mma(s[w][2 * p], qa[w], bb[0], bb[1]);
+                    mma(s[w][2 * p + 1], qa[w], bb[2], bb[3]);
+                }
             }
         }
         if (j0 + BC > kfull) {  // a key of this tile is hidden from some row (mask or past Nk)
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    int j = j0 + n * 8 + 2 * tq + e;
+                    int cj = ct > 0 ? j / ct : 0;
+#pragma unroll
+                    for (int w = 0; w < WM; ++w) {
+                        if (j >= Nk || cj > chq[w][0]) s[w][n][e] = neg_inf();
+                        if (j >= Nk || cj > chq[w][1]) s[w][n][2 + e] = neg_inf();
+                    }
+                }
+        }
+        // Online softmax, per row.
+#pragma unroll
+        for (int w = 0; w < WM; ++w) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                float mx = neg_inf();
+#pragma unroll
+                for (int n = 0; n < BC / 8; ++n) mx = fmaxf(mx, fmaxf(s[w][n][2 * e], s[w][n][2 * e + 1]));
+                mx = fmaxf(mx, shfl_xor(mx, 1));
+                mx = fmaxf(mx, shfl_xor(mx, 2));
+                const float mn = fmaxf(m[w][e], mx * sl2);
+                const float ms = mn == neg_inf() ? 0.f : mn;
+                const float c = ex2(m[w][e] - ms);
+                m[w][e] = mn;
+                float rs = 0.f;
+#pragma unroll
+                for (int n = 0; n < BC / 8; ++n) {
+                    s[w][n][2 * e] = ex2(fmaf(s[w][n][2 * e], sl2, -ms));
+                    s[w][n][2 * e + 1] = ex2(fmaf(s[w][n][2 * e + 1], sl2, -ms));
+                    rs += s[w][n][2 * e] + s[w][n][2 * e + 1];
+                }
+                l[w][e] = l[w][e] * c + rs;
+#pragma unroll
+                for (int n = 0; n < HD / 8; ++n) {
+                    o[w][n][2 * e] *= c;
+                    o[w][n][2 * e + 1] *= c;
+                }
+            }
+        }
+        // O += P V
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) {
+            u32 a[WM][4];
+#pragma unroll
+            for (int w = 0; w < WM; ++w) {
+                a[w][0] = pack_bf16(s[w][2 * kk][0], s[w][2 * kk][1]);
+                a[w][1] = pack_bf16(s[w][2 * kk][2], s[w][2 * kk][3]);
+                a[w][2] = pack_bf16(s[w][2 * kk + 1][0], s[w][2 * kk + 1][1]);
+                a[w][3] = pack_bf16(s[w][2 * kk + 1][2], s[w][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int p = 0; p < HD / 16; ++p) {
+                u32 bb[4];
+                ldsm_x4_t(bb, sVs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + p * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int w = 0; w < WM; ++w) {
+                    mma(o[w][2 * p], a[w], bb[0], bb[1]);
+                    mma(o[w][2 * p + 1], a[w], bb[2], bb[3]);
+                }
+            }
+        }
+        __syncthreads();  // this stage is refilled next iteration
+    }
+
+#pragma unroll
+    for (int w = 0; w < WM; ++w)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            float lw = l[w][e];
+            lw += shfl_xor(lw, 1);
+            lw += shfl_xor(lw, 2);
+            const int r = r0 + 16 * w + 8 * e;
+            if (r >= Nq) continue;
+            const float inv = 1.f / lw;
+            T *og = out + ((ll)b * Nq + r) * ldg + (ll)h * HD + 2 * tq;
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n) Elem<T>::st2(og + n * 8, o[w][n][2 * e] * inv, o[w][n][2 * e + 1] * inv);
+            if (tq == 0) lse[((ll)b * H + h) * Nq + r] = (m[w][e] + lg2(lw)) * LN2;
+        }
+}
+
+// Launch configurations (attention.go mirrors them): NW warps × WM m-tiles per warp, BC-key tiles.
+#define FWD(HD, NW, WM, BC, T, NAME)                                                                      \
+    extern "C" __global__ void __launch_bounds__(NW * 32) NAME(const T *q, const T *k, const T *v, T *out, \
+                                                               float *lse, int Nq, int Nk, int H, int ct,  \
+                                                               int qoff, float scale) {                    \
+        attn_fwd_body<HD, NW, WM, BC, T>(q, k, v, out, lse, Nq, Nk, H, ct, qoff, scale);                   \
+    }
+FWD(128, 8, 1, 64, bf16_t, attn_fwd_hd128_bf16)
+FWD(128, 8, 1, 64, float, attn_fwd_hd128_f32)
+FWD(64, 8, 1, 64, bf16_t, attn_fwd_hd64_bf16)
+FWD(64, 8, 1, 64, float, attn_fwd_hd64_f32)
+#ifdef ATTN_VARIANTS  // tuning candidates, built by scripts/attn_bench only
+FWD(128, 4, 2, 64, bf16_t, attn_fwdv_hd128_w4m2b64)
+FWD(128, 4, 2, 32, bf16_t, attn_fwdv_hd128_w4m2b32)
+FWD(128, 8, 2, 32, bf16_t, attn_fwdv_hd128_w8m2b32)
+FWD(128, 8, 1, 128, bf16_t, attn_fwdv_hd128_w8m1b128)
+FWD(64, 4, 2, 64, bf16_t, attn_fwdv_hd64_w4m2b64)
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Hopper forward (sm_90a): wgmma. Block: 2 warpgroups × 64 query rows (BR 128), 128-key tiles, K/V
+// double-buffered by cp.async into the no-swizzle "core matrix" layout the wgmma descriptors read
+// (8 rows × 16 bytes contiguous; a tile of R rows keeps each 16-byte column chunk c of all its rows
+// together: byte offset c·R·16 + r·16). S = Q·Kᵀ with Q and K from shared memory; P stays in
+// registers as the A operand of O += P·V, V read MN-major (transposed) from shared memory.
+// SWK/SWV swap the two byte offsets of the K-major / MN-major descriptors (tuning builds check which
+// reading of the layout is right; the shipped kernel fixes them).
+// ---------------------------------------------------------------------------------------------
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ATTN_WGMMA 1
+#endif
+
+__device__ __forceinline__ u64 gdesc(const void *p, u32 lbo, u32 sbo) {  // no swizzle, base offset 0
+    return (u64)((smem_u32(p) & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// Register fences (CUTLASS's warpgroup_fence_operand): wgmma reads and writes its register operands
+// asynchronously, which the compiler cannot see; these pin each access to its side of the
+// wgmma issue / wait statements.
+template <int N, int M> __device__ __forceinline__ void fence_regs(float (&r)[N][M]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int j = 0; j < M; ++j) asm volatile("" : "+f"(r[i][j])::"memory");
+}
+template <int N, int M> __device__ __forceinline__ void fence_regs(u32 (&r)[N][M]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+#pragma unroll
+        for (int j = 0; j < M; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+
+// load_tile_cm: rows [0, NROWS) × HD of bf16 (global row stride ldg) into the core-matrix layout;
+// rows at or past `valid` become zeros.
+template <int HD, int NROWS, int NT>
+__device__ __forceinline__ void load_tile_cm(bf16_t *s, const bf16_t *g, ll ldg, int valid, int tid) {
+    constexpr int CPR = HD / 8, TOTAL = NROWS * CPR;
+#pragma unroll
+    for (int it = 0; it < (TOTAL + NT - 1) / NT; ++it) {
+        int c = it * NT + tid;
+        if (TOTAL % NT == 0 || c < TOTAL) {
+            int r = c / CPR, ch = c % CPR;
+            bool ok = r < valid;
+            cp_async16(s + ch * NROWS * 8 + r * 8, ok ? g + r * ldg + ch * 8 : g, ok ? 16 : 0);
+        }
+    }
+}
+
+template <bool SWK, bool SWV>
+__device__ __forceinline__ void attn_fwd_wgmma_body(const bf16_t *__restrict__ q, const bf16_t *__restrict__ k,
+                                                    const bf16_t *__restrict__ v, bf16_t *__restrict__ out,
+                                                    float *__restrict__ lse, int Nq, int Nk, int H, int ct, int qoff,
+                                                    float scale) {
+#ifdef ATTN_WGMMA
+    constexpr int HD = 128, BR = 128, BC = 128, NT = 256;
+    extern __shared__ U4 smem_u4[];
+    bf16_t *sQ = (bf16_t *)smem_u4;  // [HD/8][BR][8]
+    bf16_t *sK = sQ + BR * HD;       // [2][HD/8][BC][8]
+    bf16_t *sV = sK + 2 * BC * HD;   // [2][HD/8][BC][8]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int wg = warp >> 2;  // warpgroup: query rows 64wg..64wg+63; warp w%4 of it: 16 of those
+    const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int i0 = qt * BR;
+    const ll ldg = (ll)H * HD;
+    const bf16_t *qg = q + ((ll)b * Nq + i0) * ldg + (ll)h * HD;
+    const bf16_t *kg = k + (ll)b * Nk * ldg + (ll)h * HD;
+    const bf16_t *vg = v + (ll)b * Nk * ldg + (ll)h * HD;
+
+    int kend = Nk, kfull = Nk;
+    if (ct > 0) {
+        int ilast = imin(i0 + BR, Nq) - 1;
+        kend = imin(Nk, ((qoff + ilast) / ct + 1) * ct);
+        kfull = imin(Nk, ((qoff + i0) / ct + 1) * ct);
+    }
+    const int nkt = (kend + BC - 1) / BC;
+
+    load_tile_cm<HD, BR, NT>(sQ, qg, ldg, Nq - i0, tid);
+    load_tile_cm<HD, BC, NT>(sK, kg, ldg, Nk, tid);
+    load_tile_cm<HD, BC, NT>(sV, vg, ldg, Nk, tid);
+    cp_commit();
+
+    // K-major descriptors (Q, K): K-direction core matrices R·16 bytes apart, M/N-direction 128.
+    constexpr u32 QL = SWK ? 128 : BR * 16, QS = SWK ? BR * 16 : 128;
+    constexpr u32 KL = SWK ? 128 : BC * 16, KS = SWK ? BC * 16 : 128;
+    // MN-major descriptor (V): K-direction (keys) core matrices 128 bytes apart, N-direction (hd) BC·16.
+    constexpr u32 VL = SWV ? BC * 16 : 128, VS = SWV ? 128 : BC * 16;
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m0 = neg_inf(), m1 = neg_inf(), l0 = 0.f, l1 = 0.f;
+    const float sl2 = scale * LOG2E;
+    const int r0 = i0 + warp * 16 + g;  // rows of c0,c1 (r0) and c2,c3 (r0+8)
+    const int ch0 = ct > 0 ? (qoff + r0) / ct : 0, ch1 = ct > 0 ? (qoff + r0 + 8) / ct : 0;
+
+    for (int t = 0; t < nkt; ++t) {
+        const int j0 = t * BC, st = t & 1;
+        if (t + 1 < nkt) {
+            load_tile_cm<HD, BC, NT>(sK + (st ^ 1) * BC * HD, kg + (ll)(j0 + BC) * ldg, ldg, Nk - j0 - BC, tid);
+            load_tile_cm<HD, BC, NT>(sV + (st ^ 1) * BC * HD, vg + (ll)(j0 + BC) * ldg, ldg, Nk - j0 - BC, tid);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+        __syncthreads();
+        const bf16_t *sKs = sK + st * BC * HD, *sVs = sV + st * BC * HD;
+
+        float s[BC / 8][4];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk)
+            wgmma_ss<0>(s, gdesc(sQ + kk * 2 * BR * 8 + wg * 64 * 8, QL, QS), gdesc(sKs + kk * 2 * BC * 8, KL, KS), kk > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(s);
+
+        if (j0 + BC > kfull) {
 #pragma unroll
             for (int n = 0; n < BC / 8; ++n)
 #pragma unroll
@@ -254,7 +538,174 @@ __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *
                     if (j >= Nk || cj > ch1) s[n][2 + e] = neg_inf();
                 }
         }
-        // Online softmax.
+        float mx0 = neg_inf(), mx1 = neg_inf();
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) {
+            mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
+        }
+        mx0 = fmaxf(mx0, shfl_xor(mx0, 1));
+        mx0 = fmaxf(mx0, shfl_xor(mx0, 2));
+        mx1 = fmaxf(mx1, shfl_xor(mx1, 1));
+        mx1 = fmaxf(mx1, shfl_xor(mx1, 2));
+        const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+        const float ms0 = mn0 == neg_inf() ? 0.f : mn0, ms1 = mn1 == neg_inf() ? 0.f : mn1;
+        const float c0 = ex2(m0 - ms0), c1 = ex2(m1 - ms1);
+        m0 = mn0;
+        m1 = mn1;
+        float rs0 = 0.f, rs1 = 0.f;
+        u32 pa[BC / 16][4];
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) {
+            float p0 = ex2(fmaf(s[n][0], sl2, -ms0)), p1 = ex2(fmaf(s[n][1], sl2, -ms0));
+            float p2 = ex2(fmaf(s[n][2], sl2, -ms1)), p3 = ex2(fmaf(s[n][3], sl2, -ms1));
+            rs0 += p0 + p1;
+            rs1 += p2 + p3;
+            pa[n >> 1][(n & 1) * 2] = pack_bf16(p0, p1);
+            pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
+        }
+        l0 = l0 * c0 + rs0;
+        l1 = l1 * c1 + rs1;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            o[n][0] *= c0;
+            o[n][1] *= c0;
+            o[n][2] *= c1;
+            o[n][3] *= c1;
+        }
+        fence_regs(o);
+        fence_regs(pa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<1>(o, pa[kk], gdesc(sVs + kk * 2 * 8 * 8, VL, VS), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(o);
+        fence_regs(pa);
+        __syncthreads();  // this stage is refilled next iteration
+    }
+
+    l0 += shfl_xor(l0, 1);
+    l0 += shfl_xor(l0, 2);
+    l1 += shfl_xor(l1, 1);
+    l1 += shfl_xor(l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+    bf16_t *og = out + ((ll)b * Nq + r0) * ldg + (ll)h * HD + 2 * tq;
+    if (r0 < Nq) {
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) Elem<bf16_t>::st2(og + n * 8, o[n][0] * inv0, o[n][1] * inv0);
+        if (tq == 0) lse[((ll)b * H + h) * Nq + r0] = (m0 + lg2(l0)) * LN2;
+    }
+    if (r0 + 8 < Nq) {
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) Elem<bf16_t>::st2(og + 8 * ldg + n * 8, o[n][2] * inv1, o[n][3] * inv1);
+        if (tq == 0) lse[((ll)b * H + h) * Nq + r0 + 8] = (m1 + lg2(l1)) * LN2;
+    }
+#else
+    asm volatile("trap;");  // sm_90a only: attention.go launches it on compute capability 9.0 alone
+#endif
+}
+// Shared memory: Q 32 KB + K, V 2 × 2 × 32 KB = 160 KB.
+#define FWDW(SWK, SWV, NAME)                                                                             \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                                 \
+        NAME(const bf16_t *q, const bf16_t *k, const bf16_t *v, bf16_t *out, float *lse, int Nq, int Nk, \
+             int H, int ct, int qoff, float scale) {                                                     \
+        attn_fwd_wgmma_body<SWK, SWV>(q, k, v, out, lse, Nq, Nk, H, ct, qoff, scale);                    \
+    }
+#ifdef ATTN_VARIANTS
+FWDW(false, false, attn_fwdw_hd128_serial)  // SWK = SWV = false is the right reading (v3: the others fail)
+#endif
+
+// Pipelined Hopper forward: as above, but P_{t−1}·V_{t−1} runs on the tensor cores while the
+// softmax of tile t runs on the ALUs (FA3's intra-warpgroup overlap): per tile, issue S_t = Q·K_tᵀ,
+// then O += P_{t−1}·V_{t−1}; wait for S_t only; exponentiate; wait for the P·V; rescale O; keep P_t
+// in registers for the next tile. V_{t−1} stays in use while tile t+1 loads: three K/V stages
+// (Q 32 KB + 3 × 64 KB = 224 KB of shared memory), one barrier per tile.
+__device__ __forceinline__ void attn_fwd_wgmma_pipe_body(const bf16_t *__restrict__ q, const bf16_t *__restrict__ k,
+                                                         const bf16_t *__restrict__ v, bf16_t *__restrict__ out,
+                                                         float *__restrict__ lse, int Nq, int Nk, int H, int ct,
+                                                         int qoff, float scale) {
+#ifdef ATTN_WGMMA
+    constexpr int HD = 128, BR = 128, BC = 128, NT = 256, NS = 3;
+    extern __shared__ U4 smem_u4[];
+    bf16_t *sQ = (bf16_t *)smem_u4;  // [HD/8][BR][8]
+    bf16_t *sK = sQ + BR * HD;       // [NS][HD/8][BC][8]
+    bf16_t *sV = sK + NS * BC * HD;  // [NS][HD/8][BC][8]
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int wg = warp >> 2;
+    const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int i0 = qt * BR;
+    const ll ldg = (ll)H * HD;
+    const bf16_t *qg = q + ((ll)b * Nq + i0) * ldg + (ll)h * HD;
+    const bf16_t *kg = k + (ll)b * Nk * ldg + (ll)h * HD;
+    const bf16_t *vg = v + (ll)b * Nk * ldg + (ll)h * HD;
+
+    int kend = Nk, kfull = Nk;
+    if (ct > 0) {
+        int ilast = imin(i0 + BR, Nq) - 1;
+        kend = imin(Nk, ((qoff + ilast) / ct + 1) * ct);
+        kfull = imin(Nk, ((qoff + i0) / ct + 1) * ct);
+    }
+    const int nkt = (kend + BC - 1) / BC;
+
+    load_tile_cm<HD, BR, NT>(sQ, qg, ldg, Nq - i0, tid);
+    load_tile_cm<HD, BC, NT>(sK, kg, ldg, Nk, tid);
+    load_tile_cm<HD, BC, NT>(sV, vg, ldg, Nk, tid);
+    cp_commit();
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m0 = neg_inf(), m1 = neg_inf(), l0 = 0.f, l1 = 0.f;
+    const float sl2 = scale * LOG2E;
+    const int r0 = i0 + warp * 16 + g;
+    const int ch0 = ct > 0 ? (qoff + r0) / ct : 0, ch1 = ct > 0 ? (qoff + r0 + 8) / ct : 0;
+    u32 pa[BC / 16][4];  // P of the previous tile, the A operand of its P·V
+
+    for (int t = 0; t < nkt; ++t) {
+        const int j0 = t * BC, st = t % NS, sp = (t + NS - 1) % NS;
+        cp_wait<0>();  // tile t (the one outstanding group) has landed
+        fence_proxy_async();
+        __syncthreads();  // … for every thread; and iteration t−1 (its P·V of tile t−2) is done everywhere
+        if (t + 1 < nkt) {
+            const int sn = (t + 1) % NS;
+            load_tile_cm<HD, BC, NT>(sK + sn * BC * HD, kg + (ll)(j0 + BC) * ldg, ldg, Nk - j0 - BC, tid);
+            load_tile_cm<HD, BC, NT>(sV + sn * BC * HD, vg + (ll)(j0 + BC) * ldg, ldg, Nk - j0 - BC, tid);
+            cp_commit();
+        }
+        const bf16_t *sKs = sK + st * BC * HD;
+
+        float s[BC / 8][4];
+        fence_regs(o);
+        fence_regs(pa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk)
+            wgmma_ss<0>(s, gdesc(sQ + kk * 2 * BR * 8 + wg * 64 * 8, BR * 16, 128), gdesc(sKs + kk * 2 * BC * 8, BC * 16, 128), kk > 0);
+        wgmma_commit();
+        if (t > 0) {
+            const bf16_t *sVp = sV + sp * BC * HD;
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<1>(o, pa[kk], gdesc(sVp + kk * 2 * 8 * 8, 128, BC * 16), 1);
+            wgmma_commit();
+            wgmma_wait<1>();  // S_t done; P_{t−1}·V_{t−1} may still run
+        } else {
+            wgmma_wait<0>();
+        }
+        fence_regs(s);
+
+        if (j0 + BC > kfull) {
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    int j = j0 + n * 8 + 2 * tq + e;
+                    int cj = ct > 0 ? j / ct : 0;
+                    if (j >= Nk || cj > ch0) s[n][e] = neg_inf();
+                    if (j >= Nk || cj > ch1) s[n][2 + e] = neg_inf();
+                }
+        }
         float mx0 = neg_inf(), mx1 = neg_inf();
 #pragma unroll
         for (int n = 0; n < BC / 8; ++n) {
@@ -282,6 +733,9 @@ __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *
         }
         l0 = l0 * c0 + rs0;
         l1 = l1 * c1 + rs1;
+        if (t > 0) wgmma_wait<0>();  // P_{t−1}·V_{t−1} landed in o (and pa is free)
+        fence_regs(o);
+        fence_regs(pa);
 #pragma unroll
         for (int n = 0; n < HD / 8; ++n) {
             o[n][0] *= c0;
@@ -289,20 +743,22 @@ __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *
             o[n][2] *= c1;
             o[n][3] *= c1;
         }
-        // O += P V
 #pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk) {
-            u32 a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                        pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int p = 0; p < HD / 16; ++p) {
-                u32 bb[4];
-                ldsm_x4_t(bb, sVs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + p * 16 + (lane >> 4) * 8);
-                mma(o[2 * p], a, bb[0], bb[1]);
-                mma(o[2 * p + 1], a, bb[2], bb[3]);
-            }
+        for (int n = 0; n < BC / 8; ++n) {
+            pa[n >> 1][(n & 1) * 2] = pack_bf16(s[n][0], s[n][1]);
+            pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(s[n][2], s[n][3]);
         }
-        __syncthreads();  // this stage is refilled next iteration
+    }
+    {  // the last tile's P·V
+        const bf16_t *sVp = sV + ((nkt - 1) % NS) * BC * HD;
+        fence_regs(o);
+        fence_regs(pa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<1>(o, pa[kk], gdesc(sVp + kk * 2 * 8 * 8, 128, BC * 16), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(o);
     }
 
     l0 += shfl_xor(l0, 1);
@@ -310,29 +766,26 @@ __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *
     l1 += shfl_xor(l1, 1);
     l1 += shfl_xor(l1, 2);
     const float inv0 = 1.f / l0, inv1 = 1.f / l1;
-    T *og = out + ((ll)b * Nq + r0) * ldg + (ll)h * HD + 2 * tq;
+    bf16_t *og = out + ((ll)b * Nq + r0) * ldg + (ll)h * HD + 2 * tq;
     if (r0 < Nq) {
 #pragma unroll
-        for (int n = 0; n < HD / 8; ++n) Elem<T>::st2(og + n * 8, o[n][0] * inv0, o[n][1] * inv0);
+        for (int n = 0; n < HD / 8; ++n) Elem<bf16_t>::st2(og + n * 8, o[n][0] * inv0, o[n][1] * inv0);
         if (tq == 0) lse[((ll)b * H + h) * Nq + r0] = (m0 + lg2(l0)) * LN2;
     }
     if (r0 + 8 < Nq) {
 #pragma unroll
-        for (int n = 0; n < HD / 8; ++n) Elem<T>::st2(og + 8 * ldg + n * 8, o[n][2] * inv1, o[n][3] * inv1);
+        for (int n = 0; n < HD / 8; ++n) Elem<bf16_t>::st2(og + 8 * ldg + n * 8, o[n][2] * inv1, o[n][3] * inv1);
         if (tq == 0) lse[((ll)b * H + h) * Nq + r0 + 8] = (m1 + lg2(l1)) * LN2;
     }
+#else
+    asm volatile("trap;");
+#endif
 }
-
-#define FWD(HD, T, NAME)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(256) NAME(const T *q, const T *k, const T *v, T *out,  \
-                                                           float *lse, int Nq, int Nk, int H, int ct,    \
-                                                           int qoff, float scale) {                      \
-        attn_fwd_body<HD, T>(q, k, v, out, lse, Nq, Nk, H, ct, qoff, scale);                             \
-    }
-FWD(128, bf16_t, attn_fwd_hd128_bf16)
-FWD(128, float, attn_fwd_hd128_f32)
-FWD(64, bf16_t, attn_fwd_hd64_bf16)
-FWD(64, float, attn_fwd_hd64_f32)
+extern "C" __global__ void __launch_bounds__(256, 1)
+    attn_fwdw_hd128_pipe(const bf16_t *q, const bf16_t *k, const bf16_t *v, bf16_t *out, float *lse, int Nq, int Nk,
+                         int H, int ct, int qoff, float scale) {
+    attn_fwd_wgmma_pipe_body(q, k, v, out, lse, Nq, Nk, H, ct, qoff, scale);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Fast backward. Prep: D[b,h,i] = Σ_d dO·O (fp32 [B,H,Nq]). Main: one block per 128-key tile (8 warps
@@ -374,19 +827,20 @@ extern "C" __global__ void attn_add_f32_into(void *dst, int dt, const float *src
     GRID_STRIDE(i, n) st(dst, i, dt, ld(dst, i, dt) + src[i]);
 }
 
-template <int HD> struct BwdCfg {
-    static constexpr int BC = 128, BR = 64, NT = 256, LD = HD + 8, LDS = BR + 8;
+template <int HD, int NW> struct BwdCfg {
+    static constexpr int BC = NW * 16, BR = 64, NT = NW * 32, LD = HD + 8, LDS = BR + 8;
     // sK, sV [BC][LD]; sQ, sdO [2][BR][LD]; sdS [BC][LDS]; sL, sD [2][BR] fp32
     static constexpr int SMEM = (2 * BC * LD + 4 * BR * LD + BC * LDS) * 2 + 4 * BR * 4;
 };
 
-template <int HD, typename T, typename G>
+template <int HD, int NW, typename T, typename G>
 __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict__ dV, float *__restrict__ dQacc,
                                               const T *__restrict__ dO, const float *__restrict__ lse,
                                               const float *__restrict__ Dg, const T *__restrict__ q,
                                               const T *__restrict__ k, const T *__restrict__ v, int Nq, int Nk,
                                               int H, int ct, int qoff, float scale) {
-    typedef BwdCfg<HD> C;
+    typedef BwdCfg<HD, NW> C;
+    static_assert(NW == 4 || NW == 8, "the dQ split assumes 4 query groups × NW/4 column groups");
     constexpr int BC = C::BC, BR = C::BR, NT = C::NT, LD = C::LD, LDS = C::LDS;
     extern __shared__ U4 smem_u4[];
     bf16_t *sK = (bf16_t *)smem_u4;  // [BC][LD]
@@ -548,18 +1002,19 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
         }
         if (dQacc == nullptr) continue;  // uniform across the block
         __syncthreads();
-        // dQ[16 queries × HD/2] per warp: rows (warp&3)*16, columns (warp>>2)*HD/2; k = the BC keys
+        // dQ[16 queries × DQC columns] per warp: rows (warp&3)*16, columns (warp>>2)*DQC; k = the BC keys
         {
-            const int qr = (warp & 3) * 16, hc = (warp >> 2) * (HD / 2);
-            float dq[HD / 16][4];
+            constexpr int DQC = HD / (NW / 4);
+            const int qr = (warp & 3) * 16, hc = (warp >> 2) * DQC;
+            float dq[DQC / 8][4];
 #pragma unroll
-            for (int n = 0; n < HD / 16; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+            for (int n = 0; n < DQC / 8; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < BC / 16; ++kk) {
                 u32 a[4];
                 ldsm_x4_t(a, sdS + (kk * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + qr + ((lane >> 3) & 1) * 8);
 #pragma unroll
-                for (int p = 0; p < HD / 32; ++p) {
+                for (int p = 0; p < DQC / 16; ++p) {
                     u32 bb[4];
                     ldsm_x4_t(bb, sK + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + hc + p * 16 + (lane >> 4) * 8);
                     mma(dq[2 * p], a, bb[0], bb[1]);
@@ -570,11 +1025,11 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
             float *dqg = dQacc + ((ll)b * Nq + i) * ldg + (ll)h * HD + hc + 2 * tq;
             if (i < Nq) {
 #pragma unroll
-                for (int n = 0; n < HD / 16; ++n) red_add2(dqg + n * 8, dq[n][0] * scale, dq[n][1] * scale);
+                for (int n = 0; n < DQC / 8; ++n) red_add2(dqg + n * 8, dq[n][0] * scale, dq[n][1] * scale);
             }
             if (i + 8 < Nq) {
 #pragma unroll
-                for (int n = 0; n < HD / 16; ++n) red_add2(dqg + 8 * ldg + n * 8, dq[n][2] * scale, dq[n][3] * scale);
+                for (int n = 0; n < DQC / 8; ++n) red_add2(dqg + 8 * ldg + n * 8, dq[n][2] * scale, dq[n][3] * scale);
             }
         }
     }
@@ -600,15 +1055,16 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
     }
 }
 
-#define BWD(HD, T, G, NAME)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
+// Launch configuration (attention.go mirrors it): 8 warps, 128 keys per block.
+#define BWD(HD, NW, T, G, NAME)                                                                                 \
+    extern "C" __global__ void __launch_bounds__(NW * 32)                                                       \
         NAME(G *dK, G *dV, float *dQacc, const T *dO, const float *lse, const float *D, const T *q, const T *k, \
              const T *v, int Nq, int Nk, int H, int ct, int qoff, float scale) {                                \
-        attn_bwd_body<HD, T, G>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale);                \
+        attn_bwd_body<HD, NW, T, G>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale);            \
     }
-BWD(128, bf16_t, float, attn_bwd_hd128_bf16_gf32)
-BWD(128, bf16_t, bf16_t, attn_bwd_hd128_bf16_gbf16)
-BWD(128, float, float, attn_bwd_hd128_f32_gf32)
-BWD(64, bf16_t, float, attn_bwd_hd64_bf16_gf32)
-BWD(64, bf16_t, bf16_t, attn_bwd_hd64_bf16_gbf16)
-BWD(64, float, float, attn_bwd_hd64_f32_gf32)
+BWD(128, 8, bf16_t, float, attn_bwd_hd128_bf16_gf32)
+BWD(128, 8, bf16_t, bf16_t, attn_bwd_hd128_bf16_gbf16)
+BWD(128, 8, float, float, attn_bwd_hd128_f32_gf32)
+BWD(64, 8, bf16_t, float, attn_bwd_hd64_bf16_gf32)
+BWD(64, 8, bf16_t, bf16_t, attn_bwd_hd64_bf16_gbf16)
+BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)

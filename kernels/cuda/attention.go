@@ -16,16 +16,18 @@ func init() {
 	FusedAttention.Back = attentionBack
 }
 
-// Launch shapes of attention.cu (FwdCfg, BwdCfg): 256 threads; the forward takes 128 query rows per
-// block and double-buffers 64-key tiles; the backward takes 128 keys per block and double-buffers
-// 64-query tiles.
+// Launch shapes of attention.cu (FWD and BWD instantiations): the forward runs 8 warps, each on 16
+// query rows (128 rows per block), over double-buffered 64-key tiles; the backward runs 8 warps on
+// 128 keys per block over double-buffered 64-query tiles.
 const (
-	attnThreads = 256
-	attnFwdRows = 128
-	attnBwdKeys = 128
+	attnFwdThreads = 256
+	attnFwdRows    = 128
+	attnFwdKeys    = 64
+	attnBwdThreads = 256
+	attnBwdKeys    = 128
 )
 
-func attnFwdSmem(hd int) int { return (128 + 4*64) * (hd + 8) * 2 }
+func attnFwdSmem(hd int) int { return (attnFwdRows + 4*attnFwdKeys) * (hd + 8) * 2 }
 func attnBwdSmem(hd int) int { return (2*128*(hd+8)+4*64*(hd+8)+128*72)*2 + 4*64*4 }
 
 // Kernel names by head dim, storage dtype and gradient dtype (no formatting in the hot path).
@@ -76,7 +78,7 @@ func attentionFwd(d *Device, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOf
 	defer d.leave()
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	d.Args().Ptr(q.Ptr).Ptr(k.Ptr).Ptr(v.Ptr).Ptr(out.Ptr).Ptr(lse.Ptr).I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale)
-	d.Launch(name, [3]int{(Nq + attnFwdRows - 1) / attnFwdRows, H, B}, [3]int{attnThreads, 1, 1}, attnFwdSmem(hd))
+	d.Launch(name, [3]int{(Nq + attnFwdRows - 1) / attnFwdRows, H, B}, [3]int{attnFwdThreads, 1, 1}, attnFwdSmem(hd))
 	return true
 }
 
@@ -129,7 +131,7 @@ func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tenso
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	d.Args().Ptr(ptrOf(dK)).Ptr(ptrOf(dV)).Ptr(dQacc).Ptr(dOut.Ptr).Ptr(lse.Ptr).Ptr(D).Ptr(q.Ptr).Ptr(k.Ptr).Ptr(v.Ptr).
 		I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale)
-	d.Launch(name, [3]int{(Nk + attnBwdKeys - 1) / attnBwdKeys, H, B}, [3]int{attnThreads, 1, 1}, attnBwdSmem(hd))
+	d.Launch(name, [3]int{(Nk + attnBwdKeys - 1) / attnBwdKeys, H, B}, [3]int{attnBwdThreads, 1, 1}, attnBwdSmem(hd))
 	if nQ > 0 {
 		n := dQ.Numel()
 		d.Args().Ptr(dQ.Ptr).I32(int(dQ.DType)).Ptr(dQacc).I64(n)

@@ -27,7 +27,9 @@ BUILD = sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") el
 QUICK = "--quick" in sys.argv
 BENCH = "--no-bench" not in sys.argv
 
-mod = cp.RawModule(path=os.path.join(BUILD, "attention.sm90a.cubin"))
+VARIANT_CUBIN = os.path.join(BUILD, "attention_variants.sm90a.cubin")
+HAVE_VARIANTS = os.path.exists(VARIANT_CUBIN)
+mod = cp.RawModule(path=VARIANT_CUBIN if HAVE_VARIANTS else os.path.join(BUILD, "attention.sm90a.cubin"))
 _fns = {}
 
 
@@ -51,29 +53,53 @@ DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 SUF = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
-def fwd_smem(hd):
-    return (128 + 4 * 64) * (hd + 8) * 2
+FWD_CFG = (8, 1, 64)  # the shipped forward: warps per block, 16-row m-tiles per warp, keys per tile
+VARIANTS = {  # tuning candidates (built with -DATTN_VARIANTS): name → (hd, warps, m-tiles, keys per tile)
+    "attn_fwdv_hd128_w4m2b64": (128, 4, 2, 64), "attn_fwdv_hd128_w4m2b32": (128, 4, 2, 32),
+    "attn_fwdv_hd128_w8m2b32": (128, 8, 2, 32), "attn_fwdv_hd128_w8m1b128": (128, 8, 1, 128),
+    "attn_fwdv_hd64_w4m2b64": (64, 4, 2, 64),
+    # Hopper wgmma kernels (warps 8 = 2 warpgroups, 128 rows, 128-key tiles, 160 KB shared memory)
+    "attn_fwdw_hd128_serial": (128, 8, 1, "w"), "attn_fwdw_hd128_pipe": (128, 8, 1, "w3"),
+}
+WG_SMEM = {"w": (128 * 128 + 4 * 128 * 128) * 2, "w3": (128 * 128 + 6 * 128 * 128) * 2}
 
 
-def bwd_smem(hd):
-    return (2 * 128 * (hd + 8) + 4 * 64 * (hd + 8) + 128 * 72) * 2 + 4 * 64 * 4
+def fwd_smem(hd, nw=FWD_CFG[0], wm=FWD_CFG[1], bc=FWD_CFG[2]):
+    return (nw * wm * 16 + 4 * bc) * (hd + 8) * 2
+
+
+BWD_NW = 8  # the shipped backward: warps per block = keys per block / 16
+BWD_VARIANTS = {}  # v2 tried 4 warps / 64 keys per block: slower (192 vs 230 TFLOP/s at N=32760)
+
+
+def bwd_smem(hd, nw=BWD_NW):
+    bc = 16 * nw
+    return (2 * bc * (hd + 8) + 4 * 64 * (hd + 8) + bc * 72) * 2 + 4 * 64 * 4
 
 
 def fast_ok(hd, dt):
     return hd in (64, 128) and dt in (torch.bfloat16, torch.float32)
 
 
-def attn_fwd(out, lse, q, k, v, ct, qoff):
+def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None):
     B, Nq, H, hd = q.shape
     Nk = k.shape[1]
     assert fast_ok(hd, q.dtype)
     scale = F32(1.0 / math.sqrt(hd))
-    name = f"attn_fwd_hd{hd}_{SUF[q.dtype]}"
-    sm = fwd_smem(hd)
-    fn(name, sm)((((Nq + 127) // 128), H, B), (256,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
+    if variant:
+        _, nw, wm, bc = VARIANTS[variant]
+        name = variant
+        if bc in WG_SMEM:
+            sm = WG_SMEM[bc]
+            fn(name, sm)((((Nq + 127) // 128), H, B), (256,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
+            return
+    else:
+        (nw, wm, bc), name = FWD_CFG, f"attn_fwd_hd{hd}_{SUF[q.dtype]}"
+    br, sm = nw * wm * 16, fwd_smem(hd, nw, wm, bc)
+    fn(name, sm)((((Nq + br - 1) // br), H, B), (nw * 32,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
 
 
-def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None):
+def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None):
     """Accumulates into dQ, dK, dV (any may be None). ws: fp32 scratch dict (D, and dQ for bf16 grads)."""
     B, Nq, H, hd = q.shape
     Nk = k.shape[1]
@@ -87,9 +113,11 @@ def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None):
     if dQ is not None and dQ.dtype != torch.float32:
         dQacc = ws["dQ"] if ws else torch.zeros(dQ.shape, device=q.device, dtype=torch.float32)
         dQacc.zero_()
-    name = f"attn_bwd_hd{hd}_{SUF[q.dtype]}_g{SUF[gdt]}"
-    sm = bwd_smem(hd)
-    fn(name, sm)((((Nk + 127) // 128), H, B), (256,), (P(dK), P(dV), P(dQacc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
+    name, nw = f"attn_bwd_hd{hd}_{SUF[q.dtype]}_g{SUF[gdt]}", BWD_NW
+    if variant:
+        name, nw = variant, BWD_VARIANTS[variant][1]
+    sm, bc = bwd_smem(hd, nw), 16 * nw
+    fn(name, sm)((((Nk + bc - 1) // bc), H, B), (nw * 32,), (P(dK), P(dV), P(dQacc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
     if dQ is not None and dQacc is not dQ:
         n = dQ.numel()
         fn("attn_add_f32_into")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(dQacc), np.int64(n)))
@@ -122,7 +150,7 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2):
+def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None):
     dev = "cuda"
     q, k, v = (torch.randn(B, n, H, hd, device=dev).to(dt) for n in (Nq, Nk, Nk))
     dO = torch.randn(B, Nq, H, hd, device=dev).to(dt)
@@ -132,7 +160,7 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
     g0s = 1.0 if gdt == torch.float32 else 1e-3  # bf16 sums lose the small addend: keep the start small
     g0 = [(g0s * torch.randn(B, n, H, hd, device=dev)).to(gdt) for n in (Nq, Nk, Nk)]  # += onto these
     dQ, dK, dV = (t.clone() for t in g0)
-    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff)
+    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, variant=bwd_variant)
     torch.cuda.synchronize()
     ro, rl, rq, rk, rv = reference(q, k, v, dO.float(), ct, qoff)
     # the backward is checked on its own: the reference gradient is taken at the kernel's own out
@@ -140,8 +168,22 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
     errs = dict(out=rel(out, ro), lse=rel(lse, rl), dq=rel(dQ.double() - g0[0].double(), rq),
                 dk=rel(dK.double() - g0[1].double(), rk), dv=rel(dV.double() - g0[2].double(), rv))
     ok = all(e <= tol for e in errs.values())
-    print(f"{'PASS' if ok else 'FAIL'} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
+    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
           + " ".join(f"{k}={v:.2e}" for k, v in errs.items()), flush=True)
+    return ok
+
+
+def check_variant(variant, B, Nq, Nk, H, ct, qoff, tol=1e-2):
+    hd = VARIANTS[variant][0]
+    q, k, v = (torch.randn(B, n, H, hd, device="cuda").to(torch.bfloat16) for n in (Nq, Nk, Nk))
+    out = torch.full((B, Nq, H, hd), float("nan"), device="cuda", dtype=torch.bfloat16)
+    lse = torch.full((B, H, Nq), float("nan"), device="cuda")
+    attn_fwd(out, lse, q, k, v, ct, qoff, variant=variant)
+    torch.cuda.synchronize()
+    ro, rl, *_ = reference(q, k, v, torch.zeros_like(q, dtype=torch.float32), ct, qoff)
+    e = (rel(out, ro), rel(lse, rl))
+    ok = max(e) <= tol
+    print(f"{'PASS' if ok else 'FAIL'} {variant} B={B} Nq={Nq} Nk={Nk} H={H} ct={ct} qoff={qoff} out={e[0]:.2e} lse={e[1]:.2e}", flush=True)
     return ok
 
 
@@ -174,6 +216,13 @@ def bench(N, ct, iters):
     t_f = bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0), iters)
     t_b = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws), iters)
     rows = [("ours", t_f, t_b)]
+    if HAVE_VARIANTS:
+        for name, (vhd, *_) in VARIANTS.items():
+            if vhd == hd and usable(name):
+                rows.append((name.replace("attn_fwdv_hd128_", "fwd variant ").replace("attn_fwdw_hd128_", "fwd wgmma "), bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0, variant=name), iters), float("nan")))
+        for name, (vhd, _) in BWD_VARIANTS.items():
+            if vhd == hd:
+                rows.append((name.replace("attn_bwdv_hd128_bf16_gf32_", "bwd variant "), float("nan"), bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, variant=name), iters)))
     # torch SDPA on [B,H,N,hd]
     qt, kt, vt = (t.transpose(1, 2).contiguous().requires_grad_(True) for t in (q, k, v))
     dOt = dO.transpose(1, 2).contiguous()
@@ -207,7 +256,31 @@ def bench(N, ct, iters):
         print(f"  N={N:6d} ct={ct:5d} {label:26s} fwd {tf:8.3f} ms {ffwd / tf / 1e9:6.1f} TFLOP/s   bwd {tb:8.3f} ms {fbwd / tb / 1e9:6.1f} TFLOP/s", flush=True)
 
 
+def profile():
+    """One forward and one backward at N=4680, B=1, H=12, hd=128 (run under ncu)."""
+    N, H, hd = 4680, 12, 128
+    q, k, v, dO = (torch.randn(1, N, H, hd, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    out, lse = torch.empty_like(q), torch.empty(1, H, N, device="cuda")
+    dQ, dK, dV = (torch.zeros(1, N, H, hd, device="cuda") for _ in range(3))
+    attn_fwd(out, lse, q, k, v, 0, 0, variant=os.environ.get("PROFILE_VARIANT"))
+    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, 0, 0)
+    torch.cuda.synchronize()
+
+
+WGMMA_OK = os.environ.get("WGMMA_OK", "").split()  # wgmma variants that passed in their own process
+
+
+def usable(name):
+    return VARIANTS[name][3] not in WG_SMEM or name in WGMMA_OK
+
+
 def main():
+    if "--profile" in sys.argv:
+        return profile()
+    if "--only-variant" in sys.argv:  # checks one variant in a process of its own (a bad one may fault)
+        name = sys.argv[sys.argv.index("--only-variant") + 1]
+        ok = all([check_variant(name, *c) for c in [(2, 200, 200, 3, 0, 0), (1, 130, 390, 2, 130, 260), (1, 300, 300, 2, 64, 0), (1, 1000, 1000, 2, 100, 0)]])
+        sys.exit(0 if ok else 1)
     torch.manual_seed(int(time.time()))
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     cases = [
@@ -233,6 +306,13 @@ def main():
         ok &= check(*c, dt=torch.bfloat16, gdt=torch.bfloat16)              # bf16 grads (dQ via fp32 scratch)
     ok &= check(1, 4680, 4680, 2, 128, 1560, 0)                              # Wan chunk size
     ok &= check(1, 1560, 4680, 2, 128, 1560, 3120)
+    if HAVE_VARIANTS:
+        for name in filter(usable, VARIANTS):
+            for c in [(2, 200, 200, 3, 0, 0), (1, 130, 390, 2, 130, 260), (1, 300, 300, 2, 64, 0), (1, 1000, 1000, 2, 100, 0)]:
+                ok &= check_variant(name, *c)
+        for name, (hd, _) in BWD_VARIANTS.items():
+            for c in [(2, 200, 200, 3, hd, 0, 0), (1, 130, 390, 2, hd, 130, 260), (1, 1000, 1000, 2, hd, 100, 0)]:
+                ok &= check(*c, bwd_variant=name)
     print("ALL PASS" if ok else "SOME FAILED", flush=True)
     if BENCH:
         it = 5 if QUICK else 20
