@@ -1,6 +1,6 @@
 #!/bin/bash
 # The GPU machine's side of scripts/gpu-prepare.sh: run from the repository root.
-#   bash gpubuild/gpu-run.sh [tests|bench|all]      (default all)
+#   bash gpubuild/gpu-run.sh [tests|bench|quick|all]      (default all; quick = all but torch.compile)
 # Logs and results go to $OUT (or gpubuild/out): log.txt, tests.txt, bench.jsonl, kernels.tgz.
 set -uo pipefail
 mode=${1:-all}

@@ -264,9 +264,12 @@ func (a *argBuf) slot(size int) uintptr {
 }
 
 func (a *argBuf) ptr(p uintptr) *argBuf { *(*uintptr)(cptr(a.slot(8))) = p; return a }
-func (a *argBuf) i32(v int) *argBuf     { *(*int32)(cptr(a.slot(4))) = int32(v); return a }
+func (a *argBuf) i32(v int) *argBuf     { *(*int64)(cptr(a.slot(8))) = int64(int32(v)); return a }
 func (a *argBuf) i64(v int) *argBuf     { *(*int64)(cptr(a.slot(8))) = int64(v); return a }
-func (a *argBuf) f32(v float32) *argBuf { *(*float32)(cptr(a.slot(4))) = v; return a }
+func (a *argBuf) f32(v float32) *argBuf {
+	*(*uint64)(cptr(a.slot(8))) = uint64(math.Float32bits(v))
+	return a
+}
 
 // floats passes n float32 values as one by-value struct argument.
 func (a *argBuf) floats(vs ...[]float32) *argBuf {

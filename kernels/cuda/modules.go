@@ -62,11 +62,11 @@ func Manifest(data []byte) map[string]string {
 // loadModules loads every fatbin (embedded, or from $FEWSTEP_CUDA_KERNELS).
 func (d *Device) loadModules() error {
 	var fsys fs.FS = artifacts
-	root := "build"
+	root, pat := "build", "build/*.fatbin"
 	if dir := os.Getenv(KernelsDirEnv); dir != "" {
-		fsys, root = os.DirFS(dir), "."
+		fsys, root, pat = os.DirFS(dir), dir, "*.fatbin"
 	}
-	names, err := fs.Glob(fsys, root+"/*.fatbin")
+	names, err := fs.Glob(fsys, pat)
 	if err != nil {
 		return err
 	}

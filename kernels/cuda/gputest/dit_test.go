@@ -76,7 +76,7 @@ func TestDiTAgainstCPU(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	cfg, _ := models.Preset("tiny")
-	cfg.TextDim = 48
+	cfg.Dim, cfg.FFNDim, cfg.TextDim = 128, 256, 48 // head_dim 64: the fused attention kernels take it
 	for _, chunk := range []int{0, 1} {
 		for _, v := range variants {
 			t.Run(fmt.Sprintf("chunk=%d/%s", chunk, v.name), func(t *testing.T) {
