@@ -72,6 +72,7 @@ type Trainer struct {
 	emaOf   *role
 	metrics *metricsLog
 	last    map[string]float64 // the last logged values (progress bar)
+	started time.Time          // start of Run
 }
 
 // role is a built network and its optimizer state.
@@ -95,6 +96,11 @@ func New(opt Options) (*Trainer, error) {
 	t := &Trainer{Job: job, Obj: obj, Dir: job.OutDir, opt: opt, byName: map[string]*role{}}
 	t.Env = &objectives.Env{Dev: opt.Dev, Cfg: opt.Model, Shape: opt.Shape, Roles: map[string]*objectives.Role{}}
 
+	if c, ok := obj.(objectives.Configurable); ok { // roles sized by the model (adversarial's head)
+		if err := c.Configure(opt.Model); err != nil {
+			return nil, fmt.Errorf("objective %s: %w", obj.Name(), err)
+		}
+	}
 	specs := obj.Roles()
 	declared := map[string]bool{}
 	var studentSpec objectives.RoleSpec
@@ -387,6 +393,7 @@ func (t *Trainer) Run() error {
 	t.metrics = ml
 	bar := newBar(t.opt.Progress, job.Train.Steps, t.Step, job.Name)
 	start, startStep := time.Now(), t.Step
+	t.started = start
 	logEvery := max(job.Train.LogEvery, 1)
 	var acc meanAcc
 	for t.Step < job.Train.Steps {
@@ -428,4 +435,23 @@ func (t *Trainer) logf(format string, a ...any) {
 	if t.opt.Log != nil {
 		fmt.Fprintf(t.opt.Log, format+"\n", a...)
 	}
+}
+
+// LogMetrics appends a line of extra metrics (e.g. validation scores) for step to metrics.jsonl and
+// the log. Only during Run.
+func (t *Trainer) LogMetrics(step int, m map[string]float64) error {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	line := fmt.Sprintf("step %d:", step)
+	for _, k := range keys {
+		line += fmt.Sprintf(" %s %.4g", k, m[k])
+	}
+	t.logf("%s", line)
+	if t.metrics == nil {
+		return fmt.Errorf("trainer: LogMetrics outside Run")
+	}
+	return t.metrics.write(step, time.Since(t.started).Seconds(), m)
 }

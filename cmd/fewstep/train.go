@@ -1,0 +1,180 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/data"
+	"github.com/fewstep/fewstep/eval"
+	"github.com/fewstep/fewstep/objectives"
+	"github.com/fewstep/fewstep/sampler"
+	"github.com/fewstep/fewstep/trainer"
+	"github.com/spf13/cobra"
+)
+
+var trainCmd = &cobra.Command{
+	Use:   "train",
+	Short: "Train a job: an objective (flowmatch, dmd, ...) over its roles, with checkpoints, metrics and validation samples",
+	Long: `Train the job's objective. The run folder (out_dir) receives job.yaml (the resolved job),
+metrics.jsonl (one JSON object per logged step), checkpoints/step-NNNNNN/ (every role's weights,
+optimizer states, loader cursor; checkpoints/latest names the newest) and, every train.sample_every
+steps and at the end, samples/step-NNNNNN/ (GIF and PNG previews of the student, or its EMA, on
+held-out prompts, with their CondAcc in metrics.jsonl as val/cond_acc).
+
+--resume DIR continues exactly from a checkpoint folder, or from a run folder's latest checkpoint.`,
+	Args: cobra.NoArgs,
+	RunE: runTrain,
+}
+
+func init() {
+	addJobFlags(trainCmd)
+	f := trainCmd.Flags()
+	f.String("resume", "", "continue from a checkpoint folder or a run folder (its checkpoints/latest)")
+	f.Bool("dry-run", false, "validate the job (config, dataset rows and shapes against the model, roles) and exit")
+	f.String("device", "", "override the job's device (cpu, cuda, cuda:N)")
+	rootCmd.AddCommand(trainCmd)
+}
+
+func runTrain(cmd *cobra.Command, _ []string) error {
+	job, err := loadJob(cmd)
+	if err != nil {
+		return err
+	}
+	fl := cmd.Flags()
+	if r, _ := fl.GetString("resume"); r != "" {
+		job.Train.Resume = r
+	}
+	if d, _ := fl.GetString("device"); d != "" {
+		job.Device = d
+	}
+	dry, _ := fl.GetBool("dry-run")
+	_, err = train(cmd.ErrOrStderr(), job, dry)
+	return err
+}
+
+// train runs (or with dry validates) a job and returns the finished trainer.
+func train(w io.Writer, job *config.Job, dry bool) (*trainer.Trainer, error) {
+	dev, err := openBackend(job.Device)
+	if err != nil {
+		return nil, err
+	}
+	if job.Data.Path == "" {
+		dir := filepath.Join(job.OutDir, "data")
+		fmt.Fprintf(w, "data: synthetic set (%d + %d videos) in %s\n", job.Data.Synth.Count, job.Data.Synth.HeldoutCount, dir)
+		if err := trainer.EnsureData(job, dir, nil); err != nil {
+			return nil, err
+		}
+	}
+	var val *validator
+	if job.Data.Heldout != "" && !dry {
+		if val, err = newValidator(job); err != nil {
+			return nil, err
+		}
+	}
+	var vf func(int, *trainer.Trainer) error
+	if val != nil {
+		vf = val.run
+	}
+	tr, loader, err := trainer.FromJob(job, dev, w, w, vf)
+	if err != nil {
+		return nil, err
+	}
+	defer loader.Close()
+	c := tr.Env.Cfg
+	fmt.Fprintf(w, "train: %s on %s — model dim %d, %d layers, %d heads, in/out %d, text_dim %d (%d parameters); roles %v; batch %v; %d steps\n",
+		tr.Obj.Name(), dev.Name(), c.Dim, c.Layers, c.Heads, c.InDim, c.TextDim, c.NumParams(), tr.RoleNames(), shapeString(tr), job.Train.Steps)
+	if dry {
+		fmt.Fprintln(w, "train: --dry-run: the job, its data and its roles are valid")
+		return tr, nil
+	}
+	if err := os.MkdirAll(job.OutDir, 0o755); err != nil {
+		return nil, err
+	}
+	if _, err := saveJob(job, job.OutDir); err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	if err := tr.Run(); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(w, "train: %d steps in %.1fs; run folder %s (metrics.jsonl, checkpoints/, samples/)\n", job.Train.Steps, time.Since(t0).Seconds(), job.OutDir)
+	return tr, nil
+}
+
+func shapeString(tr *trainer.Trainer) string {
+	s := tr.Env.Shape
+	return fmt.Sprintf("[B=%d, C=%d, F=%d, H=%d, W=%d] L=%d", s.B, tr.Env.Cfg.InDim, s.F, s.H, s.W, s.L)
+}
+
+// validator samples the student (its EMA when there is one) on the first sample.count held-out
+// prompts with the job's sample: settings, writes previews, and logs val/cond_acc and val/fd.
+type validator struct {
+	job  *config.Job
+	held *eval.Set
+}
+
+func newValidator(job *config.Job) (*validator, error) {
+	held, err := eval.LoadSet(job.Data.Heldout, job.Data.TextLen)
+	if err != nil {
+		return nil, fmt.Errorf("validation set: %w", err)
+	}
+	return &validator{job: job, held: held}, nil
+}
+
+func (v *validator) run(step int, tr *trainer.Trainer) error {
+	job, held := v.job, v.held
+	net := tr.Net(objectives.EMA)
+	if net == nil {
+		net = tr.Net(objectives.Student)
+	}
+	if net == nil || job.Sample.Count <= 0 {
+		return nil
+	}
+	o := sampler.Options{Method: sampler.Method(job.Sample.Sampler), Steps: job.Sample.Steps, CFG: job.Sample.CFG, Shift: job.Sample.Shift}
+	dn := sampler.NewDiTNet(net, 0)
+	defer dn.Free()
+	count := min(job.Sample.Count, held.N)
+	lat, _, _, err := eval.Generate(dn, held, count, 0, job.Seed, o, 0)
+	if err != nil {
+		return err
+	}
+	mean, std := normStats(job, held.C)
+	if err := eval.Denormalize(lat, count, held.C, mean, std); err != nil {
+		return err
+	}
+	if held.C != data.LatentChannels {
+		return nil // previews and pixel metrics need the synthetic latent space
+	}
+	vids, err := eval.DecodeLatents(lat, count, held.C, held.F, held.H, held.W)
+	if err != nil {
+		return err
+	}
+	sub := held.Slice(0, count)
+	real, err := held.Videos()
+	if err != nil {
+		return err
+	}
+	m, err := eval.Score(vids, sub.Captions, real)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(job.OutDir, "samples", fmt.Sprintf("step-%06d", step))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for i, pix := range vids.Pix {
+		base := filepath.Join(dir, fmt.Sprintf("%04d", i))
+		if err := sampler.WriteGIF(base+".gif", pix, vids.F, vids.H, vids.W, 4, 250); err != nil {
+			return err
+		}
+		if err := sampler.WritePNGStrip(base+".png", pix, vids.F, vids.H, vids.W, 4); err != nil {
+			return err
+		}
+	}
+	return tr.LogMetrics(step, map[string]float64{"val/cond_acc": m.CondAcc, "val/fd": m.FD, "val/stability": m.Stability,
+		"val/colour_acc": m.ColourAcc, "val/dir_acc": m.DirAcc})
+}
