@@ -126,21 +126,29 @@ type chunkState struct {
 }
 
 func (s *chunkState) free(d kernels.Device) {
+	s.releaseBufs(d)
+	*s = chunkState{}
+}
+
+// releaseBufs frees the gather buffers (shared by every layer in an inference pass).
+func (s *chunkState) releaseBufs(d kernels.Device) {
 	for l := range s.kBuf {
-		d.Free(s.kBuf[l])
-		d.Free(s.vBuf[l])
+		if l == 0 || s.kBuf[l] != s.kBuf[0] {
+			d.Free(s.kBuf[l])
+			d.Free(s.vBuf[l])
+		}
 	}
 	if s.dkBuf != nil {
 		d.Free(s.dkBuf)
 		d.Free(s.dvBuf)
 	}
-	*s = chunkState{}
+	s.kBuf, s.vBuf, s.dkBuf, s.dvBuf, s.kAll = nil, nil, nil, nil, nil
 }
 
 // ForwardChunk runs the model on the next chunk of a streamed video: x [B, C, k, H, W] holds the
 // frames c.Frames()…+k−1 (RoPE at those absolute positions), t [B, k]. Self-attention sees the
 // cached K/V plus the chunk itself (block-causally inside the chunk if p.S.ChunkFrames < k). The
-// pass must come from NewPass(Shape{F: k, H, W of the cache, ...}). Commit(c, p) then caches the
+// pass must come from NewPass or NewInferencePass(Shape{F: k, H, W of the cache, ...}). Commit(c, p) then caches the
 // chunk's K/V; Backward(p) works, with no gradient into the cache.
 func (m *DiT) ForwardChunk(p *Pass, c *Cache, x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	p.checkInputs(m, x, t, ctx)
@@ -167,22 +175,20 @@ func (m *DiT) prepareChunk(p *Pass, c *Cache) {
 	B, N, D, H, Hd := p.S.B, p.N, p.D, p.Heads, p.Hd
 	need := c.capFrames*c.hw + N
 	if need > s.capTok {
-		for l := range s.kBuf {
-			d.Free(s.kBuf[l])
-			d.Free(s.vBuf[l])
-		}
-		if s.dkBuf != nil {
-			d.Free(s.dkBuf)
-			d.Free(s.dvBuf)
-		}
-		s.kBuf, s.vBuf, s.kAll = nil, nil, nil
+		s.releaseBufs(d)
 		s.capTok = need
-		for range p.blocks {
+		for l := range p.blocks {
+			if p.inference && l > 0 { // layers run one after the other: one gather buffer serves all
+				s.kBuf, s.vBuf = append(s.kBuf, s.kBuf[0]), append(s.vBuf, s.vBuf[0])
+				continue
+			}
 			s.kBuf = append(s.kBuf, d.Alloc(kernels.F32, B*need*D))
 			s.vBuf = append(s.vBuf, d.Alloc(kernels.F32, B*need*D))
 		}
-		s.dkBuf = d.Alloc(kernels.F32, B*need*D)
-		s.dvBuf = d.Alloc(kernels.F32, B*need*D)
+		if !p.inference {
+			s.dkBuf = d.Alloc(kernels.F32, B*need*D)
+			s.dvBuf = d.Alloc(kernels.F32, B*need*D)
+		}
 	}
 	key := [3]any{c, c.gen, s.nc}
 	if s.key == key && s.kAll != nil {
@@ -211,9 +217,12 @@ func (m *DiT) prepareChunk(p *Pass, c *Cache) {
 			s.vB[l] = append(s.vB[l], p.blocks[l].v.View(b*N*D, N*D))
 		}
 	}
+	s.dkN, s.dvN, s.dKrB, s.dVB = nil, nil, nil, nil
+	if p.inference {
+		return
+	}
 	s.dkAll = s.dkBuf.View(0, B, nk, H, Hd)
 	s.dvAll = s.dvBuf.View(0, B, nk, H, Hd)
-	s.dkN, s.dvN, s.dKrB, s.dVB = nil, nil, nil, nil
 	for b := 0; b < B; b++ {
 		s.dkN = append(s.dkN, s.dkBuf.View((b*nk+s.nc)*D, N*D))
 		s.dvN = append(s.dvN, s.dvBuf.View((b*nk+s.nc)*D, N*D))

@@ -126,6 +126,9 @@ func (m *DiT) Backward(p *Pass, dOut *kernels.Tensor) *kernels.Tensor {
 // (Pass.Hidden(layer)), e.g. from a discriminator head on the critic's features. dOut may be nil
 // (then only dHidden is backpropagated).
 func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *kernels.Tensor) *kernels.Tensor {
+	if p.inference {
+		panic("models: Backward on a pass made by NewInferencePass (use NewPass)")
+	}
 	d, w, s, g := m.Dev, &m.w, p.S, &p.g
 	B, F, H, W, hw := s.B, s.F, s.H, s.W, p.hw
 	train := m.G != nil

@@ -107,6 +107,15 @@ func TestGoldens(t *testing.T) {
 						t.Errorf("%s: relative error %.3g > %g", k, errs[k], goldenTol)
 					}
 				}
+				if rep == 0 { // a forward-only pass gives the same output in less memory
+					pi := m.NewInferencePass(s)
+					if e := relErr(host(dev, m.Forward(pi, x, tt, ctx)), want["out"].Data); e > goldenTol {
+						t.Errorf("inference pass: out relative error %.3g", e)
+					}
+					if pi.Bytes() >= p.Bytes()/2 {
+						t.Errorf("inference pass holds %d bytes, the training pass %d", pi.Bytes(), p.Bytes())
+					}
+				}
 				if rep == 1 { // a frozen network (no G) gives the same input gradient
 					fz := New(dev, m.Cfg, false)
 					dev.Copy(fz.W, m.W)

@@ -59,6 +59,7 @@ type Pass struct {
 	chunk     chunkState
 	allocated []*kernels.Tensor
 	d         kernels.Device
+	inference bool // forward-only: blocks share buffers, no backward scratch
 
 	// backward scratch
 	g passGrads
@@ -144,7 +145,14 @@ func (p *Pass) alloc(shape ...int) *kernels.Tensor {
 
 // NewPass allocates the activations of one forward+backward of shape s. It panics on a shape the
 // model cannot run (check it first with s.Check(m.Cfg) where it comes from user input).
-func (m *DiT) NewPass(s Shape) *Pass {
+func (m *DiT) NewPass(s Shape) *Pass { return m.newPass(s, false) }
+
+// NewInferencePass allocates a forward-only pass: the blocks share one set of activation buffers
+// (about 1/Layers of NewPass's memory, plus each block's K/V for Commit). Forward and ForwardChunk
+// work as on any pass; Backward on it panics; Hidden(l) holds the last block's output for every l.
+func (m *DiT) NewInferencePass(s Shape) *Pass { return m.newPass(s, true) }
+
+func (m *DiT) newPass(s Shape, inference bool) *Pass {
 	if err := s.Check(m.Cfg); err != nil {
 		panic(err)
 	}
@@ -174,6 +182,16 @@ func (m *DiT) NewPass(s Shape) *Pass {
 	}
 	x := p.tok
 	for l := 0; l < c.Layers; l++ {
+		if inference && l > 0 {
+			// every block reuses block 0's buffers, except its own K/V (Commit caches them);
+			// the residual stream lives in one buffer, read before it is overwritten
+			a := p.blocks[0]
+			a.x, a.x3 = x, x
+			a.v, a.kr = p.alloc(BN, D), p.alloc(BN, D)
+			a.v4, a.kr4 = a.v.Reshape(B, N, H, Hd), a.kr.Reshape(B, N, H, Hd)
+			p.blocks = append(p.blocks, a)
+			continue
+		}
 		a := blockActs{x: x}
 		a.mod = p.alloc(B, s.F, 6, D)
 		a.modF = a.mod.Reshape(BF, 6, D)
@@ -225,6 +243,10 @@ func (m *DiT) NewPass(s Shape) *Pass {
 	p.y = p.alloc(B, N, 4*p.Co)
 	p.yF = p.y.Reshape(BN, 4*p.Co)
 	p.out = p.alloc(B, p.Co, s.F, s.H, s.W)
+	if inference {
+		p.inference = true
+		return p
+	}
 
 	// backward scratch
 	g := &p.g
