@@ -348,3 +348,72 @@ func TestInOutChannels(t *testing.T) {
 	}
 	t.Logf("d<out,cot>/dx·u: analytic %.6g, FD %.6g; d/dW·u: analytic %.6g, FD %.6g", an, fd, anw, fdw)
 }
+
+// TestBackwardHidden: a gradient injected on a block's output (a discriminator on the critic's
+// features) backpropagates like a finite difference of <Hidden(layer), dH>, alone and added to dOut.
+func TestBackwardHidden(t *testing.T) {
+	cfg := Config{Dim: 32, FFNDim: 64, FreqDim: 256, Heads: 2, Layers: 3, InDim: 4, OutDim: 4, TextDim: 8, TextLen: 4, Eps: 1e-6}
+	dev := kernels.CPU()
+	m := New(dev, cfg, true)
+	randomize(m, 6)
+	rng := rand.New(rand.NewSource(9))
+	s := Shape{B: 1, F: 2, H: 4, W: 2, L: 3}
+	xv := randn(rng, s.B*cfg.InDim*s.F*s.H*s.W, 1)
+	x := devT(dev, xv, s.B, cfg.InDim, s.F, s.H, s.W)
+	tt := devT(dev, []float32{300, 800}, s.B, s.F)
+	ctx := devT(dev, randn(rng, s.B*s.L*cfg.TextDim, 1), s.B, s.L, cfg.TextDim)
+	p := m.NewPass(s)
+	const layer = 1
+	m.Forward(p, x, tt, ctx)
+	dHv := randn(rng, p.Hidden(layer).Numel(), 1)
+	cotv := randn(rng, p.out.Numel(), 1)
+	objective := func(withOut bool) float64 {
+		out := host(dev, m.Forward(p, x, tt, ctx))
+		h := host(dev, p.Hidden(layer))
+		v := 0.0
+		for i := range h {
+			v += float64(h[i]) * float64(dHv[i])
+		}
+		if withOut {
+			for i := range out {
+				v += float64(out[i]) * float64(cotv[i])
+			}
+		}
+		return v
+	}
+	for _, withOut := range []bool{false, true} {
+		m.Forward(p, x, tt, ctx)
+		m.ZeroGrad()
+		var dOut *kernels.Tensor
+		if withOut {
+			dOut = devT(dev, cotv, p.out.Shape...)
+		}
+		dx := host(dev, m.BackwardHidden(p, dOut, layer, devT(dev, dHv, p.Hidden(layer).Shape...)))
+		g := host(dev, m.G)
+		if g[m.Table[len(m.Table)-2].Offset] != 0 && !withOut {
+			t.Error("head.head.bias got a gradient from a hidden-state loss")
+		}
+		u := randn(rng, len(xv), 1)
+		const h = 1e-2
+		set := func(sg float32) {
+			v := make([]float32, len(xv))
+			for i := range v {
+				v[i] = xv[i] + sg*h*u[i]
+			}
+			dev.FromHost(x, v)
+		}
+		set(1)
+		lp := objective(withOut)
+		set(-1)
+		lm := objective(withOut)
+		dev.FromHost(x, xv)
+		fd, an := (lp-lm)/(2*h), 0.0
+		for i := range u {
+			an += float64(u[i]) * float64(dx[i])
+		}
+		if math.Abs(fd-an) > 2e-3*math.Abs(an)+1e-3 {
+			t.Errorf("withOut %v: analytic %.6g, finite difference %.6g", withOut, an, fd)
+		}
+		t.Logf("withOut %v: analytic %.6g, FD %.6g", withOut, an, fd)
+	}
+}
