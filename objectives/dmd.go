@@ -144,6 +144,11 @@ func (o *dmd) generate(s *Step, b *Batch) (*kernels.Tensor, error) {
 func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 	dev := o.env.Dev
 	B := b.B()
+	for i, d := range b.Drop {
+		if d {
+			return Update{}, fmt.Errorf("dmd: sample %d of the batch had its caption dropped by the loader (data.cfg_dropout > 0); distillation conditions the teacher and critic on every caption: set data.cfg_dropout: 0", i)
+		}
+	}
 	m := map[string]float64{}
 	up := Update{Roles: []string{Critic}, Metrics: m}
 

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/eval"
+	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/objectives"
+	"github.com/fewstep/fewstep/sampler"
+	"github.com/fewstep/fewstep/trainer"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+)
+
+var demoCmd = &cobra.Command{
+	Use:   "demo",
+	Short: "The main job: synthetic data → the shipped teacher → DMD distillation → the distillation table (CPU, minutes)",
+	Long: `Runs the whole product on the embedded synthetic dataset, on the CPU, in a few minutes:
+
+  1. writes the synthetic dataset (DATA.md) into the run folder,
+  2. loads the shipped teacher (configs/teacher/teacher.safetensors, made by configs/teacher.yaml),
+  3. distills it into a few-step student with dmd (student and critic start as the teacher),
+  4. evaluates teacher and student on held-out prompts and prints the distillation table
+     (teacher at 50 and k steps, student at k ∈ {1, 2, 4}: CondAcc, FD, stability, NFE, ms/video).
+
+The job is configs/demo.yaml (override keys with --set). The run folder (printed at the start;
+runs/demo-<time> unless --out) keeps the data, metrics.jsonl, checkpoints/, samples/ (student
+previews) and eval/ (table.txt, table.json, teacher and student previews).`,
+	Args: cobra.NoArgs,
+	RunE: runDemo,
+}
+
+func init() {
+	addJobFlags(demoCmd)
+	demoCmd.Flags().Lookup("config").DefValue = "configs/demo.yaml"
+	demoCmd.Flags().Set("config", "configs/demo.yaml")
+	demoCmd.Flags().String("out", "", "run folder (default runs/demo-YYYYMMDD-HHMMSS)")
+	rootCmd.AddCommand(demoCmd)
+}
+
+func runDemo(cmd *cobra.Command, _ []string) error {
+	t0 := time.Now()
+	job, err := loadJob(cmd)
+	if err != nil {
+		return err
+	}
+	w := cmd.ErrOrStderr()
+	out, _ := cmd.Flags().GetString("out")
+	if out == "" {
+		out = filepath.Join("runs", "demo-"+t0.UTC().Format("20060102-150405"))
+	}
+	job.OutDir = out
+	fmt.Fprintf(w, "demo: run folder %s\n", out)
+
+	// 1. data
+	dir := filepath.Join(out, "data")
+	bar := progressbar.NewOptions(job.Data.Synth.Count+job.Data.Synth.HeldoutCount, progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription("data synth"), progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
+	if err := trainer.EnsureData(job, dir, func(done, _ int) { bar.Set(done) }); err != nil {
+		return err
+	}
+	bar.Finish()
+
+	// 2-3. distill
+	tr, err := train(w, job, false)
+	if err != nil {
+		return err
+	}
+	tTrain := time.Since(t0)
+
+	// 4. evaluate
+	tab, err := demoTable(w, job, tr)
+	if err != nil {
+		return err
+	}
+	txt := tab.Text()
+	edir := filepath.Join(out, "eval")
+	if err := os.MkdirAll(edir, 0o755); err != nil {
+		return err
+	}
+	js, err := tab.JSON()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(edir, "table.txt"), []byte(txt), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(edir, "table.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	o := cmd.OutOrStdout()
+	fmt.Fprintf(o, "\nDistillation table (%s → dmd student, %d held-out prompts, CPU):\n%s", job.Roles[objectives.Teacher].Weights, tab.Count, txt)
+	fmt.Fprint(o, verdict(tab))
+	fmt.Fprintf(o, "demo: %.1fs in all (data + distillation %.1fs, evaluation %.1fs); run folder %s\n",
+		time.Since(t0).Seconds(), tTrain.Seconds(), (time.Since(t0) - tTrain).Seconds(), out)
+	fmt.Fprintf(o, "  student: %s\n  table:   %s\n  previews: %s, %s\n",
+		filepath.Join(tr.CheckpointDir(tr.Step), "student.safetensors"), filepath.Join(edir, "table.txt"),
+		filepath.Join(out, "samples"), filepath.Join(edir, "previews"))
+	return nil
+}
+
+// demoTable runs eval.DistillTable on the job's held-out split: the teacher with Euler + CFG
+// (sample.cfg, sample.shift) and the student with the few-step sampler on the levels of its dmd
+// denoising list, and writes previews of the first videos of the teacher at 50 steps and the
+// student at 1 and 4 steps.
+func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, error) {
+	held, err := eval.LoadSet(job.Data.Heldout, job.Data.TextLen)
+	if err != nil {
+		return nil, err
+	}
+	teacher, student := tr.Net(objectives.Teacher), tr.Net(objectives.Student)
+	if teacher == nil || student == nil {
+		return nil, fmt.Errorf("demo: the job's objective %s has no teacher and student", job.Objective)
+	}
+	list, shift, err := dmdList(job)
+	if err != nil {
+		return nil, err
+	}
+	w4, err := paramFloat(job, "cfg", 4) // the guidance the teacher distilled with is the one it is sampled with
+	if err != nil {
+		return nil, err
+	}
+	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed,
+		TeacherCFG: w4, TeacherShift: shift,
+		Student:      sampler.Options{Method: sampler.FewStep, Shift: shift, CFG: 1},
+		StudentLists: SubLists(list, job.Eval.Steps)}
+	spec.Mean, spec.Std = normStats(job, held.C)
+	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("eval"),
+		progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
+	spec.Progress = func(done, total int, row string) {
+		bar.ChangeMax(total)
+		bar.Describe("eval: " + row)
+		bar.Set(done)
+	}
+	tab, err := eval.DistillTable(teacher, student, held, spec)
+	bar.Finish()
+	if err != nil {
+		return nil, err
+	}
+	// previews: 8 prompts, teacher at TeacherSteps, student at 1 and the largest k
+	pdir := filepath.Join(job.OutDir, "eval", "previews")
+	n := min(8, held.N)
+	kmax := job.Eval.Steps[len(job.Eval.Steps)-1]
+	for _, p := range []struct {
+		name string
+		net  *models.DiT
+		o    sampler.Options
+	}{
+		{fmt.Sprintf("teacher-euler%d", job.Eval.TeacherSteps), teacher, sampler.Options{Method: sampler.Euler, Steps: job.Eval.TeacherSteps, CFG: w4, Shift: shift}},
+		{"student-1step", student, sampler.Options{Method: sampler.FewStep, Steps: 1, Shift: shift, Sigmas: spec.StudentLists[1]}},
+		{fmt.Sprintf("student-%dstep", kmax), student, sampler.Options{Method: sampler.FewStep, Steps: kmax, Shift: shift, Sigmas: spec.StudentLists[kmax]}},
+	} {
+		if err := previews(filepath.Join(pdir, p.name), p.net, held, n, job, p.o); err != nil {
+			return nil, err
+		}
+	}
+	return tab, nil
+}
+
+// dmdList is the student's denoising list as σ levels (the dmd params' timesteps, shifted).
+func dmdList(job *config.Job) ([]float64, float64, error) {
+	ts := []float64{1000, 750, 500, 250}
+	if v, ok := job.Params["denoising_timesteps"]; ok {
+		b, _ := json.Marshal(v)
+		if err := json.Unmarshal(b, &ts); err != nil {
+			return nil, 0, fmt.Errorf("params.denoising_timesteps: %v: %w", v, err)
+		}
+	}
+	shift, err := paramFloat(job, "shift", 1)
+	if err != nil {
+		return nil, 0, err
+	}
+	list := make([]float64, len(ts))
+	for i, t := range ts {
+		list[i] = sampler.Shift(t/1000, shift)
+	}
+	return list, shift, nil
+}
+
+func previews(dir string, net *models.DiT, held *eval.Set, n int, job *config.Job, o sampler.Options) error {
+	dn := sampler.NewDiTNet(net, 0)
+	defer dn.Free()
+	lat, _, _, err := eval.Generate(dn, held, n, 0, job.Seed, o, 0)
+	if err != nil {
+		return err
+	}
+	mean, std := normStats(job, held.C)
+	if err := eval.Denormalize(lat, n, held.C, mean, std); err != nil {
+		return err
+	}
+	vids, err := eval.DecodeLatents(lat, n, held.C, held.F, held.H, held.W)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var caps strings.Builder
+	for i, pix := range vids.Pix {
+		base := filepath.Join(dir, fmt.Sprintf("%04d", i))
+		if err := sampler.WriteGIF(base+".gif", pix, vids.F, vids.H, vids.W, 8, 250); err != nil {
+			return err
+		}
+		if err := sampler.WritePNGStrip(base+".png", pix, vids.F, vids.H, vids.W, 8); err != nil {
+			return err
+		}
+		fmt.Fprintf(&caps, "%04d %s\n", i, held.Captions[i])
+	}
+	return os.WriteFile(filepath.Join(dir, "captions.txt"), []byte(caps.String()), 0o644)
+}
+
+// verdict says, per k, whether the student beats the teacher at the same steps on CondAcc and FD.
+func verdict(t *eval.Table) string {
+	var b strings.Builder
+	teacher := map[int]eval.Row{}
+	for _, r := range t.Rows {
+		if r.Model == "teacher" {
+			teacher[r.Steps] = r
+		}
+	}
+	for _, r := range t.Rows {
+		if r.Model != "student" {
+			continue
+		}
+		te, ok := teacher[r.Steps]
+		if !ok {
+			continue
+		}
+		acc, fd := "beats", "beats"
+		if r.CondAcc <= te.CondAcc {
+			acc = "does not beat"
+		}
+		if !(r.FD < te.FD) {
+			fd = "does not beat"
+		}
+		fmt.Fprintf(&b, "  %d step(s): student %s the teacher on CondAcc (%.3f vs %.3f) and %s it on FD (%.3f vs %.3f)\n",
+			r.Steps, acc, r.CondAcc, te.CondAcc, fd, r.FD, te.FD)
+	}
+	return b.String()
+}
+
+// paramFloat reads a number from the job's params (def when absent).
+func paramFloat(job *config.Job, key string, def float64) (float64, error) {
+	v, ok := job.Params[key]
+	if !ok {
+		return def, nil
+	}
+	b, _ := json.Marshal(v)
+	var f float64
+	if err := json.Unmarshal(b, &f); err != nil {
+		return 0, fmt.Errorf("params.%s: %v is not a number", key, v)
+	}
+	return f, nil
+}
