@@ -17,6 +17,10 @@ type Set struct {
 	Captions      []string
 	IDs           []string
 	Tokens        []int // stored (unpadded) text tokens per row
+	// Null is the unconditional (CFG) embedding [L, TextDim]. LoadSet sets the toy encoder's empty
+	// prompt (all zeros, what the loader substitutes for a dropped caption); a real dataset's caller
+	// puts its encoder's empty / negative prompt here.
+	Null []float32
 }
 
 // LoadSet reads a dataset file or folder (vae_latent, text_embedding, caption) with embeddings
@@ -28,6 +32,11 @@ func LoadSet(path string, textLen int) (*Set, error) {
 	}
 	defer ds.Close()
 	s := &Set{N: ds.NumRows(), L: textLen}
+	defer func() {
+		if s.TextDim > 0 {
+			s.Null = make([]float32, textLen*s.TextDim)
+		}
+	}()
 	if s.N == 0 {
 		return nil, fmt.Errorf("eval: %s: no rows", path)
 	}

@@ -26,7 +26,10 @@ func Generate(net sampler.Net, set *Set, count, batch int, seed int64, o sampler
 		frames = set.F
 	}
 	lt := set.L * set.TextDim
-	null := make([]float32, lt) // the toy encoder's empty prompt is all zeros (data.EncodeText(""))
+	null := set.Null
+	if null == nil {
+		null = make([]float32, lt) // the toy encoder's empty prompt is all zeros (data.EncodeText(""))
+	}
 	var out []float32
 	nfe, ms := 0, 0.0
 	for lo := 0; lo < count; lo += batch {
