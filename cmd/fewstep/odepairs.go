@@ -156,7 +156,7 @@ func runODEPairs(cmd *cobra.Command, _ []string) error {
 	for lo := 0; lo < count; lo += batch {
 		hi := min(lo+batch, count)
 		b := &sampler.Batch{C: set.C, F: set.F, H: set.H, W: set.W, L: set.L, TextDim: set.TextDim,
-			Text: set.Text[lo*lt : hi*lt], Null: make([]float32, lt)}
+			Text: set.Text[lo*lt : hi*lt], Null: set.Null}
 		for i := lo; i < hi; i++ {
 			b.Seeds = append(b.Seeds, seed+int64(i))
 		}
