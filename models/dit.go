@@ -1,9 +1,14 @@
 package models
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
 
 	"github.com/fewstep/fewstep/kernels"
 )
@@ -209,29 +214,45 @@ func (m *DiT) Save(path string, dt kernels.DType) error {
 	return WriteSafetensors(path, m.Tensors(m.W, ""), dt, map[string]string{"format": "pt"})
 }
 
-// Load reads weights in Wan2.1's key layout (F32, BF16 or F16) into W. Strict: every key of the
-// table must be present with its shape and no other key may be; the error lists every missing,
-// unexpected and mis-shaped key. W is left unchanged on error.
+// Load reads weights in Wan2.1's key layout (F32, BF16 or F16) into W. path is a safetensors file,
+// a sharded checkpoint's *.safetensors.index.json, or a folder holding either (Wan2.1-14B ships in
+// shards). Strict: every key of the table must be present with its shape and no other key may be;
+// the error lists every missing, unexpected and mis-shaped key. W is left unchanged on error.
 func (m *DiT) Load(path string) error {
-	st, err := openSafetensors(path)
+	files, err := openCheckpoint(path)
+	defer func() {
+		for _, f := range files {
+			f.f.Close()
+		}
+	}()
 	if err != nil {
 		return err
 	}
-	defer st.f.Close()
-	var missing, unexpected, misshaped []string
-	for _, p := range m.Table {
-		i, ok := st.byName[p.Name]
-		if !ok {
-			missing = append(missing, p.Name)
-			continue
-		}
-		if s := st.entries[i].Shape; !sameShape(s, p.Shape) {
-			misshaped = append(misshaped, fmt.Sprintf("%s %v (want %v)", p.Name, s, p.Shape))
+	type loc struct {
+		f *stFile
+		e stEntry
+	}
+	where := map[string]loc{}
+	for _, f := range files {
+		for _, e := range f.entries {
+			if prev, dup := where[e.Name]; dup {
+				return fmt.Errorf("models: load %s: key %s is in both %s and %s", path, e.Name, prev.f.path, f.path)
+			}
+			where[e.Name] = loc{f, e}
 		}
 	}
-	for _, e := range st.entries {
-		if _, ok := m.index[e.Name]; !ok {
-			unexpected = append(unexpected, e.Name)
+	var missing, unexpected, misshaped []string
+	for _, p := range m.Table {
+		l, ok := where[p.Name]
+		if !ok {
+			missing = append(missing, p.Name)
+		} else if !sameShape(l.e.Shape, p.Shape) {
+			misshaped = append(misshaped, fmt.Sprintf("%s %v (want %v)", p.Name, l.e.Shape, p.Shape))
+		}
+	}
+	for name := range where {
+		if _, ok := m.index[name]; !ok {
+			unexpected = append(unexpected, name)
 		}
 	}
 	if len(missing)+len(unexpected)+len(misshaped) > 0 {
@@ -250,12 +271,67 @@ func (m *DiT) Load(path string) error {
 	}
 	host := make([]float32, m.W.Numel())
 	for _, p := range m.Table {
-		if err := st.read(st.entries[st.byName[p.Name]], host[p.Offset:p.Offset+numel(p.Shape)]); err != nil {
+		l := where[p.Name]
+		if err := l.f.read(l.e, host[p.Offset:p.Offset+numel(p.Shape)]); err != nil {
 			return err
 		}
 	}
 	m.Dev.FromHost(m.W, host)
 	return nil
+}
+
+// openCheckpoint opens a safetensors file, the shards named by an index.json, or what a folder holds
+// (its one index.json, else its *.safetensors files).
+func openCheckpoint(path string) ([]*stFile, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("models: load %s: %w", path, err)
+	}
+	var names []string
+	switch {
+	case fi.IsDir():
+		idx, _ := filepath.Glob(filepath.Join(path, "*.safetensors.index.json"))
+		if len(idx) > 1 {
+			return nil, fmt.Errorf("models: load %s: several index files %v: name one", path, idx)
+		}
+		if len(idx) == 1 {
+			return openCheckpoint(idx[0])
+		}
+		names, _ = filepath.Glob(filepath.Join(path, "*.safetensors"))
+		if len(names) == 0 {
+			return nil, fmt.Errorf("models: load %s: no *.safetensors or *.safetensors.index.json in the folder", path)
+		}
+	case strings.HasSuffix(path, ".json"):
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("models: load %s: %w", path, err)
+		}
+		var idx struct {
+			WeightMap map[string]string `json:"weight_map"`
+		}
+		if err := json.Unmarshal(raw, &idx); err != nil || len(idx.WeightMap) == 0 {
+			return nil, fmt.Errorf("models: load %s: not a safetensors index (want {\"weight_map\": {key: file}}): %v", path, err)
+		}
+		seen := map[string]bool{}
+		for _, f := range idx.WeightMap {
+			if !seen[f] {
+				seen[f] = true
+				names = append(names, filepath.Join(filepath.Dir(path), f))
+			}
+		}
+		sort.Strings(names)
+	default:
+		names = []string{path}
+	}
+	var files []*stFile
+	for _, n := range names {
+		f, err := openSafetensors(n)
+		if err != nil {
+			return files, err
+		}
+		files = append(files, f)
+	}
+	return files, nil
 }
 
 func sameShape(a, b []int) bool {

@@ -269,3 +269,87 @@ func TestSaveLoadStrict(t *testing.T) {
 		t.Error("a failed Load changed the weights")
 	}
 }
+
+// A sharded checkpoint (Wan2.1-14B's layout: shards + *.safetensors.index.json) loads from its
+// index or its folder; a key in two shards is an error.
+func TestLoadSharded(t *testing.T) {
+	dir := t.TempDir()
+	cfg, _ := Preset("tiny")
+	dev := kernels.CPU()
+	m := New(dev, cfg, false)
+	m.Init(5)
+	ts := m.Tensors(m.W, "")
+	half := len(ts) / 2
+	wm := map[string]string{}
+	for i, part := range [][]NamedTensor{ts[:half], ts[half:]} {
+		name := []string{"diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"}[i]
+		if err := WriteSafetensors(filepath.Join(dir, name), part, kernels.BF16, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, x := range part {
+			wm[x.Name] = name
+		}
+	}
+	b, _ := json.Marshal(map[string]any{"metadata": map[string]any{"total_size": 0}, "weight_map": wm})
+	idx := filepath.Join(dir, "diffusion_pytorch_model.safetensors.index.json")
+	os.WriteFile(idx, b, 0o644)
+	want := host(dev, m.W)
+	for i := range want {
+		want[i] = BF16ToF32(F32ToBF16(want[i]))
+	}
+	for _, p := range []string{idx, dir} {
+		m2 := New(dev, cfg, false)
+		if err := m2.Load(p); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if e := relErr(host(dev, m2.W), want); e != 0 {
+			t.Errorf("%s: weights differ (rel %g)", p, e)
+		}
+	}
+	// a folder of shards without an index, with one key duplicated
+	dir2 := t.TempDir()
+	WriteSafetensors(filepath.Join(dir2, "a.safetensors"), ts[:half+1], kernels.F32, nil)
+	WriteSafetensors(filepath.Join(dir2, "b.safetensors"), ts[half:], kernels.F32, nil)
+	if err := New(dev, cfg, false).Load(dir2); err == nil || !strings.Contains(err.Error(), "is in both") {
+		t.Errorf("duplicate key: %v", err)
+	}
+	if err := New(dev, cfg, false).Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "no *.safetensors") {
+		t.Errorf("empty folder: %v", err)
+	}
+}
+
+// Weights rounded to BF16 and F16 by PyTorch (scripts/dump_goldens.py) load as exactly our own
+// rounding of the F32 weights: the decoders and the round-to-nearest-even encoders agree with torch.
+func TestTorchHalfWeights(t *testing.T) {
+	cfg, err := ReadWanConfig(filepath.Join("testdata", "odd.config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := kernels.CPU()
+	ref := New(dev, cfg, false)
+	if err := ref.Load(filepath.Join("testdata", "odd.weights.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+	w32 := host(dev, ref.W)
+	for _, c := range []struct {
+		file  string
+		round func(float32) float32
+	}{
+		{"odd.weights.bf16.safetensors", func(x float32) float32 { return BF16ToF32(F32ToBF16(x)) }},
+		{"odd.weights.f16.safetensors", func(x float32) float32 { return F16ToF32(F32ToF16(x)) }},
+	} {
+		m := New(dev, cfg, false)
+		if err := m.Load(filepath.Join("testdata", c.file)); err != nil {
+			t.Fatal(err)
+		}
+		got, bad := host(dev, m.W), 0
+		for i, x := range w32 {
+			if want := c.round(x); got[i] != want {
+				if bad++; bad < 4 {
+					t.Errorf("%s: W[%d] = %g, our rounding of %g gives %g", c.file, i, got[i], x, want)
+				}
+			}
+		}
+		t.Logf("%s: %d values, %d differ from our rounding", c.file, len(w32), bad)
+	}
+}

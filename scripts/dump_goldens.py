@@ -5,6 +5,7 @@ For two small architectures of different shapes, each bidirectional and block-ca
 (all safetensors F32, Wan2.1 key layout) into models/testdata/:
   <preset>.config.json            Wan config.json of the architecture (with text_dim)
   <preset>.weights.safetensors    random weights, every parameter randomized (head included)
+  odd.weights.{bf16,f16}.safetensors  the same weights rounded by torch to BF16 / F16
   <case>.inputs.safetensors       x [B,C,F,H,W], t [B,F] (distinct per frame), context [B,L,text_dim],
                                   cotangent [B,C,F,H,W]
   <case>.expect.safetensors       out, grad.x and grad.<param> of <out, cotangent> for every parameter
@@ -27,15 +28,25 @@ ARCHS = {
 }
 
 
-def write_safetensors(path, tensors, meta=None):
-    """tensors: list of (name, float32 tensor). 8-byte aligned header, written atomically."""
+def tensor_bytes(t, dtype):
+    t = t.detach().contiguous().cpu()
+    if dtype == "F32":
+        return t.to(torch.float32).numpy().astype("<f4").tobytes()
+    if dtype == "F16":
+        return t.to(torch.float16).numpy().astype("<f2").tobytes()
+    if dtype == "BF16":  # torch's own float32 -> bfloat16 rounding; bytes through an int16 view
+        return t.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
+    raise ValueError(dtype)
+
+
+def write_safetensors(path, tensors, meta=None, dtype="F32"):
+    """tensors: list of (name, tensor) stored as dtype. 8-byte aligned header, written atomically."""
     hdr, blobs, off = {}, [], 0
     if meta:
         hdr["__metadata__"] = {k: str(v) for k, v in meta.items()}
     for name, t in tensors:
-        t = t.detach().to(torch.float32).contiguous().cpu()
-        b = t.numpy().astype("<f4").tobytes()
-        hdr[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        b = tensor_bytes(t, dtype)
+        hdr[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
     h = json.dumps(hdr, separators=(",", ":")).encode()
@@ -90,6 +101,10 @@ def main():
             f.write("\n")
         write_safetensors(os.path.join(args.out, arch + ".weights.safetensors"),
                           [(n, q) for n, q in model.named_parameters()], {"format": "pt"})
+        if arch == "odd":  # the same weights rounded by torch to 16 bits: checks the Go decoders/rounding
+            for dt in ("BF16", "F16"):
+                write_safetensors(os.path.join(args.out, "%s.weights.%s.safetensors" % (arch, dt.lower())),
+                                  [(n, q) for n, q in model.named_parameters()], {"format": "pt"}, dt)
         for case, B, Fr, H, W, L, chunk in cases:
             C = p["in_dim"]
             x = torch.randn(B, C, Fr, H, W, generator=gen).requires_grad_(True)
