@@ -84,7 +84,7 @@ type Sample struct {
 	CFG     float64 `mapstructure:"cfg" yaml:"cfg" json:"cfg"` // v = v_u + w·(v_c − v_u); 1 = none
 	Shift   float64 `mapstructure:"shift" yaml:"shift" json:"shift"`
 	Count   int     `mapstructure:"count" yaml:"count" json:"count"`
-	Sampler string  `mapstructure:"sampler" yaml:"sampler" json:"sampler"` // euler | consistency | stream
+	Sampler string  `mapstructure:"sampler" yaml:"sampler" json:"sampler"` // euler | fewstep | consistency | stream
 }
 
 // Eval is the distillation table's setup.
