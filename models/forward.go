@@ -34,8 +34,8 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 	}
 
 	// patch embedding: a linear layer on each 1×2×2 patch
-	d.Patchify(p.xp, x, B, p.C, F, H, W)         // [B, N, 4C]
-	d.Linear(p.tok, p.xpF, w.Patch.W, w.Patch.B) // [B·N, D]
+	d.Patchify(p.xp, x, B, p.C, F, H, W)          // [B, N, 4C]
+	d.Linear(p.tokF, p.xpF, w.Patch.W, w.Patch.B) // [B·N, D]
 
 	// text embedding
 	d.Copy(p.ctxIn, ctx)                          // [B·L, text_dim]
@@ -44,13 +44,13 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 	d.Linear(p.ctx, p.c1g, w.Text2.W, w.Text2.B)  // [B·L, D]
 
 	// time embedding, per frame
-	d.Copy(p.tIn, t)                                 // [B·F]
-	d.Sinusoid(p.tsin, p.tIn, cfg.FreqDim/2)         // [B·F, 256] = [cos, sin]
-	d.Linear(p.e1, p.tsin, w.Time0.W, w.Time0.B)     // [B·F, D]
-	d.SiLU(p.e1s, p.e1)                              // [B·F, D]
-	d.Linear(p.e, p.e1s, w.Time2.W, w.Time2.B)       // [B·F, D] e
-	d.SiLU(p.es, p.e)                                // [B·F, D]
-	d.Linear(p.e0, p.es, w.TimeProj.W, w.TimeProj.B) // [B·F, 6·D] e0
+	d.Copy(p.tIn, t)                                  // [B·F]
+	d.Sinusoid(p.tsin, p.tIn, cfg.FreqDim/2)          // [B·F, 256] = [cos, sin]
+	d.Linear(p.e1, p.tsin, w.Time0.W, w.Time0.B)      // [B·F, D]
+	d.SiLU(p.e1s, p.e1)                               // [B·F, D]
+	d.Linear(p.e, p.e1s, w.Time2.W, w.Time2.B)        // [B·F, D] e
+	d.SiLU(p.es, p.e)                                 // [B·F, D]
+	d.Linear(p.e0F, p.es, w.TimeProj.W, w.TimeProj.B) // [B·F, 6·D] e0
 
 	for l := range p.blocks {
 		a, bw := &p.blocks[l], &w.Blocks[l]

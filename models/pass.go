@@ -36,13 +36,13 @@ type Pass struct {
 	tIn       *kernels.Tensor // [B·F] copy of t
 	ctxIn     *kernels.Tensor // [B·L, text_dim] copy of the context
 	xp, xpF   *kernels.Tensor // [B, N, 4C] patches; [B·N, 4C]
-	tok       *kernels.Tensor // [B, N, D] patch tokens = block 0's input
+	tok, tokF *kernels.Tensor // [B, N, D] patch tokens = block 0's input; [B·N, D]
 	c1, c1g   *kernels.Tensor // [B·L, D] text MLP hidden, after GELU
 	ctx       *kernels.Tensor // [B·L, D] embedded context
 	tsin      *kernels.Tensor // [B·F, freq_dim] sinusoid of t
 	e1, e1s   *kernels.Tensor // [B·F, D] time MLP hidden, after SiLU
 	e, es     *kernels.Tensor // [B·F, D] time embedding e, SiLU(e)
-	e0        *kernels.Tensor // [B·F, 6, D] time projection
+	e0, e0F   *kernels.Tensor // [B·F, 6, D] time projection; [B·F, 6·D]
 	eRows     []*kernels.Tensor
 	eDup      *kernels.Tensor // [B·F, 2, D] e copied twice (head modulation broadcast)
 	eDupRows  []*kernels.Tensor
@@ -169,10 +169,12 @@ func (m *DiT) newPass(s Shape, inference bool) *Pass {
 	p.xp = p.alloc(B, N, 4*p.C)
 	p.xpF = p.xp.Reshape(BN, 4*p.C)
 	p.tok = p.alloc(B, N, D)
+	p.tokF = p.tok.Reshape(BN, D)
 	p.c1, p.c1g, p.ctx = p.alloc(BL, D), p.alloc(BL, D), p.alloc(BL, D)
 	p.tsin = p.alloc(BF, c.FreqDim)
 	p.e1, p.e1s, p.e, p.es = p.alloc(BF, D), p.alloc(BF, D), p.alloc(BF, D), p.alloc(BF, D)
 	p.e0 = p.alloc(BF, 6, D)
+	p.e0F = p.e0.Reshape(BF, 6*D)
 	p.eDup = p.alloc(BF, 2, D)
 	p.hmod = p.alloc(B, s.F, 2, D)
 	p.hmodF = p.hmod.Reshape(BF, 2, D)
