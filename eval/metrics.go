@@ -13,6 +13,17 @@ import (
 type Videos struct {
 	F, H, W int
 	Pix     [][]float32
+	// DirFrames > 0 measures the motion direction over frames 0..DirFrames (default ⌊F/2⌋); set it
+	// to half the training length for longer (streamed) videos.
+	DirFrames int
+}
+
+func (v Videos) analyze(i int) Analysis {
+	last := v.DirFrames
+	if last <= 0 {
+		last = v.F / 2
+	}
+	return AnalyzeDir(v.Pix[i], v.F, v.H, v.W, last)
 }
 
 // DecodeLatents decodes N synthetic latents [N, 48, F, h, w] to pixels (data.DecodeLatent).
@@ -161,7 +172,7 @@ func Score(gen Videos, captions []string, real Videos) (Metrics, error) {
 		if err != nil {
 			return Metrics{}, fmt.Errorf("eval: video %d: %w", i, err)
 		}
-		an := Analyze(pix, gen.F, gen.H, gen.W)
+		an := gen.analyze(i)
 		okC, okD := an.Found && an.Nearest == colour, an.Found && an.Direction == dir
 		if okC {
 			m.ColourAcc++
@@ -202,7 +213,7 @@ func Score(gen Videos, captions []string, real Videos) (Metrics, error) {
 func RealFeatures(v Videos) [][]float64 {
 	out := make([][]float64, len(v.Pix))
 	for i, pix := range v.Pix {
-		out[i] = Features(pix, v.F, v.H, v.W, Analyze(pix, v.F, v.H, v.W))
+		out[i] = Features(pix, v.F, v.H, v.W, v.analyze(i))
 	}
 	return out
 }

@@ -106,39 +106,43 @@ type Row struct {
 
 // Table is the distillation table.
 type Table struct {
-	Count int   `json:"count"` // videos per row
-	Seed  int64 `json:"seed"`
-	Rows  []Row `json:"rows"`
+	Count     int   `json:"count"`     // videos per row
+	Reference int   `json:"reference"` // real held-out videos the FD compares with
+	Seed      int64 `json:"seed"`
+	Rows      []Row `json:"rows"`
 }
 
 // DistillTable samples the teacher (Euler, CFG) at TeacherSteps and at each k, and the student at
 // each k with its own sampler, for the first Count held-out prompts, and scores every row against
-// the held-out videos. The first row, "data", is the held-out videos themselves (CondAcc and
-// stability of real data; its FD is between the two halves of the held-out set — the floor that
-// finite sample sizes allow). The student may be nil (teacher rows only).
+// the held-out videos after those rows (all of them if fewer than 16 are left). The first row,
+// "data", is the prompts' own real videos scored the same way: CondAcc 1, stability ≈ 0, and the FD
+// floor that Count samples allow. The student may be nil (teacher rows only).
 func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Table, error) {
 	if spec.Count <= 0 || spec.Count > held.N {
 		spec.Count = held.N
 	}
-	real, err := held.Videos()
+	// The FD reference: the held-out videos after the prompts' rows (disjoint from the data row), or
+	// all of them when too few are left.
+	refSet := held
+	if held.N-spec.Count >= 16 {
+		refSet = held.Slice(spec.Count, held.N)
+	}
+	real, err := refSet.Videos()
 	if err != nil {
 		return nil, err
 	}
 	realFeats := RealFeatures(real)
-	t := &Table{Count: spec.Count, Seed: spec.Seed}
+	t := &Table{Count: spec.Count, Seed: spec.Seed, Reference: refSet.N}
 
-	// the data row
+	// the data row: the prompts' own real videos, scored like a generated row
 	sub := held.Slice(0, spec.Count)
 	subV, _ := sub.Videos()
 	dm, err := Score(subV, sub.Captions, Videos{})
 	if err != nil {
 		return nil, err
 	}
-	if h := held.N / 2; h >= 2 {
-		dm.FD, err = Frechet(realFeats[:h], realFeats[h:2*h])
-		if err != nil {
-			return nil, err
-		}
+	if dm.FD, err = Frechet(RealFeatures(subV), realFeats); err != nil {
+		return nil, err
 	}
 	t.Rows = append(t.Rows, Row{Model: "data", Sampler: "real", Frames: held.F, Metrics: dm})
 
@@ -200,6 +204,7 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 		if err != nil {
 			return nil, err
 		}
+		gen.DirFrames = held.F / 2 // the bounce-free half of the training length, also for long videos
 		m, err := Score(gen, held.Captions[:spec.Count], Videos{})
 		if err != nil {
 			return nil, err
@@ -207,7 +212,7 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 		if frames == held.F {
 			feats := make([][]float64, len(gen.Pix))
 			for n, pix := range gen.Pix {
-				feats[n] = Features(pix, gen.F, gen.H, gen.W, Analyze(pix, gen.F, gen.H, gen.W))
+				feats[n] = Features(pix, gen.F, gen.H, gen.W, gen.analyze(n))
 			}
 			if m.FD, err = Frechet(feats, realFeats); err != nil {
 				return nil, err
@@ -229,6 +234,7 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 // Text renders the table for a terminal.
 func (t *Table) Text() string {
 	var b strings.Builder
+	fmt.Fprintf(&b, "distillation table: %d held-out prompts per row, FD against %d real held-out videos, seed %d\n", t.Count, t.Reference, t.Seed)
 	fmt.Fprintf(&b, "%-8s %-12s %5s %6s %5s %8s %8s %9s %10s %10s %9s\n",
 		"model", "sampler", "steps", "frames", "NFE", "CondAcc", "FD", "stability", "ms/video", "frames/s", "n")
 	for _, r := range t.Rows {
@@ -267,8 +273,9 @@ func (t *Table) JSON() ([]byte, error) {
 		}
 	}
 	return json.MarshalIndent(struct {
-		Count int    `json:"count"`
-		Seed  int64  `json:"seed"`
-		Rows  []jrow `json:"rows"`
-	}{t.Count, t.Seed, rows}, "", "  ")
+		Count     int    `json:"count"`
+		Reference int    `json:"reference"`
+		Seed      int64  `json:"seed"`
+		Rows      []jrow `json:"rows"`
+	}{t.Count, t.Reference, t.Seed, rows}, "", "  ")
 }

@@ -39,8 +39,12 @@ const (
 	minSpeedPx  = 0.25
 )
 
-// Analyze measures pix [3, F, H, W] in [0, 1].
-func Analyze(pix []float32, F, H, W int) Analysis {
+// Analyze measures pix [3, F, H, W] in [0, 1], the direction over frames 0..⌊F/2⌋.
+func Analyze(pix []float32, F, H, W int) Analysis { return AnalyzeDir(pix, F, H, W, F/2) }
+
+// AnalyzeDir is Analyze with the direction measured over frames 0..last (last ≥ 1): for a video
+// longer than the training length, the training length's first half (the bounce-free part).
+func AnalyzeDir(pix []float32, F, H, W, last int) Analysis {
 	bg := [3]float64{float64(data.Background.R), float64(data.Background.G), float64(data.Background.B)}
 	plane := H * W
 	at := func(c, f, i int) float64 { return float64(pix[(c*F+f)*plane+i]) }
@@ -148,8 +152,8 @@ func Analyze(pix []float32, F, H, W int) Analysis {
 	}
 	an.Found = seen >= 2
 
-	// direction: least-squares slope of the centre over frames 0..⌊F/2⌋ (at least 0..1)
-	last := max(F/2, 1)
+	// direction: least-squares slope of the centre over frames 0..last (at least 0..1)
+	last = max(last, 1)
 	if last >= F {
 		return an
 	}
