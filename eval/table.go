@@ -79,6 +79,9 @@ type TableSpec struct {
 	// stream (the causal Self-Forcing student; also set ChunkFrames etc.); CFG, Shift, GridN.
 	// Steps and Sigmas are set per row.
 	Student sampler.Options
+	// StudentCausal runs the student block-causally (chunks of Student.ChunkFrames) with every
+	// sampler; the stream sampler always does.
+	StudentCausal bool
 	// StudentLists optionally gives the exact denoising list (σ values) per k, e.g. the timesteps the
 	// student was trained on /1000; absent k use DenoisingList(k, Student.Shift).
 	StudentLists map[int][]float64
@@ -164,7 +167,7 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 	var snet *sampler.DiTNet
 	if student != nil {
 		chunk := 0
-		if spec.Student.Method == sampler.Stream {
+		if spec.Student.Method == sampler.Stream || spec.StudentCausal {
 			chunk = spec.Student.ChunkFrames
 		}
 		snet = sampler.NewDiTNet(student, chunk)

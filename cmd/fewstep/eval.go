@@ -221,6 +221,7 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 		spec.Student.Shift = job.Sample.Shift
 	}
 	spec.Student.GridN, _ = fl.GetInt("grid-n")
+	spec.StudentCausal = job.Model.Causal
 	if ts, _ := fl.GetString("student-timesteps"); ts != "" {
 		var list []float64
 		for _, f := range strings.Split(ts, ",") {

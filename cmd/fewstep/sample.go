@@ -238,8 +238,8 @@ func runSample(cmd *cobra.Command, _ []string) error {
 	if _, err := saveJob(job, out); err != nil {
 		return err
 	}
-	chunk := 0
-	if o.Method == sampler.Stream {
+	chunk := 0 // block-causal forwards for the causal student (model.causal), whatever the sampler
+	if o.Method == sampler.Stream || job.Model.Causal {
 		chunk = o.ChunkFrames
 	}
 	net := sampler.NewDiTNet(m, chunk)
