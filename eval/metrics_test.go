@@ -126,3 +126,70 @@ func TestScoreBadInputs(t *testing.T) {
 		t.Fatal("16-channel latents decoded as synthetic: no error")
 	}
 }
+
+// The metrics respond to corruption the way a quality measure must: FD grows with the strength of
+// pixel noise while CondAcc survives mild noise; time reversal breaks the direction only; a colour
+// permutation breaks the colour only (FD, which is unconditional, rightly barely moves for these
+// two: reversed and recoloured videos are still videos of the data distribution).
+func TestMetricsTrackCorruption(t *testing.T) {
+	const n = 64
+	held, caps, _ := realSet(t, 21, "heldout", 0, n)
+	ref, _, _ := realSet(t, 21, "train", 0, 2*n)
+	r := rand.New(rand.NewPCG(uint64(rand.Int64()), 9))
+	corrupt := func(f func(pix []float32) []float32) Videos {
+		v := Videos{F: tF, H: tS, W: tS}
+		for _, p := range held.Pix {
+			v.Pix = append(v.Pix, f(append([]float32(nil), p...)))
+		}
+		return v
+	}
+	prev := -1.0
+	for _, s := range []float64{0, 0.05, 0.1, 0.2, 0.4} {
+		v := corrupt(func(p []float32) []float32 {
+			for i := range p {
+				p[i] = float32(math.Min(math.Max(float64(p[i])+s*r.NormFloat64(), 0), 1))
+			}
+			return p
+		})
+		m, err := Score(v, caps, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("pixel noise %.2f: CondAcc %.3f FD %.3f stability %.4f", s, m.CondAcc, m.FD, m.Stability)
+		if m.FD <= prev {
+			t.Fatalf("pixel noise %g: FD %g not above the previous level's %g", s, m.FD, prev)
+		}
+		prev = m.FD
+		if s <= 0.1 && m.CondAcc < 0.95 {
+			t.Fatalf("pixel noise %g: CondAcc %g", s, m.CondAcc)
+		}
+	}
+	plane := tS * tS
+	rev := corrupt(func(p []float32) []float32 { // frames in reverse order
+		q := make([]float32, len(p))
+		for c := 0; c < 3; c++ {
+			for f := 0; f < tF; f++ {
+				copy(q[(c*tF+f)*plane:(c*tF+f+1)*plane], p[(c*tF+tF-1-f)*plane:(c*tF+tF-f)*plane])
+			}
+		}
+		return q
+	})
+	perm := corrupt(func(p []float32) []float32 { // RGB → GBR
+		q := make([]float32, len(p))
+		n := tF * plane
+		copy(q[0:n], p[n:2*n])
+		copy(q[n:2*n], p[2*n:])
+		copy(q[2*n:], p[:n])
+		return q
+	})
+	mr, _ := Score(rev, caps, ref)
+	mp, _ := Score(perm, caps, ref)
+	t.Logf("time-reversed: %+v", mr)
+	t.Logf("colour-permuted: %+v", mp)
+	if mr.ColourAcc != 1 || mr.DirAcc > 0.25 {
+		t.Fatalf("time reversal: colour %g (want 1), direction %g (want ≈ 0: only bounced tracks can agree)", mr.ColourAcc, mr.DirAcc)
+	}
+	if mp.DirAcc != 1 || mp.ColourAcc > 0.2 {
+		t.Fatalf("colour permutation: direction %g (want 1), colour %g (want ≈ 0)", mp.DirAcc, mp.ColourAcc)
+	}
+}
