@@ -14,6 +14,9 @@
 // kernel. Launch shapes and shared memory sizes are mirrored in attention.go.
 #include "common.cuh"
 
+// build-fallback: -DATTN_RED_V2=2
+// build-fallback: -DATTN_RED_V2=0
+
 typedef unsigned short bf16_t;
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -390,16 +393,17 @@ __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *
                                                                int qoff, float scale) {                    \
         attn_fwd_body<HD, NW, WM, BC, T>(q, k, v, out, lse, Nq, Nk, H, ct, qoff, scale);                   \
     }
-FWD(128, 8, 1, 64, bf16_t, attn_fwd_hd128_bf16)
+FWD(128, 8, 1, 64, bf16_t, attn_fwd_hd128_bf16)       // 128-row blocks: small grids, block-causal
+FWD(128, 8, 2, 32, bf16_t, attn_fwd_hd128_bf16_r256)  // 256-row blocks: large grids (v3: 295 vs 268 TFLOP/s)
 FWD(128, 8, 1, 64, float, attn_fwd_hd128_f32)
 FWD(64, 8, 1, 64, bf16_t, attn_fwd_hd64_bf16)
 FWD(64, 8, 1, 64, float, attn_fwd_hd64_f32)
-#ifdef ATTN_VARIANTS  // tuning candidates, built by scripts/attn_bench only
+#ifdef ATTN_VARIANTS  // tuning candidates, built by scripts/attn_bench only (see ATTENTION_NOTES.md)
 FWD(128, 4, 2, 64, bf16_t, attn_fwdv_hd128_w4m2b64)
 FWD(128, 4, 2, 32, bf16_t, attn_fwdv_hd128_w4m2b32)
-FWD(128, 8, 2, 32, bf16_t, attn_fwdv_hd128_w8m2b32)
 FWD(128, 8, 1, 128, bf16_t, attn_fwdv_hd128_w8m1b128)
 FWD(64, 4, 2, 64, bf16_t, attn_fwdv_hd64_w4m2b64)
+FWD(64, 8, 2, 32, bf16_t, attn_fwdv_hd64_w8m2b32)
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -781,11 +785,13 @@ __device__ __forceinline__ void attn_fwd_wgmma_pipe_body(const bf16_t *__restric
     asm volatile("trap;");
 #endif
 }
+#ifdef ATTN_VARIANTS
 extern "C" __global__ void __launch_bounds__(256, 1)
     attn_fwdw_hd128_pipe(const bf16_t *q, const bf16_t *k, const bf16_t *v, bf16_t *out, float *lse, int Nq, int Nk,
                          int H, int ct, int qoff, float scale) {
     attn_fwd_wgmma_pipe_body(q, k, v, out, lse, Nq, Nk, H, ct, qoff, scale);
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------
 // Fast backward. Prep: D[b,h,i] = Σ_d dO·O (fp32 [B,H,Nq]). Main: one block per 128-key tile (8 warps

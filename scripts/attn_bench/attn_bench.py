@@ -53,18 +53,29 @@ DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 SUF = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
-FWD_CFG = (8, 1, 64)  # the shipped forward: warps per block, 16-row m-tiles per warp, keys per tile
+# The shipped forward configurations (attention.cu FWD, attention.go attnFwdPick): name suffix →
+# (warps, 16-row m-tiles per warp, keys per tile).
+FWD_CFGS = {"": (8, 1, 64), "_r256": (8, 2, 32)}
+SMS = torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def fwd_pick(B, Nq, H, hd, dt, ct):  # attention.go's attnFwdPick
+    if hd == 128 and dt == torch.bfloat16 and (ct == 0 or (Nq + 255) // 256 * H * B >= 4 * SMS):
+        return "_r256"
+    return ""
+
+
 VARIANTS = {  # tuning candidates (built with -DATTN_VARIANTS): name → (hd, warps, m-tiles, keys per tile)
     "attn_fwdv_hd128_w4m2b64": (128, 4, 2, 64), "attn_fwdv_hd128_w4m2b32": (128, 4, 2, 32),
-    "attn_fwdv_hd128_w8m2b32": (128, 8, 2, 32), "attn_fwdv_hd128_w8m1b128": (128, 8, 1, 128),
-    "attn_fwdv_hd64_w4m2b64": (64, 4, 2, 64),
-    # Hopper wgmma kernels (warps 8 = 2 warpgroups, 128 rows, 128-key tiles, 160 KB shared memory)
+    "attn_fwdv_hd128_w8m1b128": (128, 8, 1, 128),
+    "attn_fwdv_hd64_w4m2b64": (64, 4, 2, 64), "attn_fwdv_hd64_w8m2b32": (64, 8, 2, 32),
+    # Hopper wgmma kernels (8 warps = 2 warpgroups, 128 rows, 128-key tiles)
     "attn_fwdw_hd128_serial": (128, 8, 1, "w"), "attn_fwdw_hd128_pipe": (128, 8, 1, "w3"),
 }
 WG_SMEM = {"w": (128 * 128 + 4 * 128 * 128) * 2, "w3": (128 * 128 + 6 * 128 * 128) * 2}
 
 
-def fwd_smem(hd, nw=FWD_CFG[0], wm=FWD_CFG[1], bc=FWD_CFG[2]):
+def fwd_smem(hd, nw, wm, bc):
     return (nw * wm * 16 + 4 * bc) * (hd + 8) * 2
 
 
@@ -81,7 +92,8 @@ def fast_ok(hd, dt):
     return hd in (64, 128) and dt in (torch.bfloat16, torch.float32)
 
 
-def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None):
+def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None, cfg=None):
+    """variant: a tuning kernel by name; cfg: a shipped configuration suffix ("" or "_r256"), None = as attention.go picks."""
     B, Nq, H, hd = q.shape
     Nk = k.shape[1]
     assert fast_ok(hd, q.dtype)
@@ -94,7 +106,9 @@ def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None):
             fn(name, sm)((((Nq + 127) // 128), H, B), (256,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
             return
     else:
-        (nw, wm, bc), name = FWD_CFG, f"attn_fwd_hd{hd}_{SUF[q.dtype]}"
+        if cfg is None:
+            cfg = fwd_pick(B, Nq, H, hd, q.dtype, ct)
+        (nw, wm, bc), name = FWD_CFGS[cfg], f"attn_fwd_hd{hd}_{SUF[q.dtype]}{cfg}"
     br, sm = nw * wm * 16, fwd_smem(hd, nw, wm, bc)
     fn(name, sm)((((Nq + br - 1) // br), H, B), (nw * 32,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
 
@@ -150,13 +164,13 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None):
+def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None, cfg=None):
     dev = "cuda"
     q, k, v = (torch.randn(B, n, H, hd, device=dev).to(dt) for n in (Nq, Nk, Nk))
     dO = torch.randn(B, Nq, H, hd, device=dev).to(dt)
     out = torch.full((B, Nq, H, hd), float("nan"), device=dev, dtype=dt)  # poisoned
     lse = torch.full((B, H, Nq), float("nan"), device=dev)
-    attn_fwd(out, lse, q, k, v, ct, qoff)
+    attn_fwd(out, lse, q, k, v, ct, qoff, cfg=cfg)
     g0s = 1.0 if gdt == torch.float32 else 1e-3  # bf16 sums lose the small addend: keep the start small
     g0 = [(g0s * torch.randn(B, n, H, hd, device=dev)).to(gdt) for n in (Nq, Nk, Nk)]  # += onto these
     dQ, dK, dV = (t.clone() for t in g0)
@@ -168,7 +182,8 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
     errs = dict(out=rel(out, ro), lse=rel(lse, rl), dq=rel(dQ.double() - g0[0].double(), rq),
                 dk=rel(dK.double() - g0[1].double(), rk), dv=rel(dV.double() - g0[2].double(), rv))
     ok = all(e <= tol for e in errs.values())
-    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
+    fc = fwd_pick(B, Nq, H, hd, dt, ct) if cfg is None else cfg
+    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''}fwd{fc or '_r128'} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
           + " ".join(f"{k}={v:.2e}" for k, v in errs.items()), flush=True)
     return ok
 
@@ -202,8 +217,8 @@ def bench_ms(f, iters, warm=2):
     return float(np.median(ts))
 
 
-def bench(N, ct, iters):
-    B, H, hd = 1, 12, 128
+def bench(N, ct, iters, H=12, hd=128):
+    B = 1
     dev = "cuda"
     q, k, v, dO = (torch.randn(B, N, H, hd, device=dev, dtype=torch.bfloat16) for _ in range(4))
     out = torch.empty_like(q)
@@ -215,7 +230,11 @@ def bench(N, ct, iters):
     fbwd = 2.5 * ffwd
     t_f = bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0), iters)
     t_b = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws), iters)
-    rows = [("ours", t_f, t_b)]
+    pick = fwd_pick(B, N, H, hd, torch.bfloat16, ct)
+    rows = [(f"ours (fwd{pick or '_r128'})", t_f, t_b)]
+    if hd == 128:
+        other = "" if pick else "_r256"
+        rows.append((f"ours, fwd{other or '_r128'}", bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0, cfg=other), iters), float("nan")))
     if HAVE_VARIANTS:
         for name, (vhd, *_) in VARIANTS.items():
             if vhd == hd and usable(name):
@@ -253,7 +272,7 @@ def bench(N, ct, iters):
         except Exception as e:
             print(f"  flex_attention: not run ({str(e).splitlines()[0][:120]})")
     for label, tf, tb in rows:
-        print(f"  N={N:6d} ct={ct:5d} {label:26s} fwd {tf:8.3f} ms {ffwd / tf / 1e9:6.1f} TFLOP/s   bwd {tb:8.3f} ms {fbwd / tb / 1e9:6.1f} TFLOP/s", flush=True)
+        print(f"  N={N:6d} ct={ct:5d} H={H} hd={hd} {label:26s} fwd {tf:8.3f} ms {ffwd / tf / 1e9:6.1f} TFLOP/s   bwd {tb:8.3f} ms {fbwd / tb / 1e9:6.1f} TFLOP/s", flush=True)
 
 
 def profile():
@@ -306,6 +325,9 @@ def main():
         ok &= check(*c, dt=torch.bfloat16, gdt=torch.bfloat16)              # bf16 grads (dQ via fp32 scratch)
     ok &= check(1, 4680, 4680, 2, 128, 1560, 0)                              # Wan chunk size
     ok &= check(1, 1560, 4680, 2, 128, 1560, 3120)
+    for c in cases:  # the other hd-128 bf16 forward configuration on every case
+        if c[4] == 128:
+            ok &= check(*c, cfg="" if fwd_pick(c[0], c[1], c[3], 128, torch.bfloat16, c[5]) else "_r256")
     if HAVE_VARIANTS:
         for name in filter(usable, VARIANTS):
             for c in [(2, 200, 200, 3, 0, 0), (1, 130, 390, 2, 130, 260), (1, 300, 300, 2, 64, 0), (1, 1000, 1000, 2, 100, 0)]:
@@ -319,6 +341,7 @@ def main():
         for N in (4680, 32760):
             for ct in (0, 1560):
                 bench(N, ct, it if N < 10000 else max(3, it // 4))
+        bench(4680, 0, it, H=24, hd=64)
 
 
 if __name__ == "__main__":
