@@ -116,6 +116,7 @@ func scoreSamples(cmd *cobra.Command, samples string, held *eval.Set) error {
 	if err != nil {
 		return fmt.Errorf("eval: %s: %w", samples, err)
 	}
+	gen.DirFrames = held.F / 2 // the direction over the bounce-free half of the training length
 	real, err := held.Videos()
 	if err != nil {
 		return fmt.Errorf("eval: held-out: %w", err)

@@ -121,6 +121,20 @@ func TestSampleAndEvalCommands(t *testing.T) {
 	if err != nil || json.Unmarshal(b, &rec) != nil || rec.Metrics.N != 3 || rec.Metrics.FD <= 0 {
 		t.Fatalf("metrics.json: %v %s", err, b)
 	}
+	// the causal student streamed to twice the dataset's length (model.chunk_frames 2)
+	long := filepath.Join(dir, "long")
+	run(t, "sample", "--weights", weights, "--prompts", held, "--sampler", "stream", "--steps", "2", "--frames", "8",
+		"--count", "2", "--out", long, "--device", "cpu", "--set", "model.chunk_frames=2", "--set", "model.causal=true",
+		"--set", "data.text_len=8", "--set", "model.preset=tiny", "--set", "out_dir="+dir)
+	st, _, err = models.ReadSafetensors(filepath.Join(long, "samples.safetensors"))
+	if err != nil || st["latents"].Shape[2] != 8 {
+		t.Fatalf("streamed samples: %v %v", err, st["latents"].Shape)
+	}
+	txt = run(t, "eval", "--samples", filepath.Join(long, "samples.safetensors"), "--heldout", held,
+		"--set", "data.text_len=8", "--set", "out_dir="+dir)
+	if !strings.Contains(txt, "CondAcc") {
+		t.Fatalf("eval of the long samples: %s", txt)
+	}
 }
 
 // `fewstep eval --teacher --student`: the table files.
