@@ -45,6 +45,7 @@ func init() {
 	f.Int("chunk-frames", 0, "block-causal attention over chunks of this many frames (0: bidirectional)")
 	f.Bool("graph", false, "capture the forward in a CUDA graph and time its replays")
 	f.Bool("train", false, "also time forward+backward (parameter gradients)")
+	f.Bool("profile", false, "print the time per kernel of one more forward (and backward) to stderr")
 	for _, c := range []*cobra.Command{benchForwardCmd, benchAttnCmd} {
 		c.Flags().String("device", "cuda", "cuda or cuda:N")
 		c.Flags().String("gemm", "bf16", "fp32 GEMMs: bf16 (tensor cores, bf16 operands), tf32, or fp32 (exact)")
@@ -190,8 +191,26 @@ func runBenchForward(cmd *cobra.Command, _ []string) error {
 		res["fwd_eager_ms"], res["fwd_ms"] = ms, gms
 		gr.Destroy()
 	}
+	dOut := randTensor(g, r, 0, 0, B, cfg.OutDim, F, H, W)
+	if prof, _ := fl.GetBool("profile"); prof {
+		g.SetProfile(true)
+		m.Forward(p, x, t, ctx)
+		fmt.Fprintf(os.Stderr, "profile of one forward (%s, %d tokens):\n", preset, res["tokens"])
+		if err := g.ProfileReport(os.Stderr, 1); err != nil {
+			return err
+		}
+		if train {
+			m.Forward(p, x, t, ctx)
+			g.SetProfile(true)
+			m.Backward(p, dOut)
+			fmt.Fprintf(os.Stderr, "profile of one backward:\n")
+			if err := g.ProfileReport(os.Stderr, 1); err != nil {
+				return err
+			}
+		}
+		g.SetProfile(false)
+	}
 	if train {
-		dOut := randTensor(g, r, 0, 0, B, cfg.OutDim, F, H, W)
 		step := func() error {
 			m.Forward(p, x, t, ctx)
 			m.Backward(p, dOut)

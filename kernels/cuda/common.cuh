@@ -91,3 +91,8 @@ __device__ __forceinline__ float block_sum(float v, float *sh) {
 }
 
 #define GRID_STRIDE(i, n) for (ll i = (ll)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (ll)blockDim.x * gridDim.x)
+
+// Index arithmetic (/, %) in 32 bits when the sizes allow: 64-bit division costs ~20× more and
+// makes the layout kernels compute-bound. GRID_STRIDE_I loops with an index of type I.
+#define GRID_STRIDE_I(I, i, n) for (I i = (I)(blockIdx.x * blockDim.x + threadIdx.x); i < (I)(n); i += (I)(blockDim.x * gridDim.x))
+#define FITS32(n) ((n) < 0x7fffffffLL)

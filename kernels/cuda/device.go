@@ -59,6 +59,8 @@ type Device struct {
 	shadows map[uintptr]*shadow // by fp32 address
 	wgen    int                 // bumped by every write into a marked region
 
+	prof      profiler
+	smemSet   map[uintptr]int // dynamic shared memory limit set per function
 	capturing bool
 	refAttn   bool // FEWSTEP_ATTENTION=ref: always the reference attention kernels
 }
@@ -316,8 +318,10 @@ func (d *Device) launch(name string, gx, gy, gz, bx, by, bz, smem int) {
 	if f == 0 || d.err != nil {
 		return
 	}
+	pa := d.profBegin()
 	r, _, _ := purego.SyscallN(d.drv.cuLaunchKernel, f, uintptr(gx), uintptr(gy), uintptr(gz), uintptr(bx), uintptr(by), uintptr(bz),
 		uintptr(smem), d.stream, d.args.ptrs, 0)
+	d.profEnd(name, pa)
 	if r&0xffffffff != 0 {
 		d.fail(fmt.Errorf("launch of %s (grid %d×%d×%d, block %d×%d×%d, smem %d): %w", name, gx, gy, gz, bx, by, bz, smem, d.drv.check("cuLaunchKernel", r&0xffffffff)))
 	}
@@ -328,7 +332,11 @@ func (d *Device) launch(name string, gx, gy, gz, bx, by, bz, smem int) {
 // one argument value, C or pinned memory; see Args).
 func (d *Device) Launch(name string, grid, block [3]int, smem int) {
 	if smem > 48<<10 {
-		if f := d.fn(name); f != 0 {
+		if f := d.fn(name); f != 0 && d.smemSet[f] < smem {
+			if d.smemSet == nil {
+				d.smemSet = map[uintptr]int{}
+			}
+			d.smemSet[f] = smem
 			if err := d.drv.call("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) of "+name, d.drv.cuFuncSetAttribute, f, funcAttrMaxDynShared, uintptr(smem)); err != nil {
 				d.fail(err)
 			}

@@ -61,7 +61,11 @@ extern "C" __global__ void ew_combine_frames_dev(void *out, int dto, const void 
 
 // out[m, j] = a[j] + b[m, j], j < KD (a broadcast over m).
 extern "C" __global__ void ew_add_broadcast(void *out, int dto, const void *a, int dta, const void *b, int dtb, ll KD, ll n) {
-    GRID_STRIDE(i, n) st(out, i, dto, ld(a, i % KD, dta) + ld(b, i, dtb));
+    if (FITS32(n)) {
+        GRID_STRIDE_I(unsigned, i, n) st(out, i, dto, ld(a, i % (unsigned)KD, dta) + ld(b, i, dtb));
+    } else {
+        GRID_STRIDE(i, n) st(out, i, dto, ld(a, i % KD, dta) + ld(b, i, dtb));
+    }
 }
 
 // dst[s·stride + c] (+)= scale·acc[s·cols + c], s < nseg, c < cols: finishes a column reduction

@@ -3,31 +3,55 @@
 #include "common.cuh"
 
 // out = x·(1 + mod[b,f,iScale]) + mod[b,f,iShift]
-extern "C" __global__ void mod_fwd(void *out, int dto, const void *x, int dtx, const void *mod, int dtm,
-                                   int iShift, int iScale, ll N, ll D, int F, int K, ll tpf, ll n) {
-    GRID_STRIDE(i, n) {
-        ll d = i % D, tok = i / D, b = tok / N, f = (tok % N) / tpf;
-        ll m = ((b * F + f) * K) * D + d;
+template <typename I>
+__device__ __forceinline__ void mod_fwd_t(void *out, int dto, const void *x, int dtx, const void *mod, int dtm,
+                                          int iShift, int iScale, I N, I D, I F, I K, I tpf, ll n) {
+    GRID_STRIDE_I(I, i, n) {
+        I d = i % D, tok = i / D, b = tok / N, f = (tok % N) / tpf;
+        I m = ((b * F + f) * K) * D + d;
         st(out, i, dto, ld(x, i, dtx) * (1.f + ld(mod, m + iScale * D, dtm)) + ld(mod, m + iShift * D, dtm));
     }
 }
+extern "C" __global__ void mod_fwd(void *out, int dto, const void *x, int dtx, const void *mod, int dtm,
+                                   int iShift, int iScale, ll N, ll D, int F, int K, ll tpf, ll n) {
+    if (FITS32(n) && FITS32((ll)F * K * D * (n / (N * D) + 1)))
+        mod_fwd_t<unsigned>(out, dto, x, dtx, mod, dtm, iShift, iScale, (unsigned)N, (unsigned)D, F, K, (unsigned)tpf, n);
+    else
+        mod_fwd_t<ll>(out, dto, x, dtx, mod, dtm, iShift, iScale, N, D, F, K, tpf, n);
+}
 
 // dX += dOut·(1 + scale); the dMod slices are column reductions done by colreduce.
-extern "C" __global__ void mod_bwd_x(void *dX, int dtdx, const void *dOut, int dtdo, const void *mod, int dtm,
-                                     int iScale, ll N, ll D, int F, int K, ll tpf, ll n) {
-    GRID_STRIDE(i, n) {
-        ll d = i % D, tok = i / D, b = tok / N, f = (tok % N) / tpf;
-        ll m = ((b * F + f) * K + iScale) * D + d;
+template <typename I>
+__device__ __forceinline__ void mod_bwd_x_t(void *dX, int dtdx, const void *dOut, int dtdo, const void *mod, int dtm,
+                                            int iScale, I N, I D, I F, I K, I tpf, ll n) {
+    GRID_STRIDE_I(I, i, n) {
+        I d = i % D, tok = i / D, b = tok / N, f = (tok % N) / tpf;
+        I m = ((b * F + f) * K + iScale) * D + d;
         st(dX, i, dtdx, ld(dX, i, dtdx) + ld(dOut, i, dtdo) * (1.f + ld(mod, m, dtm)));
     }
 }
+extern "C" __global__ void mod_bwd_x(void *dX, int dtdx, const void *dOut, int dtdo, const void *mod, int dtm,
+                                     int iScale, ll N, ll D, int F, int K, ll tpf, ll n) {
+    if (FITS32(n) && FITS32((ll)F * K * D * (n / (N * D) + 1)))
+        mod_bwd_x_t<unsigned>(dX, dtdx, dOut, dtdo, mod, dtm, iScale, (unsigned)N, (unsigned)D, F, K, (unsigned)tpf, n);
+    else
+        mod_bwd_x_t<ll>(dX, dtdx, dOut, dtdo, mod, dtm, iScale, N, D, F, K, tpf, n);
+}
 
-// x += y·mod[b,f,iGate] (gateMul = 1), or, for the backward, dY += dX·gate (same form).
-extern "C" __global__ void gate_add(void *x, int dtx, const void *y, int dty, const void *mod, int dtm,
-                                    int iGate, ll N, ll D, int F, int K, ll tpf, ll n) {
-    GRID_STRIDE(i, n) {
-        ll d = i % D, tok = i / D, b = tok / N, f = (tok % N) / tpf;
-        ll m = ((b * F + f) * K + iGate) * D + d;
+// x += y·mod[b,f,iGate], or, for the backward, dY += dX·gate (same form).
+template <typename I>
+__device__ __forceinline__ void gate_add_t(void *x, int dtx, const void *y, int dty, const void *mod, int dtm,
+                                           int iGate, I N, I D, I F, I K, I tpf, ll n) {
+    GRID_STRIDE_I(I, i, n) {
+        I d = i % D, tok = i / D, b = tok / N, f = (tok % N) / tpf;
+        I m = ((b * F + f) * K + iGate) * D + d;
         st(x, i, dtx, ld(x, i, dtx) + ld(y, i, dty) * ld(mod, m, dtm));
     }
+}
+extern "C" __global__ void gate_add(void *x, int dtx, const void *y, int dty, const void *mod, int dtm,
+                                    int iGate, ll N, ll D, int F, int K, ll tpf, ll n) {
+    if (FITS32(n) && FITS32((ll)F * K * D * (n / (N * D) + 1)))
+        gate_add_t<unsigned>(x, dtx, y, dty, mod, dtm, iGate, (unsigned)N, (unsigned)D, F, K, (unsigned)tpf, n);
+    else
+        gate_add_t<ll>(x, dtx, y, dty, mod, dtm, iGate, N, D, F, K, tpf, n);
 }

@@ -133,11 +133,15 @@ func (d *Device) gemm(op string, transA, transB, m, n, k int, A *kernels.Tensor,
 		}
 	}
 	alpha := float32(1)
+	pr := d.profBegin()
 	r, _, _ := purego.SyscallN(d.lt.matmul, d.lt.handle, p.desc, uintptr(unsafe.Pointer(&alpha)), pa, p.la, pb, p.lb,
 		uintptr(unsafe.Pointer(&beta)), D.Ptr, p.ld, D.Ptr, p.ld, uintptr(unsafe.Pointer(&p.algo[0])), d.ws, ltWorkspace, d.stream)
 	if r&0xffffffff != 0 {
 		d.fail(fmt.Errorf("%s: cublasLtMatmul m=%d n=%d k=%d failed: cublasStatus %d", op, m, n, k, r&0xffffffff))
 		return
+	}
+	if pr != 0 {
+		d.profEnd(fmt.Sprintf("gemm %s %d×%d×%d", op, m, n, k), pr)
 	}
 	if bias != nil && !useBias { // out[c, :] += bias (D is m×n column-major: bias over the m rows)
 		d.args.reset().t(D).t(bias).t(D).i64(m).i64(m * n)
