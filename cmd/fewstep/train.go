@@ -134,8 +134,13 @@ func (v *validator) run(step int, tr *trainer.Trainer) error {
 	if net == nil || job.Sample.Count <= 0 {
 		return nil
 	}
-	o := sampler.Options{Method: sampler.Method(job.Sample.Sampler), Steps: job.Sample.Steps, CFG: job.Sample.CFG, Shift: job.Sample.Shift}
-	dn := sampler.NewDiTNet(net, 0)
+	o := sampler.Options{Method: sampler.Method(job.Sample.Sampler), Steps: job.Sample.Steps, CFG: job.Sample.CFG, Shift: job.Sample.Shift,
+		ChunkFrames: job.Model.ChunkFrames, LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames}
+	chunk := 0
+	if o.Method == sampler.Stream || job.Model.Causal { // a causal student samples block-causally
+		chunk = o.ChunkFrames
+	}
+	dn := sampler.NewDiTNet(net, chunk)
 	defer dn.Free()
 	count := min(job.Sample.Count, held.N)
 	lat, _, _, err := eval.Generate(dn, held, count, 0, job.Seed, o, 0)
