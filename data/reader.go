@@ -327,7 +327,9 @@ func (r Row) Tensor(x string) (t TensorRef, err error) {
 	if !ok {
 		return t, fmt.Errorf("data: %s: row %d (%s): missing column %s", r.File, r.Index, r.ID, BytesCol(x))
 	}
-	where := func(col string) string { return fmt.Sprintf("data: %s: row %d (%s), column %s", r.File, r.Index, r.ID, col) }
+	where := func(col string) string {
+		return fmt.Sprintf("data: %s: row %d (%s), column %s", r.File, r.Index, r.ID, col)
+	}
 	t.Name = x
 	dcol := r.rec.Column(c.dtype)
 	if dcol.IsNull(r.r) {
