@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/data"
@@ -50,6 +51,7 @@ func init() {
 	f.Int("steps", 0, "steps (default: sample.steps)")
 	f.String("cfg", "", "guidance w, v = v_u + w·(v_c − v_u); 1 = none (default: sample.cfg)")
 	f.String("shift", "", "schedule shift (default: sample.shift)")
+	f.String("timesteps", "", "fewstep/consistency/stream: the exact denoising list as timesteps before the shift (e.g. 1000,750,500,250; overrides --steps)")
 	f.Int("grid-n", 0, "consistency: snap σ to this Euler grid (the student's training grid, e.g. 50)")
 	f.Float64("context-noise", 0, "stream: σ at which finished chunks are re-encoded into the cache")
 	f.Int("count", 0, "videos (default: sample.count; at most the prompts available)")
@@ -156,6 +158,20 @@ func sampleOptions(cmd *cobra.Command, job *config.Job) (sampler.Options, error)
 			}
 			*fl.dst = v
 		}
+	}
+	if ts, _ := f.GetString("timesteps"); ts != "" {
+		if o.Method == sampler.Euler {
+			return o, fmt.Errorf("--timesteps is the denoising list of a few-step sampler, not euler's grid")
+		}
+		o.Sigmas = nil
+		for _, s := range strings.Split(ts, ",") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+			if err != nil || v <= 0 || v > 1000 {
+				return o, fmt.Errorf("--timesteps %q: %q is not a timestep in (0, 1000]", ts, s)
+			}
+			o.Sigmas = append(o.Sigmas, sampler.Shift(v/1000, o.Shift))
+		}
+		o.Steps = len(o.Sigmas)
 	}
 	o.GridN, _ = f.GetInt("grid-n")
 	o.ContextNoise, _ = f.GetFloat64("context-noise")
