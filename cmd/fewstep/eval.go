@@ -50,7 +50,7 @@ func init() {
 	f.String("teacher", "", "teacher checkpoint (table mode)")
 	f.String("student", "", "student checkpoint (table mode; omit for teacher rows only)")
 	f.String("model-config", "", "Wan config.json of both checkpoints (default: beside each, else the job's model)")
-	f.Float64("teacher-cfg", 4, "teacher guidance w")
+	f.Float64("teacher-cfg", 0, "teacher guidance w (default: sample.cfg)")
 	f.Float64("teacher-shift", 0, "teacher Euler shift (default: sample.shift)")
 	f.String("student-sampler", "fewstep", "fewstep | consistency | stream")
 	f.Float64("student-cfg", 1, "student guidance w (distilled students: 1)")
@@ -209,6 +209,9 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	}
 	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed}
 	spec.TeacherCFG, _ = fl.GetFloat64("teacher-cfg")
+	if spec.TeacherCFG == 0 {
+		spec.TeacherCFG = job.Sample.CFG
+	}
 	spec.TeacherShift, _ = fl.GetFloat64("teacher-shift")
 	if spec.TeacherShift == 0 {
 		spec.TeacherShift = job.Sample.Shift
