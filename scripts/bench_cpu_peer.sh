@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # CPU speed of the Go DiT against the PyTorch reference on the same machine, same shapes, same run.
 #   scripts/bench_cpu_peer.sh [tiny] [small]
-# Go:      go test -bench 'Forward|TrainStep' in models/ (GOMAXPROCS threads), shapes via FEWSTEP_BENCH_SHAPE
+# Go:      go test -bench 'Forward|TrainStep' in models/ (GOMAXPROCS = THREADS), shape via FEWSTEP_BENCH_SHAPE
 # PyTorch: ../shared/reference/wan_ref.py --preset P --frames F --height H --width W --ctx L --train,
-#          fp32 on the CPU with OMP_NUM_THREADS = the Go thread count.
+#          fp32 on the CPU with OMP_NUM_THREADS = THREADS.
 # A train step is, on both sides: v = f(x), loss = mean(v²), backward, AdamW over all parameters.
-# Env: THREADS (default nproc), PYTHON (/usr/bin/python3.11), WAN_REF, GO_BENCHTIME (default 5x),
-#      PEER_LD_LIBRARY_PATH (e.g. an OpenBLAS libblas.so.3 folder for torch's BLAS; default: the
-#      system's libblas.so.3, which on Debian is the reference BLAS unless OpenBLAS is installed).
+# Go and PyTorch run alternately REPEAT times; each figure is the best (minimum) over the repeats, so a
+# machine shared with other work penalizes neither side more than the other.
+# Env: THREADS (default nproc), REPEAT (default 3), GO_BENCHTIME (default 5x), PYTHON (/usr/bin/python3.11),
+#      WAN_REF (../shared/reference/wan_ref.py), PEER_LD_LIBRARY_PATH (a folder with another
+#      libblas.so.3 for torch, e.g. OpenBLAS's; default: the system's libblas.so.3, which on Debian
+#      is the unoptimized reference BLAS unless OpenBLAS is installed),
+#      PROFILE=1: also a CPU profile of the Go train step per preset (/tmp/fewstep_<preset>.prof), top ops printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
+REPEAT=${REPEAT:-3}
 PYTHON=${PYTHON:-/usr/bin/python3.11}
 WAN_REF=${WAN_REF:-../shared/reference/wan_ref.py}
 BT=${GO_BENCHTIME:-5x}
@@ -20,25 +25,40 @@ declare -A SHAPE=([tiny]="8 8 8 32" [small]="8 16 16 64")   # F H W L (B = 1), a
 bin=$(mktemp -d)/models.test
 go test -c -o "$bin" ./models
 blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || echo '?')
-echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $THREADS threads, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%FT%TZ) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $THREADS threads, load $(cut -d' ' -f1-3 /proc/loadavg), best of $REPEAT"
 echo "# torch $($PYTHON -c 'import torch; print(torch.__version__)'), BLAS ${PEER_LD_LIBRARY_PATH:-$blas}"
-printf "%-6s %-16s %12s %12s %8s %14s %14s %8s %10s %10s\n" preset shape go_fwd_ms torch_fwd_ms ratio go_step_ms torch_step_ms ratio go_allocs go_maxRSS
+printf "%-6s %-14s %10s %10s %7s %11s %11s %7s %9s %9s %9s\n" preset shape go_fwd torch_fwd ratio go_step torch_step ratio go_allocs go_rss torch_rss
+minf() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a=="" || b+0 < a+0) print b; else print a }'; }
+field() { awk -v k="$2" -v u="$3" "/$1/"' {for(i=1;i<=NF;i++) if($i==u) print $(i-1)}' <<<"$4"; }
 for p in "${presets[@]}"; do
   read -r F H W L <<<"${SHAPE[$p]}"
-  gout=$(FEWSTEP_BENCH_SHAPE="$F,$H,$W,$L" GOMAXPROCS=$THREADS /usr/bin/time -f "maxrss_kb %M" \
-    "$bin" -test.run '^$' -test.bench "(Forward|TrainStep)/$p/" -test.benchtime "$BT" -test.benchmem 2>&1)
-  gf=$(awk '/BenchmarkForward/ {for(i=1;i<=NF;i++) if($i=="ms/fwd") print $(i-1)}' <<<"$gout")
-  gs=$(awk '/BenchmarkTrainStep/ {for(i=1;i<=NF;i++) if($i=="ms/step") print $(i-1)}' <<<"$gout")
-  ga=$(awk '/BenchmarkTrainStep/ {for(i=1;i<=NF;i++) if($i=="allocs/op") print $(i-1)}' <<<"$gout")
-  rss=$(awk '/maxrss_kb/ {printf "%.0fMiB", $2/1024}' <<<"$gout")
-  pout=$(OMP_NUM_THREADS=$THREADS LD_LIBRARY_PATH=${PEER_LD_LIBRARY_PATH:-} /usr/bin/time -f "maxrss_kb %M" \
-    "$PYTHON" "$WAN_REF" --preset "$p" --frames "$F" --height "$H" --width "$W" --ctx "$L" --train 2>&1)
-  pj=$(grep '^{' <<<"$pout")
-  tf=$($PYTHON -c 'import json,sys; print("%.2f" % json.loads(sys.argv[1])["fwd_ms"])' "$pj")
-  ts=$($PYTHON -c 'import json,sys; print("%.2f" % json.loads(sys.argv[1])["train_step_ms"])' "$pj")
-  prss=$(awk '/maxrss_kb/ {printf "%.0fMiB", $2/1024}' <<<"$pout")
-  printf "%-6s %-16s %12s %12s %8s %14s %14s %8s %10s %10s\n" "$p" "F${F}H${H}W${W}L${L}" "$gf" "$tf" \
+  gf= gs= tf= ts= ga= grss= trss=
+  for r in $(seq "$REPEAT"); do
+    gout=$(FEWSTEP_BENCH_SHAPE="$F,$H,$W,$L" GOMAXPROCS=$THREADS /usr/bin/time -f "maxrss_kb %M" \
+      "$bin" -test.run '^$' -test.bench "(Forward|TrainStep)/$p/" -test.benchtime "$BT" -test.benchmem 2>&1)
+    gf=$(minf "$gf" "$(field BenchmarkForward x ms/fwd "$gout")")
+    gs=$(minf "$gs" "$(field BenchmarkTrainStep x ms/step "$gout")")
+    ga=$(field BenchmarkTrainStep x allocs/op "$gout")
+    grss=$(awk '/maxrss_kb/ {printf "%.0fMiB", $2/1024}' <<<"$gout")
+    pout=$(OMP_NUM_THREADS=$THREADS LD_LIBRARY_PATH=${PEER_LD_LIBRARY_PATH:-} /usr/bin/time -f "maxrss_kb %M" \
+      "$PYTHON" "$WAN_REF" --preset "$p" --frames "$F" --height "$H" --width "$W" --ctx "$L" --train 2>&1)
+    pj=$(grep '^{' <<<"$pout")
+    tf=$(minf "$tf" "$($PYTHON -c 'import json,sys; print("%.2f" % json.loads(sys.argv[1])["fwd_ms"])' "$pj")")
+    ts=$(minf "$ts" "$($PYTHON -c 'import json,sys; print("%.2f" % json.loads(sys.argv[1])["train_step_ms"])' "$pj")")
+    trss=$(awk '/maxrss_kb/ {printf "%.0fMiB", $2/1024}' <<<"$pout")
+  done
+  printf "%-6s %-14s %10s %10s %7s %11s %11s %7s %9s %9s %9s\n" "$p" "F${F}H${H}W${W}L${L}" "$gf" "$tf" \
     "$(awk -v a="$gf" -v b="$tf" 'BEGIN{printf "%.2f", a/b}')" "$gs" "$ts" \
-    "$(awk -v a="$gs" -v b="$ts" 'BEGIN{printf "%.2f", a/b}')" "$ga" "$rss(torch $prss)"
+    "$(awk -v a="$gs" -v b="$ts" 'BEGIN{printf "%.2f", a/b}')" "$ga" "$grss" "$trss"
 done
-echo "# ratio = Go ms / PyTorch ms (< 1: Go faster). load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "${PROFILE:-}" ]; then
+  for p in "${presets[@]}"; do
+    read -r F H W L <<<"${SHAPE[$p]}"
+    FEWSTEP_BENCH_SHAPE="$F,$H,$W,$L" GOMAXPROCS=$THREADS "$bin" -test.run '^$' -test.bench "TrainStep/$p/" \
+      -test.benchtime "$BT" -test.cpuprofile "/tmp/fewstep_$p.prof" >/dev/null
+    echo "# $p train step, CPU profile /tmp/fewstep_$p.prof (cumulative):"
+    go tool pprof -top -cum -nodecount 80 "$bin" "/tmp/fewstep_$p.prof" 2>/dev/null |
+      grep -E 'cpuDevice\)\.[A-Za-z]+$|gonum\.Implementation\.Sgemm$' | head -16
+  done
+fi
+echo "# times in ms; ratio = Go / PyTorch (< 1: Go faster); rss = peak resident memory of the whole process. load after: $(cut -d' ' -f1-3 /proc/loadavg)"
