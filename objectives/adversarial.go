@@ -131,7 +131,9 @@ func (o *Adversarial) Roles() []RoleSpec {
 	return []RoleSpec{
 		{Name: Teacher, Init: InitWeights},
 		{Name: Student, Trainable: true, Init: InitTeacher},
-		{Name: Critic, Trainable: true, Init: InitTeacher},
+		// The critic learns in dmd2 (flow matching) and, with disc_backbone, from the discriminator
+		// loss; a standalone head on frozen features leaves it a frozen copy of the teacher.
+		{Name: Critic, Trainable: o.P.Mode == "dmd2" || o.P.DiscBackbone, Init: InitTeacher},
 		{Name: Discriminator, Trainable: true, Init: InitScratch, Custom: head},
 	}
 }
