@@ -2,6 +2,7 @@ package config
 
 import (
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -37,6 +38,19 @@ func TestReadmeDocumentsEveryKey(t *testing.T) {
 	for _, k := range keys(reflect.TypeOf(Job{}), "") {
 		if !strings.Contains(readme, "| `"+k+"` |") {
 			t.Errorf("README.md's config reference has no row for `%s`", k)
+		}
+	}
+}
+
+// Every shipped job in configs/ loads strictly and validates.
+func TestShippedConfigsLoad(t *testing.T) {
+	files, _ := filepath.Glob("../configs/*.yaml")
+	if len(files) == 0 {
+		t.Skip("no configs/*.yaml")
+	}
+	for _, f := range files {
+		if _, err := load(f, nil, nil); err != nil {
+			t.Errorf("%s: %v", f, err)
 		}
 	}
 }
