@@ -396,13 +396,13 @@ __device__ __forceinline__ void attn_fwd_body(const T *__restrict__ q, const T *
 FWD(128, 8, 1, 64, bf16_t, attn_fwd_hd128_bf16)       // 128-row blocks: small grids, block-causal
 FWD(128, 8, 2, 32, bf16_t, attn_fwd_hd128_bf16_r256)  // 256-row blocks: large grids (v3: 295 vs 268 TFLOP/s)
 FWD(128, 8, 1, 64, float, attn_fwd_hd128_f32)
-FWD(64, 8, 1, 64, bf16_t, attn_fwd_hd64_bf16)
+FWD(64, 4, 2, 64, bf16_t, attn_fwd_hd64_bf16)        // v5: 0.541 vs 0.626 ms (8 warps × 16 rows), H=24 N=4680
 FWD(64, 8, 1, 64, float, attn_fwd_hd64_f32)
 #ifdef ATTN_VARIANTS  // tuning candidates, built by scripts/attn_bench only (see ATTENTION_NOTES.md)
 FWD(128, 4, 2, 64, bf16_t, attn_fwdv_hd128_w4m2b64)
 FWD(128, 4, 2, 32, bf16_t, attn_fwdv_hd128_w4m2b32)
 FWD(128, 8, 1, 128, bf16_t, attn_fwdv_hd128_w8m1b128)
-FWD(64, 4, 2, 64, bf16_t, attn_fwdv_hd64_w4m2b64)
+FWD(64, 8, 1, 64, bf16_t, attn_fwdv_hd64_w8m1b64)
 FWD(64, 8, 2, 32, bf16_t, attn_fwdv_hd64_w8m2b32)
 #endif
 

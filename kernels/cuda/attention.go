@@ -18,8 +18,9 @@ func init() {
 
 // Launch shapes of attention.cu (FWD and BWD instantiations). Forward: 8 warps on 128 query rows
 // (16 per warp) over double-buffered 64-key tiles, or, for hd 128 in bf16, 8 warps on 256 rows (32 per
-// warp) over 32-key tiles: faster on large grids (295 vs 268 TFLOP/s at 32,760 tokens, H200) but
-// coarser, so slower where few blocks carry unequal block-causal work. Backward: 8 warps on 128 keys
+// warp) over 32-key tiles: faster on large grids (292 vs 269 TFLOP/s at 32,760 tokens, H200) but
+// coarser, so slower where few blocks carry unequal block-causal work; hd 64 in bf16: 4 warps on 128
+// rows (32 per warp), 64-key tiles. Backward: 8 warps on 128 keys
 // per block over double-buffered 64-query tiles.
 type attnFwdCfg struct {
 	name                string
@@ -41,6 +42,9 @@ func (d *Device) attnFwdPick(B, Nq, H, hd int, dt kernels.DType, chunkTokens int
 	}
 	if hd == 128 && dt == kernels.BF16 && (chunkTokens == 0 || (Nq+255)/256*H*B >= 4*d.sms) {
 		return attnFwdCfg{"attn_fwd_hd128_bf16_r256", 256, 256, 32}, true
+	}
+	if hd == 64 && dt == kernels.BF16 { // 4 warps × 32 rows
+		return attnFwdCfg{name, 128, 128, 64}, true
 	}
 	return attnFwdCfg{name, 256, 128, 64}, true
 }

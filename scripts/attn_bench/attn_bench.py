@@ -53,13 +53,14 @@ DT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 SUF = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 
-# The shipped forward configurations (attention.cu FWD, attention.go attnFwdPick): name suffix →
+# The shipped forward kernels (attention.cu FWD, attention.go attnFwdPick): name →
 # (warps, 16-row m-tiles per warp, keys per tile).
-FWD_CFGS = {"": (8, 1, 64), "_r256": (8, 2, 32)}
+SHIPPED = {"attn_fwd_hd128_bf16": (8, 1, 64), "attn_fwd_hd128_bf16_r256": (8, 2, 32), "attn_fwd_hd128_f32": (8, 1, 64),
+           "attn_fwd_hd64_bf16": (4, 2, 64), "attn_fwd_hd64_f32": (8, 1, 64)}
 SMS = torch.cuda.get_device_properties(0).multi_processor_count
 
 
-def fwd_pick(B, Nq, H, hd, dt, ct):  # attention.go's attnFwdPick
+def fwd_pick(B, Nq, H, hd, dt, ct):  # attention.go's attnFwdPick: the name suffix
     if hd == 128 and dt == torch.bfloat16 and (ct == 0 or (Nq + 255) // 256 * H * B >= 4 * SMS):
         return "_r256"
     return ""
@@ -68,7 +69,7 @@ def fwd_pick(B, Nq, H, hd, dt, ct):  # attention.go's attnFwdPick
 VARIANTS = {  # tuning candidates (built with -DATTN_VARIANTS): name → (hd, warps, m-tiles, keys per tile)
     "attn_fwdv_hd128_w4m2b64": (128, 4, 2, 64), "attn_fwdv_hd128_w4m2b32": (128, 4, 2, 32),
     "attn_fwdv_hd128_w8m1b128": (128, 8, 1, 128),
-    "attn_fwdv_hd64_w4m2b64": (64, 4, 2, 64), "attn_fwdv_hd64_w8m2b32": (64, 8, 2, 32),
+    "attn_fwdv_hd64_w8m1b64": (64, 8, 1, 64), "attn_fwdv_hd64_w8m2b32": (64, 8, 2, 32),
     # Hopper wgmma kernels (8 warps = 2 warpgroups, 128 rows, 128-key tiles)
     "attn_fwdw_hd128_serial": (128, 8, 1, "w"), "attn_fwdw_hd128_pipe": (128, 8, 1, "w3"),
 }
@@ -108,7 +109,8 @@ def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None, cfg=None):
     else:
         if cfg is None:
             cfg = fwd_pick(B, Nq, H, hd, q.dtype, ct)
-        (nw, wm, bc), name = FWD_CFGS[cfg], f"attn_fwd_hd{hd}_{SUF[q.dtype]}{cfg}"
+        name = f"attn_fwd_hd{hd}_{SUF[q.dtype]}{cfg}"
+        nw, wm, bc = SHIPPED[name]
     br, sm = nw * wm * 16, fwd_smem(hd, nw, wm, bc)
     fn(name, sm)((((Nq + br - 1) // br), H, B), (nw * 32,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
 
