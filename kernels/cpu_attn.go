@@ -100,106 +100,124 @@ func visible(i, Nk, chunkTokens, qOffset int) int {
 	return min(Nk, ((qOffset+i)/chunkTokens+1)*chunkTokens)
 }
 
-// Attention: per (b, h, i), scores over the visible keys, a stable softmax, out = P·V,
-// lse = max + log Σ exp(s − max) (natural log, scores already scaled by 1/√hd).
+// attnQB is the number of query rows processed together (a GEMM row block).
+const attnQB = 64
+
+// Attention, blocked: per (b, h, block of attnQB queries), S = Q·Kᵀ/√hd over the keys visible to
+// the block's last query (a prefix), a stable softmax per row over its own visible prefix
+// (P = exp(S − max)/rowsum, zero where masked), O = P·V, lse = max + log rowsum (natural log).
+// Scratch: attnQB × Nk floats per worker.
 func (c *cpuDevice) Attention(out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
 	B, Nq, Nk, H, hd := attnDims("Attention", out, lse, q, k, v)
 	must(chunkTokens >= 0 && qOffset >= 0, "Attention: chunkTokens %d qOffset %d", chunkTokens, qOffset)
 	o, L, qq, kk, vv := f32(out), f32(lse), f32(q), f32(k), f32(v)
 	scale := float32(1 / math.Sqrt(float64(hd)))
-	scratch := c.scratch(Nk)
-	c.pool.For(B*H*Nq, c.pool.grain(B*H*Nq, 4*Nk*hd), func(w, lo, hi int) {
-		s := scratch[w][:Nk]
-		for idx := lo; idx < hi; idx++ {
-			bh, i := idx/Nq, idx%Nq
+	ld := H * hd // row stride of q, k, v, out
+	nqb := (Nq + attnQB - 1) / attnQB
+	scratch := c.scratch(attnQB * Nk)
+	bufs := c.gemmBufs()
+	c.pool.For(B*H*nqb, 1, func(w, lo, hi int) {
+		S := scratch[w]
+		for task := lo; task < hi; task++ {
+			bh, qb := task/nqb, task%nqb
 			b, h := bh/H, bh%H
-			jmax := visible(i, Nk, chunkTokens, qOffset)
-			qi := qq[((b*Nq+i)*H+h)*hd:][:hd]
-			mx := float32(math.Inf(-1))
-			for j := 0; j < jmax; j++ {
-				kj := kk[((b*Nk+j)*H+h)*hd:][:hd]
-				var d float32
-				for e, qe := range qi {
-					d += qe * kj[e]
+			i0 := qb * attnQB
+			rows := min(attnQB, Nq-i0)
+			jb := visible(i0+rows-1, Nk, chunkTokens, qOffset) // keys any row of the block sees
+			qOff := (b*Nq+i0)*ld + h*hd
+			kOff := b*Nk*ld + h*hd
+			// S[rows, jb] = scale · Q_blk · Kᵀ
+			clear(S[:rows*jb])
+			bufs[w].gemm(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, mat{kk[kOff:], 1, ld}, S, jb)
+			for i := 0; i < rows; i++ {
+				si := S[i*jb : (i+1)*jb]
+				jm := visible(i0+i, Nk, chunkTokens, qOffset)
+				mx := float32(math.Inf(-1))
+				for _, x := range si[:jm] {
+					mx = max(mx, x)
 				}
-				d *= scale
-				s[j] = d
-				mx = max(mx, d)
-			}
-			var sum float64
-			for j := 0; j < jmax; j++ {
-				p := float32(math.Exp(float64(s[j] - mx)))
-				s[j] = p
-				sum += float64(p)
-			}
-			oi := o[((b*Nq+i)*H+h)*hd:][:hd]
-			clear(oi)
-			for j := 0; j < jmax; j++ {
-				vj := vv[((b*Nk+j)*H+h)*hd:][:hd]
-				p := s[j]
-				for e, ve := range vj {
-					oi[e] += p * ve
+				var sum float32
+				for j, x := range si[:jm] {
+					p := exp32(x - mx)
+					si[j] = p
+					sum += p
 				}
+				inv := 1 / sum
+				for j := range si[:jm] {
+					si[j] *= inv
+				}
+				clear(si[jm:])
+				L[bh*Nq+i0+i] = mx + float32(math.Log(float64(sum)))
 			}
-			inv := float32(1 / sum)
-			for e := range oi {
-				oi[e] *= inv
+			// O_blk = P · V
+			ob := o[qOff:]
+			for i := 0; i < rows; i++ {
+				clear(ob[i*ld : i*ld+hd])
 			}
-			L[bh*Nq+i] = mx + float32(math.Log(sum))
+			bufs[w].gemm(rows, hd, jb, 1, mat{S, jb, 1}, mat{vv[kOff:], ld, 1}, ob, ld)
 		}
 	})
 }
 
-// AttentionBack recomputes P = exp(s − lse) and accumulates
-// dV += Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O)), dQ += dS·K/√hd, dK += dSᵀ·Q/√hd.
-// Parallel over (b, h): each task owns its rows of dQ, dK and dV.
+// AttentionBack recomputes P = exp(S − lse) per block of queries and accumulates
+// dV += Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O)), dQ += dS·K/√hd, dK += dSᵀ·Q/√hd, all as GEMMs.
+// Parallel over (b, h): each task owns its heads' rows of dQ, dK and dV.
 func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
 	B, Nq, Nk, H, hd := attnDims("AttentionBack", out, lse, q, k, v)
 	sameNumel("AttentionBack", q, dOut, dQ)
 	sameNumel("AttentionBack", k, dK, dV)
 	dq, dk, dv, g, o, L, qq, kk, vv := f32(dQ), f32(dK), f32(dV), f32(dOut), f32(out), f32(lse), f32(q), f32(k), f32(v)
 	scale := float32(1 / math.Sqrt(float64(hd)))
-	c.pool.For(B*H, 1, func(_, lo, hi int) {
+	ld := H * hd
+	scratch := c.scratch(2 * attnQB * Nk)
+	bufs := c.gemmBufs()
+	c.pool.For(B*H, 1, func(w, lo, hi int) {
+		buf := bufs[w]
 		for bh := lo; bh < hi; bh++ {
 			b, h := bh/H, bh%H
-			for i := 0; i < Nq; i++ {
-				jmax := visible(i, Nk, chunkTokens, qOffset)
-				qi := qq[((b*Nq+i)*H+h)*hd:][:hd]
-				gi := g[((b*Nq+i)*H+h)*hd:][:hd]
-				oi := o[((b*Nq+i)*H+h)*hd:][:hd]
-				var Di float32
-				for e := range gi {
-					Di += gi[e] * oi[e]
+			kOff := b*Nk*ld + h*hd
+			for i0 := 0; i0 < Nq; i0 += attnQB {
+				rows := min(attnQB, Nq-i0)
+				jb := visible(i0+rows-1, Nk, chunkTokens, qOffset)
+				P, dP := scratch[w][:rows*jb], scratch[w][attnQB*Nk:][:rows*jb]
+				qOff := (b*Nq+i0)*ld + h*hd
+				// P = exp(scale·Q·Kᵀ − lse), zero where masked.
+				clear(P)
+				buf.gemm(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, mat{kk[kOff:], 1, ld}, P, jb)
+				for i := 0; i < rows; i++ {
+					pi := P[i*jb : (i+1)*jb]
+					jm := visible(i0+i, Nk, chunkTokens, qOffset)
+					li := L[bh*Nq+i0+i]
+					for j, x := range pi[:jm] {
+						pi[j] = exp32(x - li)
+					}
+					clear(pi[jm:])
 				}
-				li := L[bh*Nq+i]
-				for j := 0; j < jmax; j++ {
-					kj := kk[((b*Nk+j)*H+h)*hd:][:hd]
-					vj := vv[((b*Nk+j)*H+h)*hd:][:hd]
-					var sd, dp float32
-					for e, qe := range qi {
-						sd += qe * kj[e]
-						dp += gi[e] * vj[e]
+				if dv != nil { // dV[:jb] += Pᵀ · dO_blk
+					buf.gemm(jb, hd, rows, 1, mat{P, 1, jb}, mat{g[qOff:], ld, 1}, dv[kOff:], ld)
+				}
+				if dq == nil && dk == nil {
+					continue
+				}
+				// dP = dO_blk · Vᵀ; dS = P ⊙ (dP − D)·scale with D_i = dO_i · O_i.
+				clear(dP)
+				buf.gemm(rows, jb, hd, 1, mat{g[qOff:], ld, 1}, mat{vv[kOff:], 1, ld}, dP, jb)
+				for i := 0; i < rows; i++ {
+					gi, oi := g[qOff+i*ld:][:hd], o[qOff+i*ld:][:hd]
+					var D float32
+					for e, x := range gi {
+						D += x * oi[e]
 					}
-					p := float32(math.Exp(float64(sd*scale - li)))
-					if dv != nil {
-						dvj := dv[((b*Nk+j)*H+h)*hd:][:hd]
-						for e, ge := range gi {
-							dvj[e] += p * ge
-						}
+					pi, di := P[i*jb:(i+1)*jb], dP[i*jb:(i+1)*jb]
+					for j, p := range pi {
+						di[j] = p * (di[j] - D) * scale
 					}
-					ds := p * (dp - Di) * scale
-					if dq != nil {
-						dqi := dq[((b*Nq+i)*H+h)*hd:][:hd]
-						for e, ke := range kj {
-							dqi[e] += ds * ke
-						}
-					}
-					if dk != nil {
-						dkj := dk[((b*Nk+j)*H+h)*hd:][:hd]
-						for e, qe := range qi {
-							dkj[e] += ds * qe
-						}
-					}
+				}
+				if dq != nil { // dQ_blk += dS · K
+					buf.gemm(rows, hd, jb, 1, mat{dP, jb, 1}, mat{kk[kOff:], ld, 1}, dq[qOff:], ld)
+				}
+				if dk != nil { // dK[:jb] += dSᵀ · Q_blk
+					buf.gemm(jb, hd, rows, 1, mat{dP, 1, jb}, mat{qq[qOff:], ld, 1}, dk[kOff:], ld)
 				}
 			}
 		}
@@ -217,4 +235,27 @@ func (c *cpuDevice) scratch(n int) [][]float32 {
 		}
 	}
 	return c.scr
+}
+
+// exp32 is e^x in float32 (relative error ≲ 2e-7): x = n·ln2 + r with |r| ≤ ln2/2, e^r by its
+// degree-7 Taylor polynomial, 2^n through the exponent bits (n ≥ −126: flushed to 0 below −87.3).
+func exp32(x float32) float32 {
+	if x < -87.3 {
+		return 0
+	}
+	if x > 88.7 {
+		return float32(math.Inf(1))
+	}
+	const log2e, ln2hi, ln2lo = 1.44269504088896341, 0.693359375, -2.12194440e-4
+	t := x * log2e
+	if t < 0 {
+		t -= 0.5
+	} else {
+		t += 0.5
+	}
+	n := int32(t)
+	fn := float32(n)
+	r := x - fn*ln2hi - fn*ln2lo
+	p := 1 + r*(1+r*(1.0/2+r*(1.0/6+r*(1.0/24+r*(1.0/120+r*(1.0/720+r*(1.0/5040)))))))
+	return p * math.Float32frombits(uint32(n+127)<<23)
 }
