@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 )
@@ -72,65 +73,86 @@ func Inspect(path string, rows bool) ([]Report, error) {
 	return out, nil
 }
 
+// scanRows is the record batch size of inspect and convert on Parquet files.
+const scanRows = 64
+
 func inspectFile(path string, rows bool) (Report, error) {
-	f, err := OpenFile(path)
-	if err != nil {
-		return Report{}, err
-	}
-	defer f.Close()
-	rep := Report{Path: path, Format: "arrow", Rows: f.NumRows()}
-	if f.Parquet {
-		rep.Format = "parquet"
-	}
-	for _, fl := range f.Schema.Fields() {
-		rep.Columns = append(rep.Columns, ColumnInfo{fl.Name, fl.Type.String()})
-	}
+	rep := Report{Path: path, Format: "arrow"}
 	info := map[string]*TensorInfo{}
-	for _, x := range f.Tensors {
-		info[x] = &TensorInfo{Name: x, Shapes: map[string]int{}, DTypes: map[string]int{}}
-	}
 	var buf []float32
-	for i := 0; i < f.NumRows(); i++ {
-		row, err := f.Row(i)
+	err := ScanFile(path, scanRows, func(f *File, rec arrow.RecordBatch, base int) error {
+		if rep.Columns == nil {
+			if f.Parquet {
+				rep.Format = "parquet"
+			}
+			for _, fl := range f.Schema.Fields() {
+				rep.Columns = append(rep.Columns, ColumnInfo{fl.Name, fl.Type.String()})
+			}
+			for _, x := range f.Tensors {
+				info[x] = &TensorInfo{Name: x, Shapes: map[string]int{}, DTypes: map[string]int{}}
+				rep.Tensors = append(rep.Tensors, TensorInfo{Name: x})
+			}
+		}
+		for _, row := range f.Rows(rec, base) {
+			rep.Rows++
+			rs := RowStat{Row: row.Index, ID: row.ID}
+			for _, x := range f.Tensors {
+				t, err := row.Tensor(x)
+				if err != nil {
+					return err
+				}
+				info[x].Shapes[fmt.Sprint(t.Shape)]++
+				info[x].DTypes[t.DType.String()]++
+				if !rows {
+					continue
+				}
+				if cap(buf) < t.Numel() {
+					buf = make([]float32, t.Numel())
+				}
+				v := buf[:t.Numel()]
+				t.Decode(v, nil, nil)
+				st := TensorStat{Name: x, Shape: t.Shape, DType: t.DType.String(), Min: math.Inf(1), Max: math.Inf(-1)}
+				for _, e := range v {
+					d := float64(e)
+					st.Sum += d
+					st.Min = math.Min(st.Min, d)
+					st.Max = math.Max(st.Max, d)
+				}
+				if len(v) > 0 {
+					st.Mean = st.Sum / float64(len(v))
+				} else {
+					st.Min, st.Max = 0, 0
+				}
+				rs.Tensors = append(rs.Tensors, st)
+			}
+			if rows {
+				rep.RowStat = append(rep.RowStat, rs)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return rep, err
+	}
+	if rep.Columns == nil { // no record batch: the schema alone
+		f, err := OpenFile(path)
 		if err != nil {
 			return rep, err
 		}
-		rs := RowStat{Row: i, ID: row.ID}
-		for _, x := range f.Tensors {
-			t, err := row.Tensor(x)
-			if err != nil {
-				return rep, err
-			}
-			info[x].Shapes[fmt.Sprint(t.Shape)]++
-			info[x].DTypes[t.DType.String()]++
-			if !rows {
-				continue
-			}
-			if cap(buf) < t.Numel() {
-				buf = make([]float32, t.Numel())
-			}
-			v := buf[:t.Numel()]
-			t.Decode(v, nil, nil)
-			st := TensorStat{Name: x, Shape: t.Shape, DType: t.DType.String(), Min: math.Inf(1), Max: math.Inf(-1)}
-			for _, e := range v {
-				d := float64(e)
-				st.Sum += d
-				st.Min = math.Min(st.Min, d)
-				st.Max = math.Max(st.Max, d)
-			}
-			if len(v) > 0 {
-				st.Mean = st.Sum / float64(len(v))
-			} else {
-				st.Min, st.Max = 0, 0
-			}
-			rs.Tensors = append(rs.Tensors, st)
+		defer f.Close()
+		if f.Parquet {
+			rep.Format = "parquet"
 		}
-		if rows {
-			rep.RowStat = append(rep.RowStat, rs)
+		for _, fl := range f.Schema.Fields() {
+			rep.Columns = append(rep.Columns, ColumnInfo{fl.Name, fl.Type.String()})
+		}
+		for _, x := range f.Tensors {
+			info[x] = &TensorInfo{Name: x, Shapes: map[string]int{}, DTypes: map[string]int{}}
+			rep.Tensors = append(rep.Tensors, TensorInfo{Name: x})
 		}
 	}
-	for _, x := range f.Tensors {
-		rep.Tensors = append(rep.Tensors, *info[x])
+	for i := range rep.Tensors {
+		rep.Tensors[i] = *info[rep.Tensors[i].Name]
 	}
 	return rep, nil
 }
@@ -192,22 +214,6 @@ func Convert(src, dst string) ([]string, error) {
 }
 
 func convertFile(src, dst string) (err error) {
-	f, err := OpenFile(src)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	for i := 0; i < f.NumRows(); i++ {
-		row, err := f.Row(i)
-		if err != nil {
-			return err
-		}
-		for _, x := range f.Tensors {
-			if _, err := row.Tensor(x); err != nil {
-				return err
-			}
-		}
-	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
@@ -215,28 +221,54 @@ func convertFile(src, dst string) (err error) {
 	if err != nil {
 		return err
 	}
+	var w *ipc.FileWriter
 	defer func() {
 		if err != nil {
+			if w != nil {
+				w.Close()
+			}
 			tmp.Close()
 			os.Remove(tmp.Name())
 		}
 	}()
-	w, err := ipc.NewFileWriter(tmp, ipc.WithSchema(f.Schema), ipc.WithAllocator(memory.DefaultAllocator))
-	if err != nil {
-		return fmt.Errorf("data: convert %s: %w", dst, err)
-	}
-	const chunk = 256
-	for _, rec := range f.recs {
-		for lo := int64(0); lo < rec.NumRows(); lo += chunk {
-			s := rec.NewSlice(lo, min(lo+chunk, rec.NumRows()))
-			err = w.Write(s)
-			s.Release()
-			if err != nil {
+	var schema *arrow.Schema
+	err = ScanFile(src, scanRows, func(f *File, rec arrow.RecordBatch, base int) error {
+		for _, row := range f.Rows(rec, base) {
+			for _, x := range f.Tensors {
+				if _, err := row.Tensor(x); err != nil {
+					return err
+				}
+			}
+		}
+		if w == nil {
+			schema = f.Schema
+			var err error
+			if w, err = ipc.NewFileWriter(tmp, ipc.WithSchema(schema), ipc.WithAllocator(memory.DefaultAllocator)); err != nil {
 				return fmt.Errorf("data: convert %s: %w", dst, err)
 			}
 		}
+		if err := w.Write(rec); err != nil {
+			return fmt.Errorf("data: convert %s: %w", dst, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	if err = errors.Join(w.Close(), tmp.Sync(), tmp.Close(), os.Chmod(tmp.Name(), 0o644)); err != nil {
+	if w == nil { // no rows: write the schema alone
+		f, err := OpenFile(src)
+		if err != nil {
+			return err
+		}
+		schema = f.Schema
+		f.Close()
+		if w, err = ipc.NewFileWriter(tmp, ipc.WithSchema(schema), ipc.WithAllocator(memory.DefaultAllocator)); err != nil {
+			return fmt.Errorf("data: convert %s: %w", dst, err)
+		}
+	}
+	cerr := w.Close()
+	w = nil
+	if err = errors.Join(cerr, tmp.Sync(), tmp.Close(), os.Chmod(tmp.Name(), 0o644)); err != nil {
 		return fmt.Errorf("data: convert %s: %w", dst, err)
 	}
 	if err = os.Rename(tmp.Name(), dst); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,6 +17,7 @@ import (
 	"github.com/apache/arrow-go/v18/arrow/ipc"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/parquet"
+	"github.com/apache/arrow-go/v18/parquet/file"
 	"github.com/apache/arrow-go/v18/parquet/pqarrow"
 	"github.com/fewstep/fewstep/kernels"
 )
@@ -101,16 +103,99 @@ func OpenFile(path string) (f *File, err error) {
 	}
 	f.starts = make([]int, len(f.recs)+1)
 	for i, r := range f.recs {
-		for c := 0; c < int(r.NumCols()); c++ {
-			if v, ok := r.Column(c).(interface{ ValidateFull() error }); ok {
-				if err := v.ValidateFull(); err != nil {
-					return f, fmt.Errorf("data: %s: record batch %d, column %s: corrupt: %w", path, i, f.Schema.Field(c).Name, err)
-				}
-			}
+		if err := f.validate(r, i); err != nil {
+			return f, err
 		}
 		f.starts[i+1] = f.starts[i] + int(r.NumRows())
 	}
 	return f, nil
+}
+
+// validate checks the structure (offsets, lengths) of every column of record batch i.
+func (f *File) validate(r arrow.RecordBatch, i int) error {
+	for c := 0; c < int(r.NumCols()); c++ {
+		if v, ok := r.Column(c).(interface{ ValidateFull() error }); ok {
+			if err := v.ValidateFull(); err != nil {
+				return fmt.Errorf("data: %s: record batch %d, column %s: corrupt: %w", f.Path, i, f.Schema.Field(c).Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ScanFile visits a file's rows in order, holding one record batch at a time: Arrow IPC batches
+// alias the mapping, Parquet is decoded batchRows rows at a time (so inspect and convert work on
+// files larger than memory). fn gets each record batch and the file row of its first row; rows
+// are f.Rows(rec, base). A corrupt file is an error naming it, never a panic.
+func ScanFile(path string, batchRows int, fn func(f *File, rec arrow.RecordBatch, base int) error) (err error) {
+	if !strings.HasSuffix(strings.ToLower(path), ".parquet") {
+		f, err := OpenFile(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		for i, rec := range f.recs {
+			if err := fn(f, rec, f.starts[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	f := &File{Path: path, Parquet: true, Alloc: NewCountingAllocator()}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("data: %s: corrupt file: %v", path, r)
+		}
+	}()
+	fd, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	defer fd.Close()
+	pr, err := file.NewParquetReader(fd, file.WithReadProps(parquet.NewReaderProperties(f.Alloc)))
+	if err != nil {
+		return fmt.Errorf("data: %s: not a valid Parquet file (truncated or corrupt?): %w", path, err)
+	}
+	defer pr.Close()
+	fr, err := pqarrow.NewFileReader(pr, pqarrow.ArrowReadProperties{BatchSize: int64(max(batchRows, 1))}, f.Alloc)
+	if err != nil {
+		return fmt.Errorf("data: %s: %w", path, err)
+	}
+	if f.Schema, err = fr.Schema(); err != nil {
+		return fmt.Errorf("data: %s: %w", path, err)
+	}
+	if err := f.checkSchema(); err != nil {
+		return err
+	}
+	rr, err := fr.GetRecordReader(context.Background(), nil, nil)
+	if err != nil {
+		return fmt.Errorf("data: %s: %w", path, err)
+	}
+	defer rr.Release()
+	base := 0
+	for i := 0; rr.Next(); i++ {
+		rec := rr.RecordBatch()
+		if err := f.validate(rec, i); err != nil {
+			return err
+		}
+		if err := fn(f, rec, base); err != nil {
+			return err
+		}
+		base += int(rec.NumRows())
+	}
+	if err := rr.Err(); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("data: %s: not a valid Parquet file (truncated or corrupt?): %w", path, err)
+	}
+	return nil
+}
+
+// Rows are the rows of a record batch of f whose first row is file row base.
+func (f *File) Rows(rec arrow.RecordBatch, base int) []Row {
+	out := make([]Row, rec.NumRows())
+	for r := range out {
+		out[r] = f.rowOf(rec, r, base+r)
+	}
+	return out
 }
 
 func (f *File) openIPC() error {
@@ -270,7 +355,11 @@ func (f *File) Row(i int) (Row, error) {
 		return Row{}, fmt.Errorf("data: %s: row %d out of range (%d rows)", f.Path, i, f.NumRows())
 	}
 	b := sort.SearchInts(f.starts, i+1) - 1
-	rec, r := f.recs[b], i-f.starts[b]
+	return f.rowOf(f.recs[b], i-f.starts[b], i), nil
+}
+
+// rowOf is row r of record batch rec, row i of the file.
+func (f *File) rowOf(rec arrow.RecordBatch, r, i int) Row {
 	row := Row{File: f.Path, Index: i, f: f, rec: rec, r: r}
 	if f.id >= 0 {
 		row.ID = strValue(rec.Column(f.id), r)
@@ -280,7 +369,7 @@ func (f *File) Row(i int) (Row, error) {
 	if f.cap >= 0 {
 		row.Caption = strValue(rec.Column(f.cap), r)
 	}
-	return row, nil
+	return row
 }
 
 // strValue copies a string out of the file (Arrow's Value aliases the mapping, which Close unmaps).
