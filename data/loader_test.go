@@ -240,3 +240,30 @@ func TestFromJob(t *testing.T) {
 		t.Fatal("wan statistics (16 channels) accepted for 48-channel synthetic latents")
 	}
 }
+
+// A text-only dataset (prompts with embeddings, no latents) serves data-free objectives.
+func TestLoaderTextOnly(t *testing.T) {
+	p := rewrite(t, []string{TextEmb}, func(i int, ts []Tensor) []Tensor { return ts[1:] })
+	d, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	l, err := NewLoader(d, LoaderConfig{BatchSize: 3, Seed: 2, TextLen: 6, TextOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	b, err := l.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Latents != nil || !slices.Equal(b.Text.Shape, []int{3, 6, 4}) {
+		t.Fatalf("latents %v text %v", b.Latents, b.Text.Shape)
+	}
+	for j := 0; j < 3; j++ {
+		if !slices.Equal(b.Text.F32[j*24:(j+1)*24], EncodeText(b.Captions[j], 4, 6)) {
+			t.Fatalf("sample %d text", j)
+		}
+	}
+}
