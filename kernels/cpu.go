@@ -120,17 +120,19 @@ func (p *pool) grain(n, cost int) int {
 // ---------------------------------------------------------------------------------------------
 // Checks.
 
-func must(cond bool, format string, args ...any) {
-	if !cond {
-		panic(fmt.Sprintf("kernels/cpu: "+format, args...))
-	}
+// panicf reports a programming error (a shape mismatch). Callers test the condition first so that
+// the arguments are only boxed on failure: the hot path allocates nothing.
+func panicf(format string, args ...any) {
+	panic(fmt.Sprintf("kernels/cpu: "+format, args...))
 }
 
 func f32(t *Tensor) []float32 {
 	if t == nil {
 		return nil
 	}
-	must(t.F32 != nil || t.Numel() == 0, "tensor %v has no CPU storage", t)
+	if !(t.F32 != nil || t.Numel() == 0) {
+		panicf("tensor %v has no CPU storage", t)
+	}
 	return t.F32
 }
 
@@ -138,14 +140,18 @@ func sameNumel(op string, ts ...*Tensor) int {
 	n := ts[0].Numel()
 	for _, t := range ts[1:] {
 		if t != nil {
-			must(t.Numel() == n, "%s: numel mismatch %v vs %v", op, ts[0].Shape, t.Shape)
+			if !(t.Numel() == n) {
+				panicf("%s: numel mismatch %v vs %v", op, ts[0].Shape, t.Shape)
+			}
 		}
 	}
 	return n
 }
 
 func lastDim(t *Tensor) int {
-	must(len(t.Shape) > 0, "tensor %v has no dims", t)
+	if !(len(t.Shape) > 0) {
+		panicf("tensor %v has no dims", t)
+	}
 	return t.Shape[len(t.Shape)-1]
 }
 
@@ -154,7 +160,9 @@ func lastDim(t *Tensor) int {
 
 func (c *cpuDevice) Alloc(dt DType, shape ...int) *Tensor {
 	for _, s := range shape {
-		must(s >= 0, "Alloc: negative size in %v", shape)
+		if !(s >= 0) {
+			panicf("Alloc: negative size in %v", shape)
+		}
 	}
 	return &Tensor{Dev: c, DType: dt, Shape: append([]int(nil), shape...), F32: make([]float32, Numel(shape))}
 }
@@ -162,12 +170,16 @@ func (c *cpuDevice) Alloc(dt DType, shape ...int) *Tensor {
 func (c *cpuDevice) Free(t *Tensor) { t.F32 = nil }
 
 func (c *cpuDevice) FromHost(dst *Tensor, src []float32) {
-	must(len(src) == dst.Numel(), "FromHost: %d values into %v", len(src), dst.Shape)
+	if !(len(src) == dst.Numel()) {
+		panicf("FromHost: %d values into %v", len(src), dst.Shape)
+	}
 	copy(f32(dst), src)
 }
 
 func (c *cpuDevice) ToHost(dst []float32, src *Tensor) {
-	must(len(dst) == src.Numel(), "ToHost: %v into %d values", src.Shape, len(dst))
+	if !(len(dst) == src.Numel()) {
+		panicf("ToHost: %v into %d values", src.Shape, len(dst))
+	}
 	copy(dst, f32(src))
 }
 
@@ -223,14 +235,20 @@ func (c *cpuDevice) Scale(x *Tensor, alpha float32) {
 func (c *cpuDevice) Combine(out, x, y *Tensor, a, b []float32) {
 	n := sameNumel("Combine", out, x, y)
 	G := len(a)
-	must(G > 0 && len(b) == G && n%G == 0, "Combine: %d coefficients a, %d b for %d elements", len(a), len(b), n)
+	if !(G > 0 && len(b) == G && n%G == 0) {
+		panicf("Combine: %d coefficients a, %d b for %d elements", len(a), len(b), n)
+	}
 	c.combine(f32(out), f32(x), f32(y), a, b, n/G)
 }
 
 func (c *cpuDevice) CombineFrames(out, x, y *Tensor, a, b []float32, B, C, F, HW int) {
 	n := sameNumel("CombineFrames", out, x, y)
-	must(n == B*C*F*HW, "CombineFrames: %v is not [%d,%d,%d,%d]", x.Shape, B, C, F, HW)
-	must(len(a) == B*F && len(b) == B*F, "CombineFrames: %d/%d coefficients for B·F = %d", len(a), len(b), B*F)
+	if !(n == B*C*F*HW) {
+		panicf("CombineFrames: %v is not [%d,%d,%d,%d]", x.Shape, B, C, F, HW)
+	}
+	if !(len(a) == B*F && len(b) == B*F) {
+		panicf("CombineFrames: %d/%d coefficients for B·F = %d", len(a), len(b), B*F)
+	}
 	o, xx, yy := f32(out), f32(x), f32(y)
 	// Rows of HW elements, row r = ((b·C + ch)·F + f).
 	rows := B * C * F
@@ -280,7 +298,9 @@ func (c *cpuDevice) Dot(a, b *Tensor) float64 {
 func (c *cpuDevice) SumAbsGroups(dst []float64, x *Tensor) {
 	n := x.Numel()
 	G := len(dst)
-	must(G > 0 && n%G == 0, "SumAbsGroups: %d groups for %v", G, x.Shape)
+	if !(G > 0 && n%G == 0) {
+		panicf("SumAbsGroups: %d groups for %v", G, x.Shape)
+	}
 	gs := n / G
 	xx := f32(x)
 	c.pool.For(G, c.pool.grain(G, gs), func(_, lo, hi int) {
@@ -301,7 +321,9 @@ func (c *cpuDevice) SumAbsGroups(dst []float64, x *Tensor) {
 // v = β2·v + (1−β2)·g²; w −= lr·m̂/(√v̂ + eps) with m̂ = m/(1−β1^step), v̂ = v/(1−β2^step).
 func (c *cpuDevice) AdamW(w, g, m, v *Tensor, lr, beta1, beta2, eps, wd float32, step int) {
 	n := sameNumel("AdamW", w, g, m, v)
-	must(step >= 1, "AdamW: step %d < 1", step)
+	if !(step >= 1) {
+		panicf("AdamW: step %d < 1", step)
+	}
 	ww, gg, mm, vv := f32(w), f32(g), f32(m), f32(v)
 	bc1 := 1 - math.Pow(float64(beta1), float64(step))
 	bc2 := 1 - math.Pow(float64(beta2), float64(step))

@@ -50,9 +50,13 @@ func (c *cpuDevice) RoPEBack(dx *Tensor, frames, rows, cols, frame0 int) {
 
 // rope rotates the interleaved pairs (x[2j], x[2j+1]) of every head by +angle (dir 1) or −angle.
 func (c *cpuDevice) rope(op string, x *Tensor, frames, rows, cols, frame0 int, dir float32) {
-	must(len(x.Shape) == 4, "%s: x %v is not [B,N,heads,hd]", op, x.Shape)
+	if !(len(x.Shape) == 4) {
+		panicf("%s: x %v is not [B,N,heads,hd]", op, x.Shape)
+	}
 	B, N, H, hd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
-	must(hd%2 == 0 && N == frames*rows*cols, "%s: x %v for grid %d×%d×%d", op, x.Shape, frames, rows, cols)
+	if !(hd%2 == 0 && N == frames*rows*cols) {
+		panicf("%s: x %v for grid %d×%d×%d", op, x.Shape, frames, rows, cols)
+	}
 	fc, fs, hc, hs, wc, ws := c.ropeTables(hd, frames, rows, cols, frame0)
 	nf, nh, nw := ropeSplit(hd)
 	xx := f32(x)
@@ -82,13 +86,23 @@ func rot(v, cs, sn []float32, dir float32) {
 
 // attnDims reads q/out [B,Nq,H,hd], k/v [B,Nk,H,hd], lse [B,H,Nq].
 func attnDims(op string, out, lse, q, k, v *Tensor) (B, Nq, Nk, H, hd int) {
-	must(len(q.Shape) == 4 && len(k.Shape) == 4, "%s: q %v k %v are not [B,N,H,hd]", op, q.Shape, k.Shape)
+	if !(len(q.Shape) == 4 && len(k.Shape) == 4) {
+		panicf("%s: q %v k %v are not [B,N,H,hd]", op, q.Shape, k.Shape)
+	}
 	B, Nq, H, hd = q.Shape[0], q.Shape[1], q.Shape[2], q.Shape[3]
 	Nk = k.Shape[1]
-	must(k.Shape[0] == B && k.Shape[2] == H && k.Shape[3] == hd, "%s: q %v k %v", op, q.Shape, k.Shape)
-	must(v.Numel() == k.Numel(), "%s: k %v v %v", op, k.Shape, v.Shape)
-	must(out.Numel() == q.Numel(), "%s: q %v out %v", op, q.Shape, out.Shape)
-	must(lse.Numel() == B*H*Nq, "%s: lse %v for [B=%d,H=%d,Nq=%d]", op, lse.Shape, B, H, Nq)
+	if !(k.Shape[0] == B && k.Shape[2] == H && k.Shape[3] == hd) {
+		panicf("%s: q %v k %v", op, q.Shape, k.Shape)
+	}
+	if !(v.Numel() == k.Numel()) {
+		panicf("%s: k %v v %v", op, k.Shape, v.Shape)
+	}
+	if !(out.Numel() == q.Numel()) {
+		panicf("%s: q %v out %v", op, q.Shape, out.Shape)
+	}
+	if !(lse.Numel() == B*H*Nq) {
+		panicf("%s: lse %v for [B=%d,H=%d,Nq=%d]", op, lse.Shape, B, H, Nq)
+	}
 	return
 }
 
@@ -109,7 +123,9 @@ const attnQB = 64
 // Scratch: attnQB × Nk floats per worker.
 func (c *cpuDevice) Attention(out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
 	B, Nq, Nk, H, hd := attnDims("Attention", out, lse, q, k, v)
-	must(chunkTokens >= 0 && qOffset >= 0, "Attention: chunkTokens %d qOffset %d", chunkTokens, qOffset)
+	if !(chunkTokens >= 0 && qOffset >= 0) {
+		panicf("Attention: chunkTokens %d qOffset %d", chunkTokens, qOffset)
+	}
 	o, L, qq, kk, vv := f32(out), f32(lse), f32(q), f32(k), f32(v)
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	ld := H * hd // row stride of q, k, v, out

@@ -2,12 +2,20 @@ package kernels
 
 // Linear: out[M,N] = in[M,K]·w[N,K]ᵀ + b[N], through the packed GEMM split across the pool.
 func (c *cpuDevice) Linear(out, in, w, b *Tensor) {
-	must(len(w.Shape) == 2, "Linear: weight %v is not [N,K]", w.Shape)
+	if !(len(w.Shape) == 2) {
+		panicf("Linear: weight %v is not [N,K]", w.Shape)
+	}
 	N, K := w.Shape[0], w.Shape[1]
-	must(K > 0 && in.Numel()%K == 0, "Linear: input %v with weight %v", in.Shape, w.Shape)
+	if !(K > 0 && in.Numel()%K == 0) {
+		panicf("Linear: input %v with weight %v", in.Shape, w.Shape)
+	}
 	M := in.Numel() / K
-	must(out.Numel() == M*N, "Linear: out %v for in %v and weight %v", out.Shape, in.Shape, w.Shape)
-	must(b == nil || b.Numel() == N, "Linear: bias %v for N=%d", shapeOf(b), N)
+	if !(out.Numel() == M*N) {
+		panicf("Linear: out %v for in %v and weight %v", out.Shape, in.Shape, w.Shape)
+	}
+	if !(b == nil || b.Numel() == N) {
+		panicf("Linear: bias %v for N=%d", shapeOf(b), N)
+	}
 	o := f32(out)
 	if b != nil {
 		bb := f32(b)
@@ -22,11 +30,17 @@ func (c *cpuDevice) Linear(out, in, w, b *Tensor) {
 
 // LinearBack: dIn += dOut·w, dW += dOutᵀ·in, dB += Σ_m dOut.
 func (c *cpuDevice) LinearBack(dIn, dW, dB, dOut, in, w *Tensor) {
-	must(len(w.Shape) == 2, "LinearBack: weight %v is not [N,K]", w.Shape)
+	if !(len(w.Shape) == 2) {
+		panicf("LinearBack: weight %v is not [N,K]", w.Shape)
+	}
 	N, K := w.Shape[0], w.Shape[1]
-	must(K > 0 && in.Numel()%K == 0, "LinearBack: input %v with weight %v", in.Shape, w.Shape)
+	if !(K > 0 && in.Numel()%K == 0) {
+		panicf("LinearBack: input %v with weight %v", in.Shape, w.Shape)
+	}
 	M := in.Numel() / K
-	must(dOut.Numel() == M*N, "LinearBack: dOut %v for in %v and weight %v", dOut.Shape, in.Shape, w.Shape)
+	if !(dOut.Numel() == M*N) {
+		panicf("LinearBack: dOut %v for in %v and weight %v", dOut.Shape, in.Shape, w.Shape)
+	}
 	g := f32(dOut)
 	if dIn != nil {
 		sameNumel("LinearBack", in, dIn)
@@ -37,7 +51,9 @@ func (c *cpuDevice) LinearBack(dIn, dW, dB, dOut, in, w *Tensor) {
 		c.pgemm(N, K, M, 1, mat{g, 1, N}, mat{f32(in), K, 1}, f32(dW), K)
 	}
 	if dB != nil {
-		must(dB.Numel() == N, "LinearBack: dB %v for N=%d", dB.Shape, N)
+		if !(dB.Numel() == N) {
+			panicf("LinearBack: dB %v for N=%d", dB.Shape, N)
+		}
 		db := f32(dB)
 		c.pool.For(N, c.pool.grain(N, M), func(_, lo, hi int) {
 			for n := lo; n < hi; n++ {

@@ -28,11 +28,17 @@ func (c *cpuDevice) UnpatchifyBack(dIn, dOut *Tensor, B, C, F, H, W int) {
 // feature order (pt,ph,pw,c) instead of (c,pt,ph,pw). toVideo: vid += tok (a backward of Patchify
 // or the forward of Unpatchify, which overwrites); otherwise tok = vid (or tok += vid).
 func (c *cpuDevice) patch(op string, tok, vid []float32, tt, vt *Tensor, B, C, F, H, W int, channelLast, accumulate bool) {
-	must(H%2 == 0 && W%2 == 0, "%s: H=%d W=%d must be even", op, H, W)
+	if !(H%2 == 0 && W%2 == 0) {
+		panicf("%s: H=%d W=%d must be even", op, H, W)
+	}
 	h, w := H/2, W/2
 	N := F * h * w
-	must(tt.Numel() == B*N*4*C, "%s: tokens %v for B=%d N=%d 4C=%d", op, tt.Shape, B, N, 4*C)
-	must(vt.Numel() == B*C*F*H*W, "%s: video %v for [%d,%d,%d,%d,%d]", op, vt.Shape, B, C, F, H, W)
+	if !(tt.Numel() == B*N*4*C) {
+		panicf("%s: tokens %v for B=%d N=%d 4C=%d", op, tt.Shape, B, N, 4*C)
+	}
+	if !(vt.Numel() == B*C*F*H*W) {
+		panicf("%s: video %v for [%d,%d,%d,%d,%d]", op, vt.Shape, B, C, F, H, W)
+	}
 	// Which side is written: Patchify forward writes tok; PatchifyBack writes vid (+=);
 	// Unpatchify forward writes vid; UnpatchifyBack writes tok (+=).
 	writeVid := channelLast != accumulate
@@ -74,7 +80,9 @@ func (c *cpuDevice) patch(op string, tok, vid []float32, tt, vt *Tensor, B, C, F
 // Sinusoid: out[m] = [cos(t_m·f_i), sin(t_m·f_i)], f_i = 10000^(−i/half), in float64.
 func (c *cpuDevice) Sinusoid(out, t *Tensor, half int) {
 	M := t.Numel()
-	must(out.Numel() == M*2*half, "Sinusoid: out %v for %d timesteps and half=%d", out.Shape, M, half)
+	if !(out.Numel() == M*2*half) {
+		panicf("Sinusoid: out %v for %d timesteps and half=%d", out.Shape, M, half)
+	}
 	o, tt := f32(out), f32(t)
 	for m := 0; m < M; m++ {
 		tv := float64(tt[m])
@@ -90,7 +98,9 @@ func (c *cpuDevice) Sinusoid(out, t *Tensor, half int) {
 func (c *cpuDevice) AddBroadcast(out, a, b *Tensor) {
 	n := sameNumel("AddBroadcast", out, b)
 	KD := a.Numel()
-	must(KD > 0 && n%KD == 0, "AddBroadcast: a %v does not tile b %v", a.Shape, b.Shape)
+	if !(KD > 0 && n%KD == 0) {
+		panicf("AddBroadcast: a %v does not tile b %v", a.Shape, b.Shape)
+	}
 	o, aa, bb := f32(out), f32(a), f32(b)
 	c.pool.For(n, c.pool.grain(n, 1), func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -110,7 +120,9 @@ func (c *cpuDevice) AddBroadcastBack(dA, dB, dOut *Tensor) {
 		return
 	}
 	KD := dA.Numel()
-	must(KD > 0 && n%KD == 0, "AddBroadcastBack: dA %v does not tile dOut %v", dA.Shape, dOut.Shape)
+	if !(KD > 0 && n%KD == 0) {
+		panicf("AddBroadcastBack: dA %v does not tile dOut %v", dA.Shape, dOut.Shape)
+	}
 	M := n / KD
 	da, g := f32(dA), f32(dOut)
 	c.pool.For(KD, c.pool.grain(KD, M), func(_, lo, hi int) {
@@ -126,9 +138,13 @@ func (c *cpuDevice) AddBroadcastBack(dA, dB, dOut *Tensor) {
 
 // MeanTokens: out[b,:] = mean_n in[b,n,:].
 func (c *cpuDevice) MeanTokens(out, in *Tensor) {
-	must(len(in.Shape) == 3, "MeanTokens: in %v is not [B,N,D]", in.Shape)
+	if !(len(in.Shape) == 3) {
+		panicf("MeanTokens: in %v is not [B,N,D]", in.Shape)
+	}
 	B, N, D := in.Shape[0], in.Shape[1], in.Shape[2]
-	must(out.Numel() == B*D, "MeanTokens: out %v for in %v", out.Shape, in.Shape)
+	if !(out.Numel() == B*D) {
+		panicf("MeanTokens: out %v for in %v", out.Shape, in.Shape)
+	}
 	o, x := f32(out), f32(in)
 	c.pool.For(B*D, c.pool.grain(B*D, N), func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
@@ -144,9 +160,13 @@ func (c *cpuDevice) MeanTokens(out, in *Tensor) {
 
 // MeanTokensBack: dIn[b,n,:] += dOut[b,:]/N.
 func (c *cpuDevice) MeanTokensBack(dIn, dOut *Tensor) {
-	must(len(dIn.Shape) == 3, "MeanTokensBack: dIn %v is not [B,N,D]", dIn.Shape)
+	if !(len(dIn.Shape) == 3) {
+		panicf("MeanTokensBack: dIn %v is not [B,N,D]", dIn.Shape)
+	}
 	B, N, D := dIn.Shape[0], dIn.Shape[1], dIn.Shape[2]
-	must(dOut.Numel() == B*D, "MeanTokensBack: dOut %v for dIn %v", dOut.Shape, dIn.Shape)
+	if !(dOut.Numel() == B*D) {
+		panicf("MeanTokensBack: dOut %v for dIn %v", dOut.Shape, dIn.Shape)
+	}
 	dx, g := f32(dIn), f32(dOut)
 	inv := 1 / float32(N)
 	c.pool.For(B*N, c.pool.grain(B*N, D), func(_, lo, hi int) {

@@ -9,9 +9,15 @@ func (c *cpuDevice) LayerNorm(out, mean, rstd, in, w, b *Tensor, eps float32) {
 	D := lastDim(in)
 	n := sameNumel("LayerNorm", out, in)
 	rows := n / D
-	must(mean.Numel() == rows && rstd.Numel() == rows, "LayerNorm: mean %v rstd %v for %d rows", mean.Shape, rstd.Shape, rows)
-	must(w == nil || w.Numel() == D, "LayerNorm: weight %v for D=%d", shapeOf(w), D)
-	must(b == nil || b.Numel() == D, "LayerNorm: bias %v for D=%d", shapeOf(b), D)
+	if !(mean.Numel() == rows && rstd.Numel() == rows) {
+		panicf("LayerNorm: mean %v rstd %v for %d rows", mean.Shape, rstd.Shape, rows)
+	}
+	if !(w == nil || w.Numel() == D) {
+		panicf("LayerNorm: weight %v for D=%d", shapeOf(w), D)
+	}
+	if !(b == nil || b.Numel() == D) {
+		panicf("LayerNorm: bias %v for D=%d", shapeOf(b), D)
+	}
 	o, x, mu, rs, ww, bb := f32(out), f32(in), f32(mean), f32(rstd), f32(w), f32(b)
 	c.pool.For(rows, c.pool.grain(rows, 6*D), func(_, lo, hi int) {
 		for r := lo; r < hi; r++ {
@@ -52,7 +58,9 @@ func (c *cpuDevice) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *Tensor) 
 	D := lastDim(in)
 	n := sameNumel("LayerNormBack", in, dOut, dIn)
 	rows := n / D
-	must(mean.Numel() == rows && rstd.Numel() == rows, "LayerNormBack: mean %v rstd %v for %d rows", mean.Shape, rstd.Shape, rows)
+	if !(mean.Numel() == rows && rstd.Numel() == rows) {
+		panicf("LayerNormBack: mean %v rstd %v for %d rows", mean.Shape, rstd.Shape, rows)
+	}
 	x, g, mu, rs, ww := f32(in), f32(dOut), f32(mean), f32(rstd), f32(w)
 	if dIn != nil {
 		dx := f32(dIn)
@@ -90,8 +98,12 @@ func (c *cpuDevice) normParamGrads(dW, dB *Tensor, g, x, mu, rs []float32, rows,
 		return
 	}
 	dw, db := f32(dW), f32(dB)
-	must(dw == nil || len(dw) == D, "norm backward: dW %v for D=%d", shapeOf(dW), D)
-	must(db == nil || len(db) == D, "norm backward: dB %v for D=%d", shapeOf(dB), D)
+	if !(dw == nil || len(dw) == D) {
+		panicf("norm backward: dW %v for D=%d", shapeOf(dW), D)
+	}
+	if !(db == nil || len(db) == D) {
+		panicf("norm backward: dB %v for D=%d", shapeOf(dB), D)
+	}
 	const cols = 64
 	nblk := (D + cols - 1) / cols
 	c.pool.For(nblk, 1, func(_, lo, hi int) {
@@ -129,8 +141,12 @@ func (c *cpuDevice) RMSNorm(out, rstd, in, w *Tensor, eps float32) {
 	D := lastDim(in)
 	n := sameNumel("RMSNorm", out, in)
 	rows := n / D
-	must(rstd.Numel() == rows, "RMSNorm: rstd %v for %d rows", rstd.Shape, rows)
-	must(w == nil || w.Numel() == D, "RMSNorm: weight %v for D=%d", shapeOf(w), D)
+	if !(rstd.Numel() == rows) {
+		panicf("RMSNorm: rstd %v for %d rows", rstd.Shape, rows)
+	}
+	if !(w == nil || w.Numel() == D) {
+		panicf("RMSNorm: weight %v for D=%d", shapeOf(w), D)
+	}
 	o, x, rs, ww := f32(out), f32(in), f32(rstd), f32(w)
 	c.pool.For(rows, c.pool.grain(rows, 4*D), func(_, lo, hi int) {
 		for r := lo; r < hi; r++ {
@@ -159,7 +175,9 @@ func (c *cpuDevice) RMSNormBack(dIn, dW, dOut, in, rstd, w *Tensor) {
 	D := lastDim(in)
 	n := sameNumel("RMSNormBack", in, dOut, dIn)
 	rows := n / D
-	must(rstd.Numel() == rows, "RMSNormBack: rstd %v for %d rows", rstd.Shape, rows)
+	if !(rstd.Numel() == rows) {
+		panicf("RMSNormBack: rstd %v for %d rows", rstd.Shape, rows)
+	}
 	x, g, rs, ww := f32(in), f32(dOut), f32(rstd), f32(w)
 	if dIn != nil {
 		dx := f32(dIn)
@@ -191,13 +209,18 @@ func (c *cpuDevice) RMSNormBack(dIn, dW, dOut, in, rstd, w *Tensor) {
 
 // modDims reads x [B,N,D] and mod [B,F,K,D] and checks they agree.
 func modDims(op string, x, mod *Tensor, idx []int, tokensPerFrame int) (B, N, D, F, K int) {
-	must(len(x.Shape) == 3 && len(mod.Shape) == 4, "%s: x %v mod %v (want [B,N,D], [B,F,K,D])", op, x.Shape, mod.Shape)
+	if !(len(x.Shape) == 3 && len(mod.Shape) == 4) {
+		panicf("%s: x %v mod %v (want [B,N,D], [B,F,K,D])", op, x.Shape, mod.Shape)
+	}
 	B, N, D = x.Shape[0], x.Shape[1], x.Shape[2]
 	F, K = mod.Shape[1], mod.Shape[2]
-	must(mod.Shape[0] == B && mod.Shape[3] == D && tokensPerFrame > 0 && N == F*tokensPerFrame,
-		"%s: x %v mod %v tokensPerFrame %d", op, x.Shape, mod.Shape, tokensPerFrame)
+	if !(mod.Shape[0] == B && mod.Shape[3] == D && tokensPerFrame > 0 && N == F*tokensPerFrame) {
+		panicf("%s: x %v mod %v tokensPerFrame %d", op, x.Shape, mod.Shape, tokensPerFrame)
+	}
 	for _, i := range idx {
-		must(i >= 0 && i < K, "%s: mod index %d of K=%d", op, i, K)
+		if !(i >= 0 && i < K) {
+			panicf("%s: mod index %d of K=%d", op, i, K)
+		}
 	}
 	return
 }
