@@ -59,7 +59,11 @@ func load(path string, sets []string, environ []string) (*Job, error) {
 	sort.Strings(envs)
 	for _, kv := range envs {
 		name, val, _ := strings.Cut(kv, "=")
-		key, ok := envKey(strings.ToLower(strings.TrimPrefix(name, EnvPrefix)), reflect.TypeOf(Job{}))
+		lower := strings.ToLower(strings.TrimPrefix(name, EnvPrefix))
+		if !isConfigEnv(lower) {
+			continue // another FEWSTEP_* variable (FEWSTEP_CUDA_KERNELS, FEWSTEP_TEST_SEED, ...)
+		}
+		key, ok := envKey(lower, reflect.TypeOf(Job{}))
 		if !ok {
 			return nil, fmt.Errorf("config: environment variable %s names no job key (e.g. FEWSTEP_TRAIN_STEPS for train.steps)", name)
 		}
@@ -316,6 +320,26 @@ func checkPath(parts []string, t reflect.Type, prefix string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown key %q: %s has no sub-keys", full, prefix)
+}
+
+// isConfigEnv says whether a FEWSTEP_* variable (lowercased, prefix removed) is a job override:
+// it is a top-level scalar key exactly (FEWSTEP_SEED, FEWSTEP_OUT_DIR) or starts with a section
+// (FEWSTEP_TRAIN_..., FEWSTEP_DATA_..., FEWSTEP_ROLES_..., FEWSTEP_PARAMS_...). Those must then
+// name a key (a typo is an error); every other FEWSTEP_* variable belongs to someone else.
+func isConfigEnv(name string) bool {
+	for n, ft := range fieldsOf(reflect.TypeOf(Job{})) {
+		switch ft.Kind() {
+		case reflect.Struct, reflect.Map:
+			if strings.HasPrefix(name, n+"_") {
+				return true
+			}
+		default:
+			if name == n {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // envKey maps an environment variable's name (lowercased, prefix removed: "train_steps",

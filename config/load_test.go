@@ -47,7 +47,8 @@ params:
   guidance: 4.5
 `)
 	env := []string{"FEWSTEP_TRAIN_STEPS=20", "FEWSTEP_DATA_TEXT_LEN=12", "FEWSTEP_ROLES_STUDENT_LR=2e-4",
-		"FEWSTEP_DATA_SYNTH_HELDOUT_COUNT=7", "FEWSTEP_PARAMS_GUIDANCE=5", "HOME=/x"}
+		"FEWSTEP_DATA_SYNTH_HELDOUT_COUNT=7", "FEWSTEP_PARAMS_GUIDANCE=5", "HOME=/x",
+		"FEWSTEP_CUDA_KERNELS=/k", "FEWSTEP_TEST_AS_CLI=1", "FEWSTEP_ATTENTION=ref"} // not job keys: ignored
 	j, err := load(p, []string{"train.steps=30", "eval.steps=[4]", "data.normalize=wan"}, env)
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +100,7 @@ func TestUnknownKeys(t *testing.T) {
 		{file: "train: 3\n", want: []string{"train"}},
 		{set: "data.synth.cuont=3", want: []string{`"data.synth.cuont"`, "--set"}},
 		{env: "FEWSTEP_TRAIN_STPES=3", want: []string{"FEWSTEP_TRAIN_STPES"}},
+		{env: "FEWSTEP_DATA_SYNTH_CUONT=3", want: []string{"FEWSTEP_DATA_SYNTH_CUONT"}},
 		{set: "train.steps=many", want: []string{"steps"}},
 		{file: "data:\n  normalize: zscore\n", want: []string{"data.normalize", "job.yaml"}},
 		{file: "data:\n  normalize: custom\n  mean: [0]\n", want: []string{"data.mean"}},
