@@ -3,11 +3,14 @@
 
 #define GELU_C 0.7978845608028654f  // √(2/π)
 
-extern "C" __global__ void act_gelu(void *out, int dto, const void *in, int dti, ll n) {
+// sh, when not null, gets a bf16 copy of out (the next GEMM's operand).
+extern "C" __global__ void act_gelu(void *out, int dto, void *sh, const void *in, int dti, ll n) {
     GRID_STRIDE(i, n) {
         float x = ld(in, i, dti);
         float u = GELU_C * (x + 0.044715f * x * x * x);
-        st(out, i, dto, 0.5f * x * (1.f + tanhf(u)));
+        float y = 0.5f * x * (1.f + tanhf(u));
+        st(out, i, dto, y);
+        if (sh) st(sh, i, 1, y);
     }
 }
 
@@ -22,10 +25,12 @@ extern "C" __global__ void act_gelu_back(void *dIn, int dti, const void *dOut, i
     }
 }
 
-extern "C" __global__ void act_silu(void *out, int dto, const void *in, int dti, ll n) {
+extern "C" __global__ void act_silu(void *out, int dto, void *sh, const void *in, int dti, ll n) {
     GRID_STRIDE(i, n) {
         float x = ld(in, i, dti);
-        st(out, i, dto, x / (1.f + expf(-x)));
+        float y = x / (1.f + expf(-x));
+        st(out, i, dto, y);
+        if (sh) st(sh, i, 1, y);
     }
 }
 

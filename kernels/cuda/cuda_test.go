@@ -108,6 +108,7 @@ func roundBF16(v []float32) {
 
 // runCase runs c on the CPU and the GPU with dtype dt for the non-f32 tensors and compares.
 func runCase(t *testing.T, g *Device, c opCase, dt kernels.DType) {
+	g.ResetError()
 	r := seedRand(t)
 	cpu := kernels.NewCPU(2)
 	host := map[string][]float32{}

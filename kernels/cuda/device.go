@@ -59,6 +59,12 @@ type Device struct {
 	shadows map[uintptr]*shadow // by fp32 address
 	wgen    int                 // bumped by every write into a marked region
 
+	acts      []actEntry         // valid bf16 copies of fp32 activations (shadows.go)
+	actBufs   map[uintptr]actBuf // their persistent buffers, by fp32 address
+	keep      bool               // the op being entered declares its writes
+	depth     int                // enter nesting
+	capEpoch  int
+	ropeTabs  map[int]*ropeTab
 	prof      profiler
 	smemSet   map[uintptr]int // dynamic shared memory limit set per function
 	capturing bool
@@ -79,9 +85,10 @@ const (
 type region struct{ lo, hi uintptr }
 
 type shadow struct {
-	p   uintptr // bf16 copy
-	n   int
-	gen int
+	p     uintptr // bf16 copy
+	n     int
+	gen   int
+	epoch int // capture epoch of the conversion
 }
 
 // MarkWeights declares t (an fp32 buffer, e.g. a model's parameter buffer) as weights: in GEMMBF16
@@ -202,6 +209,11 @@ func (d *Device) Name() string { return "cuda" }
 // current context is per thread; goroutines move between threads).
 func (d *Device) enter() bool {
 	runtime.LockOSThread()
+	if d.depth == 0 && !d.keep {
+		d.acts = d.acts[:0] // an op that does not declare its writes: no bf16 copy stays valid
+	}
+	d.keep = false
+	d.depth++
 	if d.err != nil {
 		return false
 	}
@@ -213,7 +225,10 @@ func (d *Device) enter() bool {
 	return true
 }
 
-func (d *Device) leave() { runtime.UnlockOSThread() }
+func (d *Device) leave() {
+	d.depth--
+	runtime.UnlockOSThread()
+}
 
 // fail records the first error.
 func (d *Device) fail(err error) {
@@ -224,6 +239,11 @@ func (d *Device) fail(err error) {
 
 // Err is the first recorded error (nil if none) without waiting for the device.
 func (d *Device) Err() error { return d.err }
+
+// ResetError forgets the recorded error (tests: one failing case must not fail every later one).
+// Only for errors that leave the context usable, such as a refused launch; after a fault in a
+// kernel the context is lost and every later call fails again.
+func (d *Device) ResetError() { d.err = nil }
 
 // ---------------------------------------------------------------------------------------------
 // Kernel arguments and launches. Argument values live in pinned host memory (C memory), each in its

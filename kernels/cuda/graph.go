@@ -21,20 +21,24 @@ func (d *Device) Capture(fn func()) (*Graph, error) {
 	if err := d.Sync(); err != nil {
 		return nil, err
 	}
-	runtime.LockOSThread()
+	runtime.LockOSThread() // capture and its ops from this thread
 	defer runtime.UnlockOSThread()
 	if !d.enter() {
 		d.leave()
 		return nil, d.err
 	}
-	defer d.leave()
-	if err := d.drv.call("cuStreamBeginCapture_v2", d.drv.cuStreamBeginCapture, d.stream, captureModeRelaxed); err != nil {
+	err := d.drv.call("cuStreamBeginCapture_v2", d.drv.cuStreamBeginCapture, d.stream, captureModeRelaxed)
+	d.leave()
+	if err != nil {
 		return nil, err
 	}
 	d.capturing = true
-	fn()
+	d.capEpoch++
+	fn() // at depth 0: its ops clear and keep bf16 copies as they do outside a capture
 	d.capturing = false
+	d.capEpoch++
 	d.enter()
+	defer d.leave()
 	g := &Graph{d: d}
 	if err := d.drv.call("cuStreamEndCapture", d.drv.cuStreamEndCapture, d.stream, uintptr(unsafe.Pointer(&g.graph))); err != nil {
 		d.fail(err)

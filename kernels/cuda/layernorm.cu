@@ -2,7 +2,8 @@
 // One block per row; mean and rstd saved for the backward.
 #include "common.cuh"
 
-extern "C" __global__ void ln_fwd(void *out, int dto, void *mean, void *rstd, int dts, const void *in, int dti,
+// shw (sh in the other kernels), when not null, gets a bf16 copy of out (the next GEMM's operand).
+extern "C" __global__ void ln_fwd(void *out, int dto, void *shw, void *mean, void *rstd, int dts, const void *in, int dti,
                                   const void *w, const void *b, int dtw, ll D, float eps) {
     __shared__ float sh[32];
     ll row = blockIdx.x;
@@ -21,6 +22,7 @@ extern "C" __global__ void ln_fwd(void *out, int dto, void *mean, void *rstd, in
         if (w) y *= ld(w, c, dtw);
         if (b) y += ld(b, c, dtw);
         st(out, o + c, dto, y);
+        if (shw) st(shw, o + c, 1, y);
     }
     if (threadIdx.x == 0) {
         if (mean) st(mean, row, dts, mu);

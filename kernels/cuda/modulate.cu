@@ -3,21 +3,24 @@
 #include "common.cuh"
 
 // out = x·(1 + mod[b,f,iScale]) + mod[b,f,iShift]
+// sh, when not null, gets a bf16 copy of out (the bf16 operand of the GEMM that reads out next).
 template <typename I>
-__device__ __forceinline__ void mod_fwd_t(void *out, int dto, const void *x, int dtx, const void *mod, int dtm,
+__device__ __forceinline__ void mod_fwd_t(void *out, int dto, void *sh, const void *x, int dtx, const void *mod, int dtm,
                                           int iShift, int iScale, I N, I D, I F, I K, I tpf, ll n) {
     GRID_STRIDE_I(I, i, n) {
         I d = i % D, tok = i / D, b = tok / N, f = (tok % N) / tpf;
         I m = ((b * F + f) * K) * D + d;
-        st(out, i, dto, ld(x, i, dtx) * (1.f + ld(mod, m + iScale * D, dtm)) + ld(mod, m + iShift * D, dtm));
+        float y = ld(x, i, dtx) * (1.f + ld(mod, m + iScale * D, dtm)) + ld(mod, m + iShift * D, dtm);
+        st(out, i, dto, y);
+        if (sh) st(sh, i, 1, y);
     }
 }
-extern "C" __global__ void mod_fwd(void *out, int dto, const void *x, int dtx, const void *mod, int dtm,
+extern "C" __global__ void mod_fwd(void *out, int dto, void *sh, const void *x, int dtx, const void *mod, int dtm,
                                    int iShift, int iScale, ll N, ll D, int F, int K, ll tpf, ll n) {
     if (FITS32(n) && FITS32((ll)F * K * D * (n / (N * D) + 1)))
-        mod_fwd_t<unsigned>(out, dto, x, dtx, mod, dtm, iShift, iScale, (unsigned)N, (unsigned)D, F, K, (unsigned)tpf, n);
+        mod_fwd_t<unsigned>(out, dto, sh, x, dtx, mod, dtm, iShift, iScale, (unsigned)N, (unsigned)D, F, K, (unsigned)tpf, n);
     else
-        mod_fwd_t<ll>(out, dto, x, dtx, mod, dtm, iShift, iScale, N, D, F, K, tpf, n);
+        mod_fwd_t<ll>(out, dto, sh, x, dtx, mod, dtm, iShift, iScale, N, D, F, K, tpf, n);
 }
 
 // dX += dOut·(1 + scale); the dMod slices are column reductions done by colreduce.

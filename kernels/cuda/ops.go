@@ -59,19 +59,24 @@ func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
 				d.fail(fmt.Errorf("cuda: new bf16 weight shadow during graph capture: run the work once before capturing"))
 				return 0
 			}
-			s = &shadow{n: n, gen: -1}
+			s = &shadow{n: n, gen: -1, epoch: -1}
 			if err := d.drv.call("cuMemAlloc_v2(bf16 weight shadow)", d.drv.cuMemAlloc, uintptr(unsafe.Pointer(&s.p)), uintptr(2*n)); err != nil {
 				d.fail(err)
 				return 0
 			}
 			d.shadows[t.Ptr] = s
 		}
-		if s.gen != d.wgen {
+		// Inside a capture the graph converts for itself (a replay must not read a copy made before
+		// it, e.g. by weights an optimizer step has changed since).
+		if s.gen != d.wgen || (d.capturing && s.epoch != d.capEpoch) {
 			d.args.reset().ptr(s.p).i32(int(kernels.BF16)).t(t).i64(n)
 			d.ew("ew_convert", n)
-			s.gen = d.wgen
+			s.gen, s.epoch = d.wgen, d.capEpoch
 		}
 		return s.p
+	}
+	if p := d.actLookup(t); p != 0 { // a valid bf16 copy made by the op that produced t
+		return p
 	}
 	p := d.scratch(2 * n)
 	if p == 0 {
@@ -176,12 +181,14 @@ func (d *Device) Linear(out, in, w, b *kernels.Tensor) {
 	must(len(w.Shape) == 2 && in.Numel()%K == 0, "Linear: in %v w %v", in.Shape, w.Shape)
 	M := in.Numel() / K
 	must(out.Numel() == M*N && (b == nil || b.Numel() == N), "Linear: out %v in %v w %v b %v", out.Shape, in.Shape, w.Shape, b)
+	d.keepShadows()
 	if !d.enter() {
 		d.leave()
 		return
 	}
 	defer d.leave()
 	d.gemm("Linear", opT, opN, N, M, K, w, K, in, K, out, N, 0, b)
+	d.wrote(out)
 }
 
 // LinearBack: dIn += dOut·w; dW += dOutᵀ·in; dB += Σ_rows dOut.
@@ -189,11 +196,16 @@ func (d *Device) LinearBack(dIn, dW, dB, dOut, in, w *kernels.Tensor) {
 	N, K := w.Shape[0], w.Numel()/w.Shape[0]
 	M := in.Numel() / K
 	must(dOut.Numel() == M*N, "LinearBack: dOut %v in %v w %v", dOut.Shape, in.Shape, w.Shape)
+	d.keepShadows()
 	if !d.enter() {
 		d.leave()
 		return
 	}
 	defer d.leave()
+	defer d.wrote(dIn, dW, dB)
+	if d.GEMM == GEMMBF16 && dIn != nil && dW != nil {
+		d.bf16Persistent(dOut) // one bf16 copy of dOut for both GEMMs
+	}
 	if dIn != nil { // dInᵀ (K×M) = (w as K×N)·(dOut as N×M)
 		mustNumel("LinearBack dIn", M*K, dIn)
 		d.gemm("LinearBack(dIn)", opN, opN, K, M, N, w, K, dOut, N, dIn, K, 1, nil)
@@ -302,8 +314,10 @@ func (d *Device) LayerNorm(out, mean, rstd, in, w, b *kernels.Tensor, eps float3
 	} else if b != nil {
 		wdt = int(b.DType)
 	}
-	d.args.reset().t(out).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i64(D).f32(eps)
+	sh := d.shadowBuf(out)
+	d.args.reset().t(out).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i64(D).f32(eps)
 	d.launch("ln_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+	d.actSet(out, sh)
 }
 
 func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Tensor) {
@@ -341,11 +355,13 @@ func (d *Device) RMSNorm(out, rstd, in, w *kernels.Tensor, eps float32) {
 	rows := n / D
 	must(rstd == nil || rstd.Numel() == rows, "RMSNorm: rstd %v for %d rows", rstd, rows)
 	must(w == nil || w.Numel() == D, "RMSNorm: weight %v for D=%d", w, D)
+	d.keepShadows()
 	if rows == 0 || !d.enter() {
 		d.leave()
 		return
 	}
 	defer d.leave()
+	d.wrote(out, rstd)
 	sdt, wdt := 0, 0
 	if rstd != nil {
 		sdt = int(rstd.DType)
@@ -353,8 +369,10 @@ func (d *Device) RMSNorm(out, rstd, in, w *kernels.Tensor, eps float32) {
 	if w != nil {
 		wdt = int(w.DType)
 	}
-	d.args.reset().t(out).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).i32(wdt).i64(D).f32(eps)
+	sh := d.shadowBuf(out)
+	d.args.reset().t(out).ptr(sh).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).i32(wdt).i64(D).f32(eps)
 	d.launch("rms_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+	d.actSet(out, sh)
 }
 
 func (d *Device) RMSNormBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor) {
@@ -403,8 +421,10 @@ func (d *Device) Modulate(out, x, mod *kernels.Tensor, iShift, iScale, tpf int) 
 	}
 	defer d.leave()
 	_ = B
-	d.args.reset().t(out).t(x).t(mod).i32(iShift).i32(iScale).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
+	sh := d.shadowBuf(out)
+	d.args.reset().t(out).ptr(sh).t(x).t(mod).i32(iShift).i32(iScale).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
 	d.ew("mod_fwd", n)
+	d.actSet(out, sh)
 }
 
 func (d *Device) ModulateBack(dX, dMod, dOut, x, mod *kernels.Tensor, iShift, iScale, tpf int) {
@@ -466,8 +486,10 @@ func (d *Device) act(name string, out, in *kernels.Tensor) {
 		return
 	}
 	defer d.leave()
-	d.args.reset().t(out).t(in).i64(n)
+	sh := d.shadowBuf(out)
+	d.args.reset().t(out).ptr(sh).t(in).i64(n)
 	d.ew(name, n)
+	d.actSet(out, sh)
 }
 
 func (d *Device) actBack(name string, dIn, dOut, in *kernels.Tensor) {
@@ -494,13 +516,70 @@ func (d *Device) rope(op string, x *kernels.Tensor, frames, rows, cols, frame0 i
 	N, H, hd := x.Shape[1], x.Shape[2], x.Shape[3]
 	must(N == frames*rows*cols, "%s: x %v for a %d×%d×%d grid", op, x.Shape, frames, rows, cols)
 	n := x.Numel() / 2
+	d.keepShadows()
 	if n == 0 || !d.enter() {
 		d.leave()
 		return
 	}
 	defer d.leave()
+	d.wrote(x)
+	if tf, th := d.ropeTable(hd, max(frame0+frames, rows, cols)); tf != 0 && 2*n < 1<<31 {
+		var sh uintptr
+		if sign > 0 {
+			sh = d.shadowBuf(x)
+		}
+		d.args.reset().t(x).ptr(sh).ptr(tf).ptr(th).i32(N).i32(H).i32(hd).i32(rows).i32(cols).i32(frame0).f32(sign).i64(n)
+		d.ew("rope_apply_tab", n)
+		d.actSet(x, sh)
+		return
+	}
 	d.args.reset().t(x).i64(N).i32(H).i32(hd).i32(rows).i32(cols).i32(frame0).f32(sign).i64(n)
 	d.ew("rope_apply", n)
+}
+
+type ropeTab struct {
+	tf, th uintptr
+	P      int
+}
+
+// ropeTable returns the cos/sin tables of head dim hd for positions [0, P) or more (0 when they
+// would have to grow during a graph capture: the caller computes the angles itself).
+func (d *Device) ropeTable(hd, P int) (tf, th uintptr) {
+	if d.ropeTabs == nil {
+		d.ropeTabs = map[int]*ropeTab{}
+	}
+	t := d.ropeTabs[hd]
+	if t != nil && t.P >= P {
+		return t.tf, t.th
+	}
+	if d.capturing {
+		return 0, 0
+	}
+	P = max(P, 2*tabP(t), 64)
+	c := hd / 2
+	nh := c / 3
+	nf := c - 2*nh
+	if t != nil {
+		d.fail(d.drv.call("cuStreamSynchronize", d.drv.cuStreamSynchronize, d.stream))
+		d.fail(d.drv.call("cuMemFree_v2(rope table)", d.drv.cuMemFree, t.tf))
+	}
+	t = &ropeTab{P: P}
+	if err := d.drv.call("cuMemAlloc_v2(rope table)", d.drv.cuMemAlloc, uintptr(unsafe.Pointer(&t.tf)), uintptr(8*P*(nf+nh))); err != nil {
+		d.fail(err)
+		return 0, 0
+	}
+	t.th = t.tf + uintptr(8*P*nf)
+	d.ropeTabs[hd] = t
+	d.args.reset().ptr(t.tf).ptr(t.th).i32(P).i32(nf).i32(nh)
+	d.ew("rope_table", P*(nf+nh))
+	return t.tf, t.th
+}
+
+func tabP(t *ropeTab) int {
+	if t == nil {
+		return 0
+	}
+	return t.P
 }
 
 func (d *Device) RoPE(x *kernels.Tensor, frames, rows, cols, frame0 int) {
@@ -537,14 +616,32 @@ func (d *Device) Attention(out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffs
 	if B*Nq*H == 0 {
 		return
 	}
-	if !d.refAttn && FusedAttention.Fwd != nil && FusedAttention.Fwd(d, out, lse, q, k, v, chunkTokens, qOffset) {
-		return
-	}
+	d.keepShadows()
 	if !d.enter() {
 		d.leave()
 		return
 	}
 	defer d.leave()
+	defer d.wrote(out, lse)
+	if !d.refAttn && FusedAttention.Fwd != nil {
+		// GEMMBF16 mode with fp32 storage: the fused kernel on bf16 copies (made by the ops that
+		// produced q and k), its bf16 output kept as the o-projection's operand.
+		if d.GEMM == GEMMBF16 && q.DType == kernels.F32 && out.DType == kernels.F32 && (hd == 64 || hd == 128) {
+			qb, kb, vb, ob := d.bf16Persistent(q), d.bf16Persistent(k), d.bf16Persistent(v), d.shadowBuf(out)
+			if qb != 0 && kb != 0 && vb != 0 && ob != 0 &&
+				FusedAttention.Fwd(d, bf16View(d, out, ob), lse, bf16View(d, q, qb), bf16View(d, k, kb), bf16View(d, v, vb), chunkTokens, qOffset) {
+				n := out.Numel()
+				d.args.reset().t(out).ptr(ob).i32(int(kernels.BF16)).i64(n)
+				d.ew("ew_convert", n)
+				d.wrote(out, lse)
+				d.actSet(out, ob)
+				return
+			}
+		}
+		if FusedAttention.Fwd(d, out, lse, q, k, v, chunkTokens, qOffset) {
+			return
+		}
+	}
 	rows := B * H * Nq
 	d.args.reset().t(out).t(lse).ptr(q.Ptr).ptr(k.Ptr).ptr(v.Ptr).i32(int(q.DType)).i32(B).i64(Nq).i64(Nk).i32(H).i32(hd).i64(chunkTokens).i64(qOffset)
 	d.launch("refattn_fwd", (rows*32+255)/256, 1, 1, 256, 1, 1, 0)
@@ -556,14 +653,25 @@ func (d *Device) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tens
 	if B*Nq*H == 0 {
 		return
 	}
-	if !d.refAttn && FusedAttention.Back != nil && FusedAttention.Back(d, dQ, dK, dV, dOut, out, lse, q, k, v, chunkTokens, qOffset) {
-		return
-	}
+	d.keepShadows()
 	if !d.enter() {
 		d.leave()
 		return
 	}
 	defer d.leave()
+	defer d.wrote(dQ, dK, dV)
+	if !d.refAttn && FusedAttention.Back != nil {
+		if d.GEMM == GEMMBF16 && q.DType == kernels.F32 && out.DType == kernels.F32 && dOut.DType == kernels.F32 && (hd == 64 || hd == 128) {
+			qb, kb, vb, ob, gb := d.bf16Persistent(q), d.bf16Persistent(k), d.bf16Persistent(v), d.bf16Persistent(out), d.bf16Persistent(dOut)
+			if qb != 0 && kb != 0 && vb != 0 && ob != 0 && gb != 0 &&
+				FusedAttention.Back(d, dQ, dK, dV, bf16View(d, dOut, gb), bf16View(d, out, ob), lse, bf16View(d, q, qb), bf16View(d, k, kb), bf16View(d, v, vb), chunkTokens, qOffset) {
+				return
+			}
+		}
+		if FusedAttention.Back(d, dQ, dK, dV, dOut, out, lse, q, k, v, chunkTokens, qOffset) {
+			return
+		}
+	}
 	gdt := kernels.F32
 	for _, g := range []*kernels.Tensor{dQ, dK, dV} {
 		if g != nil {

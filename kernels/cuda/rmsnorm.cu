@@ -1,8 +1,8 @@
 // RMSNorm over the last dim D (Wan's norm_q / norm_k run over all D channels, not per head).
 #include "common.cuh"
 
-// out = x·rsqrt(mean(x²) + eps)·w; rstd [rows] saved.
-extern "C" __global__ void rms_fwd(void *out, int dto, void *rstd, int dts, const void *in, int dti,
+// out = x·rsqrt(mean(x²) + eps)·w; rstd [rows] saved; shw, when not null, gets a bf16 copy of out.
+extern "C" __global__ void rms_fwd(void *out, int dto, void *shw, void *rstd, int dts, const void *in, int dti,
                                    const void *w, int dtw, ll D, float eps) {
     __shared__ float sh[32];
     ll row = blockIdx.x;
@@ -17,6 +17,7 @@ extern "C" __global__ void rms_fwd(void *out, int dto, void *rstd, int dts, cons
         float y = ld(in, o + c, dti) * rs;
         if (w) y *= ld(w, c, dtw);
         st(out, o + c, dto, y);
+        if (shw) st(shw, o + c, 1, y);
     }
     if (threadIdx.x == 0 && rstd) st(rstd, row, dts, rs);
 }

@@ -87,6 +87,7 @@ func TestDiTAgainstCPU(t *testing.T) {
 }
 
 func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v variant, seed int64) {
+	g.ResetError()
 	r := rand.New(rand.NewSource(seed))
 	cpu := kernels.NewCPU(2)
 	s := models.Shape{B: 2, F: 3, H: 4, W: 6, L: 7, ChunkFrames: chunk}
@@ -124,6 +125,36 @@ func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v varia
 	t.Logf("worst parameter gradient: %s rel error %.3g", wname, worst)
 	if !(worst < 10*v.tol) {
 		t.Errorf("grad.%s: rel error %.3g > %.1g", wname, worst, 10*v.tol)
+	}
+	if v.gemm == cuda.GEMMBF16 { // bf16 copies must not go stale: a second forward on new inputs, then a graph replay on others
+		xg, tg, cg := upload(g, x, xs...), upload(g, ts, s.B, s.F), upload(g, ctx, s.B, s.L, cfg.TextDim)
+		for round := 0; round < 2; round++ {
+			x2, t2 := randn(r, len(x), 0, 0), randn(r, len(ts), 0, 1000)
+			want := host(cpu, mc.Forward(pc, upload(cpu, x2, xs...), upload(cpu, t2, s.B, s.F), upload(cpu, ctx, s.B, s.L, cfg.TextDim)))
+			g.FromHost(xg, x2)
+			g.FromHost(tg, t2)
+			var got []float32
+			if round == 0 {
+				got = host(g, mg.Forward(pg, xg, tg, cg))
+			} else {
+				var outT *kernels.Tensor // Forward's output tensor, the same on every replay
+				gr, err := g.Capture(func() { outT = mg.Forward(pg, xg, tg, cg) })
+				if err != nil {
+					t.Fatalf("capture: %v", err)
+				}
+				g.FromHost(xg, randn(r, len(x), 0, 0)) // replay on other inputs first
+				if err := gr.Launch(); err != nil {
+					t.Fatal(err)
+				}
+				g.FromHost(xg, x2)
+				if err := gr.Launch(); err != nil {
+					t.Fatal(err)
+				}
+				got = host(g, outT)
+				gr.Destroy()
+			}
+			check(t, g, fmt.Sprintf("out on new inputs (%s)", map[int]string{0: "eager", 1: "graph replay"}[round]), got, want, v.tol)
+		}
 	}
 	if chunk > 0 { // streaming: chunk by chunk with the KV cache equals the block-causal forward
 		cc := mg.NewCache(s.B, s.H, s.W, 0, 0)
