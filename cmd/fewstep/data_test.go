@@ -145,6 +145,7 @@ func TestInspectRowsTwins(t *testing.T) {
 			}
 		}
 		for i := range want {
+			t.Logf("%s row %d: parquet sum %v, arrow sum %v, written %v", dtype, i, sums[0][i], sums[1][i], want[i])
 			if sums[0][i] != want[i] || sums[1][i] != want[i] {
 				t.Errorf("%s row %d: parquet %v, ipc %v, written %v", dtype, i, sums[0][i], sums[1][i], want[i])
 			}
