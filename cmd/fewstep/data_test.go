@@ -53,7 +53,7 @@ func runCLI(t *testing.T, args ...string) (string, string, error) {
 
 // writeTwins writes the same FastVideo-style rows with arrow-go's own writers (not the project's):
 // a Parquet file (pqarrow, snappy, row groups of 4) and an Arrow IPC file. Latents are dtype
-// (float32 or bfloat16, the latter as random bf16 bit patterns); returns the expected row sums.
+// (float32, or bfloat16 values written as raw 16-bit words by hand); returns the expected row sums.
 func writeTwins(t *testing.T, dir, dtype string, n int) (pq, ai string, want []float64) {
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 11))
 	schema := arrow.NewSchema([]arrow.Field{
@@ -71,10 +71,7 @@ func writeTwins(t *testing.T, dir, dtype string, n int) (pq, ai string, want []f
 		for k := 0; k < 16*3*4*4; k++ {
 			x := float32(rng.NormFloat64())
 			if dtype == "bfloat16" {
-				h := uint16(rng.Uint32()&0x7fff) | uint16(rng.Uint32()&1)<<15
-				if h&0x7f80 == 0x7f80 { // no Inf/NaN
-					h &^= 0x4000
-				}
+				h := uint16(math.Float32bits(x) >> 16) // N(0,1) truncated to bf16: an exact bf16 value
 				x = math.Float32frombits(uint32(h) << 16)
 				raw = binary.LittleEndian.AppendUint16(raw, h)
 			} else {
