@@ -1,0 +1,92 @@
+package cuda
+
+import (
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// TestAttentionLaunchShapes runs without a GPU: every kernel attention.go launches is built by
+// attention.cu outside the tuning-only ATTN_VARIANTS blocks, and each forward's launch shape
+// (threads, query rows, keys per tile → shared memory) is the one its FWD instantiation compiles.
+func TestAttentionLaunchShapes(t *testing.T) {
+	src, err := os.ReadFile("attention.cu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Drop the tuning-only blocks.
+	var shipped []string
+	depth := 0
+	for _, line := range strings.Split(string(src), "\n") {
+		switch {
+		case strings.HasPrefix(line, "#ifdef ATTN_VARIANTS"):
+			depth++
+		case depth > 0 && strings.HasPrefix(line, "#if"):
+			depth++
+		case depth > 0 && strings.HasPrefix(line, "#endif"):
+			depth--
+		case depth == 0:
+			shipped = append(shipped, line)
+		}
+	}
+	body := strings.Join(shipped, "\n")
+	type fwd struct{ hd, nw, wm, bc int }
+	fwds := map[string]fwd{}
+	for _, m := range regexp.MustCompile(`(?m)^FWD\((\d+), (\d+), (\d+), (\d+), \w+, (\w+)\)`).FindAllStringSubmatch(body, -1) {
+		a := func(i int) int { v, _ := strconv.Atoi(m[i]); return v }
+		fwds[m[5]] = fwd{a(1), a(2), a(3), a(4)}
+	}
+	names := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^(?:FWD|BWD)\([^)]*, (\w+)\)`).FindAllStringSubmatch(body, -1) {
+		names[m[1]] = true
+	}
+	for _, m := range regexp.MustCompile(`extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\(`).FindAllStringSubmatch(body, -1) {
+		names[m[1]] = true
+	}
+	if len(fwds) == 0 || len(names) == 0 {
+		t.Fatalf("no kernels parsed from attention.cu")
+	}
+	need := []string{"attn_add_f32_into"}
+	for _, n := range attnBwdNames {
+		need = append(need, n)
+	}
+	for _, n := range attnPrepNames {
+		need = append(need, n)
+	}
+	for _, n := range need {
+		if !names[n] {
+			t.Errorf("attention.go launches %s, which attention.cu does not build", n)
+		}
+	}
+	d := &Device{sms: 132}
+	for _, c := range []struct{ B, Nq, H, hd, ct int }{
+		{1, 32760, 12, 128, 0}, {1, 4680, 12, 128, 1560}, {1, 32760, 12, 128, 1560}, {2, 300, 3, 64, 0}, {1, 100, 2, 64, 50},
+	} {
+		for _, dt := range []kernels.DType{kernels.BF16, kernels.F32} {
+			cfg, ok := d.attnFwdPick(c.B, c.Nq, c.H, c.hd, dt, c.ct)
+			if !ok {
+				t.Errorf("%+v %v: no forward kernel", c, dt)
+				continue
+			}
+			f, built := fwds[cfg.name]
+			if !built {
+				t.Errorf("%+v %v: attention.go picks %s, which attention.cu does not build", c, dt, cfg.name)
+				continue
+			}
+			if f.hd != c.hd || cfg.threads != 32*f.nw || cfg.rows != 16*f.nw*f.wm || cfg.keys != f.bc {
+				t.Errorf("%s: launched with %d threads, %d rows, %d keys; built as hd %d, %d warps × %d m-tiles, %d keys",
+					cfg.name, cfg.threads, cfg.rows, cfg.keys, f.hd, f.nw, f.wm, f.bc)
+			}
+		}
+	}
+	if cfg, _ := d.attnFwdPick(1, 32760, 12, 128, kernels.BF16, 0); cfg.rows != 256 {
+		t.Errorf("N=32760 unmasked hd 128 bf16: picked %s, want the 256-row tiling", cfg.name)
+	}
+	if cfg, _ := d.attnFwdPick(1, 4680, 12, 128, kernels.BF16, 1560); cfg.rows != 128 {
+		t.Errorf("N=4680 block-causal hd 128 bf16: picked %s, want the 128-row tiling", cfg.name)
+	}
+}
