@@ -45,23 +45,15 @@ func init() {
 		f.String("inputs", "", "safetensors with x, t, context (and cotangent for vjp) (required)")
 		f.Bool("causal", false, "block-causal self-attention (the causal student); chunks of --chunk-frames")
 		f.Int("chunk-frames", 0, "latent frames per causal chunk (implies --causal; default 3 with --causal)")
-		f.String("device", "cpu", "cpu (cuda: not wired into this command yet)")
+		f.String("device", "cpu", "cpu, cuda or cuda:N")
 		f.String("out", "", "output safetensors (required)")
 		modelCmd.AddCommand(c)
 	}
 	rootCmd.AddCommand(modelCmd)
 }
 
-// openDevice returns the engine backend named by --device.
-func openDevice(name string) (kernels.Device, error) {
-	switch name {
-	case "cpu":
-		return kernels.CPU(), nil
-	case "cuda":
-		return nil, fmt.Errorf("--device cuda: the CUDA backend is not available to this command yet; use --device cpu")
-	}
-	return nil, fmt.Errorf("--device %q: want cpu or cuda", name)
-}
+// openDevice returns the engine backend named by --device: cpu, cuda or cuda:N (device.go).
+func openDevice(name string) (kernels.Device, error) { return openBackend(name) }
 
 // modelConfig resolves --config / --preset.
 func modelConfig(cmd *cobra.Command) (models.Config, error) {
