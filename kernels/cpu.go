@@ -24,6 +24,7 @@ type cpuDevice struct {
 	ropeTab []float32   // cos/sin tables of the last RoPE call, grown on demand
 	scr     [][]float32 // per-worker scratch rows (attention), grown on demand
 	gb      []*gemmBuf  // per-worker GEMM packing buffers
+	kpack   []float32   // attention: every head's packed Kᵀ
 }
 
 // CPU returns a CPU device with one worker per GOMAXPROCS.

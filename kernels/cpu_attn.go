@@ -117,10 +117,10 @@ func visible(i, Nk, chunkTokens, qOffset int) int {
 // attnQB is the number of query rows processed together (a GEMM row block).
 const attnQB = 64
 
-// Attention, blocked: per (b, h, block of attnQB queries), S = Q·Kᵀ/√hd over the keys visible to
-// the block's last query (a prefix), a stable softmax per row over its own visible prefix
-// (P = exp(S − max)/rowsum, zero where masked), O = P·V, lse = max + log rowsum (natural log).
-// Scratch: attnQB × Nk floats per worker.
+// Attention, blocked: each head's Kᵀ is packed once; then per (b, h, block of attnQB queries),
+// S = Q·Kᵀ/√hd over the keys visible to the block's last query (a prefix), a stable softmax per row
+// over its own visible prefix (P = exp(S − max), zero where masked), O = (P·V)/rowsum,
+// lse = max + log rowsum (natural log). Scratch per worker: attnQB × Nk floats.
 func (c *cpuDevice) Attention(out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
 	B, Nq, Nk, H, hd := attnDims("Attention", out, lse, q, k, v)
 	if !(chunkTokens >= 0 && qOffset >= 0) {
@@ -130,10 +130,12 @@ func (c *cpuDevice) Attention(out, lse, q, k, v *Tensor, chunkTokens, qOffset in
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	ld := H * hd // row stride of q, k, v, out
 	nqb := (Nq + attnQB - 1) / attnQB
-	scratch := c.scratch(attnQB * Nk)
+	scratch := c.scratch(attnQB*Nk + attnQB)
 	bufs := c.gemmBufs()
+	kp := c.packKT(B, H, Nk, hd, kk)
+	kpLen := packedLen(hd, Nk)
 	c.pool.For(B*H*nqb, 1, func(w, lo, hi int) {
-		S := scratch[w]
+		S, sums := scratch[w][:attnQB*Nk], scratch[w][attnQB*Nk:]
 		for task := lo; task < hi; task++ {
 			bh, qb := task/nqb, task%nqb
 			b, h := bh/H, bh%H
@@ -144,40 +146,62 @@ func (c *cpuDevice) Attention(out, lse, q, k, v *Tensor, chunkTokens, qOffset in
 			kOff := b*Nk*ld + h*hd
 			// S[rows, jb] = scale · Q_blk · Kᵀ
 			clear(S[:rows*jb])
-			bufs[w].gemm(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, mat{kk[kOff:], 1, ld}, S, jb)
+			if kp != nil {
+				bufs[w].gemmPackedB(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, kp[bh*kpLen:], S, jb)
+			} else {
+				bufs[w].gemm(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, mat{kk[kOff:], 1, ld}, S, jb)
+			}
 			for i := 0; i < rows; i++ {
 				si := S[i*jb : (i+1)*jb]
 				jm := visible(i0+i, Nk, chunkTokens, qOffset)
-				mx := float32(math.Inf(-1))
-				for _, x := range si[:jm] {
-					mx = max(mx, x)
-				}
-				var sum float32
-				for j, x := range si[:jm] {
-					p := exp32(x - mx)
-					si[j] = p
-					sum += p
-				}
-				inv := 1 / sum
-				for j := range si[:jm] {
-					si[j] *= inv
-				}
+				mx := maxf(si[:jm])
+				sum := expShift(si[:jm], mx)
 				clear(si[jm:])
+				sums[i] = sum
 				L[bh*Nq+i0+i] = mx + float32(math.Log(float64(sum)))
 			}
-			// O_blk = P · V
+			// O_blk = P · V, then each row / its sum.
 			ob := o[qOff:]
 			for i := 0; i < rows; i++ {
 				clear(ob[i*ld : i*ld+hd])
 			}
 			bufs[w].gemm(rows, hd, jb, 1, mat{S, jb, 1}, mat{vv[kOff:], ld, 1}, ob, ld)
+			for i := 0; i < rows; i++ {
+				inv := 1 / sums[i]
+				oi := ob[i*ld : i*ld+hd]
+				for e := range oi {
+					oi[e] *= inv
+				}
+			}
 		}
 	})
 }
 
+// packKT packs Kᵀ of every head (b, h) for gemmPackedB into a device buffer (nil when hd is too
+// deep for one packed block: the callers then use the plain GEMM).
+func (c *cpuDevice) packKT(B, H, Nk, hd int, kk []float32) []float32 {
+	if hd > gemmKC {
+		return nil
+	}
+	n := packedLen(hd, Nk)
+	if cap(c.kpack) < B*H*n {
+		c.kpack = make([]float32, B*H*n)
+	}
+	kp := c.kpack[:B*H*n]
+	ld := H * hd
+	c.pool.For(B*H, 1, func(_, lo, hi int) {
+		for bh := lo; bh < hi; bh++ {
+			b, h := bh/H, bh%H
+			packB(kp[bh*n:(bh+1)*n], mat{kk[b*Nk*ld+h*hd:], 1, ld}, 0, hd, 0, Nk)
+		}
+	})
+	return kp
+}
+
 // AttentionBack recomputes P = exp(S − lse) per block of queries and accumulates
-// dV += Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O)), dQ += dS·K/√hd, dK += dSᵀ·Q/√hd, all as GEMMs.
-// Parallel over (b, h): each task owns its heads' rows of dQ, dK and dV.
+// dV += Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O)), dQ += dS·K/√hd, dK += dSᵀ·Q/√hd, all as GEMMs
+// (Kᵀ and Vᵀ of the head packed once). Parallel over (b, h): each task owns its heads' rows of
+// dQ, dK and dV.
 func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
 	B, Nq, Nk, H, hd := attnDims("AttentionBack", out, lse, q, k, v)
 	sameNumel("AttentionBack", q, dOut, dQ)
@@ -185,39 +209,54 @@ func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, c
 	dq, dk, dv, g, o, L, qq, kk, vv := f32(dQ), f32(dK), f32(dV), f32(dOut), f32(out), f32(lse), f32(q), f32(k), f32(v)
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	ld := H * hd
-	scratch := c.scratch(2 * attnQB * Nk)
+	pl := packedLen(hd, Nk)
+	packed := hd <= gemmKC
+	scratch := c.scratch(2*attnQB*Nk + 2*pl)
 	bufs := c.gemmBufs()
 	c.pool.For(B*H, 1, func(w, lo, hi int) {
 		buf := bufs[w]
+		P, dP := scratch[w][:attnQB*Nk], scratch[w][attnQB*Nk:2*attnQB*Nk]
+		kp, vp := scratch[w][2*attnQB*Nk:][:pl], scratch[w][2*attnQB*Nk+pl:][:pl]
 		for bh := lo; bh < hi; bh++ {
 			b, h := bh/H, bh%H
 			kOff := b*Nk*ld + h*hd
+			KT, VT := mat{kk[kOff:], 1, ld}, mat{vv[kOff:], 1, ld}
+			if packed {
+				packB(kp, KT, 0, hd, 0, Nk)
+				packB(vp, VT, 0, hd, 0, Nk)
+			}
 			for i0 := 0; i0 < Nq; i0 += attnQB {
 				rows := min(attnQB, Nq-i0)
 				jb := visible(i0+rows-1, Nk, chunkTokens, qOffset)
-				P, dP := scratch[w][:rows*jb], scratch[w][attnQB*Nk:][:rows*jb]
+				P, dP := P[:rows*jb], dP[:rows*jb]
 				qOff := (b*Nq+i0)*ld + h*hd
+				Qb, dOb := mat{qq[qOff:], ld, 1}, mat{g[qOff:], ld, 1}
 				// P = exp(scale·Q·Kᵀ − lse), zero where masked.
 				clear(P)
-				buf.gemm(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, mat{kk[kOff:], 1, ld}, P, jb)
+				if packed {
+					buf.gemmPackedB(rows, jb, hd, scale, Qb, kp, P, jb)
+				} else {
+					buf.gemm(rows, jb, hd, scale, Qb, KT, P, jb)
+				}
 				for i := 0; i < rows; i++ {
 					pi := P[i*jb : (i+1)*jb]
 					jm := visible(i0+i, Nk, chunkTokens, qOffset)
-					li := L[bh*Nq+i0+i]
-					for j, x := range pi[:jm] {
-						pi[j] = exp32(x - li)
-					}
+					expShift(pi[:jm], L[bh*Nq+i0+i])
 					clear(pi[jm:])
 				}
 				if dv != nil { // dV[:jb] += Pᵀ · dO_blk
-					buf.gemm(jb, hd, rows, 1, mat{P, 1, jb}, mat{g[qOff:], ld, 1}, dv[kOff:], ld)
+					buf.gemm(jb, hd, rows, 1, mat{P, 1, jb}, dOb, dv[kOff:], ld)
 				}
 				if dq == nil && dk == nil {
 					continue
 				}
 				// dP = dO_blk · Vᵀ; dS = P ⊙ (dP − D)·scale with D_i = dO_i · O_i.
 				clear(dP)
-				buf.gemm(rows, jb, hd, 1, mat{g[qOff:], ld, 1}, mat{vv[kOff:], 1, ld}, dP, jb)
+				if packed {
+					buf.gemmPackedB(rows, jb, hd, 1, dOb, vp, dP, jb)
+				} else {
+					buf.gemm(rows, jb, hd, 1, dOb, VT, dP, jb)
+				}
 				for i := 0; i < rows; i++ {
 					gi, oi := g[qOff+i*ld:][:hd], o[qOff+i*ld:][:hd]
 					var D float32
@@ -233,7 +272,7 @@ func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, c
 					buf.gemm(rows, hd, jb, 1, mat{dP, jb, 1}, mat{kk[kOff:], ld, 1}, dq[qOff:], ld)
 				}
 				if dk != nil { // dK[:jb] += dSᵀ · Q_blk
-					buf.gemm(jb, hd, rows, 1, mat{dP, 1, jb}, mat{qq[qOff:], ld, 1}, dk[kOff:], ld)
+					buf.gemm(jb, hd, rows, 1, mat{dP, 1, jb}, Qb, dk[kOff:], ld)
 				}
 			}
 		}
@@ -275,3 +314,5 @@ func exp32(x float32) float32 {
 	p := 1 + r*(1+r*(1.0/2+r*(1.0/6+r*(1.0/24+r*(1.0/120+r*(1.0/720+r*(1.0/5040)))))))
 	return p * math.Float32frombits(uint32(n+127)<<23)
 }
+
+var negInf = math.Inf(-1)

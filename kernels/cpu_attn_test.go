@@ -86,6 +86,10 @@ func TestAttention(t *testing.T) {
 		{"kv-cache offset", 1, 2, 8, 4, 10, 4, 6, 1, 1e-6, 5e-6},
 		{"cross", 2, 2, 6, 11, 7, 0, 0, 1, 1e-6, 5e-6},
 		{"sharp", 2, 2, 8, 9, 9, 3, 0, 4, 2e-6, 5e-6},
+		// several 64-query blocks (one partial), key panels of 16 with a partial one, chunk edges
+		// inside blocks.
+		{"multi-block causal", 1, 2, 12, 150, 150, 20, 0, 1, 1e-6, 5e-6},
+		{"multi-block cache", 1, 1, 16, 70, 133, 7, 63, 1, 1e-6, 5e-6},
 		// Scores up to ~±150: exp overflows fp32 without the max shift. The forward must stay exact;
 		// the gradient of a saturated softmax is a small difference of large terms (dP − rowsum(dO⊙O)),
 		// ill-conditioned in fp32 for any implementation, so only a loose bound is meaningful there.

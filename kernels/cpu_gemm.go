@@ -44,27 +44,49 @@ func (buf *gemmBuf) gemm(m, n, k int, alpha float32, A, B mat, c []float32, ldc 
 			for ic := 0; ic < m; ic += gemmMC {
 				mc := min(gemmMC, m-ic)
 				packA(buf.a, A, ic, mc, pc, kc, alpha)
-				for jr := 0; jr < nc; jr += gemmNR {
-					nr := min(gemmNR, nc-jr)
-					bp := buf.b[(jr/gemmNR)*kc*gemmNR:]
-					for ir := 0; ir < mc; ir += gemmMR {
-						mr := min(gemmMR, mc-ir)
-						ap := buf.a[(ir/gemmMR)*kc*gemmMR:]
-						off := (ic+ir)*ldc + jc + jr
-						if mr == gemmMR && nr == gemmNR {
-							kernel6x16(kc, &ap[0], &bp[0], &c[off], ldc)
-							continue
-						}
-						t := buf.tile[:]
-						clear(t)
-						kernel6x16(kc, &ap[0], &bp[0], &t[0], gemmNR)
-						for i := 0; i < mr; i++ {
-							cr := c[off+i*ldc : off+i*ldc+nr]
-							for j := range cr {
-								cr[j] += t[i*gemmNR+j]
-							}
-						}
-					}
+				buf.macro(mc, nc, kc, buf.a, buf.b, c[ic*ldc+jc:], ldc)
+			}
+		}
+	}
+}
+
+// gemmPackedB is gemm with B already packed whole (packB(bp, B, 0, k, 0, n'), n ≤ n'); k ≤ gemmKC.
+// Attention packs each head's Kᵀ (and Vᵀ) once and reuses it for every block of queries.
+func (buf *gemmBuf) gemmPackedB(m, n, k int, alpha float32, A mat, bp []float32, c []float32, ldc int) {
+	if m == 0 || n == 0 || k == 0 {
+		return
+	}
+	for ic := 0; ic < m; ic += gemmMC {
+		mc := min(gemmMC, m-ic)
+		packA(buf.a, A, ic, mc, 0, k, alpha)
+		buf.macro(mc, n, k, buf.a, bp, c[ic*ldc:], ldc)
+	}
+}
+
+// packedLen is the length of packB's output for a [k, n] block.
+func packedLen(k, n int) int { return (n + gemmNR - 1) / gemmNR * gemmNR * k }
+
+// macro: C[mc, nc] += packed A [mc, kc] · packed B [kc, nc], micro-tile by micro-tile; partial
+// tiles go through buf.tile.
+func (buf *gemmBuf) macro(mc, nc, kc int, ap, bp []float32, c []float32, ldc int) {
+	for jr := 0; jr < nc; jr += gemmNR {
+		nr := min(gemmNR, nc-jr)
+		bq := bp[(jr/gemmNR)*kc*gemmNR:]
+		for ir := 0; ir < mc; ir += gemmMR {
+			mr := min(gemmMR, mc-ir)
+			aq := ap[(ir/gemmMR)*kc*gemmMR:]
+			off := ir*ldc + jr
+			if mr == gemmMR && nr == gemmNR {
+				kernel6x16(kc, &aq[0], &bq[0], &c[off], ldc)
+				continue
+			}
+			t := buf.tile[:]
+			clear(t)
+			kernel6x16(kc, &aq[0], &bq[0], &t[0], gemmNR)
+			for i := 0; i < mr; i++ {
+				cr := c[off+i*ldc : off+i*ldc+nr]
+				for j := range cr {
+					cr[j] += t[i*gemmNR+j]
 				}
 			}
 		}

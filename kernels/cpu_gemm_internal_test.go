@@ -124,3 +124,43 @@ func TestExp32(t *testing.T) {
 	}
 	t.Logf("exp32: worst relative error %.3g", worst)
 }
+
+// TestExpShiftMax checks the vector softmax helpers (AVX2 where present, and the Go path) against
+// math.Exp and a plain max on random rows of every length mod 8.
+func TestExpShiftMax(t *testing.T) {
+	r := rand.New(rand.NewSource(time.Now().UnixNano()))
+	saved := useAVX2
+	defer func() { useAVX2 = saved }()
+	for _, avx := range []bool{false, saved} {
+		useAVX2 = avx
+		for n := 0; n < 70; n++ {
+			x := make([]float32, n)
+			for i := range x {
+				x[i] = float32(r.NormFloat64() * 20)
+			}
+			want := float32(math.Inf(-1))
+			for _, v := range x {
+				want = max(want, v)
+			}
+			if got := maxf(x); got != want {
+				t.Fatalf("avx2=%v n=%d: maxf = %g, want %g", avx, n, got, want)
+			}
+			m := want
+			ref := make([]float64, n)
+			var refSum float64
+			for i, v := range x {
+				ref[i] = math.Exp(float64(v - m)) // the argument rounded to fp32, as the op forms it
+				refSum += ref[i]
+			}
+			sum := expShift(x, m)
+			for i := range x {
+				if e := math.Abs(float64(x[i]) - ref[i]); e > 3e-7*ref[i]+2e-38 {
+					t.Fatalf("avx2=%v n=%d: exp(%d) = %g, want %g", avx, n, i, x[i], ref[i])
+				}
+			}
+			if n > 0 && math.Abs(float64(sum)-refSum) > 1e-6*refSum {
+				t.Fatalf("avx2=%v n=%d: sum %g, want %g", avx, n, sum, refSum)
+			}
+		}
+	}
+}
