@@ -123,3 +123,25 @@ func TestDistillTableRuns(t *testing.T) {
 		t.Fatalf("text table:\n%s", txt)
 	}
 }
+
+// Denormalize inverts the loader's (x − mean)/std per channel.
+func TestDenormalize(t *testing.T) {
+	mean, std := []float64{1, -2}, []float64{0.5, 3}
+	raw := []float32{1, 2, 3, -4, 5, 6, 7, 8} // [N=2, C=2, 2]
+	lat := make([]float32, len(raw))
+	for i, v := range raw {
+		c := (i / 2) % 2
+		lat[i] = float32((float64(v) - mean[c]) / std[c])
+	}
+	if err := Denormalize(lat, 2, 2, mean, std); err != nil {
+		t.Fatal(err)
+	}
+	for i := range raw {
+		if math.Abs(float64(lat[i]-raw[i])) > 1e-6 {
+			t.Fatalf("element %d: %g, want %g", i, lat[i], raw[i])
+		}
+	}
+	if err := Denormalize(lat, 2, 2, mean[:1], std); err == nil {
+		t.Fatal("1 mean for 2 channels: no error")
+	}
+}
