@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -193,15 +194,44 @@ func normalize(v any) any {
 
 func decode(m map[string]any, job *Job) error {
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
-		Result:           job,
-		ErrorUnused:      true,
-		WeaklyTypedInput: true,
-		ZeroFields:       true,
+		Result:      job,
+		ErrorUnused: true,
+		ZeroFields:  true,
+		DecodeHook:  strictNumbers,
 	})
 	if err != nil {
 		return err
 	}
-	return dec.Decode(m)
+	if err := dec.Decode(m); err != nil {
+		// mapstructure's multi-line report → one line
+		msg := strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "decoding failed due to the following error(s):", "")), " ")
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// strictNumbers refuses what mapstructure would silently truncate: a non-integral number for an
+// integer key (train.steps: 1.5), and text or booleans for numbers.
+func strictNumbers(from, to reflect.Type, v any) (any, error) {
+	isInt := func(k reflect.Kind) bool { return k >= reflect.Int && k <= reflect.Uint64 }
+	isFloat := func(k reflect.Kind) bool { return k == reflect.Float32 || k == reflect.Float64 }
+	switch {
+	case isInt(to.Kind()) && isFloat(from.Kind()):
+		f := reflect.ValueOf(v).Float()
+		if f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+			return nil, fmt.Errorf("want an integer, got %v", v)
+		}
+		return int64(f), nil
+	case (isInt(to.Kind()) || isFloat(to.Kind())) && (from.Kind() == reflect.Bool || from.Kind() == reflect.String):
+		return nil, fmt.Errorf("want a number, got %q", fmt.Sprint(v))
+	case to.Kind() == reflect.Bool && from.Kind() != reflect.Bool:
+		return nil, fmt.Errorf("want true or false, got %q", fmt.Sprint(v))
+	case to.Kind() == reflect.String && from.Kind() != reflect.String:
+		if isInt(from.Kind()) || isFloat(from.Kind()) || from.Kind() == reflect.Bool {
+			return fmt.Sprint(v), nil // name: 7 → "7"
+		}
+	}
+	return v, nil
 }
 
 // deepMerge merges src into dst: maps merge key by key, anything else (scalars, lists) replaces.
