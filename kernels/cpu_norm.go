@@ -342,16 +342,19 @@ func (c *cpuDevice) GateAddBack(dY, dMod, dX, y, mod *Tensor, iGate, tokensPerFr
 	})
 }
 
-// GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+// GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), with tanh(u) = 1 − 2/(e^{2u} + 1)
+// through exp32 (fp32; e^{2u} saturates to +Inf or 0, which the formula maps to ±1 exactly).
 const geluC = 0.7978845608028654 // √(2/π)
+
+func tanh32(u float32) float32 { return 1 - 2/(exp32(2*u)+1) }
 
 func (c *cpuDevice) GELU(out, in *Tensor) {
 	n := sameNumel("GELU", out, in)
 	o, x := f32(out), f32(in)
 	c.pool.For(n, c.pool.grain(n, 20), func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
-			v := float64(x[i])
-			o[i] = float32(0.5 * v * (1 + math.Tanh(geluC*(v+0.044715*v*v*v))))
+			v := x[i]
+			o[i] = 0.5 * v * (1 + tanh32(geluC*(v+0.044715*v*v*v)))
 		}
 	})
 }
@@ -361,22 +364,22 @@ func (c *cpuDevice) GELUBack(dIn, dOut, in *Tensor) {
 	dx, g, x := f32(dIn), f32(dOut), f32(in)
 	c.pool.For(n, c.pool.grain(n, 24), func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
-			v := float64(x[i])
-			t := math.Tanh(geluC * (v + 0.044715*v*v*v))
+			v := x[i]
+			t := tanh32(geluC * (v + 0.044715*v*v*v))
 			d := 0.5*(1+t) + 0.5*v*(1-t*t)*geluC*(1+3*0.044715*v*v)
-			dx[i] += g[i] * float32(d)
+			dx[i] += g[i] * d
 		}
 	})
 }
 
-// SiLU: x·σ(x).
+// SiLU: x·σ(x), σ(x) = 1/(1 + e^{−x}) through exp32.
 func (c *cpuDevice) SiLU(out, in *Tensor) {
 	n := sameNumel("SiLU", out, in)
 	o, x := f32(out), f32(in)
 	c.pool.For(n, c.pool.grain(n, 20), func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
-			v := float64(x[i])
-			o[i] = float32(v / (1 + math.Exp(-v)))
+			v := x[i]
+			o[i] = v / (1 + exp32(-v))
 		}
 	})
 }
@@ -386,9 +389,9 @@ func (c *cpuDevice) SiLUBack(dIn, dOut, in *Tensor) {
 	dx, g, x := f32(dIn), f32(dOut), f32(in)
 	c.pool.For(n, c.pool.grain(n, 20), func(_, lo, hi int) {
 		for i := lo; i < hi; i++ {
-			v := float64(x[i])
-			s := 1 / (1 + math.Exp(-v))
-			dx[i] += g[i] * float32(s*(1+v*(1-s)))
+			v := x[i]
+			s := 1 / (1 + exp32(-v))
+			dx[i] += g[i] * s * (1 + v*(1-s))
 		}
 	})
 }
