@@ -26,6 +26,23 @@ if [ "$mode" != bench ]; then
     log "gputest.test exit $?"
     grep -E "^(=== RUN|--- FAIL|FAIL|ok|PASS)|rel error .* >|panic|Error" "$OUT/tests.txt" | grep -v "=== RUN" | head -60 | tee -a "$L"
     grep -E "rel error" "$OUT/tests.txt" | sed 's/^ *//' | sort -u > "$OUT/tolerances.txt"
+    # fewstep model vjp --device cuda on the committed PyTorch goldens (wan_ref.py), every tensor
+    T=models/testdata
+    for v in bidir causal; do
+        flag=""; [ $v = causal ] && flag=--causal
+        $G/fewstep model vjp --config $T/odd.config.json --weights $T/odd.weights.safetensors \
+            --inputs $T/odd_$v.inputs.safetensors $flag --device cuda --out $G/vjp_$v.safetensors > /dev/null 2>> "$L" || log "model vjp $v FAILED"
+        python3 - $G/vjp_$v.safetensors $T/odd_$v.expect.safetensors <<'PY' | tee -a "$L"
+import sys, numpy as np
+from safetensors.numpy import load_file
+got, want = load_file(sys.argv[1]), load_file(sys.argv[2])
+worst = max(((float(np.linalg.norm(got[k].astype(np.float64) - want[k]) / max(np.linalg.norm(want[k].astype(np.float64)), 1e-30)), k)
+             for k in want), default=(float("nan"), "-"))
+missing = [k for k in want if k not in got]
+print("model vjp --device cuda vs PyTorch golden %s: %d tensors, worst rel error %.3g (%s)%s" % (
+    sys.argv[2].split("/")[-1], len(want), worst[0], worst[1], ", MISSING %s" % missing if missing else ""))
+PY
+    done
 fi
 
 # 3. benchmarks: ours and the PyTorch peer, same card, same run
@@ -33,9 +50,11 @@ if [ "$mode" != tests ]; then
     B=$OUT/bench.jsonl
     : > "$B"
     run() { log "+ $*"; timeout 240 "$@" 2>>"$L" | tee -a "$B"; }
-    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --graph --iters 10
+    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --graph --iters 10 --profile
     run $G/fewstep bench forward --preset small --frames 2 --height 64 --width 64 --graph --iters 20
     run $G/fewstep bench forward --preset wan2.1-1.3b --frames 1 --height 16 --width 32 --graph --iters 20
+    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --train --iters 5
+    run $G/fewstep bench stream --preset wan2.1-1.3b --height 60 --width 104 --chunk-frames 3 --chunks 7 --steps 4 --warmup 1
     run $G/fewstep bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
     run $G/fewstep bench attention --tokens 4680 --heads 12 --head-dim 128 --iters 10
     if [ -f $G/wan_ref.py ]; then
@@ -43,6 +62,7 @@ if [ "$mode" != tests ]; then
         run python3 $G/wan_ref.py --preset small --frames 2 --height 64 --width 64
         run python3 $G/wan_ref.py --preset wan1.3b --frames 1 --height 16 --width 32
         run python3 $G/wan_ref.py --preset wan1.3b --frames 21
+        run python3 $G/wan_ref.py --preset wan1.3b --frames 3 --train
         [ "$mode" = all ] && run python3 $G/wan_ref.py --preset wan1.3b --frames 3 --compile
         [ "$mode" = all ] && run python3 $G/wan_ref.py --preset small --frames 2 --height 64 --width 64 --compile
     fi
@@ -63,6 +83,12 @@ for k in sorted(set(ours) | set(eager), key=str):
     print("%-14s %7s %12s %12s %12s %12s %9s %9s" % (k[0], k[1], f(o.get("fwd_eager_ms", om)), f(em), f(om), f(cm),
           f(em / om) if om and em else "-", f(cm / om) if om and cm else "-"))
 for r in rows:
+    if "fwd_bwd_ms" in r or "train_step_ms" in r:
+        print("%s %s tokens=%s: %s" % (r.get("engine", "wan_ref"), r["preset"], r["tokens"],
+              "fwd+bwd %.2f ms" % r["fwd_bwd_ms"] if "fwd_bwd_ms" in r else "fwd+bwd+AdamW %.2f ms" % r["train_step_ms"]))
+    if r.get("bench") == "stream":
+        print("stream %s: %d latent frames (%d video) in %.1f ms: %.1f latent fps, %.1f video fps, first chunk %.1f ms" % (
+              r["preset"], r["latent_frames"], r["video_frames"], r["total_ms"], r["latent_fps"], r["video_fps"], r["first_chunk_ms"]))
     if r.get("op") == "attention":
         print("attention N=%d H=%d hd=%d %s: fwd %.2f ms %.0f TFLOP/s, bwd %s" % (r["tokens"], r["heads"], r["head_dim"], r["dtype"],
               r["fwd_ms"], r["fwd_TFLOPs"], "%.2f ms %.0f TFLOP/s" % (r["bwd_ms"], r["bwd_TFLOPs"]) if "bwd_ms" in r else "-"))

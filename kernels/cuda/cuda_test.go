@@ -218,6 +218,13 @@ func cases() []opCase {
 				d.LayerNormBack(t["dx"], dw, db, t["dy"], t["x"], t["mean"], t["rstd"], w)
 			}})
 	}
+	cs = append(cs, opCase{name: "LayerNorm wide (rows re-read)",
+		ts: []spec{S("x", in, 3, 9000), S("w", in, 9000), S("b", in, 9000), S("y", out, 3, 9000), SF("mean", saved, 3), SF("rstd", saved, 3),
+			S("z", out, 3, 9000), SF("rstd2", saved, 3)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.LayerNorm(t["y"], t["mean"], t["rstd"], t["x"], t["w"], t["b"], 1e-6)
+			d.RMSNorm(t["z"], t["rstd2"], t["x"], t["w"], 1e-6)
+		}})
 	cs = append(cs, opCase{name: "RMSNorm",
 		ts: []spec{S("x", in, B*N, D), S("w", in, D), S("y", out, B*N, D), SF("rstd", saved, B*N),
 			S("dy", in, B*N, D), S("dx", acc, B*N, D), S("dw", acc, D)},

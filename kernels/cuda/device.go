@@ -33,6 +33,10 @@ type Device struct {
 	Ordinal int
 	Info    string   // "NVIDIA H100 80GB HBM3, sm_90, 132 SMs, driver 13000, cuBLASLt 130100"
 	GEMM    GEMMMode // how GEMMs with all-fp32 operands run (default exact fp32)
+	// FrozenWeights promises that marked weights do not change while captured graphs are replayed
+	// (inference): graphs then reuse the bf16 weight copies made before the capture instead of
+	// converting the weights on every replay.
+	FrozenWeights bool
 
 	cudev  int32
 	ctx    uintptr

@@ -2,27 +2,63 @@
 // One block per row; mean and rstd saved for the backward.
 #include "common.cuh"
 
+#define ROW_MAXE 16  // row elements a thread keeps in registers (D ≤ 16·blockDim.x: one read of x)
+
 // shw (sh in the other kernels), when not null, gets a bf16 copy of out (the next GEMM's operand).
+// The row is read once into registers when D ≤ ROW_MAXE·blockDim.x, else re-read per pass.
 extern "C" __global__ void ln_fwd(void *out, int dto, void *shw, void *mean, void *rstd, int dts, const void *in, int dti,
                                   const void *w, const void *b, int dtw, ll D, float eps) {
     __shared__ float sh[32];
     ll row = blockIdx.x;
     const ll o = row * D;
-    float s = 0.f;
-    for (ll c = threadIdx.x; c < D; c += blockDim.x) s += ld(in, o + c, dti);
-    float mu = block_sum(s, sh) / (float)D;
-    float q = 0.f;
-    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
-        float d = ld(in, o + c, dti) - mu;
-        q += d * d;
-    }
-    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
-    for (ll c = threadIdx.x; c < D; c += blockDim.x) {
-        float y = (ld(in, o + c, dti) - mu) * rs;
-        if (w) y *= ld(w, c, dtw);
-        if (b) y += ld(b, c, dtw);
-        st(out, o + c, dto, y);
-        if (shw) st(shw, o + c, 1, y);
+    const int T = blockDim.x;
+    float mu, rs;
+    if (D <= (ll)ROW_MAXE * T) {
+        float xv[ROW_MAXE];
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < ROW_MAXE; e++) {
+            int c = threadIdx.x + e * T;
+            xv[e] = c < D ? ld(in, o + c, dti) : 0.f;
+            s += xv[e];
+        }
+        mu = block_sum(s, sh) / (float)D;
+        float q = 0.f;
+#pragma unroll
+        for (int e = 0; e < ROW_MAXE; e++) {
+            int c = threadIdx.x + e * T;
+            float d = xv[e] - mu;
+            if (c < D) q += d * d;
+        }
+        rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+#pragma unroll
+        for (int e = 0; e < ROW_MAXE; e++) {
+            int c = threadIdx.x + e * T;
+            if (c < D) {
+                float y = (xv[e] - mu) * rs;
+                if (w) y *= ld(w, c, dtw);
+                if (b) y += ld(b, c, dtw);
+                st(out, o + c, dto, y);
+                if (shw) st(shw, o + c, 1, y);
+            }
+        }
+    } else {
+        float s = 0.f;
+        for (ll c = threadIdx.x; c < D; c += T) s += ld(in, o + c, dti);
+        mu = block_sum(s, sh) / (float)D;
+        float q = 0.f;
+        for (ll c = threadIdx.x; c < D; c += T) {
+            float d = ld(in, o + c, dti) - mu;
+            q += d * d;
+        }
+        rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+        for (ll c = threadIdx.x; c < D; c += T) {
+            float y = (ld(in, o + c, dti) - mu) * rs;
+            if (w) y *= ld(w, c, dtw);
+            if (b) y += ld(b, c, dtw);
+            st(out, o + c, dto, y);
+            if (shw) st(shw, o + c, 1, y);
+        }
     }
     if (threadIdx.x == 0) {
         if (mean) st(mean, row, dts, mu);

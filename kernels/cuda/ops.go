@@ -68,7 +68,7 @@ func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
 		}
 		// Inside a capture the graph converts for itself (a replay must not read a copy made before
 		// it, e.g. by weights an optimizer step has changed since).
-		if s.gen != d.wgen || (d.capturing && s.epoch != d.capEpoch) {
+		if s.gen != d.wgen || (d.capturing && !d.FrozenWeights && s.epoch != d.capEpoch) {
 			d.args.reset().ptr(s.p).i32(int(kernels.BF16)).t(t).i64(n)
 			d.ew("ew_convert", n)
 			s.gen, s.epoch = d.wgen, d.capEpoch
