@@ -38,6 +38,8 @@ func Defaults() Job {
 			},
 			TextLen:    8,
 			Normalize:  "none",
+			Mean:       []float64{},
+			Std:        []float64{},
 			BatchSize:  8,
 			CFGDropout: 0.1,
 			Prefetch:   2,

@@ -4,8 +4,11 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // keys lists every dotted key of the schema; map elements appear as <role>, free-form maps stop.
@@ -35,9 +38,37 @@ func TestReadmeDocumentsEveryKey(t *testing.T) {
 		t.Skip("no README.md beside the module:", err)
 	}
 	readme := string(b)
+	defaults, err := toMap(Defaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roleDefaults, _ := toMap(Job{Roles: map[string]Role{"r": RoleDefaults}})
+	canon := func(v any) string {
+		out, _ := yaml.Marshal(v)
+		return strings.TrimSpace(string(out))
+	}
 	for _, k := range keys(reflect.TypeOf(Job{}), "") {
-		if !strings.Contains(readme, "| `"+k+"` |") {
-			t.Errorf("README.md's config reference has no row for `%s`", k)
+		row := regexp.MustCompile("(?m)^\\| `" + regexp.QuoteMeta(k) + "` \\| `([^`]*)` \\|").FindStringSubmatch(readme)
+		if row == nil {
+			t.Errorf("README.md's config reference has no row for `%s` (with its default)", k)
+			continue
+		}
+		// the documented default, read as YAML, equals the default Load gives
+		var doc any
+		if err := yaml.Unmarshal([]byte(row[1]), &doc); err != nil {
+			t.Errorf("`%s`: default %q: %v", k, row[1], err)
+			continue
+		}
+		var m any = defaults
+		path := strings.Split(k, ".")
+		if path[0] == "roles" {
+			m, path = roleDefaults["roles"].(map[string]any)["r"], path[2:]
+		}
+		for _, p := range path {
+			m = m.(map[string]any)[p]
+		}
+		if canon(doc) != canon(m) {
+			t.Errorf("README says `%s` defaults to %s, Defaults() has %s", k, canon(doc), canon(m))
 		}
 	}
 }
