@@ -17,7 +17,7 @@ import (
 // wan_ref.py).
 var benchShapes = map[string]Shape{
 	"tiny":  {B: 1, F: 8, H: 8, W: 8, L: 32},
-	"small": {B: 1, F: 8, H: 16, W: 16, L: 64},
+	"small": {B: 1, F: 4, H: 16, W: 16, L: 64},
 }
 
 func benchShape(b *testing.B, preset string) Shape {

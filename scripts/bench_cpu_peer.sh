@@ -20,7 +20,7 @@ PYTHON=${PYTHON:-/usr/bin/python3.11}
 WAN_REF=${WAN_REF:-../shared/reference/wan_ref.py}
 BT=${GO_BENCHTIME:-5x}
 presets=("$@"); [ ${#presets[@]} -eq 0 ] && presets=(tiny small)
-declare -A SHAPE=([tiny]="8 8 8 32" [small]="8 16 16 64")   # F H W L (B = 1), as models/bench_test.go
+declare -A SHAPE=([tiny]="8 8 8 32" [small]="4 16 16 64")   # F H W L (B = 1), as models/bench_test.go
 
 bin=$(mktemp -d)/models.test
 go test -c -o "$bin" ./models
