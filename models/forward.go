@@ -53,52 +53,7 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 	d.Linear(p.e0F, p.es, w.TimeProj.W, w.TimeProj.B) // [B·F, 6·D] e0
 
 	for l := range p.blocks {
-		a, bw := &p.blocks[l], &w.Blocks[l]
-		// (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0
-		d.AddBroadcast(a.modF, bw.Modulation, p.e0) // [B·F, 6, D]
-
-		// self-attention
-		d.LayerNorm(a.ln1, a.mean1, a.rstd1, a.x, nil, nil, cfg.Eps) // [B, N, D]
-		d.Modulate(a.h1, a.ln1, a.mod, 0, 1, hw)                     // [B, N, D] ·(1+scale1)+shift1
-		d.Linear(a.q, a.h1F, bw.Self.Q.W, bw.Self.Q.B)               // [B·N, D]
-		d.Linear(a.k, a.h1F, bw.Self.K.W, bw.Self.K.B)               // [B·N, D]
-		d.Linear(a.v, a.h1F, bw.Self.V.W, bw.Self.V.B)               // [B·N, D]
-		d.RMSNorm(a.qr, a.rstdQ, a.q, bw.Self.NormQ, cfg.Eps)        // [B·N, D]
-		d.RMSNorm(a.kr, a.rstdK, a.k, bw.Self.NormK, cfg.Eps)        // [B·N, D]
-		d.RoPE(a.qr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
-		d.RoPE(a.kr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
-		switch {
-		case c != nil:
-			k, v := p.chunk.gather(d, l, a, c)                                // [B, Nc+N, H, hd] cache + chunk
-			d.Attention(a.att4, a.lse, a.qr4, k, v, p.chunk.ct, p.chunk.qOff) // [B, N, H, hd]
-		case p.selfAttn != nil:
-			p.selfAttn(l, a.att4, a.lse, a.qr4, a.kr4, a.v4)
-		default:
-			d.Attention(a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
-		}
-		d.Linear(a.o, a.att, bw.Self.O.W, bw.Self.O.B) // [B·N, D]
-		d.Copy(a.x1, a.x)                              // [B, N, D]
-		d.GateAdd(a.x1, a.o3, a.mod, 2, hw)            // [B, N, D] x1 = x + gate1·o
-
-		// cross-attention over the context, no RoPE, no mask
-		d.LayerNorm(a.n3, a.mean3, a.rstd3, a.x1, bw.Norm3W, bw.Norm3B, cfg.Eps) // [B, N, D]
-		d.Linear(a.cq, a.n3F, bw.Cross.Q.W, bw.Cross.Q.B)                        // [B·N, D]
-		d.RMSNorm(a.cqr, a.rstdCq, a.cq, bw.Cross.NormQ, cfg.Eps)                // [B·N, D]
-		d.Linear(a.ck, p.ctx, bw.Cross.K.W, bw.Cross.K.B)                        // [B·L, D]
-		d.RMSNorm(a.ckr, a.rstdCk, a.ck, bw.Cross.NormK, cfg.Eps)                // [B·L, D]
-		d.Linear(a.cv, p.ctx, bw.Cross.V.W, bw.Cross.V.B)                        // [B·L, D]
-		d.Attention(a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0)                // [B, N, H, hd]
-		d.Linear(a.co, a.catt, bw.Cross.O.W, bw.Cross.O.B)                       // [B·N, D]
-		d.Add(a.x2, a.x1, a.co3)                                                 // [B, N, D] x2 = x1 + o
-
-		// feed-forward
-		d.LayerNorm(a.ln2, a.mean2, a.rstd2, a.x2, nil, nil, cfg.Eps) // [B, N, D]
-		d.Modulate(a.h2, a.ln2, a.mod, 3, 4, hw)                      // [B, N, D] ·(1+scale2)+shift2
-		d.Linear(a.f1, a.h2F, bw.FFN0.W, bw.FFN0.B)                   // [B·N, ffn]
-		d.GELU(a.f1g, a.f1)                                           // [B·N, ffn]
-		d.Linear(a.f2, a.f1g, bw.FFN2.W, bw.FFN2.B)                   // [B·N, D]
-		d.Copy(a.x3, a.x2)                                            // [B, N, D]
-		d.GateAdd(a.x3, a.f23, a.mod, 5, hw)                          // [B, N, D] x3 = x2 + gate2·y
+		m.block(p, l, c, frame0, false)
 	}
 
 	// head: (shift, scale) = head.modulation + e
@@ -113,6 +68,63 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 	d.Linear(p.yF, p.hinF, w.Head.W, w.Head.B)                  // [B·N, 4·C_out]
 	d.Unpatchify(p.out, p.y, B, p.Co, F, H, W)                  // [B, C_out, F, H, W]
 	return p.out
+}
+
+// block runs transformer block l on p.blocks[l].x (ForwardChunk's self-attention over c's K/V plus
+// the chunk when c != nil). replay: Backward recomputing the block of a recompute pass (the
+// chunk's gathered K/V are still in p, so the cache is not read again).
+func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
+	d, w, cfg, s := m.Dev, &m.w, m.Cfg, p.S
+	F, hw := s.F, p.hw
+	a, bw := &p.blocks[l], &w.Blocks[l]
+	// (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + e0
+	d.AddBroadcast(a.modF, bw.Modulation, p.e0) // [B·F, 6, D]
+
+	// self-attention
+	d.LayerNorm(a.ln1, a.mean1, a.rstd1, a.x, nil, nil, cfg.Eps) // [B, N, D]
+	d.Modulate(a.h1, a.ln1, a.mod, 0, 1, hw)                     // [B, N, D] ·(1+scale1)+shift1
+	d.Linear(a.q, a.h1F, bw.Self.Q.W, bw.Self.Q.B)               // [B·N, D]
+	d.Linear(a.k, a.h1F, bw.Self.K.W, bw.Self.K.B)               // [B·N, D]
+	d.Linear(a.v, a.h1F, bw.Self.V.W, bw.Self.V.B)               // [B·N, D]
+	d.RMSNorm(a.qr, a.rstdQ, a.q, bw.Self.NormQ, cfg.Eps)        // [B·N, D]
+	d.RMSNorm(a.kr, a.rstdK, a.k, bw.Self.NormK, cfg.Eps)        // [B·N, D]
+	d.RoPE(a.qr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
+	d.RoPE(a.kr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
+	switch {
+	case c != nil && replay:
+		d.Attention(a.att4, a.lse, a.qr4, p.chunk.kAll[l], p.chunk.vAll[l], p.chunk.ct, p.chunk.qOff) // [B, N, H, hd]
+	case c != nil:
+		p.checkChunkKV()
+		k, v := p.chunk.gather(d, l, a, c)                                // [B, Nc+N, H, hd] cache + chunk
+		d.Attention(a.att4, a.lse, a.qr4, k, v, p.chunk.ct, p.chunk.qOff) // [B, N, H, hd]
+	case p.selfAttn != nil:
+		p.selfAttn(l, a.att4, a.lse, a.qr4, a.kr4, a.v4)
+	default:
+		d.Attention(a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
+	}
+	d.Linear(a.o, a.att, bw.Self.O.W, bw.Self.O.B) // [B·N, D]
+	d.Copy(a.x1, a.x)                              // [B, N, D]
+	d.GateAdd(a.x1, a.o3, a.mod, 2, hw)            // [B, N, D] x1 = x + gate1·o
+
+	// cross-attention over the context, no RoPE, no mask
+	d.LayerNorm(a.n3, a.mean3, a.rstd3, a.x1, bw.Norm3W, bw.Norm3B, cfg.Eps) // [B, N, D]
+	d.Linear(a.cq, a.n3F, bw.Cross.Q.W, bw.Cross.Q.B)                        // [B·N, D]
+	d.RMSNorm(a.cqr, a.rstdCq, a.cq, bw.Cross.NormQ, cfg.Eps)                // [B·N, D]
+	d.Linear(a.ck, p.ctx, bw.Cross.K.W, bw.Cross.K.B)                        // [B·L, D]
+	d.RMSNorm(a.ckr, a.rstdCk, a.ck, bw.Cross.NormK, cfg.Eps)                // [B·L, D]
+	d.Linear(a.cv, p.ctx, bw.Cross.V.W, bw.Cross.V.B)                        // [B·L, D]
+	d.Attention(a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0)                // [B, N, H, hd]
+	d.Linear(a.co, a.catt, bw.Cross.O.W, bw.Cross.O.B)                       // [B·N, D]
+	d.Add(a.x2, a.x1, a.co3)                                                 // [B, N, D] x2 = x1 + o
+
+	// feed-forward
+	d.LayerNorm(a.ln2, a.mean2, a.rstd2, a.x2, nil, nil, cfg.Eps) // [B, N, D]
+	d.Modulate(a.h2, a.ln2, a.mod, 3, 4, hw)                      // [B, N, D] ·(1+scale2)+shift2
+	d.Linear(a.f1, a.h2F, bw.FFN0.W, bw.FFN0.B)                   // [B·N, ffn]
+	d.GELU(a.f1g, a.f1)                                           // [B·N, ffn]
+	d.Linear(a.f2, a.f1g, bw.FFN2.W, bw.FFN2.B)                   // [B·N, D]
+	d.Copy(a.x3, a.x2)                                            // [B, N, D]
+	d.GateAdd(a.x3, a.f23, a.mod, 5, hw)                          // [B, N, D] x3 = x2 + gate2·y
 }
 
 // Backward backpropagates dOut (shaped like Forward's output) through p's last forward. With m.G
@@ -166,6 +178,9 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 
 	for l := len(p.blocks) - 1; l >= 0; l-- {
 		a, bw, gb := &p.blocks[l], &w.Blocks[l], &gw.Blocks[l]
+		if p.recompute && l < len(p.blocks)-1 {
+			m.block(p, l, p.chunk.replayCache(), frame0, true) // this block's activations again (recompute.go)
+		}
 		if l == layer && dHidden != nil {
 			d.Axpy(g.dX, 1, dHidden) // [B, N, D]
 		}

@@ -11,6 +11,10 @@ import (
 type Shape struct {
 	B, F, H, W, L int
 	ChunkFrames   int
+	// Recompute (gradient checkpointing, recompute.go): NewPass keeps only each block's input
+	// (and, for a causal pass, its K/V) and Backward recomputes a block's activations before its
+	// backward; about one block's activations instead of Layers', for one more forward per backward.
+	Recompute bool
 }
 
 // Check reports whether s fits the model.
@@ -60,6 +64,8 @@ type Pass struct {
 	allocated []*kernels.Tensor
 	d         kernels.Device
 	inference bool // forward-only: blocks share buffers, no backward scratch
+	recompute bool // Shape.Recompute: blocks share buffers, Backward replays each block (recompute.go)
+	ownKV     bool // recompute pass: every block keeps its K/V (ForwardChunk and Commit need them)
 
 	// backward scratch
 	g passGrads
@@ -184,6 +190,10 @@ func (m *DiT) newPass(s Shape, inference bool) *Pass {
 	}
 	x := p.tok
 	for l := 0; l < c.Layers; l++ {
+		if s.Recompute && !inference && l > 0 {
+			x = p.recomputeBlock(x, B, N, D, H, Hd) // recompute.go: block 0's buffers but its own x3 (and K/V)
+			continue
+		}
 		if inference && l > 0 {
 			// every block reuses block 0's buffers, except its own K/V (Commit caches them);
 			// the residual stream lives in one buffer, read before it is overwritten
