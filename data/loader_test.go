@@ -2,6 +2,8 @@ package data
 
 import (
 	"math"
+	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"sort"
 	"testing"
@@ -264,6 +266,52 @@ func TestLoaderTextOnly(t *testing.T) {
 	for j := 0; j < 3; j++ {
 		if !slices.Equal(b.Text.F32[j*24:(j+1)*24], EncodeText(b.Captions[j], 4, 6)) {
 			t.Fatalf("sample %d text", j)
+		}
+	}
+}
+
+// normalize: wan on 16-channel latents (a FastVideo-style file): (x − mean_c)/std_c with Wan's
+// VAE statistics, checked in float64 against the values written.
+func TestLoaderWanNormalize(t *testing.T) {
+	rows := makeFVRows(rand.New(rand.NewPCG(rand.Uint64(), 12)), 6, "bfloat16")
+	for i := range rows { // equal text lengths are not needed; keep them short
+		rows[i].txtShape[0] = 1
+		rows[i].tRaw = rows[i].tRaw[:4*8]
+	}
+	rec := fvRecord(rows)
+	defer rec.Release()
+	p := filepath.Join(t.TempDir(), "wan.parquet")
+	writeParquetIndependent(t, p, rec)
+	j := config.Defaults()
+	j.Data.Path, j.Data.Normalize, j.Data.BatchSize, j.Data.CFGDropout = p, "wan", 2, 0
+	cfg, err := FromJob(&j, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.TextDim = 0 // whatever the data has (8)
+	d, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	l, err := NewLoader(d, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	b, err := l.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 16 * 2 * 4 * 6
+	for s := 0; s < 2; s++ {
+		src := rows[b.Rows[s]].lat
+		for i := 0; i < n; i++ {
+			c := i / (n / 16)
+			want := (float64(src[i]) - config.WanMean[c]) / config.WanStd[c]
+			if got := float64(b.Latents.F32[s*n+i]); math.Abs(got-want) > 1e-6*math.Max(1, math.Abs(want)) {
+				t.Fatalf("sample %d elem %d (channel %d): %v, want %v", s, i, c, got, want)
+			}
 		}
 	}
 }
