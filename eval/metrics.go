@@ -155,6 +155,18 @@ type Metrics struct {
 // videos of the same shape. A video with no object found counts as wrong for CondAcc and as drift 1
 // in both drift terms.
 func Score(gen Videos, captions []string, real Videos) (Metrics, error) {
+	var ref [][]float64
+	if len(real.Pix) > 0 {
+		if real.F != gen.F || real.H != gen.H || real.W != gen.W {
+			return Metrics{}, fmt.Errorf("eval: FD between videos of [F=%d, %d×%d] and real videos of [F=%d, %d×%d]", gen.F, gen.H, gen.W, real.F, real.H, real.W)
+		}
+		ref = RealFeatures(real)
+	}
+	return ScoreRef(gen, captions, ref)
+}
+
+// ScoreRef is Score against precomputed features of the real videos (RealFeatures; nil = no FD).
+func ScoreRef(gen Videos, captions []string, ref [][]float64) (Metrics, error) {
 	N := len(gen.Pix)
 	if N == 0 {
 		return Metrics{}, fmt.Errorf("eval: no videos to score")
@@ -195,12 +207,8 @@ func Score(gen Videos, captions []string, real Videos) (Metrics, error) {
 	m.SizeDrift /= n
 	m.ColourDrift /= n
 	m.Stability = m.SizeDrift + m.ColourDrift
-	if len(real.Pix) > 0 {
-		if real.F != gen.F || real.H != gen.H || real.W != gen.W {
-			return m, fmt.Errorf("eval: FD between videos of [F=%d, %d×%d] and real videos of [F=%d, %d×%d]", gen.F, gen.H, gen.W, real.F, real.H, real.W)
-		}
-		rf := RealFeatures(real)
-		fd, err := Frechet(feats, rf)
+	if ref != nil {
+		fd, err := Frechet(feats, ref)
 		if err != nil {
 			return m, err
 		}

@@ -56,7 +56,8 @@ func TestMetricsOnRealData(t *testing.T) {
 	const n = 128
 	held, caps, _ := realSet(t, 11, "heldout", 0, n)
 	other, _, _ := realSet(t, 11, "train", 0, n)
-	m, err := Score(held, caps, other)
+	ref := RealFeatures(other)
+	m, err := ScoreRef(held, caps, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func TestMetricsOnRealData(t *testing.T) {
 	r := rand.New(rand.NewPCG(uint64(rand.Int64()), 5))
 	shuf := append([]string(nil), caps...)
 	r.Shuffle(len(shuf), func(i, j int) { shuf[i], shuf[j] = shuf[j], shuf[i] })
-	ms, _ := Score(held, shuf, other)
+	ms, _ := ScoreRef(held, shuf, ref)
 	if ms.CondAcc > 0.15 {
 		t.Fatalf("shuffled captions: CondAcc %g", ms.CondAcc)
 	}
@@ -95,8 +96,8 @@ func TestMetricsOnRealData(t *testing.T) {
 		}
 		blurred.Pix = append(blurred.Pix, b)
 	}
-	mn, _ := Score(noise, caps, other)
-	mb, _ := Score(blurred, caps, other)
+	mn, _ := ScoreRef(noise, caps, ref)
+	mb, _ := ScoreRef(blurred, caps, ref)
 	t.Logf("real vs real: %+v", m)
 	t.Logf("noise:        %+v", mn)
 	t.Logf("frozen blur:  %+v", mb)
@@ -134,7 +135,8 @@ func TestScoreBadInputs(t *testing.T) {
 func TestMetricsTrackCorruption(t *testing.T) {
 	const n = 64
 	held, caps, _ := realSet(t, 21, "heldout", 0, n)
-	ref, _, _ := realSet(t, 21, "train", 0, 2*n)
+	refV, _, _ := realSet(t, 21, "train", 0, 2*n)
+	ref := RealFeatures(refV)
 	r := rand.New(rand.NewPCG(uint64(rand.Int64()), 9))
 	corrupt := func(f func(pix []float32) []float32) Videos {
 		v := Videos{F: tF, H: tS, W: tS}
@@ -151,7 +153,7 @@ func TestMetricsTrackCorruption(t *testing.T) {
 			}
 			return p
 		})
-		m, err := Score(v, caps, ref)
+		m, err := ScoreRef(v, caps, ref)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -182,8 +184,8 @@ func TestMetricsTrackCorruption(t *testing.T) {
 		copy(q[2*n:], p[:n])
 		return q
 	})
-	mr, _ := Score(rev, caps, ref)
-	mp, _ := Score(perm, caps, ref)
+	mr, _ := ScoreRef(rev, caps, ref)
+	mp, _ := ScoreRef(perm, caps, ref)
 	t.Logf("time-reversed: %+v", mr)
 	t.Logf("colour-permuted: %+v", mp)
 	if mr.ColourAcc != 1 || mr.DirAcc > 0.25 {

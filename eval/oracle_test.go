@@ -122,9 +122,9 @@ func TestOracleTeacherTable(t *testing.T) {
 			refPix = append(refPix, v.Pixels)
 		}
 	}
-	ref := Videos{F: frames, H: size, W: size, Pix: refPix}
+	ref := RealFeatures(Videos{F: frames, H: size, W: size, Pix: refPix})
 	realV, _ := held.Videos()
-	floor, err := Score(realV, held.Captions, ref)
+	floor, err := ScoreRef(realV, held.Captions, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +136,7 @@ func TestOracleTeacherTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		gen, _ := DecodeLatents(lat, count, 48, frames, size/4, size/4)
-		m, err := Score(gen, held.Captions, ref)
+		m, err := ScoreRef(gen, held.Captions, ref)
 		if err != nil {
 			t.Fatal(err)
 		}

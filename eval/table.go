@@ -140,11 +140,8 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 	// the data row: the prompts' own real videos, scored like a generated row
 	sub := held.Slice(0, spec.Count)
 	subV, _ := sub.Videos()
-	dm, err := Score(subV, sub.Captions, Videos{})
+	dm, err := ScoreRef(subV, sub.Captions, realFeats)
 	if err != nil {
-		return nil, err
-	}
-	if dm.FD, err = Frechet(RealFeatures(subV), realFeats); err != nil {
 		return nil, err
 	}
 	t.Rows = append(t.Rows, Row{Model: "data", Sampler: "real", Frames: held.F, Metrics: dm})
@@ -208,18 +205,13 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 			return nil, err
 		}
 		gen.DirFrames = held.F / 2 // the bounce-free half of the training length, also for long videos
-		m, err := Score(gen, held.Captions[:spec.Count], Videos{})
+		var ref [][]float64
+		if frames == held.F {
+			ref = realFeats
+		}
+		m, err := ScoreRef(gen, held.Captions[:spec.Count], ref)
 		if err != nil {
 			return nil, err
-		}
-		if frames == held.F {
-			feats := make([][]float64, len(gen.Pix))
-			for n, pix := range gen.Pix {
-				feats[n] = Features(pix, gen.F, gen.H, gen.W, gen.analyze(n))
-			}
-			if m.FD, err = Frechet(feats, realFeats); err != nil {
-				return nil, err
-			}
 		}
 		fps := math.NaN()
 		if ms > 0 {
