@@ -308,7 +308,12 @@ func (l *Loader) stop() {
 }
 
 // fill decodes batch `at` of its epoch into b: the one copy each latent makes.
-func (l *Loader) fill(b *Batch, order []int, at Cursor) error {
+func (l *Loader) fill(b *Batch, order []int, at Cursor) (err error) {
+	defer func() { // the prefetcher's goroutine must not take the process down on bad bytes
+		if r := recover(); r != nil {
+			err = fmt.Errorf("data: %s: epoch %d batch %d: corrupt data: %v", l.ds.Path, at.Epoch, at.Batch, r)
+		}
+	}()
 	B := l.cfg.BatchSize
 	b.Epoch, b.Index = at.Epoch, at.Batch
 	var stored, decoded int64
