@@ -302,14 +302,9 @@ func exp32(x float32) float32 {
 		return float32(math.Inf(1))
 	}
 	const log2e, ln2hi, ln2lo = 1.44269504088896341, 0.693359375, -2.12194440e-4
-	t := x * log2e
-	if t < 0 {
-		t -= 0.5
-	} else {
-		t += 0.5
-	}
-	n := int32(t)
-	fn := float32(n)
+	const round = 12582912 // 1.5·2²³: adding and subtracting it rounds to the nearest integer (no branch)
+	fn := (x*log2e + round) - round
+	n := int32(fn)
 	r := x - fn*ln2hi - fn*ln2lo
 	p := 1 + r*(1+r*(1.0/2+r*(1.0/6+r*(1.0/24+r*(1.0/120+r*(1.0/720+r*(1.0/5040)))))))
 	return p * math.Float32frombits(uint32(n+127)<<23)

@@ -2,7 +2,9 @@ package kernels_test
 
 import (
 	"math/rand"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/fewstep/fewstep/kernels"
 )
@@ -26,16 +28,29 @@ func rnd(dev kernels.Device, r *rand.Rand, scale float64, shape ...int) *kernels
 	return tensorOf(dev, randn(r, kernels.Numel(shape), scale), shape...)
 }
 
+// bench reports, besides wall time, the process CPU time per op (user+sys of every thread, from
+// getrusage): on a shared, oversubscribed machine wall time swings with other people's load, CPU
+// time much less. GFLOP/s is per wall second.
 func bench(b *testing.B, flops float64, fn func()) {
 	fn() // warm up (scratch buffers grow here)
 	b.ReportAllocs()
 	b.ResetTimer()
+	c0 := cpuTime()
 	for i := 0; i < b.N; i++ {
 		fn()
 	}
+	b.ReportMetric((cpuTime()-c0).Seconds()*1e3/float64(b.N), "cpu-ms/op")
 	if flops > 0 {
 		b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func BenchmarkOps(b *testing.B) {
@@ -46,7 +61,8 @@ func BenchmarkOps(b *testing.B) {
 		hd := D / H
 		x, y := rnd(dev, r, 1, 1, N, D), rnd(dev, r, 1, 1, N, D)
 		w, bias := rnd(dev, r, 0.05, D, D), rnd(dev, r, 1, D)
-		wUp, hUp := rnd(dev, r, 0.05, FFN, D), dev.Alloc(kernels.F32, 1, N, FFN)
+		wUp, hUp := rnd(dev, r, 0.05, FFN, D), rnd(dev, r, 1, 1, N, FFN)
+		hAct, hAct2 := dev.Alloc(kernels.F32, 1, N, FFN), rnd(dev, r, 1, 1, N, FFN)
 		dx, dw, db := dev.Alloc(kernels.F32, 1, N, D), dev.Alloc(kernels.F32, D, D), dev.Alloc(kernels.F32, D)
 		dwUp := dev.Alloc(kernels.F32, FFN, D)
 		mean, rstd := dev.Alloc(kernels.F32, N), dev.Alloc(kernels.F32, N)
@@ -103,10 +119,13 @@ func BenchmarkOps(b *testing.B) {
 			bench(b, 0, func() { dev.GateAddBack(dx, dmod, y, x, mod, 2, tpf) })
 		})
 		b.Run(p.name+"/GELU", func(b *testing.B) {
-			bench(b, 0, func() { dev.GELU(hUp, hUp) })
+			bench(b, 0, func() { dev.GELU(hAct, hUp) })
+		})
+		b.Run(p.name+"/SiLU", func(b *testing.B) {
+			bench(b, 0, func() { dev.SiLU(hAct, hUp) })
 		})
 		b.Run(p.name+"/GELUBack", func(b *testing.B) {
-			bench(b, 0, func() { dev.GELUBack(hUp, hUp, hUp) })
+			bench(b, 0, func() { dev.GELUBack(hAct, hAct2, hUp) })
 		})
 		b.Run(p.name+"/RoPE", func(b *testing.B) {
 			bench(b, 0, func() { dev.RoPE(q, p.frames, rows, cols, 0) })
