@@ -53,6 +53,9 @@ type Options struct {
 	// Validate is called after step n when train.sample_every divides n, and after the last step
 	// (nil: no validation). It may sample from tr.Net("ema") or tr.Net("student").
 	Validate func(step int, tr *Trainer) error
+	// RandomInit: roles that need a checkpoint and have none start from random weights (benchmarks;
+	// gpu_device.go).
+	RandomInit bool
 }
 
 // Trainer runs one job.
@@ -202,6 +205,8 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		if err := r.load(cfg.Weights); err != nil {
 			return nil, fmt.Errorf("roles.%s.weights: %w", s.Name, err)
 		}
+	case s.Init == objectives.InitWeights && t.opt.RandomInit:
+		RandomWeights(dev, r.W, roleSeed(job.Seed, s.Name), 0.02)
 	case s.Init == objectives.InitWeights:
 		return nil, fmt.Errorf("roles.%s.weights: objective %s needs a checkpoint for its %s", s.Name, t.Obj.Name(), s.Name)
 	case s.Init == objectives.InitTeacher || s.Init == objectives.InitStudent:
@@ -229,6 +234,7 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 			r.Net.Init(seed)
 		}
 	}
+	markWeights(dev, r.W) // bf16 shadows cached between GEMMs on a GPU (gpu_device.go)
 	if s.Trainable {
 		r.m = dev.Alloc(kernels.F32, r.W.Numel())
 		r.v = dev.Alloc(kernels.F32, r.W.Numel())

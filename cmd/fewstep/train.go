@@ -62,6 +62,7 @@ func train(w io.Writer, job *config.Job, dry bool) (*trainer.Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
+	trainer.UseGPUDefaults(dev) // a GPU trains with bf16 GEMMs, fp32 master weights and states
 	if job.Data.Path == "" {
 		dir := filepath.Join(job.OutDir, "data")
 		fmt.Fprintf(w, "data: synthetic set (%d + %d videos) in %s\n", job.Data.Synth.Count, job.Data.Synth.HeldoutCount, dir)

@@ -1,0 +1,54 @@
+package trainer
+
+// The trainer on a GPU. Everything goes through kernels.Device, so a job with `device: cuda` runs the
+// same code as on the CPU; this file holds the few GPU-specific choices:
+//   - UseGPUDefaults: a CUDA device trains with bf16 tensor-core GEMMs (fp32 master weights,
+//     gradients and optimizer states, fp32 accumulation), as PyTorch's bf16 autocast does.
+//   - markWeights: every role's parameter buffer is declared as weights, so the CUDA device keeps
+//     its bf16 shadow between GEMMs and remakes it only after AdamW / EMA / a copy writes the buffer.
+//   - RandomInit (Options): benchmarks build roles that need a checkpoint (the teacher) from random
+//     weights drawn quickly on the host.
+
+import (
+	"math/rand/v2"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/kernels/cuda"
+)
+
+// UseGPUDefaults sets a CUDA device's GEMMs to bf16 operands with fp32 accumulation (the training
+// precision); other devices are left as they are.
+func UseGPUDefaults(dev kernels.Device) {
+	if g, ok := dev.(*cuda.Device); ok {
+		g.GEMM = cuda.GEMMBF16
+	}
+}
+
+// weightMarker is a device that caches low-precision copies of declared weight buffers.
+type weightMarker interface{ MarkWeights(t *kernels.Tensor) }
+
+func markWeights(dev kernels.Device, w *kernels.Tensor) {
+	if m, ok := dev.(weightMarker); ok && w != nil {
+		m.MarkWeights(w)
+	}
+}
+
+// RandomWeights fills w with N(0, std²)-like values fast: 1<<20 normal draws from seed, tiled with a
+// shifting offset (benchmarks time the arithmetic, not the statistics of the weights).
+func RandomWeights(dev kernels.Device, w *kernels.Tensor, seed int64, std float32) {
+	const n = 1 << 20
+	r := rand.New(rand.NewPCG(uint64(seed), 7))
+	tile := make([]float32, n)
+	for i := range tile {
+		tile[i] = std * float32(r.NormFloat64())
+	}
+	host := make([]float32, w.Numel())
+	for off, k := 0, 0; off < len(host); off, k = off+n, k+1 {
+		rot := (k * 7919) % n
+		m := copy(host[off:], tile[rot:])
+		if off+m < len(host) && m < n {
+			copy(host[off+m:min(off+n, len(host))], tile[:rot])
+		}
+	}
+	dev.FromHost(w, host)
+}
