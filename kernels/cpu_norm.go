@@ -344,6 +344,7 @@ func (c *cpuDevice) GateAddBack(dY, dMod, dX, y, mod *Tensor, iGate, tokensPerFr
 
 // GELU, tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), with tanh(u) = 1 − 2/(e^{2u} + 1)
 // through exp32 (fp32; e^{2u} saturates to +Inf or 0, which the formula maps to ±1 exactly).
+// On AVX2 the bulk runs 8 lanes at a time as x·σ(2u), the same function.
 const geluC = 0.7978845608028654 // √(2/π)
 
 func tanh32(u float32) float32 { return 1 - 2/(exp32(2*u)+1) }
@@ -352,6 +353,7 @@ func (c *cpuDevice) GELU(out, in *Tensor) {
 	n := sameNumel("GELU", out, in)
 	o, x := f32(out), f32(in)
 	c.pool.For(n, c.pool.grain(n, 20), func(_, lo, hi int) {
+		lo += geluVec(o[lo:hi], x[lo:hi])
 		for i := lo; i < hi; i++ {
 			v := x[i]
 			o[i] = 0.5 * v * (1 + tanh32(geluC*(v+0.044715*v*v*v)))
@@ -363,6 +365,7 @@ func (c *cpuDevice) GELUBack(dIn, dOut, in *Tensor) {
 	n := sameNumel("GELUBack", dIn, dOut, in)
 	dx, g, x := f32(dIn), f32(dOut), f32(in)
 	c.pool.For(n, c.pool.grain(n, 24), func(_, lo, hi int) {
+		lo += geluBackVec(dx[lo:hi], g[lo:hi], x[lo:hi])
 		for i := lo; i < hi; i++ {
 			v := x[i]
 			t := tanh32(geluC * (v + 0.044715*v*v*v))

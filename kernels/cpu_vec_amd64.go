@@ -45,3 +45,28 @@ func maxf(x []float32) float32 {
 	}
 	return mx
 }
+
+//go:noescape
+func geluAVX2(out, x *float32, n int)
+
+//go:noescape
+func geluBackAVX2(dx, dy, x *float32, n int)
+
+// geluVec computes out[:n8] with AVX2 and returns n8 (0 without AVX2); the caller does the rest.
+func geluVec(out, x []float32) int {
+	n8 := len(x) &^ 7
+	if !useAVX2 || n8 == 0 {
+		return 0
+	}
+	geluAVX2(&out[0], &x[0], n8)
+	return n8
+}
+
+func geluBackVec(dx, g, x []float32) int {
+	n8 := len(x) &^ 7
+	if !useAVX2 || n8 == 0 {
+		return 0
+	}
+	geluBackAVX2(&dx[0], &g[0], &x[0], n8)
+	return n8
+}

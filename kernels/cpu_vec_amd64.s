@@ -186,3 +186,132 @@ mdone:
 	VMOVUPS Y0, (DX)
 	VZEROUPPER
 	RET
+
+DATA gelu_k0<>+0(SB)/4, $0xbfcc422a
+DATA gelu_k0<>+4(SB)/4, $0xbfcc422a
+DATA gelu_k0<>+8(SB)/4, $0xbfcc422a
+DATA gelu_k0<>+12(SB)/4, $0xbfcc422a
+DATA gelu_k0<>+16(SB)/4, $0xbfcc422a
+DATA gelu_k0<>+20(SB)/4, $0xbfcc422a
+DATA gelu_k0<>+24(SB)/4, $0xbfcc422a
+DATA gelu_k0<>+28(SB)/4, $0xbfcc422a
+GLOBL gelu_k0<>(SB), RODATA|NOPTR, $32
+DATA gelu_k1<>+0(SB)/4, $0xbd922279
+DATA gelu_k1<>+4(SB)/4, $0xbd922279
+DATA gelu_k1<>+8(SB)/4, $0xbd922279
+DATA gelu_k1<>+12(SB)/4, $0xbd922279
+DATA gelu_k1<>+16(SB)/4, $0xbd922279
+DATA gelu_k1<>+20(SB)/4, $0xbd922279
+DATA gelu_k1<>+24(SB)/4, $0xbd922279
+DATA gelu_k1<>+28(SB)/4, $0xbd922279
+GLOBL gelu_k1<>(SB), RODATA|NOPTR, $32
+DATA gelu_q<>+0(SB)/4, $0x3e095d4f
+DATA gelu_q<>+4(SB)/4, $0x3e095d4f
+DATA gelu_q<>+8(SB)/4, $0x3e095d4f
+DATA gelu_q<>+12(SB)/4, $0x3e095d4f
+DATA gelu_q<>+16(SB)/4, $0x3e095d4f
+DATA gelu_q<>+20(SB)/4, $0x3e095d4f
+DATA gelu_q<>+24(SB)/4, $0x3e095d4f
+DATA gelu_q<>+28(SB)/4, $0x3e095d4f
+GLOBL gelu_q<>(SB), RODATA|NOPTR, $32
+DATA gelu_2c<>+0(SB)/4, $0x3fcc422a
+DATA gelu_2c<>+4(SB)/4, $0x3fcc422a
+DATA gelu_2c<>+8(SB)/4, $0x3fcc422a
+DATA gelu_2c<>+12(SB)/4, $0x3fcc422a
+DATA gelu_2c<>+16(SB)/4, $0x3fcc422a
+DATA gelu_2c<>+20(SB)/4, $0x3fcc422a
+DATA gelu_2c<>+24(SB)/4, $0x3fcc422a
+DATA gelu_2c<>+28(SB)/4, $0x3fcc422a
+GLOBL gelu_2c<>(SB), RODATA|NOPTR, $32
+
+// EXP8(X, T1, T2, R): R = e^X on 8 lanes (exp32's algorithm); clobbers X, T1, T2.
+#define EXP8(X, T1, T2, R) \
+	VMINPS       expc_hi<>(SB), X, X; \
+	VMAXPS       expc_lo<>(SB), X, X; \
+	VMULPS       expc_log2e<>(SB), X, T1; \
+	VROUNDPS     $0, T1, T1; \
+	VFNMADD231PS expc_ln2hi<>(SB), T1, X; \
+	VFNMADD231PS expc_ln2lo<>(SB), T1, X; \
+	VMOVUPS      expc_c7<>(SB), R; \
+	VFMADD213PS  expc_c6<>(SB), X, R; \
+	VFMADD213PS  expc_c5<>(SB), X, R; \
+	VFMADD213PS  expc_c4<>(SB), X, R; \
+	VFMADD213PS  expc_c3<>(SB), X, R; \
+	VFMADD213PS  expc_c2<>(SB), X, R; \
+	VFMADD213PS  expc_one<>(SB), X, R; \
+	VFMADD213PS  expc_one<>(SB), X, R; \
+	VCVTPS2DQ    T1, T2; \
+	VPADDD       expc_bias<>(SB), T2, T2; \
+	VPSLLD       $23, T2, T2; \
+	VMULPS       T2, R, R
+
+// func geluAVX2(out, x *float32, n int)
+// out = x·σ(2u), u = √(2/π)·(x + 0.044715·x³) (= the tanh form), n a multiple of 8.
+TEXT ·geluAVX2(SB), NOSPLIT, $0-24
+	MOVQ out+0(FP), DI
+	MOVQ x+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $3, CX
+	JZ   gdone
+
+gloop:
+	VMOVUPS     (SI), Y0
+	VMULPS      Y0, Y0, Y1
+	VMULPS      gelu_k1<>(SB), Y1, Y1
+	VADDPS      gelu_k0<>(SB), Y1, Y1
+	VMULPS      Y0, Y1, Y1 // −2u
+	EXP8(Y1, Y2, Y4, Y3)
+	VADDPS      expc_one<>(SB), Y3, Y3
+	VDIVPS      Y3, Y0, Y3 // x / (1 + e^{−2u})
+	VMOVUPS     Y3, (DI)
+	ADDQ        $32, SI
+	ADDQ        $32, DI
+	DECQ        CX
+	JNZ         gloop
+
+gdone:
+	VZEROUPPER
+	RET
+
+// func geluBackAVX2(dx, dy, x *float32, n int)
+// dx += dy·(s + 2c·x·s·(1−s)·(1 + 3·0.044715·x²)), s = σ(2u), n a multiple of 8.
+TEXT ·geluBackAVX2(SB), NOSPLIT, $0-32
+	MOVQ dx+0(FP), DI
+	MOVQ dy+8(FP), DX
+	MOVQ x+16(FP), SI
+	MOVQ n+24(FP), CX
+	SHRQ $3, CX
+	JZ   bdone
+
+bloop:
+	VMOVUPS     (SI), Y0
+	VMULPS      Y0, Y0, Y5 // x²
+	VMULPS      gelu_k1<>(SB), Y5, Y1
+	VADDPS      gelu_k0<>(SB), Y1, Y1
+	VMULPS      Y0, Y1, Y1 // −2u
+	EXP8(Y1, Y2, Y4, Y3)
+	VADDPS      expc_one<>(SB), Y3, Y3
+	VMOVUPS     expc_one<>(SB), Y6
+	VDIVPS      Y3, Y6, Y6 // s
+	VMOVUPS     expc_one<>(SB), Y8
+	VSUBPS      Y6, Y8, Y8 // 1 − s
+	VMULPS      Y6, Y8, Y8
+	VMULPS      Y0, Y8, Y8
+	VMULPS      gelu_q<>(SB), Y5, Y7
+	VADDPS      expc_one<>(SB), Y7, Y7 // 1 + 3·0.044715·x²
+	VMULPS      Y7, Y8, Y8
+	VMULPS      gelu_2c<>(SB), Y8, Y8
+	VADDPS      Y6, Y8, Y8 // d
+	VMOVUPS     (DX), Y9
+	VMOVUPS     (DI), Y10
+	VFMADD231PS Y9, Y8, Y10
+	VMOVUPS     Y10, (DI)
+	ADDQ        $32, SI
+	ADDQ        $32, DX
+	ADDQ        $32, DI
+	DECQ        CX
+	JNZ         bloop
+
+bdone:
+	VZEROUPPER
+	RET
