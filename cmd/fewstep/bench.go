@@ -183,7 +183,12 @@ func runBenchForward(cmd *cobra.Command, _ []string) error {
 	m.InitRandom(1, 0.02) // random, not zero: zeros time faster than real data
 	g.MarkWeights(m.W)
 	g.FrozenWeights = !train // inference: graph replays reuse the bf16 weight copies
-	p := m.NewPass(s)
+	var p *models.Pass
+	if train {
+		p = m.NewPass(s)
+	} else {
+		p = m.NewInferencePass(s) // forward only: the blocks share one set of activations
+	}
 	r := rand.New(rand.NewSource(2))
 	x := randTensor(g, r, 0, 0, B, cfg.InDim, F, H, W)
 	t := randTensor(g, r, 700, 700.001, B, F)
@@ -340,7 +345,7 @@ func runBenchStream(cmd *cobra.Command, _ []string) error {
 	m := models.New(g, cfg, false)
 	m.InitRandom(1, 0.02)
 	g.MarkWeights(m.W)
-	p := m.NewPass(s)
+	p := m.NewInferencePass(s)
 	c := m.NewCache(1, H, W, local, sink)
 	r := rand.New(rand.NewSource(4))
 	ctx := randTensor(g, r, 0, 0, 1, L, cfg.TextDim)
