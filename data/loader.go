@@ -26,6 +26,10 @@ type LoaderConfig struct {
 	LatentCol   string // default "vae_latent"
 	TextCol     string // default "text_embedding"
 	TextOnly    bool   // prompts only (data-free objectives): Batch.Latents is nil
+	// Trajectories: the rows' trajectory_latents [S, C, F, H, W] and trajectory_timesteps [S] (ODE
+	// pairs for odeinit) are read into Batch.TrajLatents / TrajTimesteps. NewLoader turns it on when
+	// the first row has them; every row must then have the same S and timesteps.
+	Trajectories bool
 }
 
 // FromJob makes the loader config of a job (rank/world for multi-process training).
@@ -63,10 +67,14 @@ type Batch struct {
 	Text     *kernels.Tensor // [B, L, text_dim] fp32, zero-padded; the null embedding (zeros) where Dropped
 	Captions []string        // "" where Dropped
 	IDs      []string
-	Rows     []int  // dataset row of each sample
-	Dropped  []bool // CFG dropout: this sample's text is the null embedding
-	Epoch    int
-	Index    int // batch index within the epoch
+	Rows     []int // dataset row of each sample
+	// ODE pairs (LoaderConfig.Trajectories), nil otherwise: x at the levels of the denoising list,
+	// in the model's (normalized) space as `fewstep data ode-pairs` stores them, and their timesteps.
+	TrajLatents   *kernels.Tensor // [B, S, C, F, H, W] fp32
+	TrajTimesteps []float32       // [S] t = 1000·σ, descending
+	Dropped       []bool          // CFG dropout: this sample's text is the null embedding
+	Epoch         int
+	Index         int // batch index within the epoch
 }
 
 // Cursor is the loader's position: the next batch it hands out is batch Batch of epoch Epoch.
@@ -89,6 +97,8 @@ type Loader struct {
 	cfg               LoaderConfig
 	perRank, perEpoch int // samples per rank and batches per epoch
 	latN, textN       int
+	trajN             int       // S·C·F·H·W of one sample's trajectory (Trajectories)
+	trajTimes         []float32 // [S] the rows' trajectory timesteps
 
 	pos   Cursor
 	err   error // sticky: the prefetcher stopped on it
@@ -199,13 +209,65 @@ func (l *Loader) check() error {
 	if !c.TextOnly {
 		l.latN = kernels.Numel(c.LatentShape)
 	}
+	if !c.TextOnly && l.ds.NumRows() > 0 {
+		if row, err := l.ds.Row(0); err == nil && row.Has(TrajLatent) {
+			c.Trajectories = true
+		}
+	}
+	if c.Trajectories {
+		if err := l.checkTrajectories(); err != nil {
+			return err
+		}
+	}
 	l.textN = c.TextLen * c.TextDim
+	return nil
+}
+
+// checkTrajectories validates every row's ODE pair: trajectory_latents [S, C, F, H, W] with the
+// latents' [C, F, H, W] and trajectory_timesteps [S], the same S and timesteps in every row.
+func (l *Loader) checkTrajectories() error {
+	c := &l.cfg
+	if c.TextOnly {
+		return fmt.Errorf("data: %s: trajectories need latents (the loader is text-only)", l.ds.Path)
+	}
+	for i := 0; i < l.ds.NumRows(); i++ {
+		row, err := l.ds.Row(i)
+		if err != nil {
+			return err
+		}
+		tl, err := row.Tensor(TrajLatent)
+		if err != nil {
+			return err
+		}
+		if len(tl.Shape) != 5 || !slices.Equal(tl.Shape[1:], c.LatentShape) {
+			return fmt.Errorf("data: %s: row %d (%s), column %s: shape %v, want [S, %v...] (S levels of the latent shape)", row.File, row.Index, row.ID, ShapeCol(TrajLatent), tl.Shape, c.LatentShape)
+		}
+		tt, err := row.Tensor(TrajTimes)
+		if err != nil {
+			return err
+		}
+		if len(tt.Shape) != 1 || tt.Shape[0] != tl.Shape[0] {
+			return fmt.Errorf("data: %s: row %d (%s), column %s: shape %v, want [%d] (one timestep per trajectory level)", row.File, row.Index, row.ID, ShapeCol(TrajTimes), tt.Shape, tl.Shape[0])
+		}
+		ts := make([]float32, tt.Numel())
+		tt.Decode(ts, nil, nil)
+		if l.trajTimes == nil {
+			l.trajTimes = ts
+		} else if !slices.Equal(ts, l.trajTimes) {
+			return fmt.Errorf("data: %s: row %d (%s), column %s: timesteps %v, but earlier rows have %v", row.File, row.Index, row.ID, BytesCol(TrajTimes), ts, l.trajTimes)
+		}
+	}
+	l.trajN = len(l.trajTimes) * l.latN
 	return nil
 }
 
 func (l *Loader) newBatch() *Batch {
 	B := l.cfg.BatchSize
 	b := &Batch{Captions: make([]string, B), IDs: make([]string, B), Rows: make([]int, B), Dropped: make([]bool, B)}
+	if l.cfg.Trajectories {
+		b.TrajLatents = &kernels.Tensor{Dev: l.cfg.Dev, DType: kernels.F32, Shape: append([]int{B, len(l.trajTimes)}, l.cfg.LatentShape...), F32: make([]float32, B*l.trajN)}
+		b.TrajTimesteps = l.trajTimes
+	}
 	if !l.cfg.TextOnly {
 		b.Latents = &kernels.Tensor{Dev: l.cfg.Dev, DType: kernels.F32, Shape: append([]int{B}, l.cfg.LatentShape...), F32: make([]float32, B*l.latN)}
 	}
@@ -337,6 +399,18 @@ func (l *Loader) fill(b *Batch, order []int, at Cursor) (err error) {
 			t.Decode(b.Latents.F32[j*l.latN:(j+1)*l.latN], l.cfg.Mean, l.cfg.Std)
 			stored += int64(len(t.Bytes))
 			decoded += int64(4 * l.latN)
+		}
+		if l.cfg.Trajectories { // already in the model's space: no normalization
+			t, err := row.Tensor(TrajLatent)
+			if err != nil {
+				return err
+			}
+			if t.Numel() != l.trajN {
+				return fmt.Errorf("data: %s: row %d (%s), column %s: shape %v, the loader wants %v", row.File, row.Index, row.ID, ShapeCol(TrajLatent), t.Shape, b.TrajLatents.Shape[1:])
+			}
+			t.Decode(b.TrajLatents.F32[j*l.trajN:(j+1)*l.trajN], nil, nil)
+			stored += int64(len(t.Bytes))
+			decoded += int64(4 * l.trajN)
 		}
 		txt := b.Text.F32[j*l.textN : (j+1)*l.textN]
 		clear(txt)

@@ -29,6 +29,13 @@ func (s LoaderSource) Next() (*HostBatch, error) {
 	if b.Latents != nil {
 		hb.X0 = b.Latents.F32
 	}
+	if b.TrajLatents != nil { // ODE pairs: timesteps t → σ = t/1000
+		hb.TrajX = b.TrajLatents.F32
+		hb.TrajSigma = make([]float32, len(b.TrajTimesteps))
+		for i, t := range b.TrajTimesteps {
+			hb.TrajSigma[i] = t / 1000
+		}
+	}
 	return hb, nil
 }
 

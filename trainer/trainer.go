@@ -29,6 +29,9 @@ type HostBatch struct {
 	Drop     []bool    // [B] CFG dropout decided by the loader
 	Captions []string
 	IDs      []string
+	// ODE pairs (odeinit), nil otherwise: TrajX [B,S,C,F,H,W] latents at TrajSigma [S] (σ = t/1000).
+	TrajX     []float32
+	TrajSigma []float32
 }
 
 // Source is the trainer's view of a loader: batches in a deterministic order and a cursor that a
@@ -71,6 +74,7 @@ type Trainer struct {
 	byName  map[string]*role
 	batch   objectives.Batch
 	x0      *kernels.Tensor // [B,C,F,H,W] the latents' device buffer (batch.X0 is nil for text-only batches)
+	trajX   *kernels.Tensor // [B,S,C,F,H,W] ODE pairs' device buffer (odeinit), made by the first such batch
 	ema     *role           // nil without EMA
 	emaOf   *role
 	metrics *metricsLog
@@ -320,6 +324,21 @@ func (t *Trainer) nextBatch() error {
 		b.X0 = t.x0
 	}
 	b.Drop, b.Captions, b.IDs = hb.Drop, hb.Captions, hb.IDs
+	b.TrajX, b.TrajSigma = nil, nil
+	if hb.TrajX != nil {
+		S := len(hb.TrajSigma)
+		if t.trajX == nil || t.trajX.Shape[1] != S { // the first batch of ODE pairs sizes the buffer
+			if t.trajX != nil {
+				dev.Free(t.trajX)
+			}
+			t.trajX = dev.Alloc(kernels.F32, append([]int{t.x0.Shape[0], S}, t.x0.Shape[1:]...)...)
+		}
+		if want := t.trajX.Numel(); len(hb.TrajX) != want {
+			return fmt.Errorf("step %d: batch trajectories have %d values, want %v", t.Step+1, len(hb.TrajX), t.trajX.Shape)
+		}
+		dev.FromHost(t.trajX, hb.TrajX)
+		b.TrajX, b.TrajSigma = t.trajX, hb.TrajSigma
+	}
 	return nil
 }
 
