@@ -27,15 +27,22 @@ func chunkOf(v []float32, B, C, F, HW, f0, k int) []float32 {
 }
 
 // The causal rollout against a reference written with the model's streaming API directly: for a
-// one-level list (the exit is the first and only step) chunk j's input is the j-th draw of noise,
-// the cache holds the clean earlier chunks of the rollout's own video at t = 0, and chunk j's x0 is
-// its input minus the velocity. The video must match, and so must the student's gradient for a
-// random cotangent R: Σ_j (x0_j's vjp with R_j), with no gradient through the cache.
+// one-level list (the exit is the first and only step) chunk j's input is the next draw of noise,
+// the cache holds the earlier chunks of the rollout's own video re-noised to σ = context_noise
+// (with the draws that follow each chunk's, none when it is 0) at t = 1000·σ, and chunk j's x0 is its
+// input minus the velocity. The video must match, and so must the student's gradient for a random
+// cotangent R: Σ_j (x0_j's vjp with R_j), with no gradient through the cache.
 func TestCausalRolloutMatchesStreaming(t *testing.T) {
+	for _, cn := range []float64{0, 0.2} {
+		testRolloutStreaming(t, cn)
+	}
+}
+
+func testRolloutStreaming(t *testing.T, contextNoise float64) {
 	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
-	s := models.Shape{B: 2, F: 4, H: 4, W: 4, L: 3, ChunkFrames: 2}
-	k, chunks := 2, 2
+	t.Logf("context noise %g, seed %d", contextNoise, seed)
+	s := models.Shape{B: 2, F: 6, H: 4, W: 4, L: 3, ChunkFrames: 2}
+	k, chunks := 2, 3
 	o, err := New("selfforcing", map[string]any{"denoising_timesteps": []float64{1000}, "shift": 1})
 	if err != nil {
 		t.Fatal(err)
@@ -47,9 +54,9 @@ func TestCausalRolloutMatchesStreaming(t *testing.T) {
 	b := testBatch(env, s, rand.New(rand.NewPCG(uint64(seed), 2)))
 	full := s
 	full.ChunkFrames = 0
-	r := NewCausalRollout(env, student, full, k, []float32{1}, 0)
+	r := NewCausalRollout(env, student, full, k, []float32{1}, contextNoise)
 
-	video := hostOf(dev, r.Run(rand.New(rand.NewPCG(uint64(seed), 9)), b.Ctx, []int{0, 0}, true))
+	video := hostOf(dev, r.Run(rand.New(rand.NewPCG(uint64(seed), 9)), b.Ctx, make([]int, chunks), true))
 	R := dev.Alloc(kernels.F32, s.B, C, s.F, s.H, s.W)
 	Rh := make([]float32, R.Numel())
 	rr := rand.New(rand.NewPCG(uint64(seed), 10))
@@ -65,20 +72,35 @@ func TestCausalRolloutMatchesStreaming(t *testing.T) {
 	ref := models.New(dev, cfg, true)
 	dev.Copy(ref.W, student.W)
 	noise := rand.New(rand.NewPCG(uint64(seed), 9)) // the rollout's draws, in order
+	draw := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(noise.NormFloat64())
+		}
+		return v
+	}
 	cs := models.Shape{B: s.B, F: k, H: s.H, W: s.W, L: s.L, ChunkFrames: k}
 	n := s.B * C * k * HW
 	tt := dev.Alloc(kernels.F32, s.B, k)
 	xin, cot := dev.Alloc(kernels.F32, s.B, C, k, s.H, s.W), dev.Alloc(kernels.F32, s.B, C, k, s.H, s.W)
+	var ctxNoise [][]float32
+	sc := float32(contextNoise)
 	for j := 0; j < chunks; j++ {
-		in := make([]float32, n)
-		for i := range in {
-			in[i] = float32(noise.NormFloat64())
+		in := draw(n)
+		if j < chunks-1 && contextNoise > 0 {
+			ctxNoise = append(ctxNoise, draw(n))
 		}
 		cache := ref.NewCache(s.B, s.H, s.W, 0, 0)
 		pc := ref.NewPass(cs)
-		for i := 0; i < j; i++ { // earlier chunks, clean, at t = 0
-			dev.FromHost(xin, chunkOf(video, s.B, C, s.F, HW, i*k, k))
-			dev.Zero(tt)
+		for i := 0; i < j; i++ { // earlier chunks at the context noise level
+			c := chunkOf(video, s.B, C, s.F, HW, i*k, k)
+			if contextNoise > 0 {
+				for q := range c {
+					c[q] = (1-sc)*c[q] + sc*ctxNoise[i][q]
+				}
+			}
+			dev.FromHost(xin, c)
+			dev.Fill(tt, 1000*sc)
 			ref.ForwardChunk(pc, cache, xin, tt, b.Ctx)
 			ref.Commit(cache, pc)
 		}
@@ -90,7 +112,7 @@ func TestCausalRolloutMatchesStreaming(t *testing.T) {
 		for i := range v {
 			want := in[i] - v[i]
 			if math.Abs(float64(got[i]-want)) > 1e-5*(1+math.Abs(float64(want))) {
-				t.Fatalf("chunk %d element %d: rollout %g, streaming reference %g", j, i, got[i], want)
+				t.Fatalf("context noise %g, chunk %d element %d: rollout %g, streaming reference %g", contextNoise, j, i, got[i], want)
 			}
 		}
 		c := chunkOf(Rh, s.B, C, s.F, HW, j*k, k)
@@ -134,5 +156,33 @@ func TestSelfForcingParamErrors(t *testing.T) {
 	}
 	if err := o.Setup(env); err == nil {
 		t.Fatal("4 frames in chunks of 3: no error")
+	}
+}
+
+// One exit step for every chunk with same_step_across_chunks (Self-Forcing's default), independent
+// steps without; every level of the list gets drawn.
+func TestSelfForcingExitSteps(t *testing.T) {
+	for _, same := range []bool{true, false} {
+		o, err := New("selfforcing", map[string]any{"same_step_across_chunks": same})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sf := o.(*SelfForcing)
+		sf.exits = make([]int, 5)
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+		seen := map[int]bool{}
+		mixed := false
+		for k := 0; k < 200; k++ {
+			ex := sf.drawExits(rng)
+			for _, e := range ex {
+				seen[e] = true
+				if e != ex[0] {
+					mixed = true
+				}
+			}
+		}
+		if mixed == same || len(seen) != len(sf.sigmas) {
+			t.Fatalf("same_step_across_chunks %v: chunks with different exits %v, levels drawn %v of %d", same, mixed, seen, len(sf.sigmas))
+		}
 	}
 }
