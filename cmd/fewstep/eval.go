@@ -88,12 +88,12 @@ func runEval(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("eval: %w", err)
 	}
 	if samples != "" {
-		return scoreSamples(cmd, samples, held)
+		return scoreSamples(cmd, job, samples, held)
 	}
 	return distillTable(cmd, job, held)
 }
 
-func scoreSamples(cmd *cobra.Command, samples string, held *eval.Set) error {
+func scoreSamples(cmd *cobra.Command, job *config.Job, samples string, held *eval.Set) error {
 	fl := cmd.Flags()
 	st, meta, err := models.ReadSafetensors(samples)
 	if err != nil {
@@ -141,6 +141,9 @@ func scoreSamples(cmd *cobra.Command, samples string, held *eval.Set) error {
 	}
 	b, _ := json.MarshalIndent(rec, "", "  ")
 	if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := config.Save(job, strings.TrimSuffix(out, ".json")+".job.yaml"); err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "eval: %d videos %s (steps %s, cfg %s): CondAcc %.3f (colour %.3f, direction %.3f)  FD %.3f  stability %.4f (size %.4f, colour %.4f)\n  %s\n",
@@ -259,7 +262,7 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	if out == "" {
 		out = filepath.Join(job.OutDir, "eval")
 	}
-	if err := os.MkdirAll(out, 0o755); err != nil {
+	if _, err := saveJob(job, out); err != nil {
 		return err
 	}
 	js, err := tab.JSON()

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
@@ -24,6 +25,7 @@ var exportCmd = &cobra.Command{
   OUT/diffusion_pytorch_model.safetensors   Wan2.1 state-dict keys (--dtype float32 | bfloat16 | float16)
   OUT/config.json                           dim, ffn_dim, freq_dim, in_dim, out_dim, num_heads,
                                             num_layers, text_len, eps, text_dim, model_type "t2v"
+  OUT/fewstep_job.yaml                      the resolved job of this command
 The weights come from --weights FILE, or from --from RUN|CHECKPOINT (a run folder, its checkpoints
 folder or one checkpoint folder) and --role (ema by default when the checkpoint has one, else student).
 The architecture: --model-config, else config.json beside the weights, else read off the tensor
@@ -183,6 +185,9 @@ func runExport(cmd *cobra.Command, _ []string) error {
 	cp := filepath.Join(out, "config.json")
 	if err := models.WriteWanConfig(cp, cfg); err != nil {
 		return fmt.Errorf("export: %w", err)
+	}
+	if err := config.Save(job, filepath.Join(out, "fewstep_job.yaml")); err != nil {
+		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "export: %s → %s (%s, %d parameters; dim %d, ffn %d, heads %d, layers %d, in/out %d/%d, text_dim %d)\n  %s\n",
 		src, out, strings.ToLower(dt.String()), cfg.NumParams(), cfg.Dim, cfg.FFNDim, cfg.Heads, cfg.Layers, cfg.InDim, cfg.OutDim, cfg.TextDim, cp)
