@@ -25,6 +25,8 @@ type cpuDevice struct {
 	scr     [][]float32 // per-worker scratch rows (attention), grown on demand
 	gb      []*gemmBuf  // per-worker GEMM packing buffers
 	kpack   []float32   // attention: every head's packed Kᵀ
+	part    []float64   // per-worker partial sums (Dot)
+	arg     opArgs      // the running op's arguments
 }
 
 // CPU returns a CPU device with one worker per GOMAXPROCS.
@@ -41,10 +43,30 @@ func NewCPU(threads int) Device {
 func (c *cpuDevice) Name() string { return "cpu" }
 
 // ---------------------------------------------------------------------------------------------
-// The worker pool: For(n, chunk, fn) splits [0, n) into chunks that the caller and the workers pull
-// from a shared counter (so uneven chunks balance). fn gets the index w of the goroutine running it
-// (0 = the caller, < threads) so an op can keep per-worker scratch. Nothing is allocated per call
-// except the closure the caller passes.
+// The worker pool: For(n, chunk, fn, a) splits [0, n) into chunks that the caller and the workers
+// pull from a shared counter (so uneven chunks balance). fn is a top-level function (it captures
+// nothing, so passing it allocates nothing) that finds the op's arguments in a, the device's
+// reusable argument block, and gets the index w of the goroutine running it (0 = the caller,
+// < threads) so an op can keep per-worker scratch. A call allocates nothing.
+
+// kernelFn runs one chunk [lo, hi) of an op on worker w.
+type kernelFn func(a *opArgs, w, lo, hi int)
+
+// opArgs carries one op's arguments to its kernelFn (fields used as each op documents).
+type opArgs struct {
+	c *cpuDevice
+	s [10][]float32
+	i [10]int
+	x [8]float32
+	m [2]mat
+	d []float64
+}
+
+// args returns the device's argument block, cleared.
+func (c *cpuDevice) args() *opArgs {
+	c.arg = opArgs{c: c}
+	return &c.arg
+}
 
 type pool struct {
 	threads  int
@@ -55,7 +77,8 @@ type pool struct {
 }
 
 type job struct {
-	fn       func(w, lo, hi int)
+	fn       kernelFn
+	a        *opArgs
 	n, chunk int
 	next     atomic.Int64
 	wg       sync.WaitGroup
@@ -80,12 +103,12 @@ func (j *job) run(w int) {
 		if lo >= j.n {
 			return
 		}
-		j.fn(w, lo, min(lo+j.chunk, j.n))
+		j.fn(j.a, w, lo, min(lo+j.chunk, j.n))
 	}
 }
 
-// For runs fn over [0, n) in chunks of `chunk` items (≥ 1).
-func (p *pool) For(n, chunk int, fn func(w, lo, hi int)) {
+// For runs fn(a, ·) over [0, n) in chunks of `chunk` items (≥ 1).
+func (p *pool) For(n, chunk int, fn kernelFn, a *opArgs) {
 	if n <= 0 {
 		return
 	}
@@ -94,11 +117,11 @@ func (p *pool) For(n, chunk int, fn func(w, lo, hi int)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if tasks == 1 || p.threads == 1 {
-		fn(0, 0, n)
+		fn(a, 0, 0, n)
 		return
 	}
 	j := &p.job
-	j.fn, j.n, j.chunk = fn, n, chunk
+	j.fn, j.a, j.n, j.chunk = fn, a, n, chunk
 	j.next.Store(0)
 	helpers := min(p.threads-1, tasks-1)
 	j.wg.Add(helpers)
@@ -107,7 +130,7 @@ func (p *pool) For(n, chunk int, fn func(w, lo, hi int)) {
 	}
 	j.run(0)
 	j.wg.Wait()
-	j.fn = nil
+	j.fn, j.a = nil, nil
 }
 
 // grain picks a chunk size for n items of about `cost` flops each: about 4 chunks per thread, each
@@ -205,32 +228,44 @@ func (c *cpuDevice) Sync() error { return nil }
 
 func (c *cpuDevice) Add(out, a, b *Tensor) {
 	n := sameNumel("Add", out, a, b)
-	o, x, y := f32(out), f32(a), f32(b)
-	c.pool.For(n, c.pool.grain(n, 1), func(_, lo, hi int) {
-		for i := lo; i < hi; i++ {
-			o[i] = x[i] + y[i]
-		}
-	})
+	g := c.args()
+	g.s[0], g.s[1], g.s[2] = f32(out), f32(a), f32(b)
+	c.pool.For(n, c.pool.grain(n, 1), addRows, g)
+}
+
+func addRows(a *opArgs, _, lo, hi int) {
+	o, x, y := a.s[0], a.s[1], a.s[2]
+	for i := lo; i < hi; i++ {
+		o[i] = x[i] + y[i]
+	}
 }
 
 func (c *cpuDevice) Axpy(y *Tensor, alpha float32, x *Tensor) {
 	n := sameNumel("Axpy", y, x)
-	yy, xx := f32(y), f32(x)
-	c.pool.For(n, c.pool.grain(n, 2), func(_, lo, hi int) {
-		for i := lo; i < hi; i++ {
-			yy[i] += alpha * xx[i]
-		}
-	})
+	g := c.args()
+	g.s[0], g.s[1], g.x[0] = f32(y), f32(x), alpha
+	c.pool.For(n, c.pool.grain(n, 2), axpyRows, g)
+}
+
+func axpyRows(a *opArgs, _, lo, hi int) {
+	y, x, alpha := a.s[0], a.s[1], a.x[0]
+	for i := lo; i < hi; i++ {
+		y[i] += alpha * x[i]
+	}
 }
 
 func (c *cpuDevice) Scale(x *Tensor, alpha float32) {
 	n := x.Numel()
-	xx := f32(x)
-	c.pool.For(n, c.pool.grain(n, 1), func(_, lo, hi int) {
-		for i := lo; i < hi; i++ {
-			xx[i] *= alpha
-		}
-	})
+	g := c.args()
+	g.s[0], g.x[0] = f32(x), alpha
+	c.pool.For(n, c.pool.grain(n, 1), scaleRows, g)
+}
+
+func scaleRows(a *opArgs, _, lo, hi int) {
+	x, alpha := a.s[0], a.x[0]
+	for i := lo; i < hi; i++ {
+		x[i] *= alpha
+	}
 }
 
 func (c *cpuDevice) Combine(out, x, y *Tensor, a, b []float32) {
@@ -239,7 +274,18 @@ func (c *cpuDevice) Combine(out, x, y *Tensor, a, b []float32) {
 	if !(G > 0 && len(b) == G && n%G == 0) {
 		panicf("Combine: %d coefficients a, %d b for %d elements", len(a), len(b), n)
 	}
-	c.combine(f32(out), f32(x), f32(y), a, b, n/G)
+	g := c.args()
+	g.s[0], g.s[1], g.s[2], g.s[3], g.s[4], g.i[0] = f32(out), f32(x), f32(y), a, b, n/G
+	c.pool.For(n, c.pool.grain(n, 3), combineRows, g)
+}
+
+// combineRows: out = a_g·x + b_g·y over groups of gs elements.
+func combineRows(a *opArgs, _, lo, hi int) {
+	o, x, y, ca, cb, gs := a.s[0], a.s[1], a.s[2], a.s[3], a.s[4], a.i[0]
+	for i := lo; i < hi; i++ {
+		g := i / gs
+		o[i] = ca[g]*x[i] + cb[g]*y[i]
+	}
 }
 
 func (c *cpuDevice) CombineFrames(out, x, y *Tensor, a, b []float32, B, C, F, HW int) {
@@ -250,50 +296,53 @@ func (c *cpuDevice) CombineFrames(out, x, y *Tensor, a, b []float32, B, C, F, HW
 	if !(len(a) == B*F && len(b) == B*F) {
 		panicf("CombineFrames: %d/%d coefficients for B·F = %d", len(a), len(b), B*F)
 	}
-	o, xx, yy := f32(out), f32(x), f32(y)
 	// Rows of HW elements, row r = ((b·C + ch)·F + f).
+	g := c.args()
+	g.s[0], g.s[1], g.s[2], g.s[3], g.s[4] = f32(out), f32(x), f32(y), a, b
+	g.i[0], g.i[1], g.i[2] = C, F, HW
 	rows := B * C * F
-	c.pool.For(rows, c.pool.grain(rows, 3*HW), func(_, lo, hi int) {
-		for r := lo; r < hi; r++ {
-			f := r % F
-			bb := r / (C * F)
-			ca, cb := a[bb*F+f], b[bb*F+f]
-			for i := r * HW; i < (r+1)*HW; i++ {
-				o[i] = ca*xx[i] + cb*yy[i]
-			}
-		}
-	})
+	c.pool.For(rows, c.pool.grain(rows, 3*HW), combineFrameRows, g)
 }
 
-// combine: out = a_g·x + b_g·y over groups of gs elements.
-func (c *cpuDevice) combine(o, x, y, a, b []float32, gs int) {
-	n := len(o)
-	c.pool.For(n, c.pool.grain(n, 3), func(_, lo, hi int) {
-		for i := lo; i < hi; i++ {
-			g := i / gs
-			o[i] = a[g]*x[i] + b[g]*y[i]
+func combineFrameRows(a *opArgs, _, lo, hi int) {
+	o, x, y, ca, cb := a.s[0], a.s[1], a.s[2], a.s[3], a.s[4]
+	C, F, HW := a.i[0], a.i[1], a.i[2]
+	for r := lo; r < hi; r++ {
+		f := r % F
+		bb := r / (C * F)
+		u, v := ca[bb*F+f], cb[bb*F+f]
+		for i := r * HW; i < (r+1)*HW; i++ {
+			o[i] = u*x[i] + v*y[i]
 		}
-	})
+	}
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reductions (float64 accumulation, one partial per worker).
+// Reductions (float64 accumulation; one partial per worker).
 
 func (c *cpuDevice) Dot(a, b *Tensor) float64 {
 	n := sameNumel("Dot", a, b)
-	x, y := f32(a), f32(b)
-	var mu sync.Mutex
+	if len(c.part) != c.pool.threads {
+		c.part = make([]float64, c.pool.threads)
+	}
+	clear(c.part)
+	g := c.args()
+	g.s[0], g.s[1], g.d = f32(a), f32(b), c.part
+	c.pool.For(n, c.pool.grain(n, 2), dotRows, g)
 	var total float64
-	c.pool.For(n, c.pool.grain(n, 2), func(_, lo, hi int) {
-		var s float64
-		for i := lo; i < hi; i++ {
-			s += float64(x[i]) * float64(y[i])
-		}
-		mu.Lock()
+	for _, s := range c.part {
 		total += s
-		mu.Unlock()
-	})
+	}
 	return total
+}
+
+func dotRows(a *opArgs, w, lo, hi int) {
+	x, y := a.s[0], a.s[1]
+	var s float64
+	for i := lo; i < hi; i++ {
+		s += float64(x[i]) * float64(y[i])
+	}
+	a.d[w] += s
 }
 
 func (c *cpuDevice) SumAbsGroups(dst []float64, x *Tensor) {
@@ -302,17 +351,20 @@ func (c *cpuDevice) SumAbsGroups(dst []float64, x *Tensor) {
 	if !(G > 0 && n%G == 0) {
 		panicf("SumAbsGroups: %d groups for %v", G, x.Shape)
 	}
-	gs := n / G
-	xx := f32(x)
-	c.pool.For(G, c.pool.grain(G, gs), func(_, lo, hi int) {
-		for g := lo; g < hi; g++ {
-			var s float64
-			for _, v := range xx[g*gs : (g+1)*gs] {
-				s += math.Abs(float64(v))
-			}
-			dst[g] = s
+	g := c.args()
+	g.s[0], g.d, g.i[0] = f32(x), dst, n/G
+	c.pool.For(G, c.pool.grain(G, n/G), sumAbsRows, g)
+}
+
+func sumAbsRows(a *opArgs, _, lo, hi int) {
+	x, dst, gs := a.s[0], a.d, a.i[0]
+	for g := lo; g < hi; g++ {
+		var s float64
+		for _, v := range x[g*gs : (g+1)*gs] {
+			s += math.Abs(float64(v))
 		}
-	})
+		dst[g] = s
+	}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -325,32 +377,43 @@ func (c *cpuDevice) AdamW(w, g, m, v *Tensor, lr, beta1, beta2, eps, wd float32,
 	if !(step >= 1) {
 		panicf("AdamW: step %d < 1", step)
 	}
-	ww, gg, mm, vv := f32(w), f32(g), f32(m), f32(v)
 	bc1 := 1 - math.Pow(float64(beta1), float64(step))
 	bc2 := 1 - math.Pow(float64(beta2), float64(step))
-	stepSize := float32(float64(lr) / bc1)
-	rbc2 := float32(1 / math.Sqrt(bc2))
-	decay := 1 - lr*wd
-	c.pool.For(n, c.pool.grain(n, 12), func(_, lo, hi int) {
-		for i := lo; i < hi; i++ {
-			gi := gg[i]
-			mi := beta1*mm[i] + (1-beta1)*gi
-			vi := beta2*vv[i] + (1-beta2)*gi*gi
-			mm[i], vv[i] = mi, vi
-			denom := float32(math.Sqrt(float64(vi)))*rbc2 + eps
-			ww[i] = ww[i]*decay - stepSize*mi/denom
-		}
-	})
+	a := c.args()
+	a.s[0], a.s[1], a.s[2], a.s[3] = f32(w), f32(g), f32(m), f32(v)
+	a.x[0], a.x[1] = beta1, beta2
+	a.x[2] = float32(float64(lr) / bc1)  // step size
+	a.x[3] = float32(1 / math.Sqrt(bc2)) // 1/√(1−β2^step)
+	a.x[4], a.x[5] = eps, 1-lr*wd        // decoupled decay as a factor
+	c.pool.For(n, c.pool.grain(n, 12), adamRows, a)
+}
+
+func adamRows(a *opArgs, _, lo, hi int) {
+	ww, gg, mm, vv := a.s[0], a.s[1], a.s[2], a.s[3]
+	beta1, beta2, stepSize, rbc2 := a.x[0], a.x[1], a.x[2], a.x[3]
+	eps, decay := a.x[4], a.x[5]
+	for i := lo; i < hi; i++ {
+		gi := gg[i]
+		mi := beta1*mm[i] + (1-beta1)*gi
+		vi := beta2*vv[i] + (1-beta2)*gi*gi
+		mm[i], vv[i] = mi, vi
+		denom := float32(math.Sqrt(float64(vi)))*rbc2 + eps
+		ww[i] = ww[i]*decay - stepSize*mi/denom
+	}
 }
 
 func (c *cpuDevice) EMA(ema, w *Tensor, decay float32) {
 	n := sameNumel("EMA", ema, w)
-	e, ww := f32(ema), f32(w)
-	c.pool.For(n, c.pool.grain(n, 3), func(_, lo, hi int) {
-		for i := lo; i < hi; i++ {
-			e[i] = decay*e[i] + (1-decay)*ww[i]
-		}
-	})
+	a := c.args()
+	a.s[0], a.s[1], a.x[0] = f32(ema), f32(w), decay
+	c.pool.For(n, c.pool.grain(n, 3), emaRows, a)
+}
+
+func emaRows(a *opArgs, _, lo, hi int) {
+	e, w, decay := a.s[0], a.s[1], a.x[0]
+	for i := lo; i < hi; i++ {
+		e[i] = decay*e[i] + (1-decay)*w[i]
+	}
 }
 
 var _ Device = (*cpuDevice)(nil)

@@ -58,20 +58,28 @@ func (c *cpuDevice) rope(op string, x *Tensor, frames, rows, cols, frame0 int, d
 		panicf("%s: x %v for grid %d×%d×%d", op, x.Shape, frames, rows, cols)
 	}
 	fc, fs, hc, hs, wc, ws := c.ropeTables(hd, frames, rows, cols, frame0)
+	a := c.args()
+	a.s[0], a.s[1], a.s[2], a.s[3], a.s[4], a.s[5], a.s[6] = f32(x), fc, fs, hc, hs, wc, ws
+	a.i[0], a.i[1], a.i[2], a.i[3], a.i[4] = N, H, hd, rows, cols
+	a.x[0] = dir
+	c.pool.For(B*N, c.pool.grain(B*N, 3*H*hd), ropeTokens, a)
+}
+
+// ropeTokens rotates tokens [lo, hi) of x [B·N, H, hd].
+func ropeTokens(a *opArgs, _, lo, hi int) {
+	xx, fc, fs, hc, hs, wc, ws := a.s[0], a.s[1], a.s[2], a.s[3], a.s[4], a.s[5], a.s[6]
+	N, H, hd, rows, cols, dir := a.i[0], a.i[1], a.i[2], a.i[3], a.i[4], a.x[0]
 	nf, nh, nw := ropeSplit(hd)
-	xx := f32(x)
-	c.pool.For(B*N, c.pool.grain(B*N, 3*H*hd), func(_, lo, hi int) {
-		for t := lo; t < hi; t++ {
-			n := t % N
-			f, i, j := n/(rows*cols), (n/cols)%rows, n%cols
-			for h := 0; h < H; h++ {
-				v := xx[(t*H+h)*hd : (t*H+h+1)*hd]
-				rot(v[:2*nf], fc[f*nf:(f+1)*nf], fs[f*nf:(f+1)*nf], dir)
-				rot(v[2*nf:2*(nf+nh)], hc[i*nh:(i+1)*nh], hs[i*nh:(i+1)*nh], dir)
-				rot(v[2*(nf+nh):2*(nf+nh+nw)], wc[j*nw:(j+1)*nw], ws[j*nw:(j+1)*nw], dir)
-			}
+	for t := lo; t < hi; t++ {
+		n := t % N
+		f, i, j := n/(rows*cols), (n/cols)%rows, n%cols
+		for h := 0; h < H; h++ {
+			v := xx[(t*H+h)*hd : (t*H+h+1)*hd]
+			rot(v[:2*nf], fc[f*nf:(f+1)*nf], fs[f*nf:(f+1)*nf], dir)
+			rot(v[2*nf:2*(nf+nh)], hc[i*nh:(i+1)*nh], hs[i*nh:(i+1)*nh], dir)
+			rot(v[2*(nf+nh):2*(nf+nh+nw)], wc[j*nw:(j+1)*nw], ws[j*nw:(j+1)*nw], dir)
 		}
-	})
+	}
 }
 
 // rot: (a, b) → (a·cos − b·sin, a·sin + b·cos) with sin·dir.
@@ -126,55 +134,64 @@ func (c *cpuDevice) Attention(out, lse, q, k, v *Tensor, chunkTokens, qOffset in
 	if !(chunkTokens >= 0 && qOffset >= 0) {
 		panicf("Attention: chunkTokens %d qOffset %d", chunkTokens, qOffset)
 	}
-	o, L, qq, kk, vv := f32(out), f32(lse), f32(q), f32(k), f32(v)
-	scale := float32(1 / math.Sqrt(float64(hd)))
-	ld := H * hd // row stride of q, k, v, out
 	nqb := (Nq + attnQB - 1) / attnQB
-	scratch := c.scratch(attnQB*Nk + attnQB)
-	bufs := c.gemmBufs()
-	kp := c.packKT(B, H, Nk, hd, kk)
+	c.scratch(attnQB*Nk + attnQB)
+	c.gemmBufs()
+	kp := c.packKT(B, H, Nk, hd, f32(k))
+	a := c.args()
+	a.s[0], a.s[1], a.s[2], a.s[3], a.s[4], a.s[5] = f32(out), f32(lse), f32(q), f32(k), f32(v), kp
+	a.i[0], a.i[1], a.i[2], a.i[3], a.i[4], a.i[5], a.i[6] = Nq, Nk, H, hd, nqb, chunkTokens, qOffset
+	a.x[0] = float32(1 / math.Sqrt(float64(hd)))
+	c.pool.For(B*H*nqb, 1, attnBlocks, a)
+}
+
+// attnBlocks runs the tasks [lo, hi) = (b, h, query block) of Attention.
+func attnBlocks(a *opArgs, w, lo, hi int) {
+	o, L, qq, kk, vv, kp := a.s[0], a.s[1], a.s[2], a.s[3], a.s[4], a.s[5]
+	Nq, Nk, H, hd, nqb, chunkTokens, qOffset := a.i[0], a.i[1], a.i[2], a.i[3], a.i[4], a.i[5], a.i[6]
+	scale := a.x[0]
+	ld := H * hd
 	kpLen := packedLen(hd, Nk)
-	c.pool.For(B*H*nqb, 1, func(w, lo, hi int) {
-		S, sums := scratch[w][:attnQB*Nk], scratch[w][attnQB*Nk:]
-		for task := lo; task < hi; task++ {
-			bh, qb := task/nqb, task%nqb
-			b, h := bh/H, bh%H
-			i0 := qb * attnQB
-			rows := min(attnQB, Nq-i0)
-			jb := visible(i0+rows-1, Nk, chunkTokens, qOffset) // keys any row of the block sees
-			qOff := (b*Nq+i0)*ld + h*hd
-			kOff := b*Nk*ld + h*hd
-			// S[rows, jb] = scale · Q_blk · Kᵀ
-			clear(S[:rows*jb])
-			if kp != nil {
-				bufs[w].gemmPackedB(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, kp[bh*kpLen:], S, jb)
-			} else {
-				bufs[w].gemm(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, mat{kk[kOff:], 1, ld}, S, jb)
-			}
-			for i := 0; i < rows; i++ {
-				si := S[i*jb : (i+1)*jb]
-				jm := visible(i0+i, Nk, chunkTokens, qOffset)
-				mx := maxf(si[:jm])
-				sum := expShift(si[:jm], mx)
-				clear(si[jm:])
-				sums[i] = sum
-				L[bh*Nq+i0+i] = mx + float32(math.Log(float64(sum)))
-			}
-			// O_blk = P · V, then each row / its sum.
-			ob := o[qOff:]
-			for i := 0; i < rows; i++ {
-				clear(ob[i*ld : i*ld+hd])
-			}
-			bufs[w].gemm(rows, hd, jb, 1, mat{S, jb, 1}, mat{vv[kOff:], ld, 1}, ob, ld)
-			for i := 0; i < rows; i++ {
-				inv := 1 / sums[i]
-				oi := ob[i*ld : i*ld+hd]
-				for e := range oi {
-					oi[e] *= inv
-				}
+	buf := a.c.gb[w]
+	S, sums := a.c.scr[w][:attnQB*Nk], a.c.scr[w][attnQB*Nk:attnQB*Nk+attnQB]
+	for task := lo; task < hi; task++ {
+		bh, qb := task/nqb, task%nqb
+		b, h := bh/H, bh%H
+		i0 := qb * attnQB
+		rows := min(attnQB, Nq-i0)
+		jb := visible(i0+rows-1, Nk, chunkTokens, qOffset) // keys any row of the block sees
+		qOff := (b*Nq+i0)*ld + h*hd
+		kOff := b*Nk*ld + h*hd
+		// S[rows, jb] = scale · Q_blk · Kᵀ
+		clear(S[:rows*jb])
+		if kp != nil {
+			buf.gemmPackedB(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, kp[bh*kpLen:], S, jb)
+		} else {
+			buf.gemm(rows, jb, hd, scale, mat{qq[qOff:], ld, 1}, mat{kk[kOff:], 1, ld}, S, jb)
+		}
+		for i := 0; i < rows; i++ {
+			si := S[i*jb : (i+1)*jb]
+			jm := visible(i0+i, Nk, chunkTokens, qOffset)
+			mx := maxf(si[:jm])
+			sum := expShift(si[:jm], mx)
+			clear(si[jm:])
+			sums[i] = sum
+			L[bh*Nq+i0+i] = mx + float32(math.Log(float64(sum)))
+		}
+		// O_blk = P · V, then each row / its sum.
+		ob := o[qOff:]
+		for i := 0; i < rows; i++ {
+			clear(ob[i*ld : i*ld+hd])
+		}
+		buf.gemm(rows, hd, jb, 1, mat{S, jb, 1}, mat{vv[kOff:], ld, 1}, ob, ld)
+		for i := 0; i < rows; i++ {
+			inv := 1 / sums[i]
+			oi := ob[i*ld : i*ld+hd]
+			for e := range oi {
+				oi[e] *= inv
 			}
 		}
-	})
+	}
 }
 
 // packKT packs Kᵀ of every head (b, h) for gemmPackedB into a device buffer (nil when hd is too
@@ -188,14 +205,19 @@ func (c *cpuDevice) packKT(B, H, Nk, hd int, kk []float32) []float32 {
 		c.kpack = make([]float32, B*H*n)
 	}
 	kp := c.kpack[:B*H*n]
-	ld := H * hd
-	c.pool.For(B*H, 1, func(_, lo, hi int) {
-		for bh := lo; bh < hi; bh++ {
-			b, h := bh/H, bh%H
-			packB(kp[bh*n:(bh+1)*n], mat{kk[b*Nk*ld+h*hd:], 1, ld}, 0, hd, 0, Nk)
-		}
-	})
+	a := c.args()
+	a.s[0], a.s[1], a.i[0], a.i[1], a.i[2] = kp, kk, H, Nk, hd
+	c.pool.For(B*H, 1, packKTHeads, a)
 	return kp
+}
+
+func packKTHeads(a *opArgs, _, lo, hi int) {
+	kp, kk, H, Nk, hd := a.s[0], a.s[1], a.i[0], a.i[1], a.i[2]
+	n, ld := packedLen(hd, Nk), H*hd
+	for bh := lo; bh < hi; bh++ {
+		b, h := bh/H, bh%H
+		packB(kp[bh*n:(bh+1)*n], mat{kk[b*Nk*ld+h*hd:], 1, ld}, 0, hd, 0, Nk)
+	}
 }
 
 // AttentionBack recomputes P = exp(S − lse) per block of queries and accumulates
@@ -206,77 +228,88 @@ func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, c
 	B, Nq, Nk, H, hd := attnDims("AttentionBack", out, lse, q, k, v)
 	sameNumel("AttentionBack", q, dOut, dQ)
 	sameNumel("AttentionBack", k, dK, dV)
-	dq, dk, dv, g, o, L, qq, kk, vv := f32(dQ), f32(dK), f32(dV), f32(dOut), f32(out), f32(lse), f32(q), f32(k), f32(v)
-	scale := float32(1 / math.Sqrt(float64(hd)))
+	pl := packedLen(hd, Nk)
+	c.scratch(2*attnQB*Nk + 2*pl)
+	c.gemmBufs()
+	a := c.args()
+	a.s[0], a.s[1], a.s[2], a.s[3], a.s[4] = f32(dQ), f32(dK), f32(dV), f32(dOut), f32(out)
+	a.s[5], a.s[6], a.s[7], a.s[8] = f32(lse), f32(q), f32(k), f32(v)
+	a.i[0], a.i[1], a.i[2], a.i[3], a.i[4], a.i[5] = Nq, Nk, H, hd, chunkTokens, qOffset
+	a.x[0] = float32(1 / math.Sqrt(float64(hd)))
+	c.pool.For(B*H, 1, attnBackHeads, a)
+}
+
+// attnBackHeads runs AttentionBack for the heads (b, h) in [lo, hi).
+func attnBackHeads(a *opArgs, w, lo, hi int) {
+	dq, dk, dv, g, o := a.s[0], a.s[1], a.s[2], a.s[3], a.s[4]
+	L, qq, kk, vv := a.s[5], a.s[6], a.s[7], a.s[8]
+	Nq, Nk, H, hd, chunkTokens, qOffset := a.i[0], a.i[1], a.i[2], a.i[3], a.i[4], a.i[5]
+	scale := a.x[0]
 	ld := H * hd
 	pl := packedLen(hd, Nk)
 	packed := hd <= gemmKC
-	scratch := c.scratch(2*attnQB*Nk + 2*pl)
-	bufs := c.gemmBufs()
-	c.pool.For(B*H, 1, func(w, lo, hi int) {
-		buf := bufs[w]
-		P, dP := scratch[w][:attnQB*Nk], scratch[w][attnQB*Nk:2*attnQB*Nk]
-		kp, vp := scratch[w][2*attnQB*Nk:][:pl], scratch[w][2*attnQB*Nk+pl:][:pl]
-		for bh := lo; bh < hi; bh++ {
-			b, h := bh/H, bh%H
-			kOff := b*Nk*ld + h*hd
-			KT, VT := mat{kk[kOff:], 1, ld}, mat{vv[kOff:], 1, ld}
+	buf, scr := a.c.gb[w], a.c.scr[w]
+	P, dP := scr[:attnQB*Nk], scr[attnQB*Nk:2*attnQB*Nk]
+	kp, vp := scr[2*attnQB*Nk:][:pl], scr[2*attnQB*Nk+pl:][:pl]
+	for bh := lo; bh < hi; bh++ {
+		b, h := bh/H, bh%H
+		kOff := b*Nk*ld + h*hd
+		KT, VT := mat{kk[kOff:], 1, ld}, mat{vv[kOff:], 1, ld}
+		if packed {
+			packB(kp, KT, 0, hd, 0, Nk)
+			packB(vp, VT, 0, hd, 0, Nk)
+		}
+		for i0 := 0; i0 < Nq; i0 += attnQB {
+			rows := min(attnQB, Nq-i0)
+			jb := visible(i0+rows-1, Nk, chunkTokens, qOffset)
+			P, dP := P[:rows*jb], dP[:rows*jb]
+			qOff := (b*Nq+i0)*ld + h*hd
+			Qb, dOb := mat{qq[qOff:], ld, 1}, mat{g[qOff:], ld, 1}
+			// P = exp(scale·Q·Kᵀ − lse), zero where masked.
+			clear(P)
 			if packed {
-				packB(kp, KT, 0, hd, 0, Nk)
-				packB(vp, VT, 0, hd, 0, Nk)
+				buf.gemmPackedB(rows, jb, hd, scale, Qb, kp, P, jb)
+			} else {
+				buf.gemm(rows, jb, hd, scale, Qb, KT, P, jb)
 			}
-			for i0 := 0; i0 < Nq; i0 += attnQB {
-				rows := min(attnQB, Nq-i0)
-				jb := visible(i0+rows-1, Nk, chunkTokens, qOffset)
-				P, dP := P[:rows*jb], dP[:rows*jb]
-				qOff := (b*Nq+i0)*ld + h*hd
-				Qb, dOb := mat{qq[qOff:], ld, 1}, mat{g[qOff:], ld, 1}
-				// P = exp(scale·Q·Kᵀ − lse), zero where masked.
-				clear(P)
-				if packed {
-					buf.gemmPackedB(rows, jb, hd, scale, Qb, kp, P, jb)
-				} else {
-					buf.gemm(rows, jb, hd, scale, Qb, KT, P, jb)
+			for i := 0; i < rows; i++ {
+				pi := P[i*jb : (i+1)*jb]
+				jm := visible(i0+i, Nk, chunkTokens, qOffset)
+				expShift(pi[:jm], L[bh*Nq+i0+i])
+				clear(pi[jm:])
+			}
+			if dv != nil { // dV[:jb] += Pᵀ · dO_blk
+				buf.gemm(jb, hd, rows, 1, mat{P, 1, jb}, dOb, dv[kOff:], ld)
+			}
+			if dq == nil && dk == nil {
+				continue
+			}
+			// dP = dO_blk · Vᵀ; dS = P ⊙ (dP − D)·scale with D_i = dO_i · O_i.
+			clear(dP)
+			if packed {
+				buf.gemmPackedB(rows, jb, hd, 1, dOb, vp, dP, jb)
+			} else {
+				buf.gemm(rows, jb, hd, 1, dOb, VT, dP, jb)
+			}
+			for i := 0; i < rows; i++ {
+				gi, oi := g[qOff+i*ld:][:hd], o[qOff+i*ld:][:hd]
+				var D float32
+				for e, x := range gi {
+					D += x * oi[e]
 				}
-				for i := 0; i < rows; i++ {
-					pi := P[i*jb : (i+1)*jb]
-					jm := visible(i0+i, Nk, chunkTokens, qOffset)
-					expShift(pi[:jm], L[bh*Nq+i0+i])
-					clear(pi[jm:])
+				pi, di := P[i*jb:(i+1)*jb], dP[i*jb:(i+1)*jb]
+				for j, p := range pi {
+					di[j] = p * (di[j] - D) * scale
 				}
-				if dv != nil { // dV[:jb] += Pᵀ · dO_blk
-					buf.gemm(jb, hd, rows, 1, mat{P, 1, jb}, dOb, dv[kOff:], ld)
-				}
-				if dq == nil && dk == nil {
-					continue
-				}
-				// dP = dO_blk · Vᵀ; dS = P ⊙ (dP − D)·scale with D_i = dO_i · O_i.
-				clear(dP)
-				if packed {
-					buf.gemmPackedB(rows, jb, hd, 1, dOb, vp, dP, jb)
-				} else {
-					buf.gemm(rows, jb, hd, 1, dOb, VT, dP, jb)
-				}
-				for i := 0; i < rows; i++ {
-					gi, oi := g[qOff+i*ld:][:hd], o[qOff+i*ld:][:hd]
-					var D float32
-					for e, x := range gi {
-						D += x * oi[e]
-					}
-					pi, di := P[i*jb:(i+1)*jb], dP[i*jb:(i+1)*jb]
-					for j, p := range pi {
-						di[j] = p * (di[j] - D) * scale
-					}
-				}
-				if dq != nil { // dQ_blk += dS · K
-					buf.gemm(rows, hd, jb, 1, mat{dP, jb, 1}, mat{kk[kOff:], ld, 1}, dq[qOff:], ld)
-				}
-				if dk != nil { // dK[:jb] += dSᵀ · Q_blk
-					buf.gemm(jb, hd, rows, 1, mat{dP, 1, jb}, Qb, dk[kOff:], ld)
-				}
+			}
+			if dq != nil { // dQ_blk += dS · K
+				buf.gemm(rows, hd, jb, 1, mat{dP, jb, 1}, mat{kk[kOff:], ld, 1}, dq[qOff:], ld)
+			}
+			if dk != nil { // dK[:jb] += dSᵀ · Q_blk
+				buf.gemm(jb, hd, rows, 1, mat{dP, 1, jb}, Qb, dk[kOff:], ld)
 			}
 		}
-	})
+	}
 }
 
 // scratch returns one float32 buffer of at least n elements per worker, grown on demand.

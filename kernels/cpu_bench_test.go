@@ -98,7 +98,8 @@ func BenchmarkOps(b *testing.B) {
 			bench(b, 0, func() { dev.LayerNorm(y, mean, rstd, x, nil, nil, 1e-6) })
 		})
 		b.Run(p.name+"/LayerNormBack", func(b *testing.B) {
-			bench(b, 0, func() { dev.LayerNormBack(dx, dw.View(0, D), db, y, x, mean, rstd, bias) })
+			dwD := dw.View(0, D)
+			bench(b, 0, func() { dev.LayerNormBack(dx, dwD, db, y, x, mean, rstd, bias) })
 		})
 		b.Run(p.name+"/RMSNorm", func(b *testing.B) {
 			bench(b, 0, func() { dev.RMSNorm(y, rstd, x, bias, 1e-6) })

@@ -195,26 +195,39 @@ func (c *cpuDevice) gemmBufs() []*gemmBuf {
 	return c.gb
 }
 
-// pgemm is gemm split across the pool: by rows of C in multiples of gemmMC, or by columns in
+// pgemm is gemm split across the pool: by rows of C in multiples of gemmMR, or by columns in
 // multiples of gemmNR when C has few rows.
 func (c *cpuDevice) pgemm(m, n, k int, alpha float32, A, B mat, C []float32, ldc int) {
 	if m == 0 || n == 0 || k == 0 {
 		return
 	}
-	bufs := c.gemmBufs()
+	c.gemmBufs()
 	flops := 2 * m * n * k
 	tasks := min(2*c.pool.threads, flops/(32*c.pool.minFlops)+1)
+	a := c.args()
+	a.m[0], a.m[1], a.s[0], a.x[0] = A, B, C, alpha
+	a.i[0], a.i[1], a.i[2], a.i[3] = m, n, k, ldc
 	if m >= 4*gemmMR*tasks || m >= n {
 		chunk := (m + tasks - 1) / tasks
 		chunk = (chunk + gemmMR - 1) / gemmMR * gemmMR
-		c.pool.For(m, chunk, func(w, lo, hi int) {
-			bufs[w].gemm(hi-lo, n, k, alpha, mat{A.d[lo*A.rs:], A.rs, A.cs}, B, C[lo*ldc:], ldc)
-		})
+		c.pool.For(m, chunk, gemmRowBlock, a)
 		return
 	}
 	chunk := (n + tasks - 1) / tasks
 	chunk = (chunk + gemmNR - 1) / gemmNR * gemmNR
-	c.pool.For(n, chunk, func(w, lo, hi int) {
-		bufs[w].gemm(m, hi-lo, k, alpha, A, mat{B.d[lo*B.cs:], B.rs, B.cs}, C[lo:], ldc)
-	})
+	c.pool.For(n, chunk, gemmColBlock, a)
+}
+
+// gemmRowBlock: rows [lo, hi) of C.
+func gemmRowBlock(a *opArgs, w, lo, hi int) {
+	A, B, C, alpha := a.m[0], a.m[1], a.s[0], a.x[0]
+	n, k, ldc := a.i[1], a.i[2], a.i[3]
+	a.c.gb[w].gemm(hi-lo, n, k, alpha, mat{A.d[lo*A.rs:], A.rs, A.cs}, B, C[lo*ldc:], ldc)
+}
+
+// gemmColBlock: columns [lo, hi) of C.
+func gemmColBlock(a *opArgs, w, lo, hi int) {
+	A, B, C, alpha := a.m[0], a.m[1], a.s[0], a.x[0]
+	m, k, ldc := a.i[0], a.i[2], a.i[3]
+	a.c.gb[w].gemm(m, hi-lo, k, alpha, A, mat{B.d[lo*B.cs:], B.rs, B.cs}, C[lo:], ldc)
 }

@@ -54,15 +54,20 @@ func (c *cpuDevice) LinearBack(dIn, dW, dB, dOut, in, w *Tensor) {
 		if !(dB.Numel() == N) {
 			panicf("LinearBack: dB %v for N=%d", dB.Shape, N)
 		}
-		db := f32(dB)
-		c.pool.For(N, c.pool.grain(N, M), func(_, lo, hi int) {
-			for n := lo; n < hi; n++ {
-				var s float64
-				for m := 0; m < M; m++ {
-					s += float64(g[m*N+n])
-				}
-				db[n] += float32(s)
-			}
-		})
+		a := c.args()
+		a.s[0], a.s[1], a.i[0], a.i[1] = f32(dB), g, M, N
+		c.pool.For(N, c.pool.grain(N, M), biasGradCols, a)
+	}
+}
+
+// biasGradCols: dB[n] += Σ_m dOut[m, n] for the columns n in [lo, hi).
+func biasGradCols(a *opArgs, _, lo, hi int) {
+	db, g, M, N := a.s[0], a.s[1], a.i[0], a.i[1]
+	for n := lo; n < hi; n++ {
+		var s float64
+		for m := 0; m < M; m++ {
+			s += float64(g[m*N+n])
+		}
+		db[n] += float32(s)
 	}
 }

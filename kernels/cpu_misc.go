@@ -42,39 +42,59 @@ func (c *cpuDevice) patch(op string, tok, vid []float32, tt, vt *Tensor, B, C, F
 	// Which side is written: Patchify forward writes tok; PatchifyBack writes vid (+=);
 	// Unpatchify forward writes vid; UnpatchifyBack writes tok (+=).
 	writeVid := channelLast != accumulate
+	g := c.args()
+	g.s[0], g.s[1] = tok, vid
+	g.i[0], g.i[1], g.i[2], g.i[3], g.i[4] = C, F, H, W, 0
+	if channelLast {
+		g.i[4] |= 1
+	}
+	if accumulate {
+		g.i[4] |= 2
+	}
+	if writeVid {
+		g.i[4] |= 4
+	}
 	rows := B * F * h // one row of w tokens
-	c.pool.For(rows, c.pool.grain(rows, 4*C*w), func(_, lo, hi int) {
-		for r := lo; r < hi; r++ {
-			b, f, i := r/(F*h), (r/h)%F, r%h
-			for j := 0; j < w; j++ {
-				n := (f*h+i)*w + j
-				tb := (b*N + n) * 4 * C
-				for ch := 0; ch < C; ch++ {
-					for ph := 0; ph < 2; ph++ {
-						for pw := 0; pw < 2; pw++ {
-							vi := (((b*C+ch)*F+f)*H+2*i+ph)*W + 2*j + pw
-							var ti int
-							if channelLast {
-								ti = tb + (ph*2+pw)*C + ch
-							} else {
-								ti = tb + ch*4 + ph*2 + pw
-							}
-							switch {
-							case writeVid && accumulate:
-								vid[vi] += tok[ti]
-							case writeVid:
-								vid[vi] = tok[ti]
-							case accumulate:
-								tok[ti] += vid[vi]
-							default:
-								tok[ti] = vid[vi]
-							}
+	c.pool.For(rows, c.pool.grain(rows, 4*C*w), patchRows, g)
+}
+
+// patchRows moves the token rows [lo, hi) (b, f, i) between tok and vid as patch's flags say.
+func patchRows(a *opArgs, _, lo, hi int) {
+	tok, vid := a.s[0], a.s[1]
+	C, F, H, W := a.i[0], a.i[1], a.i[2], a.i[3]
+	channelLast, accumulate, writeVid := a.i[4]&1 != 0, a.i[4]&2 != 0, a.i[4]&4 != 0
+	h, w := H/2, W/2
+	N := F * h * w
+	for r := lo; r < hi; r++ {
+		b, f, i := r/(F*h), (r/h)%F, r%h
+		for j := 0; j < w; j++ {
+			n := (f*h+i)*w + j
+			tb := (b*N + n) * 4 * C
+			for ch := 0; ch < C; ch++ {
+				for ph := 0; ph < 2; ph++ {
+					for pw := 0; pw < 2; pw++ {
+						vi := (((b*C+ch)*F+f)*H+2*i+ph)*W + 2*j + pw
+						var ti int
+						if channelLast {
+							ti = tb + (ph*2+pw)*C + ch
+						} else {
+							ti = tb + ch*4 + ph*2 + pw
+						}
+						switch {
+						case writeVid && accumulate:
+							vid[vi] += tok[ti]
+						case writeVid:
+							vid[vi] = tok[ti]
+						case accumulate:
+							tok[ti] += vid[vi]
+						default:
+							tok[ti] = vid[vi]
 						}
 					}
 				}
 			}
 		}
-	})
+	}
 }
 
 // Sinusoid: out[m] = [cos(t_m·f_i), sin(t_m·f_i)], f_i = 10000^(−i/half), in float64.
@@ -101,12 +121,17 @@ func (c *cpuDevice) AddBroadcast(out, a, b *Tensor) {
 	if !(KD > 0 && n%KD == 0) {
 		panicf("AddBroadcast: a %v does not tile b %v", a.Shape, b.Shape)
 	}
-	o, aa, bb := f32(out), f32(a), f32(b)
-	c.pool.For(n, c.pool.grain(n, 1), func(_, lo, hi int) {
-		for i := lo; i < hi; i++ {
-			o[i] = aa[i%KD] + bb[i]
-		}
-	})
+	g := c.args()
+	g.s[0], g.s[1], g.s[2] = f32(out), f32(a), f32(b)
+	c.pool.For(n, c.pool.grain(n, 1), addBroadcastRows, g)
+}
+
+func addBroadcastRows(a *opArgs, _, lo, hi int) {
+	o, aa, bb := a.s[0], a.s[1], a.s[2]
+	KD := len(aa)
+	for i := lo; i < hi; i++ {
+		o[i] = aa[i%KD] + bb[i]
+	}
 }
 
 // AddBroadcastBack: dA += Σ_m dOut[m, :], dB += dOut.
@@ -123,17 +148,23 @@ func (c *cpuDevice) AddBroadcastBack(dA, dB, dOut *Tensor) {
 	if !(KD > 0 && n%KD == 0) {
 		panicf("AddBroadcastBack: dA %v does not tile dOut %v", dA.Shape, dOut.Shape)
 	}
-	M := n / KD
-	da, g := f32(dA), f32(dOut)
-	c.pool.For(KD, c.pool.grain(KD, M), func(_, lo, hi int) {
-		for k := lo; k < hi; k++ {
-			var s float64
-			for m := 0; m < M; m++ {
-				s += float64(g[m*KD+k])
-			}
-			da[k] += float32(s)
+	g := c.args()
+	g.s[0], g.s[1] = f32(dA), f32(dOut)
+	c.pool.For(KD, c.pool.grain(KD, n/KD), broadcastGradCols, g)
+}
+
+// broadcastGradCols: dA[k] += Σ_m dOut[m·KD + k] for k in [lo, hi).
+func broadcastGradCols(a *opArgs, _, lo, hi int) {
+	da, g := a.s[0], a.s[1]
+	KD := len(da)
+	M := len(g) / KD
+	for k := lo; k < hi; k++ {
+		var s float64
+		for m := 0; m < M; m++ {
+			s += float64(g[m*KD+k])
 		}
-	})
+		da[k] += float32(s)
+	}
 }
 
 // MeanTokens: out[b,:] = mean_n in[b,n,:].
@@ -145,17 +176,21 @@ func (c *cpuDevice) MeanTokens(out, in *Tensor) {
 	if !(out.Numel() == B*D) {
 		panicf("MeanTokens: out %v for in %v", out.Shape, in.Shape)
 	}
-	o, x := f32(out), f32(in)
-	c.pool.For(B*D, c.pool.grain(B*D, N), func(_, lo, hi int) {
-		for i := lo; i < hi; i++ {
-			b, d := i/D, i%D
-			var s float64
-			for n := 0; n < N; n++ {
-				s += float64(x[(b*N+n)*D+d])
-			}
-			o[i] = float32(s / float64(N))
+	g := c.args()
+	g.s[0], g.s[1], g.i[0], g.i[1] = f32(out), f32(in), N, D
+	c.pool.For(B*D, c.pool.grain(B*D, N), meanTokenCols, g)
+}
+
+func meanTokenCols(a *opArgs, _, lo, hi int) {
+	o, x, N, D := a.s[0], a.s[1], a.i[0], a.i[1]
+	for i := lo; i < hi; i++ {
+		b, d := i/D, i%D
+		var s float64
+		for n := 0; n < N; n++ {
+			s += float64(x[(b*N+n)*D+d])
 		}
-	})
+		o[i] = float32(s / float64(N))
+	}
 }
 
 // MeanTokensBack: dIn[b,n,:] += dOut[b,:]/N.
@@ -167,15 +202,19 @@ func (c *cpuDevice) MeanTokensBack(dIn, dOut *Tensor) {
 	if !(dOut.Numel() == B*D) {
 		panicf("MeanTokensBack: dOut %v for dIn %v", dOut.Shape, dIn.Shape)
 	}
-	dx, g := f32(dIn), f32(dOut)
+	g := c.args()
+	g.s[0], g.s[1], g.i[0], g.i[1] = f32(dIn), f32(dOut), N, D
+	c.pool.For(B*N, c.pool.grain(B*N, D), meanTokenGradRows, g)
+}
+
+func meanTokenGradRows(a *opArgs, _, lo, hi int) {
+	dx, g, N, D := a.s[0], a.s[1], a.i[0], a.i[1]
 	inv := 1 / float32(N)
-	c.pool.For(B*N, c.pool.grain(B*N, D), func(_, lo, hi int) {
-		for t := lo; t < hi; t++ {
-			b := t / N
-			gr, dr := g[b*D:(b+1)*D], dx[t*D:(t+1)*D]
-			for i, v := range gr {
-				dr[i] += v * inv
-			}
+	for t := lo; t < hi; t++ {
+		b := t / N
+		gr, dr := g[b*D:(b+1)*D], dx[t*D:(t+1)*D]
+		for i, v := range gr {
+			dr[i] += v * inv
 		}
-	})
+	}
 }

@@ -20,5 +20,5 @@ func maxf(x []float32) float32 {
 	return mx
 }
 
-func geluVec(out, x []float32) int        { return 0 }
+func geluVec(out, x []float32) int       { return 0 }
 func geluBackVec(dx, g, x []float32) int { return 0 }
