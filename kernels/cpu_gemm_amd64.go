@@ -1,13 +1,15 @@
 package kernels
 
 import (
+	"os"
 	"unsafe"
 
 	"golang.org/x/sys/cpu"
 )
 
-// useAVX2 selects the assembly micro-kernel (tests may turn it off to check the Go one).
-var useAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
+// useAVX2 selects the assembly kernels (GEMM micro-kernel, softmax exp/max, GELU). FEWSTEP_NOASM=1
+// turns them off, e.g. to run the test suite on the portable Go paths.
+var useAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA && os.Getenv("FEWSTEP_NOASM") == ""
 
 //go:noescape
 func kernel6x16AVX2(k int, a, b, c *float32, ldc int)

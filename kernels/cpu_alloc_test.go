@@ -1,0 +1,68 @@
+package kernels_test
+
+import (
+	"math/rand"
+	"testing"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// TestNoAllocs: after a first call (scratch grows), every op allocates nothing, on the sequential
+// and the split paths.
+func TestNoAllocs(t *testing.T) {
+	for _, dev := range devices() {
+		r := rand.New(rand.NewSource(1))
+		B, F, T, D, H, L, C := 1, 2, 16, 32, 2, 8, 4
+		N, hd := F*T, D/H
+		x, y, o := rnd(dev, r, 1, B, N, D), rnd(dev, r, 1, B, N, D), dev.Alloc(kernels.F32, B, N, D)
+		w, bias := rnd(dev, r, 1, D, D), rnd(dev, r, 1, D)
+		mean, rstd := dev.Alloc(kernels.F32, B*N), dev.Alloc(kernels.F32, B*N)
+		mod, dmod := rnd(dev, r, 1, B, F, 6, D), dev.Alloc(kernels.F32, B, F, 6, D)
+		q, k, v := rnd(dev, r, 1, B, N, H, hd), rnd(dev, r, 1, B, N, H, hd), rnd(dev, r, 1, B, N, H, hd)
+		kc, vc := rnd(dev, r, 1, B, L, H, hd), rnd(dev, r, 1, B, L, H, hd)
+		ao, lse, dq, dk, dv := dev.Alloc(kernels.F32, B, N, H, hd), dev.Alloc(kernels.F32, B, H, N), dev.Alloc(kernels.F32, B, N, H, hd), dev.Alloc(kernels.F32, B, N, H, hd), dev.Alloc(kernels.F32, B, N, H, hd)
+		dkc, dvc := dev.Alloc(kernels.F32, B, L, H, hd), dev.Alloc(kernels.F32, B, L, H, hd)
+		vid, tok := rnd(dev, r, 1, B, C, F, 8, 8), dev.Alloc(kernels.F32, B, F*16, 4*C)
+		ts, emb := rnd(dev, r, 100, 3), dev.Alloc(kernels.F32, 3, 16)
+		mt := dev.Alloc(kernels.F32, B, D)
+		coef := []float32{0.5, 2}
+		sums := make([]float64, 2)
+		ops := map[string]func(){
+			"Linear":         func() { dev.Linear(o, x, w, bias) },
+			"LinearBack":     func() { dev.LinearBack(y, w, bias, o, x, w) },
+			"LayerNorm":      func() { dev.LayerNorm(o, mean, rstd, x, bias, bias, 1e-6) },
+			"LayerNormBack":  func() { dev.LayerNormBack(y, bias, bias, o, x, mean, rstd, bias) },
+			"RMSNorm":        func() { dev.RMSNorm(o, rstd, x, bias, 1e-6) },
+			"RMSNormBack":    func() { dev.RMSNormBack(y, bias, o, x, rstd, bias) },
+			"Modulate":       func() { dev.Modulate(o, x, mod, 0, 1, T) },
+			"ModulateBack":   func() { dev.ModulateBack(y, dmod, o, x, mod, 0, 1, T) },
+			"GateAdd":        func() { dev.GateAdd(o, x, mod, 2, T) },
+			"GateAddBack":    func() { dev.GateAddBack(y, dmod, o, x, mod, 2, T) },
+			"GELU":           func() { dev.GELU(o, x) },
+			"GELUBack":       func() { dev.GELUBack(y, o, x) },
+			"SiLU":           func() { dev.SiLU(o, x) },
+			"SiLUBack":       func() { dev.SiLUBack(y, o, x) },
+			"RoPE":           func() { dev.RoPE(q, F, 4, 4, 3); dev.RoPEBack(q, F, 4, 4, 3) },
+			"Attention":      func() { dev.Attention(ao, lse, q, k, v, T, 0) },
+			"AttentionBack":  func() { dev.AttentionBack(dq, dk, dv, ao, ao, lse, q, k, v, T, 0) },
+			"CrossAttention": func() { dev.Attention(ao, lse, q, kc, vc, 0, 0) },
+			"CrossAttnBack":  func() { dev.AttentionBack(dq, dkc, dvc, ao, ao, lse, q, kc, vc, 0, 0) },
+			"Patchify":       func() { dev.Patchify(tok, vid, B, C, F, 8, 8); dev.PatchifyBack(vid, tok, B, C, F, 8, 8) },
+			"Unpatchify":     func() { dev.Unpatchify(vid, tok, B, C, F, 8, 8); dev.UnpatchifyBack(tok, vid, B, C, F, 8, 8) },
+			"Sinusoid":       func() { dev.Sinusoid(emb, ts, 8) },
+			"AddBroadcast":   func() { dev.AddBroadcast(mod, bias, mod); dev.AddBroadcastBack(bias, dmod, mod) },
+			"MeanTokens":     func() { dev.MeanTokens(mt, x); dev.MeanTokensBack(y, mt) },
+			"Elementwise":    func() { dev.Add(o, x, y); dev.Axpy(o, 2, x); dev.Scale(o, 0.5); dev.Combine(o, x, y, coef, coef) },
+			"CombineFrames":  func() { dev.CombineFrames(vid, vid, vid, coef, coef, B, C, F, 64) },
+			"Reductions":     func() { _ = dev.Dot(x, y); dev.SumAbsGroups(sums, x) },
+			"AdamW+EMA":      func() { dev.AdamW(w, w, w, w, 1e-3, 0.9, 0.99, 1e-8, 0.01, 1); dev.EMA(bias, bias, 0.9) },
+			"Copy/Fill/Zero": func() { dev.Copy(o, x); dev.Fill(o, 1); dev.Zero(o) },
+		}
+		for name, fn := range ops {
+			fn()
+			if n := testing.AllocsPerRun(5, fn); n != 0 {
+				t.Errorf("%s: %v allocations per call", name, n)
+			}
+		}
+	}
+}
