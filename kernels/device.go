@@ -76,7 +76,7 @@ type Device interface {
 	// f_i = 10000^(−i/half), computed in float64. Not differentiated.
 	Sinusoid(out, t *Tensor, half int)
 
-	// AddBias: out[m, k, :] = a[k, :] + b[m, k, :] for a [K·D] broadcast over M (modulation + e0).
+	// AddBroadcast: out[m, k, :] = a[k, :] + b[m, k, :] for a [K·D] broadcast over M (modulation + e0).
 	// Backward accumulates dA (summed over m) and dB.
 	AddBroadcast(out, a, b *Tensor)
 	AddBroadcastBack(dA, dB, dOut *Tensor)
