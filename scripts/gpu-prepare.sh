@@ -6,14 +6,25 @@
 #   bash gpubuild/gpu-run.sh [tests|bench|all]
 # which builds the kernels with nvcc (scripts/build-kernels.sh), runs the GPU tests against them,
 # the benchmarks and wan_ref.py eager and compiled, and prints a table with the ratios.
+#
+# SNAPSHOT=1 builds from the last commit plus the working tree's kernels/cuda (when other packages
+# are mid-edit in a shared tree).
 set -eu
 cd "$(dirname "$0")/.."
-G=gpubuild
+root=$PWD
+G=$root/gpubuild
 rm -rf $G && mkdir -p $G
+src=$root
+if [ "${SNAPSHOT:-0}" = 1 ]; then
+    src=$(mktemp -d)
+    git archive HEAD | tar -x -C "$src"
+    cp -r kernels/cuda/. "$src/kernels/cuda/"
+fi
 export CGO_ENABLED=0 GOOS=linux GOARCH=amd64
-go test -c -ldflags="-s -w" -o $G/cuda.test ./kernels/cuda
-go test -c -ldflags="-s -w" -o $G/gputest.test ./kernels/cuda/gputest
-go build -ldflags="-s -w" -o $G/fewstep ./cmd/fewstep
+(cd "$src" && go test -c -ldflags="-s -w" -o $G/cuda.test ./kernels/cuda &&
+    go test -c -ldflags="-s -w" -o $G/gputest.test ./kernels/cuda/gputest &&
+    go build -ldflags="-s -w" -o $G/fewstep ./cmd/fewstep)
+[ "$src" != "$root" ] && rm -rf "$src"
 gzip -9 $G/fewstep   # the device tool carries 64 MiB at most; gpu-run.sh unpacks it
 cp scripts/gpu-run.sh $G/
 ref=${WAN_REF:-../shared/reference/wan_ref.py}

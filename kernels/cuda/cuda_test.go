@@ -218,13 +218,15 @@ func cases() []opCase {
 				d.LayerNormBack(t["dx"], dw, db, t["dy"], t["x"], t["mean"], t["rstd"], w)
 			}})
 	}
-	cs = append(cs, opCase{name: "LayerNorm wide (rows re-read)",
-		ts: []spec{S("x", in, 3, 9000), S("w", in, 9000), S("b", in, 9000), S("y", out, 3, 9000), SF("mean", saved, 3), SF("rstd", saved, 3),
-			S("z", out, 3, 9000), SF("rstd2", saved, 3)},
-		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
-			d.LayerNorm(t["y"], t["mean"], t["rstd"], t["x"], t["w"], t["b"], 1e-6)
-			d.RMSNorm(t["z"], t["rstd2"], t["x"], t["w"], 1e-6)
-		}})
+	for _, W := range []int{3000, 9000} { // block per row: row in registers, and re-read
+		cs = append(cs, opCase{name: fmt.Sprintf("LayerNorm+RMSNorm D=%d", W),
+			ts: []spec{S("x", in, 3, W), S("w", in, W), S("b", in, W), S("y", out, 3, W), SF("mean", saved, 3), SF("rstd", saved, 3),
+				S("z", out, 3, W), SF("rstd2", saved, 3)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				d.LayerNorm(t["y"], t["mean"], t["rstd"], t["x"], t["w"], t["b"], 1e-6)
+				d.RMSNorm(t["z"], t["rstd2"], t["x"], t["w"], 1e-6)
+			}})
+	}
 	cs = append(cs, opCase{name: "RMSNorm",
 		ts: []spec{S("x", in, B*N, D), S("w", in, D), S("y", out, B*N, D), SF("rstd", saved, B*N),
 			S("dy", in, B*N, D), S("dx", acc, B*N, D), S("dw", acc, D)},
@@ -246,11 +248,15 @@ func cases() []opCase {
 			d.GateAdd(t["x"], t["y"], t["mod"], 5, tpf)
 			d.GateAddBack(t["dy"], t["dmod"], t["dx"], t["y"], t["mod"], 5, tpf)
 		}})
-	for _, a := range []string{"GELU", "SiLU"} {
+	for _, a := range []string{"GELU", "SiLU", "GELU4"} { // GELU4: the fp32 float4 path (n % 4 == 0)
+		cols := map[string]int{"GELU4": 332}[a]
+		if cols == 0 {
+			cols = 333
+		}
 		cs = append(cs, opCase{name: a,
-			ts: []spec{S("x", in, 5, 333), S("y", out, 5, 333), S("dy", in, 5, 333), S("dx", acc, 5, 333)},
+			ts: []spec{S("x", in, 5, cols), S("y", out, 5, cols), S("dy", in, 5, cols), S("dx", acc, 5, cols)},
 			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
-				if a == "GELU" {
+				if a != "SiLU" {
 					d.GELU(t["y"], t["x"])
 					d.GELUBack(t["dx"], t["dy"], t["x"])
 				} else {

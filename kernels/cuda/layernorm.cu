@@ -66,6 +66,48 @@ extern "C" __global__ void ln_fwd(void *out, int dto, void *shw, void *mean, voi
     }
 }
 
+#define WARP_MAXE 64  // row elements per lane of the warp-per-row kernels: D ≤ 2048
+
+// ln_fwd_warp: ln_fwd with one warp per row (rows of D ≤ 2048): no block barriers, the row in registers.
+extern "C" __global__ void ln_fwd_warp(void *out, int dto, void *shw, void *mean, void *rstd, int dts, const void *in, int dti,
+                                       const void *w, const void *b, int dtw, int D, float eps, ll rows) {
+    ll row = (ll)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const ll o = row * D;
+    float xv[WARP_MAXE];
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < WARP_MAXE; e++) {
+        int c = lane + 32 * e;
+        xv[e] = c < D ? ld(in, o + c, dti) : 0.f;
+        s += xv[e];
+    }
+    float mu = warp_sum(s) / (float)D, q = 0.f;
+#pragma unroll
+    for (int e = 0; e < WARP_MAXE; e++) {
+        int c = lane + 32 * e;
+        float d = xv[e] - mu;
+        if (c < D) q += d * d;
+    }
+    float rs = rsqrtf(warp_sum(q) / (float)D + eps);
+#pragma unroll
+    for (int e = 0; e < WARP_MAXE; e++) {
+        int c = lane + 32 * e;
+        if (c < D) {
+            float y = (xv[e] - mu) * rs;
+            if (w) y *= ld(w, c, dtw);
+            if (b) y += ld(b, c, dtw);
+            st(out, o + c, dto, y);
+            if (shw) st(shw, o + c, 1, y);
+        }
+    }
+    if (lane == 0) {
+        if (mean) st(mean, row, dts, mu);
+        if (rstd) st(rstd, row, dts, rs);
+    }
+}
+
 // dIn += rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = dOut·w, x̂ = (x − μ)·rstd.
 extern "C" __global__ void ln_bwd(void *dIn, int dtdi, const void *dOut, int dtdo, const void *in, int dti,
                                   const void *mean, const void *rstd, int dts, const void *w, int dtw, ll D) {

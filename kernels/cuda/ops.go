@@ -45,6 +45,26 @@ func cudaType(dt kernels.DType) int {
 	return cudaR32F
 }
 
+// convert queues dst (n elements of dtype ddt at dp) = src, converted; fp32↔bf16 four at a time
+// when the addresses allow.
+func (d *Device) convert(dp uintptr, ddt kernels.DType, src *kernels.Tensor) {
+	n := src.Numel()
+	if n%4 == 0 && dp%16 == 0 && src.Ptr%16 == 0 {
+		switch {
+		case src.DType == kernels.F32 && ddt == kernels.BF16:
+			d.args.reset().ptr(dp).ptr(src.Ptr).i64(n / 4)
+			d.ew("ew_f32_to_bf16x4", n/4)
+			return
+		case src.DType == kernels.BF16 && ddt == kernels.F32:
+			d.args.reset().ptr(dp).ptr(src.Ptr).i64(n / 4)
+			d.ew("ew_bf16_to_f32x4", n/4)
+			return
+		}
+	}
+	d.args.reset().ptr(dp).i32(int(ddt)).t(src).i64(n)
+	d.ew("ew_convert", n)
+}
+
 // bf16Operand returns t's address as bf16: t itself, the cached shadow of a marked weight, or a
 // bf16 copy in scratch.
 func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
@@ -69,8 +89,7 @@ func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
 		// Inside a capture the graph converts for itself (a replay must not read a copy made before
 		// it, e.g. by weights an optimizer step has changed since).
 		if s.gen != d.wgen || (d.capturing && !d.FrozenWeights && s.epoch != d.capEpoch) {
-			d.args.reset().ptr(s.p).i32(int(kernels.BF16)).t(t).i64(n)
-			d.ew("ew_convert", n)
+			d.convert(s.p, kernels.BF16, t)
 			s.gen, s.epoch = d.wgen, d.capEpoch
 		}
 		return s.p
@@ -82,8 +101,7 @@ func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
 	if p == 0 {
 		return 0
 	}
-	d.args.reset().ptr(p).i32(int(kernels.BF16)).t(t).i64(n)
-	d.ew("ew_convert", n)
+	d.convert(p, kernels.BF16, t)
 	return p
 }
 
@@ -278,6 +296,8 @@ func ptrOf(t *kernels.Tensor) uintptr {
 // ---------------------------------------------------------------------------------------------
 // Normalization, modulation, activations.
 
+const warpRowMax = 2048 // rows up to this width: one warp per row (ln_fwd_warp, rms_fwd_warp)
+
 func rowThreads(D int) int {
 	switch {
 	case D >= 2048:
@@ -315,8 +335,13 @@ func (d *Device) LayerNorm(out, mean, rstd, in, w, b *kernels.Tensor, eps float3
 		wdt = int(b.DType)
 	}
 	sh := d.shadowBuf(out)
-	d.args.reset().t(out).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i64(D).f32(eps)
-	d.launch("ln_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+	if D <= warpRowMax {
+		d.args.reset().t(out).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i32(D).f32(eps).i64(rows)
+		d.launch("ln_fwd_warp", (rows+7)/8, 1, 1, 256, 1, 1, 0)
+	} else {
+		d.args.reset().t(out).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i64(D).f32(eps)
+		d.launch("ln_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+	}
 	d.actSet(out, sh)
 }
 
@@ -370,8 +395,13 @@ func (d *Device) RMSNorm(out, rstd, in, w *kernels.Tensor, eps float32) {
 		wdt = int(w.DType)
 	}
 	sh := d.shadowBuf(out)
-	d.args.reset().t(out).ptr(sh).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).i32(wdt).i64(D).f32(eps)
-	d.launch("rms_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+	if D <= warpRowMax {
+		d.args.reset().t(out).ptr(sh).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).i32(wdt).i32(D).f32(eps).i64(rows)
+		d.launch("rms_fwd_warp", (rows+7)/8, 1, 1, 256, 1, 1, 0)
+	} else {
+		d.args.reset().t(out).ptr(sh).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).i32(wdt).i64(D).f32(eps)
+		d.launch("rms_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+	}
 	d.actSet(out, sh)
 }
 
@@ -487,8 +517,13 @@ func (d *Device) act(name string, out, in *kernels.Tensor) {
 	}
 	defer d.leave()
 	sh := d.shadowBuf(out)
-	d.args.reset().t(out).ptr(sh).t(in).i64(n)
-	d.ew(name, n)
+	if name == "act_gelu" && out.DType == kernels.F32 && in.DType == kernels.F32 && n%4 == 0 && out.Ptr%16 == 0 && in.Ptr%16 == 0 {
+		d.args.reset().ptr(out.Ptr).ptr(sh).ptr(in.Ptr).i64(n / 4)
+		d.ew("act_gelu_f32x4", n/4)
+	} else {
+		d.args.reset().t(out).ptr(sh).t(in).i64(n)
+		d.ew(name, n)
+	}
 	d.actSet(out, sh)
 }
 
@@ -630,9 +665,7 @@ func (d *Device) Attention(out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffs
 			qb, kb, vb, ob := d.bf16Persistent(q), d.bf16Persistent(k), d.bf16Persistent(v), d.shadowBuf(out)
 			if qb != 0 && kb != 0 && vb != 0 && ob != 0 &&
 				FusedAttention.Fwd(d, bf16View(d, out, ob), lse, bf16View(d, q, qb), bf16View(d, k, kb), bf16View(d, v, vb), chunkTokens, qOffset) {
-				n := out.Numel()
-				d.args.reset().t(out).ptr(ob).i32(int(kernels.BF16)).i64(n)
-				d.ew("ew_convert", n)
+				d.convert(out.Ptr, kernels.F32, bf16View(d, out, ob))
 				d.wrote(out, lse)
 				d.actSet(out, ob)
 				return

@@ -48,6 +48,37 @@ extern "C" __global__ void rms_fwd(void *out, int dto, void *shw, void *rstd, in
     if (threadIdx.x == 0 && rstd) st(rstd, row, dts, rs);
 }
 
+#define WARP_MAXE 64  // row elements per lane of the warp-per-row kernels: D ≤ 2048
+
+// rms_fwd_warp: rms_fwd with one warp per row (rows of D ≤ 2048).
+extern "C" __global__ void rms_fwd_warp(void *out, int dto, void *shw, void *rstd, int dts, const void *in, int dti,
+                                        const void *w, int dtw, int D, float eps, ll rows) {
+    ll row = (ll)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const ll o = row * D;
+    float xv[WARP_MAXE];
+    float q = 0.f;
+#pragma unroll
+    for (int e = 0; e < WARP_MAXE; e++) {
+        int c = lane + 32 * e;
+        xv[e] = c < D ? ld(in, o + c, dti) : 0.f;
+        q += xv[e] * xv[e];
+    }
+    float rs = rsqrtf(warp_sum(q) / (float)D + eps);
+#pragma unroll
+    for (int e = 0; e < WARP_MAXE; e++) {
+        int c = lane + 32 * e;
+        if (c < D) {
+            float y = xv[e] * rs;
+            if (w) y *= ld(w, c, dtw);
+            st(out, o + c, dto, y);
+            if (shw) st(shw, o + c, 1, y);
+        }
+    }
+    if (lane == 0 && rstd) st(rstd, row, dts, rs);
+}
+
 // dIn += rstd·(g − x̂·mean(g·x̂)), g = dOut·w, x̂ = x·rstd.
 extern "C" __global__ void rms_bwd(void *dIn, int dtdi, const void *dOut, int dtdo, const void *in, int dti,
                                    const void *rstd, int dts, const void *w, int dtw, ll D) {

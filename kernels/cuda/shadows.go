@@ -117,9 +117,7 @@ func (d *Device) bf16Persistent(t *kernels.Tensor) uintptr {
 	if p == 0 {
 		return 0
 	}
-	n := t.Numel()
-	d.args.reset().ptr(p).i32(int(kernels.BF16)).t(t).i64(n)
-	d.ew("ew_convert", n)
+	d.convert(p, kernels.BF16, t)
 	d.actSet(t, p)
 	return p
 }
