@@ -63,12 +63,17 @@ var testShape = models.Shape{B: 2, F: 2, H: 4, W: 4, L: 3}
 // testEnv builds an objective's roles by hand (no trainer): DiTs with non-degenerate random
 // weights (every role the same, like a student that starts as the teacher), custom roles from their
 // Init. Trainable roles get G.
-func testEnv(t *testing.T, o Objective, s models.Shape, seed int64) *Env {
+func testEnv(t testing.TB, o Objective, s models.Shape, seed int64) *Env {
 	t.Helper()
 	cfg, err := models.Preset("tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return testEnvCfg(t, o, cfg, s, seed)
+}
+
+func testEnvCfg(t testing.TB, o Objective, cfg models.Config, s models.Shape, seed int64) *Env {
+	t.Helper()
 	dev := kernels.CPU()
 	env := &Env{Dev: dev, Cfg: cfg, Shape: s, Roles: map[string]*Role{}}
 	if c, ok := o.(Configurable); ok {
