@@ -3,7 +3,7 @@
 #   scripts/bench_cpu_peer.sh [tiny] [small]
 # Go:      go test -bench 'Forward|TrainStep' in models/ (GOMAXPROCS = THREADS), shape via FEWSTEP_BENCH_SHAPE
 # PyTorch: ../shared/reference/wan_ref.py --preset P --frames F --height H --width W --ctx L --train,
-#          fp32 on the CPU with OMP_NUM_THREADS = THREADS.
+#          fp32 on the CPU with OMP_NUM_THREADS = OPENBLAS_NUM_THREADS = THREADS.
 # A train step is, on both sides: v = f(x), loss = mean(v²), backward, AdamW over all parameters.
 # Go and PyTorch run alternately REPEAT times; each figure is the best (minimum) over the repeats, so a
 # machine shared with other work penalizes neither side more than the other.
@@ -40,7 +40,7 @@ for p in "${presets[@]}"; do
     gs=$(minf "$gs" "$(field BenchmarkTrainStep x ms/step "$gout")")
     ga=$(field BenchmarkTrainStep x allocs/op "$gout")
     grss=$(awk '/maxrss_kb/ {printf "%.0fMiB", $2/1024}' <<<"$gout")
-    pout=$(OMP_NUM_THREADS=$THREADS LD_LIBRARY_PATH=${PEER_LD_LIBRARY_PATH:-} /usr/bin/time -f "maxrss_kb %M" \
+    pout=$(OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS LD_LIBRARY_PATH=${PEER_LD_LIBRARY_PATH:-} /usr/bin/time -f "maxrss_kb %M" \
       "$PYTHON" "$WAN_REF" --preset "$p" --frames "$F" --height "$H" --width "$W" --ctx "$L" --train 2>&1)
     pj=$(grep '^{' <<<"$pout")
     tf=$(minf "$tf" "$($PYTHON -c 'import json,sys; print("%.2f" % json.loads(sys.argv[1])["fwd_ms"])' "$pj")")
