@@ -185,7 +185,10 @@ func attnBlocks(a *opArgs, w, lo, hi int) {
 		}
 		buf.gemm(rows, hd, jb, 1, mat{S, jb, 1}, mat{vv[kOff:], ld, 1}, ob, ld)
 		for i := 0; i < rows; i++ {
-			inv := 1 / sums[i]
+			var inv float32
+			if sums[i] > 0 { // no visible key (Nk = 0): out stays 0
+				inv = 1 / sums[i]
+			}
 			oi := ob[i*ld : i*ld+hd]
 			for e := range oi {
 				oi[e] *= inv
