@@ -5,6 +5,8 @@
 #   GPU machine (device tool, carry ["gpubuild"]), from the repository root:
 #       bash gpubuild/gpu-train-bench.sh [run] [steps...]   (G=folder when gpubuild was copied elsewhere)
 #   steps (default all, in this order): follow step dmd peer-compile step-recompute dmd-plain selfforcing
+#   more: dmd78 (DMD under a 78 GiB card), profile (per-kernel times of fwd+bwd), sf6 sf9 sf12 (Self-Forcing
+#   steps of 2, 3, 4 chunks); PEER_TIMEOUT (s) for peer-compile (torch.compile of the train step is slow)
 # Logs under $OUT (or gpubuild/out): train_log.txt, follow.txt (the CPU-vs-GPU test), train.jsonl
 # (one JSON line per bench train run).
 set -uo pipefail
@@ -81,7 +83,15 @@ for s in $steps; do
     step-recompute) bench step-recompute 90 $W480 --iters 5 --warmup 2 --recompute ;;
     dmd)            bench dmd 150 $W480 --objective dmd --recompute --mem-limit-gib 79.6 --iters 3 --warmup 1 ;;
     dmd-plain)      bench dmd-plain 90 $W480 --objective dmd --mem-limit-gib 79.6 --iters 2 --warmup 1 ;;
-    peer-compile)   bench peer-compile 240 $W480 --iters 5 --warmup 2 --peer $G/wan_ref.py --peer-compile ;;
+    peer-compile)   bench peer-compile ${PEER_TIMEOUT:-240} $W480 --iters 5 --warmup 2 --peer $G/wan_ref.py --peer-compile ;;
+    dmd78)          bench dmd78 150 $W480 --objective dmd --recompute --mem-limit-gib 78 --iters 5 --warmup 1 ;;
+    profile) # per-kernel times of one forward and one backward (stderr → the log)
+        log "+ [profile] fewstep bench forward $W480 --train --profile"
+        timeout 120 $G/fewstep bench forward $W480 --train --profile --iters 3 --warmup 1 >> "$J" 2>> "$L"
+        log "  [profile] exit $?" ;;
+    sf6|sf9|sf12)   f=${s#sf}
+                    bench $s 150 --preset wan2.1-1.3b --frames $f --height 60 --width 104 --ctx 512 \
+                        --objective selfforcing --chunk-frames 3 --recompute --iters 2 --warmup 1 ;;
     selfforcing)    bench selfforcing 150 --preset wan2.1-1.3b --frames 21 --height 60 --width 104 --ctx 512 \
                         --objective selfforcing --chunk-frames 3 --recompute --iters 2 --warmup 1 ;;
     *) log "unknown step $s" ;;
