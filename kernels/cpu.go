@@ -13,13 +13,14 @@ import (
 // Storage: every tensor is held as float32 whatever its DType. A BF16 or F16 tensor on the CPU is a
 // label only (its values are NOT rounded); the CUDA device is the one that stores 16-bit values.
 //
-// A CPU device is not safe for concurrent use: call its ops from one goroutine at a time (make one
-// device per goroutine otherwise). Shape mismatches are programming errors and panic with a message
-// naming the op and the shapes.
+// Ops called from several goroutines at once are serialized by a lock (correct, not concurrent;
+// make one device per goroutine for parallel streams of work). Shape mismatches are programming
+// errors and panic with a message naming the op and the shapes.
 
 // cpuDevice implements Device.
 type cpuDevice struct {
 	pool *pool
+	mu   sync.Mutex // one op at a time: the fields below are shared by every op
 
 	ropeTab []float32   // cos/sin tables of the last RoPE call, grown on demand
 	scr     [][]float32 // per-worker scratch rows (attention), grown on demand
@@ -227,6 +228,8 @@ func (c *cpuDevice) Sync() error { return nil }
 // Elementwise over whole tensors.
 
 func (c *cpuDevice) Add(out, a, b *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("Add", out, a, b)
 	g := c.args()
 	g.s[0], g.s[1], g.s[2] = f32(out), f32(a), f32(b)
@@ -241,6 +244,12 @@ func addRows(a *opArgs, _, lo, hi int) {
 }
 
 func (c *cpuDevice) Axpy(y *Tensor, alpha float32, x *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.axpy(y, alpha, x)
+}
+
+func (c *cpuDevice) axpy(y *Tensor, alpha float32, x *Tensor) {
 	n := sameNumel("Axpy", y, x)
 	g := c.args()
 	g.s[0], g.s[1], g.x[0] = f32(y), f32(x), alpha
@@ -255,6 +264,8 @@ func axpyRows(a *opArgs, _, lo, hi int) {
 }
 
 func (c *cpuDevice) Scale(x *Tensor, alpha float32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := x.Numel()
 	g := c.args()
 	g.s[0], g.x[0] = f32(x), alpha
@@ -269,6 +280,8 @@ func scaleRows(a *opArgs, _, lo, hi int) {
 }
 
 func (c *cpuDevice) Combine(out, x, y *Tensor, a, b []float32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("Combine", out, x, y)
 	G := len(a)
 	if !(G > 0 && len(b) == G && n%G == 0) {
@@ -289,6 +302,8 @@ func combineRows(a *opArgs, _, lo, hi int) {
 }
 
 func (c *cpuDevice) CombineFrames(out, x, y *Tensor, a, b []float32, B, C, F, HW int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("CombineFrames", out, x, y)
 	if !(n == B*C*F*HW) {
 		panicf("CombineFrames: %v is not [%d,%d,%d,%d]", x.Shape, B, C, F, HW)
@@ -321,6 +336,8 @@ func combineFrameRows(a *opArgs, _, lo, hi int) {
 // Reductions (float64 accumulation; one partial per worker).
 
 func (c *cpuDevice) Dot(a, b *Tensor) float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("Dot", a, b)
 	if len(c.part) != c.pool.threads {
 		c.part = make([]float64, c.pool.threads)
@@ -346,6 +363,8 @@ func dotRows(a *opArgs, w, lo, hi int) {
 }
 
 func (c *cpuDevice) SumAbsGroups(dst []float64, x *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := x.Numel()
 	G := len(dst)
 	if !(G > 0 && n%G == 0) {
@@ -373,6 +392,8 @@ func sumAbsRows(a *opArgs, _, lo, hi int) {
 // AdamW is PyTorch's torch.optim.AdamW step: w −= lr·wd·w; m = β1·m + (1−β1)·g;
 // v = β2·v + (1−β2)·g²; w −= lr·m̂/(√v̂ + eps) with m̂ = m/(1−β1^step), v̂ = v/(1−β2^step).
 func (c *cpuDevice) AdamW(w, g, m, v *Tensor, lr, beta1, beta2, eps, wd float32, step int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("AdamW", w, g, m, v)
 	if !(step >= 1) {
 		panicf("AdamW: step %d < 1", step)
@@ -403,6 +424,8 @@ func adamRows(a *opArgs, _, lo, hi int) {
 }
 
 func (c *cpuDevice) EMA(ema, w *Tensor, decay float32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("EMA", ema, w)
 	a := c.args()
 	a.s[0], a.s[1], a.x[0] = f32(ema), f32(w), decay

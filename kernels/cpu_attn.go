@@ -41,10 +41,14 @@ func (c *cpuDevice) ropeTables(hd, frames, rows, cols, frame0 int) (fc, fs, hc, 
 }
 
 func (c *cpuDevice) RoPE(x *Tensor, frames, rows, cols, frame0 int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.rope("RoPE", x, frames, rows, cols, frame0, 1)
 }
 
 func (c *cpuDevice) RoPEBack(dx *Tensor, frames, rows, cols, frame0 int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.rope("RoPEBack", dx, frames, rows, cols, frame0, -1)
 }
 
@@ -130,6 +134,8 @@ const attnQB = 64
 // over its own visible prefix (P = exp(S − max), zero where masked), O = (P·V)/rowsum,
 // lse = max + log rowsum (natural log). Scratch per worker: attnQB × Nk floats.
 func (c *cpuDevice) Attention(out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	B, Nq, Nk, H, hd := attnDims("Attention", out, lse, q, k, v)
 	if !(chunkTokens >= 0 && qOffset >= 0) {
 		panicf("Attention: chunkTokens %d qOffset %d", chunkTokens, qOffset)
@@ -228,6 +234,8 @@ func packKTHeads(a *opArgs, _, lo, hi int) {
 // (Kᵀ and Vᵀ of the head packed once). Parallel over (b, h): each task owns its heads' rows of
 // dQ, dK and dV.
 func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	B, Nq, Nk, H, hd := attnDims("AttentionBack", out, lse, q, k, v)
 	sameNumel("AttentionBack", q, dOut, dQ)
 	sameNumel("AttentionBack", k, dK, dV)

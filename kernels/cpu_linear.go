@@ -2,6 +2,8 @@ package kernels
 
 // Linear: out[M,N] = in[M,K]·w[N,K]ᵀ + b[N], through the packed GEMM split across the pool.
 func (c *cpuDevice) Linear(out, in, w, b *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if !(len(w.Shape) == 2) {
 		panicf("Linear: weight %v is not [N,K]", w.Shape)
 	}
@@ -30,6 +32,8 @@ func (c *cpuDevice) Linear(out, in, w, b *Tensor) {
 
 // LinearBack: dIn += dOut·w, dW += dOutᵀ·in, dB += Σ_m dOut.
 func (c *cpuDevice) LinearBack(dIn, dW, dB, dOut, in, w *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if !(len(w.Shape) == 2) {
 		panicf("LinearBack: weight %v is not [N,K]", w.Shape)
 	}

@@ -7,20 +7,28 @@ import "math"
 // Patchify: x [B,C,F,H,W] → out [B, F·h·w, 4C], features (c, pt, ph, pw) with pt = 0:
 // out[b, (f,i,j), c·4 + ph·2 + pw] = x[b, c, f, 2i+ph, 2j+pw].
 func (c *cpuDevice) Patchify(out, x *Tensor, B, C, F, H, W int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.patch("Patchify", f32(out), f32(x), out, x, B, C, F, H, W, false, false)
 }
 
 func (c *cpuDevice) PatchifyBack(dX, dOut *Tensor, B, C, F, H, W int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.patch("PatchifyBack", f32(dOut), f32(dX), dOut, dX, B, C, F, H, W, false, true)
 }
 
 // Unpatchify: in [B, N, 4C] with features (pt, ph, pw, c) → out [B,C,F,H,W]:
 // out[b, c, f, 2i+ph, 2j+pw] = in[b, (f,i,j), (ph·2+pw)·C + c].
 func (c *cpuDevice) Unpatchify(out, in *Tensor, B, C, F, H, W int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.patch("Unpatchify", f32(in), f32(out), in, out, B, C, F, H, W, true, false)
 }
 
 func (c *cpuDevice) UnpatchifyBack(dIn, dOut *Tensor, B, C, F, H, W int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.patch("UnpatchifyBack", f32(dIn), f32(dOut), dIn, dOut, B, C, F, H, W, true, true)
 }
 
@@ -99,6 +107,8 @@ func patchRows(a *opArgs, _, lo, hi int) {
 
 // Sinusoid: out[m] = [cos(t_m·f_i), sin(t_m·f_i)], f_i = 10000^(−i/half), in float64.
 func (c *cpuDevice) Sinusoid(out, t *Tensor, half int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	M := t.Numel()
 	if !(out.Numel() == M*2*half) {
 		panicf("Sinusoid: out %v for %d timesteps and half=%d", out.Shape, M, half)
@@ -116,6 +126,8 @@ func (c *cpuDevice) Sinusoid(out, t *Tensor, half int) {
 
 // AddBroadcast: out[m, :] = a + b[m, :] with a of KD elements broadcast over M = numel/KD.
 func (c *cpuDevice) AddBroadcast(out, a, b *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("AddBroadcast", out, b)
 	KD := a.Numel()
 	if !(KD > 0 && n%KD == 0) {
@@ -136,10 +148,12 @@ func addBroadcastRows(a *opArgs, _, lo, hi int) {
 
 // AddBroadcastBack: dA += Σ_m dOut[m, :], dB += dOut.
 func (c *cpuDevice) AddBroadcastBack(dA, dB, dOut *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := dOut.Numel()
 	if dB != nil {
 		sameNumel("AddBroadcastBack", dOut, dB)
-		c.Axpy(dB, 1, dOut)
+		c.axpy(dB, 1, dOut)
 	}
 	if dA == nil {
 		return
@@ -169,6 +183,8 @@ func broadcastGradCols(a *opArgs, _, lo, hi int) {
 
 // MeanTokens: out[b,:] = mean_n in[b,n,:].
 func (c *cpuDevice) MeanTokens(out, in *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if !(len(in.Shape) == 3) {
 		panicf("MeanTokens: in %v is not [B,N,D]", in.Shape)
 	}
@@ -195,6 +211,8 @@ func meanTokenCols(a *opArgs, _, lo, hi int) {
 
 // MeanTokensBack: dIn[b,n,:] += dOut[b,:]/N.
 func (c *cpuDevice) MeanTokensBack(dIn, dOut *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if !(len(dIn.Shape) == 3) {
 		panicf("MeanTokensBack: dIn %v is not [B,N,D]", dIn.Shape)
 	}

@@ -7,6 +7,8 @@ import "math"
 
 // LayerNorm: out = (x−μ)·rstd·w + b over the last dim; statistics in float64.
 func (c *cpuDevice) LayerNorm(out, mean, rstd, in, w, b *Tensor, eps float32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	D := lastDim(in)
 	n := sameNumel("LayerNorm", out, in)
 	rows := n / D
@@ -62,6 +64,8 @@ func layerNormRows(a *opArgs, _, lo, hi int) {
 
 // LayerNormBack: dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) with ĝ = dOut·w; dW += Σ dOut·x̂, dB += Σ dOut.
 func (c *cpuDevice) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	D := lastDim(in)
 	n := sameNumel("LayerNormBack", in, dOut, dIn)
 	rows := n / D
@@ -165,6 +169,8 @@ func normParamCols(a *opArgs, _, lo, hi int) {
 
 // RMSNorm: out = x·rsqrt(mean(x²)+eps)·w over the last dim (all D channels).
 func (c *cpuDevice) RMSNorm(out, rstd, in, w *Tensor, eps float32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	D := lastDim(in)
 	n := sameNumel("RMSNorm", out, in)
 	rows := n / D
@@ -205,6 +211,8 @@ func rmsNormRows(a *opArgs, _, lo, hi int) {
 
 // RMSNormBack: dx = rstd·(ĝ − x̂·mean(ĝ·x̂)) with ĝ = dOut·w, x̂ = x·rstd; dW += Σ dOut·x̂.
 func (c *cpuDevice) RMSNormBack(dIn, dW, dOut, in, rstd, w *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	D := lastDim(in)
 	n := sameNumel("RMSNormBack", in, dOut, dIn)
 	rows := n / D
@@ -238,6 +246,8 @@ func modDims(op string, x, mod *Tensor, i1, i2, tokensPerFrame int) (B, N, D, F,
 
 // Modulate: out[b,n,:] = x·(1 + scale) + shift, (shift, scale) = mod[b, n/tpf, iShift|iScale, :].
 func (c *cpuDevice) Modulate(out, x, mod *Tensor, iShift, iScale, tokensPerFrame int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	B, N, D, F, K := modDims("Modulate", x, mod, iShift, iScale, tokensPerFrame)
 	sameNumel("Modulate", out, x)
 	a := c.args()
@@ -264,6 +274,8 @@ func modulateTokens(a *opArgs, _, lo, hi int) {
 // ModulateBack: dX += dOut·(1+scale); dMod[shift] += Σ_frame dOut; dMod[scale] += Σ_frame dOut·x.
 // Parallel over (b, f, column block) so that no two tasks write the same element.
 func (c *cpuDevice) ModulateBack(dX, dMod, dOut, x, mod *Tensor, iShift, iScale, tokensPerFrame int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	B, _, D, F, K := modDims("ModulateBack", x, mod, iShift, iScale, tokensPerFrame)
 	sameNumel("ModulateBack", dOut, x, dX)
 	sameNumel("ModulateBack", mod, dMod)
@@ -311,6 +323,8 @@ func modulateBackBlocks(a *opArgs, _, lo, hi int) {
 
 // GateAdd: x += y·gate, gate = mod[b, n/tpf, iGate, :].
 func (c *cpuDevice) GateAdd(x, y, mod *Tensor, iGate, tokensPerFrame int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	B, N, D, F, K := modDims("GateAdd", x, mod, iGate, iGate, tokensPerFrame)
 	sameNumel("GateAdd", x, y)
 	a := c.args()
@@ -335,6 +349,8 @@ func gateAddTokens(a *opArgs, _, lo, hi int) {
 
 // GateAddBack: dY += dX·gate; dMod[gate] += Σ_frame dX·y.
 func (c *cpuDevice) GateAddBack(dY, dMod, dX, y, mod *Tensor, iGate, tokensPerFrame int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	B, _, D, F, K := modDims("GateAddBack", y, mod, iGate, iGate, tokensPerFrame)
 	sameNumel("GateAddBack", dX, y, dY)
 	sameNumel("GateAddBack", mod, dMod)
@@ -384,6 +400,8 @@ const geluC = 0.7978845608028654 // √(2/π)
 func tanh32(u float32) float32 { return 1 - 2/(exp32(2*u)+1) }
 
 func (c *cpuDevice) GELU(out, in *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("GELU", out, in)
 	a := c.args()
 	a.s[0], a.s[1] = f32(out), f32(in)
@@ -400,6 +418,8 @@ func geluRows(a *opArgs, _, lo, hi int) {
 }
 
 func (c *cpuDevice) GELUBack(dIn, dOut, in *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("GELUBack", dIn, dOut, in)
 	a := c.args()
 	a.s[0], a.s[1], a.s[2] = f32(dIn), f32(dOut), f32(in)
@@ -419,6 +439,8 @@ func geluBackRows(a *opArgs, _, lo, hi int) {
 
 // SiLU: x·σ(x), σ(x) = 1/(1 + e^{−x}) through exp32.
 func (c *cpuDevice) SiLU(out, in *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("SiLU", out, in)
 	a := c.args()
 	a.s[0], a.s[1] = f32(out), f32(in)
@@ -434,6 +456,8 @@ func siluRows(a *opArgs, _, lo, hi int) {
 }
 
 func (c *cpuDevice) SiLUBack(dIn, dOut, in *Tensor) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := sameNumel("SiLUBack", dIn, dOut, in)
 	a := c.args()
 	a.s[0], a.s[1], a.s[2] = f32(dIn), f32(dOut), f32(in)
