@@ -73,6 +73,8 @@ type Device struct {
 	smemSet   map[uintptr]int // dynamic shared memory limit set per function
 	capturing bool
 	refAttn   bool // FEWSTEP_ATTENTION=ref: always the reference attention kernels
+	vec       bool // float4 fp32 fast paths (FEWSTEP_VEC=0: off, for A/B timings)
+	syncEach  bool // FEWSTEP_CUDA_SYNC=1: synchronize after every launch (debugging)
 }
 
 var _ kernels.Device = (*Device)(nil)
@@ -195,6 +197,8 @@ func New(ordinal int) (*Device, error) {
 		return nil, err
 	}
 	d.refAttn = os.Getenv("FEWSTEP_ATTENTION") == "ref"
+	d.vec = os.Getenv("FEWSTEP_VEC") != "0"
+	d.syncEach = os.Getenv("FEWSTEP_CUDA_SYNC") == "1"
 	d.Info = fmt.Sprintf("%s, sm_%d, %d SMs, driver %d, cuBLASLt %d", cstr(name[:]), d.cc, d.sms, d.driver, d.lt.version)
 	return d, nil
 }
@@ -327,9 +331,14 @@ func (d *Device) fn(name string) uintptr {
 	for _, m := range d.mods {
 		var f uintptr
 		r, _, _ := purego.SyscallN(d.drv.cuModuleGetFunction, uintptr(unsafe.Pointer(&f)), m, uintptr(unsafe.Pointer(&append([]byte(name), 0)[0])))
+		r &= 0xffffffff
 		if r == 0 && f != 0 {
 			d.fns[name] = f
 			return f
+		}
+		if r != 500 { // not CUDA_ERROR_NOT_FOUND: the context is broken (e.g. an earlier kernel faulted)
+			d.fail(fmt.Errorf("looking up kernel %s (an earlier asynchronous failure?): %w", name, d.drv.check("cuModuleGetFunction", r)))
+			return 0
 		}
 	}
 	d.fail(fmt.Errorf("cuda: kernel %s is in no loaded module (rebuild with scripts/build-kernels.sh)", name))
@@ -348,6 +357,12 @@ func (d *Device) launch(name string, gx, gy, gz, bx, by, bz, smem int) {
 	d.profEnd(name, pa)
 	if r&0xffffffff != 0 {
 		d.fail(fmt.Errorf("launch of %s (grid %d×%d×%d, block %d×%d×%d, smem %d): %w", name, gx, gy, gz, bx, by, bz, smem, d.drv.check("cuLaunchKernel", r&0xffffffff)))
+		return
+	}
+	if d.syncEach && !d.capturing { // FEWSTEP_CUDA_SYNC=1: find the kernel that faults
+		if r, _, _ := purego.SyscallN(d.drv.cuStreamSynchronize, d.stream); r&0xffffffff != 0 {
+			d.fail(fmt.Errorf("kernel %s (grid %d×%d×%d, block %d×%d×%d): %w", name, gx, gy, gz, bx, by, bz, d.drv.check("cuStreamSynchronize", r&0xffffffff)))
+		}
 	}
 }
 

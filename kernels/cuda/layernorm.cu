@@ -66,45 +66,55 @@ extern "C" __global__ void ln_fwd(void *out, int dto, void *shw, void *mean, voi
     }
 }
 
-#define WARP_MAXE 64  // row elements per lane of the warp-per-row kernels: D ≤ 2048
+// ---- fp32 fast paths: 16-byte accesses, the row in registers (D % 4 == 0, D ≤ 4·VEC_MAXV·blockDim.x) ----
+struct alignas(16) f32x4 { float x, y, z, w; };
+struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
+#define VEC_MAXV 4  // float4s per thread
 
-// ln_fwd_warp: ln_fwd with one warp per row (rows of D ≤ 2048): no block barriers, the row in registers.
-extern "C" __global__ void ln_fwd_warp(void *out, int dto, void *shw, void *mean, void *rstd, int dts, const void *in, int dti,
-                                       const void *w, const void *b, int dtw, int D, float eps, ll rows) {
-    ll row = (ll)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const ll o = row * D;
-    float xv[WARP_MAXE];
+// ln_fwd for fp32 rows: x, out fp32, 16-byte aligned; w, b fp32 or null; shw bf16 copy or null.
+extern "C" __global__ void ln_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *mean, float *rstd, const f32x4 *in,
+                                        const f32x4 *w, const f32x4 *b, int D, float eps) {
+    __shared__ float sh[32];
+    const int T = blockDim.x, D4 = D / 4;
+    const ll o = (ll)blockIdx.x * D4;
+    f32x4 xv[VEC_MAXV];
     float s = 0.f;
 #pragma unroll
-    for (int e = 0; e < WARP_MAXE; e++) {
-        int c = lane + 32 * e;
-        xv[e] = c < D ? ld(in, o + c, dti) : 0.f;
-        s += xv[e];
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
+        s += xv[e].x + xv[e].y + xv[e].z + xv[e].w;
     }
-    float mu = warp_sum(s) / (float)D, q = 0.f;
+    float mu = block_sum(s, sh) / (float)D, q = 0.f;
 #pragma unroll
-    for (int e = 0; e < WARP_MAXE; e++) {
-        int c = lane + 32 * e;
-        float d = xv[e] - mu;
-        if (c < D) q += d * d;
-    }
-    float rs = rsqrtf(warp_sum(q) / (float)D + eps);
-#pragma unroll
-    for (int e = 0; e < WARP_MAXE; e++) {
-        int c = lane + 32 * e;
-        if (c < D) {
-            float y = (xv[e] - mu) * rs;
-            if (w) y *= ld(w, c, dtw);
-            if (b) y += ld(b, c, dtw);
-            st(out, o + c, dto, y);
-            if (shw) st(shw, o + c, 1, y);
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            float a = xv[e].x - mu, bb = xv[e].y - mu, cc = xv[e].z - mu, dd = xv[e].w - mu;
+            q += a * a + bb * bb + cc * cc + dd * dd;
         }
     }
-    if (lane == 0) {
-        if (mean) st(mean, row, dts, mu);
-        if (rstd) st(rstd, row, dts, rs);
+    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            f32x4 y = {(xv[e].x - mu) * rs, (xv[e].y - mu) * rs, (xv[e].z - mu) * rs, (xv[e].w - mu) * rs};
+            if (w) {
+                f32x4 g = w[c];
+                y.x *= g.x; y.y *= g.y; y.z *= g.z; y.w *= g.w;
+            }
+            if (b) {
+                f32x4 h = b[c];
+                y.x += h.x; y.y += h.y; y.z += h.z; y.w += h.w;
+            }
+            out[o + c] = y;
+            if (shw) shw[o + c] = bf16x4{f2bf(y.x), f2bf(y.y), f2bf(y.z), f2bf(y.w)};
+        }
+    }
+    if (threadIdx.x == 0) {
+        if (mean) mean[blockIdx.x] = mu;
+        if (rstd) rstd[blockIdx.x] = rs;
     }
 }
 

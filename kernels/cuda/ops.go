@@ -296,8 +296,6 @@ func ptrOf(t *kernels.Tensor) uintptr {
 // ---------------------------------------------------------------------------------------------
 // Normalization, modulation, activations.
 
-const warpRowMax = 2048 // rows up to this width: one warp per row (ln_fwd_warp, rms_fwd_warp)
-
 func rowThreads(D int) int {
 	switch {
 	case D >= 2048:
@@ -335,9 +333,9 @@ func (d *Device) LayerNorm(out, mean, rstd, in, w, b *kernels.Tensor, eps float3
 		wdt = int(b.DType)
 	}
 	sh := d.shadowBuf(out)
-	if D <= warpRowMax {
-		d.args.reset().t(out).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i32(D).f32(eps).i64(rows)
-		d.launch("ln_fwd_warp", (rows+7)/8, 1, 1, 256, 1, 1, 0)
+	if T := d.vecRow(D, out, in, w, b, mean, rstd); T > 0 {
+		d.args.reset().ptr(out.Ptr).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).ptr(in.Ptr).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(D).f32(eps)
+		d.launch("ln_fwd_f32x4", rows, 1, 1, T, 1, 1, 0)
 	} else {
 		d.args.reset().t(out).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i64(D).f32(eps)
 		d.launch("ln_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
@@ -395,9 +393,9 @@ func (d *Device) RMSNorm(out, rstd, in, w *kernels.Tensor, eps float32) {
 		wdt = int(w.DType)
 	}
 	sh := d.shadowBuf(out)
-	if D <= warpRowMax {
-		d.args.reset().t(out).ptr(sh).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).i32(wdt).i32(D).f32(eps).i64(rows)
-		d.launch("rms_fwd_warp", (rows+7)/8, 1, 1, 256, 1, 1, 0)
+	if T := d.vecRow(D, out, in, w, rstd); T > 0 {
+		d.args.reset().ptr(out.Ptr).ptr(sh).ptr(ptrOf(rstd)).ptr(in.Ptr).ptr(ptrOf(w)).i32(D).f32(eps)
+		d.launch("rms_fwd_f32x4", rows, 1, 1, T, 1, 1, 0)
 	} else {
 		d.args.reset().t(out).ptr(sh).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).i32(wdt).i64(D).f32(eps)
 		d.launch("rms_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
@@ -452,8 +450,13 @@ func (d *Device) Modulate(out, x, mod *kernels.Tensor, iShift, iScale, tpf int) 
 	defer d.leave()
 	_ = B
 	sh := d.shadowBuf(out)
-	d.args.reset().t(out).ptr(sh).t(x).t(mod).i32(iShift).i32(iScale).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
-	d.ew("mod_fwd", n)
+	if d.vecEW(D, n, mod.Numel(), out, x, mod) {
+		d.args.reset().ptr(out.Ptr).ptr(sh).ptr(x.Ptr).ptr(mod.Ptr).i32(iShift).i32(iScale).i32(N).i32(D).i32(F).i32(K).i32(tpf).i64(n / 4)
+		d.ew("mod_fwd_f32x4", n/4)
+	} else {
+		d.args.reset().t(out).ptr(sh).t(x).t(mod).i32(iShift).i32(iScale).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
+		d.ew("mod_fwd", n)
+	}
 	d.actSet(out, sh)
 }
 
@@ -486,8 +489,7 @@ func (d *Device) GateAdd(x, y, mod *kernels.Tensor, iGate, tpf int) {
 		return
 	}
 	defer d.leave()
-	d.args.reset().t(x).t(y).t(mod).i32(iGate).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
-	d.ew("gate_add", n)
+	d.gateAdd(x, y, mod, iGate, N, D, F, K, tpf, n)
 }
 
 func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf int) {
@@ -500,13 +502,53 @@ func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf in
 	defer d.leave()
 	if dY != nil { // dY += dX·gate: the forward's form
 		mustNumel("GateAddBack dY", n, dY)
-		d.args.reset().t(dY).t(dX).t(mod).i32(iGate).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
-		d.ew("gate_add", n)
+		d.gateAdd(dY, dX, mod, iGate, N, D, F, K, tpf, n)
 	}
 	if dMod != nil {
 		mustNumel("GateAddBack dMod", mod.Numel(), dMod)
 		d.colReduce(dMod, iGate*D, K*D, dX, y, nil, nil, B*F, tpf, D, 1, 1, false)
 	}
+}
+
+// gateAdd queues x += y·mod[b,f,iGate].
+func (d *Device) gateAdd(x, y, mod *kernels.Tensor, iGate, N, D, F, K, tpf, n int) {
+	if d.vecEW(D, n, mod.Numel(), x, y, mod) {
+		d.args.reset().ptr(x.Ptr).ptr(y.Ptr).ptr(mod.Ptr).i32(iGate).i32(N).i32(D).i32(F).i32(K).i32(tpf).i64(n / 4)
+		d.ew("gate_add_f32x4", n/4)
+		return
+	}
+	d.args.reset().t(x).t(y).t(mod).i32(iGate).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
+	d.ew("gate_add", n)
+}
+
+// vecRow returns the block size of the fp32 float4 row kernels (ln/rms_fwd_f32x4) for rows of D
+// when every given tensor is fp32 (or nil) and 16-byte aligned, else 0.
+func (d *Device) vecRow(D int, ts ...*kernels.Tensor) int {
+	const maxV = 4 // VEC_MAXV of the kernels
+	if !d.vec || D%4 != 0 || D/4 > maxV*1024 {
+		return 0
+	}
+	for _, t := range ts {
+		if t != nil && (t.DType != kernels.F32 || t.Ptr%16 != 0) {
+			return 0
+		}
+	}
+	T := (D/4 + 2) / 3 // about three float4s per thread
+	T = min(max((T+31)&^31, (D/4+maxV-1)/maxV), 1024)
+	return (T + 31) &^ 31
+}
+
+// vecEW reports whether the fp32 float4 modulation kernels take tensors of width D, n elements.
+func (d *Device) vecEW(D, n, nmod int, ts ...*kernels.Tensor) bool {
+	if !d.vec || D%4 != 0 || n%4 != 0 || n >= 1<<31 || nmod >= 1<<31 {
+		return false
+	}
+	for _, t := range ts {
+		if t.DType != kernels.F32 || t.Ptr%16 != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (d *Device) act(name string, out, in *kernels.Tensor) {

@@ -48,35 +48,39 @@ extern "C" __global__ void rms_fwd(void *out, int dto, void *shw, void *rstd, in
     if (threadIdx.x == 0 && rstd) st(rstd, row, dts, rs);
 }
 
-#define WARP_MAXE 64  // row elements per lane of the warp-per-row kernels: D ≤ 2048
+// ---- fp32 fast paths: 16-byte accesses, the row in registers (D % 4 == 0, D ≤ 4·VEC_MAXV·blockDim.x) ----
+struct alignas(16) f32x4 { float x, y, z, w; };
+struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
+#define VEC_MAXV 4  // float4s per thread
 
-// rms_fwd_warp: rms_fwd with one warp per row (rows of D ≤ 2048).
-extern "C" __global__ void rms_fwd_warp(void *out, int dto, void *shw, void *rstd, int dts, const void *in, int dti,
-                                        const void *w, int dtw, int D, float eps, ll rows) {
-    ll row = (ll)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (row >= rows) return;
-    const ll o = row * D;
-    float xv[WARP_MAXE];
+// rms_fwd for fp32 rows (as ln_fwd_f32x4).
+extern "C" __global__ void rms_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, const f32x4 *in, const f32x4 *w, int D, float eps) {
+    __shared__ float sh[32];
+    const int T = blockDim.x, D4 = D / 4;
+    const ll o = (ll)blockIdx.x * D4;
+    f32x4 xv[VEC_MAXV];
     float q = 0.f;
 #pragma unroll
-    for (int e = 0; e < WARP_MAXE; e++) {
-        int c = lane + 32 * e;
-        xv[e] = c < D ? ld(in, o + c, dti) : 0.f;
-        q += xv[e] * xv[e];
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
+        q += xv[e].x * xv[e].x + xv[e].y * xv[e].y + xv[e].z * xv[e].z + xv[e].w * xv[e].w;
     }
-    float rs = rsqrtf(warp_sum(q) / (float)D + eps);
+    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
 #pragma unroll
-    for (int e = 0; e < WARP_MAXE; e++) {
-        int c = lane + 32 * e;
-        if (c < D) {
-            float y = xv[e] * rs;
-            if (w) y *= ld(w, c, dtw);
-            st(out, o + c, dto, y);
-            if (shw) st(shw, o + c, 1, y);
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            f32x4 y = {xv[e].x * rs, xv[e].y * rs, xv[e].z * rs, xv[e].w * rs};
+            if (w) {
+                f32x4 g = w[c];
+                y.x *= g.x; y.y *= g.y; y.z *= g.z; y.w *= g.w;
+            }
+            out[o + c] = y;
+            if (shw) shw[o + c] = bf16x4{f2bf(y.x), f2bf(y.y), f2bf(y.z), f2bf(y.w)};
         }
     }
-    if (lane == 0 && rstd) st(rstd, row, dts, rs);
+    if (threadIdx.x == 0 && rstd) rstd[blockIdx.x] = rs;
 }
 
 // dIn += rstd·(g − x̂·mean(g·x̂)), g = dOut·w, x̂ = x·rstd.
