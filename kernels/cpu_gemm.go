@@ -163,23 +163,44 @@ func packB(dst []float32, B mat, pc, kc, jc, nc int) {
 	}
 }
 
-// kernelGo is the portable micro-kernel: C[6,16] (row stride ldc) += Σ_p a[p,:]ᵀ·b[p,:].
+// kernelGo is the portable micro-kernel: C[6,16] (row stride ldc) += Σ_p a[p,:]ᵀ·b[p,:], as 8
+// register-blocked passes of 3 rows × 4 columns (12 scalar accumulators) over the packed panels.
 func kernelGo(k int, a, b, c []float32, ldc int) {
-	var acc [gemmMR * gemmNR]float32
-	for p := 0; p < k; p++ {
-		ap := a[p*gemmMR : p*gemmMR+gemmMR]
-		bp := b[p*gemmNR : p*gemmNR+gemmNR]
-		for i, av := range ap {
-			row := acc[i*gemmNR : i*gemmNR+gemmNR]
-			for j, bv := range bp {
-				row[j] += av * bv
+	a, b = a[:k*gemmMR], b[:k*gemmNR]
+	for i0 := 0; i0 < gemmMR; i0 += 3 {
+		for j0 := 0; j0 < gemmNR; j0 += 4 {
+			var c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23 float32
+			for ai, bi := i0, j0; ai < len(a); ai, bi = ai+gemmMR, bi+gemmNR {
+				a0, a1, a2 := a[ai], a[ai+1], a[ai+2]
+				b0, b1, b2, b3 := b[bi], b[bi+1], b[bi+2], b[bi+3]
+				c00 += a0 * b0
+				c01 += a0 * b1
+				c02 += a0 * b2
+				c03 += a0 * b3
+				c10 += a1 * b0
+				c11 += a1 * b1
+				c12 += a1 * b2
+				c13 += a1 * b3
+				c20 += a2 * b0
+				c21 += a2 * b1
+				c22 += a2 * b2
+				c23 += a2 * b3
 			}
-		}
-	}
-	for i := 0; i < gemmMR; i++ {
-		cr := c[i*ldc : i*ldc+gemmNR]
-		for j := range cr {
-			cr[j] += acc[i*gemmNR+j]
+			r0 := c[i0*ldc+j0 : i0*ldc+j0+4 : i0*ldc+j0+4]
+			r0[0] += c00
+			r0[1] += c01
+			r0[2] += c02
+			r0[3] += c03
+			r1 := c[(i0+1)*ldc+j0 : (i0+1)*ldc+j0+4 : (i0+1)*ldc+j0+4]
+			r1[0] += c10
+			r1[1] += c11
+			r1[2] += c12
+			r1[3] += c13
+			r2 := c[(i0+2)*ldc+j0 : (i0+2)*ldc+j0+4 : (i0+2)*ldc+j0+4]
+			r2[0] += c20
+			r2[1] += c21
+			r2[2] += c22
+			r2[3] += c23
 		}
 	}
 }
