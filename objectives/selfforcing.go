@@ -204,7 +204,7 @@ type CausalRollout struct {
 // NewCausalRollout allocates a rollout of videos of shape full (F frames) in chunks of k frames.
 func NewCausalRollout(env *Env, net *models.DiT, full models.Shape, k int, sigmas []float32, contextNoise float64) *CausalRollout {
 	dev, C := env.Dev, env.Cfg.InDim
-	cs := models.Shape{B: full.B, F: k, H: full.H, W: full.W, L: full.L, ChunkFrames: k}
+	cs := models.Shape{B: full.B, F: k, H: full.H, W: full.W, L: full.L, ChunkFrames: k, Recompute: full.Recompute}
 	r := &CausalRollout{Net: net, Sigmas: sigmas, ContextNoise: float32(contextNoise), K: k, Chunks: full.F / k, dev: dev}
 	r.cache = net.NewCache(full.B, full.H, full.W, 0, 0)
 	r.pStep = net.NewPass(cs)
