@@ -8,6 +8,7 @@ package objectives
 //
 //	generator:      gen_gan_weight · mean_b softplus(−D(x_fake))
 //	discriminator:  disc_gan_weight · mean_b [softplus(D(x_fake)) + softplus(−D(x_real))],  x_real = data
+//	                + r1_weight · mean_b (D(x_real,σ) − D(x_real,σ + r1_sigma·δ))²   (APT's approximated R1)
 //
 // The generator's GAN gradient flows through the critic's backbone into x (input gradient) without
 // touching the critic's G (a frozen view of the critic is differentiated). The discriminator loss
@@ -44,6 +45,8 @@ type adversarialParams struct {
 	TapLayer      int       `mapstructure:"tap_layer"`              // block whose output the head reads (−1 = middle)
 	HeadDim       int       `mapstructure:"head_dim"`               // hidden width of the head (0 = model dim)
 	DiscBackbone  bool      `mapstructure:"disc_backbone"`          // the discriminator loss also trains the critic's blocks
+	R1Weight      float64   `mapstructure:"r1_weight"`              // approximated R1 on the reals (APT): 0 = off
+	R1Sigma       float64   `mapstructure:"r1_sigma"`               // its perturbation std (0.01)
 }
 
 // Adversarial is the objective.
@@ -64,6 +67,7 @@ type Adversarial struct {
 	pG, pD     *models.Pass
 	sc         scratch
 	eps, xs    *kernels.Tensor // [B,C,F,H,W]
+	xp         *kernels.Tensor // [B,C,F,H,W] x_σ perturbed for R1
 	dx         *kernels.Tensor // [B,C,F,H,W] dL/dx of the generator
 	sigma      []float32       // [B]
 	dLogit     []float32       // [B]
@@ -73,6 +77,7 @@ func newAdversarial(params map[string]any) (Objective, error) {
 	o := &Adversarial{P: adversarialParams{
 		Mode: "dmd2", Timesteps: []float64{1000, 750, 500, 250}, Shift: 1, SigmaMin: 0.02, SigmaMax: 0.98,
 		CFG: 4, Ratio: 5, DMDWeight: 1, GenGANWeight: 3e-3, DiscGANWeight: 1e-2, TapLayer: -1, DiscBackbone: true,
+		R1Sigma: 0.01,
 	}}
 	if err := DecodeParams(params, &o.P); err != nil {
 		return nil, err
@@ -88,6 +93,8 @@ func newAdversarial(params map[string]any) (Objective, error) {
 		return nil, fmt.Errorf("params.generator_update_ratio: %d, must be ≥ 1", p.Ratio)
 	case p.GenGANWeight < 0 || p.DiscGANWeight <= 0 || p.DMDWeight < 0:
 		return nil, fmt.Errorf("params: gen_gan_weight %g, dmd_weight %g must be ≥ 0 and disc_gan_weight %g > 0", p.GenGANWeight, p.DMDWeight, p.DiscGANWeight)
+	case p.R1Weight < 0 || p.R1Sigma <= 0:
+		return nil, fmt.Errorf("params: r1_weight %g must be ≥ 0 and r1_sigma %g > 0", p.R1Weight, p.R1Sigma)
 	case p.HeadDim < 0:
 		return nil, fmt.Errorf("params.head_dim: %d, must be ≥ 0", p.HeadDim)
 	case p.TapLayer < -1:
@@ -179,7 +186,7 @@ func (o *Adversarial) Setup(env *Env) error {
 		o.pD = o.frozen.NewPass(s)
 	}
 	o.sc = newScratch(dev, s, C)
-	o.eps, o.xs, o.dx = video(dev, s, C), video(dev, s, C), video(dev, s, C)
+	o.eps, o.xs, o.dx, o.xp = video(dev, s, C), video(dev, s, C), video(dev, s, C), video(dev, s, C)
 	o.sigma, o.dLogit = make([]float32, s.B), make([]float32, s.B)
 	return nil
 }
@@ -221,6 +228,50 @@ func (o *Adversarial) discSide(st *Step, x, ctx *kernels.Tensor, sign float64) (
 	dh := o.headD.Backward(o.dLogit, true)
 	net.BackwardHidden(o.pD, nil, o.tap, dh)
 	return loss, prob
+}
+
+// r1 is APT's approximated R1 penalty on the noised reals x_σ (o.xs, o.sc.t from the real side):
+// r1_weight·mean_b (D(x_σ) − D(x_σ + r1_sigma·δ))², δ ~ N(0, I), backpropagated into the head and,
+// with disc_backbone, the critic. The head keeps one set of activations, so the perturbed input is
+// run twice (forward for its logit, then again for its backward).
+func (o *Adversarial) r1(st *Step, ctx *kernels.Tensor) float64 {
+	dev := o.env.Dev
+	net := o.frozen
+	if o.P.DiscBackbone {
+		net = o.critic
+	}
+	B := len(o.dLogit)
+	Randn(dev, o.eps, o.sc.host, st.RNG)
+	dev.Combine(o.xp, o.xs, o.eps, ones(B), constant(B, float32(o.P.R1Sigma))) // x_σ + r1_sigma·δ
+	net.Forward(o.pD, o.xp, o.sc.t, ctx)
+	l2 := append([]float32(nil), o.headD.Forward(o.pD.Hidden(o.tap))...)
+	net.Forward(o.pD, o.xs, o.sc.t, ctx)
+	l1 := o.headD.Forward(o.pD.Hidden(o.tap))
+	w := o.P.R1Weight
+	var loss float64
+	diff := make([]float32, B)
+	for i := range l1 {
+		d := float64(l1[i] - l2[i])
+		loss += w * d * d / float64(B)
+		diff[i] = float32(2 * w * d / float64(B))
+		o.dLogit[i] = diff[i] // d/dl1
+	}
+	net.BackwardHidden(o.pD, nil, o.tap, o.headD.Backward(o.dLogit, true))
+	net.Forward(o.pD, o.xp, o.sc.t, ctx)
+	o.headD.Forward(o.pD.Hidden(o.tap))
+	for i := range diff {
+		o.dLogit[i] = -diff[i] // d/dl2
+	}
+	net.BackwardHidden(o.pD, nil, o.tap, o.headD.Backward(o.dLogit, true))
+	return loss
+}
+
+func constant(n int, v float32) []float32 {
+	s := make([]float32, n)
+	for i := range s {
+		s[i] = v
+	}
+	return s
 }
 
 func (o *Adversarial) Step(st *Step, b *Batch) (Update, error) {
@@ -276,6 +327,11 @@ func (o *Adversarial) Step(st *Step, b *Batch) (Update, error) {
 	lf, pf := o.discSide(st, xf, b.Ctx, +1)
 	lr, pr := o.discSide(st, b.X0, b.Ctx, -1)
 	m["disc_loss"], m["d_fake"], m["d_real"] = lf+lr, pf, pr
+	if o.P.R1Weight > 0 {
+		r1 := o.r1(st, b.Ctx) // on the reals just noised into o.xs
+		m["r1"] = r1
+		m["disc_loss"] += r1
+	}
 	if _, ok := m["loss"]; !ok {
 		m["loss"] = lf + lr
 	}

@@ -9,22 +9,31 @@ import (
 
 // The generator's GAN gradient (standalone, a one-level list so that the sample is one graded
 // forward) is the derivative of gen_gan; the discriminator's gradients (head and the critic's
-// blocks up to the tap) are the derivative of disc_loss.
+// blocks up to the tap) are the derivative of disc_loss, approximated R1 included.
 func TestAdversarialGradients(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	o, err := New("adversarial", map[string]any{
 		"mode": "standalone", "denoising_timesteps": []float64{1000}, "generator_update_ratio": 2,
 		"gen_gan_weight": 1.0, "disc_gan_weight": 1.0, "tap_layer": 0, "head_dim": 16,
+		"r1_weight": 30.0, "r1_sigma": 0.05,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := testEnv(t, o, testShape, seed)
 	b := testBatch(env, testShape, rand.New(rand.NewPCG(uint64(seed), 2)))
-	directional(t, env, o, b, Student, "gen_gan", 2, 0.03)         // step 2: generator and discriminator
-	directional(t, env, o, b, Discriminator, "disc_loss", 1, 0.03) // step 1: discriminator only
-	directional(t, env, o, b, Critic, "disc_loss", 1, 0.03)
+	directional(t, env, o, b, Student, "gen_gan", 2, 0.01)         // step 2: generator and discriminator
+	directional(t, env, o, b, Discriminator, "disc_loss", 1, 0.01) // step 1: discriminator only
+	directional(t, env, o, b, Critic, "disc_loss", 1, 0.01)
+	// The R1 term alone: same check with the GAN weights at ~0.
+	o2, _ := New("adversarial", map[string]any{
+		"mode": "standalone", "denoising_timesteps": []float64{1000}, "generator_update_ratio": 2,
+		"disc_gan_weight": 1e-9, "tap_layer": 0, "head_dim": 16, "r1_weight": 100.0, "r1_sigma": 0.3,
+	})
+	env2 := testEnv(t, o2, testShape, seed)
+	directional(t, env2, o2, b, Discriminator, "r1", 1, 0.01)
+	directional(t, env2, o2, b, Critic, "r1", 1, 0.01)
 }
 
 // The generator's GAN loss flows through the critic without updating it: a step with the generator's

@@ -36,7 +36,7 @@ func TestODEInitGradient(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(seed), 5))
 	b := testBatch(env, s, rng)
 	odeBatch(env, b, []float32{1, 0.75, 0.5, 0.25, 0}, rng)
-	directional(t, env, o, b, Student, "loss", 1, 0.03)
+	directional(t, env, o, b, Student, "loss", 1, 0.01)
 }
 
 func TestODEInitErrors(t *testing.T) {
