@@ -46,8 +46,9 @@ type Device struct {
 	smem   int // max dynamic shared memory per block (opt-in)
 	driver int
 
-	mods []uintptr
-	fns  map[string]uintptr
+	mods   []uintptr
+	images [][]byte // the modules' images, kept alive for the driver's lazy loading
+	fns    map[string]uintptr
 
 	args    argBuf
 	err     error
