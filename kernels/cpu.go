@@ -26,6 +26,8 @@ type cpuDevice struct {
 	scr     [][]float32 // per-worker scratch rows (attention), grown on demand
 	gb      []*gemmBuf  // per-worker GEMM packing buffers
 	kpack   []float32   // attention: every head's packed Kᵀ
+	vpack   []float32   // attention backward: every head's packed Vᵀ
+	dkv     []float32   // attention backward: per-worker partial dK, dV
 	part    []float64   // per-worker partial sums (Dot)
 	arg     opArgs      // the running op's arguments
 }

@@ -143,7 +143,7 @@ func (c *cpuDevice) Attention(out, lse, q, k, v *Tensor, chunkTokens, qOffset in
 	nqb := (Nq + attnQB - 1) / attnQB
 	c.scratch(attnQB*Nk + attnQB)
 	c.gemmBufs()
-	kp := c.packKT(B, H, Nk, hd, f32(k))
+	kp := c.packHeadsT(&c.kpack, B, H, Nk, hd, f32(k))
 	a := c.args()
 	a.s[0], a.s[1], a.s[2], a.s[3], a.s[4], a.s[5] = f32(out), f32(lse), f32(q), f32(k), f32(v), kp
 	a.i[0], a.i[1], a.i[2], a.i[3], a.i[4], a.i[5], a.i[6] = Nq, Nk, H, hd, nqb, chunkTokens, qOffset
@@ -203,17 +203,17 @@ func attnBlocks(a *opArgs, w, lo, hi int) {
 	}
 }
 
-// packKT packs Kᵀ of every head (b, h) for gemmPackedB into a device buffer (nil when hd is too
-// deep for one packed block: the callers then use the plain GEMM).
-func (c *cpuDevice) packKT(B, H, Nk, hd int, kk []float32) []float32 {
+// packHeadsT packs Xᵀ of every head (b, h) of x [B, Nk, H, hd] for gemmPackedB into the device
+// buffer *dst (nil when hd is too deep for one packed block: the callers then use the plain GEMM).
+func (c *cpuDevice) packHeadsT(dst *[]float32, B, H, Nk, hd int, kk []float32) []float32 {
 	if hd > gemmKC {
 		return nil
 	}
 	n := packedLen(hd, Nk)
-	if cap(c.kpack) < B*H*n {
-		c.kpack = make([]float32, B*H*n)
+	if cap(*dst) < B*H*n {
+		*dst = make([]float32, B*H*n)
 	}
-	kp := c.kpack[:B*H*n]
+	kp := (*dst)[:B*H*n]
 	a := c.args()
 	a.s[0], a.s[1], a.i[0], a.i[1], a.i[2] = kp, kk, H, Nk, hd
 	c.pool.For(B*H, 1, packKTHeads, a)
@@ -231,8 +231,10 @@ func packKTHeads(a *opArgs, _, lo, hi int) {
 
 // AttentionBack recomputes P = exp(S − lse) per block of queries and accumulates
 // dV += Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O)), dQ += dS·K/√hd, dK += dSᵀ·Q/√hd, all as GEMMs
-// (Kᵀ and Vᵀ of the head packed once). Parallel over (b, h): each task owns its heads' rows of
-// dQ, dK and dV.
+// (Kᵀ and Vᵀ of a head packed once). With many heads per worker the tasks are heads (b, h), each
+// owning its rows of dQ, dK and dV. With few (B·H < 2·threads, e.g. the tiny preset on a laptop)
+// the tasks are (b, h, query block): each owns its rows of dQ, and dK, dV go to per-worker partial
+// sums that are added up at the end.
 func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -242,82 +244,154 @@ func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, c
 	pl := packedLen(hd, Nk)
 	c.scratch(2*attnQB*Nk + 2*pl)
 	c.gemmBufs()
+	perHead := B*H >= 2*c.pool.threads || c.pool.threads == 1 || hd > gemmKC
+	var kp, vp []float32
+	var nk int // elements of a partial dK (= dV) per worker
+	if !perHead {
+		kp, vp = c.packHeadsT(&c.kpack, B, H, Nk, hd, f32(k)), c.packHeadsT(&c.vpack, B, H, Nk, hd, f32(v))
+		nk = k.Numel()
+		if len(c.dkv) < 2*c.pool.threads*nk {
+			c.dkv = make([]float32, 2*c.pool.threads*nk)
+		}
+		clear(c.dkv[:2*c.pool.threads*nk])
+	}
 	a := c.args()
 	a.s[0], a.s[1], a.s[2], a.s[3], a.s[4] = f32(dQ), f32(dK), f32(dV), f32(dOut), f32(out)
-	a.s[5], a.s[6], a.s[7], a.s[8] = f32(lse), f32(q), f32(k), f32(v)
+	a.s[5], a.s[6], a.s[7], a.s[8], a.s[9] = f32(lse), f32(q), f32(k), f32(v), nil
 	a.i[0], a.i[1], a.i[2], a.i[3], a.i[4], a.i[5] = Nq, Nk, H, hd, chunkTokens, qOffset
 	a.x[0] = float32(1 / math.Sqrt(float64(hd)))
-	c.pool.For(B*H, 1, attnBackHeads, a)
+	if perHead {
+		c.pool.For(B*H, 1, attnBackHeads, a)
+		return
+	}
+	a.m[0], a.m[1] = mat{kp, 0, 0}, mat{vp, 0, 0}
+	a.i[6] = nk
+	c.pool.For(B*H*((Nq+attnQB-1)/attnQB), 1, attnBackBlocks, a)
+	// dK += Σ_w dK_w, dV += Σ_w dV_w
+	r := c.args()
+	r.s[0], r.s[1], r.s[2], r.i[0], r.i[1] = f32(dK), f32(dV), c.dkv, nk, c.pool.threads
+	c.pool.For(nk, c.pool.grain(nk, 2*c.pool.threads), sumPartials, r)
 }
 
-// attnBackHeads runs AttentionBack for the heads (b, h) in [lo, hi).
+// attnBackHeads: tasks [lo, hi) are heads (b, h); Kᵀ, Vᵀ packed per head into the worker's scratch.
 func attnBackHeads(a *opArgs, w, lo, hi int) {
-	dq, dk, dv, g, o := a.s[0], a.s[1], a.s[2], a.s[3], a.s[4]
+	Nk, H, hd, nqb := a.i[1], a.i[2], a.i[3], (a.i[0]+attnQB-1)/attnQB
+	pl := packedLen(hd, Nk)
+	scr := a.c.scr[w]
+	kp, vp := scr[2*attnQB*Nk:][:pl], scr[2*attnQB*Nk+pl:][:pl]
+	ld := H * hd
+	for bh := lo; bh < hi; bh++ {
+		b, h := bh/H, bh%H
+		kOff := b*Nk*ld + h*hd
+		if hd <= gemmKC {
+			packB(kp, mat{a.s[7][kOff:], 1, ld}, 0, hd, 0, Nk)
+			packB(vp, mat{a.s[8][kOff:], 1, ld}, 0, hd, 0, Nk)
+		} else {
+			kp, vp = nil, nil
+		}
+		for qb := 0; qb < nqb; qb++ {
+			attnBackBlock(a, w, bh, qb*attnQB, kp, vp, a.s[1], a.s[2])
+		}
+	}
+}
+
+// attnBackBlocks: tasks [lo, hi) are (b, h, query block); dK, dV into worker w's partial sums.
+func attnBackBlocks(a *opArgs, w, lo, hi int) {
+	Nk, hd, nk := a.i[1], a.i[3], a.i[6]
+	nqb := (a.i[0] + attnQB - 1) / attnQB
+	pl := packedLen(hd, Nk)
+	var dk, dv []float32
+	if a.s[1] != nil {
+		dk = a.c.dkv[2*w*nk : (2*w+1)*nk]
+	}
+	if a.s[2] != nil {
+		dv = a.c.dkv[(2*w+1)*nk : (2*w+2)*nk]
+	}
+	for task := lo; task < hi; task++ {
+		bh, qb := task/nqb, task%nqb
+		attnBackBlock(a, w, bh, qb*attnQB, a.m[0].d[bh*pl:(bh+1)*pl], a.m[1].d[bh*pl:(bh+1)*pl], dk, dv)
+	}
+}
+
+// attnBackBlock does the backward of query rows i0.. of head bh = b·H + h: dQ rows += (owned),
+// dk, dv (laid out like k, v; nil = not wanted) += this block's share. kp, vp: the head's packed
+// Kᵀ and Vᵀ (nil: use the plain GEMM).
+func attnBackBlock(a *opArgs, w, bh, i0 int, kp, vp, dk, dv []float32) {
+	dq, g, o := a.s[0], a.s[3], a.s[4]
 	L, qq, kk, vv := a.s[5], a.s[6], a.s[7], a.s[8]
 	Nq, Nk, H, hd, chunkTokens, qOffset := a.i[0], a.i[1], a.i[2], a.i[3], a.i[4], a.i[5]
 	scale := a.x[0]
 	ld := H * hd
-	pl := packedLen(hd, Nk)
-	packed := hd <= gemmKC
 	buf, scr := a.c.gb[w], a.c.scr[w]
-	P, dP := scr[:attnQB*Nk], scr[attnQB*Nk:2*attnQB*Nk]
-	kp, vp := scr[2*attnQB*Nk:][:pl], scr[2*attnQB*Nk+pl:][:pl]
-	for bh := lo; bh < hi; bh++ {
-		b, h := bh/H, bh%H
-		kOff := b*Nk*ld + h*hd
-		KT, VT := mat{kk[kOff:], 1, ld}, mat{vv[kOff:], 1, ld}
-		if packed {
-			packB(kp, KT, 0, hd, 0, Nk)
-			packB(vp, VT, 0, hd, 0, Nk)
+	b, h := bh/H, bh%H
+	kOff := b*Nk*ld + h*hd
+	KT, VT := mat{kk[kOff:], 1, ld}, mat{vv[kOff:], 1, ld}
+	rows := min(attnQB, Nq-i0)
+	jb := visible(i0+rows-1, Nk, chunkTokens, qOffset)
+	P, dP := scr[:rows*jb], scr[attnQB*Nk:attnQB*Nk+rows*jb]
+	qOff := (b*Nq+i0)*ld + h*hd
+	Qb, dOb := mat{qq[qOff:], ld, 1}, mat{g[qOff:], ld, 1}
+	// P = exp(scale·Q·Kᵀ − lse), zero where masked.
+	clear(P)
+	if kp != nil {
+		buf.gemmPackedB(rows, jb, hd, scale, Qb, kp, P, jb)
+	} else {
+		buf.gemm(rows, jb, hd, scale, Qb, KT, P, jb)
+	}
+	for i := 0; i < rows; i++ {
+		pi := P[i*jb : (i+1)*jb]
+		jm := visible(i0+i, Nk, chunkTokens, qOffset)
+		expShift(pi[:jm], L[bh*Nq+i0+i])
+		clear(pi[jm:])
+	}
+	if dv != nil { // dV[:jb] += Pᵀ · dO_blk
+		buf.gemm(jb, hd, rows, 1, mat{P, 1, jb}, dOb, dv[kOff:], ld)
+	}
+	if dq == nil && dk == nil {
+		return
+	}
+	// dP = dO_blk · Vᵀ; dS = P ⊙ (dP − D)·scale with D_i = dO_i · O_i.
+	clear(dP)
+	if vp != nil {
+		buf.gemmPackedB(rows, jb, hd, 1, dOb, vp, dP, jb)
+	} else {
+		buf.gemm(rows, jb, hd, 1, dOb, VT, dP, jb)
+	}
+	for i := 0; i < rows; i++ {
+		gi, oi := g[qOff+i*ld:][:hd], o[qOff+i*ld:][:hd]
+		var D float32
+		for e, x := range gi {
+			D += x * oi[e]
 		}
-		for i0 := 0; i0 < Nq; i0 += attnQB {
-			rows := min(attnQB, Nq-i0)
-			jb := visible(i0+rows-1, Nk, chunkTokens, qOffset)
-			P, dP := P[:rows*jb], dP[:rows*jb]
-			qOff := (b*Nq+i0)*ld + h*hd
-			Qb, dOb := mat{qq[qOff:], ld, 1}, mat{g[qOff:], ld, 1}
-			// P = exp(scale·Q·Kᵀ − lse), zero where masked.
-			clear(P)
-			if packed {
-				buf.gemmPackedB(rows, jb, hd, scale, Qb, kp, P, jb)
-			} else {
-				buf.gemm(rows, jb, hd, scale, Qb, KT, P, jb)
+		pi, di := P[i*jb:(i+1)*jb], dP[i*jb:(i+1)*jb]
+		for j, p := range pi {
+			di[j] = p * (di[j] - D) * scale
+		}
+	}
+	if dq != nil { // dQ_blk += dS · K
+		buf.gemm(rows, hd, jb, 1, mat{dP, jb, 1}, mat{kk[kOff:], ld, 1}, dq[qOff:], ld)
+	}
+	if dk != nil { // dK[:jb] += dSᵀ · Q_blk
+		buf.gemm(jb, hd, rows, 1, mat{dP, 1, jb}, Qb, dk[kOff:], ld)
+	}
+}
+
+// sumPartials: dK[i] += Σ_w part[w].dK[i] and likewise dV, for i in [lo, hi).
+func sumPartials(a *opArgs, _, lo, hi int) {
+	dk, dv, part, nk, threads := a.s[0], a.s[1], a.s[2], a.i[0], a.i[1]
+	for w := 0; w < threads; w++ {
+		if dk != nil {
+			src := part[2*w*nk:][lo:hi]
+			dst := dk[lo:hi]
+			for i, x := range src {
+				dst[i] += x
 			}
-			for i := 0; i < rows; i++ {
-				pi := P[i*jb : (i+1)*jb]
-				jm := visible(i0+i, Nk, chunkTokens, qOffset)
-				expShift(pi[:jm], L[bh*Nq+i0+i])
-				clear(pi[jm:])
-			}
-			if dv != nil { // dV[:jb] += Pᵀ · dO_blk
-				buf.gemm(jb, hd, rows, 1, mat{P, 1, jb}, dOb, dv[kOff:], ld)
-			}
-			if dq == nil && dk == nil {
-				continue
-			}
-			// dP = dO_blk · Vᵀ; dS = P ⊙ (dP − D)·scale with D_i = dO_i · O_i.
-			clear(dP)
-			if packed {
-				buf.gemmPackedB(rows, jb, hd, 1, dOb, vp, dP, jb)
-			} else {
-				buf.gemm(rows, jb, hd, 1, dOb, VT, dP, jb)
-			}
-			for i := 0; i < rows; i++ {
-				gi, oi := g[qOff+i*ld:][:hd], o[qOff+i*ld:][:hd]
-				var D float32
-				for e, x := range gi {
-					D += x * oi[e]
-				}
-				pi, di := P[i*jb:(i+1)*jb], dP[i*jb:(i+1)*jb]
-				for j, p := range pi {
-					di[j] = p * (di[j] - D) * scale
-				}
-			}
-			if dq != nil { // dQ_blk += dS · K
-				buf.gemm(rows, hd, jb, 1, mat{dP, jb, 1}, mat{kk[kOff:], ld, 1}, dq[qOff:], ld)
-			}
-			if dk != nil { // dK[:jb] += dSᵀ · Q_blk
-				buf.gemm(jb, hd, rows, 1, mat{dP, 1, jb}, Qb, dk[kOff:], ld)
+		}
+		if dv != nil {
+			src := part[(2*w+1)*nk:][lo:hi]
+			dst := dv[lo:hi]
+			for i, x := range src {
+				dst[i] += x
 			}
 		}
 	}
