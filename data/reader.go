@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -211,7 +210,7 @@ func (f *File) openIPC() error {
 	if st.Size() == 0 {
 		return fmt.Errorf("data: %s: empty file (not Arrow IPC)", f.Path)
 	}
-	f.mm, err = syscall.Mmap(int(fd.Fd()), 0, int(st.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
+	f.mm, err = mmapFile(fd, int(st.Size()))
 	if err != nil {
 		return fmt.Errorf("data: %s: mmap: %w", f.Path, err)
 	}
@@ -331,7 +330,7 @@ func (f *File) Close() error {
 		f.ipcr = nil
 	}
 	if f.mm != nil {
-		err := syscall.Munmap(f.mm)
+		err := munmap(f.mm)
 		f.mm = nil
 		return err
 	}
