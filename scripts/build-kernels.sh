@@ -9,7 +9,20 @@
 #
 # A .cu may list fallback flag sets, tried in order if the plain build fails, as lines
 #   // build-fallback: -DNAME=VALUE ...
+#
+# Without nvcc (the development machine), CHECK=clang scripts/build-kernels.sh compiles every .cu
+# to PTX with clang (-nocudainc; common.cuh declares what CUDA's headers would) as a syntax and
+# type check, and builds nothing.
 set -eu
+if [ "${CHECK:-}" = clang ]; then
+    CLANG=${CLANG:-$(command -v clang-14 || command -v clang)}
+    st=0
+    for cu in kernels/cuda/*.cu; do
+        "$CLANG" -x cuda -nocudainc -nocudalib --cuda-gpu-arch=sm_80 -Xclang -target-feature -Xclang +ptx70 \
+            --cuda-device-only -S -O2 -Wall -o /dev/null "$cu" || { echo "clang check: $cu failed" >&2; st=1; }
+    done
+    exit $st
+fi
 src=kernels/cuda
 out=${1:-${OUT:+$OUT/kernels}}
 out=${out:-$src/build}
