@@ -114,7 +114,7 @@ func TestLayerNorm(t *testing.T) {
 				dW, dB = nil, nil
 			}
 			dev.LayerNormBack(dX, dW, dB, tensorOf(dev, Rr, R, D), X, M, S, W)
-			checkRel(t, "LayerNorm dIn", accumulated(dev, dX, dx0), gr.grad(0), 1e-5)
+			checkRel(t, "LayerNorm dIn", accumulated(dev, dX, dx0), gr.grad(0), 1e-6)
 			if affine {
 				checkRel(t, "LayerNorm dW", accumulated(dev, dW, dw0), gr.grad(1), 1e-6)
 				checkRel(t, "LayerNorm dB", accumulated(dev, dB, db0), gr.grad(2), 1e-6)
@@ -158,7 +158,7 @@ func TestRMSNorm(t *testing.T) {
 				dW = nil
 			}
 			dev.RMSNormBack(dX, dW, tensorOf(dev, Rr, R, D), X, S, W)
-			checkRel(t, "RMSNorm dIn", accumulated(dev, dX, dx0), gr.grad(0), 1e-5)
+			checkRel(t, "RMSNorm dIn", accumulated(dev, dX, dx0), gr.grad(0), 1e-6)
 			if affine {
 				checkRel(t, "RMSNorm dW", accumulated(dev, dW, dw0), gr.grad(1), 1e-6)
 			}
