@@ -54,6 +54,9 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 
 	for l := range p.blocks {
 		m.block(p, l, c, frame0, false)
+		if l+1 == p.tapBlocks { // ForwardTo (tap.go): the features of block l, no further blocks nor head
+			return p.blocks[l].x3
+		}
 	}
 
 	// head: (shift, scale) = head.modulation + e
@@ -176,7 +179,11 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		}
 	}
 
-	for l := len(p.blocks) - 1; l >= 0; l-- {
+	top := len(p.blocks) - 1
+	if dOut == nil && layer >= 0 && dHidden != nil && layer < top {
+		top = layer // the blocks above the features only carry zero gradients
+	}
+	for l := top; l >= 0; l-- {
 		a, bw, gb := &p.blocks[l], &w.Blocks[l], &gw.Blocks[l]
 		if p.recompute && l < len(p.blocks)-1 {
 			m.block(p, l, p.chunk.replayCache(), frame0, true) // this block's activations again (recompute.go)

@@ -61,6 +61,7 @@ type Pass struct {
 	out       *kernels.Tensor                                    // [B, Co, F, H, W]
 	selfAttn  func(layer int, out, lse, q, k, v *kernels.Tensor) // test seam: replaces self-attention's forward
 	chunk     chunkState
+	tapBlocks int // > 0: the last forward ran only blocks [0, tapBlocks) (ForwardTo, tap.go)
 	allocated []*kernels.Tensor
 	d         kernels.Device
 	inference bool // forward-only: blocks share buffers, no backward scratch

@@ -201,11 +201,11 @@ func (o *Adversarial) logits(st *Step, net *models.DiT, p *models.Pass, head *Di
 	for i := range o.sigma {
 		o.sigma[i] = float32(o.law.Draw(st.RNG))
 	}
-	Randn(dev, o.eps, o.sc.host, st.RNG)        // ε   [B,C,F,H,W]
-	Noise(dev, o.xs, x, o.eps, o.sigma)         // x_σ [B,C,F,H,W]
-	SetTimesteps(dev, o.sc.t, o.sc.th, o.sigma) // t   [B,F]
-	net.Forward(p, o.xs, o.sc.t, ctx)           // fills the hidden states
-	return head.Forward(p.Hidden(o.tap))        // [B]
+	Randn(dev, o.eps, o.sc.host, st.RNG)            // ε   [B,C,F,H,W]
+	Noise(dev, o.xs, x, o.eps, o.sigma)             // x_σ [B,C,F,H,W]
+	SetTimesteps(dev, o.sc.t, o.sc.th, o.sigma)     // t   [B,F]
+	h := net.ForwardTo(p, o.xs, o.sc.t, ctx, o.tap) // [B,N,D] features after block tap
+	return head.Forward(h)                          // [B]
 }
 
 // discSide runs one side of the discriminator loss: weight·mean softplus(sign·D(x)) (sign +1 for
@@ -243,10 +243,8 @@ func (o *Adversarial) r1(st *Step, ctx *kernels.Tensor) float64 {
 	B := len(o.dLogit)
 	Randn(dev, o.eps, o.sc.host, st.RNG)
 	dev.Combine(o.xp, o.xs, o.eps, ones(B), constant(B, float32(o.P.R1Sigma))) // x_σ + r1_sigma·δ
-	net.Forward(o.pD, o.xp, o.sc.t, ctx)
-	l2 := append([]float32(nil), o.headD.Forward(o.pD.Hidden(o.tap))...)
-	net.Forward(o.pD, o.xs, o.sc.t, ctx)
-	l1 := o.headD.Forward(o.pD.Hidden(o.tap))
+	l2 := append([]float32(nil), o.headD.Forward(net.ForwardTo(o.pD, o.xp, o.sc.t, ctx, o.tap))...)
+	l1 := o.headD.Forward(net.ForwardTo(o.pD, o.xs, o.sc.t, ctx, o.tap))
 	w := o.P.R1Weight
 	var loss float64
 	diff := make([]float32, B)
@@ -257,8 +255,7 @@ func (o *Adversarial) r1(st *Step, ctx *kernels.Tensor) float64 {
 		o.dLogit[i] = diff[i] // d/dl1
 	}
 	net.BackwardHidden(o.pD, nil, o.tap, o.headD.Backward(o.dLogit, true))
-	net.Forward(o.pD, o.xp, o.sc.t, ctx)
-	o.headD.Forward(o.pD.Hidden(o.tap))
+	o.headD.Forward(net.ForwardTo(o.pD, o.xp, o.sc.t, ctx, o.tap))
 	for i := range diff {
 		o.dLogit[i] = -diff[i] // d/dl2
 	}
