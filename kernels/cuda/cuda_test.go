@@ -6,6 +6,8 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -561,5 +563,39 @@ func TestHostConversions(t *testing.T) {
 	}
 	if F32ToBF16(1.00390625) != 0x3f80 || F32ToBF16(1.01171875) != 0x3f82 { // ties to even
 		t.Errorf("bf16 rounding: %#x %#x", F32ToBF16(1.00390625), F32ToBF16(1.01171875))
+	}
+}
+
+// The driver loads kernels lazily from the module images: after a garbage collection that reuses
+// freed memory, a fresh device must still find and run its kernels (a freed image once gave random
+// CUDA_ERROR_INVALID_HANDLE from cuModuleGetFunction).
+func TestKernelsAfterGC(t *testing.T) {
+	gpu(t)
+	for round := 0; round < 3; round++ {
+		d, err := New(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 4; i++ {
+			runtime.GC()
+			junk := make([][]byte, 64)
+			for j := range junk {
+				junk[j] = make([]byte, 1<<20)
+				for k := range junk[j] {
+					junk[j][k] = 0xa5
+				}
+			}
+			debug.FreeOSMemory()
+		}
+		x := d.Alloc(kernels.F32, 2, 6, 2, 12)
+		tt := d.Alloc(kernels.F32, 4)
+		y := d.Alloc(kernels.F32, 4, 256)
+		d.Fill(x, 1)
+		d.Sinusoid(y, tt, 128)
+		d.RoPE(x, 1, 2, 3, 0)
+		d.GELU(x, x)
+		if err := d.Sync(); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
 	}
 }
