@@ -493,8 +493,36 @@ func (d *Device) Free(t *kernels.Tensor) {
 	purego.SyscallN(d.drv.cuCtxSetCurrent, d.ctx)
 	// Free waits for queued work on the tensor: cuMemFree does not order itself after the stream.
 	purego.SyscallN(d.drv.cuStreamSynchronize, d.stream)
+	d.forget(t)
 	d.fail(d.drv.call("cuMemFree_v2", d.drv.cuMemFree, t.Ptr))
 	t.Ptr = 0
+}
+
+// forget drops what the device keeps about the memory of t (about to be freed): its weight mark,
+// the bf16 copies of weights and activations in it. A later tensor at the same address starts fresh.
+func (d *Device) forget(t *kernels.Tensor) {
+	lo, hi := t.Ptr, t.Ptr+uintptr(t.Numel()*t.DType.Size())
+	k := 0
+	for _, r := range d.weights {
+		if !(r.lo < hi && lo < r.hi) {
+			d.weights[k] = r
+			k++
+		}
+	}
+	d.weights = d.weights[:k]
+	for p, s := range d.shadows {
+		if p >= lo && p < hi {
+			d.drv.call("cuMemFree_v2(bf16 weight shadow)", d.drv.cuMemFree, s.p)
+			delete(d.shadows, p)
+		}
+	}
+	for p, b := range d.actBufs {
+		if p >= lo && p < hi {
+			d.drv.call("cuMemFree_v2(bf16 shadow)", d.drv.cuMemFree, b.p)
+			delete(d.actBufs, p)
+		}
+	}
+	d.acts = d.acts[:0]
 }
 
 // MemInfo returns free and total device memory in bytes.

@@ -897,6 +897,7 @@ func (d *Device) Add(out, a, b *kernels.Tensor) {
 		return
 	}
 	defer d.leave()
+	d.touch(out)
 	d.args.reset().t(out).t(a).t(b).i64(n)
 	d.ew("ew_add", n)
 }
@@ -935,6 +936,7 @@ func (d *Device) combine(op string, out, x, y *kernels.Tensor, a, b []float32, g
 		return
 	}
 	defer d.leave()
+	d.touch(out)
 	G := len(a)
 	if G <= maxGroups {
 		var pa, pb [maxGroups]float32
