@@ -12,9 +12,10 @@ import (
 )
 
 // N steps straight equal N/2, a checkpoint, a new trainer resumed from it, and N/2 more, bit for bit,
-// for every trained role: adversarial (dmd2 + R1: student, critic, the discriminator head, EMA) and
-// selfforcing (the causal student with its KV-cache rollouts, critic, EMA).
-func TestAdversarialSelfForcingResumeExact(t *testing.T) {
+// for every trained role: adversarial (dmd2 + R1: student, critic, the discriminator head, EMA),
+// selfforcing (the causal student with its KV-cache rollouts, critic, EMA) and consistency (student
+// and its EMA target).
+func TestResumeExactAdversarialSelfForcingConsistency(t *testing.T) {
 	m := newModes(tinyCfg(t))
 	teacher := models.New(kernels.CPU(), m.cfg, false)
 	teacher.InitRandom(3, 0.1)
@@ -32,6 +33,7 @@ func TestAdversarialSelfForcingResumeExact(t *testing.T) {
 			"gen_gan_weight": 0.1, "disc_gan_weight": 0.1}, []string{"student", "critic", "discriminator", "ema"}, 0},
 		{"selfforcing", map[string]any{"cfg": 2, "generator_update_ratio": 2, "context_noise": 0.1},
 			[]string{"student", "critic", "ema"}, 1},
+		{"consistency", map[string]any{"grid_n": 10, "skip": 2, "cfg_min": 1, "cfg_max": 3}, []string{"student", "ema"}, 0},
 	} {
 		job := func(dir string) *config.Job {
 			j := baseJob(dir, c.objective, 6)
@@ -40,7 +42,9 @@ func TestAdversarialSelfForcingResumeExact(t *testing.T) {
 			st := adam(1e-3, 0, 0.999)
 			st.EMADecay, st.EMAStart = 0.9, 2
 			j.Roles["student"] = st
-			j.Roles["critic"] = adam(1e-3, 0, 0.999)
+			if c.objective != "consistency" {
+				j.Roles["critic"] = adam(1e-3, 0, 0.999)
+			}
 			if c.objective == "adversarial" {
 				j.Roles["discriminator"] = adam(1e-3, 0, 0.999)
 			}
