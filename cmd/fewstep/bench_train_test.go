@@ -1,0 +1,56 @@
+package main
+
+import (
+	"math"
+	"testing"
+
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
+)
+
+// flopCounter is the CPU device counting the FLOPs of the matmuls and attentions it runs.
+type flopCounter struct {
+	kernels.Device
+	flops float64
+}
+
+func (c *flopCounter) Linear(out, in, w, b *kernels.Tensor) {
+	M, N, K := in.Numel()/w.Shape[1], w.Shape[0], w.Shape[1]
+	c.flops += 2 * float64(M) * float64(N) * float64(K)
+	c.Device.Linear(out, in, w, b)
+}
+
+func (c *flopCounter) Attention(out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) {
+	B, Nq, H, hd, Nk := q.Shape[0], q.Shape[1], q.Shape[2], q.Shape[3], k.Shape[1]
+	c.flops += 4 * float64(B*H*hd) * float64(Nq) * float64(Nk) // QKᵀ and PV, every key visible
+	c.Device.Attention(out, lse, q, k, v, chunkTokens, qOffset)
+}
+
+// TestForwardFLOPs: the MFU numerator of `bench train` (forwardFLOPs) equals the FLOPs the model's
+// forward actually asks of the device's Linear and Attention ops, counted on the CPU (bidirectional:
+// every key visible), for two shapes, once the per-frame time MLP is added (forwardFLOPs leaves it out:
+// B·F rows, 3 of 4,680 at Wan-1.3B 480p).
+func TestForwardFLOPs(t *testing.T) {
+	cfg, err := models.Preset("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.InDim, cfg.OutDim = 8, 8
+	for _, s := range []models.Shape{{B: 1, F: 3, H: 8, W: 12, L: 7}, {B: 2, F: 2, H: 6, W: 4, L: 5}} {
+		dev := &flopCounter{Device: kernels.CPU()}
+		m := models.New(dev, cfg, false)
+		p := m.NewPass(s)
+		x := dev.Alloc(kernels.F32, s.B, cfg.InDim, s.F, s.H, s.W)
+		tt := dev.Alloc(kernels.F32, s.B, s.F)
+		ctx := dev.Alloc(kernels.F32, s.B, s.L, cfg.TextDim)
+		m.Forward(p, x, tt, ctx)
+		N := s.F * (s.H / 2) * (s.W / 2)
+		want := forwardFLOPs(cfg, s.B, N, s.L, float64(N))
+		// the per-frame time embedding MLP (freq → D → D → 6D), which forwardFLOPs leaves out
+		timeMLP := 2 * float64(s.B*s.F) * float64(cfg.FreqDim*cfg.Dim+cfg.Dim*cfg.Dim+cfg.Dim*6*cfg.Dim)
+		if e := math.Abs(dev.flops-timeMLP-want) / want; e > 1e-12 {
+			t.Errorf("shape %+v: counted %.6g FLOPs (%.6g without the time MLP), forwardFLOPs says %.6g", s, dev.flops, dev.flops-timeMLP, want)
+		}
+		t.Logf("shape %+v: %.4g FLOPs counted, time MLP %.2g%%", s, dev.flops, 100*timeMLP/dev.flops)
+	}
+}
