@@ -467,6 +467,9 @@ func (l *Loader) Restore(c Cursor) error {
 		return fmt.Errorf("data: loader cursor %+v is from another stream (this loader: seed %d, rank %d/%d, %d rows, batch %d)",
 			c, want.Seed, want.Rank, want.World, want.Rows, want.Size)
 	}
+	if l.quit == nil {
+		return fmt.Errorf("data: %s: the loader is closed", l.ds.Path)
+	}
 	if c.Epoch < 0 || c.Batch < 0 || c.Batch >= l.perEpoch {
 		return fmt.Errorf("data: loader cursor %+v out of range (%d batches per epoch)", c, l.perEpoch)
 	}
@@ -480,11 +483,12 @@ func (l *Loader) Restore(c Cursor) error {
 	return nil
 }
 
-// Close stops the prefetcher.
+// Close stops the prefetcher; Next then returns an error.
 func (l *Loader) Close() {
 	if l.quit != nil {
 		l.stop()
 		l.quit = nil
+		l.err = fmt.Errorf("data: %s: the loader is closed", l.ds.Path)
 	}
 }
 

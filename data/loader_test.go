@@ -212,6 +212,9 @@ func TestLoaderResumeExact(t *testing.T) {
 		c.Close()
 		sameSnaps(t, straight, append(first, rest...))
 
+		if _, err := c.Next(); err == nil {
+			t.Fatal("Next after Close: no error")
+		}
 		bad := cur
 		bad.Seed++
 		c2, _ := NewLoader(d, cfg)
