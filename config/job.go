@@ -28,6 +28,7 @@ type Model struct {
 	ChunkFrames     int    `mapstructure:"chunk_frames" yaml:"chunk_frames" json:"chunk_frames"` // latent frames per chunk (3)
 	LocalAttnFrames int    `mapstructure:"local_attn_frames" yaml:"local_attn_frames" json:"local_attn_frames"`
 	SinkFrames      int    `mapstructure:"sink_frames" yaml:"sink_frames" json:"sink_frames"`
+	Recompute       bool   `mapstructure:"recompute" yaml:"recompute" json:"recompute"` // recompute each block's activations in backward
 }
 
 // Data is where the latents come from and how they are batched.

@@ -129,7 +129,7 @@ func FromJob(job *config.Job, dev kernels.Device, progress, log io.Writer, valid
 		loader.Close()
 		return nil, nil, err
 	}
-	shape := models.Shape{B: job.Data.BatchSize, F: ls[1], H: ls[2], W: ls[3], L: job.Data.TextLen}
+	shape := models.Shape{B: job.Data.BatchSize, F: ls[1], H: ls[2], W: ls[3], L: job.Data.TextLen, Recompute: job.Model.Recompute}
 	if job.Model.Causal {
 		shape.ChunkFrames = job.Model.ChunkFrames
 	}
