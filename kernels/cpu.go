@@ -8,7 +8,13 @@ import (
 	"sync/atomic"
 )
 
-// The CPU device: plain Go, fp32 compute, parallel over a small pool of worker goroutines.
+// The CPU device: Go, fp32 compute, parallel over a small pool of worker goroutines (one per
+// GOMAXPROCS by default). Matmuls (Linear, and attention as blocked Q·Kᵀ and P·V products) go
+// through a packed GEMM whose 6×16 micro-kernel, the softmax's exp/max and GELU are AVX2/FMA
+// assembly on amd64 CPUs that have it and plain Go elsewhere (FEWSTEP_NOASM=1 forces the Go
+// paths). Reductions that feed statistics (LayerNorm/RMSNorm, bias and modulation gradients, Dot,
+// SumAbsGroups) accumulate in float64. After the first call at a shape (scratch grows then), no op
+// allocates.
 //
 // Storage: every tensor is held as float32 whatever its DType. A BF16 or F16 tensor on the CPU is a
 // label only (its values are NOT rounded); the CUDA device is the one that stores 16-bit values.
