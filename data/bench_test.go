@@ -99,6 +99,7 @@ func BenchmarkLoaderParquet(b *testing.B) {
 // BenchmarkOpenParquet and BenchmarkOpenIPC time opening (and checking) the 512-video file.
 func BenchmarkOpenIPC(b *testing.B) {
 	ipc, _ := benchFiles(b)
+	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		d, err := Open(ipc)
 		if err != nil {
@@ -110,6 +111,7 @@ func BenchmarkOpenIPC(b *testing.B) {
 
 func BenchmarkOpenParquet(b *testing.B) {
 	_, pq := benchFiles(b)
+	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		d, err := Open(pq)
 		if err != nil {
