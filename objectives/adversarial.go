@@ -17,9 +17,12 @@ package objectives
 // mode: dmd2 — the DMD2 recipe: DMD's generator gradient (dmd_weight) plus the GAN's, the critic's
 // flow-matching step every step, the generator every generator_update_ratio steps.
 // mode: standalone — GAN only, on an already-distilled student (Seaweed-APT style): the critic is
-// the discriminator's backbone (starting as the teacher), trained by the discriminator loss only.
+// the discriminator's backbone (starting as the teacher), trained by the discriminator loss only
+// with disc_backbone, frozen without.
 //
-// Roles: teacher (frozen), student (trainable), critic (trainable), discriminator (the head).
+// The head reads features from DiT.ForwardTo (blocks 0…tap_layer only) and BackwardHidden starts at
+// the tap. Roles: teacher (frozen), student (trainable), critic (trainable in dmd2 or with
+// disc_backbone), discriminator (the head, a CustomNet sized by Configure).
 
 import (
 	"fmt"
