@@ -31,16 +31,20 @@ func chunkOf(v []float32, B, C, F, HW, f0, k int) []float32 {
 // the cache holds the earlier chunks of the rollout's own video re-noised to σ = context_noise
 // (with the draws that follow each chunk's, none when it is 0) at t = 1000·σ, and chunk j's x0 is its
 // input minus the velocity. The video must match, and so must the student's gradient for a random
-// cotangent R: Σ_j (x0_j's vjp with R_j), with no gradient through the cache.
+// cotangent R: Σ_j (x0_j's vjp with R_j), with no gradient through the cache. The rollout's passes
+// with activation recomputation (Shape.Recompute) must give the same, against plain reference passes.
 func TestCausalRolloutMatchesStreaming(t *testing.T) {
-	for _, cn := range []float64{0, 0.2} {
-		testRolloutStreaming(t, cn)
+	for _, c := range []struct {
+		cn        float64
+		recompute bool
+	}{{0, false}, {0.2, false}, {0.2, true}} {
+		testRolloutStreaming(t, c.cn, c.recompute)
 	}
 }
 
-func testRolloutStreaming(t *testing.T, contextNoise float64) {
+func testRolloutStreaming(t *testing.T, contextNoise float64, recompute bool) {
 	seed := time.Now().UnixNano()
-	t.Logf("context noise %g, seed %d", contextNoise, seed)
+	t.Logf("context noise %g, recompute %v, seed %d", contextNoise, recompute, seed)
 	s := models.Shape{B: 2, F: 6, H: 4, W: 4, L: 3, ChunkFrames: 2}
 	k, chunks := 2, 3
 	o, err := New("selfforcing", map[string]any{"denoising_timesteps": []float64{1000}, "shift": 1})
@@ -54,6 +58,7 @@ func testRolloutStreaming(t *testing.T, contextNoise float64) {
 	b := testBatch(env, s, rand.New(rand.NewPCG(uint64(seed), 2)))
 	full := s
 	full.ChunkFrames = 0
+	full.Recompute = recompute
 	r := NewCausalRollout(env, student, full, k, []float32{1}, contextNoise)
 
 	video := hostOf(dev, r.Run(rand.New(rand.NewPCG(uint64(seed), 9)), b.Ctx, make([]int, chunks), true))
