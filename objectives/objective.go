@@ -110,9 +110,9 @@ type Role struct {
 // Batch is what an objective sees of one micro-batch: device tensors plus the captions.
 type Batch struct {
 	X0       *kernels.Tensor // [B,C,F,H,W] data latents, normalized; nil for a text-only dataset
-	Ctx      *kernels.Tensor // [B,L,text_dim] conditional text embeddings (never dropped)
+	Ctx      *kernels.Tensor // [B,L,text_dim] text embeddings as loaded: the null embedding where Drop[b]
 	Null     *kernels.Tensor // [B,L,text_dim] the null (empty-prompt) embedding, for CFG's uncond branch
-	Drop     []bool          // [B] the loader's per-sample CFG-dropout decision (data.cfg_dropout)
+	Drop     []bool          // [B] the loader's per-sample CFG dropout (data.cfg_dropout; 0 for distillation)
 	Captions []string        // [B]
 	IDs      []string        // [B]
 	// ODE pairs (odeinit), nil otherwise: TrajX [B,S,C,F,H,W] latents at TrajSigma [S] (descending),
