@@ -61,26 +61,7 @@ func TestResumeExactAdversarialSelfForcingConsistency(t *testing.T) {
 			}
 			return tr
 		}
-		straight := build(job(t.TempDir()))
-		if err := straight.Run(); err != nil {
-			t.Fatal(err)
-		}
-		dir := t.TempDir()
-		a := build(job(dir))
-		for a.Step < 3 {
-			if _, err := a.TrainStep(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if _, err := a.Save(); err != nil {
-			t.Fatal(err)
-		}
-		j := job(dir)
-		j.Train.Resume = dir
-		b := build(j)
-		if err := b.Run(); err != nil {
-			t.Fatal(err)
-		}
+		straight, a, b := resumeRuns(t, job, build, 3)
 		for _, role := range c.roles {
 			x, y := straight.Env.Roles[role].W.F32, b.Env.Roles[role].W.F32
 			moved := false

@@ -286,26 +286,7 @@ func TestODEInitTrainerResumeExact(t *testing.T) {
 		}
 		return tr
 	}
-	straight := build(job(t.TempDir()))
-	if err := straight.Run(); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	a := build(job(dir))
-	for a.Step < 3 {
-		if _, err := a.TrainStep(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := a.Save(); err != nil {
-		t.Fatal(err)
-	}
-	j := job(dir)
-	j.Train.Resume = dir
-	b := build(j)
-	if err := b.Run(); err != nil {
-		t.Fatal(err)
-	}
+	straight, a, b := resumeRuns(t, job, build, 3)
 	x, y, x3 := straight.Net("student").W.F32, b.Net("student").W.F32, a.Net("student").W.F32
 	moved := false
 	for i := range x {

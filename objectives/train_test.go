@@ -336,13 +336,29 @@ func TestDMDResumeExact(t *testing.T) {
 		}
 		return tr
 	}
-	straight := build(job(t.TempDir()))
+	straight, _, b := resumeRuns(t, job, build, 3)
+	for _, role := range []string{"student", "critic"} {
+		x, y := straight.Net(role).W.F32, b.Net(role).W.F32
+		for i := range x {
+			if math.Float32bits(x[i]) != math.Float32bits(y[i]) {
+				t.Fatalf("%s weight %d: straight %v, resumed %v", role, i, x[i], y[i])
+			}
+		}
+	}
+}
+
+// resumeRuns trains the same job twice: straight through, and for half steps, a checkpoint, then a
+// new trainer resumed from it for the rest. It returns the straight run, the half run and the
+// resumed run, whose weights the exact-resume tests compare bit for bit.
+func resumeRuns(t *testing.T, job func(dir string) *config.Job, build func(*config.Job) *trainer.Trainer, half int) (straight, a, b *trainer.Trainer) {
+	t.Helper()
+	straight = build(job(t.TempDir()))
 	if err := straight.Run(); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	a := build(job(dir))
-	for a.Step < 3 {
+	a = build(job(dir))
+	for a.Step < half {
 		if _, err := a.TrainStep(); err != nil {
 			t.Fatal(err)
 		}
@@ -352,16 +368,9 @@ func TestDMDResumeExact(t *testing.T) {
 	}
 	j := job(dir)
 	j.Train.Resume = dir
-	b := build(j)
+	b = build(j)
 	if err := b.Run(); err != nil {
 		t.Fatal(err)
 	}
-	for _, role := range []string{"student", "critic"} {
-		x, y := straight.Net(role).W.F32, b.Net(role).W.F32
-		for i := range x {
-			if math.Float32bits(x[i]) != math.Float32bits(y[i]) {
-				t.Fatalf("%s weight %d: straight %v, resumed %v", role, i, x[i], y[i])
-			}
-		}
-	}
+	return straight, a, b
 }
