@@ -186,7 +186,7 @@ func TestSelfForcingTrains(t *testing.T) {
 	path, teacher, m := trainTeacher(t)
 	const k = 1
 	d0, a0 := evalStream(causalCopy(teacher), m, 1, k)
-	job := baseJob(t.TempDir(), "selfforcing", 150)
+	job := baseJob(t.TempDir(), "selfforcing", 250)
 	job.Seed = freshSeed(t)
 	job.Params = map[string]any{"denoising_timesteps": []any{1000}, "shift": 1, "cfg": 1.5, "generator_update_ratio": 1}
 	job.Roles["teacher"] = config.Role{Weights: path}
