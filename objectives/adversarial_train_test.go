@@ -17,7 +17,7 @@ func TestDMDAdversarialTrains(t *testing.T) {
 	}
 	path, teacher, m := trainTeacher(t)
 	d0, a0 := evalNet(teacher, m, 1, true, 1)
-	job := baseJob(t.TempDir(), "adversarial", 150)
+	job := baseJob(t.TempDir(), "adversarial", 250)
 	job.Seed = freshSeed(t)
 	job.Params = map[string]any{"mode": "dmd2", "denoising_timesteps": []any{1000}, "cfg": 1.5,
 		"generator_update_ratio": 1, "gen_gan_weight": 0.05, "disc_gan_weight": 0.1}
@@ -30,13 +30,22 @@ func TestDMDAdversarialTrains(t *testing.T) {
 	n := len(ms)
 	real0, fake0 := meanOf(ms, "d_real", 0, 20), meanOf(ms, "d_fake", 0, 20)
 	real1, fake1 := meanOf(ms, "d_real", n-30, n), meanOf(ms, "d_fake", n-30, n)
-	t.Logf("1-step dist %.3f acc %.2f → %.3f %.2f; D(real) %.3f → %.3f, D(fake) %.3f → %.3f",
-		d0, a0, d1, a1, real0, real1, fake0, fake1)
+	// The separation is a GAN's moving target: it grows while D learns and shrinks as the
+	// generator catches up, so the bar is on its best 30-step window, not on the last one.
+	sep, at := -1.0, 0
+	for i := 30; i <= n; i++ {
+		if d := meanOf(ms, "d_real", i-30, i) - meanOf(ms, "d_fake", i-30, i); d > sep {
+			sep, at = d, i
+		}
+	}
+	t.Logf("1-step dist %.3f acc %.2f → %.3f %.2f; D(real) %.3f → %.3f, D(fake) %.3f → %.3f; best separation %.3f (steps %d–%d)",
+		d0, a0, d1, a1, real0, real1, fake0, fake1, sep, at-30, at)
 	if !(d1 < 0.7*d0 && a1 >= 0.9) || math.IsNaN(d1) {
 		t.Fatalf("dmd+adversarial: 1-step dist %.3f acc %.2f, teacher %.3f %.2f", d1, a1, d0, a0)
 	}
-	if !(real1-fake1 > 0.1) {
-		t.Fatalf("the discriminator does not separate data from samples: D(real) %.3f, D(fake) %.3f", real1, fake1)
+	if !(sep > 0.1 && real0-fake0 < sep-0.05) {
+		t.Fatalf("the discriminator does not learn to separate data from samples: best 30-step D(real)−D(fake) %.3f, first %.3f",
+			sep, real0-fake0)
 	}
 }
 
