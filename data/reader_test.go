@@ -267,11 +267,28 @@ func TestBadTruncated(t *testing.T) {
 func TestBadCorruptNeverPanics(t *testing.T) {
 	src := synthFile(t)
 	b, _ := os.ReadFile(src)
-	rng := rand.New(rand.NewPCG(rand.Uint64(), 4))
 	p := filepath.Join(t.TempDir(), "corrupt.arrow")
-	for trial := 0; trial < 300; trial++ {
+	corruptTrials(t, b, p, 300, func() {
+		if reps, err := Inspect(p, true); err != nil {
+			wantErr(t, err, p)
+		} else if len(reps) != 1 {
+			t.Fatal("no report")
+		}
+	})
+	// garbage that is not a dataset at all
+	os.WriteFile(p, []byte(strings.Repeat("not arrow ", 100)), 0o644)
+	_, err := Open(p)
+	wantErr(t, err, p)
+}
+
+// corruptTrials writes `trials` corrupted copies of the file bytes b to p (1–8 random bytes changed,
+// half of them in the last 2 KiB where the footer and metadata live) and runs check on each; a panic
+// anywhere fails the test.
+func corruptTrials(t *testing.T, b []byte, p string, trials int, check func()) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 4))
+	for trial := 0; trial < trials; trial++ {
 		c := append([]byte(nil), b...)
-		// corrupt the footer/metadata region or anywhere
 		for k := 0; k < 1+rng.IntN(8); k++ {
 			var i int
 			if rng.IntN(2) == 0 {
@@ -288,17 +305,9 @@ func TestBadCorruptNeverPanics(t *testing.T) {
 					t.Fatalf("trial %d: panic: %v", trial, r)
 				}
 			}()
-			if reps, err := Inspect(p, true); err != nil {
-				wantErr(t, err, p)
-			} else if len(reps) != 1 {
-				t.Fatal("no report")
-			}
+			check()
 		}()
 	}
-	// garbage that is not a dataset at all
-	os.WriteFile(p, []byte(strings.Repeat("not arrow ", 100)), 0o644)
-	_, err := Open(p)
-	wantErr(t, err, p)
 }
 
 // rewrite writes a synthetic file's rows through the project's writer with one change per row.
