@@ -8,6 +8,7 @@ import (
 	"sort"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/kernels/cuda"
@@ -47,12 +48,7 @@ var benchAttnCmd = &cobra.Command{
 
 func init() {
 	f := benchForwardCmd.Flags()
-	f.String("preset", "wan2.1-1.3b", "architecture preset")
-	f.Int("batch", 1, "batch size")
-	f.Int("frames", 3, "latent frames")
-	f.Int("height", 60, "latent height (480p: 60)")
-	f.Int("width", 104, "latent width (480p: 104)")
-	f.Int("ctx", 512, "context tokens")
+	addShapeFlags(f)
 	f.Int("chunk-frames", 0, "block-causal attention over chunks of this many frames (0: bidirectional)")
 	f.Bool("graph", false, "capture the forward in a CUDA graph and time its replays")
 	f.Bool("train", false, "also time forward+backward (parameter gradients)")
@@ -154,14 +150,30 @@ func randTensor(d kernels.Device, r *rand.Rand, lo, hi float32, shape ...int) *k
 	return t
 }
 
+// addShapeFlags defines the architecture and input-shape flags of the bench commands (B = batch,
+// F×H×W latent frames and size, L context tokens); shapeFlags reads them back.
+func addShapeFlags(f *pflag.FlagSet) {
+	f.String("preset", "wan2.1-1.3b", "architecture preset")
+	f.Int("batch", 1, "batch size")
+	f.Int("frames", 3, "latent frames")
+	f.Int("height", 60, "latent height (480p: 60)")
+	f.Int("width", 104, "latent width (480p: 104)")
+	f.Int("ctx", 512, "context tokens")
+}
+
+func shapeFlags(fl *pflag.FlagSet) (preset string, B, F, H, W, L int) {
+	preset, _ = fl.GetString("preset")
+	B, _ = fl.GetInt("batch")
+	F, _ = fl.GetInt("frames")
+	H, _ = fl.GetInt("height")
+	W, _ = fl.GetInt("width")
+	L, _ = fl.GetInt("ctx")
+	return preset, B, F, H, W, L
+}
+
 func runBenchForward(cmd *cobra.Command, _ []string) error {
 	fl := cmd.Flags()
-	preset, _ := fl.GetString("preset")
-	B, _ := fl.GetInt("batch")
-	F, _ := fl.GetInt("frames")
-	H, _ := fl.GetInt("height")
-	W, _ := fl.GetInt("width")
-	L, _ := fl.GetInt("ctx")
+	preset, B, F, H, W, L := shapeFlags(fl)
 	chunk, _ := fl.GetInt("chunk-frames")
 	graph, _ := fl.GetBool("graph")
 	train, _ := fl.GetBool("train")
