@@ -11,7 +11,8 @@ import (
 // slots of h·w tokens. With a local window, it keeps at most localFrames frames: the first
 // sinkFrames frames (never evicted) and the most recent localFrames − sinkFrames others (the oldest
 // non-sink frame is overwritten first). Keys are position-encoded before caching and every cached
-// key is visible to every query of the next chunk, so the slot order does not matter.
+// key is visible to every query of the next chunk, so the slot order does not matter. K and V are
+// stored in the cache's DType (NewCacheDType) and gathered into fp32 for attention.
 type Cache struct {
 	B, H, W, hw int // batch, latent height and width, tokens per frame
 	local, sink int // window and sink, in frames (local 0 = unbounded)
@@ -21,7 +22,9 @@ type Cache struct {
 	D, layers   int
 	K, V        []*kernels.Tensor // per layer [B, capFrames·hw·D]
 	dev         kernels.Device
-	gen         int // bumped when K/V are reallocated
+	gen         int           // bumped when K/V are reallocated
+	epoch       int           // bumped by Reset and by a Commit that evicts: the cached frames changed
+	DType       kernels.DType // storage of K and V
 }
 
 // CheckWindow validates a window and sink (in frames) for NewCache.
@@ -39,6 +42,13 @@ func CheckWindow(localFrames, sinkFrames int) error {
 // (sink included); 0 = unbounded, the cache grows as frames are committed. It panics on a window
 // CheckWindow rejects.
 func (m *DiT) NewCache(B, H, W, localFrames, sinkFrames int) *Cache {
+	return m.NewCacheDType(kernels.F32, B, H, W, localFrames, sinkFrames)
+}
+
+// NewCacheDType is NewCache with K and V stored as dt. BF16 halves the cache; on a device whose
+// attention reads bf16 copies of fp32 keys and values (the CUDA device with bf16 GEMMs) it changes
+// nothing numerically, since the same values are rounded at Commit instead of at each attention.
+func (m *DiT) NewCacheDType(dt kernels.DType, B, H, W, localFrames, sinkFrames int) *Cache {
 	if err := CheckWindow(localFrames, sinkFrames); err != nil {
 		panic(err)
 	}
@@ -46,7 +56,7 @@ func (m *DiT) NewCache(B, H, W, localFrames, sinkFrames int) *Cache {
 		sinkFrames = 0 // nothing is ever evicted
 	}
 	c := &Cache{B: B, H: H, W: W, hw: (H / 2) * (W / 2), local: localFrames, sink: sinkFrames,
-		D: m.Cfg.Dim, layers: m.Cfg.Layers, dev: m.Dev}
+		D: m.Cfg.Dim, layers: m.Cfg.Layers, dev: m.Dev, DType: dt}
 	n := localFrames
 	if n == 0 {
 		n = 8
@@ -62,7 +72,19 @@ func (c *Cache) Frames() int { return c.frames }
 func (c *Cache) CachedFrames() int { return c.used }
 
 // Reset empties the cache (memory is kept).
-func (c *Cache) Reset() { c.frames, c.used = 0, 0 }
+func (c *Cache) Reset() { c.frames, c.used = 0, 0; c.epoch++ }
+
+// Reserve makes an unbounded cache hold at least frames frames, allocating exactly that many when
+// it must grow (a caller that knows its video's length allocates once, and no more than it needs).
+// A windowed cache already holds its window.
+func (c *Cache) Reserve(frames int) {
+	if c.local == 0 && frames > c.capFrames {
+		c.grow(frames)
+	}
+}
+
+// Bytes is the device memory the cache holds.
+func (c *Cache) Bytes() int { return 2 * c.layers * c.B * c.capFrames * c.hw * c.D * c.DType.Size() }
 
 // Free releases the cache's device memory.
 func (c *Cache) Free() {
@@ -77,9 +99,12 @@ func (c *Cache) grow(frames int) {
 	K := make([]*kernels.Tensor, c.layers)
 	V := make([]*kernels.Tensor, c.layers)
 	T := c.hw * c.D
+	if c.used == 0 { // nothing to keep: free first, so old and new are never held together
+		c.Free()
+	}
 	for l := range K {
-		K[l] = c.dev.Alloc(kernels.F32, c.B, frames*T)
-		V[l] = c.dev.Alloc(kernels.F32, c.B, frames*T)
+		K[l] = c.dev.Alloc(c.DType, c.B, frames*T)
+		V[l] = c.dev.Alloc(c.DType, c.B, frames*T)
 		if c.K != nil { // keep the occupied slots
 			for b := 0; b < c.B; b++ {
 				c.dev.Copy(K[l].View(b*frames*T, c.used*T), c.K[l].View(b*c.capFrames*T, c.used*T))
@@ -108,9 +133,10 @@ type chunkState struct {
 	cache      *Cache
 	frame0     int               // absolute frame of the chunk's first frame
 	nc         int               // cached tokens attended (per batch)
+	epoch      int               // the cache's epoch at the forward (a replay re-reads the same frames)
 	ct, qOff   int               // attention mask arguments
 	capTok     int               // allocated key tokens per batch (cache + chunk)
-	kBuf, vBuf []*kernels.Tensor // per layer [B·capTok·D]
+	kBuf, vBuf []*kernels.Tensor // per layer [B·capTok·D], or one buffer shared by every layer
 	dkBuf      *kernels.Tensor   // [B·capTok·D] gradient of the gathered keys
 	dvBuf      *kernels.Tensor
 
@@ -130,7 +156,7 @@ func (s *chunkState) free(d kernels.Device) {
 	*s = chunkState{}
 }
 
-// releaseBufs frees the gather buffers (shared by every layer in an inference pass).
+// releaseBufs frees the gather buffers (shared by every layer in an inference or recompute pass).
 func (s *chunkState) releaseBufs(d kernels.Device) {
 	for l := range s.kBuf {
 		if l == 0 || s.kBuf[l] != s.kBuf[0] {
@@ -151,34 +177,58 @@ func (s *chunkState) releaseBufs(d kernels.Device) {
 // pass must come from NewPass or NewInferencePass(Shape{F: k, H, W of the cache, ...}). Commit(c, p) then caches the
 // chunk's K/V; Backward(p) works, with no gradient into the cache.
 func (m *DiT) ForwardChunk(p *Pass, c *Cache, x, t, ctx *kernels.Tensor) *kernels.Tensor {
+	return m.forwardChunk(p, c, c.frames, c.used, x, t, ctx)
+}
+
+// ForwardChunkAt runs a chunk that starts at absolute frame frame0 ≤ c.Frames() against the cache's
+// first frame0 frames only: what ForwardChunk computed when that chunk was the next one, bit for
+// bit, as long as the cache has not been Reset since (e.g. a graded rollout step recomputed for its
+// backward once later chunks are cached). It needs an unbounded cache (a window evicts those frames)
+// unless frame0 == c.Frames(). Backward(p) works; Commit(c, p) only when frame0 == c.Frames().
+func (m *DiT) ForwardChunkAt(p *Pass, c *Cache, frame0 int, x, t, ctx *kernels.Tensor) *kernels.Tensor {
+	if frame0 == c.frames {
+		return m.ForwardChunk(p, c, x, t, ctx)
+	}
+	if c.local != 0 || frame0 < 0 || frame0 > c.frames {
+		panic(fmt.Sprintf("models: ForwardChunkAt frame %d: cache at frame %d (window %d frames): only an unbounded cache keeps the earlier frames", frame0, c.frames, c.local))
+	}
+	return m.forwardChunk(p, c, frame0, frame0, x, t, ctx)
+}
+
+// forwardChunk: the chunk at absolute frame frame0 attends to the cache's first used slots.
+func (m *DiT) forwardChunk(p *Pass, c *Cache, frame0, used int, x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	p.checkInputs(m, x, t, ctx)
 	if p.S.B != c.B || p.S.H != c.H || p.S.W != c.W {
 		panic(fmt.Sprintf("models: ForwardChunk: pass %+v, cache for B %d, H %d, W %d", p.S, c.B, c.H, c.W))
 	}
 	s := &p.chunk
-	s.active, s.committed, s.cache, s.frame0 = true, false, c, c.frames
-	s.nc = c.used * c.hw
+	s.active, s.committed, s.cache, s.frame0, s.epoch = true, false, c, frame0, c.epoch
+	s.nc = used * c.hw
 	s.ct, s.qOff = 0, 0
 	if cf := p.S.ChunkFrames; cf > 0 && cf < p.S.F {
 		s.ct, s.qOff = cf*p.hw, s.nc
 		if s.nc%s.ct != 0 {
-			panic(fmt.Sprintf("models: ForwardChunk: %d cached frames are not a multiple of chunk_frames %d", c.used, cf))
+			panic(fmt.Sprintf("models: ForwardChunk: %d cached frames are not a multiple of chunk_frames %d", used, cf))
 		}
 	}
 	m.prepareChunk(p, c)
 	return m.forward(p, x, t, ctx, c)
 }
 
-// prepareChunk sizes the gather buffers and makes the views for the cache's current fill.
+// prepareChunk sizes the gather buffers to the keys attended now (the cached tokens plus the
+// chunk's) and makes the views for the cache's current fill. Every layer shares one K and one V
+// buffer when the pass never reads a layer's gathered keys after the next layer ran: an inference
+// pass, and a recompute pass, whose Backward gathers each layer's keys again when it replays the
+// layer (chunkState.regather). A plain training pass keeps one per layer for its Backward.
 func (m *DiT) prepareChunk(p *Pass, c *Cache) {
 	s, d := &p.chunk, m.Dev
-	B, N, D, H, Hd := p.S.B, p.N, p.D, p.Heads, p.Hd
-	need := c.capFrames*c.hw + N
+	B, N, D := p.S.B, p.N, p.D
+	need := s.nc + N
 	if need > s.capTok {
 		s.releaseBufs(d)
 		s.capTok = need
 		for l := range p.blocks {
-			if p.inference && l > 0 { // layers run one after the other: one gather buffer serves all
+			if (p.inference || p.recompute) && l > 0 {
 				s.kBuf, s.vBuf = append(s.kBuf, s.kBuf[0]), append(s.vBuf, s.vBuf[0])
 				continue
 			}
@@ -189,7 +239,14 @@ func (m *DiT) prepareChunk(p *Pass, c *Cache) {
 			s.dkBuf = d.Alloc(kernels.F32, B*need*D)
 			s.dvBuf = d.Alloc(kernels.F32, B*need*D)
 		}
+		s.kAll = nil
 	}
+	s.views(p, c)
+}
+
+// views makes the gather views for (cache, its allocation, nc), unless they are current.
+func (s *chunkState) views(p *Pass, c *Cache) {
+	B, N, D, H, Hd := p.S.B, p.N, p.D, p.Heads, p.Hd
 	key := [3]any{c, c.gen, s.nc}
 	if s.key == key && s.kAll != nil {
 		return
@@ -229,6 +286,17 @@ func (m *DiT) prepareChunk(p *Pass, c *Cache) {
 		s.dKrB = append(s.dKrB, p.g.dKr.View(b*N*D, N*D))
 		s.dVB = append(s.dVB, p.g.dV.View(b*N*D, N*D))
 	}
+}
+
+// regather is gather again for the replay of layer l in a recompute pass's Backward (its gather
+// buffer is shared by every layer): the same cached frames, which must not have changed since the
+// forward, and the chunk's own K/V that the replay just recomputed.
+func (s *chunkState) regather(d kernels.Device, p *Pass, l int, c *Cache) (k, v *kernels.Tensor) {
+	if c.epoch != s.epoch {
+		panic("models: Backward of a recompute pass after ForwardChunk: the cache was Reset or evicted frames since the forward, and the replay re-reads them")
+	}
+	s.views(p, c) // the cache may have been reallocated (grown) by a Commit since
+	return s.gather(d, l, nil, c)
 }
 
 // gather assembles layer l's keys and values: the cached tokens, then the chunk's own.
@@ -279,6 +347,9 @@ func (m *DiT) Commit(c *Cache, p *Pass) {
 				m.Dev.Copy(c.V[l].View(dst, hw*D), a.v.View(src, hw*D))  // [h·w·D]
 			}
 		}
+	}
+	if c.local > 0 && c.frames+F > c.local {
+		c.epoch++ // frames were evicted
 	}
 	c.frames += F
 	c.used = c.frames

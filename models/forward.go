@@ -30,7 +30,7 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 	B, F, H, W, hw := s.B, s.F, s.H, s.W, p.hw
 	frame0 := 0
 	if c != nil {
-		frame0 = c.frames
+		frame0 = p.chunk.frame0 // c.Frames(), or an earlier chunk's (ForwardChunkAt)
 	}
 
 	// patch embedding: a linear layer on each 1×2×2 patch
@@ -74,8 +74,9 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 }
 
 // block runs transformer block l on p.blocks[l].x (ForwardChunk's self-attention over c's K/V plus
-// the chunk when c != nil). replay: Backward recomputing the block of a recompute pass (the
-// chunk's gathered K/V are still in p, so the cache is not read again).
+// the chunk when c != nil). replay: Backward recomputing the block of a recompute pass (its layers
+// share one gather buffer, so layer l's keys are gathered again: the same cached frames, and the
+// chunk's own K/V just recomputed).
 func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 	d, w, cfg, s := m.Dev, &m.w, m.Cfg, p.S
 	F, hw := s.F, p.hw
@@ -95,7 +96,8 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 	d.RoPE(a.kr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
 	switch {
 	case c != nil && replay:
-		d.Attention(a.att4, a.lse, a.qr4, p.chunk.kAll[l], p.chunk.vAll[l], p.chunk.ct, p.chunk.qOff) // [B, N, H, hd]
+		k, v := p.chunk.regather(d, p, l, c)                              // [B, Nc+N, H, hd] cache + chunk
+		d.Attention(a.att4, a.lse, a.qr4, k, v, p.chunk.ct, p.chunk.qOff) // [B, N, H, hd]
 	case c != nil:
 		p.checkChunkKV()
 		k, v := p.chunk.gather(d, l, a, c)                                // [B, Nc+N, H, hd] cache + chunk

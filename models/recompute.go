@@ -12,6 +12,10 @@ package models
 // block's are still there from Forward). The arithmetic is the same op sequence on the same inputs:
 // gradients equal those of a plain pass bit for bit on a deterministic device.
 //
+// After ForwardChunk, the layers also share one buffer of gathered keys and values (cache + chunk,
+// fp32): the replay of layer l gathers its keys again from the cache, which must be unchanged since
+// the forward (cache.go, regather), instead of keeping Layers gathers of up to the whole video each.
+//
 // Cost: one more forward of Layers−1 blocks per Backward (≈ +1/3 of a forward+backward's FLOPs).
 
 import (
@@ -45,7 +49,7 @@ func (p *Pass) checkChunkKV() {
 }
 
 // replayCache is the cache a recompute Backward replays a block against: the pass's cache when its
-// last forward was a ForwardChunk (the gathered K/V are reused, the cache is not read), else nil.
+// last forward was a ForwardChunk (its cached frames are gathered again), else nil.
 func (s *chunkState) replayCache() *Cache {
 	if s.active {
 		return s.cache

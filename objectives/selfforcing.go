@@ -38,6 +38,7 @@ type selfForcingParams struct {
 	ContextNoise float64   `mapstructure:"context_noise"`           // σ of the cache refresh (0 = clean)
 	SameStep     bool      `mapstructure:"same_step_across_chunks"` // one exit step for every chunk (true)
 	ChunkFrames  int       `mapstructure:"chunk_frames"`            // 0 = the model's chunk_frames
+	KVDType      string    `mapstructure:"kv_cache_dtype"`          // fp32, or bf16 (half the cache; the same numbers where attention reads bf16)
 }
 
 // SelfForcing is the objective.
@@ -56,7 +57,7 @@ type SelfForcing struct {
 func newSelfForcing(params map[string]any) (Objective, error) {
 	o := &SelfForcing{P: selfForcingParams{
 		Timesteps: []float64{1000, 750, 500, 250}, Shift: 5, SigmaMin: 0.02, SigmaMax: 0.98,
-		CFG: 4, Ratio: 5, ContextNoise: 0, SameStep: true,
+		CFG: 4, Ratio: 5, ContextNoise: 0, SameStep: true, KVDType: "fp32",
 	}}
 	if err := DecodeParams(params, &o.P); err != nil {
 		return nil, err
@@ -74,6 +75,8 @@ func newSelfForcing(params map[string]any) (Objective, error) {
 		return nil, fmt.Errorf("params.chunk_frames: %d, must be ≥ 0", p.ChunkFrames)
 	case p.CFG < 0:
 		return nil, fmt.Errorf("params.cfg: %g, must be ≥ 0", p.CFG)
+	case p.KVDType != "fp32" && p.KVDType != "bf16":
+		return nil, fmt.Errorf("params.kv_cache_dtype: %q, want fp32 or bf16", p.KVDType)
 	}
 	law := SigmaLaw{Law: "uniform", Min: p.SigmaMin, Max: p.SigmaMax, Shift: p.Shift}
 	if err := law.Validate(); err != nil {
@@ -133,9 +136,14 @@ func (o *SelfForcing) Setup(env *Env) error {
 	full := env.Shape
 	full.ChunkFrames = 0 // teacher and critic are bidirectional
 	o.roll = NewCausalRollout(env, nets[0], full, k, o.sigmas, o.P.ContextNoise)
+	if o.P.KVDType == "bf16" {
+		o.roll.SetCacheDType(kernels.BF16)
+	}
 	law := SigmaLaw{Law: "uniform", Min: o.P.SigmaMin, Max: o.P.SigmaMax, Shift: o.P.Shift}
-	o.dmd = NewDMDGrad(env, nets[1], nets[2], full, law, o.P.CFG)
+	// One pass on the whole video serves the teacher's and critic's forwards of the DMD gradient
+	// (nothing of them is kept past Compute) and the critic's training step after it.
 	o.critic = NewFlowMatch(env, nets[2], full)
+	o.dmd = NewDMDGradOn(env, nets[1], nets[2], o.critic.Pass, law, o.P.CFG)
 	o.csigma = make([]float32, full.B)
 	o.exits = make([]int, full.F/k)
 	return nil
@@ -178,8 +186,13 @@ func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
 }
 
 // CausalRollout is Self-Forcing's training rollout of a block-causal student with its KV cache
-// (see the file comment). It keeps one pass per chunk for the graded steps, so that Backward can
-// run after the whole video is known (the chunks' gathered K/V live in their passes).
+// (see the file comment). The DMD gradient of the video is known only after the last chunk, so the
+// graded steps are differentiated afterwards, in Backward. What is kept per chunk is only the graded
+// step's input x at σ_s ([B,C,k,H,W], the chunk's latent size); Backward replays each chunk's graded
+// forward (models.ForwardChunkAt) against the first frames of the final cache, which are the frames
+// that chunk attended to, then backpropagates it: one training pass serves every chunk. The rollout's
+// forwards (graded steps included) and cache refreshes run on one inference pass. Cost: one more
+// chunk forward per graded chunk; the saving: Chunks−1 training passes and their gathered K/V.
 type CausalRollout struct {
 	Net          *models.DiT
 	Sigmas       []float32 // descending denoising list
@@ -188,9 +201,11 @@ type CausalRollout struct {
 
 	dev     kernels.Device
 	cache   *models.Cache
-	pStep   *models.Pass   // no-grad steps and cache refreshes
-	pGrad   []*models.Pass // the graded step of each chunk
-	used    []bool         // pGrad[j] holds chunk j's graded step
+	pStep   *models.Pass      // forward only: every rollout step and cache refresh
+	pGrad   *models.Pass      // the graded step of one chunk, replayed by Backward
+	xGrad   []*kernels.Tensor // [B,C,k,H,W] per chunk: its graded step's input
+	ctx     *kernels.Tensor   // the context of the last graded Run
+	used    []bool            // xGrad[j] holds chunk j's graded input of the last Run
 	t       *kernels.Tensor
 	th, sig []float32
 	x, x0   *kernels.Tensor // [B,C,k,H,W]
@@ -199,23 +214,25 @@ type CausalRollout struct {
 	host    []float32
 	copiers []frameCopier // chunk j ↔ video frames (x0 / gradient)
 	exitSig []float32     // σ of each chunk's exit step
+	full    models.Shape
 }
 
 // NewCausalRollout allocates a rollout of videos of shape full (F frames) in chunks of k frames.
 func NewCausalRollout(env *Env, net *models.DiT, full models.Shape, k int, sigmas []float32, contextNoise float64) *CausalRollout {
 	dev, C := env.Dev, env.Cfg.InDim
 	cs := models.Shape{B: full.B, F: k, H: full.H, W: full.W, L: full.L, ChunkFrames: k, Recompute: full.Recompute}
-	r := &CausalRollout{Net: net, Sigmas: sigmas, ContextNoise: float32(contextNoise), K: k, Chunks: full.F / k, dev: dev}
-	r.cache = net.NewCache(full.B, full.H, full.W, 0, 0)
-	r.pStep = net.NewPass(cs)
-	for j := 0; j < r.Chunks; j++ {
-		r.pGrad = append(r.pGrad, net.NewPass(cs))
-	}
+	r := &CausalRollout{Net: net, Sigmas: sigmas, ContextNoise: float32(contextNoise), K: k, Chunks: full.F / k, dev: dev, full: full}
+	r.SetCacheDType(kernels.F32)
+	r.pStep = net.NewInferencePass(cs)
+	r.pGrad = net.NewPass(cs)
 	r.used = make([]bool, r.Chunks)
 	r.t = dev.Alloc(kernels.F32, full.B, k)
 	r.th, r.sig = make([]float32, full.B*k), make([]float32, full.B)
 	r.x, r.x0 = video(dev, cs, C), video(dev, cs, C)
 	r.eps, r.dv = video(dev, cs, C), video(dev, cs, C)
+	for j := 0; j < r.Chunks; j++ {
+		r.xGrad = append(r.xGrad, video(dev, cs, C))
+	}
 	r.Video = video(dev, full, C)
 	r.host = make([]float32, r.x.Numel())
 	for j := 0; j < r.Chunks; j++ {
@@ -223,6 +240,20 @@ func NewCausalRollout(env *Env, net *models.DiT, full models.Shape, k int, sigma
 	}
 	r.exitSig = make([]float32, r.Chunks)
 	return r
+}
+
+// SetCacheDType remakes the KV cache with K and V stored as dt, sized to the frames a rollout
+// commits ((Chunks−1)·k: nothing attends to the last chunk). BF16 halves it and changes nothing on a
+// device whose attention reads bf16 copies of K and V anyway (models.NewCacheDType).
+func (r *CausalRollout) SetCacheDType(dt kernels.DType) {
+	if r.cache != nil {
+		r.cache.Free()
+	}
+	r.cache = r.Net.NewCacheDType(dt, r.full.B, r.full.H, r.full.W, 0, 0)
+	r.cache.Reserve((r.Chunks - 1) * r.K)
+	for j := range r.used {
+		r.used[j] = false
+	}
 }
 
 func (r *CausalRollout) setSigma(s float32) {
@@ -233,14 +264,14 @@ func (r *CausalRollout) setSigma(s float32) {
 }
 
 // Run rolls out one video conditioned on ctx, chunk j exiting at step exits[j]. With grad, each
-// chunk's exit step runs on its own pass for Backward; without, everything runs on one pass.
-// Returns r.Video [B,C,F,H,W], valid until the next Run.
+// chunk's graded input is kept for Backward. Returns r.Video [B,C,F,H,W], valid until the next Run.
 func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, grad bool) *kernels.Tensor {
 	if len(exits) != r.Chunks {
 		panic(fmt.Sprintf("objectives: causal rollout of %d chunks got %d exit steps", r.Chunks, len(exits)))
 	}
 	dev := r.dev
 	r.cache.Reset()
+	r.ctx = ctx
 	for j := 0; j < r.Chunks; j++ {
 		s := exits[j]
 		if s < 0 || s >= len(r.Sigmas) {
@@ -249,12 +280,11 @@ func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, gr
 		Randn(dev, r.x, r.host, rng) // x at σ_0 [B,C,k,H,W]
 		for i := 0; ; i++ {
 			r.setSigma(r.Sigmas[i])
-			p := r.pStep
 			if i == s && grad {
-				p = r.pGrad[j]
+				dev.Copy(r.xGrad[j], r.x) // the graded step's input, replayed by Backward
 			}
-			v := r.Net.ForwardChunk(p, r.cache, r.x, r.t, ctx) // v  [B,C,k,H,W]
-			X0FromV(dev, r.x0, r.x, v, r.sig)                  // x0 [B,C,k,H,W]
+			v := r.Net.ForwardChunk(r.pStep, r.cache, r.x, r.t, ctx) // v  [B,C,k,H,W]
+			X0FromV(dev, r.x0, r.x, v, r.sig)                        // x0 [B,C,k,H,W]
 			if i == s {
 				break
 			}
@@ -284,7 +314,9 @@ func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, gr
 }
 
 // Backward carries dL/dvideo [B,C,F,H,W] into the student's G through each chunk's graded step
-// (dv = −σ_s·dx0); nothing crosses chunks. Run must have been called with grad.
+// (dv = −σ_s·dx0), replayed on the training pass against the cache's first j·k frames (the cache
+// still holds the graded Run's frames); nothing crosses chunks. Run must have been called with
+// grad, and no other Run since.
 func (r *CausalRollout) Backward(dVideo *kernels.Tensor) {
 	zero := make([]float32, len(r.sig))
 	for j := 0; j < r.Chunks; j++ {
@@ -296,8 +328,10 @@ func (r *CausalRollout) Backward(dVideo *kernels.Tensor) {
 		for i := range r.sig {
 			r.sig[i] = -r.exitSig[j]
 		}
-		r.dev.Combine(r.dv, r.x0, r.x0, r.sig, zero) // dv = −σ_s·dx0
-		r.Net.Backward(r.pGrad[j], r.dv)
+		r.dev.Combine(r.dv, r.x0, r.x0, r.sig, zero)                          // dv = −σ_s·dx0
+		r.setSigma(r.exitSig[j])                                              // t of the graded step
+		r.Net.ForwardChunkAt(r.pGrad, r.cache, j*r.K, r.xGrad[j], r.t, r.ctx) // the graded forward again
+		r.Net.Backward(r.pGrad, r.dv)
 		r.used[j] = false
 	}
 }

@@ -37,9 +37,20 @@ type DMDGrad struct {
 
 // NewDMDGrad allocates the gradient's scratch for bidirectional shape s.
 func NewDMDGrad(env *Env, teacher, critic *models.DiT, s models.Shape, law SigmaLaw, cfg float64) *DMDGrad {
-	C, dev := env.Cfg.InDim, env.Dev
+	return newDMDGrad(env, teacher, critic, teacher.NewPass(s), critic.NewPass(s), law, cfg)
+}
+
+// NewDMDGradOn is NewDMDGrad with both forwards on pass p (of the bidirectional shape; teacher and
+// critic share an architecture), e.g. the critic's training pass: Compute leaves nothing in it that
+// it needs afterwards, and the pass is the size of the whole video.
+func NewDMDGradOn(env *Env, teacher, critic *models.DiT, p *models.Pass, law SigmaLaw, cfg float64) *DMDGrad {
+	return newDMDGrad(env, teacher, critic, p, p, law, cfg)
+}
+
+func newDMDGrad(env *Env, teacher, critic *models.DiT, tPass, cPass *models.Pass, law SigmaLaw, cfg float64) *DMDGrad {
+	C, dev, s := env.Cfg.InDim, env.Dev, tPass.S
 	g := &DMDGrad{Teacher: teacher, Critic: critic, Law: law, CFG: float32(cfg), dev: dev,
-		tPass: teacher.NewPass(s), cPass: critic.NewPass(s), sc: newScratch(dev, s, C)}
+		tPass: tPass, cPass: cPass, sc: newScratch(dev, s, C)}
 	for _, t := range []**kernels.Tensor{&g.Grad, &g.eps, &g.xs, &g.vReal, &g.vu, &g.x0Real, &g.x0Fake, &g.diff} {
 		*t = video(dev, s, C)
 	}

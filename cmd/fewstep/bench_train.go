@@ -24,7 +24,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/trainer"
@@ -51,6 +50,7 @@ func init() {
 	addShapeFlags(f)
 	f.Int("chunk-frames", 3, "frames per chunk of a causal student (selfforcing)")
 	f.Bool("recompute", false, "recompute each block's activations in backward (models.Shape.Recompute)")
+	f.Bool("dry", false, "only the dry accounting of an objective's step (no GPU): bytes it holds on the card, by item")
 	f.Float64("mem-limit-gib", 0, "emulate a card with this much memory: allocate the rest first (0: off)")
 	f.Float64("peak-tflops", 989.4, "the card's dense bf16 peak for MFU (H100/H200 SXM: 989.4)")
 	f.String("peer", "", "path of wan_ref.py: run its --train step first (needs python3 with torch)")
@@ -148,6 +148,24 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 	res := map[string]any{"bench": "train", "objective": obj, "preset": preset, "batch": B, "frames": F, "tokens": N * B,
 		"ctx": L, "recompute": recompute, "engine": "fewstep"}
 
+	// Dry accounting (bench_dry.go): what the step holds on the card, counted on the CPU first, so a
+	// run that runs out of memory still says what it needed.
+	if obj != "step" {
+		ds := s
+		if obj == "selfforcing" {
+			ds.ChunkFrames = chunk
+		}
+		gm, _ := fl.GetString("gemm")
+		dr, err := dryTrain(obj, cfg, ds, L, 2, gm == "bf16")
+		if err != nil {
+			return fmt.Errorf("dry accounting: %w", err)
+		}
+		res["dry"] = dr
+		if dry, _ := fl.GetBool("dry"); dry {
+			return json.NewEncoder(os.Stdout).Encode(res)
+		}
+	}
+
 	// The peer first, in its own process, before this one holds any GPU memory.
 	if peer != "" && obj == "step" {
 		for _, c := range []bool{false, true} {
@@ -231,22 +249,8 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		res["fwd_ms"] = ms
 		res["pass_GiB"] = float64(p.Bytes()) / (1 << 30)
 	} else {
-		job := config.Defaults()
-		job.Name, job.Objective, job.Seed, job.Device = "bench-"+obj, obj, 1, "cuda"
-		job.OutDir = os.TempDir()
-		job.Train.Steps, job.Train.ClipNorm = 1<<30, 1
-		job.Params = map[string]any{}
-		adam := func(lr float64) config.Role {
-			return config.Role{LR: lr, Betas: []float64{0, 0.999}, Eps: 1e-8, Schedule: "constant"}
-		}
-		switch obj {
-		case "dmd", "selfforcing":
-			job.Params["generator_update_ratio"] = 1 // the generator and the critic every step
-			job.Roles["student"] = config.Role{LR: 2e-6, Betas: []float64{0, 0.999}, Eps: 1e-8, Schedule: "constant", EMADecay: 0.99}
-			job.Roles["critic"] = adam(4e-7)
-		default:
-			job.Roles["student"] = adam(1e-5)
-		}
+		gm, _ := fl.GetString("gemm")
+		job := benchJob(obj, gm == "bf16")
 		if obj == "selfforcing" {
 			s.ChunkFrames = chunk
 		}
