@@ -1,0 +1,78 @@
+package models
+
+import (
+	"testing"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// TestDryDeviceCounts: the counting device's bytes against hand counts. A pass built on it holds
+// exactly Pass.Bytes(); Free gives everything back; the kept bf16 copies follow kernels/cuda's rules
+// (one per marked weight matrix a GEMM reads, one per fp32 activation an op writes or attention
+// reads, counted once however often, released with the tensor); the peak is the most held at once.
+func TestDryDeviceCounts(t *testing.T) {
+	d := NewDryDevice()
+	cfg, _ := Preset("tiny")
+	cfg.Layers = 2
+	s := Shape{B: 1, F: 2, H: 4, W: 4, L: 3}
+	m := New(d, cfg, true)
+	w := int64(m.W.Numel()+m.G.Numel()) * 4
+	if d.InUse() != w {
+		t.Fatalf("weights and gradients: %d bytes counted, want %d", d.InUse(), w)
+	}
+	p := m.NewPass(s)
+	if got, want := d.InUse()-w, int64(p.Bytes()); got != want {
+		t.Fatalf("pass: %d bytes counted, Pass.Bytes %d", got, want)
+	}
+	p.Free()
+	if d.InUse() != w {
+		t.Fatalf("after Pass.Free: %d bytes, want %d", d.InUse(), w)
+	}
+
+	// Hand-counted copies: a [6, D] activation through a Linear with a marked [D, D] weight.
+	D := cfg.Dim
+	wt := d.Alloc(kernels.F32, D, D)
+	d.MarkWeights(wt)
+	x, y := d.Alloc(kernels.F32, 6, D), d.Alloc(kernels.F32, 6, D)
+	base := d.InUse()
+	d.Linear(y, x, wt, nil)
+	d.Linear(y, x, wt, nil)
+	scr := d.scrCap
+	if got, want := d.InUse()-base-scr, int64(2*D*D); got != want {
+		t.Errorf("weight copy: %d bytes, want %d", got, want)
+	}
+	if want := int64((2*6*D+512+255)&^255) * 1; scr < want {
+		t.Errorf("scratch %d bytes, want ≥ %d (the activation's bf16 conversion)", scr, want)
+	}
+	d.LayerNorm(y, nil, nil, x, nil, nil, 1e-6) // y gets a kept copy
+	d.GELU(y, x)                                // the same address: no second copy
+	if got, want := d.InUse()-base-scr, int64(2*D*D+2*6*D); got != want {
+		t.Errorf("after LayerNorm and GELU into y: %d bytes of copies, want %d", got, want)
+	}
+	d.Free(y)
+	d.Free(wt)
+	if got := d.InUse() - base - scr; got != -int64(4*6*D+4*D*D) {
+		t.Errorf("after freeing y and the weight: %d bytes relative to before, want %d", got, -(4*6*D + 4*D*D))
+	}
+	if d.Peak() < base+scr+int64(2*D*D+2*6*D) {
+		t.Errorf("peak %d below the most held at once", d.Peak())
+	}
+
+	// Attention reads keep copies of q, k, v (head dim 64 or 128 only: the fused kernels).
+	for _, hd := range []int{32, 64} {
+		q := d.Alloc(kernels.F32, 1, 8, 2, hd)
+		k := d.Alloc(kernels.F32, 1, 16, 2, hd)
+		v := d.Alloc(kernels.F32, 1, 16, 2, hd)
+		o := d.Alloc(kernels.F32, 1, 8, 2, hd)
+		lse := d.Alloc(kernels.F32, 1, 2, 8)
+		before := d.InUse()
+		d.Attention(o, lse, q, k, v, 0, 0)
+		want := int64(0)
+		if hd == 64 {
+			want = 2 * int64(2*8*2*hd+2*16*2*hd)
+		}
+		if got := d.InUse() - before; got != want {
+			t.Errorf("attention, head dim %d: %d bytes of copies, want %d", hd, got, want)
+		}
+	}
+}

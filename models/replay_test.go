@@ -1,0 +1,115 @@
+package models
+
+import (
+	"math/rand"
+	"testing"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// TestForwardChunkAtReplays: a chunk streamed earlier, run again with ForwardChunkAt once later
+// chunks are in the cache, gives the output, input gradient and parameter gradients that
+// ForwardChunk + Backward gave when it was the next chunk, bit for bit — on a recompute pass, whose
+// layers share one gather buffer and re-gather in Backward, against plain passes at the time, and
+// with the cache's K/V labelled bf16 (the CPU stores fp32 either way). Misuse panics: a replay on
+// a windowed cache, a Commit of a replay, a recompute Backward after the cache was Reset.
+func TestForwardChunkAtReplays(t *testing.T) {
+	cfg, _ := Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, 3
+	dev := kernels.CPU()
+	B, H, W, L, k, chunks := 2, 4, 2, 3, 2, 3
+	C := cfg.InDim
+	m := New(dev, cfg, true)
+	randomize(m, 11)
+	rng := rand.New(rand.NewSource(12))
+	ctx := devT(dev, randn(rng, B*L*cfg.TextDim, 1), B, L, cfg.TextDim)
+	cs := Shape{B: B, F: k, H: H, W: W, L: L, ChunkFrames: k}
+	var xs, ts, cots []*kernels.Tensor
+	for j := 0; j < chunks; j++ {
+		xs = append(xs, devT(dev, randn(rng, B*C*k*H*W, 1), B, C, k, H, W))
+		tv := make([]float32, B*k)
+		for i := range tv {
+			tv[i] = float32(rng.Float64() * 1000)
+		}
+		ts = append(ts, devT(dev, tv, B, k))
+		cots = append(cots, devT(dev, randn(rng, B*C*k*H*W, 1), B, C, k, H, W))
+	}
+
+	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+		// At the time: each chunk on a plain pass, backward at once, then its K/V committed.
+		c := m.NewCacheDType(dt, B, H, W, 0, 0)
+		commit := m.NewInferencePass(cs)
+		var outs, dxs, gs [][]float32
+		for j := 0; j < chunks; j++ {
+			p := m.NewPass(cs)
+			outs = append(outs, host(dev, m.ForwardChunk(p, c, xs[j], ts[j], ctx)))
+			m.ZeroGrad()
+			dxs = append(dxs, host(dev, m.Backward(p, cots[j])))
+			gs = append(gs, host(dev, m.G))
+			m.ForwardChunk(commit, c, xs[j], ts[j], ctx)
+			m.Commit(c, commit)
+		}
+		// Afterwards: every chunk replayed on one recompute pass against the full cache.
+		rs := cs
+		rs.Recompute = true
+		p := m.NewPass(rs)
+		for j := chunks - 1; j >= 0; j-- {
+			sameBits(t, "replayed output", outs[j], host(dev, m.ForwardChunkAt(p, c, j*k, xs[j], ts[j], ctx)))
+			m.ZeroGrad()
+			sameBits(t, "replayed dx", dxs[j], host(dev, m.Backward(p, cots[j])))
+			sameBits(t, "replayed parameter gradients", gs[j], host(dev, m.G))
+		}
+		t.Logf("cache %v: %d chunks replayed bit for bit", dt, chunks)
+
+		mustPanic(t, "Commit of a replay", func() { m.ForwardChunkAt(p, c, 0, xs[0], ts[0], ctx); m.Commit(c, p) })
+		mustPanic(t, "recompute Backward after Reset", func() {
+			m.ForwardChunkAt(p, c, k, xs[1], ts[1], ctx)
+			c.Reset()
+			m.Backward(p, cots[1])
+		})
+	}
+	win := m.NewCache(B, H, W, 4, 0)
+	pw := m.NewPass(cs)
+	for j := 0; j < 2; j++ {
+		m.ForwardChunk(pw, win, xs[j], ts[j], ctx)
+		m.Commit(win, pw)
+	}
+	mustPanic(t, "ForwardChunkAt on a windowed cache", func() { m.ForwardChunkAt(pw, win, 0, xs[0], ts[0], ctx) })
+}
+
+// TestCacheReserve: Reserve sizes an unbounded cache to exactly the frames asked for (Bytes in the
+// cache's dtype), keeps what it holds, and leaves a windowed cache alone.
+func TestCacheReserve(t *testing.T) {
+	cfg, _ := Preset("tiny")
+	cfg.Layers = 2
+	dev := kernels.CPU()
+	m := New(dev, cfg, false)
+	B, H, W := 1, 4, 2
+	perFrame := 2 * cfg.Layers * B * (H / 2) * (W / 2) * cfg.Dim // K and V elements per frame
+	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+		c := m.NewCacheDType(dt, B, H, W, 0, 0)
+		c.Reserve(11)
+		if got, want := c.Bytes(), 11*perFrame*dt.Size(); got != want {
+			t.Errorf("%v: reserved 11 frames, %d bytes, want %d", dt, got, want)
+		}
+		c.Reserve(5) // never shrinks
+		if got, want := c.Bytes(), 11*perFrame*dt.Size(); got != want {
+			t.Errorf("%v: Reserve(5) after 11: %d bytes, want %d", dt, got, want)
+		}
+	}
+	w := m.NewCache(B, H, W, 3, 1)
+	w.Reserve(10)
+	if got, want := w.Bytes(), 3*perFrame*4; got != want {
+		t.Errorf("windowed cache of 3 frames: %d bytes after Reserve(10), want %d", got, want)
+	}
+}
+
+func mustPanic(t *testing.T, what string, f func()) {
+	t.Helper()
+	defer func() {
+		if recover() == nil {
+			t.Errorf("%s did not panic", what)
+		}
+	}()
+	f()
+}
