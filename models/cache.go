@@ -130,6 +130,8 @@ func (c *Cache) slot(a int) int {
 type chunkState struct {
 	active     bool // the pass's last forward was a ForwardChunk
 	committed  bool // and it has been committed
+	sharedKV   bool // ShareChunkKV: the blocks share K/V, so only ForwardChunkCommit may commit
+	commitNow  bool // this forward writes each layer's K/V into the cache (ForwardChunkCommit)
 	cache      *Cache
 	frame0     int               // absolute frame of the chunk's first frame
 	nc         int               // cached tokens attended (per batch)
@@ -177,7 +179,24 @@ func (s *chunkState) releaseBufs(d kernels.Device) {
 // pass must come from NewPass or NewInferencePass(Shape{F: k, H, W of the cache, ...}). Commit(c, p) then caches the
 // chunk's K/V; Backward(p) works, with no gradient into the cache.
 func (m *DiT) ForwardChunk(p *Pass, c *Cache, x, t, ctx *kernels.Tensor) *kernels.Tensor {
-	return m.forwardChunk(p, c, c.frames, c.used, x, t, ctx)
+	return m.forwardChunk(p, c, c.frames, c.used, false, x, t, ctx)
+}
+
+// ForwardChunkCommit is ForwardChunk followed by Commit, except that each layer's K/V go into the
+// cache as soon as the layer has computed them (its gathers read only the frames cached before, so
+// the result is the same), which is what lets a pass whose blocks share K/V (ShareChunkKV) commit.
+// It needs a cache that evicts nothing for this chunk (unbounded, or a window not yet full).
+func (m *DiT) ForwardChunkCommit(p *Pass, c *Cache, x, t, ctx *kernels.Tensor) *kernels.Tensor {
+	if c.local > 0 && c.frames+p.S.F > c.local {
+		panic(fmt.Sprintf("models: ForwardChunkCommit: %d frames cached in a window of %d: this chunk evicts frames its own layers still read (use ForwardChunk, then Commit)", c.frames, c.local))
+	}
+	if c.local == 0 && c.frames+p.S.F > c.capFrames {
+		c.grow(max(2*c.capFrames, c.frames+p.S.F))
+	}
+	out := m.forwardChunk(p, c, c.frames, c.used, true, x, t, ctx)
+	c.advance(p.S.F)
+	p.chunk.committed = true
+	return out
 }
 
 // ForwardChunkAt runs a chunk that starts at absolute frame frame0 ≤ c.Frames() against the cache's
@@ -192,17 +211,17 @@ func (m *DiT) ForwardChunkAt(p *Pass, c *Cache, frame0 int, x, t, ctx *kernels.T
 	if c.local != 0 || frame0 < 0 || frame0 > c.frames {
 		panic(fmt.Sprintf("models: ForwardChunkAt frame %d: cache at frame %d (window %d frames): only an unbounded cache keeps the earlier frames", frame0, c.frames, c.local))
 	}
-	return m.forwardChunk(p, c, frame0, frame0, x, t, ctx)
+	return m.forwardChunk(p, c, frame0, frame0, false, x, t, ctx)
 }
 
 // forwardChunk: the chunk at absolute frame frame0 attends to the cache's first used slots.
-func (m *DiT) forwardChunk(p *Pass, c *Cache, frame0, used int, x, t, ctx *kernels.Tensor) *kernels.Tensor {
+func (m *DiT) forwardChunk(p *Pass, c *Cache, frame0, used int, commit bool, x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	p.checkInputs(m, x, t, ctx)
 	if p.S.B != c.B || p.S.H != c.H || p.S.W != c.W {
 		panic(fmt.Sprintf("models: ForwardChunk: pass %+v, cache for B %d, H %d, W %d", p.S, c.B, c.H, c.W))
 	}
 	s := &p.chunk
-	s.active, s.committed, s.cache, s.frame0, s.epoch = true, false, c, frame0, c.epoch
+	s.active, s.committed, s.cache, s.frame0, s.epoch, s.commitNow = true, false, c, frame0, c.epoch, commit
 	s.nc = used * c.hw
 	s.ct, s.qOff = 0, 0
 	if cf := p.S.ChunkFrames; cf > 0 && cf < p.S.F {
@@ -331,23 +350,37 @@ func (m *DiT) Commit(c *Cache, p *Pass) {
 	if !s.active || s.committed || s.cache != c || s.frame0 != c.frames {
 		panic("models: Commit: the pass's last forward was not a ForwardChunk on this cache at its current frame")
 	}
-	F, hw, D := p.S.F, c.hw, c.D
-	if c.local == 0 && c.frames+F > c.capFrames {
-		c.grow(max(2*c.capFrames, c.frames+F))
+	if s.sharedKV {
+		panic("models: Commit from a pass whose blocks share K/V (ShareChunkKV): use ForwardChunkCommit")
 	}
-	T := c.capFrames * hw * D
+	if c.local == 0 && c.frames+p.S.F > c.capFrames {
+		c.grow(max(2*c.capFrames, c.frames+p.S.F))
+	}
 	for l := range p.blocks {
-		a := &p.blocks[l]
-		for f := 0; f < F; f++ {
-			sl := c.slot(c.frames + f)
-			for b := 0; b < c.B; b++ {
-				src := (b*p.N + f*hw) * D
-				dst := b*T + sl*hw*D
-				m.Dev.Copy(c.K[l].View(dst, hw*D), a.kr.View(src, hw*D)) // [h·w·D] RoPE'd key
-				m.Dev.Copy(c.V[l].View(dst, hw*D), a.v.View(src, hw*D))  // [h·w·D]
-			}
+		m.commitLayer(c, p, l)
+	}
+	c.advance(p.S.F)
+	s.committed = true // a second Commit of the same chunk is an error
+}
+
+// commitLayer copies layer l's K/V of p's chunk into the cache slots of frames c.frames….
+func (m *DiT) commitLayer(c *Cache, p *Pass, l int) {
+	F, hw, D := p.S.F, c.hw, c.D
+	T := c.capFrames * hw * D
+	a := &p.blocks[l]
+	for f := 0; f < F; f++ {
+		sl := c.slot(c.frames + f)
+		for b := 0; b < c.B; b++ {
+			src := (b*p.N + f*hw) * D
+			dst := b*T + sl*hw*D
+			m.Dev.Copy(c.K[l].View(dst, hw*D), a.kr.View(src, hw*D)) // [h·w·D] RoPE'd key
+			m.Dev.Copy(c.V[l].View(dst, hw*D), a.v.View(src, hw*D))  // [h·w·D]
 		}
 	}
+}
+
+// advance moves the cache past F committed frames.
+func (c *Cache) advance(F int) {
 	if c.local > 0 && c.frames+F > c.local {
 		c.epoch++ // frames were evicted
 	}
@@ -356,5 +389,36 @@ func (m *DiT) Commit(c *Cache, p *Pass) {
 	if c.local > 0 {
 		c.used = min(c.frames, c.local)
 	}
-	s.committed = true // a second Commit of the same chunk is an error
+}
+
+// ShareChunkKV makes the blocks of an inference or recompute pass share their K/V as they share
+// their other activations, freeing Layers−1 blocks' K/V: what a pass needs that never Commits after
+// ForwardChunk (ForwardChunk and Backward read only the current block's K/V; a recompute Backward
+// recomputes them), or that commits with ForwardChunkCommit. Commit from it panics. A plain
+// training pass keeps every block's activations for Backward: there it does nothing.
+func (p *Pass) ShareChunkKV() {
+	if !(p.inference || p.recompute) || p.chunk.sharedKV {
+		return
+	}
+	b0 := &p.blocks[0]
+	drop := map[*kernels.Tensor]bool{}
+	for l := 1; l < len(p.blocks); l++ {
+		a := &p.blocks[l]
+		if a.kr != b0.kr {
+			drop[a.kr], drop[a.v] = true, true
+		}
+		a.kr, a.kr4, a.v, a.v4 = b0.kr, b0.kr4, b0.v, b0.v4
+	}
+	keep := p.allocated[:0]
+	for _, t := range p.allocated {
+		if drop[t] {
+			p.d.Free(t)
+		} else {
+			keep = append(keep, t)
+		}
+	}
+	p.allocated = keep
+	p.ownKV = false
+	p.chunk.sharedKV = true
+	p.chunk.kAll = nil // the gather views read the blocks' K/V: make them again
 }

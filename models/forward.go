@@ -102,6 +102,9 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 		p.checkChunkKV()
 		k, v := p.chunk.gather(d, l, a, c)                                // [B, Nc+N, H, hd] cache + chunk
 		d.Attention(a.att4, a.lse, a.qr4, k, v, p.chunk.ct, p.chunk.qOff) // [B, N, H, hd]
+		if p.chunk.commitNow {
+			m.commitLayer(c, p, l) // ForwardChunkCommit: this layer's K/V into the cache now
+		}
 	case p.selfAttn != nil:
 		p.selfAttn(l, a.att4, a.lse, a.qr4, a.kr4, a.v4)
 	default:

@@ -41,9 +41,10 @@ func (p *Pass) recomputeBlock(x *kernels.Tensor, B, N, D, H, Hd int) *kernels.Te
 }
 
 // checkChunkKV panics when ForwardChunk runs on a recompute pass whose blocks share K/V (a
-// bidirectional Shape): Commit would cache the last block's K/V for every layer.
+// bidirectional Shape): Commit would cache the last block's K/V for every layer. A pass whose K/V
+// were shared on purpose (ShareChunkKV) refuses Commit instead.
 func (p *Pass) checkChunkKV() {
-	if p.recompute && !p.ownKV {
+	if p.recompute && !p.ownKV && !p.chunk.sharedKV {
 		panic(fmt.Sprintf("models: ForwardChunk on a recompute pass of shape %+v: give the Shape ChunkFrames > 0 so that every block keeps its K/V", p.S))
 	}
 }

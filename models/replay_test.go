@@ -113,3 +113,74 @@ func mustPanic(t *testing.T, what string, f func()) {
 	}()
 	f()
 }
+
+// TestForwardChunkCommit: a pass whose blocks share K/V (ShareChunkKV, one block's K/V instead of
+// Layers') streaming with ForwardChunkCommit gives the outputs and the cache contents that a pass
+// keeping every block's K/V gives with ForwardChunk then Commit, bit for bit, through a growth of
+// the cache; inference and recompute passes alike. Commit from a shared pass, and ForwardChunkCommit
+// into a full window, panic.
+func TestForwardChunkCommit(t *testing.T) {
+	cfg, _ := Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, 3
+	dev := kernels.CPU()
+	B, H, W, L, k, chunks := 1, 4, 2, 3, 3, 4 // 12 frames: the cache grows past its first 8
+	C := cfg.InDim
+	m := New(dev, cfg, true)
+	randomize(m, 21)
+	rng := rand.New(rand.NewSource(22))
+	ctx := devT(dev, randn(rng, B*L*cfg.TextDim, 1), B, L, cfg.TextDim)
+	cs := Shape{B: B, F: k, H: H, W: W, L: L, ChunkFrames: k}
+	var xs, ts []*kernels.Tensor
+	for j := 0; j < chunks; j++ {
+		xs = append(xs, devT(dev, randn(rng, B*C*k*H*W, 1), B, C, k, H, W))
+		tv := make([]float32, B*k)
+		for i := range tv {
+			tv[i] = float32(rng.Float64() * 1000)
+		}
+		ts = append(ts, devT(dev, tv, B, k))
+	}
+	stream := func(p *Pass, now bool) (outs [][]float32, c *Cache) {
+		c = m.NewCache(B, H, W, 0, 0)
+		for j := 0; j < chunks; j++ {
+			if now {
+				outs = append(outs, host(dev, m.ForwardChunkCommit(p, c, xs[j], ts[j], ctx)))
+			} else {
+				outs = append(outs, host(dev, m.ForwardChunk(p, c, xs[j], ts[j], ctx)))
+				m.Commit(c, p)
+			}
+		}
+		return outs, c
+	}
+	want, wc := stream(m.NewInferencePass(cs), false)
+	rs := cs
+	rs.Recompute = true
+	for _, mk := range []func() *Pass{func() *Pass { return m.NewInferencePass(cs) }, func() *Pass { return m.NewPass(rs) }} {
+		p := mk()
+		before := p.Bytes()
+		p.ShareChunkKV()
+		if saved, want := before-p.Bytes(), 2*(cfg.Layers-1)*B*k*(H/2)*(W/2)*cfg.Dim*4; saved != want {
+			t.Errorf("ShareChunkKV freed %d bytes, want %d (Layers−1 blocks' K and V)", saved, want)
+		}
+		got, gc := stream(p, true)
+		for j := range want {
+			sameBits(t, "output of a ForwardChunkCommit", want[j], got[j])
+		}
+		if gc.Frames() != wc.Frames() {
+			t.Fatalf("cache at frame %d, want %d", gc.Frames(), wc.Frames())
+		}
+		n := chunks * k * (H / 2) * (W / 2) * cfg.Dim
+		for l := 0; l < cfg.Layers; l++ {
+			sameBits(t, "cached K", host(dev, wc.K[l])[:n], host(dev, gc.K[l])[:n])
+			sameBits(t, "cached V", host(dev, wc.V[l])[:n], host(dev, gc.V[l])[:n])
+		}
+		mustPanic(t, "Commit from a shared-K/V pass", func() {
+			c := m.NewCache(B, H, W, 0, 0)
+			m.ForwardChunk(p, c, xs[0], ts[0], ctx)
+			m.Commit(c, p)
+		})
+	}
+	win := m.NewCache(B, H, W, 4, 1)
+	p := m.NewInferencePass(cs)
+	m.ForwardChunkCommit(p, win, xs[0], ts[0], ctx) // 3 of 4 frames: nothing evicted
+	mustPanic(t, "ForwardChunkCommit into a full window", func() { m.ForwardChunkCommit(p, win, xs[1], ts[1], ctx) })
+}

@@ -191,8 +191,10 @@ func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
 // step's input x at σ_s ([B,C,k,H,W], the chunk's latent size); Backward replays each chunk's graded
 // forward (models.ForwardChunkAt) against the first frames of the final cache, which are the frames
 // that chunk attended to, then backpropagates it: one training pass serves every chunk. The rollout's
-// forwards (graded steps included) and cache refreshes run on one inference pass. Cost: one more
-// chunk forward per graded chunk; the saving: Chunks−1 training passes and their gathered K/V.
+// forwards (graded steps included) and cache refreshes run on one inference pass. Both passes share
+// one block's K/V between their blocks (the refresh writes each layer's K/V into the cache as it
+// goes: ForwardChunkCommit). Cost: one more chunk forward per graded chunk; the saving: Chunks−1
+// training passes, their gathered K/V, and 2·(Layers−1) blocks' K/V.
 type CausalRollout struct {
 	Net          *models.DiT
 	Sigmas       []float32 // descending denoising list
@@ -224,7 +226,9 @@ func NewCausalRollout(env *Env, net *models.DiT, full models.Shape, k int, sigma
 	r := &CausalRollout{Net: net, Sigmas: sigmas, ContextNoise: float32(contextNoise), K: k, Chunks: full.F / k, dev: dev, full: full}
 	r.SetCacheDType(kernels.F32)
 	r.pStep = net.NewInferencePass(cs)
+	r.pStep.ShareChunkKV() // it commits with ForwardChunkCommit, layer by layer
 	r.pGrad = net.NewPass(cs)
+	r.pGrad.ShareChunkKV() // never committed (with Recompute: one block's K/V instead of Layers')
 	r.used = make([]bool, r.Chunks)
 	r.t = dev.Alloc(kernels.F32, full.B, k)
 	r.th, r.sig = make([]float32, full.B*k), make([]float32, full.B)
@@ -307,8 +311,7 @@ func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, gr
 			r.setSigma(0)
 			dev.Copy(r.x, r.x0)
 		}
-		r.Net.ForwardChunk(r.pStep, r.cache, r.x, r.t, ctx)
-		r.Net.Commit(r.cache, r.pStep)
+		r.Net.ForwardChunkCommit(r.pStep, r.cache, r.x, r.t, ctx) // each layer's K/V into the cache
 	}
 	return r.Video
 }
