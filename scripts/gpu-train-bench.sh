@@ -6,7 +6,7 @@
 #       bash gpubuild/gpu-train-bench.sh [run] [steps...]   (G=folder when gpubuild was copied elsewhere)
 #   steps (default all, in this order): follow step dmd peer-compile step-recompute dmd-plain selfforcing
 #   more: dmd78 (DMD under a 78 GiB card), profile (per-kernel times of fwd+bwd), sf6 sf9 sf12 (Self-Forcing
-#   steps of 2, 3, 4 chunks); PEER_TIMEOUT (s) for peer-compile (torch.compile of the train step is slow)
+#   steps of 2, 3, 4 chunks), sf6-78 (2 chunks under a 78 GiB card); PEER_TIMEOUT (s) for peer-compile (torch.compile of the train step is slow)
 # Logs under $OUT (or gpubuild/out): train_log.txt, follow.txt (the CPU-vs-GPU test), train.jsonl
 # (one JSON line per bench train run).
 set -uo pipefail
@@ -90,9 +90,11 @@ for s in $steps; do
         timeout 120 $G/fewstep bench forward $W480 --train --profile --iters 3 --warmup 1 >> "$J" 2>> "$L"
         log "  [profile] exit $?" ;;
     sf6|sf9|sf12)   f=${s#sf}
-                    bench $s 150 --preset wan2.1-1.3b --frames $f --height 60 --width 104 --ctx 512 \
+                    bench $s 240 --preset wan2.1-1.3b --frames $f --height 60 --width 104 --ctx 512 \
                         --objective selfforcing --chunk-frames 3 --recompute --iters 2 --warmup 1 ;;
-    selfforcing)    bench selfforcing 150 --preset wan2.1-1.3b --frames 21 --height 60 --width 104 --ctx 512 \
+    sf6-78)         bench sf6-78 240 --preset wan2.1-1.3b --frames 6 --height 60 --width 104 --ctx 512 \
+                        --objective selfforcing --chunk-frames 3 --recompute --mem-limit-gib 78 --iters 2 --warmup 1 ;;
+    selfforcing)    bench selfforcing 300 --preset wan2.1-1.3b --frames 21 --height 60 --width 104 --ctx 512 \
                         --objective selfforcing --chunk-frames 3 --recompute --iters 2 --warmup 1 ;;
     *) log "unknown step $s" ;;
     esac

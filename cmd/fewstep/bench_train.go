@@ -267,10 +267,13 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		tr, err := trainer.New(trainer.Options{Job: &job, Dev: g, Model: cfg, Shape: s,
 			Null: make([]float32, L*cfg.TextDim), RandomInit: true,
 			Source: benchSource{&trainer.HostBatch{X0: hx, Ctx: ht, Drop: make([]bool, B)}}})
-		if err != nil {
-			return err
+		if err == nil {
+			err = g.Sync()
 		}
-		if err := g.Sync(); err != nil {
+		if err != nil { // e.g. out of memory: the JSON line still says what the step needs (res["dry"])
+			res["error"] = "building the roles: " + err.Error()
+			res["mem_used_GiB"] = used()
+			json.NewEncoder(os.Stdout).Encode(res)
 			return fmt.Errorf("building the roles: %w", err)
 		}
 		res["roles"] = tr.RoleNames()
