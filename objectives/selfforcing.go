@@ -7,7 +7,7 @@ package objectives
 //
 //	x ← ε                                                    the chunk's noise, at σ_0
 //	for i < s:  x0 = x − σ_i·v(x, σ_i | cache)  (no grad);  x ← (1−σ_{i+1})·x0 + σ_{i+1}·ε'
-//	i = s:      x0_j = x − σ_s·v(x, σ_s | cache)             the graded step (activations kept)
+//	i = s:      x0_j = x − σ_s·v(x, σ_s | cache)             the graded step (its input kept; replayed in Backward)
 //	cache ← K/V of v(x0_j noised to σ = context_noise | cache), no grad
 //
 // No gradient crosses chunks (the cache holds values, not a graph). The video x = [x0_0, x0_1, …]
