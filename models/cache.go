@@ -74,11 +74,11 @@ func (c *Cache) CachedFrames() int { return c.used }
 // Reset empties the cache (memory is kept).
 func (c *Cache) Reset() { c.frames, c.used = 0, 0; c.epoch++ }
 
-// Reserve makes an unbounded cache hold at least frames frames, allocating exactly that many when
-// it must grow (a caller that knows its video's length allocates once, and no more than it needs).
-// A windowed cache already holds its window.
+// Reserve sizes an unbounded cache for frames frames: an empty one to exactly that many, an
+// occupied one grown to that many if it holds fewer (a caller that knows its video's length
+// allocates once, and no more than it needs). A windowed cache already holds its window.
 func (c *Cache) Reserve(frames int) {
-	if c.local == 0 && frames > c.capFrames {
+	if c.local == 0 && frames > 0 && (frames > c.capFrames || c.used == 0 && frames != c.capFrames) {
 		c.grow(frames)
 	}
 }

@@ -77,13 +77,15 @@ func TestForwardChunkAtReplays(t *testing.T) {
 	mustPanic(t, "ForwardChunkAt on a windowed cache", func() { m.ForwardChunkAt(pw, win, 0, xs[0], ts[0], ctx) })
 }
 
-// TestCacheReserve: Reserve sizes an unbounded cache to exactly the frames asked for (Bytes in the
-// cache's dtype), keeps what it holds, and leaves a windowed cache alone.
+// TestCacheReserve: Reserve sizes an empty unbounded cache to exactly the frames asked for (Bytes in
+// the cache's dtype, fewer than NewCache's first 8 too), never shrinks an occupied one, keeps what it
+// holds, and leaves a windowed cache alone.
 func TestCacheReserve(t *testing.T) {
 	cfg, _ := Preset("tiny")
 	cfg.Layers = 2
 	dev := kernels.CPU()
 	m := New(dev, cfg, false)
+	randomize(m, 2)
 	B, H, W := 1, 4, 2
 	perFrame := 2 * cfg.Layers * B * (H / 2) * (W / 2) * cfg.Dim // K and V elements per frame
 	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
@@ -92,9 +94,29 @@ func TestCacheReserve(t *testing.T) {
 		if got, want := c.Bytes(), 11*perFrame*dt.Size(); got != want {
 			t.Errorf("%v: reserved 11 frames, %d bytes, want %d", dt, got, want)
 		}
-		c.Reserve(5) // never shrinks
-		if got, want := c.Bytes(), 11*perFrame*dt.Size(); got != want {
-			t.Errorf("%v: Reserve(5) after 11: %d bytes, want %d", dt, got, want)
+		c.Reserve(3) // empty: exactly 3
+		if got, want := c.Bytes(), 3*perFrame*dt.Size(); got != want {
+			t.Errorf("%v: Reserve(3) of an empty cache: %d bytes, want %d", dt, got, want)
+		}
+		p := m.NewInferencePass(Shape{B: B, F: 2, H: H, W: W, L: 3, ChunkFrames: 2})
+		x := dev.Alloc(kernels.F32, B, cfg.InDim, 2, H, W)
+		tt := dev.Alloc(kernels.F32, B, 2)
+		ctx := dev.Alloc(kernels.F32, B, 3, cfg.TextDim)
+		dev.FromHost(x, randn(rand.New(rand.NewSource(1)), x.Numel(), 1))
+		m.ForwardChunk(p, c, x, tt, ctx)
+		m.Commit(c, p)
+		kept := host(dev, c.K[1])[:perFrame/(2*cfg.Layers)*2]
+		c.Reserve(1) // occupied: never shrinks
+		if got, want := c.Bytes(), 3*perFrame*dt.Size(); got != want {
+			t.Errorf("%v: Reserve(1) of an occupied cache of 3: %d bytes, want %d", dt, got, want)
+		}
+		c.Reserve(7) // occupied: grows, keeping the 2 frames
+		if got, want := c.Bytes(), 7*perFrame*dt.Size(); got != want {
+			t.Errorf("%v: Reserve(7) of an occupied cache: %d bytes, want %d", dt, got, want)
+		}
+		sameBits(t, "cached K after growth", kept, host(dev, c.K[1])[:len(kept)])
+		if kept[0] == 0 && kept[len(kept)-1] == 0 {
+			t.Fatalf("cached K is zero: the growth check compares nothing")
 		}
 	}
 	w := m.NewCache(B, H, W, 3, 1)
