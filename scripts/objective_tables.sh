@@ -3,14 +3,16 @@
 # CPU: consistency, dmd+adversarial (DMD2), and odeinit → selfforcing (the causal student, sampled by
 # streaming with the KV cache, plus a video twice the training length). Shortened runs (STEPS, COUNT).
 # Usage: scripts/objective_tables.sh [OUT]   (from the repository root)
+# On a GPU machine without Go: FS=<prebuilt fewstep> FEWSTEP_DEVICE=cuda scripts/objective_tables.sh OUT
+# (FEWSTEP_DEVICE sets every job's device key).
 set -euo pipefail
 OUT=${1:-runs/tables}
 STEPS=${STEPS:-300}
 COUNT=${COUNT:-64}
 T=configs/teacher/diffusion_pytorch_model.safetensors
 mkdir -p "$OUT"
-go build -o "$OUT/fewstep" ./cmd/fewstep
-fs="$OUT/fewstep"
+fs=${FS:-}
+if [ -z "$fs" ]; then go build -o "$OUT/fewstep" ./cmd/fewstep && fs="$OUT/fewstep"; fi
 table() { # name config student sampler [extra eval flags]
 	local name=$1 cfg=$2 student=$3 sampler=$4; shift 4
 	"$fs" eval --config "$cfg" --teacher "$T" --student "$student" --student-sampler "$sampler" \

@@ -97,7 +97,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	o := cmd.OutOrStdout()
-	fmt.Fprintf(o, "\nDistillation table (%s → dmd student, %d held-out prompts, CPU):\n%s", job.Roles[objectives.Teacher].Weights, tab.Count, txt)
+	fmt.Fprintf(o, "\nDistillation table (%s → dmd student, %d held-out prompts, %s):\n%s", job.Roles[objectives.Teacher].Weights, tab.Count, job.Device, txt)
 	fmt.Fprint(o, verdict(tab))
 	fmt.Fprintf(o, "demo: %.1fs in all (data + distillation %.1fs, evaluation %.1fs); run folder %s\n",
 		time.Since(t0).Seconds(), tTrain.Seconds(), (time.Since(t0) - tTrain).Seconds(), out)
