@@ -287,6 +287,27 @@ func cases() []opCase {
 	cs = append(cs, opCase{name: "Sinusoid", noBF: true,
 		ts:  []spec{S("t", tsteps, 2, 5), S("y", out, 10, 256)},
 		run: func(d kernels.Device, t map[string]*kernels.Tensor) { d.Sinusoid(t["y"], t["t"], 128) }})
+	// Column reductions over many rows (colreduce_f32x4 in fp32: several 128-column blocks with a
+	// partial last one, rows split into blocks of 64 with a short last block, the four-row steps and
+	// their tail; the fused bias/shift sums of LayerNormBack and ModulateBack).
+	{
+		const M, W, K = 2003, 4100, 8
+		cs = append(cs, opCase{name: "column reductions, tall",
+			ts: []spec{S("x", in, M, K), S("w", in, W, K), S("b", in, W), S("y", out, M, W),
+				S("dy", in, M, W), S("dx", acc, M, K), S("dw", acc, W, K), S("db", acc, W),
+				S("lw", in, W), S("lb", in, W), S("ly", out, M, W), SF("mean", saved, M), SF("rstd", saved, M),
+				S("ldy", in, M, W), S("ldx", acc, M, W), S("ldw", acc, W), S("ldb", acc, W),
+				S("mx", in, 1, M-1, W), S("mod", in, 1, 2, 6, W), S("my", out, 1, M-1, W), S("mdy", in, 1, M-1, W),
+				S("mdx", acc, 1, M-1, W), S("dmod", acc, 1, 2, 6, W)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				d.Linear(t["y"], t["x"], t["w"], t["b"])
+				d.LinearBack(t["dx"], t["dw"], t["db"], t["dy"], t["x"], t["w"])
+				d.LayerNorm(t["ly"], t["mean"], t["rstd"], t["dy"], t["lw"], t["lb"], 1e-6)
+				d.LayerNormBack(t["ldx"], t["ldw"], t["ldb"], t["ldy"], t["dy"], t["mean"], t["rstd"], t["lw"])
+				d.Modulate(t["my"], t["mx"], t["mod"], 0, 1, (M-1)/2)
+				d.ModulateBack(t["mdx"], t["dmod"], t["mdy"], t["mx"], t["mod"], 0, 1, (M-1)/2)
+			}})
+	}
 	cs = append(cs, opCase{name: "AddBroadcast",
 		ts: []spec{S("a", in, 6, D), S("b", in, B*F, 6, D), S("y", out, B*F, 6, D), S("dy", in, B*F, 6, D), S("da", acc, 6, D), S("db", acc, B*F, 6, D)},
 		run: func(d kernels.Device, t map[string]*kernels.Tensor) {

@@ -245,11 +245,39 @@ func (d *Device) LinearBack(dIn, dW, dB, dOut, in, w *kernels.Tensor) {
 
 func (d *Device) colReduce(dst *kernels.Tensor, dstOff, dstStride int, a, b, mean, rstd *kernels.Tensor,
 	nseg, segRows, cols, mode int, scale float32, overwrite bool) {
-	if nseg == 0 || cols == 0 {
+	d.colReduce2(dst, dstOff, nil, 0, dstStride, a, b, mean, rstd, nseg, segRows, cols, mode, scale, overwrite)
+}
+
+// colReduce2 is colReduce with a second destination dst0 (at dst0Off, same stride; nil for none)
+// that takes the plain column sums of a (mode 0) in the same pass when the fp32 float4 kernel can
+// (both destinations fp32, added to), else in a second reduction.
+func (d *Device) colReduce2(dst *kernels.Tensor, dstOff int, dst0 *kernels.Tensor, dst0Off, dstStride int, a, b, mean, rstd *kernels.Tensor,
+	nseg, segRows, cols, mode int, scale float32, overwrite bool) {
+	if nseg == 0 || cols == 0 || segRows == 0 {
 		return
 	}
-	d.scratchReset()
 	direct := dst.DType == kernels.F32 && scale == 1 && !overwrite
+	if direct && d.colVec(cols, a, b, mean, rstd) && (dst0 == nil || dst0.DType == kernels.F32) {
+		// fp32 float4 kernel: 128 columns per block, about 8 blocks per SM, rows split evenly.
+		gx := (cols + 127) / 128
+		gy := (8*d.sms + gx*nseg - 1) / (gx * nseg)
+		gy = max(1, min(gy, (segRows+7)/8))
+		rpb := (segRows + gy - 1) / gy
+		rpb = (rpb + 7) &^ 7
+		gy = (segRows + rpb - 1) / rpb
+		var acc0 uintptr
+		if dst0 != nil {
+			acc0 = dst0.Ptr + uintptr(4*dst0Off)
+		}
+		d.args.reset().ptr(dst.Ptr + uintptr(4*dstOff)).ptr(acc0).i64(dstStride).ptr(a.Ptr).ptr(ptrOf(b)).
+			ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i64(segRows).i64(cols).i32(rpb).i32(mode)
+		d.launch("colreduce_f32x4", gx, gy, nseg, 32, 8, 1, 0)
+		return
+	}
+	if dst0 != nil {
+		d.colReduce2(dst0, dst0Off, nil, 0, dstStride, a, nil, nil, nil, nseg, segRows, cols, 0, 1, false)
+	}
+	d.scratchReset()
 	acc, accStride := dst.Ptr+uintptr(4*dstOff), dstStride
 	if !direct {
 		acc, accStride = d.scratch(4*nseg*cols), cols
@@ -284,6 +312,15 @@ func (d *Device) colReduce(dst *kernels.Tensor, dstOff, dstStride int, a, b, mea
 		d.args.reset().t(&dp).ptr(acc).i64(nseg).i64(dstStride).i64(cols).f32(scale).i32(btoi(overwrite))
 		d.ew("ew_finalize", nseg*cols)
 	}
+}
+
+// colVec reports whether colreduce_f32x4 takes these operands: fp32 (or nil) tensors, a and b
+// 16-byte aligned, rows of cols % 4 == 0 elements.
+func (d *Device) colVec(cols int, a, b, mean, rstd *kernels.Tensor) bool {
+	if !d.vec || cols%4 != 0 || a.DType != kernels.F32 || a.Ptr%16 != 0 || (b != nil && (b.DType != kernels.F32 || b.Ptr%16 != 0)) {
+		return false
+	}
+	return (mean == nil || mean.DType == kernels.F32) && (rstd == nil || rstd.DType == kernels.F32)
 }
 
 func ptrOf(t *kernels.Tensor) uintptr {
@@ -362,11 +399,15 @@ func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Ten
 		d.args.reset().t(dIn).t(dOut).t(in).ptr(mean.Ptr).ptr(rstd.Ptr).i32(int(mean.DType)).ptr(ptrOf(w)).i32(wdt).i64(D)
 		d.launch("ln_bwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
 	}
-	if dW != nil {
+	switch {
+	case dW != nil && dB != nil: // one pass over dOut for both
+		mustNumel("LayerNormBack dW", D, dW)
+		mustNumel("LayerNormBack dB", D, dB)
+		d.colReduce2(dW, 0, dB, 0, D, dOut, in, mean, rstd, 1, rows, D, 2, 1, false)
+	case dW != nil:
 		mustNumel("LayerNormBack dW", D, dW)
 		d.colReduce(dW, 0, D, dOut, in, mean, rstd, 1, rows, D, 2, 1, false)
-	}
-	if dB != nil {
+	case dB != nil:
 		mustNumel("LayerNormBack dB", D, dB)
 		d.colReduce(dB, 0, D, dOut, nil, nil, nil, 1, rows, D, 0, 1, false)
 	}
@@ -476,8 +517,8 @@ func (d *Device) ModulateBack(dX, dMod, dOut, x, mod *kernels.Tensor, iShift, iS
 	if dMod != nil {
 		mustNumel("ModulateBack dMod", mod.Numel(), dMod)
 		// Segments = (b, f), tpf rows each; dMod[b,f,i,:] at ((b·F+f)·K + i)·D.
-		d.colReduce(dMod, iShift*D, K*D, dOut, nil, nil, nil, B*F, tpf, D, 0, 1, false)
-		d.colReduce(dMod, iScale*D, K*D, dOut, x, nil, nil, B*F, tpf, D, 1, 1, false)
+		// The scale gradient Σ dOut·x and the shift gradient Σ dOut in one pass over dOut.
+		d.colReduce2(dMod, iScale*D, dMod, iShift*D, K*D, dOut, x, nil, nil, B*F, tpf, D, 1, 1, false)
 	}
 }
 
