@@ -242,7 +242,23 @@ func (d *Device) enter() bool {
 	return true
 }
 
+// enterW is enter for an op that declares every tensor it writes (ws, nil ones ignored): the bf16
+// copies of other tensors stay valid across it (shadows.go). Pair with leave as enter.
+func (d *Device) enterW(ws ...*kernels.Tensor) bool {
+	d.keep = true
+	ok := d.enter()
+	d.wrote(ws...)
+	return ok
+}
+
+// leave ends what enter began. The ops' early return on empty tensors (`if n == 0 || !d.enter()
+// { d.leave() … }`) calls it without enter: that must not drive depth below zero (enter would
+// then stop clearing the bf16 copy table) nor leave a keepShadows flag set for the next op.
 func (d *Device) leave() {
+	if d.depth == 0 {
+		d.keep = false
+		return
+	}
 	d.depth--
 	runtime.UnlockOSThread()
 }
@@ -535,7 +551,7 @@ func (d *Device) forget(t *kernels.Tensor) {
 
 // MemInfo returns free and total device memory in bytes.
 func (d *Device) MemInfo() (free, total uint64, err error) {
-	if !d.enter() {
+	if !d.enterW() {
 		d.leave()
 		return 0, 0, d.err
 	}
@@ -552,7 +568,7 @@ func mustNumel(op string, n int, t *kernels.Tensor) {
 
 func (d *Device) FromHost(dst *kernels.Tensor, src []float32) {
 	mustNumel("FromHost", len(src), dst)
-	if len(src) == 0 || !d.enter() {
+	if len(src) == 0 || !d.enterW(dst) {
 		d.leave()
 		return
 	}
@@ -585,7 +601,7 @@ func (d *Device) ToHost(dst []float32, src *kernels.Tensor) {
 	if len(dst) == 0 {
 		return
 	}
-	if !d.enter() {
+	if !d.enterW() {
 		d.leave()
 		for i := range dst {
 			dst[i] = float32(math.NaN())
@@ -618,7 +634,7 @@ func (d *Device) ToHost(dst []float32, src *kernels.Tensor) {
 func (d *Device) Copy(dst, src *kernels.Tensor) {
 	n := src.Numel()
 	mustNumel("Copy", n, dst)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(dst) {
 		d.leave()
 		return
 	}
@@ -634,7 +650,7 @@ func (d *Device) Copy(dst, src *kernels.Tensor) {
 
 func (d *Device) Zero(t *kernels.Tensor) {
 	n := t.Numel() * t.DType.Size()
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(t) {
 		d.leave()
 		return
 	}
@@ -645,7 +661,7 @@ func (d *Device) Zero(t *kernels.Tensor) {
 
 func (d *Device) Fill(t *kernels.Tensor, v float32) {
 	n := t.Numel()
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(t) {
 		d.leave()
 		return
 	}
@@ -657,7 +673,7 @@ func (d *Device) Fill(t *kernels.Tensor, v float32) {
 
 // Sync waits for all queued work and returns the first error.
 func (d *Device) Sync() error {
-	if !d.enter() {
+	if !d.enterW() {
 		d.leave()
 		return d.err
 	}

@@ -86,7 +86,7 @@ type Event struct {
 
 // NewEvent makes a timing event.
 func (d *Device) NewEvent() (*Event, error) {
-	if !d.enter() {
+	if !d.enterW() {
 		d.leave()
 		return nil, d.err
 	}
@@ -101,7 +101,7 @@ func (d *Device) NewEvent() (*Event, error) {
 // Record queues the event on the device's stream.
 func (e *Event) Record() {
 	d := e.d
-	if !d.enter() {
+	if !d.enterW() {
 		d.leave()
 		return
 	}
@@ -112,7 +112,7 @@ func (e *Event) Record() {
 // Since waits for e and returns the milliseconds between start and e.
 func (e *Event) Since(start *Event) (float32, error) {
 	d := e.d
-	if !d.enter() {
+	if !d.enterW() {
 		d.leave()
 		return 0, d.err
 	}

@@ -353,7 +353,7 @@ func (d *Device) LayerNorm(out, mean, rstd, in, w, b *kernels.Tensor, eps float3
 	must(w == nil || w.Numel() == D, "LayerNorm: weight %v for D=%d", w, D)
 	must(b == nil || b.Numel() == D, "LayerNorm: bias %v for D=%d", b, D)
 	must(w == nil || b == nil || w.DType == b.DType, "LayerNorm: weight %v and bias %v dtypes differ", w, b)
-	if rows == 0 || !d.enter() {
+	if rows == 0 || !d.enterW(out, mean, rstd) {
 		d.leave()
 		return
 	}
@@ -385,7 +385,7 @@ func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Ten
 	n := sameNumel("LayerNormBack", in, dOut)
 	rows := n / D
 	must(mean.Numel() == rows && rstd.Numel() == rows && mean.DType == rstd.DType, "LayerNormBack: mean %v rstd %v for %d rows", mean, rstd, rows)
-	if rows == 0 || !d.enter() {
+	if rows == 0 || !d.enterW(dIn, dW, dB) {
 		d.leave()
 		return
 	}
@@ -449,7 +449,7 @@ func (d *Device) RMSNormBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor) {
 	n := sameNumel("RMSNormBack", in, dOut)
 	rows := n / D
 	must(rstd.Numel() == rows, "RMSNormBack: rstd %v for %d rows", rstd, rows)
-	if rows == 0 || !d.enter() {
+	if rows == 0 || !d.enterW(dIn, dW) {
 		d.leave()
 		return
 	}
@@ -484,7 +484,7 @@ func modDims(op string, x, mod *kernels.Tensor, idx []int, tpf int) (B, N, D, F,
 func (d *Device) Modulate(out, x, mod *kernels.Tensor, iShift, iScale, tpf int) {
 	B, N, D, F, K := modDims("Modulate", x, mod, []int{iShift, iScale}, tpf)
 	n := sameNumel("Modulate", out, x)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(out) {
 		d.leave()
 		return
 	}
@@ -504,7 +504,7 @@ func (d *Device) Modulate(out, x, mod *kernels.Tensor, iShift, iScale, tpf int) 
 func (d *Device) ModulateBack(dX, dMod, dOut, x, mod *kernels.Tensor, iShift, iScale, tpf int) {
 	B, N, D, F, K := modDims("ModulateBack", x, mod, []int{iShift, iScale}, tpf)
 	n := sameNumel("ModulateBack", dOut, x)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(dX, dMod) {
 		d.leave()
 		return
 	}
@@ -525,7 +525,7 @@ func (d *Device) ModulateBack(dX, dMod, dOut, x, mod *kernels.Tensor, iShift, iS
 func (d *Device) GateAdd(x, y, mod *kernels.Tensor, iGate, tpf int) {
 	_, N, D, F, K := modDims("GateAdd", x, mod, []int{iGate}, tpf)
 	n := sameNumel("GateAdd", x, y)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(x) {
 		d.leave()
 		return
 	}
@@ -536,7 +536,7 @@ func (d *Device) GateAdd(x, y, mod *kernels.Tensor, iGate, tpf int) {
 func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf int) {
 	B, N, D, F, K := modDims("GateAddBack", y, mod, []int{iGate}, tpf)
 	n := sameNumel("GateAddBack", dX, y)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(dY, dMod) {
 		d.leave()
 		return
 	}
@@ -594,7 +594,7 @@ func (d *Device) vecEW(D, n, nmod int, ts ...*kernels.Tensor) bool {
 
 func (d *Device) act(name string, out, in *kernels.Tensor) {
 	n := sameNumel(name, out, in)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(out) {
 		d.leave()
 		return
 	}
@@ -612,7 +612,7 @@ func (d *Device) act(name string, out, in *kernels.Tensor) {
 
 func (d *Device) actBack(name string, dIn, dOut, in *kernels.Tensor) {
 	n := sameNumel(name, dIn, dOut, in)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(dIn) {
 		d.leave()
 		return
 	}
@@ -821,7 +821,7 @@ func (d *Device) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tens
 
 func (d *Device) patch(name string, tok, vid *kernels.Tensor, n, B, C, F, H, W, back int) {
 	must(H%2 == 0 && W%2 == 0, "%s: H=%d W=%d must be even", name, H, W)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(tok, vid) {
 		d.leave()
 		return
 	}
@@ -861,7 +861,7 @@ func (d *Device) UnpatchifyBack(dIn, dOut *kernels.Tensor, B, C, F, H, W int) {
 func (d *Device) Sinusoid(out, t *kernels.Tensor, half int) {
 	M := t.Numel()
 	mustNumel("Sinusoid out", M*2*half, out)
-	if M*half == 0 || !d.enter() {
+	if M*half == 0 || !d.enterW(out) {
 		d.leave()
 		return
 	}
@@ -874,7 +874,7 @@ func (d *Device) AddBroadcast(out, a, b *kernels.Tensor) {
 	n := sameNumel("AddBroadcast", out, b)
 	KD := a.Numel()
 	must(KD > 0 && n%KD == 0, "AddBroadcast: a %v does not tile b %v", a.Shape, b.Shape)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(out) {
 		d.leave()
 		return
 	}
@@ -885,7 +885,7 @@ func (d *Device) AddBroadcast(out, a, b *kernels.Tensor) {
 
 func (d *Device) AddBroadcastBack(dA, dB, dOut *kernels.Tensor) {
 	n := dOut.Numel()
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(dA, dB) {
 		d.leave()
 		return
 	}
@@ -906,7 +906,7 @@ func (d *Device) MeanTokens(out, in *kernels.Tensor) {
 	must(len(in.Shape) == 3, "MeanTokens: in %v is not [B,N,D]", in.Shape)
 	B, N, D := in.Shape[0], in.Shape[1], in.Shape[2]
 	mustNumel("MeanTokens out", B*D, out)
-	if B*D == 0 || !d.enter() {
+	if B*D == 0 || !d.enterW(out) {
 		d.leave()
 		return
 	}
@@ -919,7 +919,7 @@ func (d *Device) MeanTokensBack(dIn, dOut *kernels.Tensor) {
 	B, N, D := dIn.Shape[0], dIn.Shape[1], dIn.Shape[2]
 	mustNumel("MeanTokensBack dOut", B*D, dOut)
 	n := B * N * D
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(dIn) {
 		d.leave()
 		return
 	}
@@ -933,7 +933,7 @@ func (d *Device) MeanTokensBack(dIn, dOut *kernels.Tensor) {
 
 func (d *Device) Add(out, a, b *kernels.Tensor) {
 	n := sameNumel("Add", out, a, b)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(out) {
 		d.leave()
 		return
 	}
@@ -945,7 +945,7 @@ func (d *Device) Add(out, a, b *kernels.Tensor) {
 
 func (d *Device) Axpy(y *kernels.Tensor, alpha float32, x *kernels.Tensor) {
 	n := sameNumel("Axpy", y, x)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(y) {
 		d.leave()
 		return
 	}
@@ -957,7 +957,7 @@ func (d *Device) Axpy(y *kernels.Tensor, alpha float32, x *kernels.Tensor) {
 
 func (d *Device) Scale(x *kernels.Tensor, alpha float32) {
 	n := x.Numel()
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(x) {
 		d.leave()
 		return
 	}
@@ -972,7 +972,7 @@ const maxGroups = 64 // coefficients passed by value (see Coefs in elementwise.c
 // combine: groupSize > 0 → g = i/groupSize; else the video layout [B,C,F,HW] with g = b·F + f.
 func (d *Device) combine(op string, out, x, y *kernels.Tensor, a, b []float32, groupSize, C, F, HW int) {
 	n := sameNumel(op, out, x, y)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(out) {
 		d.leave()
 		return
 	}
@@ -1043,7 +1043,7 @@ func (d *Device) dblBuf(n int) uintptr {
 
 func (d *Device) Dot(a, b *kernels.Tensor) float64 {
 	n := sameNumel("Dot", a, b)
-	if !d.enter() {
+	if !d.enterW() {
 		d.leave()
 		return math.NaN()
 	}
@@ -1069,7 +1069,7 @@ func (d *Device) SumAbsGroups(dst []float64, x *kernels.Tensor) {
 	n := x.Numel()
 	G := len(dst)
 	must(G > 0 && n%G == 0, "SumAbsGroups: %d groups for %v", G, x.Shape)
-	if !d.enter() {
+	if !d.enterW() {
 		d.leave()
 		for i := range dst {
 			dst[i] = math.NaN()
@@ -1103,7 +1103,7 @@ func (d *Device) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd flo
 	n := sameNumel("AdamW", w, g, m, v)
 	must(step >= 1, "AdamW: step %d < 1", step)
 	must(m.DType == v.DType, "AdamW: m %v and v %v dtypes differ", m, v)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(w, g, m, v) {
 		d.leave()
 		return
 	}
@@ -1119,7 +1119,7 @@ func (d *Device) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd flo
 
 func (d *Device) EMA(ema, w *kernels.Tensor, decay float32) {
 	n := sameNumel("EMA", ema, w)
-	if n == 0 || !d.enter() {
+	if n == 0 || !d.enterW(ema) {
 		d.leave()
 		return
 	}

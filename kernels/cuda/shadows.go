@@ -11,11 +11,14 @@ import (
 // cores want bf16. Rather than convert a GEMM's or the attention's fp32 input on every use, the op
 // that produces it (Modulate, LayerNorm, RMSNorm, GELU, SiLU, RoPE, Attention) also writes a bf16
 // copy into a persistent buffer kept per fp32 tensor, and records it in a small table of valid
-// copies. A copy is valid until something may have written its fp32 source: every op clears the
-// table, except the ops that declare exactly what they write (Linear, LinearBack, RMSNorm, RoPE,
-// Attention, AttentionBack), which drop only the copies they overlap. Graph capture starts and
-// ends a new epoch: a copy made outside a capture is never used inside it (the graph must convert
-// for itself, or a replay would read a stale copy).
+// copies. A copy is valid until something may have written its fp32 source: an op that does not
+// declare its writes clears the table (Alloc, a graph replay, …); the ops that declare every tensor
+// they write (keepShadows or enterW: the GEMMs, norms, modulation, activations, attention, the
+// elementwise ops, the optimizer, FromHost/Copy/Zero/Fill, and their backward ops) drop only the
+// copies they overlap, so the forward's copies of a training pass's activations are still valid
+// when its backward needs them as GEMM and attention operands. Free forgets everything. Graph
+// capture starts and ends a new epoch: a copy made outside a capture is never used inside it (the
+// graph must convert for itself, or a replay would read a stale copy).
 
 type actEntry struct {
 	src   uintptr // fp32 source
@@ -24,7 +27,9 @@ type actEntry struct {
 	epoch int
 }
 
-const maxActEntries = 16
+// maxActEntries bounds the table (oldest dropped first): a forward of Wan-1.3B records ~12 copies
+// per block, 30 blocks, and its backward needs them all.
+const maxActEntries = 2048
 
 type actBuf struct {
 	p uintptr
@@ -45,6 +50,7 @@ func (d *Device) shadowBuf(t *kernels.Tensor) uintptr {
 		return 0
 	}
 	if b, ok := d.actBufs[t.Ptr]; ok {
+		d.dropCopiesIn(b.p) // a smaller view's copy there must not outlive the buffer
 		d.fail(d.drv.call("cuStreamSynchronize", d.drv.cuStreamSynchronize, d.stream))
 		d.fail(d.drv.call("cuMemFree_v2(bf16 shadow)", d.drv.cuMemFree, b.p))
 		delete(d.actBufs, t.Ptr)
@@ -101,6 +107,18 @@ func (d *Device) wrote(ts ...*kernels.Tensor) {
 		}
 		d.acts = d.acts[:k]
 	}
+}
+
+// dropCopiesIn forgets the copies held in the bf16 buffer at sh.
+func (d *Device) dropCopiesIn(sh uintptr) {
+	k := 0
+	for _, e := range d.acts {
+		if e.sh != sh {
+			d.acts[k] = e
+			k++
+		}
+	}
+	d.acts = d.acts[:k]
 }
 
 // keepShadows marks the next op as one that declares its writes (see the file comment).

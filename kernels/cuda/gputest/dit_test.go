@@ -137,6 +137,15 @@ func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v varia
 			var got []float32
 			if round == 0 {
 				got = host(g, mg.Forward(pg, xg, tg, cg))
+				// and this pass's backward: the bf16 copies of activations live from the forward
+				// into the backward; none of the first pass's may be read here.
+				cot2 := randn(r, oc.Numel(), 0, 0)
+				mc.ZeroGrad()
+				mg.ZeroGrad()
+				dc := mc.Backward(pc, upload(cpu, cot2, xs...))
+				dg := mg.Backward(pg, upload(g, cot2, xs...))
+				check(t, g, "grad.x on new inputs", host(g, dg), host(cpu, dc), v.tol)
+				check(t, g, "grad (all parameters) on new inputs", host(g, mg.G), host(cpu, mc.G), v.tol)
 			} else {
 				var outT *kernels.Tensor // Forward's output tensor, the same on every replay
 				gr, err := g.Capture(func() { outT = mg.Forward(pg, xg, tg, cg) })
