@@ -59,3 +59,22 @@ extern "C" __global__ void act_gelu_f32x4(f32x4 *out, bf16x4 *sh, const f32x4 *i
         if (sh) sh[i] = bf16x4{f2bf(y.x), f2bf(y.y), f2bf(y.z), f2bf(y.w)};
     }
 }
+
+// The all-fp32 GELU backward, four elements per thread: dIn += dOut·gelu'(x); sh, when not null,
+// gets a bf16 copy of the new dIn (the next GEMM's operand).
+__device__ __forceinline__ float gelu_grad1(float x) {
+    float t = tanhf(GELU_C * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * GELU_C * (1.f + 3.f * 0.044715f * x * x);
+}
+
+extern "C" __global__ void act_gelu_back_f32x4(f32x4 *dIn, bf16x4 *sh, const f32x4 *dOut, const f32x4 *in, ll n4) {
+    GRID_STRIDE(i, n4) {
+        f32x4 x = in[i], g = dOut[i], d = dIn[i];
+        d.x += g.x * gelu_grad1(x.x);
+        d.y += g.y * gelu_grad1(x.y);
+        d.z += g.z * gelu_grad1(x.z);
+        d.w += g.w * gelu_grad1(x.w);
+        dIn[i] = d;
+        if (sh) sh[i] = bf16x4{f2bf(d.x), f2bf(d.y), f2bf(d.z), f2bf(d.w)};
+    }
+}

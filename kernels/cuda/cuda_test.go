@@ -356,6 +356,15 @@ func cases() []opCase {
 			d.AdamW(t["w"], t["g"], t["m"], t["vv"], 1e-3, 0.9, 0.999, 1e-8, 0.01, 3)
 			d.EMA(t["e"], t["w"], 0.95)
 		}})
+	// AdamW on views 5 elements into their buffers (the float4 path's scalar head, body and tail;
+	// the buffers' first 5 and last 4 elements must stay as they were).
+	cs = append(cs, opCase{name: "AdamW views", noBF: true,
+		ts: []spec{S("w", inout, 1010), S("g", in, 1010), S("m", inout, 1010), S("v", pos, 1010), S("vv", inout, 1010)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.Copy(t["vv"], t["v"])
+			at := func(k string) *kernels.Tensor { return t[k].View(5, 1001) }
+			d.AdamW(at("w"), at("g"), at("m"), at("vv"), 1e-3, 0.9, 0.999, 1e-8, 0.01, 2)
+		}})
 	// Attention: full, cross (Nk ≠ Nq), block-causal, block-causal with a KV-cache offset.
 	type ac struct {
 		name             string

@@ -617,6 +617,15 @@ func (d *Device) actBack(name string, dIn, dOut, in *kernels.Tensor) {
 		return
 	}
 	defer d.leave()
+	if name == "act_gelu_back" && d.vec && n%4 == 0 && dIn.DType == kernels.F32 && dOut.DType == kernels.F32 && in.DType == kernels.F32 &&
+		dIn.Ptr%16 == 0 && dOut.Ptr%16 == 0 && in.Ptr%16 == 0 {
+		// fp32 float4 path; in GEMMBF16 mode it also writes dIn's bf16 copy for the GEMM that reads it next.
+		sh := d.shadowBuf(dIn)
+		d.args.reset().ptr(dIn.Ptr).ptr(sh).ptr(dOut.Ptr).ptr(in.Ptr).i64(n / 4)
+		d.ew("act_gelu_back_f32x4", n/4)
+		d.actSet(dIn, sh)
+		return
+	}
 	d.args.reset().t(dIn).t(dOut).t(in).i64(n)
 	d.ew(name, n)
 }
@@ -1113,7 +1122,33 @@ func (d *Device) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd flo
 	bc2 := 1 - math.Pow(float64(beta2), float64(step))
 	stepSize := float32(float64(lr) / bc1)
 	rbc2 := float32(1 / math.Sqrt(bc2))
-	d.args.reset().t(w).t(g).ptr(m.Ptr).ptr(v.Ptr).i32(int(m.DType)).f32(beta1).f32(beta2).f32(eps).f32(1 - lr*wd).f32(stepSize).f32(rbc2).i64(n)
+	decay := 1 - lr*wd
+	// All fp32 with the same address offset mod 16 (views at one offset into four buffers): a
+	// scalar head up to the 16-byte boundary, the float4 body, a scalar tail.
+	off := int(w.Ptr%16) / 4
+	if d.vec && w.DType == kernels.F32 && g.DType == kernels.F32 && m.DType == kernels.F32 &&
+		g.Ptr%16 == w.Ptr%16 && m.Ptr%16 == w.Ptr%16 && v.Ptr%16 == w.Ptr%16 && w.Ptr%4 == 0 && n >= 64 {
+		head := (4 - off) % 4
+		n4 := (n - head) / 4
+		tail := n - head - 4*n4
+		d.adamwScalar(w, g, m, v, 0, head, beta1, beta2, eps, decay, stepSize, rbc2)
+		b := uintptr(4 * head)
+		d.args.reset().ptr(w.Ptr + b).ptr(g.Ptr + b).ptr(m.Ptr + b).ptr(v.Ptr + b).f32(beta1).f32(beta2).f32(eps).f32(decay).f32(stepSize).f32(rbc2).i64(n4)
+		d.ew("adamw_f32x4", n4)
+		d.adamwScalar(w, g, m, v, head+4*n4, tail, beta1, beta2, eps, decay, stepSize, rbc2)
+		return
+	}
+	d.adamwScalar(w, g, m, v, 0, n, beta1, beta2, eps, decay, stepSize, rbc2)
+}
+
+// adamwScalar queues the scalar adamw kernel on elements [i0, i0+n) of the four tensors.
+func (d *Device) adamwScalar(w, g, m, v *kernels.Tensor, i0, n int, beta1, beta2, eps, decay, stepSize, rbc2 float32) {
+	if n == 0 {
+		return
+	}
+	at := func(t *kernels.Tensor) uintptr { return t.Ptr + uintptr(i0*t.DType.Size()) }
+	d.args.reset().ptr(at(w)).i32(int(w.DType)).ptr(at(g)).i32(int(g.DType)).ptr(at(m)).ptr(at(v)).i32(int(m.DType)).
+		f32(beta1).f32(beta2).f32(eps).f32(decay).f32(stepSize).f32(rbc2).i64(n)
 	d.ew("adamw", n)
 }
 
