@@ -460,6 +460,67 @@ func TestLinearMixedAndTF32(t *testing.T) {
 	}
 }
 
+// LinearBack with bf16 GEMM operands: the bias gradient and dOut's bf16 copy come from one pass
+// (colreduce_f32x4 with a copy), the GEMMs then read the copy. Twice, with a new dOut uploaded
+// in between: the second must not read the first's copy.
+func TestLinearBackBF16(t *testing.T) {
+	g := gpu(t)
+	defer func() { g.GEMM = GEMMExact }()
+	r := seedRand(t)
+	cpu := kernels.NewCPU(2)
+	M, K, N := 333, 136, 260 // N: two 128-column blocks and a partial third
+	x, w := randn(r, M*K), randn(r, N*K)
+	up := func(d kernels.Device, v []float32, shape ...int) *kernels.Tensor {
+		t := d.Alloc(kernels.F32, shape...)
+		d.FromHost(t, v)
+		return t
+	}
+	get := func(d kernels.Device, t *kernels.Tensor) []float32 {
+		v := make([]float32, t.Numel())
+		d.ToHost(v, t)
+		return v
+	}
+	Xc, Wc := up(cpu, x, M, K), up(cpu, w, N, K)
+	Xg, Wg := up(g, x, M, K), up(g, w, N, K)
+	g.MarkWeights(Wg)
+	g.GEMM = GEMMBF16
+	// Allocated once (Alloc and Free clear the table of copies; Zero and FromHost declare their writes).
+	dYg := g.Alloc(kernels.F32, M, N)
+	dXg, dWg, dBg := g.Alloc(kernels.F32, M, K), g.Alloc(kernels.F32, N, K), g.Alloc(kernels.F32, N)
+	for round := 0; round < 2; round++ {
+		dy := randn(r, M*N)
+		dXc, dWc, dBc := cpu.Alloc(kernels.F32, M, K), cpu.Alloc(kernels.F32, N, K), cpu.Alloc(kernels.F32, N)
+		cpu.LinearBack(dXc, dWc, dBc, up(cpu, dy, M, N), Xc, Wc)
+		g.Zero(dXg)
+		g.Zero(dWg)
+		g.Zero(dBg)
+		g.FromHost(dYg, dy)
+		g.LinearBack(dXg, dWg, dBg, dYg, Xg, Wg)
+		if err := g.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct {
+			name      string
+			got, want []float32
+			tol       float64
+		}{
+			{"dB", get(g, dBg), get(cpu, dBc), tolF32}, // fp32 sums
+			{"dX", get(g, dXg), get(cpu, dXc), tolBF16},
+			{"dW", get(g, dWg), get(cpu, dWc), tolBF16},
+		} {
+			e := relErr(c.got, c.want)
+			if !(e <= c.tol) {
+				t.Errorf("round %d: LinearBack %s: rel error %.3g > %.0e", round, c.name, e, c.tol)
+			} else {
+				t.Logf("round %d: LinearBack %s: rel error %.3g", round, c.name, e)
+			}
+		}
+	}
+	for _, x := range []*kernels.Tensor{Xg, Wg, dYg, dXg, dWg, dBg} {
+		g.Free(x)
+	}
+}
+
 func randn(r *rand.Rand, n int) []float32 {
 	v := make([]float32, n)
 	for i := range v {

@@ -221,6 +221,16 @@ func (d *Device) LinearBack(dIn, dW, dB, dOut, in, w *kernels.Tensor) {
 	}
 	defer d.leave()
 	defer d.wrote(dIn, dW, dB)
+	if dB != nil && d.GEMM == GEMMBF16 && (dIn != nil || dW != nil) && dB.DType == kernels.F32 &&
+		d.colVec(N, dOut, nil, nil, nil) && d.actLookup(dOut) == 0 {
+		// The bias gradient and dOut's bf16 copy (both GEMMs' operand) from one read of dOut.
+		mustNumel("LinearBack dB", N, dB)
+		if sh := d.shadowBuf(dOut); sh != 0 {
+			d.colReduceVec(dB.Ptr, 0, sh, N, dOut, nil, nil, nil, 1, M, N, 0)
+			d.actSet(dOut, sh)
+			dB = nil
+		}
+	}
 	if d.GEMM == GEMMBF16 && dIn != nil && dW != nil {
 		d.bf16Persistent(dOut) // one bf16 copy of dOut for both GEMMs
 	}
@@ -258,20 +268,11 @@ func (d *Device) colReduce2(dst *kernels.Tensor, dstOff int, dst0 *kernels.Tenso
 	}
 	direct := dst.DType == kernels.F32 && scale == 1 && !overwrite
 	if direct && d.colVec(cols, a, b, mean, rstd) && (dst0 == nil || dst0.DType == kernels.F32) {
-		// fp32 float4 kernel: 128 columns per block, about 8 blocks per SM, rows split evenly.
-		gx := (cols + 127) / 128
-		gy := (8*d.sms + gx*nseg - 1) / (gx * nseg)
-		gy = max(1, min(gy, (segRows+7)/8))
-		rpb := (segRows + gy - 1) / gy
-		rpb = (rpb + 7) &^ 7
-		gy = (segRows + rpb - 1) / rpb
 		var acc0 uintptr
 		if dst0 != nil {
 			acc0 = dst0.Ptr + uintptr(4*dst0Off)
 		}
-		d.args.reset().ptr(dst.Ptr + uintptr(4*dstOff)).ptr(acc0).i64(dstStride).ptr(a.Ptr).ptr(ptrOf(b)).
-			ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i64(segRows).i64(cols).i32(rpb).i32(mode)
-		d.launch("colreduce_f32x4", gx, gy, nseg, 32, 8, 1, 0)
+		d.colReduceVec(dst.Ptr+uintptr(4*dstOff), acc0, 0, dstStride, a, b, mean, rstd, nseg, segRows, cols, mode)
 		return
 	}
 	if dst0 != nil {
@@ -312,6 +313,20 @@ func (d *Device) colReduce2(dst *kernels.Tensor, dstOff int, dst0 *kernels.Tenso
 		d.args.reset().t(&dp).ptr(acc).i64(nseg).i64(dstStride).i64(cols).f32(scale).i32(btoi(overwrite))
 		d.ew("ew_finalize", nseg*cols)
 	}
+}
+
+// colReduceVec queues colreduce_f32x4 (operands checked by colVec; sh: a's bf16 copy or 0): 128
+// columns per block, about 8 blocks per SM, rows split evenly.
+func (d *Device) colReduceVec(acc, acc0, sh uintptr, accStride int, a, b, mean, rstd *kernels.Tensor, nseg, segRows, cols, mode int) {
+	gx := (cols + 127) / 128
+	gy := (8*d.sms + gx*nseg - 1) / (gx * nseg)
+	gy = max(1, min(gy, (segRows+7)/8))
+	rpb := (segRows + gy - 1) / gy
+	rpb = (rpb + 7) &^ 7
+	gy = (segRows + rpb - 1) / rpb
+	d.args.reset().ptr(acc).ptr(acc0).ptr(sh).i64(accStride).ptr(a.Ptr).ptr(ptrOf(b)).
+		ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i64(segRows).i64(cols).i32(rpb).i32(mode)
+	d.launch("colreduce_f32x4", gx, gy, nseg, 32, 8, 1, 0)
 }
 
 // colVec reports whether colreduce_f32x4 takes these operands: fp32 (or nil) tensors, a and b

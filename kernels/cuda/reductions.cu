@@ -44,11 +44,15 @@ extern "C" __global__ void colreduce(float *acc, ll accStride, const void *a, in
 // rowsPerBlock rows (a multiple of 8) of its segment. acc0, when not null, also takes Σ a (mode 0's
 // term) in the same pass: the bias next to a LayerNorm weight gradient, the shift next to the scale
 // gradient of a modulation. mean and rstd are fp32 (or null when the mode does not read them).
+// sh, when not null, gets a bf16 copy of a (same layout; the grid covers every element once): the
+// bias gradient and the bf16 operand of the GEMMs of a Linear's backward from one read of dOut.
 struct alignas(16) cr_f4 { float x, y, z, w; };
+struct alignas(8) cr_bf4 { unsigned short x, y, z, w; };
 
 __device__ __forceinline__ void cr_add(cr_f4 &s, cr_f4 &s0, const float *a, const float *b, const float *mean,
-                                       const float *rstd, ll i, ll row, int mode, bool two) {
+                                       const float *rstd, unsigned short *sh, ll i, ll row, int mode, bool two) {
     cr_f4 v = *(const cr_f4 *)(a + i);
+    if (sh) *(cr_bf4 *)(sh + i) = cr_bf4{f2bf(v.x), f2bf(v.y), f2bf(v.z), f2bf(v.w)};
     if (two) {
         s0.x += v.x; s0.y += v.y; s0.z += v.z; s0.w += v.w;
     }
@@ -61,10 +65,10 @@ __device__ __forceinline__ void cr_add(cr_f4 &s, cr_f4 &s0, const float *a, cons
     s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
 }
 
-extern "C" __global__ void colreduce_f32x4(float *acc, float *acc0, ll accStride, const float *a, const float *b,
+extern "C" __global__ void colreduce_f32x4(float *acc, float *acc0, unsigned short *sh, ll accStride, const float *a, const float *b,
                                            const float *mean, const float *rstd, ll segRows, ll cols,
                                            int rowsPerBlock, int mode) {
-    __shared__ float sh[2][8][128];
+    __shared__ float part[2][8][128];
     const bool two = acc0 != 0;
     ll c = (ll)blockIdx.x * 128 + 4 * threadIdx.x;  // first of this thread's four columns
     ll seg = blockIdx.z;
@@ -76,32 +80,32 @@ extern "C" __global__ void colreduce_f32x4(float *acc, float *acc0, ll accStride
         ll r = r0 + threadIdx.y;
         for (; r + 24 < r1; r += 32) {  // four rows per step, their loads independent
             ll row = seg * segRows + r;
-            cr_add(s, s0, a, b, mean, rstd, row * cols + c, row, mode, two);
-            cr_add(s, s0, a, b, mean, rstd, (row + 8) * cols + c, row + 8, mode, two);
-            cr_add(s, s0, a, b, mean, rstd, (row + 16) * cols + c, row + 16, mode, two);
-            cr_add(s, s0, a, b, mean, rstd, (row + 24) * cols + c, row + 24, mode, two);
+            cr_add(s, s0, a, b, mean, rstd, sh, row * cols + c, row, mode, two);
+            cr_add(s, s0, a, b, mean, rstd, sh, (row + 8) * cols + c, row + 8, mode, two);
+            cr_add(s, s0, a, b, mean, rstd, sh, (row + 16) * cols + c, row + 16, mode, two);
+            cr_add(s, s0, a, b, mean, rstd, sh, (row + 24) * cols + c, row + 24, mode, two);
         }
         for (; r < r1; r += 8) {
             ll row = seg * segRows + r;
-            cr_add(s, s0, a, b, mean, rstd, row * cols + c, row, mode, two);
+            cr_add(s, s0, a, b, mean, rstd, sh, row * cols + c, row, mode, two);
         }
     }
     int x4 = 4 * threadIdx.x;
-    sh[0][threadIdx.y][x4] = s.x;
-    sh[0][threadIdx.y][x4 + 1] = s.y;
-    sh[0][threadIdx.y][x4 + 2] = s.z;
-    sh[0][threadIdx.y][x4 + 3] = s.w;
-    sh[1][threadIdx.y][x4] = s0.x;
-    sh[1][threadIdx.y][x4 + 1] = s0.y;
-    sh[1][threadIdx.y][x4 + 2] = s0.z;
-    sh[1][threadIdx.y][x4 + 3] = s0.w;
+    part[0][threadIdx.y][x4] = s.x;
+    part[0][threadIdx.y][x4 + 1] = s.y;
+    part[0][threadIdx.y][x4 + 2] = s.z;
+    part[0][threadIdx.y][x4 + 3] = s.w;
+    part[1][threadIdx.y][x4] = s0.x;
+    part[1][threadIdx.y][x4 + 1] = s0.y;
+    part[1][threadIdx.y][x4 + 2] = s0.z;
+    part[1][threadIdx.y][x4 + 3] = s0.w;
     __syncthreads();
     // Thread t < 128 finishes column t of acc, thread 128 + t column t of acc0.
     int t = threadIdx.y * 32 + threadIdx.x, which = t >> 7, j = t & 127;
     ll cj = (ll)blockIdx.x * 128 + j;
     if (cj < cols && (which == 0 || two)) {
         float v = 0.f;
-        for (int k = 0; k < 8; k++) v += sh[which][k][j];
+        for (int k = 0; k < 8; k++) v += part[which][k][j];
         atomicAdd(&(which == 0 ? acc : acc0)[seg * accStride + cj], v);
     }
 }
