@@ -117,6 +117,9 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 		return nil, err
 	}
 	teacher, student := tr.Net(objectives.Teacher), tr.Net(objectives.Student)
+	if ema := tr.Net(objectives.EMA); ema != nil { // roles.student.ema_decay > 0: the EMA is the product
+		student = ema
+	}
 	if teacher == nil || student == nil {
 		return nil, fmt.Errorf("demo: the job's objective %s has no teacher and student", job.Objective)
 	}
