@@ -144,6 +144,9 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 	if iters < 1 {
 		return fmt.Errorf("--iters %d: want at least 1", iters)
 	}
+	if dry, _ := fl.GetBool("dry"); dry && obj == "step" {
+		return fmt.Errorf("--dry counts an objective's trainer step: give --objective (dmd, selfforcing, ...)")
+	}
 	N := F * (H / 2) * (W / 2)
 	res := map[string]any{"bench": "train", "objective": obj, "preset": preset, "batch": B, "frames": F, "tokens": N * B,
 		"ctx": L, "recompute": recompute, "engine": "fewstep"}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/fewstep/fewstep/kernels"
@@ -52,5 +53,43 @@ func TestForwardFLOPs(t *testing.T) {
 			t.Errorf("shape %+v: counted %.6g FLOPs (%.6g without the time MLP), forwardFLOPs says %.6g", s, dev.flops, dev.flops-timeMLP, want)
 		}
 		t.Logf("shape %+v: %.4g FLOPs counted, time MLP %.2g%%", s, dev.flops, 100*timeMLP/dev.flops)
+	}
+}
+
+// TestBenchTrainDry: bench train's dry accounting (bench_dry.go) runs an objective's trainer steps on
+// models.DryDevice: the bytes at setup and at the peak are positive, the peak holds at least the
+// setup, and the items at the peak add up to the peak (every byte has one label). --dry without an
+// objective (the plain step has no trainer step to count) is an error, not a GPU run.
+func TestBenchTrainDry(t *testing.T) {
+	cfg, err := models.Preset("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, obj := range []string{"dmd", "selfforcing"} {
+		s := models.Shape{B: 1, F: 4, H: 4, W: 4, L: 3, Recompute: true}
+		if obj == "selfforcing" {
+			s.ChunkFrames = 2
+		}
+		r, err := dryTrain(obj, cfg, s, s.L, 2, true)
+		if err != nil {
+			t.Fatalf("%s: %v", obj, err)
+		}
+		setup, peak := r["setup_GiB"].(float64), r["peak_GiB"].(float64)
+		var sum float64
+		for _, v := range r["at_peak_GiB"].(map[string]float64) {
+			sum += v
+		}
+		if setup <= 0 || peak < setup || math.Abs(sum-peak) > 1e-9*peak {
+			t.Errorf("%s: setup %.6g GiB, peak %.6g GiB, items at the peak add up to %.6g GiB", obj, setup, peak, sum)
+		}
+		t.Logf("%s: setup %.4g MiB, peak %.4g MiB, %d items", obj, setup*1024, peak*1024, len(r["at_peak_GiB"].(map[string]float64)))
+	}
+
+	resetFlags(rootCmd)
+	rootCmd.SetArgs([]string{"bench", "train", "--dry", "--preset", "tiny"})
+	rootCmd.SetOut(&strings.Builder{})
+	rootCmd.SetErr(&strings.Builder{})
+	if err := rootCmd.Execute(); err == nil || !strings.Contains(err.Error(), "--objective") {
+		t.Errorf("bench train --dry without --objective: error %v, want one naming --objective", err)
 	}
 }
