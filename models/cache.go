@@ -83,8 +83,13 @@ func (c *Cache) Reserve(frames int) {
 	}
 }
 
-// Bytes is the device memory the cache holds.
-func (c *Cache) Bytes() int { return 2 * c.layers * c.B * c.capFrames * c.hw * c.D * c.DType.Size() }
+// Bytes is the device memory the cache holds (0 after Free).
+func (c *Cache) Bytes() int {
+	if c.K == nil {
+		return 0
+	}
+	return 2 * c.layers * c.B * c.capFrames * c.hw * c.D * c.DType.Size()
+}
 
 // Free releases the cache's device memory.
 func (c *Cache) Free() {

@@ -79,7 +79,7 @@ func TestForwardChunkAtReplays(t *testing.T) {
 
 // TestCacheReserve: Reserve sizes an empty unbounded cache to exactly the frames asked for (Bytes in
 // the cache's dtype, fewer than NewCache's first 8 too), never shrinks an occupied one, keeps what it
-// holds, and leaves a windowed cache alone.
+// holds, and leaves a windowed cache alone; after Free it holds 0 bytes.
 func TestCacheReserve(t *testing.T) {
 	cfg, _ := Preset("tiny")
 	cfg.Layers = 2
@@ -117,6 +117,10 @@ func TestCacheReserve(t *testing.T) {
 		sameBits(t, "cached K after growth", kept, host(dev, c.K[1])[:len(kept)])
 		if kept[0] == 0 && kept[len(kept)-1] == 0 {
 			t.Fatalf("cached K is zero: the growth check compares nothing")
+		}
+		c.Free()
+		if got := c.Bytes(); got != 0 {
+			t.Errorf("%v: %d bytes after Free, want 0", dt, got)
 		}
 	}
 	w := m.NewCache(B, H, W, 3, 1)
