@@ -181,9 +181,10 @@ func (s *chunkState) releaseBufs(d kernels.Device) {
 // ForwardChunk runs the model on the next chunk of a streamed video: x [B, C, k, H, W] holds the
 // frames c.Frames()…+k−1 (RoPE at those absolute positions), t [B, k]. Self-attention sees the
 // cached K/V plus the chunk itself (block-causally inside the chunk if p.S.ChunkFrames < k). The
-// pass must come from NewPass or NewInferencePass(Shape{F: k, H, W of the cache, ...}). Commit(c, p) then caches the
-// chunk's K/V (from a ShareChunkKV pass: ForwardChunkCommit instead); Backward(p) works, with no
-// gradient into the cache.
+// pass must come from NewPass or NewInferencePass(Shape{F: k, H, W of the cache, ...}). Commit(c, p)
+// then caches the chunk's K/V (from a ShareChunkKV pass: ForwardChunkCommit instead); Backward(p)
+// works, with no gradient into the cache. A recompute pass's Backward gathers the cached frames
+// again, so it needs them unchanged since the forward: no Reset, no Commit that evicts (it panics).
 func (m *DiT) ForwardChunk(p *Pass, c *Cache, x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	return m.forwardChunk(p, c, c.frames, c.used, false, x, t, ctx)
 }

@@ -15,6 +15,11 @@ package models
 //   - the op scratch (one buffer, grown to at least twice its size when an op needs more): GEMM
 //     operand conversions and the attention backward's row sums.
 //
+// Where kernels/cuda keeps a copy that no LinearBack with both GEMMs reads (GELUBack's of dIn for a
+// frozen network's input gradient, [B·N, ffn]; LinearBack's of dOut when it takes dB with one GEMM,
+// the time and text MLPs' first layers), this device counts that GEMM's conversion in the op scratch
+// instead.
+//
 // Not counted: the CUDA context (≈ 0.5 GiB), cuBLASLt's 32 MiB workspace, allocator rounding and
 // fragmentation. So a dry run of a training step at full size on the CPU says what the step needs on
 // the card, item by item, in seconds (bench train --dry).

@@ -30,7 +30,9 @@ func (s Shape) Check(c Config) error {
 
 // Pass holds every activation of one forward of one Shape (kept for backward) and the gradient
 // scratch of its backward, allocated once by NewPass and reused by every call: the steady state
-// allocates nothing. A Pass belongs to one model and is not safe for concurrent use.
+// allocates nothing. A Pass is made by one model; another model of the same Config may run its
+// forwards too (objectives.NewDMDGradOn), as long as Backward is called by the model that ran the
+// pass's last forward. A Pass is not safe for concurrent use.
 type Pass struct {
 	S                   Shape
 	h, w, hw, N, BF     int
