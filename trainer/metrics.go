@@ -134,3 +134,10 @@ func (b *bar) finish() {
 		b.pb.Finish()
 	}
 }
+
+// stop leaves the bar where it is (an interrupted run) and ends its line.
+func (b *bar) stop() {
+	if b.pb != nil {
+		b.pb.Exit()
+	}
+}

@@ -6,6 +6,7 @@
 package trainer
 
 import (
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -59,7 +60,14 @@ type Options struct {
 	// RandomInit: roles that need a checkpoint and have none start from random weights (benchmarks;
 	// gpu_device.go).
 	RandomInit bool
+	// Stop, when closed, ends Run after the step in flight: it writes a checkpoint of that step
+	// (unless the schedule just wrote one) and returns an error wrapping ErrInterrupted. The CLI
+	// closes it on SIGINT/SIGTERM, so a killed job loses no steps and resumes exactly from there.
+	Stop <-chan struct{}
 }
+
+// ErrInterrupted is wrapped by Run's error when Options.Stop ended the run early.
+var ErrInterrupted = errors.New("interrupted")
 
 // Trainer runs one job.
 type Trainer struct {
@@ -439,12 +447,21 @@ func (t *Trainer) Run() error {
 			acc = meanAcc{}
 		}
 		last := n == job.Train.Steps
+		saved := ""
 		if (job.Train.CkptEvery > 0 && n%job.Train.CkptEvery == 0) || last {
-			dir, err := t.Save()
-			if err != nil {
+			if saved, err = t.Save(); err != nil {
 				return err
 			}
-			t.logf("step %d: checkpoint %s", n, dir)
+			t.logf("step %d: checkpoint %s", n, saved)
+		}
+		if t.stopped() {
+			if saved == "" {
+				if saved, err = t.Save(); err != nil {
+					return err
+				}
+			}
+			bar.stop()
+			return fmt.Errorf("step %d: %w; checkpoint %s (continue with --resume %s)", n, ErrInterrupted, saved, t.Dir)
 		}
 		if t.opt.Validate != nil && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
 			if err := t.opt.Validate(n, t); err != nil {
@@ -454,6 +471,19 @@ func (t *Trainer) Run() error {
 	}
 	bar.finish()
 	return nil
+}
+
+// StopOn sets Options.Stop (for trainers built by FromJob).
+func (t *Trainer) StopOn(stop <-chan struct{}) { t.opt.Stop = stop }
+
+// stopped reports whether Options.Stop has been closed.
+func (t *Trainer) stopped() bool {
+	select {
+	case <-t.opt.Stop:
+		return true
+	default:
+		return false
+	}
 }
 
 func (t *Trainer) logf(format string, a ...any) {

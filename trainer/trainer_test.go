@@ -241,6 +241,54 @@ func TestResumeExact(t *testing.T) {
 
 var errKilled = errors.New("killed")
 
+// An interrupt (Options.Stop closed, as the CLI does on SIGINT/SIGTERM) ends the run after the step
+// in flight with a checkpoint of that step, off the checkpoint schedule; resuming from it gives the
+// straight run's weights bit for bit.
+func TestInterruptCheckpointsAndResumes(t *testing.T) {
+	const N, at = 8, 3
+	straight, _ := newToy(t, toyJob(t.TempDir(), N))
+	if err := straight.Run(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	first := toyJob(dir, N)
+	first.Train.CkptEvery = 0 // only the interrupt writes one
+	first.Train.SampleEvery = 1
+	a, _ := newToy(t, first)
+	stop := make(chan struct{})
+	a.StopOn(stop)
+	a.opt.Validate = func(step int, _ *Trainer) error {
+		if step == at {
+			close(stop) // the signal arrives during step at+1's work
+		}
+		return nil
+	}
+	err := a.Run()
+	if !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("interrupted run: %v", err)
+	}
+	if a.Step != at+1 {
+		t.Fatalf("stopped at step %d, want %d", a.Step, at+1)
+	}
+	job := toyJob(dir, N)
+	job.Train.Resume = dir
+	b, _ := newToy(t, job)
+	if b.Step != at+1 {
+		t.Fatalf("resumed at step %d, want %d (err was %v)", b.Step, at+1, err)
+	}
+	if err := b.Run(); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{objectives.Student, objectives.EMA} {
+		x, y := hostOf(straight.byName[name].W), hostOf(b.byName[name].W)
+		for i := range x {
+			if math.Float32bits(x[i]) != math.Float32bits(y[i]) {
+				t.Fatalf("%s weight %d: straight %v, interrupted+resumed %v", name, i, x[i], y[i])
+			}
+		}
+	}
+}
+
 func countLines(t *testing.T, path string) int {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/fewstep/fewstep/config"
@@ -25,7 +27,9 @@ optimizer states, loader cursor; checkpoints/latest names the newest) and, every
 steps and at the end, samples/step-NNNNNN/ (GIF and PNG previews of the student, or its EMA, on
 held-out prompts, with their CondAcc in metrics.jsonl as val/cond_acc).
 
---resume DIR continues exactly from a checkpoint folder, or from a run folder's latest checkpoint.`,
+--resume DIR continues exactly from a checkpoint folder, or from a run folder's latest checkpoint
+(with no --config, the run's own job.yaml). SIGINT or SIGTERM stops after the step in flight with a
+checkpoint of it, so an interrupted run resumes exactly from there (a second signal quits at once).`,
 	Args: cobra.NoArgs,
 	RunE: runTrain,
 }
@@ -40,11 +44,22 @@ func init() {
 }
 
 func runTrain(cmd *cobra.Command, _ []string) error {
+	fl := cmd.Flags()
+	// --resume without --config continues the run's own job (job.yaml in the run folder and in
+	// every checkpoint folder).
+	if r, _ := fl.GetString("resume"); r != "" {
+		if c, _ := fl.GetString("config"); c == "" {
+			if p := filepath.Join(r, "job.yaml"); fileExists(p) {
+				if err := fl.Set("config", p); err != nil {
+					return err
+				}
+			}
+		}
+	}
 	job, err := loadJob(cmd)
 	if err != nil {
 		return err
 	}
-	fl := cmd.Flags()
 	if r, _ := fl.GetString("resume"); r != "" {
 		job.Train.Resume = r
 	}
@@ -98,6 +113,22 @@ func train(w io.Writer, job *config.Job, dry bool) (*trainer.Trainer, error) {
 	if _, err := saveJob(job, job.OutDir); err != nil {
 		return nil, err
 	}
+	// The first SIGINT/SIGTERM stops after the step in flight with a checkpoint (--resume continues
+	// exactly); a second one kills at once.
+	stop, done := make(chan struct{}), make(chan struct{})
+	defer close(done)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		defer signal.Stop(sig)
+		select {
+		case <-sig:
+			fmt.Fprintln(w, "\ntrain: interrupted: stopping after this step with a checkpoint (again to quit at once)")
+			close(stop)
+		case <-done:
+		}
+	}()
+	tr.StopOn(stop)
 	t0 := time.Now()
 	if err := tr.Run(); err != nil {
 		return nil, err
