@@ -77,7 +77,7 @@ for s in $steps; do
     follow)
         t0=$(date +%s)
         (cd objectives && timeout 150 ../$G/objectives.test -test.run 'TestGPUTrainingFollowsCPU|TestGPURolloutBF16Cache' -test.v -test.count=1) > "$OUT/follow.txt" 2>&1
-        log "objectives.test TestGPUTrainingFollowsCPU exit $? in $(( $(date +%s) - t0 )) s"
+        log "objectives.test TestGPUTrainingFollowsCPU, TestGPURolloutBF16Cache exit $? in $(( $(date +%s) - t0 )) s"
         grep -E -- "--- (PASS|FAIL|SKIP)|GPU vs CPU|RMS relative|gpu_train_test.go:[0-9]+: .*(differs|GPU:)|selfforcing_gpu_test.go|panic" "$OUT/follow.txt" | head -80 | tee -a "$L" ;;
     step)           bench step 200 $W480 --iters 5 --warmup 2 --peer $G/wan_ref.py ;;
     step-recompute) bench step-recompute 90 $W480 --iters 5 --warmup 2 --recompute ;;
