@@ -319,7 +319,7 @@ func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, gr
 // Backward carries dL/dvideo [B,C,F,H,W] into the student's G through each chunk's graded step
 // (dv = −σ_s·dx0), replayed on the training pass against the cache's first j·k frames (the cache
 // still holds the graded Run's frames); nothing crosses chunks. Run must have been called with
-// grad, and no other Run since.
+// grad, and no other Run since; the replays read Run's ctx again, so it must be unchanged.
 func (r *CausalRollout) Backward(dVideo *kernels.Tensor) {
 	zero := make([]float32, len(r.sig))
 	for j := 0; j < r.Chunks; j++ {
