@@ -22,13 +22,15 @@ import (
 var demoCmd = &cobra.Command{
 	Use:   "demo",
 	Short: "The main job: synthetic data → the shipped teacher → DMD distillation → the distillation table (CPU, minutes)",
-	Long: `Runs the whole product on the embedded synthetic dataset, on the CPU, in a few minutes:
+	Long: `Runs the whole product on the embedded synthetic dataset, on the CPU in a few minutes (or on a
+GPU with --set device=cuda):
 
   1. writes the synthetic dataset (DATA.md) into the run folder,
   2. loads the shipped teacher (configs/teacher/teacher.safetensors, made by configs/teacher.yaml),
   3. distills it into a few-step student with dmd (student and critic start as the teacher),
-  4. evaluates teacher and student on held-out prompts and prints the distillation table
-     (teacher at 50 and k steps, student at k ∈ {1, 2, 4}: CondAcc, FD, stability, NFE, ms/video).
+  4. evaluates teacher and student (its EMA when roles.student.ema_decay > 0) on held-out prompts
+     and prints the distillation table (teacher at 50 and k steps, student at k ∈ {1, 2, 4}:
+     CondAcc, FD, stability, NFE, ms/video).
 
 The job is configs/demo.yaml (override keys with --set). The run folder (printed at the start;
 runs/demo-<time> unless --out) keeps the data, metrics.jsonl, checkpoints/, samples/ (student
