@@ -37,6 +37,8 @@ var benchTrainCmd = &cobra.Command{
 AdamW); any registered objective (dmd, selfforcing, ...) runs one trainer step with all its roles,
 the student's EMA and clipping. Reports the median step time, the model FLOP utilisation and the
 device memory used; --mem-limit-gib emulates a smaller card (the rest of the memory is taken first).
+An objective's step is first counted on the CPU (models.DryDevice: the bytes it holds on the card,
+by item, in the JSON's "dry"); --dry stops there, without a GPU.
 With --peer wan_ref.py and python3 on the PATH, the peer's train step runs first, in its own
 process, and the ratio is reported.`,
 	Example: `  fewstep bench train --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --peer gpubuild/wan_ref.py --peer-compile
