@@ -12,7 +12,10 @@ COUNT=${COUNT:-64}
 T=configs/teacher/diffusion_pytorch_model.safetensors
 mkdir -p "$OUT"
 fs=${FS:-}
-if [ -z "$fs" ]; then go build -o "$OUT/fewstep" ./cmd/fewstep && fs="$OUT/fewstep"; fi
+if [ -z "$fs" ]; then # two lines: set -e ignores a failed go build on the left of &&
+	go build -o "$OUT/fewstep" ./cmd/fewstep
+	fs="$OUT/fewstep"
+fi
 table() { # name config student sampler [extra eval flags]
 	local name=$1 cfg=$2 student=$3 sampler=$4; shift 4
 	"$fs" eval --config "$cfg" --teacher "$T" --student "$student" --student-sampler "$sampler" \
