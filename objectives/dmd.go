@@ -9,6 +9,11 @@ package objectives
 //   x0_real = teacher with CFG w;  x0_fake = critic without CFG
 //   grad   = (x0_fake − x0_real) / mean_per_sample|x − x0_real|   (a sample whose grad is not finite → 0)
 //   loss   = 0.5·mean((x − sg(x − grad))²),  dL/dx = grad/numel, carried through the student's graded step
+// Regression (regression_weight λ > 0, needs latents): on each generator step the student also
+//   denoises the batch's real latents, noised to a random level σ_l of its list:
+//   loss_reg = λ·mean((G(x_σl) − x0_data)²). It keeps the generator a faithful denoiser at its own
+//   levels while DMD sharpens its samples (a real-data stand-in for DMD's regression on teacher
+//   ODE pairs; 0 = off, plain DMD).
 // Critic step (every step): flow matching of the critic on a fresh no-grad generator sample.
 //
 // Roles: student (trainable, starts as the teacher), teacher (frozen, weights required),
@@ -32,6 +37,7 @@ type dmdParams struct {
 	CFG       float64   `mapstructure:"cfg"`                    // teacher guidance w (v = v_u + w·(v_c − v_u))
 	Ratio     int       `mapstructure:"generator_update_ratio"` // generator updated every Ratio steps
 	Rollout   string    `mapstructure:"rollout"`                // backward | data
+	RegWeight float64   `mapstructure:"regression_weight"`      // λ of the real-data regression (0 = off)
 }
 
 type dmd struct {
@@ -76,6 +82,9 @@ func newDMD(params map[string]any) (Objective, error) {
 	}
 	if p.Ratio < 1 {
 		return nil, fmt.Errorf("params.generator_update_ratio: %d, must be >= 1", p.Ratio)
+	}
+	if !(p.RegWeight >= 0) || math.IsInf(p.RegWeight, 0) {
+		return nil, fmt.Errorf("params.regression_weight: %v, must be finite and >= 0", p.RegWeight)
 	}
 	if p.Rollout != "backward" && p.Rollout != "data" {
 		return nil, fmt.Errorf("params.rollout: %q is not backward or data", p.Rollout)
@@ -198,6 +207,17 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 		m["dmd_grad_abs"] = g / n
 		dev.Scale(o.grad, float32(1/n)) // dL/dx = grad/numel
 		o.student.Backward(o.grad)
+		if o.p.RegWeight > 0 {
+			if b.X0 == nil {
+				return up, fmt.Errorf("dmd: params.regression_weight needs latents, the batch has none")
+			}
+			level := s.RNG.IntN(len(o.sigmas))
+			x0 := o.student.RunFrom(s.RNG, b.X0, b.Ctx, level)         // G(x_σl)  [B,C,F,H,W]
+			dev.Combine(o.diff, x0, b.X0, []float32{1}, []float32{-1}) // G − x0   [B,C,F,H,W]
+			m["reg_loss"] = dev.Dot(o.diff, o.diff) / n                // mean((G − x0)²)
+			dev.Scale(o.diff, float32(2*o.p.RegWeight/n))              // dL_reg/dG
+			o.student.Backward(o.diff)                                 // accumulates onto the DMD gradient
+		}
 		up.Roles = append(up.Roles, Student)
 	}
 
