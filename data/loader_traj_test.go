@@ -3,6 +3,7 @@ package data
 import (
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -74,15 +75,15 @@ func TestLoaderTrajectories(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := []int{3, 5, 3, 2, 2, 2}; !equalInts(b.TrajLatents.Shape, want) {
+			if want := []int{3, 5, 3, 2, 2, 2}; !slices.Equal(b.TrajLatents.Shape, want) {
 				t.Fatalf("%s: TrajLatents %v, want %v", c.ext, b.TrajLatents.Shape, want)
 			}
-			if want := []float32{1000, 750, 500, 250, 0}; !equalF32(b.TrajTimesteps, want) {
+			if want := []float32{1000, 750, 500, 250, 0}; !slices.Equal(b.TrajTimesteps, want) {
 				t.Fatalf("%s: timesteps %v, want %v", c.ext, b.TrajTimesteps, want)
 			}
 			per := len(vals[0])
 			for j, row := range b.Rows {
-				if !equalF32(b.TrajLatents.F32[j*per:(j+1)*per], vals[row]) {
+				if !slices.Equal(b.TrajLatents.F32[j*per:(j+1)*per], vals[row]) {
 					t.Fatalf("%s: batch %d sample %d (row %d): trajectory differs from the file", c.ext, k, j, row)
 				}
 			}
@@ -131,28 +132,4 @@ func TestLoaderTrajectoryErrors(t *testing.T) {
 		}
 		ds.Close()
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func equalF32(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/fewstep/fewstep/data"
@@ -45,7 +46,7 @@ func (o *oracle) Velocity(x, t, ctx *kernels.Tensor) *kernels.Tensor {
 		sigma := float64(t.F32[b*F]) / 1000
 		var set [][]float32
 		for k, e := range o.embs {
-			if equal(e, ctx.F32[b*lt:(b+1)*lt]) {
+			if slices.Equal(e, ctx.F32[b*lt:(b+1)*lt]) {
 				set = o.byCap[o.caps[k]]
 			}
 		}
@@ -83,15 +84,6 @@ func (o *oracle) Velocity(x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	o.out = o.out.Reshape(x.Shape...)
 	o.dev.FromHost(o.out, v)
 	return o.out
-}
-
-func equal(a, b []float32) bool {
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // End to end on real data with an exact teacher: Euler over the oracle's flow at 50 steps lands on

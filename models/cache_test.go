@@ -3,6 +3,8 @@ package models
 import (
 	"math"
 	"math/rand"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/fewstep/fewstep/kernels"
@@ -18,11 +20,11 @@ func randomize(m *DiT, seed int64) {
 		for i := range v {
 			g := rng.NormFloat64()
 			switch {
-			case hasSuffix(p.Name, "modulation"):
+			case strings.HasSuffix(p.Name, "modulation"):
 				v[i] = float32(g / math.Sqrt(float64(m.Cfg.Dim)))
-			case hasSuffix(p.Name, "norm_q.weight"), hasSuffix(p.Name, "norm_k.weight"), hasSuffix(p.Name, "norm3.weight"):
+			case strings.HasSuffix(p.Name, "norm_q.weight"), strings.HasSuffix(p.Name, "norm_k.weight"), strings.HasSuffix(p.Name, "norm3.weight"):
 				v[i] = float32(1 + 0.1*g)
-			case hasSuffix(p.Name, "bias"):
+			case strings.HasSuffix(p.Name, "bias"):
 				v[i] = float32(0.1 * g)
 			default:
 				v[i] = float32(g / math.Sqrt(float64(numel(p.Shape)/p.Shape[0])))
@@ -287,7 +289,7 @@ func TestInOutChannels(t *testing.T) {
 	ctx := devT(dev, randn(rng, s.B*s.L*cfg.TextDim, 1), s.B, s.L, cfg.TextDim)
 	p := m.NewPass(s)
 	out := m.Forward(p, x, tt, ctx)
-	if want := []int{2, 3, 3, 2, 4}; !sameShape(out.Shape, want) {
+	if want := []int{2, 3, 3, 2, 4}; !slices.Equal(out.Shape, want) {
 		t.Fatalf("out shape %v, want %v", out.Shape, want)
 	}
 	cotv := randn(rng, out.Numel(), 1)

@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -109,7 +110,7 @@ func TestParamTable(t *testing.T) {
 		t.Errorf("1.3B: %d parameters, want %d", got, want)
 	}
 	m := New(kernels.CPU(), Config{Dim: 8, FFNDim: 16, FreqDim: 256, Heads: 2, Layers: 1, InDim: 4, OutDim: 4, TextDim: 4, TextLen: 3, Eps: 1e-6}, true)
-	if got := m.Param("blocks.0.modulation").Shape; !sameShape(got, []int{1, 6, 8}) {
+	if got := m.Param("blocks.0.modulation").Shape; !slices.Equal(got, []int{1, 6, 8}) {
 		t.Errorf("Param shape %v", got)
 	}
 	m.Dev.Fill(m.Grad("head.head.bias"), 3)

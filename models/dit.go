@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -143,24 +144,24 @@ func (m *DiT) Init(seed int64) {
 		v := host[p.Offset : p.Offset+numel(p.Shape)]
 		name := p.Name
 		switch {
-		case hasSuffix(name, ".bias") && name == "patch_embedding.bias":
+		case name == "patch_embedding.bias":
 			bound := 1 / math.Sqrt(float64(4*m.Cfg.InDim))
 			for i := range v {
 				v[i] = float32((2*rng.Float64() - 1) * bound)
 			}
-		case hasSuffix(name, ".bias"):
+		case strings.HasSuffix(name, ".bias"):
 			// zero (Linear biases and norm3.bias)
-		case hasSuffix(name, "norm_q.weight"), hasSuffix(name, "norm_k.weight"), hasSuffix(name, "norm3.weight"):
+		case strings.HasSuffix(name, "norm_q.weight"), strings.HasSuffix(name, "norm_k.weight"), strings.HasSuffix(name, "norm3.weight"):
 			for i := range v {
 				v[i] = 1
 			}
-		case hasSuffix(name, "modulation"):
+		case strings.HasSuffix(name, "modulation"):
 			for i := range v {
 				v[i] = float32(rng.NormFloat64() / math.Sqrt(D))
 			}
 		case name == "head.head.weight":
 			// zero: the network starts by predicting 0
-		case hasPrefix(name, "text_embedding.") || hasPrefix(name, "time_embedding."):
+		case strings.HasPrefix(name, "text_embedding.") || strings.HasPrefix(name, "time_embedding."):
 			for i := range v {
 				v[i] = float32(0.02 * rng.NormFloat64())
 			}
@@ -246,7 +247,7 @@ func (m *DiT) Load(path string) error {
 		l, ok := where[p.Name]
 		if !ok {
 			missing = append(missing, p.Name)
-		} else if !sameShape(l.e.Shape, p.Shape) {
+		} else if !slices.Equal(l.e.Shape, p.Shape) {
 			misshaped = append(misshaped, fmt.Sprintf("%s %v (want %v)", p.Name, l.e.Shape, p.Shape))
 		}
 	}
@@ -333,18 +334,3 @@ func openCheckpoint(path string) ([]*stFile, error) {
 	}
 	return files, nil
 }
-
-func sameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func hasSuffix(s, suf string) bool { return len(s) >= len(suf) && s[len(s)-len(suf):] == suf }
-func hasPrefix(s, pre string) bool { return len(s) >= len(pre) && s[:len(pre)] == pre }

@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -131,7 +132,7 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 		}
 		for _, w := range ts {
 			g := got[w.Name]
-			if !sameShape(g.Shape, w.Shape) {
+			if !slices.Equal(g.Shape, w.Shape) {
 				t.Errorf("%v: %s shape %v, want %v", dt, w.Name, g.Shape, w.Shape)
 			}
 			for i, v := range w.Data {

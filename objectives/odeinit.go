@@ -13,6 +13,7 @@ package objectives
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
@@ -88,7 +89,7 @@ func (o *ODEInit) Step(st *Step, b *Batch) (Update, error) {
 	dev, s := o.env.Dev, o.s
 	B, C, F, HW := s.B, o.env.Cfg.InDim, s.F, s.H*s.W
 	S := len(b.TrajSigma)
-	if want := []int{B, S, C, F, s.H, s.W}; !sameInts(b.TrajX.Shape, want) {
+	if want := []int{B, S, C, F, s.H, s.W}; !slices.Equal(b.TrajX.Shape, want) {
 		return Update{}, fmt.Errorf("odeinit: trajectory_latents %v, want %v (B, S, C, F, H, W) with S = len(trajectory_timesteps) = %d", b.TrajX.Shape, want, S)
 	}
 	var levels []int // the noisy levels a chunk may start from
@@ -130,16 +131,4 @@ func (o *ODEInit) Step(st *Step, b *Batch) (Update, error) {
 	return Update{Roles: []string{Student}, Metrics: map[string]float64{
 		"loss": loss, "sigma": sMean / float64(B*(F/o.k)),
 	}}, nil
-}
-
-func sameInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 
 	"strconv"
 	"time"
@@ -134,7 +135,7 @@ func runModel(cmd *cobra.Command, vjp bool) error {
 	var cot models.NamedTensor
 	if vjp {
 		cot = in["cotangent"]
-		if !modelSameShape(cot.Shape, outShape) {
+		if !slices.Equal(cot.Shape, outShape) {
 			return fmt.Errorf("model %s: inputs %s: cotangent has shape %v, want the output's %v", cmd.Name(), inPath, cot.Shape, outShape)
 		}
 	}
@@ -173,16 +174,4 @@ func runModel(cmd *cobra.Command, vjp bool) error {
 	fmt.Fprintf(cmd.OutOrStdout(), "model %s: x %v, t %v, context %v, %s, %s → %s (%d tensors) in %v\n",
 		cmd.Name(), x.Shape, t.Shape, ctx.Shape, mode, dev.Name(), outPath, len(res), el.Round(time.Millisecond))
 	return nil
-}
-
-func modelSameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
