@@ -54,6 +54,15 @@ func frames(v []float32, B, C, F, HW, f0, k int) []float32 {
 	return out
 }
 
+// randTimesteps draws n timesteps uniformly in [0, 1000).
+func randTimesteps(rng *rand.Rand, n int) []float32 {
+	tv := make([]float32, n)
+	for i := range tv {
+		tv[i] = float32(rng.Float64() * 1000)
+	}
+	return tv
+}
+
 func devT(dev kernels.Device, data []float32, shape ...int) *kernels.Tensor {
 	t := dev.Alloc(kernels.F32, shape...)
 	dev.FromHost(t, data)
@@ -134,10 +143,7 @@ func TestStreamingEqualsBlockCausal(t *testing.T) {
 			rng := rand.New(rand.NewSource(11))
 			C, HW := cfg.InDim, sc.H*sc.W
 			xv := randn(rng, sc.B*C*sc.F*HW, 1)
-			tv := make([]float32, sc.B*sc.F)
-			for i := range tv {
-				tv[i] = float32(rng.Float64() * 1000)
-			}
+			tv := randTimesteps(rng, sc.B*sc.F)
 			cv := randn(rng, sc.B*sc.L*cfg.TextDim, 1)
 			x, tt, ctx := devT(dev, xv, sc.B, C, sc.F, sc.H, sc.W), devT(dev, tv, sc.B, sc.F), devT(dev, cv, sc.B, sc.L, cfg.TextDim)
 
@@ -210,10 +216,7 @@ func TestChunkBackward(t *testing.T) {
 	randomize(m, 3)
 	rng := rand.New(rand.NewSource(5))
 	xv := randn(rng, B*C*F*HW, 1)
-	tv := make([]float32, B*F)
-	for i := range tv {
-		tv[i] = float32(rng.Float64() * 1000)
-	}
+	tv := randTimesteps(rng, B*F)
 	ctx := devT(dev, randn(rng, B*L*cfg.TextDim, 1), B, L, cfg.TextDim)
 	x, tt := devT(dev, xv, B, C, F, H, W), devT(dev, tv, B, F)
 	full := m.NewPass(Shape{B: B, F: F, H: H, W: W, L: L, ChunkFrames: k})

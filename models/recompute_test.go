@@ -35,10 +35,7 @@ func TestRecomputeEqualsPlain(t *testing.T) {
 	randomize(m, 7)
 	rng := rand.New(rand.NewSource(8))
 	x := devT(dev, randn(rng, B*C*F*H*W, 1), B, C, F, H, W)
-	tv := make([]float32, B*F)
-	for i := range tv {
-		tv[i] = float32(rng.Float64() * 1000)
-	}
+	tv := randTimesteps(rng, B*F)
 	tt := devT(dev, tv, B, F)
 	ctx := devT(dev, randn(rng, B*L*cfg.TextDim, 1), B, L, cfg.TextDim)
 	cot := devT(dev, randn(rng, B*C*F*H*W, 1), B, C, F, H, W)

@@ -27,10 +27,7 @@ func TestForwardChunkAtReplays(t *testing.T) {
 	var xs, ts, cots []*kernels.Tensor
 	for j := 0; j < chunks; j++ {
 		xs = append(xs, devT(dev, randn(rng, B*C*k*H*W, 1), B, C, k, H, W))
-		tv := make([]float32, B*k)
-		for i := range tv {
-			tv[i] = float32(rng.Float64() * 1000)
-		}
+		tv := randTimesteps(rng, B*k)
 		ts = append(ts, devT(dev, tv, B, k))
 		cots = append(cots, devT(dev, randn(rng, B*C*k*H*W, 1), B, C, k, H, W))
 	}
@@ -159,10 +156,7 @@ func TestForwardChunkCommit(t *testing.T) {
 	var xs, ts []*kernels.Tensor
 	for j := 0; j < chunks; j++ {
 		xs = append(xs, devT(dev, randn(rng, B*C*k*H*W, 1), B, C, k, H, W))
-		tv := make([]float32, B*k)
-		for i := range tv {
-			tv[i] = float32(rng.Float64() * 1000)
-		}
+		tv := randTimesteps(rng, B*k)
 		ts = append(ts, devT(dev, tv, B, k))
 	}
 	stream := func(p *Pass, now bool) (outs [][]float32, c *Cache) {
