@@ -794,6 +794,332 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 #endif
 
 // ---------------------------------------------------------------------------------------------
+// Hopper forward, FA3-style (Shah et al. 2024), hd 128, bf16, sm_90a. Block: 3 warpgroups, 128
+// query rows, 128-key tiles.
+//   warpgroup 0, the producer (setmaxnreg 40): cp.async of Q once and of K_t, V_t into an NS-stage
+//     ring, each stage's arrival signalled on an mbarrier (cp.async.mbarrier.arrive.noinc), each
+//     stage refilled once the consumers have released it (mbarrier);
+//   warpgroups 1, 2, the consumers (setmaxnreg 232): 64 query rows each. Per key tile t:
+//     issue S_t = Q·K_tᵀ (SS wgmma) and O += P_{t−1}·V_{t−1} (RS wgmma, P in registers, V read
+//     MN-major); wait for S_t only; mask, online softmax (exp2, scale folded) while the P·V runs;
+//     wait for it; O *= exp2(m_old − m_new); P_t = bf16(S_t). The first tile is peeled off and the
+//     last P·V comes after the loop, so that no path reads O between a P·V's issue and its wait
+//     (ptxas serializes every wgmma otherwise: C7514, v4). PP: the two consumers take turns at
+//     issuing their wgmmas (named barriers 1, 2), so one's softmax runs under the other's wgmmas.
+// Shared memory: 128-byte swizzled tiles (the layout TMA's SWIZZLE_128B writes; Swizzle<3,4,3>):
+// a tile of R rows × 128 columns is two R × 64 column blocks, R·128 bytes each; row r of a block is
+// 128 bytes at r·128, its 16-byte chunk c at ((c ^ r%8) · 16). 1024-byte aligned. Descriptors:
+// Q, K K-major (SBO 1024 = 8 rows; a 16-column k-step is +32 bytes inside the swizzle row, +R·128
+// past column 64); V MN-major (LBO R·128 = the next 64 columns of hd, SBO 1024 = the next 8 keys).
+// ---------------------------------------------------------------------------------------------
+#ifdef ATTN_WGMMA
+namespace fa3 {
+constexpr int HD = 128, BR = 128, BC = 128;
+constexpr int TILE = 128 * 128 * 2;  // bytes of one 128 × 128 bf16 tile
+
+__device__ __forceinline__ u64 desc_sw128(u32 addr, u32 lbo, u32 sbo) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) | (1ull << 62);
+}
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// One arrival on bar from the threads with pred != 0 (a predicated instruction, no branch).
+__device__ __forceinline__ void mbar_arrive_if(u32 bar, int pred) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared.b64 _, [%0];\n}\n" ::"r"(bar),
+                 "r"(pred)
+                 : "memory");
+}
+// bar gets this thread's arrival once all of its earlier cp.async have landed.
+__device__ __forceinline__ void cp_async_arrive(u32 bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void cp_async16s(u32 dst, const void *src, int n) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+template <int N> __device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N)); }
+template <int N> __device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N)); }
+__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void bar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+
+// Producer thread pt (0..127): a 128-row tile (global rows g, stride ldg elements; rows at or past
+// `valid` zero-filled) into the swizzled tile at dst. Thread pt copies chunk pt%16 of rows
+// pt/16 + 8i: its swizzled chunk is the same for all 16 of them.
+__device__ __forceinline__ void load_tile_sw(u32 dst, const bf16_t *g, ll ldg, int valid, int pt) {
+    const int r0 = pt >> 4, ch = pt & 15;
+    u32 d = dst + (ch >> 3) * (128 * 128) + r0 * 128 + (((ch & 7) ^ r0) << 4);
+    const bf16_t *s = g + r0 * ldg + ch * 8;
+    const ll step = 8 * ldg;
+    if (valid >= 128) {
+#pragma unroll 4
+        for (int i = 0; i < 16; ++i, d += 1024, s += step) cp_async16s(d, s, 16);
+    } else {
+#pragma unroll 4
+        for (int i = 0; i < 16; ++i, d += 1024, s += step) {
+            const bool ok = r0 + 8 * i < valid;
+            cp_async16s(d, ok ? s : g, ok ? 16 : 0);
+        }
+    }
+}
+
+// The consumers' steps (per thread: accumulator rows r and r + 8 of its warp's 16; see wgmma_ss).
+// S = Q·K_tᵀ into s, issued, not waited for; k-step kk of Q and K is kk%4·32 + kk/4·16384 bytes on.
+__device__ __forceinline__ void issue_s(float (&s)[BC / 8][4], u64 dq, u64 dk) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+        const u64 off = (u64)((((kk & 3) * 32) + (kk >> 2) * 16384) >> 4);
+        wgmma_ss<0>(s, dq + off, dk + off, kk > 0);
+    }
+    wgmma_commit();
+}
+// O += P·V_t, issued; key step kk (16 keys) of V is kk·2048 bytes on.
+__device__ __forceinline__ void issue_pv(float (&o)[HD / 8][4], const u32 (&pa)[BC / 16][4], u64 dv) {
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) wgmma_rs<1>(o, pa[kk], dv + (u64)((kk * 2048) >> 4), 1);
+    wgmma_commit();
+}
+// Hides keys j0.. past Nk and (block-causal) in later chunks than the row's (chunks ch0, ch1).
+__device__ __forceinline__ void mask(float (&s)[BC / 8][4], int j0, int kfull, int Nk, int ct, int ch0, int ch1, int tq) {
+    if (j0 + BC > kfull) {
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                int j = j0 + n * 8 + 2 * tq + e;
+                int cj = ct > 0 ? j / ct : 0;
+                if (j >= Nk || cj > ch0) s[n][e] = neg_inf();
+                if (j >= Nk || cj > ch1) s[n][2 + e] = neg_inf();
+            }
+    }
+}
+// Online softmax in the log2 domain: s ← exp2(s·sl2 − m_new) in place, l ← l·c + rowsum, m ← m_new;
+// c = exp2(m_old − m_new), the factor for O.
+__device__ __forceinline__ void softmax(float (&s)[BC / 8][4], float &m0, float &m1, float &l0, float &l1, float &c0,
+                                        float &c1, float sl2) {
+    float mx0 = neg_inf(), mx1 = neg_inf();
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+        mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
+    }
+    mx0 = fmaxf(mx0, shfl_xor(mx0, 1));
+    mx0 = fmaxf(mx0, shfl_xor(mx0, 2));
+    mx1 = fmaxf(mx1, shfl_xor(mx1, 1));
+    mx1 = fmaxf(mx1, shfl_xor(mx1, 2));
+    const float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+    const float ms0 = mn0 == neg_inf() ? 0.f : mn0, ms1 = mn1 == neg_inf() ? 0.f : mn1;
+    c0 = ex2(m0 - ms0);
+    c1 = ex2(m1 - ms1);
+    m0 = mn0;
+    m1 = mn1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+        s[n][0] = ex2(fmaf(s[n][0], sl2, -ms0));
+        s[n][1] = ex2(fmaf(s[n][1], sl2, -ms0));
+        s[n][2] = ex2(fmaf(s[n][2], sl2, -ms1));
+        s[n][3] = ex2(fmaf(s[n][3], sl2, -ms1));
+        rs0 += s[n][0] + s[n][1];
+        rs1 += s[n][2] + s[n][3];
+    }
+    l0 = l0 * c0 + rs0;
+    l1 = l1 * c1 + rs1;
+}
+// P (bf16, the mma A-fragment layout the RS wgmma reads) from the exponentiated s.
+__device__ __forceinline__ void to_p(u32 (&pa)[BC / 16][4], const float (&s)[BC / 8][4]) {
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+        pa[n >> 1][(n & 1) * 2] = pack_bf16(s[n][0], s[n][1]);
+        pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(s[n][2], s[n][3]);
+    }
+}
+}  // namespace fa3
+#endif
+
+template <int NS, bool PP, bool VSWAP>
+__device__ __forceinline__ void attn_fwd_fa3_body(const bf16_t *__restrict__ q, const bf16_t *__restrict__ k,
+                                                  const bf16_t *__restrict__ v, bf16_t *__restrict__ out,
+                                                  float *__restrict__ lse, int Nq, int Nk, int H, int ct, int qoff,
+                                                  float scale) {
+#ifdef ATTN_WGMMA
+    using namespace fa3;
+    extern __shared__ U4 smem_u4[];
+    const u32 sb = (smem_u32(smem_u4) + 1023) & ~1023u;  // 1024-aligned: the swizzle reads address bits 7-9
+    const u32 sQ = sb, sK = sb + TILE, sV = sb + TILE * (1 + NS);
+    const u32 bars = sb + TILE * (1 + 2 * NS);  // fullQ, fullK[NS], fullV[NS], emptyK[NS], emptyV[NS]
+    const u32 fullQ = bars, fullK = bars + 8, fullV = bars + 8 * (1 + NS), emptyK = bars + 8 * (1 + 2 * NS),
+              emptyV = bars + 8 * (1 + 3 * NS);
+
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int qt = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int i0 = qt * BR;
+    const ll ldg = (ll)H * HD;
+    int kend = Nk, kfull = Nk;  // keys [0, kend) visible to some row of the block, [0, kfull) to all
+    if (ct > 0) {
+        int ilast = imin(i0 + BR, Nq) - 1;
+        kend = imin(Nk, ((qoff + ilast) / ct + 1) * ct);
+        kfull = imin(Nk, ((qoff + i0) / ct + 1) * ct);
+    }
+    const int nkt = (kend + BC - 1) / BC;
+
+    if (tid == 0) {
+        mbar_init(fullQ, 128);
+#pragma unroll
+        for (int s = 0; s < NS; ++s) {
+            mbar_init(fullK + 8 * s, 128);
+            mbar_init(fullV + 8 * s, 128);
+            mbar_init(emptyK + 8 * s, 8);  // one arrival per consumer warp
+            mbar_init(emptyV + 8 * s, 8);
+        }
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // producer
+        setmaxnreg_dec<40>();
+        const int pt = tid;
+        const bf16_t *kg = k + (ll)b * Nk * ldg + (ll)h * HD, *vg = v + (ll)b * Nk * ldg + (ll)h * HD;
+        load_tile_sw(sQ, q + ((ll)b * Nq + i0) * ldg + (ll)h * HD, ldg, Nq - i0, pt);
+        cp_async_arrive(fullQ);
+        for (int t = 0; t < nkt; ++t) {
+            const int s = t % NS, u = t / NS, j0 = t * BC;
+            if (u > 0) mbar_wait(emptyK + 8 * s, (u - 1) & 1);
+            load_tile_sw(sK + s * TILE, kg + (ll)j0 * ldg, ldg, Nk - j0, pt);
+            cp_async_arrive(fullK + 8 * s);
+            if (u > 0) mbar_wait(emptyV + 8 * s, (u - 1) & 1);
+            load_tile_sw(sV + s * TILE, vg + (ll)j0 * ldg, ldg, Nk - j0, pt);
+            cp_async_arrive(fullV + 8 * s);
+        }
+        asm volatile("cp.async.wait_all;" ::: "memory");  // no thread leaves with copies in flight
+    } else {  // consumers
+        setmaxnreg_inc<232>();
+        const int c = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+        const int r0 = i0 + c * 64 + warp * 16 + g;  // rows of the accumulators' c0,c1 (r0) and c2,c3 (r0 + 8)
+        const int ch0 = ct > 0 ? (qoff + r0) / ct : 0, ch1 = ct > 0 ? (qoff + r0 + 8) / ct : 0;
+        const float sl2 = scale * LOG2E;
+        const int rel = lane == 0;  // the thread that releases a stage for its warp
+        const u64 dq = desc_sw128(sQ + c * 64 * 128, 16, 1024);
+        const u32 VL = VSWAP ? 1024 : BC * 128, VS = VSWAP ? BC * 128 : 1024;
+        if (PP && c == 1) bar_arrive(1, 256);  // consumer 0 issues first
+
+        float o[HD / 8][4], s[BC / 8][4];
+        u32 pa[BC / 16][4];
+        float m0, m1, l0, l1;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+        mbar_wait(fullQ, 0);
+        // tile 0
+        mbar_wait(fullK, 0);
+        fence_proxy_async();  // cp.async wrote through the generic proxy; wgmma reads through the async one
+        if (PP) bar_sync(1 + c, 256);
+        fence_regs(s);
+        wgmma_fence();
+        issue_s(s, dq, desc_sw128(sK, 16, 1024));
+        if (PP) bar_arrive(2 - c, 256);
+        wgmma_wait<0>();
+        fence_regs(s);
+        mbar_arrive_if(emptyK, rel);
+        m0 = m1 = neg_inf();
+        l0 = l1 = 0.f;
+        {
+            float c0, c1;
+            mask(s, 0, kfull, Nk, ct, ch0, ch1, tq);
+            softmax(s, m0, m1, l0, l1, c0, c1, sl2);
+        }
+        to_p(pa, s);
+
+        for (int t = 1; t < nkt; ++t) {
+            const int st = t % NS, sp = (t - 1) % NS;
+            mbar_wait(fullK + 8 * st, (t / NS) & 1);
+            mbar_wait(fullV + 8 * sp, ((t - 1) / NS) & 1);
+            fence_proxy_async();
+            if (PP) bar_sync(1 + c, 256);
+            fence_regs(s);
+            fence_regs(o);
+            fence_regs(pa);
+            wgmma_fence();
+            issue_s(s, dq, desc_sw128(sK + st * TILE, 16, 1024));
+            issue_pv(o, pa, desc_sw128(sV + sp * TILE, VL, VS));
+            if (PP) bar_arrive(2 - c, 256);
+            wgmma_wait<1>();  // S_t is done; P_{t−1}·V_{t−1} may still run
+            fence_regs(s);
+            mbar_arrive_if(emptyK + 8 * st, rel);
+            float c0, c1;
+            mask(s, t * BC, kfull, Nk, ct, ch0, ch1, tq);
+            softmax(s, m0, m1, l0, l1, c0, c1, sl2);
+            wgmma_wait<0>();  // P_{t−1}·V_{t−1} landed in o; pa is free
+            fence_regs(o);
+            fence_regs(pa);
+            mbar_arrive_if(emptyV + 8 * sp, rel);
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n) {
+                o[n][0] *= c0;
+                o[n][1] *= c0;
+                o[n][2] *= c1;
+                o[n][3] *= c1;
+            }
+            to_p(pa, s);
+        }
+        {  // the last tile's P·V
+            const int sp = (nkt - 1) % NS;
+            mbar_wait(fullV + 8 * sp, ((nkt - 1) / NS) & 1);
+            fence_proxy_async();
+            if (PP) bar_sync(1 + c, 256);
+            fence_regs(o);
+            fence_regs(pa);
+            wgmma_fence();
+            issue_pv(o, pa, desc_sw128(sV + sp * TILE, VL, VS));
+            if (PP && c == 0) bar_arrive(2, 256);  // consumer 1's last turn; consumer 0 has none left
+            wgmma_wait<0>();
+            fence_regs(o);
+        }
+
+        l0 += shfl_xor(l0, 1);
+        l0 += shfl_xor(l0, 2);
+        l1 += shfl_xor(l1, 1);
+        l1 += shfl_xor(l1, 2);
+        const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+        bf16_t *og = out + ((ll)b * Nq + r0) * ldg + (ll)h * HD + 2 * tq;
+        if (r0 < Nq) {
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n) Elem<bf16_t>::st2(og + n * 8, o[n][0] * inv0, o[n][1] * inv0);
+            if (tq == 0) lse[((ll)b * H + h) * Nq + r0] = (m0 + lg2(l0)) * LN2;
+        }
+        if (r0 + 8 < Nq) {
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n) Elem<bf16_t>::st2(og + 8 * ldg + n * 8, o[n][2] * inv1, o[n][3] * inv1);
+            if (tq == 0) lse[((ll)b * H + h) * Nq + r0 + 8] = (m1 + lg2(l1)) * LN2;
+        }
+    }
+#else
+    asm volatile("trap;");  // sm_90a only: attention.go launches it on compute capability 9.0 alone
+#endif
+}
+// 384 threads (a producer and two consumer warpgroups); shared memory 1024 (alignment) + 32 KB·(1 + 2·NS)
+// + 8·(1 + 4·NS) bytes of mbarriers (attention.go attnFwdSm90Smem).
+#define FWD3(NS, PP, VSWAP, NAME)                                                                        \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                                 \
+        NAME(const bf16_t *q, const bf16_t *k, const bf16_t *v, bf16_t *out, float *lse, int Nq, int Nk, \
+             int H, int ct, int qoff, float scale) {                                                     \
+        attn_fwd_fa3_body<NS, PP, VSWAP>(q, k, v, out, lse, Nq, Nk, H, ct, qoff, scale);                 \
+    }
+FWD3(2, true, false, attn_fwd_hd128_bf16_sm90)  // shipped: two stages, ping-pong consumers
+#ifdef ATTN_VARIANTS
+FWD3(2, false, false, attn_fwd3v_ns2)     // no ping-pong
+FWD3(3, true, false, attn_fwd3v_ns3pp)    // three stages
+FWD3(2, true, true, attn_fwd3v_ns2pp_vswap)  // V descriptor's byte offsets swapped (the other reading)
+#endif
+
+// ---------------------------------------------------------------------------------------------
 // Fast backward. Prep: D[b,h,i] = Σ_d dO·O (fp32 [B,H,Nq]). Main: one block per 128-key tile (8 warps
 // × 16 keys), looping over 64-query tiles (Q, dO, lse, D double-buffered). Per warp, transposed:
 //   Sᵀ = K_w Qᵀ, Pᵀ = exp(Sᵀ·scale − lse), dV_w += Pᵀ dO, dPᵀ = V_w dOᵀ, dSᵀ = Pᵀ∘(dPᵀ − D),

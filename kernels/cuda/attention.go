@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"math"
+	"os"
 
 	"github.com/fewstep/fewstep/kernels"
 )
@@ -25,14 +26,32 @@ func init() {
 type attnFwdCfg struct {
 	name                string
 	threads, rows, keys int
+	smemBytes           int // fixed shared memory (the sm_90a kernel); 0: from rows and keys
 }
+
+// The Hopper forward (attention.cu attn_fwd_hd128_bf16_sm90, FA3-style: wgmma, warp-specialized,
+// 128-byte swizzled K/V ring of attnSm90Stages stages) for hd 128 bf16 on compute capability 9.0.
+// Its shared memory: 1 KB of alignment slack, Q and the K, V stages (32 KB each), the mbarriers.
+const (
+	attnSm90Name   = "attn_fwd_hd128_bf16_sm90"
+	attnSm90Stages = 2
+	attnSm90Smem   = 1024 + 32768*(1+2*attnSm90Stages) + 8*(1+4*attnSm90Stages)
+)
+
+// attnForceFA2: FEWSTEP_ATTN=fa2 keeps the mma.sync (FA2-class) forward on Hopper too, for A/B runs.
+var attnForceFA2 = os.Getenv("FEWSTEP_ATTN") == "fa2"
 
 const (
 	attnBwdThreads = 256
 	attnBwdKeys    = 128
 )
 
-func (c attnFwdCfg) smem(hd int) int { return (c.rows + 4*c.keys) * (hd + 8) * 2 }
+func (c attnFwdCfg) smem(hd int) int {
+	if c.smemBytes > 0 {
+		return c.smemBytes
+	}
+	return (c.rows + 4*c.keys) * (hd + 8) * 2
+}
 
 // attnFwdPick chooses the forward kernel for a case the fused path takes.
 func (d *Device) attnFwdPick(B, Nq, H, hd int, dt kernels.DType, chunkTokens int) (attnFwdCfg, bool) {
@@ -40,13 +59,16 @@ func (d *Device) attnFwdPick(B, Nq, H, hd int, dt kernels.DType, chunkTokens int
 	if !ok {
 		return attnFwdCfg{}, false
 	}
+	if hd == 128 && dt == kernels.BF16 && d.cc == 90 && !attnForceFA2 && d.smem >= attnSm90Smem {
+		return attnFwdCfg{attnSm90Name, 384, 128, 128, attnSm90Smem}, true
+	}
 	if hd == 128 && dt == kernels.BF16 && (chunkTokens == 0 || (Nq+255)/256*H*B >= 4*d.sms) {
-		return attnFwdCfg{"attn_fwd_hd128_bf16_r256", 256, 256, 32}, true
+		return attnFwdCfg{"attn_fwd_hd128_bf16_r256", 256, 256, 32, 0}, true
 	}
 	if hd == 64 && dt == kernels.BF16 { // 4 warps × 32 rows
-		return attnFwdCfg{name, 128, 128, 64}, true
+		return attnFwdCfg{name, 128, 128, 64, 0}, true
 	}
-	return attnFwdCfg{name, 256, 128, 64}, true
+	return attnFwdCfg{name, 256, 128, 64, 0}, true
 }
 
 func attnBwdSmem(hd int) int { return (2*128*(hd+8)+4*64*(hd+8)+128*72)*2 + 4*64*4 }

@@ -41,8 +41,12 @@ func TestAttentionLaunchShapes(t *testing.T) {
 		fwds[m[5]] = fwd{a(1), a(2), a(3), a(4)}
 	}
 	names := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^(?:FWD|BWD)\([^)]*, (\w+)\)`).FindAllStringSubmatch(body, -1) {
+	for _, m := range regexp.MustCompile(`(?m)^(?:FWD|FWD3|BWD)\([^)]*, (\w+)\)`).FindAllStringSubmatch(body, -1) {
 		names[m[1]] = true
+	}
+	stages := map[string]int{} // FWD3 (the sm_90a forward): name → K/V stages
+	for _, m := range regexp.MustCompile(`(?m)^FWD3\((\d+), \w+, \w+, (\w+)\)`).FindAllStringSubmatch(body, -1) {
+		stages[m[2]], _ = strconv.Atoi(m[1])
 	}
 	for _, m := range regexp.MustCompile(`extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\(`).FindAllStringSubmatch(body, -1) {
 		names[m[1]] = true
@@ -82,6 +86,21 @@ func TestAttentionLaunchShapes(t *testing.T) {
 					cfg.name, cfg.threads, cfg.rows, cfg.keys, f.hd, f.nw, f.wm, f.bc)
 			}
 		}
+	}
+	// Hopper: hd 128 bf16 goes to the FA3-style kernel (384 threads, 128 rows), the rest as before.
+	h := &Device{sms: 132, cc: 90, smem: 227 << 10}
+	for _, ct := range []int{0, 1560} {
+		cfg, ok := h.attnFwdPick(1, 32760, 12, 128, kernels.BF16, ct)
+		ns, built := stages[cfg.name]
+		if !ok || !built || cfg.threads != 384 || cfg.rows != 128 || cfg.smem(128) != 1024+32768*(1+2*ns)+8*(1+4*ns) {
+			t.Errorf("sm_90, ct %d: picked %+v (built: %v, %d stages), want the FWD3 kernel with its shared memory", ct, cfg, built, ns)
+		}
+	}
+	if cfg, _ := h.attnFwdPick(1, 4680, 12, 128, kernels.F32, 0); cfg.name != "attn_fwd_hd128_f32" {
+		t.Errorf("sm_90 fp32 storage: picked %s", cfg.name)
+	}
+	if cfg, _ := h.attnFwdPick(1, 4680, 24, 64, kernels.BF16, 0); cfg.name != "attn_fwd_hd64_bf16" {
+		t.Errorf("sm_90 hd 64: picked %s", cfg.name)
 	}
 	if cfg, _ := d.attnFwdPick(1, 32760, 12, 128, kernels.BF16, 0); cfg.rows != 256 {
 		t.Errorf("N=32760 unmasked hd 128 bf16: picked %s, want the 256-row tiling", cfg.name)

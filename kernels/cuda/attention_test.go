@@ -22,6 +22,7 @@ func TestFusedAttentionTiles(t *testing.T) {
 	}
 	for _, a := range []ac{
 		{"full", 1, 300, 300, 2, 128, 0, 0},
+		{"full, B 2, Nq != Nk", 2, 200, 333, 3, 128, 0, 0},
 		{"causal", 1, 257, 257, 2, 128, 100, 0},
 		{"cache", 1, 130, 390, 2, 128, 130, 260},
 		{"cache, partial chunk", 2, 100, 357, 2, 64, 50, 257},

@@ -11,7 +11,8 @@ tensors, and
   2. times forward and backward at Wan-1.3B shapes (B=1, H=12, hd=128, N=4680 and 32760, no mask and
      block-causal by 1560-token chunks) beside torch SDPA in the same process.
 
-Usage (on the GPU machine): python3 scripts/attn_bench/attn_bench.py BUILD_DIR [--quick] [--no-bench]
+Usage (on the GPU machine): python3 scripts/attn_bench/attn_bench.py BUILD_DIR [--quick] [--no-bench] [--no-flex]
+(--no-flex: no flex_attention and no hd-64 timing)
 """
 import math
 import os
@@ -58,12 +59,23 @@ SUF = {torch.float32: "f32", torch.bfloat16: "bf16"}
 SHIPPED = {"attn_fwd_hd128_bf16": (8, 1, 64), "attn_fwd_hd128_bf16_r256": (8, 2, 32), "attn_fwd_hd128_f32": (8, 1, 64),
            "attn_fwd_hd64_bf16": (4, 2, 64), "attn_fwd_hd64_f32": (8, 1, 64)}
 SMS = torch.cuda.get_device_properties(0).multi_processor_count
+SM90 = torch.cuda.get_device_capability(0) == (9, 0)
+WGMMA_OK = os.environ.get("WGMMA_OK", "").split()  # wgmma kernels that passed in a process of their own
 
 
 def fwd_pick(B, Nq, H, hd, dt, ct):  # attention.go's attnFwdPick: the name suffix
+    # (the sm_90a kernel only once it passed alone: a broken one may hang on its mbarriers)
+    if hd == 128 and dt == torch.bfloat16 and SM90 and "attn_fwd_hd128_bf16_sm90" in WGMMA_OK and os.environ.get("FEWSTEP_ATTN") != "fa2":
+        return "_sm90"
     if hd == 128 and dt == torch.bfloat16 and (ct == 0 or (Nq + 255) // 256 * H * B >= 4 * SMS):
         return "_r256"
     return ""
+
+
+def fwd_alternatives(hd, dt):  # every hd-128 bf16 forward configuration attention.go can launch
+    if hd != 128 or dt != torch.bfloat16:
+        return []
+    return ["", "_r256"] + (["_sm90"] if SM90 and "attn_fwd_hd128_bf16_sm90" in WGMMA_OK else [])
 
 
 VARIANTS = {  # tuning candidates (built with -DATTN_VARIANTS): name → (hd, warps, m-tiles, keys per tile)
@@ -72,8 +84,12 @@ VARIANTS = {  # tuning candidates (built with -DATTN_VARIANTS): name → (hd, wa
     "attn_fwdv_hd64_w8m1b64": (64, 8, 1, 64), "attn_fwdv_hd64_w8m2b32": (64, 8, 2, 32),
     # Hopper wgmma kernels (8 warps = 2 warpgroups, 128 rows, 128-key tiles)
     "attn_fwdw_hd128_serial": (128, 8, 1, "w"), "attn_fwdw_hd128_pipe": (128, 8, 1, "w3"),
+    # FA3-style (warp-specialized, 3 warpgroups = 384 threads, 128 rows, 128-key tiles, NS-stage ring)
+    "attn_fwd_hd128_bf16_sm90": (128, 12, 1, "f2"), "attn_fwd3v_ns2": (128, 12, 1, "f2"),
+    "attn_fwd3v_ns3pp": (128, 12, 1, "f3"), "attn_fwd3v_ns2pp_vswap": (128, 12, 1, "f2"),
 }
-WG_SMEM = {"w": (128 * 128 + 4 * 128 * 128) * 2, "w3": (128 * 128 + 6 * 128 * 128) * 2}
+WG_SMEM = {"w": (128 * 128 + 4 * 128 * 128) * 2, "w3": (128 * 128 + 6 * 128 * 128) * 2,
+           "f2": 1024 + 32768 * 5 + 8 * 9, "f3": 1024 + 32768 * 7 + 8 * 13}  # attention.go attnSm90Smem
 
 
 def fwd_smem(hd, nw, wm, bc):
@@ -104,12 +120,14 @@ def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None, cfg=None):
         name = variant
         if bc in WG_SMEM:
             sm = WG_SMEM[bc]
-            fn(name, sm)((((Nq + 127) // 128), H, B), (256,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
+            fn(name, sm)((((Nq + 127) // 128), H, B), (384 if bc[0] == "f" else 256,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
             return
     else:
         if cfg is None:
             cfg = fwd_pick(B, Nq, H, hd, q.dtype, ct)
         name = f"attn_fwd_hd{hd}_{SUF[q.dtype]}{cfg}"
+        if cfg == "_sm90":
+            return attn_fwd(out, lse, q, k, v, ct, qoff, variant=name)
         nw, wm, bc = SHIPPED[name]
     br, sm = nw * wm * 16, fwd_smem(hd, nw, wm, bc)
     fn(name, sm)((((Nq + br - 1) // br), H, B), (nw * 32,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
@@ -197,10 +215,15 @@ def check_variant(variant, B, Nq, Nk, H, ct, qoff, tol=1e-2):
     lse = torch.full((B, H, Nq), float("nan"), device="cuda")
     attn_fwd(out, lse, q, k, v, ct, qoff, variant=variant)
     torch.cuda.synchronize()
+    out2, lse2 = torch.full_like(out, float("nan")), torch.full_like(lse, float("nan"))
+    attn_fwd(out2, lse2, q, k, v, ct, qoff, variant=variant)  # a moving result is a race
+    torch.cuda.synchronize()
+    same = torch.equal(out, out2) and torch.equal(lse, lse2)
     ro, rl, *_ = reference(q, k, v, torch.zeros_like(q, dtype=torch.float32), ct, qoff)
     e = (rel(out, ro), rel(lse, rl))
-    ok = max(e) <= tol
-    print(f"{'PASS' if ok else 'FAIL'} {variant} B={B} Nq={Nq} Nk={Nk} H={H} ct={ct} qoff={qoff} out={e[0]:.2e} lse={e[1]:.2e}", flush=True)
+    ok = max(e) <= tol and same
+    print(f"{'PASS' if ok else 'FAIL'} {variant} B={B} Nq={Nq} Nk={Nk} H={H} ct={ct} qoff={qoff} out={e[0]:.2e} lse={e[1]:.2e}"
+          + ("" if same else " NOT REPEATABLE"), flush=True)
     return ok
 
 
@@ -234,12 +257,12 @@ def bench(N, ct, iters, H=12, hd=128):
     t_b = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws), iters)
     pick = fwd_pick(B, N, H, hd, torch.bfloat16, ct)
     rows = [(f"ours (fwd{pick or '_r128'})", t_f, t_b)]
-    if hd == 128:
-        other = "" if pick else "_r256"
-        rows.append((f"ours, fwd{other or '_r128'}", bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0, cfg=other), iters), float("nan")))
+    for other in fwd_alternatives(hd, torch.bfloat16):
+        if other != pick:
+            rows.append((f"ours, fwd{other or '_r128'}", bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0, cfg=other), iters), float("nan")))
     if HAVE_VARIANTS:
         for name, (vhd, *_) in VARIANTS.items():
-            if vhd == hd and usable(name):
+            if vhd == hd and usable(name) and name != "attn_fwd_hd128_bf16_sm90":
                 rows.append((name.replace("attn_fwdv_hd128_", "fwd variant ").replace("attn_fwdw_hd128_", "fwd wgmma "), bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0, variant=name), iters), float("nan")))
         for name, (vhd, _) in BWD_VARIANTS.items():
             if vhd == hd:
@@ -261,7 +284,7 @@ def bench(N, ct, iters, H=12, hd=128):
             rows.append((label, tf, tb))
         except Exception as e:  # a backend may not take this case
             print(f"  {label}: not run ({str(e).splitlines()[0][:120]})")
-    if ct:
+    if ct and "--no-flex" not in sys.argv:
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
             bm = create_block_mask(lambda b, h, i, j: (j // ct) <= (i // ct), None, None, N, N, device=dev)
@@ -288,11 +311,13 @@ def profile():
     torch.cuda.synchronize()
 
 
-WGMMA_OK = os.environ.get("WGMMA_OK", "").split()  # wgmma variants that passed in their own process
-
-
 def usable(name):
     return VARIANTS[name][3] not in WG_SMEM or name in WGMMA_OK
+
+
+# B, Nq, Nk, H, ct, qoff: one tile; KV cache; block-causal; several stages round the ring (odd sizes, B > 1)
+VARIANT_CASES = [(2, 200, 200, 3, 0, 0), (1, 130, 390, 2, 130, 260), (1, 300, 300, 2, 64, 0), (1, 1000, 1000, 2, 100, 0),
+                 (2, 1337, 1337, 2, 0, 0), (1, 1, 700, 2, 0, 0), (1, 4680, 4680, 1, 1560, 0)]
 
 
 def main():
@@ -300,7 +325,7 @@ def main():
         return profile()
     if "--only-variant" in sys.argv:  # checks one variant in a process of its own (a bad one may fault)
         name = sys.argv[sys.argv.index("--only-variant") + 1]
-        ok = all([check_variant(name, *c) for c in [(2, 200, 200, 3, 0, 0), (1, 130, 390, 2, 130, 260), (1, 300, 300, 2, 64, 0), (1, 1000, 1000, 2, 100, 0)]])
+        ok = all([check_variant(name, *c) for c in VARIANT_CASES])
         sys.exit(0 if ok else 1)
     torch.manual_seed(int(time.time()))
     print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
@@ -327,12 +352,13 @@ def main():
         ok &= check(*c, dt=torch.bfloat16, gdt=torch.bfloat16)              # bf16 grads (dQ via fp32 scratch)
     ok &= check(1, 4680, 4680, 2, 128, 1560, 0)                              # Wan chunk size
     ok &= check(1, 1560, 4680, 2, 128, 1560, 3120)
-    for c in cases:  # the other hd-128 bf16 forward configuration on every case
-        if c[4] == 128:
-            ok &= check(*c, cfg="" if fwd_pick(c[0], c[1], c[3], 128, torch.bfloat16, c[5]) else "_r256")
+    for c in cases:  # the other hd-128 bf16 forward configurations on every case
+        for other in fwd_alternatives(c[4], torch.bfloat16):
+            if other != fwd_pick(c[0], c[1], c[3], c[4], torch.bfloat16, c[5]):
+                ok &= check(*c, cfg=other)
     if HAVE_VARIANTS:
         for name in filter(usable, VARIANTS):
-            for c in [(2, 200, 200, 3, 0, 0), (1, 130, 390, 2, 130, 260), (1, 300, 300, 2, 64, 0), (1, 1000, 1000, 2, 100, 0)]:
+            for c in VARIANT_CASES:
                 ok &= check_variant(name, *c)
         for name, (hd, _) in BWD_VARIANTS.items():
             for c in [(2, 200, 200, 3, hd, 0, 0), (1, 130, 390, 2, hd, 130, 260), (1, 1000, 1000, 2, hd, 100, 0)]:
@@ -343,7 +369,8 @@ def main():
         for N in (4680, 32760):
             for ct in (0, 1560):
                 bench(N, ct, it if N < 10000 else max(3, it // 4))
-        bench(4680, 0, it, H=24, hd=64)
+        if "--no-flex" not in sys.argv:
+            bench(4680, 0, it, H=24, hd=64)
 
 
 if __name__ == "__main__":
