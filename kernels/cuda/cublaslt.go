@@ -70,7 +70,10 @@ func loadBlasLt() (*blasLt, error) {
 	return b, nil
 }
 
-// call runs a cuBLASLt entry point and names it in the error.
+// call runs a cuBLASLt entry point and names it in the error. Marked like drv.call, for the same
+// reason: its callers pass addresses of locals (handles written back, attribute values read).
+//
+//go:uintptrescapes
 func (b *blasLt) call(name string, fn uintptr, args ...uintptr) error {
 	r, _, _ := purego.SyscallN(fn, args...)
 	if r&0xffffffff != 0 {

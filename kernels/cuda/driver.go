@@ -167,6 +167,15 @@ func (d *drv) check(call string, r uintptr) error {
 }
 
 // call runs a driver entry point and checks its result.
+//
+// Callers pass pointers as uintptr(unsafe.Pointer(&local)). Go honours that conversion (keeps the
+// object alive and where it is) only in calls to functions marked go:uintptrescapes, such as
+// purego.SyscallN; call must carry the mark itself. Without it a local stayed on the goroutine
+// stack, a stack growth on the way into the driver moved it, and the driver wrote to the old
+// stack: cuModuleLoadData's module handle was lost at random, and a later cuModuleGetFunction on
+// that module failed with CUDA_ERROR_INVALID_HANDLE (seen on H200s, sessions 1-3).
+//
+//go:uintptrescapes
 func (d *drv) call(name string, fn uintptr, args ...uintptr) error {
 	r, _, _ := purego.SyscallN(fn, args...)
 	return d.check(name, r&0xffffffff)
