@@ -74,7 +74,7 @@ def key(r):
     p = {"wan1.3b": "wan2.1-1.3b"}.get(r.get("preset"), r.get("preset"))
     return (p, r.get("tokens"))
 ours = {key(r): r for r in rows if r.get("engine") == "fewstep"}
-eager = {key(r): r for r in rows if "compile" in r and not r["compile"]}
+eager = {key(r): r for r in rows if "compile" in r and not r["compile"] and "train_step_ms" not in r}  # the --train row times its own forward
 comp = {key(r): r for r in rows if r.get("compile")}
 print("%-14s %7s %12s %12s %12s %12s %9s %9s" % ("preset", "tokens", "ours ms", "eager ms", "ours/graph", "compiled ms", "eager/ours", "comp/ours"))
 for k in sorted(set(ours) | set(eager), key=str):

@@ -139,11 +139,10 @@ func New(ordinal int) (*Device, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	d := &Device{drv: d0, Ordinal: ordinal, fns: map[string]uintptr{}, plans: map[gemmKey]*gemmPlan{}, shadows: map[uintptr]*shadow{}}
-	// Eager module loading: every kernel is loaded with its module, at New. With the driver's
-	// default lazy loading, runs on an H200 (driver 580) failed at random — 2 of ~10 long runs, even
-	// with the images kept alive — with CUDA_ERROR_INVALID_HANDLE from cuModuleGetFunction of a
-	// kernel first used thousands of steps in. The driver reads the variable at cuInit; a user's
-	// own setting wins.
+	// Eager module loading: every kernel is loaded with its module, at New, so a broken module
+	// shows at start. (The random CUDA_ERROR_INVALID_HANDLE from cuModuleGetFunction that led here
+	// was a module handle lost to a stack move; drv.call says how.) The driver reads the variable
+	// at cuInit; a user's own setting wins.
 	if os.Getenv("CUDA_MODULE_LOADING") == "" {
 		os.Setenv("CUDA_MODULE_LOADING", "EAGER")
 	}

@@ -79,10 +79,8 @@ func (d *Device) loadModules() error {
 			return err
 		}
 		img = append(img, 0) // keeps a PTX image NUL-terminated; harmless for a fatbin
-		// The driver loads functions lazily (CUDA_MODULE_LOADING=LAZY, the default) and reads the
-		// image again then: it must stay alive as long as the module. Seen on an H200 (driver 580)
-		// before this line: random CUDA_ERROR_INVALID_HANDLE from cuModuleGetFunction once the GC
-		// had reused an image's memory.
+		// With lazy loading (CUDA_MODULE_LOADING=LAZY, if a user sets it) the driver reads the
+		// image again when a function is first fetched: it stays alive as long as the module.
 		d.images = append(d.images, img)
 		var m uintptr
 		if err := d.drv.call("cuModuleLoadData("+filepath.Base(n)+")", d.drv.cuModuleLoadData, uintptr(unsafe.Pointer(&m)), uintptr(unsafe.Pointer(&img[0]))); err != nil {
