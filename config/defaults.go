@@ -228,9 +228,9 @@ func (j *Job) Validate() error {
 		bad("sample.count: %d, must be >= 0", sm.Count)
 	}
 	switch sm.Sampler {
-	case "euler", "fewstep", "consistency", "stream":
+	case "euler", "fewstep", "fewstep-ode", "consistency", "stream":
 	default:
-		bad("sample.sampler: %q is not euler, fewstep, consistency or stream", sm.Sampler)
+		bad("sample.sampler: %q is not euler, fewstep, fewstep-ode, consistency or stream", sm.Sampler)
 	}
 	for i, k := range j.Eval.Steps {
 		if k <= 0 {

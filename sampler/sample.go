@@ -40,6 +40,11 @@ const (
 	// with fresh noise, return the last x0. For DMD / DMD+adversarial / odeinit / Self-Forcing
 	// students, which were trained on exactly this rollout ("backward simulation").
 	FewStep Method = "fewstep"
+	// FewStepODE visits the same list but re-noises with the noise the network predicted,
+	// ε̂ = x + (1 − σ_i)·v, instead of fresh noise (DDIM with η = 0): x_{i+1} = (1 − σ_{i+1})·x0 +
+	// σ_{i+1}·ε̂, which is an Euler step of the flow ODE from σ_i to σ_{i+1}. Deterministic given the
+	// first noise; the last step returns x0. For the same students as FewStep.
+	FewStepODE Method = "fewstep-ode"
 	// Consistency is LCM's multistep consistency sampling: like FewStep with x0 replaced by
 	// f(x, σ) = c_skip(σ)·x + c_out(σ)·x0_pred (ConsistencyScalings), σ snapped to the student's
 	// training grid (GridN levels). For consistency students.
@@ -105,13 +110,13 @@ func (o Options) Schedule() ([]float64, error) {
 	switch o.Method {
 	case Euler:
 		return EulerSigmas(o.Steps, o.Shift), nil
-	case FewStep, Stream:
+	case FewStep, FewStepODE, Stream:
 		return DenoisingList(o.Steps, o.Shift), nil
 	case Consistency:
 		s := Snap(DenoisingList(o.Steps, o.Shift), o.GridN, o.Shift)
 		return s, checkSigmas("consistency", s)
 	}
-	return nil, fmt.Errorf("sampler: unknown method %q (euler | fewstep | consistency | stream)", o.Method)
+	return nil, fmt.Errorf("sampler: unknown method %q (euler | fewstep | fewstep-ode | consistency | stream)", o.Method)
 }
 
 func (o Options) guided() bool { return o.CFG != 0 && o.CFG != 1 }
@@ -179,6 +184,13 @@ func Sample(net Net, b *Batch, o Options) (*Result, error) {
 		switch o.Method {
 		case Euler:
 			dev.Axpy(x, float32(sig[i+1]-sig[i]), v) // x ← x + (σ_{i+1} − σ_i)·v
+			continue
+		case FewStepODE:
+			if i == steps-1 {
+				dev.Axpy(x, float32(-sig[i]), v) // x0 = x − σ·v
+			} else {
+				dev.Axpy(x, float32(sig[i+1]-sig[i]), v) // x ← x + (σ_{i+1} − σ_i)·v
+			}
 			continue
 		case FewStep:
 			dev.Combine(x0, x, v, []float32{1}, []float32{float32(-sig[i])}) // x0 = x − σ·v

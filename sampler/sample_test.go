@@ -97,6 +97,7 @@ func TestEulerAndFewStepHitPointTarget(t *testing.T) {
 	for _, o := range []Options{
 		{Method: Euler, Steps: 1}, {Method: Euler, Steps: 7, Shift: 3}, {Method: Euler, Steps: 50, Shift: 5},
 		{Method: FewStep, Steps: 1}, {Method: FewStep, Steps: 4, Shift: 5},
+		{Method: FewStepODE, Steps: 1}, {Method: FewStepODE, Steps: 4, Shift: 5},
 	} {
 		net := pointNet(dev)
 		b := testBatch(3, 2, 4, targets, 0)
@@ -265,6 +266,58 @@ func TestConsistencyMatchesReference(t *testing.T) {
 		if math.Abs(float64(r.Latents[j])-ref[j]) > 1e-5*(1+math.Abs(ref[j])) {
 			t.Fatalf("latent %d: %g, reference %g (σ %v)", j, r.Latents[j], ref[j], sig)
 		}
+	}
+}
+
+// fewstep-ode against the DDIM (η = 0) recursion written out on the host for a nonlinear field:
+// x0 = x − σ·v, ε̂ = (x − (1−σ)·x0)/σ, x ← (1−σ')·x0 + σ'·ε̂; the last level returns x0.
+func TestFewStepODEMatchesDDIM(t *testing.T) {
+	dev := kernels.CPU()
+	field := func(x, sigma, c float64) float64 { return math.Tanh(1.3*x-c)*(1+sigma) + 0.4*c }
+	net := &hostNet{dev: dev, f: func(v, x, t, ctx []float32, B int) {
+		per, lt, F := len(x)/B, len(ctx)/B, len(t)/B
+		for b := 0; b < B; b++ {
+			c, sigma := float64(ctx[b*lt]), float64(t[b*F])/1000
+			for i := 0; i < per; i++ {
+				v[b*per+i] = float32(field(float64(x[b*per+i]), sigma, c))
+			}
+		}
+	}}
+	targets := []float32{0.7, -1.2}
+	b := testBatch(2, 1, 2, targets, 0)
+	o := Options{Method: FewStepODE, Sigmas: []float64{1, 0.8, 0.45, 0.2}}
+	r, err := Sample(net, b, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := len(r.Latents)
+	per := n / 2
+	x0 := make([]float32, n)
+	drawNoise(x0, b.Seeds, 0, 0)
+	ref := make([]float64, n)
+	for i := range ref {
+		ref[i] = float64(x0[i])
+	}
+	sig := o.Sigmas
+	for i, s := range sig {
+		for j := range ref {
+			xj := float64(float32(ref[j]))
+			pred := xj - s*field(xj, float64(float32(s*1000))/1000, float64(targets[j/per]))
+			if i == len(sig)-1 {
+				ref[j] = pred
+				continue
+			}
+			eps := (xj - (1-s)*pred) / s
+			ref[j] = (1-sig[i+1])*pred + sig[i+1]*eps
+		}
+	}
+	for j := range ref {
+		if math.Abs(float64(r.Latents[j])-ref[j]) > 1e-5*(1+math.Abs(ref[j])) {
+			t.Fatalf("latent %d: %g, DDIM reference %g", j, r.Latents[j], ref[j])
+		}
+	}
+	if r.NFE != len(sig) {
+		t.Fatalf("NFE %d, want %d", r.NFE, len(sig))
 	}
 }
 

@@ -53,6 +53,9 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
+	if m := sampler.Method(job.Sample.Sampler); m != sampler.FewStep && m != sampler.FewStepODE { // before training, not after
+		return fmt.Errorf("demo: sample.sampler %q: the dmd student samples with fewstep or fewstep-ode", m)
+	}
 	w := cmd.ErrOrStderr()
 	out, _ := cmd.Flags().GetString("out")
 	if out == "" {
@@ -133,9 +136,10 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 	if err != nil {
 		return nil, err
 	}
+	method := sampler.Method(job.Sample.Sampler) // the student's few-step sampler (runDemo checked it)
 	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed,
 		TeacherCFG: w4, TeacherShift: shift,
-		Student:      sampler.Options{Method: sampler.FewStep, Shift: shift, CFG: 1},
+		Student:      sampler.Options{Method: method, Shift: shift, CFG: 1},
 		StudentLists: SubLists(list, job.Eval.Steps)}
 	spec.Mean, spec.Std = normStats(job, held.C)
 	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("eval"),
@@ -161,8 +165,8 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 		o    sampler.Options
 	}{
 		{fmt.Sprintf("teacher-euler%d", job.Eval.TeacherSteps), teacher, sampler.Options{Method: sampler.Euler, Steps: job.Eval.TeacherSteps, CFG: w4, Shift: shift}},
-		{"student-1step", student, sampler.Options{Method: sampler.FewStep, Steps: 1, Shift: shift, Sigmas: spec.StudentLists[1]}},
-		{fmt.Sprintf("student-%dstep", kmax), student, sampler.Options{Method: sampler.FewStep, Steps: kmax, Shift: shift, Sigmas: spec.StudentLists[kmax]}},
+		{"student-1step", student, sampler.Options{Method: method, Steps: 1, Shift: shift, Sigmas: spec.StudentLists[1]}},
+		{fmt.Sprintf("student-%dstep", kmax), student, sampler.Options{Method: method, Steps: kmax, Shift: shift, Sigmas: spec.StudentLists[kmax]}},
 	} {
 		if err := previews(filepath.Join(pdir, p.name), p.net, held, n, job, p.o); err != nil {
 			return nil, err

@@ -52,7 +52,7 @@ func init() {
 	f.String("model-config", "", "Wan config.json of both checkpoints (default: beside each, else the job's model)")
 	f.Float64("teacher-cfg", 0, "teacher guidance w (default: sample.cfg)")
 	f.Float64("teacher-shift", 0, "teacher Euler shift (default: sample.shift)")
-	f.String("student-sampler", "fewstep", "fewstep | consistency | stream")
+	f.String("student-sampler", "fewstep", "fewstep | fewstep-ode | consistency | stream")
 	f.Float64("student-cfg", 1, "student guidance w (distilled students: 1)")
 	f.Float64("student-shift", 0, "student denoising-list shift (default: sample.shift)")
 	f.String("student-timesteps", "", "the student's denoising list as timesteps, e.g. 1000,750,500,250; k steps use its first k... (default: DenoisingList(k))")

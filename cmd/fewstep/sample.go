@@ -31,6 +31,7 @@ with in/out channels and text_dim taken from the prompts' dataset).
 Samplers (--sampler, default sample.sampler):
   euler        the flow ODE, N steps, CFG w (teachers; flowmatch-trained networks)
   fewstep      predict x0, re-noise to the next level (DMD, DMD+adversarial, odeinit students)
+  fewstep-ode  the same levels, re-noised with the predicted noise (DDIM, η = 0): deterministic
   consistency  LCM multistep consistency sampling (consistency students; --grid-n snaps σ)
   stream       causal chunk-by-chunk with the KV cache (Self-Forcing student; model.chunk_frames,
                model.local_attn_frames, model.sink_frames; --frames may exceed the training length)
@@ -47,7 +48,7 @@ func init() {
 	f.String("model-config", "", "Wan config.json of the checkpoint (default: config.json beside --weights, else the job's model)")
 	f.String("prompts", "", "dataset whose captions and text embeddings are the prompts (default: data.heldout)")
 	f.StringArray("caption", nil, "a caption to sample (repeatable; toy text encoder, synthetic data only) instead of --prompts")
-	f.String("sampler", "", "euler | fewstep | consistency | stream (default: sample.sampler)")
+	f.String("sampler", "", "euler | fewstep | fewstep-ode | consistency | stream (default: sample.sampler)")
 	f.Int("steps", 0, "steps (default: sample.steps)")
 	f.String("cfg", "", "guidance w, v = v_u + w·(v_c − v_u); 1 = none (default: sample.cfg)")
 	f.String("shift", "", "schedule shift (default: sample.shift)")
