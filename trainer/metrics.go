@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/schollz/progressbar/v3"
 )
@@ -88,6 +89,17 @@ func (a *meanAcc) mean() map[string]float64 {
 	return out
 }
 
+// BarThrottle is the least time between redraws of a progress bar writing to w: tty on a terminal,
+// 5 s into a file or pipe, where every redraw stays in the log as one more line.
+func BarThrottle(w io.Writer, tty time.Duration) time.Duration {
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			return tty
+		}
+	}
+	return 5 * time.Second
+}
+
 // bar is the progress bar: step count, steps/s, the last loss and the student's lr.
 type bar struct {
 	pb   *progressbar.ProgressBar
@@ -104,7 +116,7 @@ func newBar(w io.Writer, total, done int, name string) *bar {
 		progressbar.OptionSetDescription(name),
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetWidth(24),
-		progressbar.OptionThrottle(200_000_000),
+		progressbar.OptionThrottle(BarThrottle(w, 200*time.Millisecond)),
 		progressbar.OptionSetPredictTime(true),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
 	)

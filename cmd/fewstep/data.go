@@ -11,6 +11,7 @@ import (
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/data"
+	"github.com/fewstep/fewstep/trainer"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 )
@@ -85,7 +86,7 @@ func runSynth(cmd *cobra.Command, _ []string) error {
 		progressbar.OptionShowCount(),
 		progressbar.OptionShowIts(),
 		progressbar.OptionSetItsString("videos"),
-		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionThrottle(trainer.BarThrottle(cmd.ErrOrStderr(), 100*time.Millisecond)),
 		progressbar.OptionClearOnFinish(),
 	)
 	t0 := time.Now()

@@ -67,7 +67,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	// 1. data
 	dir := filepath.Join(out, "data")
 	bar := progressbar.NewOptions(job.Data.Synth.Count+job.Data.Synth.HeldoutCount, progressbar.OptionSetWriter(w),
-		progressbar.OptionSetDescription("data synth"), progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionSetDescription("data synth"), progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(w, 100*time.Millisecond)),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
 	if err := trainer.EnsureData(job, dir, func(done, _ int) { bar.Set(done) }); err != nil {
 		return err
@@ -143,7 +143,7 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 		StudentLists: SubLists(list, job.Eval.Steps)}
 	spec.Mean, spec.Std = normStats(job, held.C)
 	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("eval"),
-		progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(w, 100*time.Millisecond)),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
 	spec.Progress = func(done, total int, row string) {
 		bar.ChangeMax(total)

@@ -15,6 +15,7 @@ import (
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/sampler"
+	"github.com/fewstep/fewstep/trainer"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 )
@@ -247,7 +248,7 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	spec.LongFrames, _ = fl.GetInt("long-frames")
 	spec.Mean, spec.Std = normStats(job, held.C)
 	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(cmd.ErrOrStderr()), progressbar.OptionSetDescription("eval"),
-		progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
+		progressbar.OptionThrottle(trainer.BarThrottle(cmd.ErrOrStderr(), 100*time.Millisecond)), progressbar.OptionClearOnFinish())
 	spec.Progress = func(done, total int, row string) {
 		bar.ChangeMax(total)
 		bar.Describe("eval: " + row)

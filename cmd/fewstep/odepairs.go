@@ -11,6 +11,7 @@ import (
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/sampler"
+	"github.com/fewstep/fewstep/trainer"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 )
@@ -143,7 +144,7 @@ func runODEPairs(cmd *cobra.Command, _ []string) error {
 	net := sampler.NewDiTNet(m, 0)
 	defer net.Free()
 	bar := progressbar.NewOptions(count, progressbar.OptionSetWriter(cmd.ErrOrStderr()), progressbar.OptionSetDescription("ode-pairs"),
-		progressbar.OptionShowCount(), progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
+		progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(cmd.ErrOrStderr(), 100*time.Millisecond)), progressbar.OptionClearOnFinish())
 	t0 := time.Now()
 	o := sampler.Options{Method: sampler.Euler, Sigmas: grid, CFG: cfgW, Record: record}
 	times := make([]float32, len(record))
