@@ -261,6 +261,11 @@ func NewComm(devs []*Device) (*Comm, error) {
 		return nil, err
 	}
 	nvlsOff()
+	return newComm(nc, devs, list)
+}
+
+// newComm is NewComm's part after the checks, on the library nc.
+func newComm(nc *ncclLib, devs []*Device, list []int32) (*Comm, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	c := &Comm{nc: nc, devs: devs, comms: make([]uintptr, len(devs))}
