@@ -126,7 +126,7 @@ func loadNCCL() (*ncclLib, error) {
 func openNCCL(paths, misses []string) (*ncclLib, error) {
 	var tried []string
 	for _, p := range paths {
-		h, err := purego.Dlopen(p, purego.RTLD_NOW|purego.RTLD_GLOBAL)
+		h, err := purego.Dlopen(p, purego.RTLD_NOW|purego.RTLD_LOCAL) // its symbols stay its own
 		if err != nil {
 			tried = append(tried, fmt.Sprintf("%s: %v", p, err))
 			continue

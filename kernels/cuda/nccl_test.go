@@ -465,7 +465,7 @@ func TestNCCLFakePlumbing(t *testing.T) {
 		cc = "cc"
 	}
 	dir := t.TempDir()
-	src, lib := filepath.Join(dir, "fake.c"), filepath.Join(dir, "libnccl.so.2")
+	src, lib := filepath.Join(dir, "fake.c"), filepath.Join(dir, "libfakenccl.so") // not the real name, RTLD_LOCAL: no clash with a real NCCL
 	if err := os.WriteFile(src, []byte(fakeNCCL), 0o644); err != nil {
 		t.Fatal(err)
 	}
