@@ -274,3 +274,17 @@ func (r *Rollout) RunFrom(rng *rand.Rand, x0data, ctx *kernels.Tensor, level int
 	X0FromV(dev, r.x0, r.x, v, r.sigma)          // x0 [B,C,F,H,W]
 	return r.x0
 }
+
+// RunAt is the student's graded x0 prediction from a given input xIn [B,C,F,H,W] at Sigmas[level]
+// (e.g. a teacher trajectory's latent at that level); xIn is copied, not kept.
+func (r *Rollout) RunAt(xIn, ctx *kernels.Tensor, level int) *kernels.Tensor {
+	dev := r.sc.dev
+	for b := range r.sigma {
+		r.sigma[b] = r.Sigmas[level]
+	}
+	dev.Copy(r.x, xIn) // x at σ_level [B,C,F,H,W]
+	SetTimesteps(dev, r.sc.t, r.sc.th, r.sigma)
+	v := r.Net.Forward(r.Pass, r.x, r.sc.t, ctx) // v  [B,C,F,H,W]
+	X0FromV(dev, r.x0, r.x, v, r.sigma)          // x0 [B,C,F,H,W]
+	return r.x0
+}

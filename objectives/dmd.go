@@ -9,11 +9,15 @@ package objectives
 //   x0_real = teacher with CFG w;  x0_fake = critic without CFG
 //   grad   = (x0_fake − x0_real) / mean_per_sample|x − x0_real|   (a sample whose grad is not finite → 0)
 //   loss   = 0.5·mean((x − sg(x − grad))²),  dL/dx = grad/numel, carried through the student's graded step
-// Regression (regression_weight λ > 0, needs latents): on each generator step the student also
-//   denoises the batch's real latents, noised to a random level σ_l of its list:
-//   loss_reg = λ·mean((G(x_σl) − x0_data)²). It keeps the generator a faithful denoiser at its own
-//   levels while DMD sharpens its samples (a real-data stand-in for DMD's regression on teacher
-//   ODE pairs; 0 = off, plain DMD).
+// Regression (regression_weight λ > 0): on each generator step the student also regresses an x0
+//   from a random level σ_l of its list: loss_reg = λ·mean((G(x_l, σ_l) − y)²).
+//   regression: data — x_l = the batch's real latents noised to σ_l, y = those latents: it keeps
+//     the generator a faithful denoiser at its own levels while DMD sharpens its samples.
+//   regression: ode — DMD's own regression on teacher ODE pairs (a dataset from `fewstep data
+//     ode-pairs` recorded at the list's levels): x_l = the teacher trajectory's latent at σ_l, y = the
+//     trajectory's end (the teacher's sample from the same noise): the student learns the teacher's
+//     noise-to-sample map at every level, which keeps DMD from collapsing modes.
+//   0 = off, plain DMD.
 // Critic step (every step): flow matching of the critic on a fresh no-grad generator sample.
 //
 // Roles: student (trainable, starts as the teacher), teacher (frozen, weights required),
@@ -37,7 +41,8 @@ type dmdParams struct {
 	CFG       float64   `mapstructure:"cfg"`                    // teacher guidance w (v = v_u + w·(v_c − v_u))
 	Ratio     int       `mapstructure:"generator_update_ratio"` // generator updated every Ratio steps
 	Rollout   string    `mapstructure:"rollout"`                // backward | data
-	RegWeight float64   `mapstructure:"regression_weight"`      // λ of the real-data regression (0 = off)
+	RegWeight float64   `mapstructure:"regression_weight"`      // λ of the regression (0 = off)
+	Reg       string    `mapstructure:"regression"`             // data | ode: what the regression targets
 }
 
 type dmd struct {
@@ -66,7 +71,7 @@ type dmd struct {
 func newDMD(params map[string]any) (Objective, error) {
 	o := &dmd{p: dmdParams{
 		Timesteps: []float64{1000, 750, 500, 250},
-		Shift:     1, SigmaMin: 0.02, SigmaMax: 0.98, CFG: 4, Ratio: 5, Rollout: "backward",
+		Shift:     1, SigmaMin: 0.02, SigmaMax: 0.98, CFG: 4, Ratio: 5, Rollout: "backward", Reg: "data",
 	}}
 	if err := DecodeParams(params, &o.p); err != nil {
 		return nil, err
@@ -85,6 +90,9 @@ func newDMD(params map[string]any) (Objective, error) {
 	}
 	if !(p.RegWeight >= 0) || math.IsInf(p.RegWeight, 0) {
 		return nil, fmt.Errorf("params.regression_weight: %v, must be finite and >= 0", p.RegWeight)
+	}
+	if p.Reg != "data" && p.Reg != "ode" {
+		return nil, fmt.Errorf("params.regression: %q is not data or ode", p.Reg)
 	}
 	if p.Rollout != "backward" && p.Rollout != "data" {
 		return nil, fmt.Errorf("params.rollout: %q is not backward or data", p.Rollout)
@@ -150,6 +158,41 @@ func (o *dmd) generate(s *Step, b *Batch) (*kernels.Tensor, error) {
 	return o.student.RunFrom(s.RNG, b.X0, b.Ctx, exit), nil
 }
 
+// regress runs the student's graded x0 prediction for the regression at a random level l of the
+// list: from the real latents noised to σ_l (regression: data), or from the teacher trajectory's
+// latent at σ_l (regression: ode; b.X0 is then the trajectory's end).
+func (o *dmd) regress(s *Step, b *Batch) (*kernels.Tensor, error) {
+	if b.X0 == nil {
+		return nil, fmt.Errorf("dmd: params.regression_weight needs latents, the batch has none")
+	}
+	level := s.RNG.IntN(len(o.sigmas))
+	if o.p.Reg == "data" {
+		return o.student.RunFrom(s.RNG, b.X0, b.Ctx, level), nil
+	}
+	if b.TrajX == nil {
+		return nil, fmt.Errorf("dmd: params.regression: ode needs teacher trajectories (trajectory_latents; make the dataset with `fewstep data ode-pairs`), the batch has none")
+	}
+	S, B := len(b.TrajSigma), b.B()
+	idx := -1
+	for i, sg := range b.TrajSigma {
+		if math.Abs(float64(sg-o.sigmas[level])) < 1e-4 {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		return nil, fmt.Errorf("dmd: regression: ode: the trajectories' levels %v lack σ = %g of the denoising list %v", b.TrajSigma, o.sigmas[level], o.sigmas)
+	}
+	item := b.X0.Shape[1:] // [C,F,H,W]
+	per := kernels.Numel(item)
+	if b.TrajX.Numel() != B*S*per {
+		return nil, fmt.Errorf("dmd: regression: ode: trajectory_latents %v, want [B=%d, S=%d, %v]", b.TrajX.Shape, B, S, item)
+	}
+	for i := 0; i < B; i++ { // x_l of sample i: TrajX[i, idx] [C,F,H,W]
+		o.env.Dev.Copy(o.xs.View(i*per, item...), b.TrajX.View((i*S+idx)*per, item...))
+	}
+	return o.student.RunAt(o.xs, b.Ctx, level), nil
+}
+
 func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 	dev := o.env.Dev
 	B := b.B()
@@ -208,13 +251,12 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 		dev.Scale(o.grad, float32(1/n)) // dL/dx = grad/numel
 		o.student.Backward(o.grad)
 		if o.p.RegWeight > 0 {
-			if b.X0 == nil {
-				return up, fmt.Errorf("dmd: params.regression_weight needs latents, the batch has none")
+			x0, err := o.regress(s, b) // G(x_l, σ_l) [B,C,F,H,W]; target b.X0
+			if err != nil {
+				return up, err
 			}
-			level := s.RNG.IntN(len(o.sigmas))
-			x0 := o.student.RunFrom(s.RNG, b.X0, b.Ctx, level)         // G(x_σl)  [B,C,F,H,W]
-			dev.Combine(o.diff, x0, b.X0, []float32{1}, []float32{-1}) // G − x0   [B,C,F,H,W]
-			m["reg_loss"] = dev.Dot(o.diff, o.diff) / n                // mean((G − x0)²)
+			dev.Combine(o.diff, x0, b.X0, []float32{1}, []float32{-1}) // G − y    [B,C,F,H,W]
+			m["reg_loss"] = dev.Dot(o.diff, o.diff) / n                // mean((G − y)²)
 			dev.Scale(o.diff, float32(2*o.p.RegWeight/n))              // dL_reg/dG
 			o.student.Backward(o.diff)                                 // accumulates onto the DMD gradient
 		}

@@ -3,6 +3,7 @@ package objectives
 import (
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 )
@@ -10,8 +11,15 @@ import (
 // The regression term of dmd (params.regression_weight λ) adds exactly the gradient of
 // λ·reg_loss to the student: G(λ) − G(0) of one generator step, same seed, is checked against the
 // central difference of λ·reg_loss along it (the term's noise and level are drawn after the DMD
-// part, so they are the same in both runs and a function of the seed only).
+// part, so they are the same in both runs and a function of the seed only). Both targets: real
+// latents (regression: data) and teacher ODE pairs (regression: ode).
 func TestDMDRegressionGradient(t *testing.T) {
+	for _, mode := range []string{"data", "ode"} {
+		t.Run(mode, func(t *testing.T) { testDMDRegressionGradient(t, mode) })
+	}
+}
+
+func testDMDRegressionGradient(t *testing.T, mode string) {
 	seed := time.Now().UnixNano()
 	t.Logf("seed %d", seed)
 	const lam = 0.7
@@ -21,12 +29,17 @@ func TestDMDRegressionGradient(t *testing.T) {
 		b   *Batch
 	}
 	mk := func(l float64) run {
-		o, err := New("dmd", map[string]any{"regression_weight": l, "cfg": 2, "generator_update_ratio": 1})
+		o, err := New("dmd", map[string]any{"regression_weight": l, "regression": mode, "cfg": 2, "generator_update_ratio": 1})
 		if err != nil {
 			t.Fatal(err)
 		}
 		env := testEnv(t, o, testShape, seed)
-		return run{o, env, testBatch(env, testShape, rand.New(rand.NewPCG(uint64(seed), 2)))}
+		rng := rand.New(rand.NewPCG(uint64(seed), 2))
+		b := testBatch(env, testShape, rng)
+		if mode == "ode" { // the levels of dmd's default list, then the end
+			odeBatch(env, b, []float32{1, 0.75, 0.5, 0.25, 0}, rng)
+		}
+		return run{o, env, b}
 	}
 	step := func(r run) ([]float32, map[string]float64) {
 		for _, rr := range r.env.Roles {
@@ -87,5 +100,28 @@ func TestDMDRegressionWeightErrors(t *testing.T) {
 		if _, err := New("dmd", map[string]any{"regression_weight": l}); err == nil {
 			t.Errorf("regression_weight %v: no error", l)
 		}
+	}
+	if _, err := New("dmd", map[string]any{"regression": "teacher"}); err == nil || !strings.Contains(err.Error(), "params.regression") {
+		t.Errorf("regression: teacher: %v, want an error naming params.regression", err)
+	}
+	// regression: ode on a batch without trajectories, and on trajectories that miss a level
+	o, err := New("dmd", map[string]any{"regression_weight": 1, "regression": "ode", "generator_update_ratio": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := testEnv(t, o, testShape, 3)
+	rng := rand.New(rand.NewPCG(3, 4))
+	b := testBatch(env, testShape, rng)
+	if _, err := o.Step(&Step{Step: 0, Accum: 1, RNG: StepRNG(1, 0, 0)}, b); err == nil || !strings.Contains(err.Error(), "ode-pairs") {
+		t.Errorf("no trajectories: %v, want an error pointing at fewstep data ode-pairs", err)
+	}
+	odeBatch(env, b, []float32{1, 0.7, 0.4, 0.1, 0}, rng)
+	for seed := int64(0); seed < 8; seed++ { // some draw of the level hits one the trajectories lack
+		if _, err = o.Step(&Step{Step: 0, Accum: 1, RNG: StepRNG(seed, 0, 0)}, b); err != nil {
+			break
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "lack σ") {
+		t.Errorf("trajectory levels 1/0.7/0.4/0.1: %v, want an error naming the missing level", err)
 	}
 }
