@@ -18,6 +18,7 @@ log() { echo "$@" | tee -a "$L"; }
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 [ -f $G/fewstep.gz ] && gunzip -f $G/fewstep.gz
+chmod +x $G/fewstep $G/cuda.test 2>/dev/null
 nvidia-smi -L 2>&1 | tee -a "$L"
 nvidia-smi topo -m 2>&1 | head -8 | tee -a "$L"
 
@@ -34,11 +35,15 @@ ldconfig -p 2>/dev/null | grep -i nccl | head -3 | tee -a "$L"
 #    machine-independent ones)
 (cd kernels/cuda && timeout -k 10 180 ../../$G/cuda.test -test.run NCCL -test.v -test.count=1) >> "$L" 2>&1
 log "cuda.test -test.run NCCL exit $?"
-grep -E "^(--- |ok|FAIL|PASS|panic)|nccl: NCCL|worst error|rel error| Error|error:" "$L" | tail -40
+grep -E "^(--- |ok|FAIL|PASS|panic)|nccl_test.go:|cuda_test.go:|nccl: NCCL|NCCL WARN" "$L" | tail -60
 
 # 2. the bench: 1 GiB fp32 between GPUs 0 and 1, then 256 MiB bf16
 for args in "--mib 1024" "--mib 256 --dtype bf16"; do
     log "+ fewstep bench allreduce --devices 2 $args"
-    timeout -k 10 120 $G/fewstep bench allreduce --devices 2 $args 2>> "$L" | tee -a "$OUT/allreduce.jsonl" "$L"
-    log "exit ${PIPESTATUS[0]}"
+    res=$(timeout -k 10 120 $G/fewstep bench allreduce --devices 2 $args 2>&1)   # NCCL warnings too
+    rc=$?
+    echo "$res" >> "$L"
+    echo "$res" | grep '^{' >> "$OUT/allreduce.jsonl"
+    echo "$res" | tail -15
+    log "exit $rc"
 done
