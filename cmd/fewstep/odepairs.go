@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -70,45 +71,31 @@ func runODEPairs(cmd *cobra.Command, _ []string) error {
 	if prompts == "" {
 		return fmt.Errorf("ode-pairs: no prompts: --prompts DATASET or data.path")
 	}
-	set, err := eval.LoadSet(prompts, job.Data.TextLen)
-	if err != nil {
-		return fmt.Errorf("ode-pairs: %w", err)
-	}
-	steps, _ := fl.GetInt("steps")
-	cfgW, _ := fl.GetFloat64("cfg")
-	shift := job.Sample.Shift
+	var o odePairs
+	o.steps, _ = fl.GetInt("steps")
+	o.cfg, _ = fl.GetFloat64("cfg")
+	o.shift = job.Sample.Shift
 	if s, _ := fl.GetString("shift"); s != "" {
-		if shift, err = strconv.ParseFloat(s, 64); err != nil {
+		if o.shift, err = strconv.ParseFloat(s, 64); err != nil {
 			return fmt.Errorf("ode-pairs: --shift %q: %w", s, err)
 		}
 	}
 	ts, _ := fl.GetString("timesteps")
-	var levels []float64
 	for _, f := range strings.Split(ts, ",") {
 		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
 		if err != nil || v <= 0 || v > 1000 {
 			return fmt.Errorf("ode-pairs: --timesteps %q: %q is not a timestep in (0, 1000]", ts, f)
 		}
-		levels = append(levels, sampler.Shift(v/1000, shift))
-	}
-	if steps < 1 {
-		return fmt.Errorf("ode-pairs: --steps %d, need ≥ 1", steps)
-	}
-	grid := sampler.MergeGrid(sampler.EulerSigmas(steps, shift), levels)
-	record := make([]float64, 0, len(levels)+1)
-	for _, l := range levels {
-		record = append(record, sampler.OnGrid(grid, l))
-	}
-	record = append(record, 0)
-	for i := 1; i < len(record); i++ {
-		if record[i] >= record[i-1] {
-			return fmt.Errorf("ode-pairs: --timesteps %q must decrease strictly", ts)
-		}
+		o.timesteps = append(o.timesteps, v)
 	}
 	dts, _ := fl.GetString("dtype")
-	dt, err := data.ParseDType(dts)
-	if err != nil {
+	if o.dtype, err = data.ParseDType(dts); err != nil {
 		return fmt.Errorf("ode-pairs: --dtype: %w", err)
+	}
+	o.count, _ = fl.GetInt("count")
+	o.batch, _ = fl.GetInt("batch")
+	if o.seed, _ = fl.GetInt64("seed"); o.seed < 0 {
+		o.seed = job.Seed
 	}
 	devName, _ := fl.GetString("device")
 	if devName == "" {
@@ -119,34 +106,84 @@ func runODEPairs(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("ode-pairs: %w", err)
 	}
 	mc, _ := fl.GetString("model-config")
-	m, _, err := loadModel(dev, job, teacher, mc, set.C, set.TextDim)
+	t0 := time.Now()
+	r, err := writeODEPairs(cmd.ErrOrStderr(), job, dev, teacher, mc, prompts, out, o)
 	if err != nil {
-		return fmt.Errorf("ode-pairs: %w", err)
+		return err
 	}
-	count, _ := fl.GetInt("count")
+	if err := config.Save(job, out+".job.yaml"); err != nil { // the resolved job, beside the file
+		return err
+	}
+	el := time.Since(t0).Seconds()
+	fmt.Fprintf(cmd.OutOrStdout(), "ode-pairs: %d trajectories of %d Euler steps (NFE %d per prompt with cfg %g, shift %g) at t = %v in %.1fs (%.2f s/prompt)\n  %s (+ .job.yaml)\n",
+		r.count, r.steps, r.nfe, o.cfg, o.shift, r.times, el, el/float64(r.count), out)
+	return nil
+}
+
+// odePairs are the settings of a teacher ODE-pairs dataset.
+type odePairs struct {
+	count, steps, batch int       // prompts (0 = all), Euler steps, prompts per sampler call (0 = 8)
+	cfg, shift          float64   // teacher guidance w, schedule shift
+	timesteps           []float64 // the denoising list, before the shift
+	seed                int64     // prompt i's noise uses seed+i
+	dtype               kernels.DType
+}
+
+// odePairsResult says what writeODEPairs wrote.
+type odePairsResult struct {
+	count, steps, nfe int
+	times             []float32 // recorded timesteps, descending, last 0
+}
+
+// writeODEPairs integrates the teacher's flow ODE from noise for the first o.count prompts of the
+// dataset prompts and writes the trajectories (x at the list's levels, then the final x0) to out.
+func writeODEPairs(w io.Writer, job *config.Job, dev kernels.Device, teacher, modelConfig, prompts, out string, o odePairs) (odePairsResult, error) {
+	var res odePairsResult
+	set, err := eval.LoadSet(prompts, job.Data.TextLen)
+	if err != nil {
+		return res, fmt.Errorf("ode-pairs: %w", err)
+	}
+	if o.steps < 1 {
+		return res, fmt.Errorf("ode-pairs: %d Euler steps, need ≥ 1", o.steps)
+	}
+	var levels []float64
+	for _, t := range o.timesteps {
+		levels = append(levels, sampler.Shift(t/1000, o.shift))
+	}
+	grid := sampler.MergeGrid(sampler.EulerSigmas(o.steps, o.shift), levels)
+	record := make([]float64, 0, len(levels)+1)
+	for _, l := range levels {
+		record = append(record, sampler.OnGrid(grid, l))
+	}
+	record = append(record, 0)
+	for i := 1; i < len(record); i++ {
+		if record[i] >= record[i-1] {
+			return res, fmt.Errorf("ode-pairs: timesteps %v must decrease strictly", o.timesteps)
+		}
+	}
+	m, _, err := loadModel(dev, job, teacher, modelConfig, set.C, set.TextDim)
+	if err != nil {
+		return res, fmt.Errorf("ode-pairs: %w", err)
+	}
+	count := o.count
 	if count <= 0 || count > set.N {
 		count = set.N
 	}
-	batch, _ := fl.GetInt("batch")
+	batch := o.batch
 	if batch <= 0 {
 		batch = 8
 	}
-	seed, _ := fl.GetInt64("seed")
-	if seed < 0 {
-		seed = job.Seed
-	}
 	mean, std := normStats(job, set.C)
 
-	w, err := data.NewWriter(out, []string{data.Latent, data.TextEmb, data.TrajLatent, data.TrajTimes}, 64)
+	wr, err := data.NewWriter(out, []string{data.Latent, data.TextEmb, data.TrajLatent, data.TrajTimes}, 64)
 	if err != nil {
-		return fmt.Errorf("ode-pairs: %w", err)
+		return res, fmt.Errorf("ode-pairs: %w", err)
 	}
 	net := sampler.NewDiTNet(m, 0)
 	defer net.Free()
-	bar := progressbar.NewOptions(count, progressbar.OptionSetWriter(cmd.ErrOrStderr()), progressbar.OptionSetDescription("ode-pairs"),
-		progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(cmd.ErrOrStderr(), 100*time.Millisecond)), progressbar.OptionClearOnFinish())
-	t0 := time.Now()
-	o := sampler.Options{Method: sampler.Euler, Sigmas: grid, CFG: cfgW, Record: record}
+	bar := progressbar.NewOptions(count, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("ode-pairs"),
+		progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(w, 100*time.Millisecond)), progressbar.OptionClearOnFinish())
+	so := sampler.Options{Method: sampler.Euler, Sigmas: grid, CFG: o.cfg, Record: record}
 	times := make([]float32, len(record))
 	for i, s := range record {
 		times[i] = float32(1000 * s)
@@ -159,12 +196,12 @@ func runODEPairs(cmd *cobra.Command, _ []string) error {
 		b := &sampler.Batch{C: set.C, F: set.F, H: set.H, W: set.W, L: set.L, TextDim: set.TextDim,
 			Text: set.Text[lo*lt : hi*lt], Null: set.Null}
 		for i := lo; i < hi; i++ {
-			b.Seeds = append(b.Seeds, seed+int64(i))
+			b.Seeds = append(b.Seeds, o.seed+int64(i))
 		}
-		r, err := sampler.Sample(net, b, o)
+		r, err := sampler.Sample(net, b, so)
 		if err != nil {
-			w.Abort()
-			return fmt.Errorf("ode-pairs: %w", err)
+			wr.Abort()
+			return res, fmt.Errorf("ode-pairs: %w", err)
 		}
 		nfe = r.NFE
 		for i := lo; i < hi; i++ {
@@ -175,31 +212,25 @@ func runODEPairs(cmd *cobra.Command, _ []string) error {
 			}
 			x0 := append([]float32(nil), r.Latents[k*per:(k+1)*per]...)
 			if err := eval.Denormalize(x0, 1, set.C, mean, std); err != nil {
-				w.Abort()
-				return fmt.Errorf("ode-pairs: %w", err)
+				wr.Abort()
+				return res, fmt.Errorf("ode-pairs: %w", err)
 			}
 			text := set.Text[i*lt : i*lt+set.Tokens[i]*set.TextDim]
-			err := w.Append(set.IDs[i], set.Captions[i],
-				data.F32Tensor(data.Latent, []int{set.C, set.F, set.H, set.W}, x0, dt),
+			err := wr.Append(set.IDs[i], set.Captions[i],
+				data.F32Tensor(data.Latent, []int{set.C, set.F, set.H, set.W}, x0, o.dtype),
 				data.F32Tensor(data.TextEmb, []int{set.Tokens[i], set.TextDim}, text, kernels.F32),
-				data.F32Tensor(data.TrajLatent, []int{S, set.C, set.F, set.H, set.W}, traj, dt),
+				data.F32Tensor(data.TrajLatent, []int{S, set.C, set.F, set.H, set.W}, traj, o.dtype),
 				data.F32Tensor(data.TrajTimes, []int{S}, times, kernels.F32))
 			if err != nil {
-				w.Abort()
-				return fmt.Errorf("ode-pairs: %w", err)
+				wr.Abort()
+				return res, fmt.Errorf("ode-pairs: %w", err)
 			}
 		}
 		bar.Set(hi)
 	}
 	bar.Finish()
-	if err := w.Close(); err != nil {
-		return fmt.Errorf("ode-pairs: %w", err)
+	if err := wr.Close(); err != nil {
+		return res, fmt.Errorf("ode-pairs: %w", err)
 	}
-	if err := config.Save(job, out+".job.yaml"); err != nil { // the resolved job, beside the file
-		return err
-	}
-	el := time.Since(t0).Seconds()
-	fmt.Fprintf(cmd.OutOrStdout(), "ode-pairs: %d trajectories of %d Euler steps (NFE %d per prompt with cfg %g, shift %g) at t = %v in %.1fs (%.2f s/prompt)\n  %s (+ .job.yaml)\n",
-		count, len(grid)-1, nfe, cfgW, shift, times, el, el/float64(count), out)
-	return nil
+	return odePairsResult{count: count, steps: len(grid) - 1, nfe: nfe, times: times}, nil
 }
