@@ -36,6 +36,7 @@ func Defaults() Job {
 				TextDim:      32,
 				Seed:         0,
 			},
+			ODEPairs:   ODEPairs{Count: 0, Steps: 20},
 			TextLen:    8,
 			Normalize:  "none",
 			Mean:       []float64{},
@@ -156,6 +157,17 @@ func (j *Job) Validate() error {
 	}
 	if d.Prefetch < 0 {
 		bad("data.prefetch: %d, must be >= 0", d.Prefetch)
+	}
+	if d.ODEPairs.Count < 0 {
+		bad("data.ode_pairs.count: %d, must be >= 0", d.ODEPairs.Count)
+	}
+	if d.ODEPairs.Count > 0 {
+		if d.ODEPairs.Steps < 1 {
+			bad("data.ode_pairs.steps: %d, must be >= 1", d.ODEPairs.Steps)
+		}
+		if r, ok := j.Roles["teacher"]; !ok || r.Weights == "" {
+			bad("data.ode_pairs.count: %d needs the teacher's weights (roles.teacher.weights)", d.ODEPairs.Count)
+		}
 	}
 	s := &d.Synth
 	if d.Path == "" {

@@ -33,9 +33,10 @@ type Model struct {
 
 // Data is where the latents come from and how they are batched.
 type Data struct {
-	Path       string    `mapstructure:"path" yaml:"path" json:"path"`          // file or folder (Arrow IPC / Parquet)
-	Heldout    string    `mapstructure:"heldout" yaml:"heldout" json:"heldout"` // evaluation split
-	Synth      Synth     `mapstructure:"synth" yaml:"synth" json:"synth"`       // used when path is empty
+	Path       string    `mapstructure:"path" yaml:"path" json:"path"`                // file or folder (Arrow IPC / Parquet)
+	Heldout    string    `mapstructure:"heldout" yaml:"heldout" json:"heldout"`       // evaluation split
+	Synth      Synth     `mapstructure:"synth" yaml:"synth" json:"synth"`             // used when path is empty
+	ODEPairs   ODEPairs  `mapstructure:"ode_pairs" yaml:"ode_pairs" json:"ode_pairs"` // teacher ODE pairs made before training
 	TextLen    int       `mapstructure:"text_len" yaml:"text_len" json:"text_len"`
 	Normalize  string    `mapstructure:"normalize" yaml:"normalize" json:"normalize"` // none | wan | custom
 	Mean       []float64 `mapstructure:"mean" yaml:"mean" json:"mean"`
@@ -53,6 +54,15 @@ type Synth struct {
 	Size         int   `mapstructure:"size" yaml:"size" json:"size"`
 	TextDim      int   `mapstructure:"text_dim" yaml:"text_dim" json:"text_dim"`
 	Seed         int64 `mapstructure:"seed" yaml:"seed" json:"seed"`
+}
+
+// ODEPairs, with Count > 0, replaces the training data by teacher ODE pairs made before training
+// (`fewstep data ode-pairs`; for dmd's regression: ode): the teacher (roles.teacher.weights) integrates
+// the flow ODE without guidance from noise for the first Count prompts of the data, with Euler Steps,
+// recorded at params.denoising_timesteps; written once into the run folder's data/.
+type ODEPairs struct {
+	Count int `mapstructure:"count" yaml:"count" json:"count"`
+	Steps int `mapstructure:"steps" yaml:"steps" json:"steps"`
 }
 
 // Role is one trained or frozen network of a job and its optimizer.

@@ -108,6 +108,8 @@ func TestUnknownKeys(t *testing.T) {
 		{file: "data:\n  normalize: zscore\n", want: []string{"data.normalize", "job.yaml"}},
 		{file: "data:\n  normalize: custom\n  mean: [0]\n", want: []string{"data.mean"}},
 		{file: "device: tpu\n", want: []string{"device"}},
+		{set: "data.ode_pairs.count=8", want: []string{"data.ode_pairs.count", "roles.teacher.weights"}},
+		{set: "data.ode_pairs.count=-1", want: []string{"data.ode_pairs.count"}},
 		{file: "train: [\n", want: []string{"job.yaml"}},
 	}
 	for _, c := range cases {

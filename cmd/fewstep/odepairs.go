@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -233,4 +237,63 @@ func writeODEPairs(w io.Writer, job *config.Job, dev kernels.Device, teacher, mo
 		return res, fmt.Errorf("ode-pairs: %w", err)
 	}
 	return odePairsResult{count: count, steps: len(grid) - 1, nfe: nfe, times: times}, nil
+}
+
+// odePairsMeta identifies the pairs a run made (data/ode_pairs.arrow.json), so a resumed run reuses them.
+type odePairsMeta struct {
+	Count     int       `json:"count"`
+	Steps     int       `json:"steps"`
+	Timesteps []float64 `json:"timesteps"`
+	Shift     float64   `json:"shift"`
+	Teacher   string    `json:"teacher"`
+	Seed      int64     `json:"seed"`
+}
+
+// ensureODEPairs honours data.ode_pairs: the teacher's ODE pairs for the first count prompts of
+// data.path, made once into the run folder's data/ (reused when their settings match), become the
+// training data.
+func ensureODEPairs(w io.Writer, job *config.Job, dev kernels.Device) error {
+	op := job.Data.ODEPairs
+	if op.Count <= 0 {
+		return nil
+	}
+	ts := []float64{1000, 750, 500, 250}
+	if v, ok := job.Params["denoising_timesteps"]; ok {
+		b, _ := json.Marshal(v)
+		if err := json.Unmarshal(b, &ts); err != nil {
+			return fmt.Errorf("params.denoising_timesteps: %v: %w", v, err)
+		}
+	}
+	shift, err := paramFloat(job, "shift", 1)
+	if err != nil {
+		return err
+	}
+	meta := odePairsMeta{Count: op.Count, Steps: op.Steps, Timesteps: ts, Shift: shift,
+		Teacher: job.Roles["teacher"].Weights, Seed: job.Seed}
+	out := filepath.Join(job.OutDir, "data", "ode_pairs.arrow")
+	want, _ := json.Marshal(meta)
+	if have, err := os.ReadFile(out + ".json"); err == nil && bytes.Equal(have, want) {
+		if _, err := os.Stat(out); err == nil {
+			job.Data.Path = out
+			return nil
+		}
+	}
+	if job.Data.Path == "" || job.Data.Path == out {
+		return fmt.Errorf("data.ode_pairs: no prompts to make the pairs from (data.path %q)", job.Data.Path)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	r, err := writeODEPairs(w, job, dev, meta.Teacher, "", job.Data.Path, out,
+		odePairs{count: op.Count, steps: op.Steps, cfg: 1, shift: shift, timesteps: ts, seed: job.Seed, dtype: kernels.F32})
+	if err != nil {
+		return fmt.Errorf("data.ode_pairs: %w", err)
+	}
+	if err := os.WriteFile(out+".json", want, 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "data: %d teacher ODE pairs (%d Euler steps, t = %v) in %.1fs: %s\n", r.count, r.steps, r.times, time.Since(t0).Seconds(), out)
+	job.Data.Path = out
+	return nil
 }
