@@ -26,7 +26,9 @@ var demoCmd = &cobra.Command{
 GPU with --set device=cuda):
 
   1. writes the synthetic dataset (DATA.md) into the run folder,
-  2. loads the shipped teacher (configs/teacher/teacher.safetensors, made by configs/teacher.yaml),
+  2. loads the shipped teacher (configs/teacher/diffusion_pytorch_model.safetensors, made by
+     configs/teacher.yaml) and, with data.ode_pairs set, has it make ODE pairs of the first training
+     prompts (for dmd's regression: ode),
   3. distills it into a few-step student with dmd (student and critic start as the teacher),
   4. evaluates teacher and student (its EMA when roles.student.ema_decay > 0) on held-out prompts
      and prints the distillation table (teacher at 50 and k steps, student at k ∈ {1, 2, 4}:
