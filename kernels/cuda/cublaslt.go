@@ -46,22 +46,15 @@ func loadBlasLt() (*blasLt, error) {
 		return nil, fmt.Errorf("cuBLASLt not found: libcublasLt.so.13 / .12 (%v)", err)
 	}
 	b := &blasLt{lib: h}
-	for _, s := range []struct {
-		p    *uintptr
-		name string
-	}{
+	if miss := resolve(h, []dlsym{
 		{&b.create, "cublasLtCreate"}, {&b.getVersion, "cublasLtGetVersion"},
 		{&b.descCreate, "cublasLtMatmulDescCreate"}, {&b.descSetAttr, "cublasLtMatmulDescSetAttribute"},
 		{&b.descDestroy, "cublasLtMatmulDescDestroy"}, {&b.layoutCreate, "cublasLtMatrixLayoutCreate"},
 		{&b.layoutDestroy, "cublasLtMatrixLayoutDestroy"}, {&b.prefCreate, "cublasLtMatmulPreferenceCreate"},
 		{&b.prefSetAttr, "cublasLtMatmulPreferenceSetAttribute"}, {&b.prefDestroy, "cublasLtMatmulPreferenceDestroy"},
 		{&b.heuristic, "cublasLtMatmulAlgoGetHeuristic"}, {&b.matmul, "cublasLtMatmul"},
-	} {
-		p, err := purego.Dlsym(h, s.name)
-		if err != nil || p == 0 {
-			return nil, fmt.Errorf("%s lacks %s", name, s.name)
-		}
-		*s.p = p
+	}); miss != "" {
+		return nil, fmt.Errorf("%s lacks %s", name, miss)
 	}
 	if err := b.call("cublasLtCreate", b.create, uintptr(unsafe.Pointer(&b.handle))); err != nil {
 		return nil, err

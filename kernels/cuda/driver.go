@@ -52,6 +52,25 @@ func dlopenFirst(names ...string) (uintptr, string, error) {
 	return 0, "", fmt.Errorf("%v", errs)
 }
 
+// dlsym is one entry point of a dlopened library and where its address goes.
+type dlsym struct {
+	p    *uintptr
+	name string
+}
+
+// resolve looks up every symbol of syms in library h; it returns the name of the first one
+// missing, or "" when all resolved.
+func resolve(h uintptr, syms []dlsym) string {
+	for _, s := range syms {
+		p, err := purego.Dlsym(h, s.name)
+		if err != nil || p == 0 {
+			return s.name
+		}
+		*s.p = p
+	}
+	return ""
+}
+
 // loadDriver dlopens libcuda.so.1 and resolves every entry point the backend uses.
 func loadDriver() (*drv, error) {
 	drvOnce.Do(func() {

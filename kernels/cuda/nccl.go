@@ -152,22 +152,15 @@ func openNCCL(paths, misses []string) (*ncclLib, error) {
 
 func ncclSymbols(h uintptr, path string) (*ncclLib, error) {
 	n := &ncclLib{lib: h, path: path}
-	for _, s := range []struct {
-		p    *uintptr
-		name string
-	}{
+	if miss := resolve(h, []dlsym{
 		{&n.getVersion, "ncclGetVersion"}, {&n.getErrorString, "ncclGetErrorString"},
 		{&n.getLastError, "ncclGetLastError"}, {&n.commInitAll, "ncclCommInitAll"},
 		{&n.commDestroy, "ncclCommDestroy"}, {&n.commCount, "ncclCommCount"},
 		{&n.commCuDevice, "ncclCommCuDevice"}, {&n.commUserRank, "ncclCommUserRank"},
 		{&n.groupStart, "ncclGroupStart"}, {&n.groupEnd, "ncclGroupEnd"},
 		{&n.allReduce, "ncclAllReduce"}, {&n.broadcast, "ncclBroadcast"},
-	} {
-		p, err := purego.Dlsym(h, s.name)
-		if err != nil || p == 0 {
-			return nil, fmt.Errorf("%s lacks %s (NCCL older than 2.13?)", path, s.name)
-		}
-		*s.p = p
+	}); miss != "" {
+		return nil, fmt.Errorf("%s lacks %s (NCCL older than 2.13?)", path, miss)
 	}
 	return n, nil
 }
