@@ -264,6 +264,17 @@ func runBenchForward(cmd *cobra.Command, _ []string) error {
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
+// benchDType reads a benchmark's --dtype: bf16 or fp32.
+func benchDType(s string) (kernels.DType, error) {
+	switch s {
+	case "bf16":
+		return kernels.BF16, nil
+	case "fp32":
+		return kernels.F32, nil
+	}
+	return 0, fmt.Errorf("--dtype %q: want bf16 or fp32", s)
+}
+
 func runBenchAttention(cmd *cobra.Command, _ []string) error {
 	fl := cmd.Flags()
 	B, _ := fl.GetInt("batch")
@@ -275,11 +286,9 @@ func runBenchAttention(cmd *cobra.Command, _ []string) error {
 	back, _ := fl.GetBool("backward")
 	iters, _ := fl.GetInt("iters")
 	warm, _ := fl.GetInt("warmup")
-	dt := kernels.BF16
-	if ds == "fp32" {
-		dt = kernels.F32
-	} else if ds != "bf16" {
-		return fmt.Errorf("--dtype %q: want bf16 or fp32", ds)
+	dt, err := benchDType(ds)
+	if err != nil {
+		return err
 	}
 	g, err := benchDevice(cmd)
 	if err != nil {

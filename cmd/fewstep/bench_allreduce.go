@@ -56,14 +56,9 @@ func runBenchAllReduce(cmd *cobra.Command, _ []string) error {
 	dts, _ := fl.GetString("dtype")
 	iters, _ := fl.GetInt("iters")
 	warm, _ := fl.GetInt("warmup")
-	var dt kernels.DType
-	switch dts {
-	case "fp32":
-		dt = kernels.F32
-	case "bf16":
-		dt = kernels.BF16
-	default:
-		return fmt.Errorf("--dtype %q: want fp32 or bf16", dts)
+	dt, err := benchDType(dts)
+	if err != nil {
+		return err
 	}
 	if n < 1 || n > 8 {
 		return fmt.Errorf("--devices %d: want 1 to 8", n)
