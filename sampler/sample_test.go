@@ -242,12 +242,7 @@ func TestConsistencyMatchesReference(t *testing.T) {
 	sig, _ := o.Schedule()
 	n := len(r.Latents)
 	per := n / 2
-	x := make([]float32, n)
-	drawNoise(x, b.Seeds, 0, 0)
-	ref := make([]float64, n)
-	for i := range x {
-		ref[i] = float64(x[i])
-	}
+	ref := startNoise(b, n) // x at σ_0
 	eps := make([]float32, n)
 	for i, s := range sig {
 		cs, co := ConsistencyScalings(s)
@@ -292,12 +287,7 @@ func TestFewStepODEMatchesDDIM(t *testing.T) {
 	}
 	n := len(r.Latents)
 	per := n / 2
-	x0 := make([]float32, n)
-	drawNoise(x0, b.Seeds, 0, 0)
-	ref := make([]float64, n)
-	for i := range ref {
-		ref[i] = float64(x0[i])
-	}
+	ref := startNoise(b, n) // x at σ_0
 	sig := o.Sigmas
 	for i, s := range sig {
 		for j := range ref {
@@ -319,6 +309,17 @@ func TestFewStepODEMatchesDDIM(t *testing.T) {
 	if r.NFE != len(sig) {
 		t.Fatalf("NFE %d, want %d", r.NFE, len(sig))
 	}
+}
+
+// startNoise is the sampler's first noise of batch b (n values), in float64 for a host reference.
+func startNoise(b *Batch, n int) []float64 {
+	x := make([]float32, n)
+	drawNoise(x, b.Seeds, 0, 0)
+	ref := make([]float64, n)
+	for i := range x {
+		ref[i] = float64(x[i])
+	}
+	return ref
 }
 
 // A video's result depends on its seed only, not on its batch neighbours; seeds differ → videos differ.

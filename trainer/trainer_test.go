@@ -182,6 +182,19 @@ func TestToyLearns(t *testing.T) {
 	}
 }
 
+// sameWeights fails unless the student and EMA weights of b equal those of straight bit for bit.
+func sameWeights(t *testing.T, straight, b *Trainer, how string) {
+	t.Helper()
+	for _, name := range []string{objectives.Student, objectives.EMA} {
+		x, y := hostOf(straight.byName[name].W), hostOf(b.byName[name].W)
+		for i := range x {
+			if math.Float32bits(x[i]) != math.Float32bits(y[i]) {
+				t.Fatalf("%s weight %d: straight %v, %s %v", name, i, x[i], how, y[i])
+			}
+		}
+	}
+}
+
 // The resume test: N steps straight == N/2, checkpoint, a fresh process restoring it, N/2 more —
 // bit for bit, for the weights, the AdamW moments and the EMA (with accumulation, clipping, warmup,
 // cosine decay, weight decay and an EMA start inside the run).
@@ -216,14 +229,7 @@ func TestResumeExact(t *testing.T) {
 	if err := b.Run(); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{objectives.Student, objectives.EMA} {
-		x, y := hostOf(straight.byName[name].W), hostOf(b.byName[name].W)
-		for i := range x {
-			if math.Float32bits(x[i]) != math.Float32bits(y[i]) {
-				t.Fatalf("%s weight %d: straight %v, resumed %v", name, i, x[i], y[i])
-			}
-		}
-	}
+	sameWeights(t, straight, b, "resumed")
 	for _, pair := range [][2]*kernels.Tensor{{straight.byName["student"].m, b.byName["student"].m}, {straight.byName["student"].v, b.byName["student"].v}} {
 		x, y := hostOf(pair[0]), hostOf(pair[1])
 		for i := range x {
@@ -279,14 +285,7 @@ func TestInterruptCheckpointsAndResumes(t *testing.T) {
 	if err := b.Run(); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{objectives.Student, objectives.EMA} {
-		x, y := hostOf(straight.byName[name].W), hostOf(b.byName[name].W)
-		for i := range x {
-			if math.Float32bits(x[i]) != math.Float32bits(y[i]) {
-				t.Fatalf("%s weight %d: straight %v, interrupted+resumed %v", name, i, x[i], y[i])
-			}
-		}
-	}
+	sameWeights(t, straight, b, "interrupted+resumed")
 }
 
 func countLines(t *testing.T, path string) int {
