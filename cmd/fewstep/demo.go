@@ -179,6 +179,19 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 
 // dmdList is the student's denoising list as σ levels (the dmd params' timesteps, shifted).
 func dmdList(job *config.Job) ([]float64, float64, error) {
+	ts, shift, err := dmdTimesteps(job)
+	if err != nil {
+		return nil, 0, err
+	}
+	list := make([]float64, len(ts))
+	for i, t := range ts {
+		list[i] = sampler.Shift(t/1000, shift)
+	}
+	return list, shift, nil
+}
+
+// dmdTimesteps is the dmd params' denoising list as timesteps (before the shift) and the shift.
+func dmdTimesteps(job *config.Job) ([]float64, float64, error) {
 	ts := []float64{1000, 750, 500, 250}
 	if v, ok := job.Params["denoising_timesteps"]; ok {
 		b, _ := json.Marshal(v)
@@ -190,11 +203,7 @@ func dmdList(job *config.Job) ([]float64, float64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	list := make([]float64, len(ts))
-	for i, t := range ts {
-		list[i] = sampler.Shift(t/1000, shift)
-	}
-	return list, shift, nil
+	return ts, shift, nil
 }
 
 func previews(dir string, net *models.DiT, held *eval.Set, n int, job *config.Job, o sampler.Options) error {

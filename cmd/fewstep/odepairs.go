@@ -257,14 +257,7 @@ func ensureODEPairs(w io.Writer, job *config.Job, dev kernels.Device) error {
 	if op.Count <= 0 {
 		return nil
 	}
-	ts := []float64{1000, 750, 500, 250}
-	if v, ok := job.Params["denoising_timesteps"]; ok {
-		b, _ := json.Marshal(v)
-		if err := json.Unmarshal(b, &ts); err != nil {
-			return fmt.Errorf("params.denoising_timesteps: %v: %w", v, err)
-		}
-	}
-	shift, err := paramFloat(job, "shift", 1)
+	ts, shift, err := dmdTimesteps(job)
 	if err != nil {
 		return err
 	}
