@@ -27,7 +27,7 @@ type drv struct {
 	cuMemAlloc, cuMemFree, cuMemAllocHost, cuMemFreeHost, cuMemGetInfo,
 	cuMemcpyHtoDAsync, cuMemcpyDtoHAsync, cuMemcpyDtoDAsync, cuMemsetD8Async, cuMemsetD32Async,
 	cuStreamCreate, cuStreamDestroy, cuStreamSynchronize,
-	cuEventCreate, cuEventDestroy, cuEventRecord, cuEventSynchronize, cuEventElapsedTime,
+	cuEventCreate, cuEventDestroy, cuEventRecord, cuEventSynchronize, cuEventElapsedTime, cuEventQuery, cuStreamWaitEvent,
 	cuModuleLoadData, cuModuleUnload, cuModuleGetFunction, cuFuncSetAttribute, cuLaunchKernel,
 	cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiateWithFlags, cuGraphLaunch,
 	cuGraphExecDestroy, cuGraphDestroy, cuGetErrorName, cuGetErrorString uintptr
@@ -117,6 +117,8 @@ func loadDriver() (*drv, error) {
 			{&d.cuEventRecord, []string{"cuEventRecord"}},
 			{&d.cuEventSynchronize, []string{"cuEventSynchronize"}},
 			{&d.cuEventElapsedTime, []string{"cuEventElapsedTime_v2", "cuEventElapsedTime"}},
+			{&d.cuEventQuery, []string{"cuEventQuery"}},
+			{&d.cuStreamWaitEvent, []string{"cuStreamWaitEvent"}},
 			{&d.cuModuleLoadData, []string{"cuModuleLoadData"}},
 			{&d.cuModuleUnload, []string{"cuModuleUnload"}},
 			{&d.cuModuleGetFunction, []string{"cuModuleGetFunction"}},

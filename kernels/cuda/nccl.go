@@ -16,11 +16,14 @@ import (
 	"github.com/fewstep/fewstep/kernels"
 )
 
-// NCCL: all-reduce and broadcast between the GPUs of one process (data parallelism within a host).
-// libnccl.so.2 is dlopened, like the driver and cuBLASLt, the first time a communicator is asked
-// for; nothing is needed to build. One process drives every GPU: ncclCommInitAll makes one
-// communicator per Device, and each collective is queued on every device's own stream between
-// ncclGroupStart and ncclGroupEnd on one locked OS thread (NCCL keeps the group state per thread).
+// NCCL: collectives between GPUs. libnccl.so.2 is dlopened, like the driver and cuBLASLt, the first
+// time a communicator is asked for; nothing is needed to build. Two kinds of communicator:
+//   - Comm (this file): one process drives every GPU from one goroutine; ncclCommInitAll makes one
+//     communicator per Device, and each collective is queued on every device's own stream between
+//     ncclGroupStart and ncclGroupEnd on one locked OS thread (NCCL keeps the group state per
+//     thread). `fewstep bench allreduce` uses it.
+//   - RankComm (nccl_rank.go): one rank's communicator, a dist.Comm, for one goroutine per GPU; the
+//     ranks may span several processes (ncclCommInitRank from a unique id). The trainer uses it.
 //
 // NVLink multicast (NVLS) stays off: NCCL_NVLS_ENABLE=0 is put in the environment before NCCL
 // reads it, unless the user set it. A program using multicast can put a host's GPUs, which others
@@ -47,6 +50,9 @@ type ncclLib struct {
 
 	getVersion, getErrorString, getLastError, commInitAll, commDestroy, commCount, commCuDevice,
 	commUserRank, groupStart, groupEnd, allReduce, broadcast uintptr
+
+	// per-rank communicators (nccl_rank.go)
+	getUniqueId, commInitRank, reduceScatter, allGather, commAbort, commGetAsyncError uintptr
 }
 
 var (
@@ -159,6 +165,9 @@ func ncclSymbols(h uintptr, path string) (*ncclLib, error) {
 		{&n.commCuDevice, "ncclCommCuDevice"}, {&n.commUserRank, "ncclCommUserRank"},
 		{&n.groupStart, "ncclGroupStart"}, {&n.groupEnd, "ncclGroupEnd"},
 		{&n.allReduce, "ncclAllReduce"}, {&n.broadcast, "ncclBroadcast"},
+		{&n.getUniqueId, "ncclGetUniqueId"}, {&n.commInitRank, "ncclCommInitRank"},
+		{&n.reduceScatter, "ncclReduceScatter"}, {&n.allGather, "ncclAllGather"},
+		{&n.commAbort, "ncclCommAbort"}, {&n.commGetAsyncError, "ncclCommGetAsyncError"},
 	}); miss != "" {
 		return nil, fmt.Errorf("%s lacks %s (NCCL older than 2.13?)", path, miss)
 	}

@@ -410,30 +410,59 @@ func TestNCCLErrors(t *testing.T) {
 }
 
 // fakeNCCL is a stand-in libnccl.so.2 with nccl.h's prototypes: it records the arguments of every
-// collective (and whether it came inside a group), numbers communicators 0x1000 + device, and
-// fails a collective of 13 elements with ncclInvalidArgument and a last warning.
+// collective (and whether it came inside a group), numbers communicators 0x1000 + device
+// (ncclCommInitAll) or 0x2000 + rank (ncclCommInitRank), and fails a collective of 13 elements with
+// ncclInvalidArgument and a last warning. The collectives of ncclCommInitAll's communicators must
+// come inside a group (one thread drives them all); a rank's own need not. It also stands in for
+// the driver calls of a rank's streams and events (fake_cu*), logging them in order with the
+// collectives, so that a test sees what waits for what.
 const fakeNCCL = `
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 typedef struct ncclComm* ncclComm_t;
+typedef struct { char internal[128]; } ncclUniqueId;
 static char last[256] = "";
-static int depth, ndev, destroyed, nrec;
+static int depth, ndev, destroyed, nrec, aborted, asyncErr, queryRes, nranksSeen, nevent, nstream, evDestroyed, streamDestroyed;
+static uintptr_t cur;
 static ncclComm_t comms[8];
+static int commDev[8];
 static uint64_t recs[16][8];
+static uint64_t inits[8][4]; static int ninit; static unsigned char initID[8][128];
 int fake_ok(void* x) { return 0; }
 int ncclGetVersion(int* v) { *v = 22707; return 0; }
-const char* ncclGetErrorString(int r) { return r == 4 ? "invalid argument (fake)" : "other (fake)"; }
+const char* ncclGetErrorString(int r) { return r == 4 ? "invalid argument (fake)" : r == 6 ? "remote process exited or there was a network error (fake)" : "other (fake)"; }
 const char* ncclGetLastError(ncclComm_t c) { return last; }
 int ncclCommInitAll(ncclComm_t* c, int n, const int* devlist) {
 	ndev = n;
 	for (int i = 0; i < n; i++) comms[i] = c[i] = (ncclComm_t)(uintptr_t)(0x1000 + devlist[i]);
 	return 0;
 }
+int ncclGetUniqueId(ncclUniqueId* id) { for (int i = 0; i < 128; i++) id->internal[i] = (char)(3 * i + 1); return 0; }
+int ncclCommInitRank(ncclComm_t* c, int nranks, ncclUniqueId id, int rank) {
+	if (ninit < 8) {
+		uint64_t v[4] = {nranks, rank, depth, cur};
+		memcpy(inits[ninit], v, sizeof v);
+		memcpy(initID[ninit], id.internal, 128);
+		ninit++;
+	}
+	if (rank < 0 || rank >= 8) return 4;
+	nranksSeen = nranks;
+	commDev[rank] = (int)(cur - 0x9000);
+	*c = (ncclComm_t)(uintptr_t)(0x2000 + rank);
+	return 0;
+}
 int ncclCommDestroy(ncclComm_t c) { destroyed++; return 0; }
-int ncclCommCount(ncclComm_t c, int* n) { *n = ndev; return 0; }
-int ncclCommCuDevice(ncclComm_t c, int* d) { *d = (int)((uintptr_t)c - 0x1000); return 0; }
+int ncclCommAbort(ncclComm_t c) { aborted++; return 0; }
+int ncclCommGetAsyncError(ncclComm_t c, int* r) { *r = asyncErr; return 0; }
+int ncclCommCount(ncclComm_t c, int* n) { *n = (uintptr_t)c >= 0x2000 ? nranksSeen : ndev; return 0; }
+int ncclCommCuDevice(ncclComm_t c, int* d) {
+	uintptr_t u = (uintptr_t)c;
+	*d = u >= 0x2000 ? commDev[u - 0x2000] : (int)(u - 0x1000);
+	return 0;
+}
 int ncclCommUserRank(ncclComm_t c, int* r) {
+	if ((uintptr_t)c >= 0x2000) { *r = (int)((uintptr_t)c - 0x2000); return 0; }
 	for (int i = 0; i < ndev; i++) if (comms[i] == c) { *r = i; return 0; }
 	return 4;
 }
@@ -442,7 +471,7 @@ int ncclGroupEnd(void) { depth--; return 0; }
 static int rec(int kind, const void* s, void* r, size_t count, int dtype, int x, ncclComm_t c, void* stream) {
 	uint64_t v[8] = {kind, (uintptr_t)s, (uintptr_t)r, count, dtype, x, (uintptr_t)c, (uintptr_t)stream};
 	if (nrec < 16) memcpy(recs[nrec++], v, sizeof v);
-	if (depth != 1) { strcpy(last, "not in a group"); return 5; }
+	if ((uintptr_t)c < 0x2000 && depth != 1) { strcpy(last, "not in a group"); return 5; }
 	if (count == 13) { strcpy(last, "fake failure"); return 4; }
 	return 0;
 }
@@ -452,14 +481,40 @@ int ncclAllReduce(const void* s, void* r, size_t count, int dtype, int op, ncclC
 int ncclBroadcast(const void* s, void* r, size_t count, int dtype, int root, ncclComm_t c, void* stream) {
 	return rec(2, s, r, count, dtype, root, c, stream);
 }
+int ncclReduceScatter(const void* s, void* r, size_t count, int dtype, int op, ncclComm_t c, void* stream) {
+	return rec(3, s, r, count, dtype, op, c, stream);
+}
+int ncclAllGather(const void* s, void* r, size_t count, int dtype, ncclComm_t c, void* stream) {
+	return rec(4, s, r, count, dtype, -1, c, stream);
+}
+/* driver stand-ins: events 0x7000+, streams 0x6000+; records (kind 10) and waits (kind 11) are
+   logged with the collectives */
+int fake_cuCtxSetCurrent(uintptr_t ctx) { cur = ctx; return 0; }
+int fake_cuStreamCreate(uintptr_t* s, unsigned flags) { *s = 0x6000 + nstream++; return 0; }
+int fake_cuStreamDestroy(uintptr_t s) { streamDestroyed++; return 0; }
+int fake_cuEventCreate(uintptr_t* e, unsigned flags) { *e = 0x7000 + nevent++; return flags == 2 ? 0 : 1; }
+int fake_cuEventDestroy(uintptr_t e) { evDestroyed++; return 0; }
+int fake_cuEventQuery(uintptr_t e) { return queryRes; }
+static void logDrv(int kind, uintptr_t a, uintptr_t b) {
+	uint64_t v[8] = {kind, a, b, 0, 0, 0, 0, 0};
+	if (nrec < 16) memcpy(recs[nrec++], v, sizeof v);
+}
+int fake_cuEventRecord(uintptr_t e, uintptr_t s) { logDrv(10, e, s); return 0; }
+int fake_cuStreamWaitEvent(uintptr_t s, uintptr_t e, unsigned flags) { logDrv(11, s, e); return 0; }
+int fake_set(int async, int query) { asyncErr = async; queryRes = query; return 0; }
 int fake_state(uint64_t* out) { out[0] = depth; out[1] = destroyed; out[2] = nrec; nrec = 0; memcpy(out + 3, recs, sizeof recs); return 0; }
+int fake_state2(uint64_t* out) {
+	out[0] = aborted; out[1] = evDestroyed; out[2] = streamDestroyed; out[3] = ninit;
+	memcpy(out + 4, inits, sizeof inits);
+	memcpy(out + 4 + 32, initID, sizeof initID);
+	ninit = 0;
+	return 0;
+}
 `
 
-// TestNCCLFakePlumbing runs Comm's NCCL calls against fakeNCCL (built with the C compiler, skipped
-// without one) and two stand-in devices: every argument reaches NCCL in nccl.h's order with
-// nccl.h's enum values, each collective is inside one group, the group is closed after a failure,
-// and the failure names the call, the rank, the shapes and NCCL's words.
-func TestNCCLFakePlumbing(t *testing.T) {
+// buildFakeNCCL compiles fakeNCCL (skipping the test without a C compiler) and opens it as NCCL.
+func buildFakeNCCL(t *testing.T) *ncclLib {
+	t.Helper()
 	cc := os.Getenv("CC")
 	if cc == "" {
 		cc = "cc"
@@ -479,6 +534,15 @@ func TestNCCLFakePlumbing(t *testing.T) {
 	if nc.version != 22707 || nc.path != lib {
 		t.Fatalf("opened %s version %d, want %s 22707", nc.path, nc.version, lib)
 	}
+	return nc
+}
+
+// TestNCCLFakePlumbing runs Comm's NCCL calls against fakeNCCL (built with the C compiler, skipped
+// without one) and two stand-in devices: every argument reaches NCCL in nccl.h's order with
+// nccl.h's enum values, each collective is inside one group, the group is closed after a failure,
+// and the failure names the call, the rank, the shapes and NCCL's words.
+func TestNCCLFakePlumbing(t *testing.T) {
+	nc := buildFakeNCCL(t)
 	ok, _ := purego.Dlsym(nc.lib, "fake_ok")
 	stateFn, _ := purego.Dlsym(nc.lib, "fake_state")
 	state := func() (depth, destroyed int, recs [][8]uint64) {
