@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -32,17 +33,33 @@ func Load(path string, sets []string) (*Job, error) {
 	return load(path, sets, os.Environ())
 }
 
+// LoadBytes is Load with the YAML file's contents given (a job built into the binary); name is
+// what errors call it.
+func LoadBytes(name string, yamlDoc []byte, sets []string) (*Job, error) {
+	return loadFrom(name, yamlDoc, sets, os.Environ())
+}
+
 func load(path string, sets []string, environ []string) (*Job, error) {
+	return loadFrom(path, nil, sets, environ)
+}
+
+func loadFrom(path string, doc []byte, sets []string, environ []string) (*Job, error) {
 	merged, err := toMap(Defaults())
 	if err != nil {
 		return nil, err
 	}
-	if path != "" {
+	if path != "" || doc != nil {
 		v := viper.New()
-		v.SetConfigFile(path)
 		v.SetConfigType("yaml")
-		if err := v.ReadInConfig(); err != nil {
-			return nil, fmt.Errorf("config: reading %s: %w", path, err)
+		if doc != nil {
+			if err := v.ReadConfig(bytes.NewReader(doc)); err != nil {
+				return nil, fmt.Errorf("config: reading %s: %w", path, err)
+			}
+		} else {
+			v.SetConfigFile(path)
+			if err := v.ReadInConfig(); err != nil {
+				return nil, fmt.Errorf("config: reading %s: %w", path, err)
+			}
 		}
 		file := v.AllSettings()
 		if err := checkKeys(file, reflect.TypeOf(Job{}), ""); err != nil {
@@ -103,9 +120,14 @@ func load(path string, sets []string, environ []string) (*Job, error) {
 	return job, nil
 }
 
-// Save writes the resolved job as YAML, atomically (temp file, fsync, rename).
+// Save writes the resolved job as YAML, atomically (temp file, fsync, rename), with every path
+// made absolute (Abs), so that the file means the same from any working directory.
 func Save(job *Job, path string) error {
-	b, err := job.YAML()
+	abs, err := job.Abs()
+	if err != nil {
+		return fmt.Errorf("config: save %s: %w", path, err)
+	}
+	b, err := abs.YAML()
 	if err != nil {
 		return err
 	}
@@ -132,6 +154,30 @@ func Save(job *Job, path string) error {
 		return fmt.Errorf("config: save %s: %w", path, err)
 	}
 	return nil
+}
+
+// Abs returns a copy of the job with every file path made absolute against the working directory:
+// out_dir, model.config, data.path, data.heldout, train.resume and roles.<role>.weights. Paths in
+// a job file are relative to the working directory of the command that reads it; a saved job
+// (Save) holds absolute paths, so it loads the same files from anywhere.
+func (j *Job) Abs() (*Job, error) {
+	c := *j
+	c.Roles = make(map[string]Role, len(j.Roles))
+	var err error
+	abs := func(p *string) {
+		if *p == "" || filepath.IsAbs(*p) || err != nil {
+			return
+		}
+		*p, err = filepath.Abs(*p)
+	}
+	for _, p := range []*string{&c.OutDir, &c.Model.Config, &c.Data.Path, &c.Data.Heldout, &c.Train.Resume} {
+		abs(p)
+	}
+	for name, r := range j.Roles {
+		abs(&r.Weights)
+		c.Roles[name] = r
+	}
+	return &c, err
 }
 
 // YAML is the job as a YAML document (the form Save writes and Load reads back).

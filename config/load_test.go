@@ -84,6 +84,12 @@ params:
 	if err != nil {
 		t.Fatal(err)
 	}
+	if j, err = j.Abs(); err != nil { // Save writes every path absolute
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(k.OutDir) {
+		t.Errorf("saved out_dir %q is not absolute", k.OutDir)
+	}
 	if !reflect.DeepEqual(j, k) {
 		t.Fatalf("Save/Load round trip differs:\n%+v\n%+v", j, k)
 	}

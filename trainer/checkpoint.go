@@ -5,7 +5,8 @@ package trainer
 //	<role>.safetensors        every role's weights, fp32 (Wan key layout for DiT roles)
 //	optim.<role>.safetensors  AdamW moments m, v of each trainable role (flat [P])
 //	state.json                step, AdamW step count per role, the loader cursor, the RNG scheme
-//	job.yaml                  the resolved job
+//	job.yaml                  the resolved job (absolute paths)
+//	config.json, latent.json  the networks' architecture and latent space (describe.go)
 //
 // written atomically: the files go to step-NNNNNN.tmp (each fsynced), the folder is fsynced and
 // renamed, then run/checkpoints/latest (a one-line file naming the folder) is replaced by
@@ -95,6 +96,9 @@ func (t *Trainer) Save() (string, error) {
 		return "", err
 	}
 	if err := step("job.yaml", config.Save(t.Job, filepath.Join(tmp, "job.yaml"))); err != nil {
+		return "", err
+	}
+	if err := step("config.json, latent.json", t.describe(tmp)); err != nil {
 		return "", err
 	}
 	if err := syncDir(tmp); err != nil {

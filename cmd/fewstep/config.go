@@ -16,7 +16,7 @@ func addJobFlags(cmd *cobra.Command) {
 	cmd.Flags().StringArray("set", nil, "override a job key, e.g. --set train.steps=100 (repeatable; wins over the file and FEWSTEP_* variables)")
 }
 
-// loadJob resolves the job of a command that called addJobFlags and prints it to stderr.
+// loadJob resolves the job of a command that called addJobFlags; with -v it prints it to stderr.
 // The caller saves it beside its outputs with saveJob.
 func loadJob(cmd *cobra.Command) (*config.Job, error) {
 	path, err := cmd.Flags().GetString("config")
@@ -31,16 +31,23 @@ func loadJob(cmd *cobra.Command) (*config.Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	return job, printJob(cmd, job, path)
+}
+
+// printJob prints the resolved job to stderr when -v is given.
+func printJob(cmd *cobra.Command, job *config.Job, src string) error {
+	if v, _ := cmd.Flags().GetBool("verbose"); !v {
+		return nil
+	}
 	b, err := job.YAML()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	src := path
 	if src == "" {
 		src = "defaults"
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "# fewstep %s: resolved job (%s, FEWSTEP_* env, --set)\n%s", cmd.Name(), src, b)
-	return job, nil
+	return nil
 }
 
 // saveJob writes the resolved job as dir/job.yaml (atomically) and returns its path.

@@ -185,14 +185,15 @@ func TestCLIBadData(t *testing.T) {
 	}
 }
 
-// The job flags: file < FEWSTEP_* < --set; the resolved job is printed; unknown keys name the file.
+// The job flags: file < FEWSTEP_* < --set; the resolved job is printed with -v only; unknown keys
+// name the file.
 func TestJobFlags(t *testing.T) {
 	dir := t.TempDir()
 	job := filepath.Join(dir, "job.yaml")
 	os.WriteFile(job, []byte("data:\n  synth:\n    count: 30\n    heldout_count: 2\n    frames: 3\n"), 0o644)
 	t.Setenv("FEWSTEP_DATA_SYNTH_FRAMES", "2")
 	out := filepath.Join(dir, "o")
-	stdout, stderr, err := runCLI(t, "data", "synth", "--config", job, "--set", "data.synth.heldout_count=4", "--out", out)
+	stdout, stderr, err := runCLI(t, "data", "synth", "--config", job, "--set", "data.synth.heldout_count=4", "--out", out, "-v")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +201,10 @@ func TestJobFlags(t *testing.T) {
 		t.Fatalf("precedence: %s", stdout)
 	}
 	if !strings.Contains(stderr, "resolved job") || !strings.Contains(stderr, "heldout_count: 4") {
-		t.Fatalf("resolved job not printed: %s", stderr)
+		t.Fatalf("resolved job not printed with -v: %s", stderr)
+	}
+	if _, stderr, err = runCLI(t, "data", "synth", "--config", job, "--out", out); err != nil || strings.Contains(stderr, "resolved job") {
+		t.Fatalf("resolved job printed without -v (err %v): %s", err, stderr)
 	}
 	os.WriteFile(job, []byte("data:\n  synth:\n    cuont: 3\n"), 0o644)
 	_, _, err = runCLI(t, "data", "synth", "--config", job, "--out", out)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/configs"
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/objectives"
@@ -34,24 +35,30 @@ GPU with --set device=cuda):
      and prints the distillation table (teacher at 50 and k steps, student at k ∈ {1, 2, 4}:
      CondAcc, FD, stability, NFE, ms/video).
 
-The job is configs/demo.yaml (override keys with --set). The run folder (printed at the start;
-runs/demo-<time> unless --out) keeps the data, metrics.jsonl, checkpoints/, samples/ (student
-previews) and eval/ (table.txt, table.json, teacher and student previews).`,
+The job is configs/demo.yaml and the teacher configs/teacher/, both built into the binary, so the
+demo runs from any directory (override keys with --set, or give another job with --config). The
+run folder (printed at the start; runs/demo-<time> unless --out) keeps job.yaml (the resolved job,
+absolute paths; -v prints it), teacher/ (the shipped teacher), data/, metrics.jsonl, plots/,
+checkpoints/ (each self-describing: fewstep sample --from RUN, fewstep export --from RUN),
+samples/ (student previews) and eval/ (table.txt, table.json, teacher and student previews).`,
 	Args: cobra.NoArgs,
 	RunE: runDemo,
 }
 
 func init() {
 	addJobFlags(demoCmd)
-	demoCmd.Flags().Lookup("config").DefValue = "configs/demo.yaml"
-	demoCmd.Flags().Set("config", "configs/demo.yaml")
+	demoCmd.Flags().Lookup("config").Usage = "YAML job file (default: configs/demo.yaml, built into the binary)"
 	demoCmd.Flags().String("out", "", "run folder (default runs/demo-YYYYMMDD-HHMMSS)")
 	rootCmd.AddCommand(demoCmd)
 }
 
 func runDemo(cmd *cobra.Command, _ []string) error {
 	t0 := time.Now()
-	job, err := loadJob(cmd)
+	out, _ := cmd.Flags().GetString("out")
+	if out == "" {
+		out = filepath.Join("runs", "demo-"+t0.UTC().Format("20060102-150405"))
+	}
+	job, err := loadDemoJob(cmd, out)
 	if err != nil {
 		return err
 	}
@@ -59,10 +66,6 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("demo: sample.sampler %q: the dmd student samples with fewstep or fewstep-ode", m)
 	}
 	w := cmd.ErrOrStderr()
-	out, _ := cmd.Flags().GetString("out")
-	if out == "" {
-		out = filepath.Join("runs", "demo-"+t0.UTC().Format("20060102-150405"))
-	}
 	job.OutDir = out
 	fmt.Fprintf(w, "demo: run folder %s\n", out)
 
@@ -112,6 +115,47 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		filepath.Join(tr.CheckpointDir(tr.Step), "student.safetensors"), filepath.Join(edir, "table.txt"),
 		filepath.Join(out, "samples"), filepath.Join(edir, "previews"))
 	return nil
+}
+
+// loadDemoJob resolves the demo's job: --config FILE when given, else the built-in
+// configs/demo.yaml, whose files under configs/ (the teacher) are written into the run folder out
+// (out/teacher/...) and used from there, so the demo needs nothing from the working directory.
+func loadDemoJob(cmd *cobra.Command, out string) (*config.Job, error) {
+	if cmd.Flags().Changed("config") {
+		return loadJob(cmd)
+	}
+	sets, _ := cmd.Flags().GetStringArray("set")
+	const name = "configs/demo.yaml"
+	doc, err := configs.Read(name)
+	if err != nil {
+		return nil, err
+	}
+	job, err := config.LoadBytes(name+" (built in)", doc, sets)
+	if err != nil {
+		return nil, err
+	}
+	builtin := func(p *string) error {
+		if !configs.Has(*p) {
+			return nil
+		}
+		var err error
+		if *p, err = configs.Materialize(*p, out); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		return nil
+	}
+	for _, p := range []*string{&job.Model.Config, &job.Data.Path, &job.Data.Heldout} {
+		if err := builtin(p); err != nil {
+			return nil, err
+		}
+	}
+	for name, r := range job.Roles {
+		if err := builtin(&r.Weights); err != nil {
+			return nil, err
+		}
+		job.Roles[name] = r
+	}
+	return job, printJob(cmd, job, name+" (built in)")
 }
 
 // demoTable runs eval.DistillTable on the job's held-out split: the teacher with Euler + CFG

@@ -25,9 +25,13 @@ var exportCmd = &cobra.Command{
   OUT/diffusion_pytorch_model.safetensors   Wan2.1 state-dict keys (--dtype float32 | bfloat16 | float16)
   OUT/config.json                           dim, ffn_dim, freq_dim, in_dim, out_dim, num_heads,
                                             num_layers, text_len, eps, text_dim, model_type "t2v"
-  OUT/fewstep_job.yaml                      the resolved job of this command
-The weights come from --weights FILE, or from --from RUN|CHECKPOINT (a run folder, its checkpoints
-folder or one checkpoint folder) and --role (ema by default when the checkpoint has one, else student).
+  OUT/fewstep_job.yaml                      the job that trained the student (with --from: the
+                                            checkpoint's job.yaml; else this command's job)
+  OUT/latent.json                           the latent shape, text context and normalization
+                                            (with --from)
+The weights come from --from RUN|CHECKPOINT (a run folder, its checkpoints folder or one checkpoint
+folder; OUT defaults to RUN/export) and --role (ema by default when the checkpoint has one, else
+student), or from --weights FILE (then --out is required).
 The architecture: --model-config, else config.json beside the weights, else read off the tensor
 shapes (num_heads from --heads, or the preset of that width; text_len from data.text_len).`,
 	Args: cobra.NoArgs,
@@ -42,7 +46,7 @@ func init() {
 	f.String("model-config", "", "Wan config.json of the weights")
 	f.Int("heads", 0, "num_heads when the architecture is read off the tensor shapes")
 	f.String("dtype", "float32", "float32 | bfloat16 | float16")
-	f.String("out", "", "output folder (required)")
+	f.String("out", "", "output folder (default with --from: RUN/export; required with --weights)")
 	addJobFlags(exportCmd)
 	rootCmd.AddCommand(exportCmd)
 }
@@ -133,21 +137,33 @@ func inferConfig(ts map[string]models.NamedTensor, heads, textLen int) (models.C
 }
 
 func runExport(cmd *cobra.Command, _ []string) error {
-	job, err := loadJob(cmd)
-	if err != nil {
-		return err
-	}
 	fl := cmd.Flags()
 	weights, _ := fl.GetString("weights")
 	from, _ := fl.GetString("from")
 	role, _ := fl.GetString("role")
 	out, _ := fl.GetString("out")
-	if out == "" {
-		return fmt.Errorf("export: --out is required")
-	}
-	src, err := resolveWeights(weights, from, role)
-	if err != nil {
-		return fmt.Errorf("export: %w", err)
+	var job *config.Job
+	var src, ckpt string
+	var err error
+	if from != "" && weights == "" {
+		r, err := resolveFrom(cmd, from, role)
+		if err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+		job, src, ckpt = r.job, r.weights, r.dir
+		if out == "" { // RUN/export: the run folder is the checkpoint's grandparent
+			out = filepath.Join(filepath.Dir(filepath.Dir(ckpt)), "export")
+		}
+	} else {
+		if out == "" {
+			return fmt.Errorf("export: --out is required with --weights")
+		}
+		if src, err = resolveWeights(weights, from, role); err != nil {
+			return fmt.Errorf("export: %w", err)
+		}
+		if job, err = loadJob(cmd); err != nil {
+			return err
+		}
 	}
 	dts, _ := fl.GetString("dtype")
 	dt, err := data.ParseDType(dts)
@@ -188,6 +204,13 @@ func runExport(cmd *cobra.Command, _ []string) error {
 	}
 	if err := config.Save(job, filepath.Join(out, "fewstep_job.yaml")); err != nil {
 		return err
+	}
+	if ckpt != "" {
+		if l, err := trainer.ReadLatent(ckpt); err == nil {
+			if err := trainer.WriteLatent(out, l); err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+		}
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "export: %s → %s (%s, %d parameters; dim %d, ffn %d, heads %d, layers %d, in/out %d/%d, text_dim %d)\n  %s\n",
 		src, out, strings.ToLower(dt.String()), cfg.NumParams(), cfg.Dim, cfg.FFNDim, cfg.Heads, cfg.Layers, cfg.InDim, cfg.OutDim, cfg.TextDim, cp)

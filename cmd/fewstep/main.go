@@ -15,6 +15,10 @@ var rootCmd = &cobra.Command{
 	SilenceErrors: true,
 }
 
+func init() {
+	rootCmd.PersistentFlags().BoolP("verbose", "v", false, "print the resolved job to stderr (every command also saves it as job.yaml beside its outputs)")
+}
+
 // Each command lives in its own file and registers itself with rootCmd in init().
 func main() {
 	if err := rootCmd.Execute(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/sampler"
+	"github.com/fewstep/fewstep/trainer"
 	"github.com/spf13/cobra"
 )
 
@@ -24,9 +25,11 @@ import (
 var sampleCmd = &cobra.Command{
 	Use:   "sample",
 	Short: "Sample videos from a checkpoint: samples.safetensors + manifest.jsonl + previews",
-	Long: `Sample videos from a checkpoint (--weights, Wan2.1 layout). The architecture is the
-config.json beside the weights if there is one, else --model-config, else the job's model (preset,
-with in/out channels and text_dim taken from the prompts' dataset).
+	Long: `Sample videos from a checkpoint: --from RUN (a run folder, its checkpoints folder or one
+checkpoint folder: the EMA, else the student, of its latest checkpoint, with the job that trained
+it, its config.json and latent.json; nothing else is needed), or --weights FILE (Wan2.1 layout).
+The architecture is --model-config, else the config.json beside the weights, else the job's model
+(preset, with in/out channels and text_dim taken from the prompts' dataset).
 
 Samplers (--sampler, default sample.sampler):
   euler        the flow ODE, N steps, CFG w (teachers; flowmatch-trained networks)
@@ -44,7 +47,9 @@ OUT/previews/NNNN.gif and NNNN.png (synthetic 48-channel latents only), OUT/job.
 
 func init() {
 	f := sampleCmd.Flags()
-	f.String("weights", "", "checkpoint (safetensors, Wan2.1 keys) (required)")
+	f.String("from", "", "a run folder or checkpoint folder (its job, architecture and latent shape come with it)")
+	f.String("role", "", "the role to sample from --from: ema (default when present) or student, or any role")
+	f.String("weights", "", "a checkpoint file (safetensors, Wan2.1 keys) instead of --from")
 	f.String("model-config", "", "Wan config.json of the checkpoint (default: config.json beside --weights, else the job's model)")
 	f.String("prompts", "", "dataset whose captions and text embeddings are the prompts (default: data.heldout)")
 	f.StringArray("caption", nil, "a caption to sample (repeatable; toy text encoder, synthetic data only) instead of --prompts")
@@ -67,8 +72,8 @@ func init() {
 }
 
 // loadPrompts reads --prompts (or the job's held-out split), or encodes --caption with the toy
-// encoder at the job's synthetic shape.
-func loadPrompts(cmd *cobra.Command, job *config.Job) (*eval.Set, error) {
+// encoder at the checkpoint's latent shape (lat, from latent.json) or else the job's synthetic one.
+func loadPrompts(cmd *cobra.Command, job *config.Job, lat *trainer.Latent) (*eval.Set, error) {
 	caps, _ := cmd.Flags().GetStringArray("caption")
 	path, _ := cmd.Flags().GetString("prompts")
 	L := job.Data.TextLen
@@ -81,6 +86,12 @@ func loadPrompts(cmd *cobra.Command, job *config.Job) (*eval.Set, error) {
 			return nil, fmt.Errorf("--caption needs the synthetic shape: data.synth.size %d (multiple of 4), frames %d, text_dim %d", sy.Size, sy.Frames, sy.TextDim)
 		}
 		s := &eval.Set{N: len(caps), C: data.LatentChannels, F: sy.Frames, H: sy.Size / 4, W: sy.Size / 4, L: L, TextDim: sy.TextDim}
+		if lat != nil {
+			if !lat.Synthetic {
+				return nil, fmt.Errorf("--caption needs the synthetic latent space; this checkpoint's latents are %v (normalize %s): give --prompts", lat.Shape, lat.Normalize)
+			}
+			s.F, s.H, s.W, s.L, s.TextDim = lat.Shape[1], lat.Shape[2], lat.Shape[3], lat.TextLen, lat.TextDim
+		}
 		for i, c := range caps {
 			if _, _, _, err := data.ParseCaption(c); err != nil {
 				return nil, fmt.Errorf("--caption %d: %w", i, err)
@@ -199,16 +210,30 @@ type manifestLine struct {
 }
 
 func runSample(cmd *cobra.Command, _ []string) error {
-	job, err := loadJob(cmd)
-	if err != nil {
-		return err
-	}
 	fl := cmd.Flags()
 	weights, _ := fl.GetString("weights")
-	if weights == "" {
-		return fmt.Errorf("sample: --weights is required")
+	from, _ := fl.GetString("from")
+	var job *config.Job
+	var space *trainer.Latent // latent.json of --from
+	var err error
+	switch {
+	case from != "" && weights != "":
+		return fmt.Errorf("sample: give --from or --weights, not both")
+	case from != "":
+		role, _ := fl.GetString("role")
+		r, err := resolveFrom(cmd, from, role)
+		if err != nil {
+			return fmt.Errorf("sample: %w", err)
+		}
+		job, weights, space = r.job, r.weights, r.latent
+	case weights == "":
+		return fmt.Errorf("sample: --from RUN or --weights FILE is required")
+	default:
+		if job, err = loadJob(cmd); err != nil {
+			return err
+		}
 	}
-	set, err := loadPrompts(cmd, job)
+	set, err := loadPrompts(cmd, job, space)
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
