@@ -624,6 +624,10 @@ func (c *RankComm) shut(abort bool) {
 	if c.compute != 0 {
 		evs = append(evs, c.compute)
 	}
+	if c.last != 0 && !slices.Contains(evs, c.last) { // retired by the watchdog, not yet waited for
+		evs = append(evs, c.last)
+	}
+
 	for _, ev := range evs {
 		if d.drv.cuEventDestroy != 0 {
 			purego.SyscallN(d.drv.cuEventDestroy, ev)
