@@ -35,21 +35,16 @@ import (
 func init() { Register("adversarial", newAdversarial) }
 
 type adversarialParams struct {
-	Mode          string    `mapstructure:"mode"`                   // dmd2 | standalone
-	Timesteps     []float64 `mapstructure:"denoising_timesteps"`    // the generator's levels
-	Shift         float64   `mapstructure:"shift"`                  // warps the list and σ
-	SigmaMin      float64   `mapstructure:"sigma_min"`              // σ ~ U[min, max] before the shift (DMD and GAN)
-	SigmaMax      float64   `mapstructure:"sigma_max"`              //
-	CFG           float64   `mapstructure:"cfg"`                    // teacher guidance w (dmd2)
-	Ratio         int       `mapstructure:"generator_update_ratio"` // generator every Ratio steps
-	DMDWeight     float64   `mapstructure:"dmd_weight"`             // dmd2: weight of DMD's gradient (1)
-	GenGANWeight  float64   `mapstructure:"gen_gan_weight"`         // DMD2: 3e-3…5e-3
-	DiscGANWeight float64   `mapstructure:"disc_gan_weight"`        // DMD2: 1e-2
-	TapLayer      int       `mapstructure:"tap_layer"`              // block whose output the head reads (−1 = middle)
-	HeadDim       int       `mapstructure:"head_dim"`               // hidden width of the head (0 = model dim)
-	DiscBackbone  bool      `mapstructure:"disc_backbone"`          // the discriminator loss also trains the critic's blocks
-	R1Weight      float64   `mapstructure:"r1_weight"`              // approximated R1 on the reals (APT): 0 = off
-	R1Sigma       float64   `mapstructure:"r1_sigma"`               // its perturbation std (0.01)
+	DMDParams     `mapstructure:",squash"` // the list, shift, σ law (DMD's and the GAN's), teacher guidance (dmd2), ratio
+	Mode          string                   `mapstructure:"mode"`            // dmd2 | standalone
+	DMDWeight     float64                  `mapstructure:"dmd_weight"`      // dmd2: weight of DMD's gradient (1)
+	GenGANWeight  float64                  `mapstructure:"gen_gan_weight"`  // DMD2: 3e-3…5e-3
+	DiscGANWeight float64                  `mapstructure:"disc_gan_weight"` // DMD2: 1e-2
+	TapLayer      int                      `mapstructure:"tap_layer"`       // block whose output the head reads (−1 = middle)
+	HeadDim       int                      `mapstructure:"head_dim"`        // hidden width of the head (0 = model dim)
+	DiscBackbone  bool                     `mapstructure:"disc_backbone"`   // the discriminator loss also trains the critic's blocks
+	R1Weight      float64                  `mapstructure:"r1_weight"`       // approximated R1 on the reals (APT): 0 = off
+	R1Sigma       float64                  `mapstructure:"r1_sigma"`        // its perturbation std (0.01)
 }
 
 // Adversarial is the objective.
@@ -78,22 +73,21 @@ type Adversarial struct {
 
 func newAdversarial(params map[string]any) (Objective, error) {
 	o := &Adversarial{P: adversarialParams{
-		Mode: "dmd2", Timesteps: []float64{1000, 750, 500, 250}, Shift: 1, SigmaMin: 0.02, SigmaMax: 0.98,
-		CFG: 4, Ratio: 5, DMDWeight: 1, GenGANWeight: 3e-3, DiscGANWeight: 1e-2, TapLayer: -1, DiscBackbone: true,
+		DMDParams: DMDDefaults(1), Mode: "dmd2", DMDWeight: 1, GenGANWeight: 3e-3, DiscGANWeight: 1e-2, TapLayer: -1, DiscBackbone: true,
 		R1Sigma: 0.01,
 	}}
 	if err := DecodeParams(params, &o.P); err != nil {
 		return nil, err
 	}
 	p := &o.P
-	if err := checkTimesteps(p.Timesteps); err != nil {
+	law, err := p.validate()
+	if err != nil {
 		return nil, err
 	}
+	o.law = law
 	switch {
 	case p.Mode != "dmd2" && p.Mode != "standalone":
 		return nil, fmt.Errorf("params.mode: %q is not dmd2 or standalone", p.Mode)
-	case p.Ratio < 1:
-		return nil, fmt.Errorf("params.generator_update_ratio: %d, must be ≥ 1", p.Ratio)
 	case p.GenGANWeight < 0 || p.DiscGANWeight <= 0 || p.DMDWeight < 0:
 		return nil, fmt.Errorf("params: gen_gan_weight %g, dmd_weight %g must be ≥ 0 and disc_gan_weight %g > 0", p.GenGANWeight, p.DMDWeight, p.DiscGANWeight)
 	case p.R1Weight < 0 || p.R1Sigma <= 0:
@@ -102,10 +96,6 @@ func newAdversarial(params map[string]any) (Objective, error) {
 		return nil, fmt.Errorf("params.head_dim: %d, must be ≥ 0", p.HeadDim)
 	case p.TapLayer < -1:
 		return nil, fmt.Errorf("params.tap_layer: %d, want a block index or −1 (the middle block)", p.TapLayer)
-	}
-	o.law = SigmaLaw{Law: "uniform", Min: p.SigmaMin, Max: p.SigmaMax, Shift: p.Shift}
-	if err := o.law.Validate(); err != nil {
-		return nil, err
 	}
 	return o, nil
 }

@@ -34,15 +34,10 @@ import (
 func init() { Register("dmd", newDMD) }
 
 type dmdParams struct {
-	Timesteps []float64 `mapstructure:"denoising_timesteps"`    // the generator's levels, t in (0, 1000]
-	Shift     float64   `mapstructure:"shift"`                  // warps the denoising list and σ
-	SigmaMin  float64   `mapstructure:"sigma_min"`              // σ ~ U[min, max] before the shift
-	SigmaMax  float64   `mapstructure:"sigma_max"`              //
-	CFG       float64   `mapstructure:"cfg"`                    // teacher guidance w (v = v_u + w·(v_c − v_u))
-	Ratio     int       `mapstructure:"generator_update_ratio"` // generator updated every Ratio steps
-	Rollout   string    `mapstructure:"rollout"`                // backward | data
-	RegWeight float64   `mapstructure:"regression_weight"`      // λ of the regression (0 = off)
-	Reg       string    `mapstructure:"regression"`             // data | ode: what the regression targets
+	DMDParams `mapstructure:",squash"`
+	Rollout   string  `mapstructure:"rollout"`           // backward | data
+	RegWeight float64 `mapstructure:"regression_weight"` // λ of the regression (0 = off)
+	Reg       string  `mapstructure:"regression"`        // data | ode: what the regression targets
 }
 
 type dmd struct {
@@ -69,25 +64,16 @@ type dmd struct {
 }
 
 func newDMD(params map[string]any) (Objective, error) {
-	o := &dmd{p: dmdParams{
-		Timesteps: []float64{1000, 750, 500, 250},
-		Shift:     1, SigmaMin: 0.02, SigmaMax: 0.98, CFG: 4, Ratio: 5, Rollout: "backward", Reg: "data",
-	}}
+	o := &dmd{p: dmdParams{DMDParams: DMDDefaults(1), Rollout: "backward", Reg: "data"}}
 	if err := DecodeParams(params, &o.p); err != nil {
 		return nil, err
 	}
 	p := &o.p
-	if len(p.Timesteps) == 0 {
-		return nil, fmt.Errorf("params.denoising_timesteps: empty")
+	law, err := p.validate()
+	if err != nil {
+		return nil, err
 	}
-	for i, t := range p.Timesteps {
-		if !(t > 0 && t <= 1000) || (i > 0 && t >= p.Timesteps[i-1]) {
-			return nil, fmt.Errorf("params.denoising_timesteps: %v, want descending values in (0, 1000]", p.Timesteps)
-		}
-	}
-	if p.Ratio < 1 {
-		return nil, fmt.Errorf("params.generator_update_ratio: %d, must be >= 1", p.Ratio)
-	}
+	o.law = law
 	if !(p.RegWeight >= 0) || math.IsInf(p.RegWeight, 0) {
 		return nil, fmt.Errorf("params.regression_weight: %v, must be finite and >= 0", p.RegWeight)
 	}
@@ -96,10 +82,6 @@ func newDMD(params map[string]any) (Objective, error) {
 	}
 	if p.Rollout != "backward" && p.Rollout != "data" {
 		return nil, fmt.Errorf("params.rollout: %q is not backward or data", p.Rollout)
-	}
-	o.law = SigmaLaw{Law: "uniform", Min: p.SigmaMin, Max: p.SigmaMax, Shift: p.Shift}
-	if err := o.law.Validate(); err != nil {
-		return nil, err
 	}
 	o.sigmas = DenoisingList(p.Timesteps, p.Shift)
 	return o, nil

@@ -29,16 +29,11 @@ import (
 func init() { Register("selfforcing", newSelfForcing) }
 
 type selfForcingParams struct {
-	Timesteps    []float64 `mapstructure:"denoising_timesteps"`     // the generator's levels, t in (0, 1000]
-	Shift        float64   `mapstructure:"shift"`                   // warps the list and DMD's σ (Self-Forcing: 5)
-	SigmaMin     float64   `mapstructure:"sigma_min"`               // DMD's σ ~ U[min, max] before the shift
-	SigmaMax     float64   `mapstructure:"sigma_max"`               //
-	CFG          float64   `mapstructure:"cfg"`                     // teacher guidance w (Self-Forcing's 3.0 = w 4)
-	Ratio        int       `mapstructure:"generator_update_ratio"`  // generator updated every Ratio steps (5)
-	ContextNoise float64   `mapstructure:"context_noise"`           // σ of the cache refresh (0 = clean)
-	SameStep     bool      `mapstructure:"same_step_across_chunks"` // one exit step for every chunk (true)
-	ChunkFrames  int       `mapstructure:"chunk_frames"`            // 0 = the model's chunk_frames
-	KVDType      string    `mapstructure:"kv_cache_dtype"`          // fp32, or bf16 (half the cache; the same numbers where attention reads bf16)
+	DMDParams    `mapstructure:",squash"` // shift 5 (Self-Forcing's); cfg 4 = Self-Forcing's guidance 3.0
+	ContextNoise float64                  `mapstructure:"context_noise"`           // σ of the cache refresh (0 = clean)
+	SameStep     bool                     `mapstructure:"same_step_across_chunks"` // one exit step for every chunk (true)
+	ChunkFrames  int                      `mapstructure:"chunk_frames"`            // 0 = the model's chunk_frames
+	KVDType      string                   `mapstructure:"kv_cache_dtype"`          // fp32, or bf16 (half the cache; the same numbers where attention reads bf16)
 }
 
 // SelfForcing is the objective.
@@ -55,47 +50,24 @@ type SelfForcing struct {
 }
 
 func newSelfForcing(params map[string]any) (Objective, error) {
-	o := &SelfForcing{P: selfForcingParams{
-		Timesteps: []float64{1000, 750, 500, 250}, Shift: 5, SigmaMin: 0.02, SigmaMax: 0.98,
-		CFG: 4, Ratio: 5, ContextNoise: 0, SameStep: true, KVDType: "fp32",
-	}}
+	o := &SelfForcing{P: selfForcingParams{DMDParams: DMDDefaults(5), ContextNoise: 0, SameStep: true, KVDType: "fp32"}}
 	if err := DecodeParams(params, &o.P); err != nil {
 		return nil, err
 	}
 	p := &o.P
-	if err := checkTimesteps(p.Timesteps); err != nil {
+	if _, err := p.validate(); err != nil {
 		return nil, err
 	}
 	switch {
-	case p.Ratio < 1:
-		return nil, fmt.Errorf("params.generator_update_ratio: %d, must be ≥ 1", p.Ratio)
 	case p.ContextNoise < 0 || p.ContextNoise >= 1:
 		return nil, fmt.Errorf("params.context_noise: %g, want σ in [0, 1)", p.ContextNoise)
 	case p.ChunkFrames < 0:
 		return nil, fmt.Errorf("params.chunk_frames: %d, must be ≥ 0", p.ChunkFrames)
-	case p.CFG < 0:
-		return nil, fmt.Errorf("params.cfg: %g, must be ≥ 0", p.CFG)
 	case p.KVDType != "fp32" && p.KVDType != "bf16":
 		return nil, fmt.Errorf("params.kv_cache_dtype: %q, want fp32 or bf16", p.KVDType)
 	}
-	law := SigmaLaw{Law: "uniform", Min: p.SigmaMin, Max: p.SigmaMax, Shift: p.Shift}
-	if err := law.Validate(); err != nil {
-		return nil, err
-	}
 	o.sigmas = DenoisingList(p.Timesteps, p.Shift)
 	return o, nil
-}
-
-func checkTimesteps(ts []float64) error {
-	if len(ts) == 0 {
-		return fmt.Errorf("params.denoising_timesteps: empty")
-	}
-	for i, t := range ts {
-		if !(t > 0 && t <= 1000) || (i > 0 && t >= ts[i-1]) {
-			return fmt.Errorf("params.denoising_timesteps: %v, want strictly descending values in (0, 1000]", ts)
-		}
-	}
-	return nil
 }
 
 func (o *SelfForcing) Name() string { return "selfforcing" }

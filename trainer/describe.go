@@ -6,12 +6,15 @@ package trainer
 //	config.json   the Wan2.1 config.json of the job's DiT roles (student, teacher, critic, ema share it)
 //	latent.json   the latent shape [C, F, H, W] the networks were trained on, the text context
 //	              (text_len, text_dim), the normalization and whether the space is the synthetic one
+//	recipe.json   how the job's product is sampled (pipeline.Recipe: the objective's sampler,
+//	              denoising list, shift, guidance, causal chunk and window, and the latent space)
 //
 // so that `fewstep sample --from RUN` and `fewstep export --from RUN` need no other flag
 // (docs/README.md).
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +22,7 @@ import (
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/pipeline"
 )
 
 // LatentFile is the name of the latent description in a checkpoint or export folder.
@@ -85,5 +89,15 @@ func (t *Trainer) describe(dir string) error {
 		return err
 	}
 	s := t.Env.Shape
-	return WriteLatent(dir, LatentOf(t.Job, t.Env.Cfg, t.Env.Cfg.InDim, s.F, s.H, s.W))
+	if err := WriteLatent(dir, LatentOf(t.Job, t.Env.Cfg, t.Env.Cfg.InDim, s.F, s.H, s.W)); err != nil {
+		return err
+	}
+	r, err := pipeline.RecipeWith(t.Job, pipeline.Latents{C: t.Env.Cfg.InDim, F: s.F, H: s.H, W: s.W, TextDim: t.Env.Cfg.TextDim})
+	if errors.Is(err, pipeline.ErrNotSampled) {
+		return nil // an objective of its own that declares no recipe: the checkpoint has none
+	}
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w", dir, err)
+	}
+	return r.Save(filepath.Join(dir, pipeline.RecipeFile))
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/objectives"
+	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/sampler"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/schollz/progressbar/v3"
@@ -62,8 +62,11 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	if m := sampler.Method(job.Sample.Sampler); m != sampler.FewStep && m != sampler.FewStepODE { // before training, not after
+	if m := job.Sample.Sampler; m != string(sampler.FewStep) && m != string(sampler.FewStepODE) { // before training, not after
 		return fmt.Errorf("demo: sample.sampler %q: the dmd student samples with fewstep or fewstep-ode", m)
+	}
+	if _, err := pipeline.ObjectiveRecipe(job); err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	w := cmd.ErrOrStderr()
 	job.OutDir = out
@@ -174,19 +177,18 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 	if teacher == nil || student == nil {
 		return nil, fmt.Errorf("demo: the job's objective %s has no teacher and student", job.Objective)
 	}
-	list, shift, err := dmdList(job)
+	rec, err := pipeline.ObjectiveRecipe(job) // how the student is sampled (sample.sampler picks fewstep-ode)
 	if err != nil {
 		return nil, err
 	}
-	w4, err := paramFloat(job, "cfg", 4) // the guidance the teacher distilled with is the one it is sampled with
-	if err != nil {
-		return nil, err
-	}
-	method := sampler.Method(job.Sample.Sampler) // the student's few-step sampler (runDemo checked it)
+	shift := rec.Shift
+	list := (&pipeline.Recipe{Sampler: rec.Sampler, Timesteps: rec.Timesteps, Shift: shift}).Sigmas()
+	w4 := rec.TeacherCFG // the guidance the teacher distilled with is the one it is sampled with
+	method := sampler.Method(rec.Sampler)
 	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed,
 		TeacherCFG: w4, TeacherShift: shift,
-		Student:      sampler.Options{Method: method, Shift: shift, CFG: 1},
-		StudentLists: SubLists(list, job.Eval.Steps)}
+		Student:      sampler.Options{Method: method, Shift: shift, CFG: rec.CFG},
+		StudentLists: pipeline.SubLists(list, job.Eval.Steps)}
 	spec.Mean, spec.Std = normStats(job, held.C)
 	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("eval"),
 		progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(w, 100*time.Millisecond)),
@@ -219,35 +221,6 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 		}
 	}
 	return tab, nil
-}
-
-// dmdList is the student's denoising list as σ levels (the dmd params' timesteps, shifted).
-func dmdList(job *config.Job) ([]float64, float64, error) {
-	ts, shift, err := dmdTimesteps(job)
-	if err != nil {
-		return nil, 0, err
-	}
-	list := make([]float64, len(ts))
-	for i, t := range ts {
-		list[i] = sampler.Shift(t/1000, shift)
-	}
-	return list, shift, nil
-}
-
-// dmdTimesteps is the dmd params' denoising list as timesteps (before the shift) and the shift.
-func dmdTimesteps(job *config.Job) ([]float64, float64, error) {
-	ts := []float64{1000, 750, 500, 250}
-	if v, ok := job.Params["denoising_timesteps"]; ok {
-		b, _ := json.Marshal(v)
-		if err := json.Unmarshal(b, &ts); err != nil {
-			return nil, 0, fmt.Errorf("params.denoising_timesteps: %v: %w", v, err)
-		}
-	}
-	shift, err := paramFloat(job, "shift", 1)
-	if err != nil {
-		return nil, 0, err
-	}
-	return ts, shift, nil
 }
 
 func previews(dir string, net *models.DiT, held *eval.Set, n int, job *config.Job, o sampler.Options) error {
@@ -310,18 +283,4 @@ func verdict(t *eval.Table) string {
 			r.Steps, acc, r.CondAcc, te.CondAcc, fd, r.FD, te.FD)
 	}
 	return b.String()
-}
-
-// paramFloat reads a number from the job's params (def when absent).
-func paramFloat(job *config.Job, key string, def float64) (float64, error) {
-	v, ok := job.Params[key]
-	if !ok {
-		return def, nil
-	}
-	b, _ := json.Marshal(v)
-	var f float64
-	if err := json.Unmarshal(b, &f); err != nil {
-		return 0, fmt.Errorf("params.%s: %v is not a number", key, v)
-	}
-	return f, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/sampler"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/schollz/progressbar/v3"
@@ -37,7 +38,9 @@ fewstep eval --samples OUT/samples.safetensors [--heldout PATH]
 fewstep eval --teacher T.safetensors [--student S.safetensors] [--heldout PATH]
   The distillation table: teacher (Euler, --teacher-cfg) at eval.teacher_steps and at each k of
   eval.steps, student at each k with --student-sampler; CondAcc, FD, stability, NFE, ms/video.
-  Prints it and writes OUT_DIR/eval/table.txt and table.json (or --out DIR).`,
+  With a recipe.json beside the student (fewstep export writes one), the student's sampler, list,
+  shift, guidance, causal chunk and normalisation and the teacher's guidance and shift come from it;
+  the flags override. Prints the table and writes OUT_DIR/eval/table.txt and table.json (or --out DIR).`,
 	Args: cobra.NoArgs,
 	RunE: runEval,
 }
@@ -51,9 +54,9 @@ func init() {
 	f.String("teacher", "", "teacher checkpoint (table mode)")
 	f.String("student", "", "student checkpoint (table mode; omit for teacher rows only)")
 	f.String("model-config", "", "Wan config.json of both checkpoints (default: beside each, else the job's model)")
-	f.Float64("teacher-cfg", 0, "teacher guidance w (default: sample.cfg)")
-	f.Float64("teacher-shift", 0, "teacher Euler shift (default: sample.shift)")
-	f.String("student-sampler", "fewstep", "fewstep | fewstep-ode | consistency | stream")
+	f.Float64("teacher-cfg", 0, "teacher guidance w (default: the student's recipe's teacher_cfg, else sample.cfg)")
+	f.Float64("teacher-shift", 0, "teacher Euler shift (default: the student's recipe's shift, else sample.shift)")
+	f.String("student-sampler", "fewstep", "fewstep | fewstep-ode | consistency | stream (default: the student's recipe, else fewstep)")
 	f.Float64("student-cfg", 1, "student guidance w (distilled students: 1)")
 	f.Float64("student-shift", 0, "student denoising-list shift (default: sample.shift)")
 	f.String("student-timesteps", "", "the student's denoising list as timesteps, e.g. 1000,750,500,250; k steps use its first k... (default: DenoisingList(k))")
@@ -211,25 +214,55 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 			return fmt.Errorf("eval: student: %w", err)
 		}
 	}
+	var rec *pipeline.Recipe
+	if sPath, _ := fl.GetString("student"); sPath != "" {
+		if p := filepath.Join(filepath.Dir(sPath), pipeline.RecipeFile); fileExists(p) {
+			if rec, err = pipeline.LoadRecipe(p); err != nil {
+				return fmt.Errorf("eval: student: %w", err)
+			}
+		}
+	}
 	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed}
-	spec.TeacherCFG, _ = fl.GetFloat64("teacher-cfg")
-	if spec.TeacherCFG == 0 {
-		spec.TeacherCFG = job.Sample.CFG
-	}
-	spec.TeacherShift, _ = fl.GetFloat64("teacher-shift")
-	if spec.TeacherShift == 0 {
-		spec.TeacherShift = job.Sample.Shift
-	}
-	sm, _ := fl.GetString("student-sampler")
-	spec.Student = sampler.Options{Method: sampler.Method(sm), ChunkFrames: job.Model.ChunkFrames,
-		LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames}
-	spec.Student.CFG, _ = fl.GetFloat64("student-cfg")
-	spec.Student.Shift, _ = fl.GetFloat64("student-shift")
-	if spec.Student.Shift == 0 {
-		spec.Student.Shift = job.Sample.Shift
-	}
-	spec.Student.GridN, _ = fl.GetInt("grid-n")
+	spec.TeacherCFG, spec.TeacherShift = job.Sample.CFG, job.Sample.Shift
+	spec.Student = sampler.Options{Method: sampler.FewStep, ChunkFrames: job.Model.ChunkFrames,
+		LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames, CFG: 1, Shift: job.Sample.Shift}
 	spec.StudentCausal = job.Model.Causal
+	spec.Mean, spec.Std = normStats(job, held.C)
+	if rec != nil {
+		if rec.TeacherCFG > 0 {
+			spec.TeacherCFG = rec.TeacherCFG
+		}
+		spec.TeacherShift = rec.Shift
+		spec.Student = rec.Options(0)
+		spec.Student.Steps, spec.Student.Sigmas = 0, nil
+		spec.StudentCausal = rec.Causal
+		spec.StudentLists = pipeline.SubLists(rec.Sigmas(), spec.Steps)
+		spec.Mean, spec.Std = rec.Mean, rec.Std
+	}
+	if v, _ := fl.GetFloat64("teacher-cfg"); fl.Changed("teacher-cfg") && v != 0 {
+		spec.TeacherCFG = v
+	}
+	if v, _ := fl.GetFloat64("teacher-shift"); fl.Changed("teacher-shift") && v != 0 {
+		spec.TeacherShift = v
+	}
+	if fl.Changed("student-sampler") || rec == nil {
+		sm, _ := fl.GetString("student-sampler")
+		spec.Student.Method = sampler.Method(sm)
+	}
+	if fl.Changed("student-cfg") || rec == nil {
+		spec.Student.CFG, _ = fl.GetFloat64("student-cfg")
+	}
+	if v, _ := fl.GetFloat64("student-shift"); fl.Changed("student-shift") && v != 0 {
+		spec.Student.Shift = v
+		if rec != nil {
+			r := *rec // the recipe's list under the new shift
+			r.Shift = v
+			spec.StudentLists = pipeline.SubLists(r.Sigmas(), spec.Steps)
+		}
+	}
+	if fl.Changed("grid-n") || rec == nil {
+		spec.Student.GridN, _ = fl.GetInt("grid-n")
+	}
 	if ts, _ := fl.GetString("student-timesteps"); ts != "" {
 		var list []float64
 		for _, f := range strings.Split(ts, ",") {
@@ -239,14 +272,13 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 			}
 			list = append(list, sampler.Shift(v/1000, spec.Student.Shift))
 		}
-		spec.StudentLists = SubLists(list, spec.Steps)
+		spec.StudentLists = pipeline.SubLists(list, spec.Steps)
 	}
 	if n, _ := fl.GetInt("count"); n > 0 {
 		spec.Count = n
 	}
 	spec.Batch, _ = fl.GetInt("batch")
 	spec.LongFrames, _ = fl.GetInt("long-frames")
-	spec.Mean, spec.Std = normStats(job, held.C)
 	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(cmd.ErrOrStderr()), progressbar.OptionSetDescription("eval"),
 		progressbar.OptionThrottle(trainer.BarThrottle(cmd.ErrOrStderr(), 100*time.Millisecond)), progressbar.OptionClearOnFinish())
 	spec.Progress = func(done, total int, row string) {
@@ -280,20 +312,4 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	fmt.Fprint(cmd.OutOrStdout(), txt)
 	fmt.Fprintf(cmd.OutOrStdout(), "  %s/table.txt, table.json\n", out)
 	return nil
-}
-
-// SubLists picks, for each k, k levels of a denoising list spread evenly from its first entry
-// (list 1000,750,500,250: k=4 all, k=2 → 1000,500, k=1 → 1000); a k longer than the list is left out
-// (the sampler then uses DenoisingList(k)).
-func SubLists(list []float64, ks []int) map[int][]float64 {
-	out := map[int][]float64{}
-	for _, k := range ks {
-		if k < 1 || k > len(list) {
-			continue
-		}
-		for i := 0; i < k; i++ {
-			out[k] = append(out[k], list[i*len(list)/k])
-		}
-	}
-	return out
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/spf13/cobra"
 )
@@ -29,6 +30,9 @@ var exportCmd = &cobra.Command{
                                             checkpoint's job.yaml; else this command's job)
   OUT/latent.json                           the latent shape, text context and normalization
                                             (with --from)
+  OUT/recipe.json                           how to sample it (docs/library.md): the recipe.json beside
+                                            the weights, else the job's objective's (sampler, denoising
+                                            list, shift, guidance, causal chunk, latent shape, ...)
 The weights come from --from RUN|CHECKPOINT (a run folder, its checkpoints folder or one checkpoint
 folder; OUT defaults to RUN/export) and --role (ema by default when the checkpoint has one, else
 student), or from --weights FILE (then --out is required).
@@ -212,7 +216,43 @@ func runExport(cmd *cobra.Command, _ []string) error {
 			}
 		}
 	}
+	rec, how, err := exportRecipe(job, src, cfg)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	if rec == nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "export: no %s: %s\n", pipeline.RecipeFile, how)
+	} else if err := rec.Save(filepath.Join(out, pipeline.RecipeFile)); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "export: %s → %s (%s, %d parameters; dim %d, ffn %d, heads %d, layers %d, in/out %d/%d, text_dim %d)\n  %s\n",
 		src, out, strings.ToLower(dt.String()), cfg.NumParams(), cfg.Dim, cfg.FFNDim, cfg.Heads, cfg.Layers, cfg.InDim, cfg.OutDim, cfg.TextDim, cp)
+	if rec != nil {
+		fmt.Fprintf(cmd.OutOrStdout(), "  %s (%s: %s)\n", filepath.Join(out, pipeline.RecipeFile), how, rec.Sampler)
+	}
 	return nil
+}
+
+// exportRecipe is the recipe to export beside the weights: the recipe.json already beside the
+// source (a checkpoint folder's), else the job's (pipeline.RecipeFor). A job whose latents do not
+// fit the model (the default job exporting an unrelated checkpoint) gives none, and says why.
+func exportRecipe(job *config.Job, src string, cfg models.Config) (*pipeline.Recipe, string, error) {
+	if p := filepath.Join(filepath.Dir(src), pipeline.RecipeFile); fileExists(p) {
+		r, err := pipeline.LoadRecipe(p) // a bad recipe beside the weights is an error, not a silent fallback
+		if err != nil {
+			return nil, "", err
+		}
+		if err := r.CheckModel(cfg); err != nil {
+			return nil, "", fmt.Errorf("%s: %w", p, err)
+		}
+		return r, "copied from " + p, nil
+	}
+	r, err := pipeline.RecipeFor(job)
+	if err != nil {
+		return nil, fmt.Sprintf("the job gives no recipe (%v)", err), nil
+	}
+	if err := r.CheckModel(cfg); err != nil {
+		return nil, fmt.Sprintf("the job's data does not fit the model (%v); pass the training job with --config", err), nil
+	}
+	return r, "from the job's objective " + job.Objective, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/pipeline"
 )
 
 // cliEnv makes the test binary behave as the fewstep command (for scripts that call the CLI).
@@ -89,5 +91,49 @@ func TestExportCommand(t *testing.T) {
 	t.Logf("check_export.py:\n%s", b)
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// `fewstep export` writes recipe.json from the job's objective, and `fewstep sample` reads it: no
+// sampler flag, yet the dmd student is sampled with its own few-step list and shift.
+func TestExportRecipeThenSample(t *testing.T) {
+	dir, held, weights, _ := sampleFixture(t)
+	out := filepath.Join(dir, "export")
+	job := []string{"--set", "objective=dmd", "--set", "params.denoising_timesteps=[1000,500]", "--set", "params.shift=2",
+		"--set", "data.text_len=8", "--set", "data.synth.size=16", "--set", "data.synth.frames=4", "--set", "data.synth.text_dim=8"}
+	txt := run(t, append([]string{"export", "--weights", weights, "--out", out}, job...)...)
+	if !strings.Contains(txt, "recipe.json") {
+		t.Fatalf("export did not write a recipe: %s", txt)
+	}
+	rec, err := pipeline.LoadRecipe(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Sampler != "fewstep" || len(rec.Timesteps) != 2 || rec.Shift != 2 || rec.Frames != 4 || rec.Height != 4 || rec.TextDim != 8 {
+		t.Fatalf("recipe %+v", rec)
+	}
+	sout := filepath.Join(dir, "samples")
+	run(t, "sample", "--weights", filepath.Join(out, "diffusion_pytorch_model.safetensors"), "--prompts", held, "--count", "2",
+		"--out", sout, "--device", "cpu", "--set", "data.text_len=8")
+	b, err := os.ReadFile(filepath.Join(sout, "manifest.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line manifestLine
+	json.Unmarshal([]byte(strings.SplitN(string(b), "\n", 2)[0]), &line)
+	if line.Sampler != "fewstep" || line.Steps != 2 || line.Shift != 2 || line.NFE != 2 {
+		t.Fatalf("sample did not follow the recipe: %+v", line)
+	}
+	// a job whose data does not fit the model: no recipe, said on stderr, the export still made
+	resetFlags(rootCmd)
+	var errb strings.Builder
+	rootCmd.SetArgs([]string{"export", "--weights", weights, "--out", filepath.Join(dir, "norecipe"), "--set", "data.text_len=8"})
+	rootCmd.SetOut(&strings.Builder{})
+	rootCmd.SetErr(&errb)
+	if err := rootCmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errb.String(), "no recipe.json") || fileExists(filepath.Join(dir, "norecipe", "recipe.json")) {
+		t.Fatalf("export with an unfitting job: %s", errb.String())
 	}
 }

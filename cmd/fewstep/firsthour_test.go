@@ -30,7 +30,7 @@ func TestDemoSampleExportFromAnyDirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"config.json", "latent.json", "job.yaml", "student.safetensors"} {
+	for _, f := range []string{"config.json", "latent.json", "recipe.json", "job.yaml", "student.safetensors"} {
 		if !fileExists(filepath.Join(ckpt, f)) {
 			t.Fatalf("checkpoint %s has no %s", ckpt, f)
 		}
@@ -66,7 +66,7 @@ func TestDemoSampleExportFromAnyDirectory(t *testing.T) {
 	}
 	out = run(t, "export", "--from", runDir)
 	exp := filepath.Join(runDir, "export")
-	for _, f := range []string{"diffusion_pytorch_model.safetensors", "config.json", "fewstep_job.yaml", "latent.json"} {
+	for _, f := range []string{"diffusion_pytorch_model.safetensors", "config.json", "fewstep_job.yaml", "latent.json", "recipe.json"} {
 		if !fileExists(filepath.Join(exp, f)) {
 			t.Fatalf("export: no %s (%s)", f, out)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/sampler"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/schollz/progressbar/v3"
@@ -257,9 +258,13 @@ func ensureODEPairs(w io.Writer, job *config.Job, dev kernels.Device) error {
 	if op.Count <= 0 {
 		return nil
 	}
-	ts, shift, err := dmdTimesteps(job)
+	rec, err := pipeline.ObjectiveRecipe(job) // the pairs are recorded at the student's denoising list
 	if err != nil {
-		return err
+		return fmt.Errorf("data.ode_pairs: %w", err)
+	}
+	ts, shift := rec.Timesteps, rec.Shift
+	if len(ts) == 0 {
+		return fmt.Errorf("data.ode_pairs: objective %s samples with %s, which has no denoising list to record pairs at", job.Objective, rec.Sampler)
 	}
 	meta := odePairsMeta{Count: op.Count, Steps: op.Steps, Timesteps: ts, Shift: shift,
 		Teacher: job.Roles["teacher"].Weights, Seed: job.Seed}

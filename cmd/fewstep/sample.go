@@ -13,6 +13,7 @@ import (
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/sampler"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/spf13/cobra"
@@ -30,6 +31,10 @@ checkpoint folder: the EMA, else the student, of its latest checkpoint, with the
 it, its config.json and latent.json; nothing else is needed), or --weights FILE (Wan2.1 layout).
 The architecture is --model-config, else the config.json beside the weights, else the job's model
 (preset, with in/out channels and text_dim taken from the prompts' dataset).
+
+How to sample is the recipe.json beside the weights (written by fewstep export: sampler,
+denoising list, shift, guidance, causal chunk and window, normalisation), else --recipe FILE, else
+the job's sample: and model: sections; the flags below override either.
 
 Samplers (--sampler, default sample.sampler):
   euler        the flow ODE, N steps, CFG w (teachers; flowmatch-trained networks)
@@ -51,6 +56,7 @@ func init() {
 	f.String("role", "", "the role to sample from --from: ema (default when present) or student, or any role")
 	f.String("weights", "", "a checkpoint file (safetensors, Wan2.1 keys) instead of --from")
 	f.String("model-config", "", "Wan config.json of the checkpoint (default: config.json beside --weights, else the job's model)")
+	f.String("recipe", "", "recipe.json saying how to sample the checkpoint (default: recipe.json beside --weights, else the job)")
 	f.String("prompts", "", "dataset whose captions and text embeddings are the prompts (default: data.heldout)")
 	f.StringArray("caption", nil, "a caption to sample (repeatable; toy text encoder, synthetic data only) instead of --prompts")
 	f.String("sampler", "", "euler | fewstep | fewstep-ode | consistency | stream (default: sample.sampler)")
@@ -72,21 +78,30 @@ func init() {
 }
 
 // loadPrompts reads --prompts (or the job's held-out split), or encodes --caption with the toy
-// encoder at the checkpoint's latent shape (lat, from latent.json) or else the job's synthetic one.
-func loadPrompts(cmd *cobra.Command, job *config.Job, lat *trainer.Latent) (*eval.Set, error) {
+// encoder at the recipe's latent shape, else the checkpoint's (lat, from latent.json), else the
+// job's synthetic one.
+func loadPrompts(cmd *cobra.Command, job *config.Job, lat *trainer.Latent, rec *pipeline.Recipe) (*eval.Set, error) {
 	caps, _ := cmd.Flags().GetStringArray("caption")
 	path, _ := cmd.Flags().GetString("prompts")
 	L := job.Data.TextLen
+	if rec != nil {
+		L = rec.TextLen
+	}
 	if len(caps) > 0 {
 		if path != "" {
 			return nil, fmt.Errorf("give --prompts or --caption, not both")
 		}
 		sy := job.Data.Synth
-		if sy.Size%4 != 0 || sy.Size <= 0 || sy.Frames <= 0 || sy.TextDim <= 0 {
+		s := &eval.Set{N: len(caps), C: data.LatentChannels, F: sy.Frames, H: sy.Size / 4, W: sy.Size / 4, L: L, TextDim: sy.TextDim}
+		if rec != nil {
+			if !rec.Decodes() {
+				return nil, fmt.Errorf("--caption: the recipe's latent space is %s; the toy text encoder is the synthetic space's (give --prompts)", rec.LatentSpace)
+			}
+			s.F, s.H, s.W, s.TextDim = rec.Frames, rec.Height, rec.Width, rec.TextDim
+		} else if sy.Size%4 != 0 || sy.Size <= 0 || sy.Frames <= 0 || sy.TextDim <= 0 {
 			return nil, fmt.Errorf("--caption needs the synthetic shape: data.synth.size %d (multiple of 4), frames %d, text_dim %d", sy.Size, sy.Frames, sy.TextDim)
 		}
-		s := &eval.Set{N: len(caps), C: data.LatentChannels, F: sy.Frames, H: sy.Size / 4, W: sy.Size / 4, L: L, TextDim: sy.TextDim}
-		if lat != nil {
+		if lat != nil && rec == nil {
 			if !lat.Synthetic {
 				return nil, fmt.Errorf("--caption needs the synthetic latent space; this checkpoint's latents are %v (normalize %s): give --prompts", lat.Shape, lat.Normalize)
 			}
@@ -148,16 +163,38 @@ func loadModel(dev kernels.Device, job *config.Job, weights, modelConfig string,
 
 func fileExists(p string) bool { st, err := os.Stat(p); return err == nil && !st.IsDir() }
 
-// sampleOptions merges the job's sample: and model: sections with the flags.
-func sampleOptions(cmd *cobra.Command, job *config.Job) (sampler.Options, error) {
+// sampleRecipe is --recipe, else the recipe.json beside the weights, else nil (the job decides).
+func sampleRecipe(cmd *cobra.Command, weights string) (*pipeline.Recipe, error) {
+	p, _ := cmd.Flags().GetString("recipe")
+	if p == "" {
+		p = filepath.Join(filepath.Dir(weights), pipeline.RecipeFile)
+		if !fileExists(p) {
+			return nil, nil
+		}
+	}
+	return pipeline.LoadRecipe(p)
+}
+
+// sampleOptions starts from the recipe (or, without one, the job's sample: and model: sections)
+// and applies the flags.
+func sampleOptions(cmd *cobra.Command, job *config.Job, rec *pipeline.Recipe) (sampler.Options, error) {
 	f := cmd.Flags()
 	o := sampler.Options{Method: sampler.Method(job.Sample.Sampler), Steps: job.Sample.Steps, CFG: job.Sample.CFG, Shift: job.Sample.Shift,
 		ChunkFrames: job.Model.ChunkFrames, LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames}
-	if s, _ := f.GetString("sampler"); s != "" {
+	if rec != nil {
+		o = rec.Options(0)
+	}
+	if s, _ := f.GetString("sampler"); s != "" && sampler.Method(s) != o.Method {
 		o.Method = sampler.Method(s)
+		if o.Method == sampler.Euler {
+			o.Sigmas, o.Steps = nil, job.Sample.Steps
+		}
 	}
 	if n, _ := f.GetInt("steps"); n != 0 {
 		o.Steps = n
+		if rec != nil && o.Method != sampler.Euler {
+			o.Sigmas = rec.Options(n).Sigmas
+		}
 	}
 	for _, fl := range []struct {
 		name string
@@ -170,6 +207,11 @@ func sampleOptions(cmd *cobra.Command, job *config.Job) (sampler.Options, error)
 			}
 			*fl.dst = v
 		}
+	}
+	if rec != nil && f.Changed("shift") && o.Method != sampler.Euler && o.Method == sampler.Method(rec.Sampler) {
+		r := *rec // the recipe's list under the new shift
+		r.Shift = o.Shift
+		o.Sigmas = r.Options(o.Steps).Sigmas
 	}
 	if ts, _ := f.GetString("timesteps"); ts != "" {
 		if o.Method == sampler.Euler {
@@ -185,8 +227,12 @@ func sampleOptions(cmd *cobra.Command, job *config.Job) (sampler.Options, error)
 		}
 		o.Steps = len(o.Sigmas)
 	}
-	o.GridN, _ = f.GetInt("grid-n")
-	o.ContextNoise, _ = f.GetFloat64("context-noise")
+	if f.Changed("grid-n") || rec == nil {
+		o.GridN, _ = f.GetInt("grid-n")
+	}
+	if f.Changed("context-noise") || rec == nil {
+		o.ContextNoise, _ = f.GetFloat64("context-noise")
+	}
 	if o.Method == sampler.Stream && o.ChunkFrames <= 0 {
 		return o, fmt.Errorf("--sampler stream needs model.chunk_frames > 0")
 	}
@@ -233,11 +279,15 @@ func runSample(cmd *cobra.Command, _ []string) error {
 			return err
 		}
 	}
-	set, err := loadPrompts(cmd, job, space)
+	rec, err := sampleRecipe(cmd, weights)
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
-	o, err := sampleOptions(cmd, job)
+	set, err := loadPrompts(cmd, job, space, rec)
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	o, err := sampleOptions(cmd, job, rec)
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
@@ -281,7 +331,9 @@ func runSample(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	chunk := 0 // block-causal forwards for the causal student (model.causal), whatever the sampler
-	if o.Method == sampler.Stream || job.Model.Causal {
+	if rec != nil {
+		chunk = rec.NetChunkFrames()
+	} else if o.Method == sampler.Stream || job.Model.Causal {
 		chunk = o.ChunkFrames
 	}
 	net := sampler.NewDiTNet(m, chunk)
@@ -291,6 +343,9 @@ func runSample(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("sample: %w", err)
 	}
 	mean, std := normStats(job, set.C)
+	if rec != nil {
+		mean, std = rec.Mean, rec.Std
+	}
 	if err := eval.Denormalize(lat, count, set.C, mean, std); err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}

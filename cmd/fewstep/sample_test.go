@@ -155,10 +155,3 @@ func TestEvalTableCommand(t *testing.T) {
 		t.Fatalf("table.json: %v, %d rows\n%s", err, len(tab.Rows), b)
 	}
 }
-
-func TestSubLists(t *testing.T) {
-	l := SubLists([]float64{1, 0.75, 0.5, 0.25}, []int{1, 2, 4, 8})
-	if len(l[1]) != 1 || l[1][0] != 1 || len(l[2]) != 2 || l[2][1] != 0.5 || len(l[4]) != 4 || l[8] != nil {
-		t.Fatalf("SubLists = %v", l)
-	}
-}
