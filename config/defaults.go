@@ -55,6 +55,7 @@ func Defaults() Job {
 			LogEvery:    10,
 			CkptEvery:   500,
 			SampleEvery: 0,
+			Shard:       "none",
 		},
 		Sample: Sample{
 			Steps:   50,
@@ -225,6 +226,13 @@ func (j *Job) Validate() error {
 	}
 	if t.ClipNorm < 0 {
 		bad("train.clip_norm: %g, must be >= 0 (0 = off)", t.ClipNorm)
+	}
+	switch t.Shard {
+	case "none", "optimizer":
+	case "full":
+		bad("train.shard: full (parameters sharded per block, FSDP) is not built yet; use none or optimizer")
+	default:
+		bad("train.shard: %q, want none or optimizer", t.Shard)
 	}
 	if t.LogEvery < 0 || t.CkptEvery < 0 || t.SampleEvery < 0 {
 		bad("train.log_every/ckpt_every/sample_every: must be >= 0 (0 = never)")

@@ -87,6 +87,9 @@ type Train struct {
 	CkptEvery   int     `mapstructure:"ckpt_every" yaml:"ckpt_every" json:"ckpt_every"`
 	SampleEvery int     `mapstructure:"sample_every" yaml:"sample_every" json:"sample_every"`
 	Resume      string  `mapstructure:"resume" yaml:"resume" json:"resume"` // checkpoint folder
+	// Shard is how a job on several ranks splits its state (trainer/dist.go): none (every rank
+	// holds everything), optimizer (each rank holds the AdamW moments of its 1/N of every role).
+	Shard string `mapstructure:"shard" yaml:"shard" json:"shard"`
 }
 
 // Sample is how validation and `fewstep sample` draw videos.

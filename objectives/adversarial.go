@@ -191,10 +191,8 @@ func sigmoid(x float64) float64  { return 1 / (1 + math.Exp(-x)) }
 // logits noises x to a fresh σ per sample and runs net to the tap and the head.
 func (o *Adversarial) logits(st *Step, net *models.DiT, p *models.Pass, head *DiscHead, x, ctx *kernels.Tensor) []float32 {
 	dev := o.env.Dev
-	for i := range o.sigma {
-		o.sigma[i] = float32(o.law.Draw(st.RNG))
-	}
-	Randn(dev, o.eps, o.sc.host, st.RNG)            // ε   [B,C,F,H,W]
+	o.law.DrawSigmas(o.sigma, st)
+	RandnSamples(dev, o.eps, o.sc.host, st)         // ε   [B,C,F,H,W]
 	Noise(dev, o.xs, x, o.eps, o.sigma)             // x_σ [B,C,F,H,W]
 	SetTimesteps(dev, o.sc.t, o.sc.th, o.sigma)     // t   [B,F]
 	h := net.ForwardTo(p, o.xs, o.sc.t, ctx, o.tap) // [B,N,D] features after block tap
@@ -234,7 +232,7 @@ func (o *Adversarial) r1(st *Step, ctx *kernels.Tensor) float64 {
 		net = o.critic
 	}
 	B := len(o.dLogit)
-	Randn(dev, o.eps, o.sc.host, st.RNG)
+	RandnSamples(dev, o.eps, o.sc.host, st)                                    // δ [B,C,F,H,W]
 	dev.Combine(o.xp, o.xs, o.eps, ones(B), constant(B, float32(o.P.R1Sigma))) // x_σ + r1_sigma·δ
 	l2 := append([]float32(nil), o.headD.Forward(net.ForwardTo(o.pD, o.xp, o.sc.t, ctx, o.tap))...)
 	l1 := o.headD.Forward(net.ForwardTo(o.pD, o.xs, o.sc.t, ctx, o.tap))
@@ -279,10 +277,10 @@ func (o *Adversarial) Step(st *Step, b *Batch) (Update, error) {
 
 	if st.Step%o.P.Ratio == 0 {
 		// ---- generator ----
-		x := o.student.Run(st.RNG, b.Ctx, st.RNG.IntN(len(o.student.Sigmas))) // [B,C,F,H,W] graded
+		x := o.student.Run(st, b.Ctx, st.RNG.IntN(len(o.student.Sigmas))) // [B,C,F,H,W] graded
 		dev.Zero(o.dx)
 		if dmd2 && o.P.DMDWeight > 0 {
-			loss, gabs := o.dmd.Compute(st.RNG, x, b.Ctx, b.Null)
+			loss, gabs := o.dmd.Compute(st, x, b.Ctx, b.Null)
 			dev.Axpy(o.dx, float32(o.P.DMDWeight), o.dmd.Grad)
 			m["gen_loss"], m["dmd_grad_abs"] = loss, gabs
 		}
@@ -307,12 +305,10 @@ func (o *Adversarial) Step(st *Step, b *Batch) (Update, error) {
 	}
 
 	// ---- critic (dmd2) and discriminator, on a fresh generator sample ----
-	xf := o.student.Run(st.RNG, b.Ctx, st.RNG.IntN(len(o.student.Sigmas))) // no backward follows
+	xf := o.student.Run(st, b.Ctx, st.RNG.IntN(len(o.student.Sigmas))) // no backward follows
 	if dmd2 {
-		for i := range o.sigma {
-			o.sigma[i] = float32(o.law.Draw(st.RNG))
-		}
-		m["critic_loss"] = o.criticStep.Step(st.RNG, xf, b.Ctx, o.sigma)
+		o.law.DrawSigmas(o.sigma, st)
+		m["critic_loss"] = o.criticStep.Step(st, xf, b.Ctx, o.sigma)
 	}
 	lf, pf := o.discSide(st, xf, b.Ctx, +1)
 	lr, pr := o.discSide(st, b.X0, b.Ctx, -1)

@@ -85,6 +85,27 @@ func Randn(dev kernels.Device, t *kernels.Tensor, host []float32, rng *rand.Rand
 	fill(dev, t, host, func() float32 { return float32(rng.NormFloat64()) })
 }
 
+// RandnSamples fills t [B, ...] with N(0, 1): sample b's slab from its stream s.Sample(b).
+func RandnSamples(dev kernels.Device, t *kernels.Tensor, host []float32, s *Step) {
+	B := t.Shape[0]
+	per := t.Numel() / B
+	h := host[:t.Numel()]
+	for b := 0; b < B; b++ {
+		rng := s.Sample(b)
+		for i := b * per; i < (b+1)*per; i++ {
+			h[i] = float32(rng.NormFloat64())
+		}
+	}
+	dev.FromHost(t, h)
+}
+
+// DrawSigmas draws one σ per sample from its stream.
+func (l *SigmaLaw) DrawSigmas(sigma []float32, s *Step) {
+	for i := range sigma {
+		sigma[i] = float32(l.Draw(s.Sample(i)))
+	}
+}
+
 // SetTimesteps writes t [B,F] = 1000·σ_b for every frame of sample b.
 func SetTimesteps(dev kernels.Device, t *kernels.Tensor, host []float32, sigma []float32) {
 	B, F := t.Shape[0], t.Shape[1]
@@ -187,9 +208,9 @@ func NewFlowMatch(env *Env, net *models.DiT, s models.Shape) *FlowMatch {
 }
 
 // Step runs forward and backward for x0 [B,C,F,H,W] at per-sample σ and returns the loss.
-func (f *FlowMatch) Step(rng *rand.Rand, x0, ctx *kernels.Tensor, sigma []float32) float64 {
+func (f *FlowMatch) Step(s *Step, x0, ctx *kernels.Tensor, sigma []float32) float64 {
 	dev := f.sc.dev
-	Randn(dev, f.eps, f.sc.host, rng)                             // ε     [B,C,F,H,W]
+	RandnSamples(dev, f.eps, f.sc.host, s)                        // ε     [B,C,F,H,W]
 	Noise(dev, f.xs, x0, f.eps, sigma)                            // x_σ   [B,C,F,H,W]
 	dev.Combine(f.target, f.eps, x0, []float32{1}, []float32{-1}) // ε−x0  [B,C,F,H,W]
 	SetTimesteps(dev, f.sc.t, f.sc.th, sigma)                     // t     [B,F]
@@ -225,13 +246,13 @@ func NewRollout(env *Env, net *models.DiT, s models.Shape, sigmas []float32) *Ro
 
 // Run generates x0 [B,C,F,H,W] (owned by r, valid until the next Run) conditioned on ctx, exiting
 // at step exit ∈ [0, len(Sigmas)). The exit step's activations stay in r.Pass for Backward.
-func (r *Rollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exit int) *kernels.Tensor {
+func (r *Rollout) Run(s *Step, ctx *kernels.Tensor, exit int) *kernels.Tensor {
 	if exit < 0 || exit >= len(r.Sigmas) {
 		panic(fmt.Sprintf("objectives: rollout exit step %d outside the %d-level denoising list", exit, len(r.Sigmas)))
 	}
 	dev := r.sc.dev
 	B := len(r.sigma)
-	Randn(dev, r.x, r.sc.host, rng) // x at σ_0 = pure noise (σ_0 = 1 for t = 1000)
+	RandnSamples(dev, r.x, r.sc.host, s) // x at σ_0 = pure noise (σ_0 = 1 for t = 1000)
 	for i := 0; ; i++ {
 		for b := 0; b < B; b++ {
 			r.sigma[b] = r.Sigmas[i]
@@ -245,7 +266,7 @@ func (r *Rollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exit int) *kernels.Te
 		for b := 0; b < B; b++ {
 			r.sigma[b] = r.Sigmas[i+1]
 		}
-		Randn(dev, r.eps, r.sc.host, rng)
+		RandnSamples(dev, r.eps, r.sc.host, s)
 		Noise(dev, r.x, r.x0, r.eps, r.sigma) // x at σ_{i+1}, fresh noise
 	}
 }
@@ -262,12 +283,12 @@ func (r *Rollout) Backward(dX0 *kernels.Tensor) {
 
 // RunFrom is the rollout: data variant (CausVid): the clean latents x0data noised to Sigmas[level]
 // with fresh noise, and the student's graded x0 prediction from there.
-func (r *Rollout) RunFrom(rng *rand.Rand, x0data, ctx *kernels.Tensor, level int) *kernels.Tensor {
+func (r *Rollout) RunFrom(s *Step, x0data, ctx *kernels.Tensor, level int) *kernels.Tensor {
 	dev := r.sc.dev
 	for b := range r.sigma {
 		r.sigma[b] = r.Sigmas[level]
 	}
-	Randn(dev, r.eps, r.sc.host, rng)
+	RandnSamples(dev, r.eps, r.sc.host, s)
 	Noise(dev, r.x, x0data, r.eps, r.sigma) // x at σ_level [B,C,F,H,W]
 	SetTimesteps(dev, r.sc.t, r.sc.th, r.sigma)
 	v := r.Net.Forward(r.Pass, r.x, r.sc.t, ctx) // v  [B,C,F,H,W]

@@ -109,7 +109,7 @@ func TestRolloutGradientFiniteDifferences(t *testing.T) {
 			r := rand.New(rand.NewPCG(5, 5))
 			copy(net.W.F32, w0)
 			if exit > 0 {
-				ro.Run(r, ctx, exit-1) // the prefix up to the step before the exit, then its re-noise
+				ro.Run(&Step{RNG: r}, ctx, exit-1) // the prefix up to the step before the exit, then its re-noise
 				for b := range ro.sigma {
 					ro.sigma[b] = sig[exit]
 				}
@@ -133,7 +133,7 @@ func TestRolloutGradientFiniteDifferences(t *testing.T) {
 		fd := (loss(h) - loss(-h)) / (2 * h)
 		copy(net.W.F32, w0)
 		net.ZeroGrad()
-		ro.Run(rand.New(rand.NewPCG(5, 5)), ctx, exit)
+		ro.Run(&Step{RNG: rand.New(rand.NewPCG(5, 5))}, ctx, exit)
 		ro.Backward(c)
 		var an float64
 		for i, g := range net.G.F32 {

@@ -134,7 +134,7 @@ func (o *Consistency) Step(st *Step, b *Batch) (Update, error) {
 	if b.X0 == nil {
 		return Update{}, fmt.Errorf("consistency: the batch has no latents (a text-only dataset); consistency distillation noises data latents")
 	}
-	dev, p, rng := o.env.Dev, &o.P, st.RNG
+	dev, p := o.env.Dev, &o.P
 	B := b.B()
 	N := p.GridN
 
@@ -146,6 +146,7 @@ func (o *Consistency) Step(st *Step, b *Batch) (Update, error) {
 	fsA, fsB := make([]float32, B), make([]float32, B)
 	fmA, fmB := make([]float32, B), make([]float32, B)
 	for i := 0; i < B; i++ {
+		rng := st.Sample(i)
 		n := 1 + rng.IntN(N)
 		m := max(n-p.Skip, 0)
 		sn[i], sm[i] = float32(o.grid[n]), float32(o.grid[m])
@@ -165,7 +166,7 @@ func (o *Consistency) Step(st *Step, b *Batch) (Update, error) {
 		guided = guided || cW[i] != 1
 	}
 
-	Randn(dev, o.eps, o.sc.host, rng)                  // ε   [B,C,F,H,W]
+	RandnSamples(dev, o.eps, o.sc.host, st)            // ε   [B,C,F,H,W]
 	Noise(dev, o.xn, b.X0, o.eps, sn)                  // x_n [B,C,F,H,W]
 	SetTimesteps(dev, o.sc.t, o.sc.th, sn)             // t_n [B,F]
 	vc := o.teacher.Forward(o.pt, o.xn, o.sc.t, b.Ctx) // v_c [B,C,F,H,W]

@@ -132,12 +132,12 @@ func (o *dmd) Setup(env *Env) error {
 func (o *dmd) generate(s *Step, b *Batch) (*kernels.Tensor, error) {
 	exit := s.RNG.IntN(len(o.sigmas))
 	if o.p.Rollout == "backward" {
-		return o.student.Run(s.RNG, b.Ctx, exit), nil
+		return o.student.Run(s, b.Ctx, exit), nil
 	}
 	if b.X0 == nil {
 		return nil, fmt.Errorf("dmd: rollout: data needs latents, the batch has none")
 	}
-	return o.student.RunFrom(s.RNG, b.X0, b.Ctx, exit), nil
+	return o.student.RunFrom(s, b.X0, b.Ctx, exit), nil
 }
 
 // regress runs the student's graded x0 prediction for the regression at a random level l of the
@@ -149,7 +149,7 @@ func (o *dmd) regress(s *Step, b *Batch) (*kernels.Tensor, error) {
 	}
 	level := s.RNG.IntN(len(o.sigmas))
 	if o.p.Reg == "data" {
-		return o.student.RunFrom(s.RNG, b.X0, b.Ctx, level), nil
+		return o.student.RunFrom(s, b.X0, b.Ctx, level), nil
 	}
 	if b.TrajX == nil {
 		return nil, fmt.Errorf("dmd: params.regression: ode needs teacher trajectories (trajectory_latents; make the dataset with `fewstep data ode-pairs`), the batch has none")
@@ -192,10 +192,8 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 		if err != nil {
 			return up, err
 		}
-		for i := range o.sigma {
-			o.sigma[i] = float32(o.law.Draw(s.RNG))
-		}
-		Randn(dev, o.eps, o.sc.host, s.RNG)                                                               // ε        [B,C,F,H,W]
+		o.law.DrawSigmas(o.sigma, s)
+		RandnSamples(dev, o.eps, o.sc.host, s)                                                            // ε        [B,C,F,H,W]
 		Noise(dev, o.xs, x, o.eps, o.sigma)                                                               // x_σ      [B,C,F,H,W]
 		SetTimesteps(dev, o.sc.t, o.sc.th, o.sigma)                                                       // t        [B,F]
 		CFGForward(dev, o.teacher, o.tPass, o.vReal, o.vu, o.xs, o.sc.t, b.Ctx, b.Null, float32(o.p.CFG)) // v_real
@@ -250,9 +248,7 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 	if err != nil {
 		return up, err
 	}
-	for i := range o.sigma {
-		o.sigma[i] = float32(o.law.Draw(s.RNG))
-	}
-	m["critic_loss"] = o.criticStep.Step(s.RNG, x, b.Ctx, o.sigma)
+	o.law.DrawSigmas(o.sigma, s)
+	m["critic_loss"] = o.criticStep.Step(s, x, b.Ctx, o.sigma)
 	return up, nil
 }

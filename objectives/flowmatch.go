@@ -71,9 +71,7 @@ func (o *flowmatch) Step(s *Step, b *Batch) (Update, error) {
 			dev.Copy(o.ctx.View(i*per, per), b.Null.View(i*per, per)) // CFG dropout → null embedding
 		}
 	}
-	for i := range o.sigma {
-		o.sigma[i] = float32(o.p.SigmaLaw.Draw(s.RNG))
-	}
-	loss := o.fm.Step(s.RNG, b.X0, o.ctx, o.sigma)
+	o.p.SigmaLaw.DrawSigmas(o.sigma, s)
+	loss := o.fm.Step(s, b.X0, o.ctx, o.sigma)
 	return Update{Roles: []string{Student}, Metrics: map[string]float64{"loss": loss}}, nil
 }

@@ -18,8 +18,11 @@
 //     scratch tensors for env.Shape here (the hot loop allocates nothing).
 //
 //  4. Steps. For every optimizer step n = 1, 2, ... and micro-batch i of Train.GradAccum, the
-//     trainer calls Objective.Step(s, b) with s.Step = n, s.Micro = i and s.RNG seeded from
-//     (job seed, n, i) — the same on every rank, and exactly reproducible after a resume. Before
+//     trainer calls Objective.Step(s, b) with s.Step = n, s.Micro = i, s.RNG seeded from
+//     (job seed, n, i) — the same on every rank — and one stream per sample, s.Sample(b), seeded
+//     from (job seed, n, i, the sample's global index): every draw that belongs to a sample comes
+//     from its stream, every draw of the whole batch from s.RNG, so a job on N ranks with batch B/N
+//     draws what one rank with batch B draws; all exactly reproducible after a resume. Before
 //     micro-batch 0 the trainer zeroes every trainable role's G; the objective's Backward calls
 //     accumulate (+=) into them. Step returns the names of the roles whose gradients it produced in
 //     this step (Update.Roles) and named metrics (Update.Metrics, "loss" shown in the progress bar).
@@ -163,7 +166,20 @@ type Step struct {
 	Step  int        // optimizer step, 1-based
 	Micro int        // micro-batch index in [0, Accum)
 	Accum int        // Train.GradAccum
-	RNG   *rand.Rand // seeded from (seed, Step, Micro): every random choice of the step comes from it
+	RNG   *rand.Rand // seeded from (seed, Step, Micro), the same on every rank: draws of the whole batch (exit steps)
+	// Samples [B] are the streams of the micro-batch's samples, seeded from (seed, Step, Micro, the
+	// sample's index in the global batch): every draw that belongs to one sample (its noise, σ, level,
+	// guidance weight) comes from its stream, so N ranks with batch B/N draw what one rank with batch
+	// B draws. nil (objective tests): every draw comes from RNG.
+	Samples []*rand.Rand
+}
+
+// Sample is the stream of local sample b (see Samples).
+func (s *Step) Sample(b int) *rand.Rand {
+	if s.Samples == nil {
+		return s.RNG
+	}
+	return s.Samples[b]
 }
 
 // Update is what a step reports.
@@ -255,4 +271,29 @@ func DecodeParams(params map[string]any, dst any) error {
 // seed draw the same choices.
 func StepRNG(seed int64, step, micro int) *rand.Rand {
 	return rand.New(rand.NewPCG(uint64(seed)^0x9e3779b97f4a7c15, uint64(step)<<16|uint64(micro)))
+}
+
+// SampleRNG is the stream of the sample at index global of the global batch of micro-batch micro of
+// step: PCG seeded from (seed, step, micro, global), independent of the rank that holds the sample.
+// With the loader's sharding (rank r of N takes every N-th sample of the order from r), local sample
+// j of rank r is global sample j·N + r.
+func SampleRNG(seed int64, step, micro, global int) *rand.Rand {
+	return rand.New(rand.NewPCG(mix(uint64(seed)^0x5851f42d4c957f2d, uint64(global)), uint64(step)<<16|uint64(micro)))
+}
+
+// StepSamples returns the B streams of rank's samples in a world of ranks (SampleRNG).
+func StepSamples(seed int64, step, micro, B, rank, world int) []*rand.Rand {
+	rs := make([]*rand.Rand, B)
+	for j := range rs {
+		rs[j] = SampleRNG(seed, step, micro, j*world+rank)
+	}
+	return rs
+}
+
+// mix is splitmix64's finalizer of a ^ b·golden: distinct (a, b) give unrelated seeds.
+func mix(a, b uint64) uint64 {
+	x := a ^ (b+1)*0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
 }

@@ -107,7 +107,7 @@ func (o *ODEInit) Step(st *Step, b *Batch) (Update, error) {
 	var sMean float64
 	for bi := 0; bi < B; bi++ {
 		for j := 0; j < F/o.k; j++ {
-			lv := levels[st.RNG.IntN(len(levels))]
+			lv := levels[st.Sample(bi).IntN(len(levels))]
 			sg := b.TrajSigma[lv]
 			sMean += float64(sg)
 			for c := 0; c < C; c++ {

@@ -141,19 +141,17 @@ func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
 	if s.Step%o.P.Ratio == 0 {
 		// ---- generator: graded rollout, DMD on the whole video ----
 		exits := o.drawExits(s.RNG)
-		x := o.roll.Run(s.RNG, b.Ctx, exits, true) // [B,C,F,H,W]
-		loss, gabs := o.dmd.Compute(s.RNG, x, b.Ctx, b.Null)
+		x := o.roll.Run(s, b.Ctx, exits, true) // [B,C,F,H,W]
+		loss, gabs := o.dmd.Compute(s, x, b.Ctx, b.Null)
 		o.roll.Backward(o.dmd.Grad) // into the student's G, chunk by chunk
 		m["gen_loss"], m["loss"], m["dmd_grad_abs"], m["exit"] = loss, loss, gabs, float64(exits[0])
 		up.Roles = append(up.Roles, Student)
 	}
 
 	// ---- critic: flow matching on a fresh rollout without gradient ----
-	x := o.roll.Run(s.RNG, b.Ctx, o.drawExits(s.RNG), false)
-	for i := range o.csigma {
-		o.csigma[i] = float32(o.dmd.Law.Draw(s.RNG))
-	}
-	m["critic_loss"] = o.critic.Step(s.RNG, x, b.Ctx, o.csigma)
+	x := o.roll.Run(s, b.Ctx, o.drawExits(s.RNG), false)
+	o.dmd.Law.DrawSigmas(o.csigma, s)
+	m["critic_loss"] = o.critic.Step(s, x, b.Ctx, o.csigma)
 	return up, nil
 }
 
@@ -241,7 +239,7 @@ func (r *CausalRollout) setSigma(s float32) {
 
 // Run rolls out one video conditioned on ctx, chunk j exiting at step exits[j]. With grad, each
 // chunk's graded input is kept for Backward. Returns r.Video [B,C,F,H,W], valid until the next Run.
-func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, grad bool) *kernels.Tensor {
+func (r *CausalRollout) Run(st *Step, ctx *kernels.Tensor, exits []int, grad bool) *kernels.Tensor {
 	if len(exits) != r.Chunks {
 		panic(fmt.Sprintf("objectives: causal rollout of %d chunks got %d exit steps", r.Chunks, len(exits)))
 	}
@@ -253,7 +251,7 @@ func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, gr
 		if s < 0 || s >= len(r.Sigmas) {
 			panic(fmt.Sprintf("objectives: causal rollout exit step %d outside the %d-level denoising list", s, len(r.Sigmas)))
 		}
-		Randn(dev, r.x, r.host, rng) // x at σ_0 [B,C,k,H,W]
+		RandnSamples(dev, r.x, r.host, st) // x at σ_0 [B,C,k,H,W]
 		for i := 0; ; i++ {
 			r.setSigma(r.Sigmas[i])
 			if i == s && grad {
@@ -264,7 +262,7 @@ func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, gr
 			if i == s {
 				break
 			}
-			Randn(dev, r.eps, r.host, rng)
+			RandnSamples(dev, r.eps, r.host, st)
 			r.setSigma(r.Sigmas[i+1])
 			Noise(dev, r.x, r.x0, r.eps, r.sig) // x at σ_{i+1}, fresh noise
 		}
@@ -276,7 +274,7 @@ func (r *CausalRollout) Run(rng *rand.Rand, ctx *kernels.Tensor, exits []int, gr
 		// Refresh the cache with the finished chunk at σ = context_noise, no gradient.
 		cn := r.ContextNoise
 		if cn > 0 {
-			Randn(dev, r.eps, r.host, rng)
+			RandnSamples(dev, r.eps, r.host, st)
 			r.setSigma(cn)
 			Noise(dev, r.x, r.x0, r.eps, r.sig)
 		} else {

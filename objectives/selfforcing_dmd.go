@@ -11,7 +11,6 @@ package objectives
 
 import (
 	"math"
-	"math/rand/v2"
 
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
@@ -62,13 +61,11 @@ func newDMDGrad(env *Env, teacher, critic *models.DiT, tPass, cPass *models.Pass
 
 // Compute writes dL/dx into g.Grad for the generator sample x [B,C,F,H,W] and returns the
 // generator loss 0.5·mean(grad²) and mean|grad| (before the 1/numel).
-func (g *DMDGrad) Compute(rng *rand.Rand, x, ctx, null *kernels.Tensor) (loss, gradAbs float64) {
+func (g *DMDGrad) Compute(s *Step, x, ctx, null *kernels.Tensor) (loss, gradAbs float64) {
 	dev := g.dev
 	B := len(g.sigma)
-	for i := range g.sigma {
-		g.sigma[i] = float32(g.Law.Draw(rng))
-	}
-	Randn(dev, g.eps, g.sc.host, rng)                                                  // ε       [B,C,F,H,W]
+	g.Law.DrawSigmas(g.sigma, s)
+	RandnSamples(dev, g.eps, g.sc.host, s)                                             // ε       [B,C,F,H,W]
 	Noise(dev, g.xs, x, g.eps, g.sigma)                                                // x_σ     [B,C,F,H,W]
 	SetTimesteps(dev, g.sc.t, g.sc.th, g.sigma)                                        // t       [B,F]
 	CFGForward(dev, g.Teacher, g.tPass, g.vReal, g.vu, g.xs, g.sc.t, ctx, null, g.CFG) // v_real  [B,C,F,H,W]

@@ -38,7 +38,7 @@ func TestGPURolloutBF16Cache(t *testing.T) {
 	run := func(dt kernels.DType) (video, grad []float32) {
 		r := objectives.NewCausalRollout(env, net, s, k, sig, 0.1)
 		r.SetCacheDType(dt)
-		v := r.Run(rand.New(rand.NewPCG(7, 9)), ctx, []int{3, 1, 2}, true)
+		v := r.Run(&objectives.Step{RNG: rand.New(rand.NewPCG(7, 9))}, ctx, []int{3, 1, 2}, true)
 		video = make([]float32, v.Numel())
 		g.ToHost(video, v)
 		g.Zero(net.G)

@@ -51,7 +51,7 @@ func testReplay(t *testing.T, seed int64, recompute bool, dt kernels.DType) {
 
 	r := NewCausalRollout(env, net, full, k, sig, float64(cn))
 	r.SetCacheDType(dt)
-	video := hostOf(dev, r.Run(rand.New(rand.NewPCG(uint64(seed), 9)), b.Ctx, exits, true))
+	video := hostOf(dev, r.Run(&Step{RNG: rand.New(rand.NewPCG(uint64(seed), 9))}, b.Ctx, exits, true))
 	dev.Zero(net.G)
 	r.Backward(R)
 	gRoll := hostOf(dev, net.G)

@@ -61,7 +61,7 @@ func testRolloutStreaming(t *testing.T, contextNoise float64, recompute bool) {
 	full.Recompute = recompute
 	r := NewCausalRollout(env, student, full, k, []float32{1}, contextNoise)
 
-	video := hostOf(dev, r.Run(rand.New(rand.NewPCG(uint64(seed), 9)), b.Ctx, make([]int, chunks), true))
+	video := hostOf(dev, r.Run(&Step{RNG: rand.New(rand.NewPCG(uint64(seed), 9))}, b.Ctx, make([]int, chunks), true))
 	R := dev.Alloc(kernels.F32, s.B, C, s.F, s.H, s.W)
 	Rh := make([]float32, R.Numel())
 	rr := rand.New(rand.NewPCG(uint64(seed), 10))

@@ -13,7 +13,12 @@ package trainer
 // rename. A crash at any point leaves the previous checkpoint and `latest` intact.
 //
 // The step RNG is not state: every micro-batch's RNG is PCG(seed, step, micro)
-// (objectives.StepRNG), so resuming at step n draws exactly what the straight run drew.
+// (objectives.StepRNG) and every sample's PCG(seed, step, micro, global sample index)
+// (objectives.SampleRNG), so resuming at step n draws exactly what the straight run drew.
+//
+// On several ranks (dist.go) rank 0 writes the checkpoint; under train.shard: optimizer the AdamW
+// moments are first gathered from the ranks' slices, so the files are the same as a single rank's
+// and a run resumes from them at any world size (each rank takes its slice again).
 
 import (
 	"encoding/json"
@@ -33,7 +38,8 @@ type state struct {
 	Seed      int64          `json:"seed"`
 	RNG       string         `json:"rng"`
 	Updates   map[string]int `json:"adamw_steps"`
-	Loader    []byte         `json:"loader_cursor"` // base64 in JSON
+	Loader    []byte         `json:"loader_cursor"`   // base64 in JSON
+	World     int            `json:"world,omitempty"` // ranks of the run that wrote it (0: one)
 }
 
 // saveHook, when set (tests), is called after each file of a checkpoint is written; an error aborts
@@ -48,6 +54,19 @@ func (t *Trainer) CheckpointDir(n int) string {
 // Save writes the checkpoint of the current step and points checkpoints/latest at it.
 func (t *Trainer) Save() (string, error) {
 	final := t.CheckpointDir(t.Step)
+	gathered := map[string][2][]float32{} // sharded roles' whole moments (every rank takes part)
+	for _, r := range t.roles {
+		if r.sh != nil {
+			m, v, err := t.gatherMoments(r)
+			if err != nil {
+				return "", fmt.Errorf("checkpoint %s: %w", final, err)
+			}
+			gathered[r.Spec.Name] = [2][]float32{m, v}
+		}
+	}
+	if !t.lead() {
+		return final, nil // rank 0 writes it
+	}
 	tmp := final + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
 		return "", err
@@ -66,8 +85,8 @@ func (t *Trainer) Save() (string, error) {
 		}
 		return nil
 	}
-	st := state{Step: t.Step, Objective: t.Obj.Name(), Seed: t.Job.Seed, Updates: map[string]int{},
-		RNG: "stateless: micro-batch RNG = PCG(seed, step, micro)"}
+	st := state{Step: t.Step, Objective: t.Obj.Name(), Seed: t.Job.Seed, Updates: map[string]int{}, World: t.world(),
+		RNG: "stateless: micro-batch RNG = PCG(seed, step, micro), sample RNG = PCG(seed, step, micro, global sample index)"}
 	for _, r := range t.roles {
 		name := r.Spec.Name
 		f := name + ".safetensors"
@@ -79,7 +98,7 @@ func (t *Trainer) Save() (string, error) {
 		}
 		st.Updates[name] = r.updates
 		f = "optim." + name + ".safetensors"
-		if err := step(f, writeMoments(filepath.Join(tmp, f), r)); err != nil {
+		if err := step(f, writeMoments(filepath.Join(tmp, f), r, gathered[name])); err != nil {
 			return "", err
 		}
 	}
@@ -129,11 +148,15 @@ func (t *Trainer) Save() (string, error) {
 	return final, syncDir(parent)
 }
 
-func writeMoments(path string, r *role) error {
+// writeMoments writes a role's m and v (whole buffers: gathered, when given, else r.m, r.v).
+func writeMoments(path string, r *role, gathered [2][]float32) error {
 	P := r.W.Numel()
-	m, v := make([]float32, P), make([]float32, P)
-	r.W.Dev.ToHost(m, r.m)
-	r.W.Dev.ToHost(v, r.v)
+	m, v := gathered[0], gathered[1]
+	if m == nil {
+		m, v = make([]float32, P), make([]float32, P)
+		r.W.Dev.ToHost(m, r.m)
+		r.W.Dev.ToHost(v, r.v)
+	}
 	return models.WriteSafetensors(path, []models.NamedTensor{
 		{Name: "m", Shape: []int{P}, Data: m}, {Name: "v", Shape: []int{P}, Data: v},
 	}, kernels.F32, map[string]string{"adamw_steps": fmt.Sprint(r.updates)})
@@ -215,10 +238,16 @@ func (t *Trainer) Restore(path string) error {
 			dst *kernels.Tensor
 		}{{"m", r.m}, {"v", r.v}} {
 			nt, ok := ts[mv.key]
-			if !ok || len(nt.Data) != mv.dst.Numel() {
-				return fmt.Errorf("resume: %s: tensor %q missing or not %d values", p, mv.key, mv.dst.Numel())
+			if !ok || len(nt.Data) != r.W.Numel() {
+				return fmt.Errorf("resume: %s: tensor %q missing or not %d values", p, mv.key, r.W.Numel())
 			}
-			r.W.Dev.FromHost(mv.dst, nt.Data)
+			if r.sh == nil {
+				r.W.Dev.FromHost(mv.dst, nt.Data)
+				continue
+			}
+			for _, o := range r.sh.owned() { // this rank's slice of the whole moments
+				r.W.Dev.FromHost(mv.dst.View(r.sh.local(o[0]), o[1]-o[0]), nt.Data[o[0]:o[1]])
+			}
 		}
 		u, ok := st.Updates[name]
 		if !ok {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/data"
+	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 )
@@ -41,10 +42,24 @@ func (s LoaderSource) Next() (*HostBatch, error) {
 
 func (s LoaderSource) Cursor() ([]byte, error) { return json.Marshal(s.L.Cursor()) }
 
+// Restore takes a cursor saved by any rank of any world size (a checkpoint holds rank 0's). The
+// loader's global order does not depend on the world size (rank r of N takes every N-th sample of
+// the epoch's permutation, from r), so the cursor is carried over by the samples of the epoch
+// already used: with the same global batch (batch_size × world) the data continue exactly; with
+// another, from the first whole batch after the same count of samples.
 func (s LoaderSource) Restore(c []byte) error {
 	var cur data.Cursor
 	if err := json.Unmarshal(c, &cur); err != nil {
 		return fmt.Errorf("loader cursor %q: %w", c, err)
+	}
+	own := s.L.Cursor()
+	if cur.World > 0 && cur.Size > 0 && (cur.Rank != own.Rank || cur.World != own.World || cur.Size != own.Size) {
+		used := cur.Batch * cur.Size * cur.World // samples of epoch cur.Epoch already used
+		cur.Batch = used / (own.Size * own.World)
+		cur.Rank, cur.World, cur.Size = own.Rank, own.World, own.Size
+		if cur.Batch >= s.L.BatchesPerEpoch() {
+			cur.Epoch, cur.Batch = cur.Epoch+1, 0
+		}
 	}
 	return s.L.Restore(cur)
 }
@@ -107,14 +122,38 @@ func ModelConfig(job *config.Job, C, textDim int) (models.Config, error) {
 // into out_dir/data when data.path is empty), the loader with its CFG dropout, the model config and
 // the roles. The caller closes the returned loader when done.
 func FromJob(job *config.Job, dev kernels.Device, progress, log io.Writer, validate func(int, *Trainer) error) (*Trainer, *data.Loader, error) {
-	if err := EnsureData(job, filepath.Join(job.OutDir, "data"), nil); err != nil {
-		return nil, nil, err
+	return FromJobComm(job, dev, nil, progress, log, validate)
+}
+
+// FromJobComm is FromJob for one rank of a data-parallel job (comm nil: a single rank): the loader
+// takes the rank's shard of every epoch; rank 0 makes the synthetic data set while the others wait.
+// Every rank calls it with its own copy of the job (it fills in data.path).
+func FromJobComm(job *config.Job, dev kernels.Device, comm dist.Comm, progress, log io.Writer, validate func(int, *Trainer) error) (*Trainer, *data.Loader, error) {
+	rank, world := 0, 1
+	if comm != nil {
+		rank, world = comm.Rank(), comm.Size()
+	}
+	if rank == 0 {
+		if err := EnsureData(job, filepath.Join(job.OutDir, "data"), nil); err != nil {
+			return nil, nil, err // RunRanks closes the rank's handle: the others stop waiting
+		}
+	}
+	if comm != nil {
+		bt := &Trainer{opt: Options{Dev: dev}, comm: comm}
+		if err := bt.barrier("waiting for rank 0's data set"); err != nil {
+			return nil, nil, err
+		}
+		if rank != 0 {
+			if err := EnsureData(job, filepath.Join(job.OutDir, "data"), nil); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
 	ds, err := data.Open(job.Data.Path)
 	if err != nil {
 		return nil, nil, err
 	}
-	lc, err := data.FromJob(job, 0, 1)
+	lc, err := data.FromJob(job, rank, world)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -137,7 +176,7 @@ func FromJob(job *config.Job, dev kernels.Device, progress, log io.Writer, valid
 		Job: job, Dev: dev, Model: cfg, Shape: shape,
 		Null:     data.EncodeText("", cfg.TextDim, job.Data.TextLen),
 		Source:   LoaderSource{loader},
-		Progress: progress, Log: log, Validate: validate,
+		Progress: progress, Log: log, Validate: validate, Comm: comm,
 	})
 	if err != nil {
 		loader.Close()

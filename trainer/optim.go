@@ -3,6 +3,8 @@ package trainer
 import (
 	"math"
 
+	"github.com/fewstep/fewstep/dist"
+
 	"github.com/fewstep/fewstep/models"
 )
 
@@ -48,9 +50,19 @@ func lrAt(base float64, schedule string, warmup, n, total int) float64 {
 }
 
 // update applies one optimizer step to a role whose G holds the sum over accum micro-batches:
-// G /= accum; clip the global L2 norm to train.clip_norm (0 = off); AdamW per decay run.
-func (t *Trainer) update(r *role, n, accum int) {
+// G /= accum; on several ranks, the mean over ranks (dist.go); clip the global L2 norm to
+// train.clip_norm (0 = off); AdamW per decay run (on this rank's slice under train.shard: optimizer,
+// then the slices all-gathered).
+func (t *Trainer) update(r *role, n, accum int) error {
+	if r.sh != nil {
+		return t.updateSharded(r, n, accum)
+	}
 	dev := t.opt.Dev
+	if t.comm != nil {
+		if err := t.allReduceGrads(r); err != nil {
+			return err
+		}
+	}
 	if accum > 1 {
 		dev.Scale(r.G, float32(1/float64(accum)))
 	}
@@ -60,13 +72,66 @@ func (t *Trainer) update(r *role, n, accum int) {
 	}
 	r.lr = lrAt(r.cfg.LR, r.cfg.Schedule, r.cfg.Warmup, n, t.Job.Train.Steps)
 	r.updates++
+	t.adamW(r, 0, r.W.Numel(), func(o int) int { return o })
+	return nil
+}
+
+// adamW steps the parameters [lo, hi) of r (moments at local(offset)), per decay run, at r.lr and
+// step count r.updates.
+func (t *Trainer) adamW(r *role, lo, hi int, local func(int) int) {
+	dev := t.opt.Dev
 	b1, b2 := float32(r.cfg.Betas[0]), float32(r.cfg.Betas[1])
 	for _, ru := range r.runs {
+		a, b := max(ru.Off, lo), min(ru.Off+ru.N, hi)
+		if a >= b {
+			continue
+		}
 		wd := float32(0)
 		if ru.Decay {
 			wd = float32(r.cfg.WeightDecay)
 		}
-		dev.AdamW(r.W.View(ru.Off, ru.N), r.G.View(ru.Off, ru.N), r.m.View(ru.Off, ru.N), r.v.View(ru.Off, ru.N),
+		m := local(a)
+		dev.AdamW(r.W.View(a, b-a), r.G.View(a, b-a), r.m.View(m, b-a), r.v.View(m, b-a),
 			float32(r.lr), b1, b2, float32(r.cfg.Eps), wd, r.updates)
 	}
+}
+
+// updateSharded is update under train.shard: optimizer: G reduce-scattered onto this rank's slice
+// (and the shared tail), the norm from the all-reduced sum of squares, AdamW on the owned ranges,
+// W's slices all-gathered.
+func (t *Trainer) updateSharded(r *role, n, accum int) error {
+	dev, s := t.opt.Dev, r.sh
+	if err := t.reduceScatterGrads(r); err != nil {
+		return err
+	}
+	owned := s.owned()
+	if accum > 1 {
+		for _, o := range owned {
+			dev.Scale(r.G.View(o[0], o[1]-o[0]), float32(1/float64(accum)))
+		}
+	}
+	sq := []float64{0}
+	if s.hi > s.lo {
+		g := r.G.View(s.lo, s.hi-s.lo)
+		sq[0] = dev.Dot(g, g)
+	}
+	if s.P > s.even && t.rank() == 0 { // the tail, counted once
+		g := r.G.View(s.even, s.P-s.even)
+		sq[0] += dev.Dot(g, g)
+	}
+	if err := t.sumHost(sq, dist.Sum); err != nil {
+		return t.commErr("all-reduce of "+r.Spec.Name+"'s gradient norm", err)
+	}
+	r.gnorm = math.Sqrt(sq[0])
+	if c := t.Job.Train.ClipNorm; c > 0 && r.gnorm > c {
+		for _, o := range owned {
+			dev.Scale(r.G.View(o[0], o[1]-o[0]), float32(c/(r.gnorm+1e-6)))
+		}
+	}
+	r.lr = lrAt(r.cfg.LR, r.cfg.Schedule, r.cfg.Warmup, n, t.Job.Train.Steps)
+	r.updates++
+	for _, o := range owned {
+		t.adamW(r, o[0], o[1], s.local)
+	}
+	return t.allGatherWeights(r)
 }

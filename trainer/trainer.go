@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/objectives"
@@ -64,6 +65,10 @@ type Options struct {
 	// (unless the schedule just wrote one) and returns an error wrapping ErrInterrupted. The CLI
 	// closes it on SIGINT/SIGTERM, so a killed job loses no steps and resumes exactly from there.
 	Stop <-chan struct{}
+	// Comm makes this trainer one rank of a data-parallel job (dist.go): nil is a single rank. Every
+	// rank runs its own trainer with its own Dev and Source (the loader's shard of the rank) and the
+	// same Job; Shape.B is the batch of one rank (data.batch_size).
+	Comm dist.Comm
 }
 
 // ErrInterrupted is wrapped by Run's error when Options.Stop ended the run early.
@@ -88,6 +93,8 @@ type Trainer struct {
 	metrics *metricsLog
 	last    map[string]float64 // the last logged values (progress bar)
 	started time.Time          // start of Run
+	comm    dist.Comm          // nil: a single rank
+	scalars *kernels.Tensor    // device scratch of the metrics' all-reduce
 }
 
 // role is a built network and its optimizer state.
@@ -99,6 +106,7 @@ type role struct {
 	runs    []run           // weight-decay mask as contiguous runs of the table
 	lr      float64         // the lr of the last update
 	gnorm   float64         // the gradient norm before clipping of the last update
+	sh      *shard          // train.shard: optimizer: m, v hold this rank's slice (dist.go)
 }
 
 // New builds the objective, its roles and their optimizers, and restores job.train.resume if set.
@@ -108,7 +116,12 @@ func New(opt Options) (*Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Trainer{Job: job, Obj: obj, Dir: job.OutDir, opt: opt, byName: map[string]*role{}}
+	t := &Trainer{Job: job, Obj: obj, Dir: job.OutDir, opt: opt, byName: map[string]*role{}, comm: opt.Comm}
+	switch job.Train.Shard {
+	case "", "none", "optimizer":
+	default:
+		return nil, fmt.Errorf("train.shard: %q, want none or optimizer", job.Train.Shard)
+	}
 	t.Env = &objectives.Env{Dev: opt.Dev, Cfg: opt.Model, Shape: opt.Shape, Roles: map[string]*objectives.Role{}}
 
 	if c, ok := obj.(objectives.Configurable); ok { // roles sized by the model (adversarial's head)
@@ -248,8 +261,13 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 	}
 	markWeights(dev, r.W) // bf16 shadows cached between GEMMs on a GPU (gpu_device.go)
 	if s.Trainable {
-		r.m = dev.Alloc(kernels.F32, r.W.Numel())
-		r.v = dev.Alloc(kernels.F32, r.W.Numel())
+		n := r.W.Numel()
+		if t.sharded() {
+			r.sh = newShard(n, t.rank(), t.world())
+			n = r.sh.size()
+		}
+		r.m = dev.Alloc(kernels.F32, n)
+		r.v = dev.Alloc(kernels.F32, n)
 		r.runs = decayRuns(r.Table, r.W.Numel())
 	}
 	return r, nil
@@ -367,7 +385,8 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 		if err := t.nextBatch(); err != nil {
 			return nil, err
 		}
-		s := &objectives.Step{Step: n, Micro: micro, Accum: accum, RNG: objectives.StepRNG(job.Seed, n, micro)}
+		s := &objectives.Step{Step: n, Micro: micro, Accum: accum, RNG: objectives.StepRNG(job.Seed, n, micro),
+			Samples: objectives.StepSamples(job.Seed, n, micro, t.opt.Shape.B, t.rank(), t.world())}
 		up, err := t.Obj.Step(s, &t.batch)
 		if err != nil {
 			return nil, fmt.Errorf("step %d: %s: %w", n, t.Obj.Name(), err)
@@ -387,11 +406,18 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 	for k := range metrics {
 		metrics[k] /= float64(counts[k])
 	}
+	if t.comm != nil {
+		if err := t.reduceMetrics(metrics); err != nil {
+			return nil, err
+		}
+	}
 	for _, r := range t.roles { // build order: deterministic
 		if !updated[r.Spec.Name] {
 			continue
 		}
-		t.update(r, n, accum)
+		if err := t.update(r, n, accum); err != nil {
+			return nil, err
+		}
 		metrics["lr/"+r.Spec.Name] = r.lr
 		metrics["grad_norm/"+r.Spec.Name] = r.gnorm
 		if r == t.emaOf && t.ema != nil {
@@ -410,21 +436,34 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 // always checkpointed and validated.
 func (t *Trainer) Run() error {
 	job := t.Job
-	if err := os.MkdirAll(t.Dir, 0o755); err != nil {
-		return err
-	}
-	if _, err := os.Stat(filepath.Join(t.Dir, "job.yaml")); err != nil || t.Step == 0 {
-		if err := config.Save(job, filepath.Join(t.Dir, "job.yaml")); err != nil {
+	lead := t.lead()
+	var ml *metricsLog
+	if lead { // rank 0 writes the run's files
+		if err := os.MkdirAll(t.Dir, 0o755); err != nil {
 			return err
 		}
+		if _, err := os.Stat(filepath.Join(t.Dir, "job.yaml")); err != nil || t.Step == 0 {
+			if err := config.Save(job, filepath.Join(t.Dir, "job.yaml")); err != nil {
+				return err
+			}
+		}
+		var err error
+		if ml, err = openMetrics(filepath.Join(t.Dir, "metrics.jsonl"), t.Step); err != nil {
+			return err
+		}
+		defer ml.Close()
+		t.metrics = ml
 	}
-	ml, err := openMetrics(filepath.Join(t.Dir, "metrics.jsonl"), t.Step)
-	if err != nil {
-		return err
+	global := t.opt.Shape.B * t.world() * max(job.Train.GradAccum, 1)
+	if t.comm != nil {
+		t.logf("training on %d ranks: batch %d per rank, global batch %d (× grad_accum %d), train.shard %s",
+			t.world(), t.opt.Shape.B, global, max(job.Train.GradAccum, 1), shardName(job.Train.Shard))
 	}
-	defer ml.Close()
-	t.metrics = ml
-	bar := newBar(t.opt.Progress, job.Train.Steps, t.Step, job.Name)
+	progress := t.opt.Progress
+	if !lead {
+		progress = nil
+	}
+	bar := newBar(progress, job.Train.Steps, t.Step, job.Name)
 	start, startStep := time.Now(), t.Step
 	t.started = start
 	logEvery := max(job.Train.LogEvery, 1)
@@ -441,8 +480,11 @@ func (t *Trainer) Run() error {
 		if n%logEvery == 0 || n == job.Train.Steps {
 			rec := acc.mean()
 			rec["steps_per_s"] = rate
-			if err := ml.write(n, time.Since(start).Seconds(), rec); err != nil {
-				return err
+			rec["global_batch"], rec["world"] = float64(global), float64(t.world())
+			if ml != nil {
+				if err := ml.write(n, time.Since(start).Seconds(), rec); err != nil {
+					return err
+				}
 			}
 			acc = meanAcc{}
 		}
@@ -454,7 +496,11 @@ func (t *Trainer) Run() error {
 			}
 			t.logf("step %d: checkpoint %s", n, saved)
 		}
-		if t.stopped() {
+		stop, err := t.anyStopped()
+		if err != nil {
+			return err
+		}
+		if stop {
 			if saved == "" {
 				if saved, err = t.Save(); err != nil {
 					return err
@@ -463,7 +509,7 @@ func (t *Trainer) Run() error {
 			bar.stop()
 			return fmt.Errorf("step %d: %w; checkpoint %s (continue with --resume %s)", n, ErrInterrupted, saved, t.Dir)
 		}
-		if t.opt.Validate != nil && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
+		if lead && t.opt.Validate != nil && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
 			if err := t.opt.Validate(n, t); err != nil {
 				return fmt.Errorf("step %d: validation: %w", n, err)
 			}
@@ -471,6 +517,13 @@ func (t *Trainer) Run() error {
 	}
 	bar.finish()
 	return nil
+}
+
+func shardName(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 // StopOn sets Options.Stop (for trainers built by FromJob).
@@ -487,7 +540,7 @@ func (t *Trainer) stopped() bool {
 }
 
 func (t *Trainer) logf(format string, a ...any) {
-	if t.opt.Log != nil {
+	if t.opt.Log != nil && t.lead() {
 		fmt.Fprintf(t.opt.Log, format+"\n", a...)
 	}
 }
@@ -505,6 +558,9 @@ func (t *Trainer) LogMetrics(step int, m map[string]float64) error {
 		line += fmt.Sprintf(" %s %.4g", k, m[k])
 	}
 	t.logf("%s", line)
+	if !t.lead() {
+		return nil // rank 0 writes the run's metrics
+	}
 	if t.metrics == nil {
 		return fmt.Errorf("trainer: LogMetrics outside Run")
 	}

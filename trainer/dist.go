@@ -1,0 +1,266 @@
+package trainer
+
+// Data parallel and optimizer sharding (Options.Comm).
+//
+// A job on N ranks runs N trainers, one per rank, each with its own device, loader shard and Comm
+// handle. Every rank draws its samples' randomness from their global index (objectives.StepSamples),
+// so N ranks with batch B/N compute the gradients one rank with batch B would, split in N parts.
+// After the last micro-batch of a step, for every role the objective updated:
+//
+//	train.shard none       G ← mean over ranks (all-reduce, in buckets); clip on the global norm;
+//	                       AdamW on the whole buffer, identical on every rank.
+//	train.shard optimizer  the buffer's first N·k elements (k = ⌊P/N⌋) are cut in N slices, rank r
+//	                       owning [r·k, (r+1)·k), and the last P − N·k (< N) elements are owned by
+//	                       all; G is reduce-scattered onto the slices (tail all-reduced); the clip
+//	                       norm is the square root of the all-reduced sum of the slices' squares;
+//	                       AdamW runs on the rank's slice with moments m, v held only for it; the
+//	                       slices of W are all-gathered. Moments: 8 bytes a parameter / N.
+//
+// The all-reduces start after the objective's backward, not during it: an objective may run several
+// backwards into one role per micro-batch (dmd's regression, adversarial's two sides and R1) and
+// only the trainer knows when a role's gradients are final (after the last micro-batch).
+//
+// Metrics are averaged over ranks; metrics.jsonl, checkpoints and validation are written by rank 0
+// only; checkpoints hold whole buffers (the moments gathered from the slices), so a run resumes from
+// them at any world size.
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/fewstep/fewstep/dist"
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// bucketElems is the size of one gradient all-reduce (64 MiB of fp32).
+const bucketElems = 16 << 20
+
+// shard is a role's slice of its flat buffer under train.shard: optimizer.
+type shard struct {
+	P, k, even int // buffer size, slice size ⌊P/N⌋, N·k
+	lo, hi     int // this rank's slice [lo, hi) = [r·k, (r+1)·k)
+}
+
+func newShard(P, rank, world int) *shard {
+	k := P / world
+	return &shard{P: P, k: k, even: world * k, lo: rank * k, hi: (rank + 1) * k}
+}
+
+// owned is the rank's ranges of the buffer: its slice and the shared tail.
+func (s *shard) owned() [][2]int {
+	var rs [][2]int
+	if s.hi > s.lo {
+		rs = append(rs, [2]int{s.lo, s.hi})
+	}
+	if s.P > s.even {
+		rs = append(rs, [2]int{s.even, s.P})
+	}
+	return rs
+}
+
+// local is the moments' offset of buffer offset o (o in an owned range).
+func (s *shard) local(o int) int {
+	if o >= s.even {
+		return s.hi - s.lo + o - s.even
+	}
+	return o - s.lo
+}
+
+// size is the moments' length: the slice plus the tail.
+func (s *shard) size() int { return s.hi - s.lo + s.P - s.even }
+
+func (t *Trainer) world() int {
+	if t.comm == nil {
+		return 1
+	}
+	return t.comm.Size()
+}
+
+func (t *Trainer) rank() int {
+	if t.comm == nil {
+		return 0
+	}
+	return t.comm.Rank()
+}
+
+// lead reports whether this rank writes the run's files (rank 0).
+func (t *Trainer) lead() bool { return t.rank() == 0 }
+
+func (t *Trainer) sharded() bool { return t.comm != nil && t.Job.Train.Shard == "optimizer" }
+
+func (t *Trainer) commErr(what string, err error) error {
+	return fmt.Errorf("step %d: %s: %w", t.Step+1, what, err)
+}
+
+// allReduceGrads averages a role's G over the ranks, in buckets.
+func (t *Trainer) allReduceGrads(r *role) error {
+	P := r.G.Numel()
+	for off := 0; off < P; off += bucketElems {
+		n := min(bucketElems, P-off)
+		if err := t.comm.AllReduce(r.G.View(off, n), dist.Mean); err != nil {
+			return t.commErr("all-reduce of "+r.Spec.Name+"'s gradients", err)
+		}
+	}
+	return t.comm.Wait()
+}
+
+// reduceScatterGrads leaves the ranks' mean of G on this rank's slice and the tail.
+func (t *Trainer) reduceScatterGrads(r *role) error {
+	s := r.sh
+	if s.k > 0 {
+		if err := t.comm.ReduceScatter(r.G.View(s.lo, s.k), r.G.View(0, s.even), dist.Mean); err != nil {
+			return t.commErr("reduce-scatter of "+r.Spec.Name+"'s gradients", err)
+		}
+	}
+	if s.P > s.even {
+		if err := t.comm.AllReduce(r.G.View(s.even, s.P-s.even), dist.Mean); err != nil {
+			return t.commErr("all-reduce of "+r.Spec.Name+"'s gradient tail", err)
+		}
+	}
+	return t.comm.Wait()
+}
+
+// allGatherWeights puts every rank's updated slice of W on every rank.
+func (t *Trainer) allGatherWeights(r *role) error {
+	s := r.sh
+	if s.k == 0 {
+		return nil
+	}
+	if err := t.comm.AllGather(r.W.View(0, s.even), r.W.View(s.lo, s.k)); err != nil {
+		return t.commErr("all-gather of "+r.Spec.Name+"'s weights", err)
+	}
+	return t.comm.Wait()
+}
+
+// sumHost all-reduces host values (Sum or Mean) through a device tensor; they travel as fp32.
+func (t *Trainer) sumHost(v []float64, op dist.Op) error {
+	if len(v) == 0 {
+		return nil
+	}
+	dev := t.opt.Dev
+	if t.scalars == nil || t.scalars.Numel() < len(v) {
+		if t.scalars != nil {
+			dev.Free(t.scalars)
+		}
+		t.scalars = dev.Alloc(kernels.F32, max(len(v), 64))
+	}
+	buf := t.scalars.View(0, len(v))
+	h := make([]float32, len(v))
+	for i, x := range v {
+		h[i] = float32(x)
+	}
+	dev.FromHost(buf, h)
+	if err := t.comm.AllReduce(buf, op); err != nil {
+		return err
+	}
+	if err := t.comm.Wait(); err != nil {
+		return err
+	}
+	dev.ToHost(h, buf)
+	for i := range v {
+		v[i] = float64(h[i])
+	}
+	return nil
+}
+
+// reduceMetrics averages the step's metrics over the ranks (every rank reports the same keys).
+func (t *Trainer) reduceMetrics(m map[string]float64) error {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	v := make([]float64, len(keys)+1)
+	for i, k := range keys {
+		v[i] = m[k]
+	}
+	v[len(keys)] = float64(len(keys)) // a rank with other keys shows as a different count
+	if err := t.sumHost(v, dist.Mean); err != nil {
+		return t.commErr("averaging the metrics", err)
+	}
+	if v[len(keys)] != float64(len(keys)) {
+		return fmt.Errorf("step %d: the ranks report different metrics (this rank: %v)", t.Step+1, keys)
+	}
+	for i, k := range keys {
+		m[k] = v[i]
+	}
+	return nil
+}
+
+// barrier returns when every rank has reached it.
+func (t *Trainer) barrier(what string) error {
+	if t.comm == nil {
+		return nil
+	}
+	if err := t.sumHost([]float64{1}, dist.Sum); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+// anyStopped agrees on Options.Stop across the ranks: true when any rank saw it.
+func (t *Trainer) anyStopped() (bool, error) {
+	s := t.stopped()
+	if t.comm == nil {
+		return s, nil
+	}
+	v := []float64{0}
+	if s {
+		v[0] = 1
+	}
+	if err := t.sumHost(v, dist.Sum); err != nil {
+		return false, fmt.Errorf("step %d: agreeing on a stop: %w", t.Step, err)
+	}
+	return v[0] > 0, nil
+}
+
+// gatherMoments returns a sharded role's whole m and v on the host (every rank takes part; the
+// result is meant for rank 0), gathered slice by slice in pieces of bucketElems/N.
+func (t *Trainer) gatherMoments(r *role) (m, v []float32, err error) {
+	s, dev, N := r.sh, t.opt.Dev, t.world()
+	m, v = make([]float32, s.P), make([]float32, s.P)
+	piece := max(bucketElems/N, 1)
+	tmp := dev.Alloc(kernels.F32, N*min(piece, max(s.k, 1)))
+	defer dev.Free(tmp)
+	host := make([]float32, tmp.Numel())
+	for _, mv := range []struct {
+		src *kernels.Tensor
+		dst []float32
+	}{{r.m, m}, {r.v, v}} {
+		for off := 0; off < s.k; off += piece {
+			n := min(piece, s.k-off)
+			out := tmp.View(0, N*n)
+			if err := t.comm.AllGather(out, mv.src.View(off, n)); err != nil {
+				return nil, nil, fmt.Errorf("gathering %s's AdamW moments: %w", r.Spec.Name, err)
+			}
+			if err := t.comm.Wait(); err != nil {
+				return nil, nil, err
+			}
+			dev.ToHost(host[:N*n], out)
+			for q := 0; q < N; q++ {
+				copy(mv.dst[q*s.k+off:], host[q*n:(q+1)*n])
+			}
+		}
+		if tail := s.P - s.even; tail > 0 {
+			dev.ToHost(mv.dst[s.even:], mv.src.View(s.hi-s.lo, tail))
+		}
+	}
+	return m, v, nil
+}
+
+// RunRanks runs one trainer per rank of comms, each in its own goroutine: build(rank, comm) makes
+// rank's trainer (with Options.Comm = comm, its own device and loader shard), then Run. The first
+// error of any rank stops the others (its handle is closed, so their next collective fails at once)
+// and is returned, naming the rank. The trainers are returned (nil where build failed).
+func RunRanks(comms []dist.Comm, build func(rank int, c dist.Comm) (*Trainer, error)) ([]*Trainer, error) {
+	trs := make([]*Trainer, len(comms))
+	err := dist.Run(comms, func(rank int, c dist.Comm) error {
+		tr, err := build(rank, c)
+		if err != nil {
+			return err
+		}
+		trs[rank] = tr
+		return tr.Run()
+	})
+	return trs, err
+}
