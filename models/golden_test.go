@@ -3,6 +3,7 @@ package models
 import (
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -46,7 +47,11 @@ func host(dev kernels.Device, t *kernels.Tensor) []float32 {
 // loadGolden builds the model and inputs of one golden case.
 func loadGolden(t testing.TB, dev kernels.Device, name, arch string) (*DiT, Shape, map[string]NamedTensor, map[string]NamedTensor) {
 	dir := "testdata"
-	cfg, err := ReadWanConfig(filepath.Join(dir, arch+".config.json"))
+	cp := filepath.Join(dir, arch+".config.json")
+	if c := filepath.Join(dir, name+".config.json"); fileExists(c) { // a case's own text_len
+		cp = c
+	}
+	cfg, err := ReadWanConfig(cp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,5 +139,74 @@ func TestGoldens(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func fileExists(p string) bool { st, err := os.Stat(p); return err == nil && !st.IsDir() }
+
+// TestGoldenShortContext: a context of L = 5 tokens for a model of text_len 8. Wan2.1 zero-pads it to
+// text_len and attends to the padding (scripts/dump_goldens.py pads it so before WanRef); PadContext
+// and a forward over text_len tokens match that: out and grad.x within 1e-6, every parameter's
+// gradient within goldenTol (the self-attention key biases' gradients are zero in exact arithmetic,
+// softmax being blind to them, so theirs is a ratio of rounding noises near 1e-6), and the unpadded
+// forward does not (the padding rows are embedded to non-zero keys and values).
+func TestGoldenShortContext(t *testing.T) {
+	const tol = 1e-6
+	dev := kernels.CPU()
+	m, s, in, want := loadGolden(t, dev, "tiny_short", "tiny")
+	if s.L != 5 || m.Cfg.TextLen != 8 {
+		t.Fatalf("golden tiny_short: context of %d tokens, text_len %d; want 5 of 8", s.L, m.Cfg.TextLen)
+	}
+	ctxNT := in["context"]
+	padded, err := PadContext(ctxNT.Data, s.B, s.L, m.Cfg.TextDim, m.Cfg.TextLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for b := 0; b < s.B; b++ { // padding rows are zero, the tokens are where they were
+		for i := 0; i < m.Cfg.TextLen*m.Cfg.TextDim; i++ {
+			v := padded[b*m.Cfg.TextLen*m.Cfg.TextDim+i]
+			if i < s.L*m.Cfg.TextDim && v != ctxNT.Data[b*s.L*m.Cfg.TextDim+i] || i >= s.L*m.Cfg.TextDim && v != 0 {
+				t.Fatalf("PadContext: batch %d value %d = %g", b, i, v)
+			}
+		}
+	}
+	sp := s
+	sp.L = m.Cfg.TextLen
+	p := m.NewPass(sp)
+	x, tt, cot := toDev(dev, in["x"]), toDev(dev, in["t"]), toDev(dev, in["cotangent"])
+	ctx := toDev(dev, NamedTensor{Shape: []int{s.B, sp.L, m.Cfg.TextDim}, Data: padded})
+	m.ZeroGrad()
+	out := m.Forward(p, x, tt, ctx)
+	errs := map[string]float64{"out": relErr(host(dev, out), want["out"].Data), "grad.x": relErr(host(dev, m.Backward(p, cot)), want["grad.x"].Data)}
+	for _, e := range m.Tensors(m.G, "grad.") {
+		errs[e.Name] = relErr(e.Data, want[e.Name].Data)
+	}
+	worst, wn := 0.0, ""
+	for k, e := range errs {
+		lim := goldenTol
+		if k == "out" || k == "grad.x" {
+			lim = tol
+		}
+		if !(e <= lim) {
+			t.Errorf("%s: relative error %.3g > %g", k, e, lim)
+		}
+		if e > worst {
+			worst, wn = e, k
+		}
+	}
+	t.Logf("L = 5 of text_len 8, padded: %d tensors; out %.2e, grad.x %.2e, worst %s %.2e", len(errs), errs["out"], errs["grad.x"], wn, worst)
+
+	// unpadded: a different function (the reason for the padding)
+	pu := m.NewInferencePass(s)
+	e := relErr(host(dev, m.Forward(pu, x, tt, toDev(dev, ctxNT))), want["out"].Data)
+	if e < 1e-3 {
+		t.Errorf("unpadded context: relative error %.3g, want it far from Wan's output", e)
+	}
+	t.Logf("unpadded context (attending to 5 tokens only): out relative error %.2e", e)
+	if _, err := PadContext(ctxNT.Data, s.B, s.L, m.Cfg.TextDim, 4); err == nil {
+		t.Error("PadContext to fewer tokens than given: no error")
+	}
+	if err := (Shape{B: 1, F: 1, H: 2, W: 2, L: 9}).Check(m.Cfg); err == nil {
+		t.Error("Shape.Check: 9 context tokens for text_len 8 accepted")
 	}
 }

@@ -25,7 +25,32 @@ func (s Shape) Check(c Config) error {
 	if s.H%2 != 0 || s.W%2 != 0 {
 		return fmt.Errorf("models: bad shape %+v: latent height and width must be even (patch 1×2×2)", s)
 	}
+	if c.TextLen > 0 && s.L > c.TextLen {
+		return fmt.Errorf("models: bad shape %+v: %d context tokens, more than the model's text_len %d", s, s.L, c.TextLen)
+	}
 	return nil
+}
+
+// PadContext zero-pads a context [B, L, textDim] to [B, textLen, textDim], as Wan2.1's WanModel
+// does before its text embedding (the padding rows are embedded and attended to like any token:
+// text_embedding(0) is the MLP of its biases, not zero). A forward matches Wan's for a context of
+// L < text_len only on the padded context, with Shape.L = text_len. L > textLen is an error, as in
+// Wan. The result is ctx itself when L == textLen.
+func PadContext(ctx []float32, B, L, textDim, textLen int) ([]float32, error) {
+	if len(ctx) != B*L*textDim {
+		return nil, fmt.Errorf("models: context of %d values is not [%d, %d, %d]", len(ctx), B, L, textDim)
+	}
+	if L > textLen {
+		return nil, fmt.Errorf("models: context of %d tokens, more than text_len %d", L, textLen)
+	}
+	if L == textLen {
+		return ctx, nil
+	}
+	out := make([]float32, B*textLen*textDim)
+	for b := 0; b < B; b++ {
+		copy(out[b*textLen*textDim:], ctx[b*L*textDim:(b+1)*L*textDim])
+	}
+	return out, nil
 }
 
 // Pass holds every activation of one forward of one Shape (kept for backward) and the gradient

@@ -94,15 +94,20 @@ def main():
     x = torch.randn(B, C, Fr, S, S, generator=g)
     t = torch.rand(B, Fr, generator=g) * 1000
     ctx = torch.randn(B, args.ctx, p["text_dim"], generator=g)
+    # Wan2.1's WanModel zero-pads every context to text_len before its text embedding and attends to
+    # the padding; WanRef takes the context as given, so it gets the padded one (fewstep pads itself).
+    if args.ctx > cfg["text_len"]:
+        sys.exit("check_export: --ctx %d is more than the export's text_len %d" % (args.ctx, cfg["text_len"]))
+    ctx_wan = torch.cat([ctx, ctx.new_zeros(B, cfg["text_len"] - args.ctx, p["text_dim"])], 1)
     worst, outs = 0.0, {}
     with tempfile.TemporaryDirectory() as tmp:
         inp = os.path.join(tmp, "inputs.safetensors")
         write_safetensors(inp, {"x": x, "t": t, "context": ctx})
         for chunk in ([0, args.chunk] if args.chunk > 0 else [0]):
             with torch.no_grad():
-                want = model(x, t, ctx, chunk=chunk).float()
+                want = model(x, t, ctx_wan, chunk=chunk).float()
             out = os.path.join(tmp, "out%d.safetensors" % chunk)
-            cmd = [args.fewstep, "model", "forward", "--weights", wpath, "--config", os.path.join(args.export, "config.json"),
+            cmd = [args.fewstep, "model", "forward", "--weights", wpath, "--model-config", os.path.join(args.export, "config.json"),
                    "--inputs", inp, "--out", out, "--device", "cpu", "--chunk-frames", str(chunk)]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             got = read_safetensors(out)["out"]

@@ -30,7 +30,7 @@ if [ "$mode" != bench ]; then
     T=models/testdata
     for v in bidir causal; do
         flag=""; [ $v = causal ] && flag="--chunk-frames 1"   # as dumped (scripts/dump_goldens.py)
-        $G/fewstep model vjp --config $T/odd.config.json --weights $T/odd.weights.safetensors \
+        $G/fewstep model vjp --model-config $T/odd.config.json --weights $T/odd.weights.safetensors \
             --inputs $T/odd_$v.inputs.safetensors $flag --device cuda --out $G/vjp_$v.safetensors > /dev/null 2>> "$L" || log "model vjp $v FAILED"
         python3 - $G/vjp_$v.safetensors $T/odd_$v.expect.safetensors <<'PY' | tee -a "$L"
 import sys, numpy as np

@@ -115,6 +115,10 @@ func ModelConfig(job *config.Job, C, textDim int) (models.Config, error) {
 	if cfg.TextDim != textDim {
 		return cfg, fmt.Errorf("model: text_dim %d, but the data's text embeddings have %d", cfg.TextDim, textDim)
 	}
+	if cfg.TextLen != job.Data.TextLen { // Wan pads every context to text_len; the loader pads to data.text_len
+		return cfg, fmt.Errorf("model.config: text_len %d, but data.text_len is %d: set data.text_len: %d (Wan zero-pads every context to its text_len)",
+			cfg.TextLen, job.Data.TextLen, cfg.TextLen)
+	}
 	return cfg, nil
 }
 

@@ -204,7 +204,10 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	}
 	mc, _ := fl.GetString("model-config")
 	tPath, _ := fl.GetString("teacher")
-	teacher, _, err := loadModel(dev, job, tPath, mc, held.C, held.TextDim)
+	teacher, tcfg, err := loadModel(dev, job, tPath, mc, held.C, held.TextDim)
+	if err == nil {
+		err = fitContext(held, tcfg) // Wan: every context zero-padded to text_len
+	}
 	if err != nil {
 		return fmt.Errorf("eval: teacher: %w", err)
 	}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/eval"
+	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/spf13/cobra"
 )
@@ -58,4 +60,25 @@ func resolveFrom(cmd *cobra.Command, from, role string) (*fromRun, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// fitContext zero-pads the prompts' text embeddings (and the null prompt) to the model's text_len,
+// as Wan2.1 does (models.PadContext), so that sampling a network sees the contexts it was trained
+// on; more tokens than text_len is an error.
+func fitContext(set *eval.Set, cfg models.Config) error {
+	if set.L == cfg.TextLen {
+		return nil
+	}
+	text, err := models.PadContext(set.Text, set.N, set.L, set.TextDim, cfg.TextLen)
+	if err != nil {
+		return fmt.Errorf("prompts: %w", err)
+	}
+	null := set.Null
+	if len(null) > 0 {
+		if null, err = models.PadContext(null, 1, set.L, set.TextDim, cfg.TextLen); err != nil {
+			return fmt.Errorf("null prompt: %w", err)
+		}
+	}
+	set.Text, set.Null, set.L = text, null, cfg.TextLen
+	return nil
 }

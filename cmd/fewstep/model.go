@@ -24,8 +24,10 @@ var modelForwardCmd = &cobra.Command{
 	Use:   "forward",
 	Short: "Write the model's output `out` [B,C,F,H,W] for inputs x, t, context",
 	Long: `Loads a checkpoint (--weights, Wan2.1 key layout, F32/BF16/F16 safetensors) with its
-architecture (--config Wan config.json, or --preset), reads --inputs (safetensors: x [B,C,F,H,W],
-t [B,F] timesteps in [0,1000], context [B,L,text_dim]) and writes --out (safetensors F32: out).`,
+architecture (--model-config Wan config.json, or --preset), reads --inputs (safetensors:
+x [B,C,F,H,W], t [B,F] timesteps in [0,1000], context [B,L,text_dim]) and writes --out
+(safetensors F32: out). As Wan2.1's WanModel does, a context of L < text_len tokens is zero-padded
+to text_len and the network attends to the padding (L > text_len is an error).`,
 	RunE: func(cmd *cobra.Command, args []string) error { return runModel(cmd, false) },
 }
 
@@ -41,7 +43,7 @@ func init() {
 	for _, c := range []*cobra.Command{modelForwardCmd, modelVJPCmd} {
 		f := c.Flags()
 		f.String("weights", "", "checkpoint, safetensors in Wan2.1's key layout (required)")
-		f.String("config", "", "Wan2.1 config.json of the checkpoint (or --preset)")
+		f.String("model-config", "", "Wan2.1 config.json of the checkpoint (or --preset)")
 		f.String("preset", "", "architecture preset: "+fmt.Sprint(models.PresetNames))
 		f.String("inputs", "", "safetensors with x, t, context (and cotangent for vjp) (required)")
 		f.Bool("causal", false, "block-causal self-attention (the causal student); chunks of --chunk-frames")
@@ -56,19 +58,19 @@ func init() {
 // openDevice returns the engine backend named by --device: cpu, cuda or cuda:N (device.go).
 func openDevice(name string) (kernels.Device, error) { return openBackend(name) }
 
-// modelConfig resolves --config / --preset.
+// modelConfig resolves --model-config / --preset.
 func modelConfig(cmd *cobra.Command) (models.Config, error) {
-	cfgPath, _ := cmd.Flags().GetString("config")
+	cfgPath, _ := cmd.Flags().GetString("model-config")
 	preset, _ := cmd.Flags().GetString("preset")
 	switch {
 	case cfgPath != "" && preset != "":
-		return models.Config{}, fmt.Errorf("give --config or --preset, not both")
+		return models.Config{}, fmt.Errorf("give --model-config or --preset, not both")
 	case cfgPath != "":
 		return models.ReadWanConfig(cfgPath)
 	case preset != "":
 		return models.Preset(preset)
 	}
-	return models.Config{}, fmt.Errorf("the architecture is needed: --config config.json or --preset")
+	return models.Config{}, fmt.Errorf("the architecture is needed: --model-config config.json or --preset")
 }
 
 func runModel(cmd *cobra.Command, vjp bool) error {
@@ -127,7 +129,16 @@ func runModel(cmd *cobra.Command, vjp bool) error {
 	if len(ctx.Shape) != 3 || ctx.Shape[0] != B || ctx.Shape[2] != cfg.TextDim {
 		return fmt.Errorf("model %s: inputs %s: context has shape %v, want [%d, L, %d]", cmd.Name(), inPath, ctx.Shape, B, cfg.TextDim)
 	}
-	s := models.Shape{B: B, F: F, H: H, W: W, L: ctx.Shape[1], ChunkFrames: chunk}
+	L := ctx.Shape[1]
+	if L > cfg.TextLen {
+		return fmt.Errorf("model %s: inputs %s: context has %d tokens, more than the model's text_len %d", cmd.Name(), inPath, L, cfg.TextLen)
+	}
+	padded, err := models.PadContext(ctx.Data, B, L, cfg.TextDim, cfg.TextLen) // Wan: zero-pad to text_len
+	if err != nil {
+		return fmt.Errorf("model %s: inputs %s: %w", cmd.Name(), inPath, err)
+	}
+	ctxIn := models.NamedTensor{Name: "context", Shape: []int{B, cfg.TextLen, cfg.TextDim}, Data: padded} // [B, text_len, text_dim]
+	s := models.Shape{B: B, F: F, H: H, W: W, L: cfg.TextLen, ChunkFrames: chunk}
 	if err := s.Check(cfg); err != nil {
 		return fmt.Errorf("model %s: inputs %s: %w", cmd.Name(), inPath, err)
 	}
@@ -147,7 +158,7 @@ func runModel(cmd *cobra.Command, vjp bool) error {
 	}
 	start := time.Now()
 	p := m.NewPass(s)
-	out := m.Forward(p, upload(x), upload(t), upload(ctx))
+	out := m.Forward(p, upload(x), upload(t), upload(ctxIn))
 	res := []models.NamedTensor{{Name: "out", Shape: outShape, Data: make([]float32, out.Numel())}}
 	dev.ToHost(res[0].Data, out)
 	if vjp {

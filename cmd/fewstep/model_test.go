@@ -20,10 +20,16 @@ func modelRelErr(got, want []float32) float64 {
 }
 
 // TestModelVJPGolden runs `fewstep model vjp` and `model forward` end to end on committed goldens
-// (dumped from wan_ref.py) and matches every output tensor to 1e-5 relative error.
+// (dumped from wan_ref.py with Wan's context padding, scripts/dump_goldens.py) and matches every
+// output tensor to 1e-5 relative error; tiny_short (a context of 5 tokens, text_len 8: the command
+// zero-pads it as Wan does) out and grad.x to 1e-6.
 func TestModelVJPGolden(t *testing.T) {
 	td := filepath.Join("..", "..", "models", "testdata")
-	for _, c := range []struct{ name, arch, chunk string }{{"tiny_causal", "tiny", "2"}, {"odd_bidir", "odd", "0"}} {
+	for _, c := range []struct{ name, arch, chunk string }{{"tiny_causal", "tiny", "2"}, {"odd_bidir", "odd", "0"}, {"tiny_short", "tiny", "0"}} {
+		cfgPath, tol := filepath.Join(td, c.arch+".config.json"), 1e-5
+		if p := filepath.Join(td, c.name+".config.json"); fileExists(p) {
+			cfgPath, tol = p, 1e-6
+		}
 		want, _, err := models.ReadSafetensors(filepath.Join(td, c.name+".expect.safetensors"))
 		if err != nil {
 			t.Fatal(err)
@@ -31,7 +37,7 @@ func TestModelVJPGolden(t *testing.T) {
 		for _, verb := range []string{"vjp", "forward"} {
 			out := filepath.Join(t.TempDir(), "out.safetensors")
 			rootCmd.SetArgs([]string{"model", verb, "--weights", filepath.Join(td, c.arch+".weights.safetensors"),
-				"--config", filepath.Join(td, c.arch+".config.json"), "--inputs", filepath.Join(td, c.name+".inputs.safetensors"),
+				"--model-config", cfgPath, "--inputs", filepath.Join(td, c.name+".inputs.safetensors"),
 				"--chunk-frames", c.chunk, "--device", "cpu", "--out", out})
 			var sb strings.Builder
 			rootCmd.SetOut(&sb)
@@ -55,8 +61,12 @@ func TestModelVJPGolden(t *testing.T) {
 				if !ok {
 					t.Fatalf("%s: unexpected tensor %s", verb, name)
 				}
-				if e := modelRelErr(g.Data, w.Data); e > 1e-5 || math.IsNaN(e) {
-					t.Errorf("%s %s: %s relative error %.3g > 1e-5", verb, c.name, name, e)
+				lim := tol
+				if name != "out" && name != "grad.x" {
+					lim = 1e-5 // parameter gradients: as every golden (models/golden_test.go)
+				}
+				if e := modelRelErr(g.Data, w.Data); e > lim || math.IsNaN(e) {
+					t.Errorf("%s %s: %s relative error %.3g > %g", verb, c.name, name, e, lim)
 				} else if e > worst {
 					worst, worstName = e, name
 				}
@@ -74,10 +84,10 @@ func TestModelCommandErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"model", "forward", "--weights", w, "--inputs", in, "--out", out, "--config", "", "--preset", ""}, "--config config.json or --preset"},
-		{[]string{"model", "forward", "--weights", w, "--inputs", in, "--out", out, "--config", "", "--preset", "small"}, "mis-shaped keys"},
-		{[]string{"model", "forward", "--weights", w, "--inputs", w, "--out", out, "--config", cfg, "--preset", ""}, `no tensor "x"`},
-		{[]string{"model", "vjp", "--weights", w, "--inputs", in, "--out", out, "--config", cfg, "--device", "tpu"}, "--device"},
+		{[]string{"model", "forward", "--weights", w, "--inputs", in, "--out", out, "--model-config", "", "--preset", ""}, "--model-config config.json or --preset"},
+		{[]string{"model", "forward", "--weights", w, "--inputs", in, "--out", out, "--model-config", "", "--preset", "small"}, "mis-shaped keys"},
+		{[]string{"model", "forward", "--weights", w, "--inputs", w, "--out", out, "--model-config", cfg, "--preset", ""}, `no tensor "x"`},
+		{[]string{"model", "vjp", "--weights", w, "--inputs", in, "--out", out, "--model-config", cfg, "--device", "tpu"}, "--device"},
 	}
 	for _, c := range cases {
 		rootCmd.SetArgs(c.args)

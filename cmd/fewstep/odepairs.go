@@ -166,7 +166,10 @@ func writeODEPairs(w io.Writer, job *config.Job, dev kernels.Device, teacher, mo
 			return res, fmt.Errorf("ode-pairs: timesteps %v must decrease strictly", o.timesteps)
 		}
 	}
-	m, _, err := loadModel(dev, job, teacher, modelConfig, set.C, set.TextDim)
+	m, mcfg, err := loadModel(dev, job, teacher, modelConfig, set.C, set.TextDim)
+	if err == nil {
+		err = fitContext(set, mcfg) // Wan: every context zero-padded to text_len
+	}
 	if err != nil {
 		return res, fmt.Errorf("ode-pairs: %w", err)
 	}

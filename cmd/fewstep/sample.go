@@ -300,7 +300,10 @@ func runSample(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("sample: %w", err)
 	}
 	mc, _ := fl.GetString("model-config")
-	m, _, err := loadModel(dev, job, weights, mc, set.C, set.TextDim)
+	m, mcfg, err := loadModel(dev, job, weights, mc, set.C, set.TextDim)
+	if err == nil {
+		err = fitContext(set, mcfg) // Wan: every context zero-padded to text_len
+	}
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
