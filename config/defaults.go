@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/fewstep/fewstep/dist"
 )
 
 // WanMean and WanStd are the per-channel statistics of Wan2.1's VAE latents (DATA.md);
@@ -120,8 +122,8 @@ func (d *Data) MeanStd(C int) (mean, std []float64, err error) {
 func (j *Job) Validate() error {
 	var errs []string
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
-	if j.Device != "cpu" && j.Device != "cuda" {
-		bad("device: %q is not cpu or cuda", j.Device)
+	if _, err := dist.ParseDevices(j.Device); err != nil {
+		bad("device: %v", err)
 	}
 	if j.Model.Preset == "" && j.Model.Config == "" {
 		bad("model: set model.preset or model.config")

@@ -8,7 +8,7 @@ package config
 type Job struct {
 	Name      string          `mapstructure:"name" yaml:"name" json:"name"`
 	Seed      int64           `mapstructure:"seed" yaml:"seed" json:"seed"`
-	Device    string          `mapstructure:"device" yaml:"device" json:"device"`    // cpu | cuda
+	Device    string          `mapstructure:"device" yaml:"device" json:"device"`    // cpu | cuda | cuda:N | cpu:N | cuda:0,1,… | all (dist/devices.go)
 	OutDir    string          `mapstructure:"out_dir" yaml:"out_dir" json:"out_dir"` // run folder
 	Model     Model           `mapstructure:"model" yaml:"model" json:"model"`
 	Data      Data            `mapstructure:"data" yaml:"data" json:"data"`

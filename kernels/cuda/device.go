@@ -129,6 +129,23 @@ func (d *Device) isWeight(t *kernels.Tensor) bool {
 	return false
 }
 
+// DeviceCount is the number of CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies), or an
+// error that says why there are none (no driver, driver too old).
+func DeviceCount() (int, error) {
+	d0, err := loadDriver()
+	if err != nil {
+		return 0, err
+	}
+	if err := d0.call("cuInit", d0.cuInit, 0); err != nil {
+		return 0, fmt.Errorf("no usable CUDA GPU: %w", err)
+	}
+	var count int32
+	if err := d0.call("cuDeviceGetCount", d0.cuDeviceGetCount, uintptr(unsafe.Pointer(&count))); err != nil {
+		return 0, err
+	}
+	return int(count), nil
+}
+
 // New opens GPU ordinal: loads the driver and cuBLASLt, retains the primary context, makes a stream,
 // loads the kernel modules. Without a usable GPU it returns an error that says why.
 func New(ordinal int) (*Device, error) {
