@@ -130,7 +130,8 @@ func FromJob(job *config.Job, dev kernels.Device, progress, log io.Writer, valid
 }
 
 // FromJobComm is FromJob for one rank of a data-parallel job (comm nil: a single rank): the loader
-// takes the rank's shard of every epoch; rank 0 makes the synthetic data set while the others wait.
+// takes the rank's shard of every epoch; rank 0 makes the synthetic data set while the others wait;
+// with data.ode_pairs the ranks make the teacher's pairs together (EnsureODEPairs).
 // Every rank calls it with its own copy of the job (it fills in data.path).
 func FromJobComm(job *config.Job, dev kernels.Device, comm dist.Comm, progress, log io.Writer, validate func(int, *Trainer) error) (*Trainer, *data.Loader, error) {
 	rank, world := 0, 1
@@ -152,6 +153,10 @@ func FromJobComm(job *config.Job, dev kernels.Device, comm dist.Comm, progress, 
 				return nil, nil, err
 			}
 		}
+	}
+	// data.ode_pairs: the teacher's pairs, made by the ranks together, become the data.
+	if err := EnsureODEPairs(progress, job, dev, comm); err != nil {
+		return nil, nil, err
 	}
 	ds, err := data.Open(job.Data.Path)
 	if err != nil {

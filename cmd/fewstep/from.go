@@ -65,20 +65,4 @@ func resolveFrom(cmd *cobra.Command, from, role string) (*fromRun, error) {
 // fitContext zero-pads the prompts' text embeddings (and the null prompt) to the model's text_len,
 // as Wan2.1 does (models.PadContext), so that sampling a network sees the contexts it was trained
 // on; more tokens than text_len is an error.
-func fitContext(set *eval.Set, cfg models.Config) error {
-	if set.L == cfg.TextLen {
-		return nil
-	}
-	text, err := models.PadContext(set.Text, set.N, set.L, set.TextDim, cfg.TextLen)
-	if err != nil {
-		return fmt.Errorf("prompts: %w", err)
-	}
-	null := set.Null
-	if len(null) > 0 {
-		if null, err = models.PadContext(null, 1, set.L, set.TextDim, cfg.TextLen); err != nil {
-			return fmt.Errorf("null prompt: %w", err)
-		}
-	}
-	set.Text, set.Null, set.L = text, null, cfg.TextLen
-	return nil
-}
+func fitContext(set *eval.Set, cfg models.Config) error { return trainer.FitContext(set, cfg) }

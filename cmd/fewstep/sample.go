@@ -130,35 +130,7 @@ func loadPrompts(cmd *cobra.Command, job *config.Job, lat *trainer.Latent, rec *
 // else config.json beside the weights, else the job's model with in/out channels and text_dim from
 // the data (C, textDim).
 func loadModel(dev kernels.Device, job *config.Job, weights, modelConfig string, C, textDim int) (*models.DiT, models.Config, error) {
-	if modelConfig == "" {
-		if p := filepath.Join(filepath.Dir(weights), "config.json"); fileExists(p) {
-			modelConfig = p
-		} else if job.Model.Config != "" {
-			modelConfig = job.Model.Config
-		}
-	}
-	var cfg models.Config
-	var err error
-	if modelConfig != "" {
-		cfg, err = models.ReadWanConfig(modelConfig)
-	} else {
-		cfg, err = models.Preset(job.Model.Preset)
-		cfg.InDim, cfg.OutDim, cfg.TextDim = C, C, textDim
-		if job.Data.TextLen > 0 {
-			cfg.TextLen = job.Data.TextLen
-		}
-	}
-	if err != nil {
-		return nil, cfg, err
-	}
-	if cfg.InDim != C || cfg.TextDim != textDim {
-		return nil, cfg, fmt.Errorf("model %s: in_dim %d, text_dim %d, but the prompts' latents have %d channels and text_dim %d", weights, cfg.InDim, cfg.TextDim, C, textDim)
-	}
-	m := models.New(dev, cfg, false)
-	if err := m.Load(weights); err != nil {
-		return nil, cfg, err
-	}
-	return m, cfg, nil
+	return trainer.LoadDiT(dev, job, weights, modelConfig, C, textDim)
 }
 
 func fileExists(p string) bool { st, err := os.Stat(p); return err == nil && !st.IsDir() }
@@ -399,14 +371,4 @@ func runSample(cmd *cobra.Command, _ []string) error {
 }
 
 // normStats is the per-channel normalization of the job's data (nil, nil = none).
-func normStats(job *config.Job, C int) ([]float64, []float64) {
-	switch job.Data.Normalize {
-	case "wan":
-		if C == len(config.WanMean) {
-			return config.WanMean, config.WanStd
-		}
-	case "custom":
-		return job.Data.Mean, job.Data.Std
-	}
-	return nil, nil
-}
+func normStats(job *config.Job, C int) ([]float64, []float64) { return trainer.NormStats(job, C) }

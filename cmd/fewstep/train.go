@@ -85,9 +85,6 @@ func train(w io.Writer, job *config.Job, dry bool) (*trainer.Trainer, error) {
 			return nil, err
 		}
 	}
-	if err := ensureODEPairs(w, job, dev); err != nil { // data.ode_pairs: teacher pairs become the data
-		return nil, err
-	}
 	var val *validator
 	if job.Data.Heldout != "" && !dry {
 		if val, err = newValidator(job); err != nil {
