@@ -1,9 +1,11 @@
 package trainer
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/fewstep/fewstep/config"
@@ -114,5 +116,74 @@ func TestODEPairsRanks(t *testing.T) {
 			t.Errorf("%d ranks: result %+v, one rank's %+v", n, res[0], r1)
 		}
 		t.Logf("%d ranks: 7 rows, worst difference from one rank %.3g", n, worst)
+	}
+}
+
+// TestFromJobODEPairs: trainer.FromJob of a job with data.ode_pairs (dmd's regression: ode) makes
+// the pairs into the run's data/ and trains on them (it failed before with "needs teacher
+// trajectories"); FromJobComm on 2 ranks makes the same file, and both report a reg_loss.
+func TestFromJobODEPairs(t *testing.T) {
+	_, _, teacher := odePairsFixture(t)
+	job := func(dir string) *config.Job {
+		j := config.Defaults()
+		j.Objective, j.OutDir, j.Seed = "dmd", dir, 5
+		j.Model.Preset = "tiny"
+		j.Data.Synth = config.Synth{Count: 6, HeldoutCount: 2, Frames: 4, Size: 16, TextDim: 8, Seed: 1}
+		j.Data.TextLen, j.Data.BatchSize, j.Data.CFGDropout = 8, 2, 0
+		j.Data.ODEPairs = config.ODEPairs{Count: 4, Steps: 3}
+		j.Roles = map[string]config.Role{"teacher": {Weights: teacher}, "student": dpAdam(1e-4), "critic": dpAdam(1e-4)}
+		j.Params = map[string]any{"denoising_timesteps": []any{1000, 500}, "cfg": 1, "generator_update_ratio": 1,
+			"regression": "ode", "regression_weight": 1}
+		j.Train.Steps, j.Train.CkptEvery, j.Train.LogEvery = 1, 0, 1
+		return &j
+	}
+	one := job(t.TempDir())
+	tr, loader, err := FromJob(one, kernels.CPU(), nil, nil, nil)
+	if err != nil {
+		t.Fatalf("FromJob with data.ode_pairs: %v", err)
+	}
+	m, err := tr.TrainStep()
+	loader.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["reg_loss"] <= 0 {
+		t.Fatalf("no reg_loss in %v", m)
+	}
+	pairs := filepath.Join(one.OutDir, "data", "ode_pairs.arrow")
+	if one.Data.Path != pairs {
+		t.Fatalf("data.path %s, want the pairs %s", one.Data.Path, pairs)
+	}
+	ids1, x01, _ := readPairs(t, pairs)
+	if len(ids1) != 4 {
+		t.Fatalf("%d pairs, want 4", len(ids1))
+	}
+	two := job(t.TempDir())
+	err = dist.Run(dist.Local(2), func(rank int, c dist.Comm) error {
+		j := *two
+		tr, loader, err := FromJobComm(&j, kernels.NewCPU(1), c, nil, nil, nil)
+		if err != nil {
+			return err
+		}
+		defer loader.Close()
+		m, err := tr.TrainStep()
+		if err == nil && m["reg_loss"] <= 0 {
+			err = fmt.Errorf("rank %d: no reg_loss in %v", rank, m)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("2 ranks: %v", err)
+	}
+	ids2, x02, _ := readPairs(t, filepath.Join(two.OutDir, "data", "ode_pairs.arrow"))
+	if !slices.Equal(ids1, ids2) {
+		t.Fatalf("2 ranks made pairs of %v, one rank of %v", ids2, ids1)
+	}
+	for i := range x01 {
+		for k := range x01[i] {
+			if d := math.Abs(float64(x01[i][k] - x02[i][k])); d > 1e-5*(1+math.Abs(float64(x01[i][k]))) {
+				t.Fatalf("pair %d element %d: 2 ranks %g, one rank %g", i, k, x02[i][k], x01[i][k])
+			}
+		}
 	}
 }
