@@ -170,16 +170,12 @@ func (t *Trainer) reduceMetrics(m map[string]float64) error {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	v := make([]float64, len(keys)+1)
+	v := make([]float64, len(keys))
 	for i, k := range keys {
 		v[i] = m[k]
 	}
-	v[len(keys)] = float64(len(keys)) // a rank with other keys shows as a different count
 	if err := t.sumHost(v, dist.Mean); err != nil {
-		return t.commErr("averaging the metrics", err)
-	}
-	if v[len(keys)] != float64(len(keys)) {
-		return fmt.Errorf("step %d: the ranks report different metrics (this rank: %v)", t.Step+1, keys)
+		return t.commErr(fmt.Sprintf("averaging the metrics %v", keys), err)
 	}
 	for i, k := range keys {
 		m[k] = v[i]

@@ -120,7 +120,7 @@ func New(opt Options) (*Trainer, error) {
 	switch job.Train.Shard {
 	case "", "none", "optimizer":
 	default:
-		return nil, fmt.Errorf("train.shard: %q, want none or optimizer", job.Train.Shard)
+		return nil, fmt.Errorf("train.shard: %q, want none or optimizer (full, FSDP, is not built)", job.Train.Shard)
 	}
 	t.Env = &objectives.Env{Dev: opt.Dev, Cfg: opt.Model, Shape: opt.Shape, Roles: map[string]*objectives.Role{}}
 

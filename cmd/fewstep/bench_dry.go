@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/trainer"
 )
@@ -37,11 +38,21 @@ func benchJob(obj string, bf16GEMM bool) config.Job {
 
 // dryTrain builds bench train's job for obj on the counting device (models.DryDevice) and runs
 // steps trainer steps: the bytes the step holds on the card (GEMMs in bf16 mode), at setup and at
-// the peak, by item (GiB). No arithmetic runs; it takes seconds at Wan-1.3B sizes.
-func dryTrain(obj string, cfg models.Config, s models.Shape, L, steps int, bf16GEMM bool) (map[string]any, error) {
+// the peak, by item (GiB). No arithmetic runs; it takes seconds at Wan-1.3B sizes. With world > 1
+// it is rank 0 of a job on world ranks (a communicator that moves nothing, dist.Dry) with
+// train.shard shard, s.B being the batch of one rank.
+func dryTrain(obj string, cfg models.Config, s models.Shape, L, steps int, bf16GEMM bool, world int, shard string) (map[string]any, error) {
 	d := models.NewDryDevice()
 	job := benchJob(obj, bf16GEMM)
-	tr, err := trainer.New(trainer.Options{Job: &job, Dev: d, Model: cfg, Shape: s,
+	var comm dist.Comm
+	if world > 1 || shard != "none" {
+		if world < 1 {
+			return nil, fmt.Errorf("--world %d: want at least 1", world)
+		}
+		comm = dist.Dry(0, world)
+	}
+	job.Train.Shard = shard // trainer.New checks it
+	tr, err := trainer.New(trainer.Options{Job: &job, Dev: d, Model: cfg, Shape: s, Comm: comm,
 		Null: make([]float32, L*cfg.TextDim), RandomInit: true,
 		Source: benchSource{&trainer.HostBatch{X0: make([]float32, s.B*cfg.InDim*s.F*s.H*s.W),
 			Ctx: make([]float32, s.B*L*cfg.TextDim), Drop: make([]bool, s.B)}}})
@@ -59,7 +70,7 @@ func dryTrain(obj string, cfg models.Config, s models.Shape, L, steps int, bf16G
 	for _, it := range d.Labels(false) {
 		items[it.Label] = float64(it.Bytes) / gib
 	}
-	return map[string]any{"setup_GiB": float64(setup) / gib, "peak_GiB": float64(d.Peak()) / gib,
+	return map[string]any{"world": world, "shard": shard, "setup_GiB": float64(setup) / gib, "peak_GiB": float64(d.Peak()) / gib,
 		"end_GiB": float64(d.InUse()) / gib, "at_peak_GiB": items,
-		"note": "counted by models.DryDevice: allocations, bf16 weight/activation copies and op scratch of the CUDA device in bf16 GEMM mode; not the CUDA context (~0.5 GiB) nor allocator slack"}, nil
+		"note": "counted by models.DryDevice (rank 0 of world ranks): allocations, bf16 weight/activation copies and op scratch of the CUDA device in bf16 GEMM mode; not the CUDA context (~0.5 GiB), NCCL's buffers nor allocator slack"}, nil
 }

@@ -53,6 +53,8 @@ func init() {
 	f.Int("chunk-frames", 3, "frames per chunk of a causal student (selfforcing)")
 	f.Bool("recompute", false, "recompute each block's activations in backward (models.Shape.Recompute)")
 	f.Bool("dry", false, "only the dry accounting of an objective's step (no GPU): bytes it holds on the card, by item")
+	f.Int("world", 1, "with --dry: count one rank of a job on this many ranks (--batch is per rank)")
+	f.String("shard", "none", "train.shard of the counted job: none or optimizer")
 	f.Float64("mem-limit-gib", 0, "emulate a card with this much memory: allocate the rest first (0: off)")
 	f.Float64("peak-tflops", 989.4, "the card's dense bf16 peak for MFU (H100/H200 SXM: 989.4)")
 	f.String("peer", "", "path of wan_ref.py: run its --train step first (needs python3 with torch)")
@@ -161,7 +163,9 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 			ds.ChunkFrames = chunk
 		}
 		gm, _ := fl.GetString("gemm")
-		dr, err := dryTrain(obj, cfg, ds, L, 2, gm == "bf16")
+		world, _ := fl.GetInt("world")
+		shard, _ := fl.GetString("shard")
+		dr, err := dryTrain(obj, cfg, ds, L, 2, gm == "bf16", world, shard)
 		if err != nil {
 			return fmt.Errorf("dry accounting: %w", err)
 		}

@@ -70,7 +70,7 @@ func TestBenchTrainDry(t *testing.T) {
 		if obj == "selfforcing" {
 			s.ChunkFrames = 2
 		}
-		r, err := dryTrain(obj, cfg, s, s.L, 2, true)
+		r, err := dryTrain(obj, cfg, s, s.L, 2, true, 1, "none")
 		if err != nil {
 			t.Fatalf("%s: %v", obj, err)
 		}
@@ -91,5 +91,53 @@ func TestBenchTrainDry(t *testing.T) {
 	rootCmd.SetErr(&strings.Builder{})
 	if err := rootCmd.Execute(); err == nil || !strings.Contains(err.Error(), "--objective") {
 		t.Errorf("bench train --dry without --objective: error %v, want one naming --objective", err)
+	}
+}
+
+// TestBenchTrainDryWorld: the dry count of one rank of an N-rank job with train.shard optimizer
+// holds the AdamW moments of 1/N of each trainable role (the trainer's own allocations) and
+// everything else as one rank does; with shard none it holds what one rank holds.
+func TestBenchTrainDryWorld(t *testing.T) {
+	cfg, err := models.Preset("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := models.Shape{B: 1, F: 4, H: 4, W: 4, L: 3, Recompute: true}
+	moments := func(r map[string]any) float64 {
+		return r["at_peak_GiB"].(map[string]float64)["trainer.(*Trainer).build"]
+	}
+	one, err := dryTrain("dmd", cfg, s, s.L, 2, true, 1, "none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the student's and critic's m, v: 4 buffers of P fp32
+	_, P := cfg.Params()
+	if want := float64(4*4*P) / (1 << 30); math.Abs(moments(one)-want) > 1e-12 {
+		t.Fatalf("one rank: moments %.6g GiB, want 4·4·P = %.6g GiB", moments(one), want)
+	}
+	for _, c := range []struct {
+		world int
+		shard string
+	}{{2, "none"}, {2, "optimizer"}, {4, "optimizer"}, {3, "optimizer"}} {
+		r, err := dryTrain("dmd", cfg, s, s.L, 2, true, c.world, c.shard)
+		if err != nil {
+			t.Fatalf("world %d, %s: %v", c.world, c.shard, err)
+		}
+		want := moments(one)
+		if c.shard == "optimizer" {
+			k := P / c.world
+			want = float64(4*4*(k+P-c.world*k)) / (1 << 30) // the slice and the < N tail
+		}
+		if got := moments(r); math.Abs(got-want) > 1e-12 {
+			t.Errorf("world %d, %s: moments %.6g GiB, want %.6g", c.world, c.shard, got, want)
+		}
+		// the rest is one rank's, plus the metrics' all-reduce scratch (64 fp32)
+		rest := r["peak_GiB"].(float64) - moments(r)
+		if restOne := one["peak_GiB"].(float64) - moments(one); math.Abs(rest-restOne-256.0/(1<<30)) > 1e-12 {
+			t.Errorf("world %d, %s: peak less moments %.9g GiB, one rank's %.9g + 256 bytes", c.world, c.shard, rest, restOne)
+		}
+	}
+	if _, err := dryTrain("dmd", cfg, s, s.L, 2, true, 2, "full"); err == nil || !strings.Contains(err.Error(), "train.shard") {
+		t.Errorf("shard full: error %v, want one naming train.shard", err)
 	}
 }
