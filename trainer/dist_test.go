@@ -12,11 +12,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
@@ -396,4 +398,77 @@ func readCkpt(t *testing.T, run, file string) map[string][]float32 {
 		out[k] = v.Data
 	}
 	return out
+}
+
+// LoaderSource.Restore carries rank 0's cursor to any rank of any world size: with the same global
+// batch the next batch of every rank is the one a straight run at that world size gives (the
+// loader's global order does not depend on the world size); with another global batch, the run
+// continues at the first whole batch after the samples already used.
+func TestLoaderCursorAcrossWorlds(t *testing.T) {
+	files, err := data.WriteSynth(t.TempDir(), data.SynthOptions{Count: 50, Heldout: 1, Frames: 4, Size: 16, TextDim: 8, Seed: 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := data.Open(files.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(rank, world, B int) LoaderSource {
+		l, err := data.NewLoader(ds, data.LoaderConfig{BatchSize: B, Seed: 9, Rank: rank, World: world, TextLen: 16, Dev: kernels.CPU()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Close)
+		return LoaderSource{l}
+	}
+	ids := func(s LoaderSource, skip int) []string {
+		for i := 0; i < skip; i++ {
+			if _, err := s.Next(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		hb, err := s.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append([]string(nil), hb.IDs...)
+	}
+	// rank 0 of 2, batch 3, after 5 batches: 30 of the epoch's 48 samples used (epoch 0 of 8 global batches of 6)
+	saved := open(0, 2, 3)
+	ids(saved, 4)
+	cur, err := saved.Cursor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ world, B, skip int }{
+		{2, 3, 5}, // same world: batch 5
+		{3, 2, 5}, // same global batch 6 on 3 ranks: batch 5, the same samples
+		{1, 6, 5},
+		{2, 2, 7}, // global batch 4: 30 samples used → batch 7 (28 samples) next
+		{1, 8, 3}, // global batch 8: → batch 3 (24)
+	} {
+		for r := 0; r < c.world; r++ {
+			res := open(r, c.world, c.B)
+			if err := res.Restore(cur); err != nil {
+				t.Fatalf("world %d batch %d rank %d: %v", c.world, c.B, r, err)
+			}
+			got, want := ids(res, 0), ids(open(r, c.world, c.B), c.skip)
+			if strings.Join(got, ",") != strings.Join(want, ",") {
+				t.Errorf("world %d batch %d rank %d: resumed on %v, a straight run's batch %d is %v", c.world, c.B, r, got, c.skip, want)
+			}
+		}
+	}
+	// and the global batch 6 is the same samples at world 2 and 3
+	var two, three []string
+	for r := 0; r < 2; r++ {
+		two = append(two, ids(open(r, 2, 3), 5)...)
+	}
+	for r := 0; r < 3; r++ {
+		three = append(three, ids(open(r, 3, 2), 5)...)
+	}
+	sort.Strings(two)
+	sort.Strings(three)
+	if strings.Join(two, ",") != strings.Join(three, ",") {
+		t.Errorf("global batch 5: %v on 2 ranks, %v on 3", two, three)
+	}
 }
