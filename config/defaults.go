@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -58,6 +59,7 @@ func Defaults() Job {
 			CkptEvery:   500,
 			SampleEvery: 0,
 			Shard:       "none",
+			MaxBadSteps: 3,
 		},
 		Sample: Sample{
 			Steps:   50,
@@ -145,8 +147,8 @@ func (j *Job) Validate() error {
 			bad("data.mean/data.std: normalize custom needs equal, non-empty lists (have %d and %d)", len(d.Mean), len(d.Std))
 		}
 		for i, s := range d.Std {
-			if s <= 0 {
-				bad("data.std[%d]: %g, must be > 0", i, s)
+			if !(s > 0) || math.IsInf(s, 0) {
+				bad("data.std[%d]: %g, must be finite and > 0", i, s)
 			}
 		}
 	default:
@@ -155,7 +157,7 @@ func (j *Job) Validate() error {
 	if d.BatchSize <= 0 {
 		bad("data.batch_size: %d, must be > 0", d.BatchSize)
 	}
-	if d.CFGDropout < 0 || d.CFGDropout > 1 {
+	if !(d.CFGDropout >= 0 && d.CFGDropout <= 1) {
 		bad("data.cfg_dropout: %g, must be in [0, 1]", d.CFGDropout)
 	}
 	if d.Prefetch < 0 {
@@ -197,17 +199,17 @@ func (j *Job) Validate() error {
 	sort.Strings(names)
 	for _, name := range names {
 		r := j.Roles[name]
-		if r.LR < 0 {
-			bad("roles.%s.lr: %g, must be >= 0", name, r.LR)
+		if !finite(r.LR) || r.LR < 0 {
+			bad("roles.%s.lr: %g, must be finite and >= 0", name, r.LR)
 		}
-		if len(r.Betas) != 2 || r.Betas[0] < 0 || r.Betas[0] >= 1 || r.Betas[1] < 0 || r.Betas[1] >= 1 {
+		if len(r.Betas) != 2 || !(r.Betas[0] >= 0 && r.Betas[0] < 1) || !(r.Betas[1] >= 0 && r.Betas[1] < 1) {
 			bad("roles.%s.betas: %v, want two values in [0, 1)", name, r.Betas)
 		}
-		if r.Eps <= 0 {
-			bad("roles.%s.eps: %g, must be > 0", name, r.Eps)
+		if !finite(r.Eps) || r.Eps <= 0 {
+			bad("roles.%s.eps: %g, must be finite and > 0", name, r.Eps)
 		}
-		if r.WeightDecay < 0 {
-			bad("roles.%s.weight_decay: %g, must be >= 0", name, r.WeightDecay)
+		if !finite(r.WeightDecay) || r.WeightDecay < 0 {
+			bad("roles.%s.weight_decay: %g, must be finite and >= 0", name, r.WeightDecay)
 		}
 		if r.Warmup < 0 {
 			bad("roles.%s.warmup: %d, must be >= 0", name, r.Warmup)
@@ -215,7 +217,7 @@ func (j *Job) Validate() error {
 		if r.Schedule != "constant" && r.Schedule != "cosine" {
 			bad("roles.%s.schedule: %q is not constant or cosine", name, r.Schedule)
 		}
-		if r.EMADecay < 0 || r.EMADecay >= 1 {
+		if !(r.EMADecay >= 0 && r.EMADecay < 1) {
 			bad("roles.%s.ema_decay: %g, must be in [0, 1)", name, r.EMADecay)
 		}
 	}
@@ -226,8 +228,11 @@ func (j *Job) Validate() error {
 	if t.GradAccum <= 0 {
 		bad("train.grad_accum: %d, must be > 0", t.GradAccum)
 	}
-	if t.ClipNorm < 0 {
-		bad("train.clip_norm: %g, must be >= 0 (0 = off)", t.ClipNorm)
+	if !finite(t.ClipNorm) || t.ClipNorm < 0 {
+		bad("train.clip_norm: %g, must be finite and >= 0 (0 = off)", t.ClipNorm)
+	}
+	if t.MaxBadSteps < 0 {
+		bad("train.max_bad_steps: %d, must be >= 0", t.MaxBadSteps)
 	}
 	switch t.Shard {
 	case "none", "optimizer":
@@ -243,8 +248,11 @@ func (j *Job) Validate() error {
 	if sm.Steps <= 0 {
 		bad("sample.steps: %d, must be > 0", sm.Steps)
 	}
-	if sm.Shift <= 0 {
-		bad("sample.shift: %g, must be > 0", sm.Shift)
+	if !finite(sm.Shift) || sm.Shift <= 0 {
+		bad("sample.shift: %g, must be finite and > 0", sm.Shift)
+	}
+	if !finite(sm.CFG) {
+		bad("sample.cfg: %g, must be finite", sm.CFG)
 	}
 	if sm.Count < 0 {
 		bad("sample.count: %d, must be >= 0", sm.Count)
@@ -262,8 +270,54 @@ func (j *Job) Validate() error {
 	if j.Eval.TeacherSteps < 0 || j.Eval.Count < 0 {
 		bad("eval.teacher_steps/count: must be >= 0")
 	}
+	for i, m := range j.Data.Mean {
+		if !finite(m) {
+			bad("data.mean[%d]: %g, must be finite", i, m)
+		}
+	}
+	if k := nonFiniteIn(j.Params, "params"); k != "" {
+		bad("%s: must be a finite number", k)
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("invalid job: %s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+// nonFiniteIn is the key of the first NaN or Inf inside v (params: maps, lists, numbers), or "".
+func nonFiniteIn(v any, key string) string {
+	switch x := v.(type) {
+	case float64:
+		if !finite(x) {
+			return key
+		}
+	case float32:
+		if !finite(float64(x)) {
+			return key
+		}
+	case map[string]any:
+		ks := make([]string, 0, len(x))
+		for k := range x {
+			ks = append(ks, k)
+		}
+		sort.Strings(ks)
+		for _, k := range ks {
+			sub := k
+			if key != "" {
+				sub = key + "." + k
+			}
+			if bad := nonFiniteIn(x[k], sub); bad != "" {
+				return bad
+			}
+		}
+	case []any:
+		for i, e := range x {
+			if bad := nonFiniteIn(e, fmt.Sprintf("%s[%d]", key, i)); bad != "" {
+				return bad
+			}
+		}
+	}
+	return ""
 }

@@ -90,6 +90,9 @@ type Train struct {
 	// Shard is how a job on several ranks splits its state (trainer/dist.go): none (every rank
 	// holds everything), optimizer (each rank holds the AdamW moments of its 1/N of every role).
 	Shard string `mapstructure:"shard" yaml:"shard" json:"shard"`
+	// MaxBadSteps: a step whose loss or gradient norm is NaN or Inf is skipped (no update); up to
+	// this many are skipped in a run, one more stops the job with an error (0 = stop at the first).
+	MaxBadSteps int `mapstructure:"max_bad_steps" yaml:"max_bad_steps" json:"max_bad_steps"`
 }
 
 // Sample is how validation and `fewstep sample` draw videos.

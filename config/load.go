@@ -65,6 +65,9 @@ func loadFrom(path string, doc []byte, sets []string, environ []string) (*Job, e
 		if err := checkKeys(file, reflect.TypeOf(Job{}), ""); err != nil {
 			return nil, fmt.Errorf("config: %s: %w", path, err)
 		}
+		if k := nonFiniteIn(file, ""); k != "" {
+			return nil, fmt.Errorf("config: %s: %s: want a finite number (not NaN or Inf)", path, k)
+		}
 		deepMerge(merged, file)
 	}
 	// Environment, sorted so that the result does not depend on the order of os.Environ.
@@ -261,6 +264,11 @@ func decode(m map[string]any, job *Job) error {
 func strictNumbers(from, to reflect.Type, v any) (any, error) {
 	isInt := func(k reflect.Kind) bool { return k >= reflect.Int && k <= reflect.Uint64 }
 	isFloat := func(k reflect.Kind) bool { return k == reflect.Float32 || k == reflect.Float64 }
+	if isFloat(from.Kind()) {
+		if f := reflect.ValueOf(v).Float(); math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("want a finite number, got %v", f)
+		}
+	}
 	switch {
 	case isInt(to.Kind()) && isFloat(from.Kind()):
 		f := reflect.ValueOf(v).Float()
@@ -305,6 +313,9 @@ func setKey(m map[string]any, key, raw string) error {
 	}
 	if val == nil && strings.TrimSpace(raw) == "" {
 		val = ""
+	}
+	if k := nonFiniteIn(val, key); k != "" {
+		return fmt.Errorf("%s = %s: want a finite number (not NaN or Inf)", k, raw)
 	}
 	parts := strings.Split(key, ".")
 	for _, p := range parts[:len(parts)-1] {

@@ -117,6 +117,19 @@ func TestUnknownKeys(t *testing.T) {
 		{set: "data.ode_pairs.count=8", want: []string{"data.ode_pairs.count", "roles.teacher.weights"}},
 		{set: "data.ode_pairs.count=-1", want: []string{"data.ode_pairs.count"}},
 		{file: "train: [\n", want: []string{"job.yaml"}},
+		// NaN and Inf, as YAML writes them (.nan, .inf) and as an overflowing literal (1e400 = +Inf)
+		{file: "roles:\n  student:\n    lr: .nan\n", want: []string{"roles.student.lr", "finite"}},
+		{set: "roles.student.lr=.inf", want: []string{"lr", "finite"}},
+		{set: "roles.student.eps=-.inf", want: []string{"eps", "finite"}},
+		{set: "roles.student.betas=[0.9, .nan]", want: []string{"betas", "finite"}},
+		{set: "roles.student.weight_decay=1e400", want: []string{"weight_decay", "1e400"}},
+		{env: "FEWSTEP_TRAIN_CLIP_NORM=.nan", want: []string{"FEWSTEP_TRAIN_CLIP_NORM", "finite"}},
+		{set: "data.cfg_dropout=.nan", want: []string{"cfg_dropout", "finite"}},
+		{set: "sample.cfg=.inf", want: []string{"sample.cfg", "finite"}},
+		{set: "sample.shift=.nan", want: []string{"sample.shift", "finite"}},
+		{set: "params.guidance=.nan", want: []string{"params.guidance", "finite"}},
+		{file: "params:\n  dmd:\n    weights: [1, .inf]\n", want: []string{"params.dmd.weights[1]", "finite"}},
+		{set: "train.max_bad_steps=-1", want: []string{"train.max_bad_steps"}},
 	}
 	for _, c := range cases {
 		path := ""

@@ -218,12 +218,13 @@ func (m *DiT) Save(path string, dt kernels.DType) error {
 // Load reads weights in Wan2.1's key layout (F32, BF16 or F16) into W. path is a safetensors file,
 // a sharded checkpoint's *.safetensors.index.json, or a folder holding either (Wan2.1-14B ships in
 // shards). Strict: every key of the table must be present with its shape and no other key may be;
-// the error lists every missing, unexpected and mis-shaped key. W is left unchanged on error.
+// the error lists every missing, unexpected and mis-shaped key, and a NaN or Inf weight is an error
+// naming its key. W is left unchanged on error.
 func (m *DiT) Load(path string) error {
 	files, err := openCheckpoint(path)
 	defer func() {
 		for _, f := range files {
-			f.f.Close()
+			f.close()
 		}
 	}()
 	if err != nil {
@@ -273,8 +274,12 @@ func (m *DiT) Load(path string) error {
 	host := make([]float32, m.W.Numel())
 	for _, p := range m.Table {
 		l := where[p.Name]
-		if err := l.f.read(l.e, host[p.Offset:p.Offset+numel(p.Shape)]); err != nil {
+		v := host[p.Offset : p.Offset+numel(p.Shape)]
+		if err := l.f.read(l.e, v); err != nil {
 			return err
+		}
+		if i := NonFinite(v); i >= 0 {
+			return fmt.Errorf("models: load %s: key %s holds %g at flat index %d: the weights are not finite (a diverged run?)", l.f.path, p.Name, v[i], i)
 		}
 	}
 	m.Dev.FromHost(m.W, host)

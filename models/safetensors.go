@@ -1,6 +1,7 @@
 package models
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -194,7 +195,8 @@ type stEntry struct {
 // stFile is an open safetensors file with its parsed, validated header.
 type stFile struct {
 	path    string
-	f       *os.File
+	f       io.ReaderAt
+	close   func() error
 	entries []stEntry // in data order
 	byName  map[string]int
 	meta    map[string]string
@@ -205,35 +207,40 @@ func openSafetensors(path string) (*stFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("models: read %s: %w", path, err)
 	}
-	st, err := parseHeader(path, f)
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("models: read %s: %w", path, err)
+	}
+	st, err := parseHeader(path, f, fi.Size())
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
+	st.close = f.Close
 	return st, nil
 }
 
-func parseHeader(path string, f *os.File) (*stFile, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("models: read %s: %w", path, err)
-	}
-	size := fi.Size()
+// parseHeader reads and validates the header of a safetensors file of size bytes read through f.
+func parseHeader(path string, f io.ReaderAt, size int64) (*stFile, error) {
 	var n8 [8]byte
-	if _, err := io.ReadFull(f, n8[:]); err != nil {
+	if size < 8 {
 		return nil, fmt.Errorf("models: read %s: not a safetensors file: %d bytes, no 8-byte header length", path, size)
+	}
+	if _, err := f.ReadAt(n8[:], 0); err != nil {
+		return nil, fmt.Errorf("models: read %s: %w", path, err)
 	}
 	hn := binary.LittleEndian.Uint64(n8[:])
 	if hn > maxHeader || int64(hn) > size-8 {
 		return nil, fmt.Errorf("models: read %s: header length %d does not fit the file (%d bytes): truncated or not safetensors", path, hn, size)
 	}
 	hb := make([]byte, hn)
-	if _, err := io.ReadFull(f, hb); err != nil {
+	if _, err := f.ReadAt(hb, 8); err != nil {
 		return nil, fmt.Errorf("models: read %s: header: %w", path, err)
 	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(hb, &raw); err != nil {
-		return nil, fmt.Errorf("models: read %s: header is not a JSON object: %w", path, err)
+	raw, err := uniqueObject(hb)
+	if err != nil {
+		return nil, fmt.Errorf("models: read %s: header: %w", path, err)
 	}
 	st := &stFile{path: path, f: f, byName: map[string]int{}}
 	dataStart := int64(8 + hn)
@@ -272,7 +279,13 @@ func parseHeader(path string, f *os.File) (*stFile, error) {
 		if len(e.Offsets) != 2 || e.Offsets[0] < 0 || e.Offsets[1] < e.Offsets[0] || e.Offsets[1] > dataLen {
 			return nil, fmt.Errorf("models: read %s: tensor %s: data_offsets %v outside the %d data bytes (truncated file?)", path, name, e.Offsets, dataLen)
 		}
-		if want := int64(numel(e.Shape)) * int64(dt.Size()); e.Offsets[1]-e.Offsets[0] != want {
+		// The shape's byte size, checked for overflow before anything is allocated: it must equal
+		// the data_offsets span, which the file size bounds.
+		want, ok := ShapeBytes(e.Shape, dt.Size())
+		if !ok {
+			return nil, fmt.Errorf("models: read %s: tensor %s: shape %v of %s overflows (more than 2^62 bytes)", path, name, e.Shape, e.DType)
+		}
+		if e.Offsets[1]-e.Offsets[0] != want {
 			return nil, fmt.Errorf("models: read %s: tensor %s: %s %v needs %d bytes, data_offsets %v give %d",
 				path, name, e.DType, e.Shape, want, e.Offsets, e.Offsets[1]-e.Offsets[0])
 		}
@@ -287,6 +300,61 @@ func parseHeader(path string, f *os.File) (*stFile, error) {
 		st.byName[e.Name] = i
 	}
 	return st, nil
+}
+
+// ShapeBytes is the byte size of a tensor of shape with elements of es bytes, and false when it
+// exceeds 2^62 (an overflow, or a size no machine holds). A zero dimension makes it 0.
+func ShapeBytes(shape []int, es int) (int64, bool) {
+	const limit = 1 << 62
+	for _, s := range shape {
+		if s == 0 {
+			return 0, true
+		}
+	}
+	n := int64(es)
+	for _, s := range shape {
+		if s < 0 || int64(s) > limit/n {
+			return 0, false
+		}
+		n *= int64(s)
+	}
+	return n, true
+}
+
+// uniqueObject parses a JSON object into its members and refuses a repeated key (encoding/json
+// would keep the last one silently: two tensors of one name are a corrupt file, not a choice).
+func uniqueObject(b []byte) (map[string]json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, fmt.Errorf("not a JSON object (starts with %v)", tok)
+	}
+	out := map[string]json.RawMessage{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, fmt.Errorf("not a JSON object: %w", err)
+		}
+		key := tok.(string) // inside an object the decoder yields keys as strings
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, fmt.Errorf("not a JSON object: key %q: %w", key, err)
+		}
+		if _, dup := out[key]; dup {
+			return nil, fmt.Errorf("key %q appears twice", key)
+		}
+		out[key] = v
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("not a JSON object: data after its end")
+	}
+	return out, nil
 }
 
 // read decodes entry e into dst (len = numel).
@@ -334,7 +402,12 @@ func ReadSafetensors(path string) (map[string]NamedTensor, map[string]string, er
 	if err != nil {
 		return nil, nil, err
 	}
-	defer st.f.Close()
+	defer st.close()
+	return st.readAll()
+}
+
+// readAll decodes every tensor of an opened file.
+func (st *stFile) readAll() (map[string]NamedTensor, map[string]string, error) {
 	out := make(map[string]NamedTensor, len(st.entries))
 	for _, e := range st.entries {
 		d := make([]float32, numel(e.Shape))
@@ -344,6 +417,16 @@ func ReadSafetensors(path string) (map[string]NamedTensor, map[string]string, er
 		out[e.Name] = NamedTensor{Name: e.Name, Shape: e.Shape, Data: d}
 	}
 	return out, st.meta, nil
+}
+
+// NonFinite is the index of the first NaN or ±Inf of x, or -1.
+func NonFinite(x []float32) int {
+	for i, v := range x {
+		if v-v != 0 { // NaN or ±Inf: Inf−Inf and NaN−NaN are NaN
+			return i
+		}
+	}
+	return -1
 }
 
 // F32ToBF16 rounds to the nearest bfloat16, ties to even; NaN stays a (quiet) NaN.

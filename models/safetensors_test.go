@@ -185,6 +185,10 @@ func TestSafetensorsCorrupt(t *testing.T) {
 		{"size mismatch", withHeader(`{"w":{"dtype":"F32","shape":[3,3],"data_offsets":[0,32]}}`), "needs 36 bytes"},
 		{"overlap", withHeader(`{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}`), "overlap"},
 		{"negative shape", withHeader(`{"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}}`), "negative"},
+		{"repeated key", withHeader(`{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}`), `key "w" appears twice`},
+		{"shape product overflows", withHeader(`{"w":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,0]}}`), "overflows"},
+		{"shape product wraps to the span", withHeader(`{"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,16]}}`), "overflows"},
+		{"trailing garbage", withHeader(`{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} x`), "data after its end"},
 	}
 	for _, c := range cases {
 		p := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "_"))

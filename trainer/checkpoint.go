@@ -21,10 +21,12 @@ package trainer
 // and a run resumes from them at any world size (each rank takes its slice again).
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/fewstep/fewstep/config"
@@ -40,6 +42,45 @@ type state struct {
 	Updates   map[string]int `json:"adamw_steps"`
 	Loader    []byte         `json:"loader_cursor"`   // base64 in JSON
 	World     int            `json:"world,omitempty"` // ranks of the run that wrote it (0: one)
+}
+
+// parseState reads a checkpoint's state.json and checks what Restore relies on: a step >= 0, an
+// objective, AdamW step counts in [0, step] (a role steps at most once per optimizer step) and a
+// loader cursor. Unknown fields are refused (a file of another format, not a state.json).
+func parseState(b []byte) (state, error) {
+	var st state
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&st); err != nil {
+		return st, fmt.Errorf("not a checkpoint state: %w", err)
+	}
+	if dec.More() {
+		return st, fmt.Errorf("not a checkpoint state: data after the JSON object")
+	}
+	var bad []string
+	if st.Step < 0 {
+		bad = append(bad, fmt.Sprintf("step %d is negative", st.Step))
+	}
+	if st.Objective == "" {
+		bad = append(bad, "no objective")
+	}
+	names := make([]string, 0, len(st.Updates))
+	for name := range st.Updates {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if u := st.Updates[name]; u < 0 || u > st.Step {
+			bad = append(bad, fmt.Sprintf("adamw_steps of %s = %d, must be in [0, step %d]", name, u, st.Step))
+		}
+	}
+	if len(st.Loader) == 0 {
+		bad = append(bad, "no loader_cursor")
+	}
+	if len(bad) > 0 {
+		return st, fmt.Errorf("invalid checkpoint state: %s", strings.Join(bad, "; "))
+	}
+	return st, nil
 }
 
 // saveHook, when set (tests), is called after each file of a checkpoint is written; an error aborts
@@ -213,8 +254,8 @@ func (t *Trainer) Restore(path string) error {
 	if err != nil {
 		return fmt.Errorf("resume: %w", err)
 	}
-	var st state
-	if err := json.Unmarshal(b, &st); err != nil {
+	st, err := parseState(b)
+	if err != nil {
 		return fmt.Errorf("resume: %s: %w", filepath.Join(dir, "state.json"), err)
 	}
 	if st.Objective != t.Obj.Name() {
