@@ -20,7 +20,10 @@ type Config struct {
 // HeadDim is Dim/Heads.
 func (c Config) HeadDim() int { return c.Dim / c.Heads }
 
-// Validate checks the sizes the model relies on.
+// MaxParams bounds a model's parameter count (2^37, ten times Wan2.1-14B).
+const MaxParams = 1 << 37
+
+// Validate checks the sizes the model relies on, within limits.
 func (c Config) Validate() error {
 	var bad []string
 	pos := map[string]int{"dim": c.Dim, "ffn_dim": c.FFNDim, "freq_dim": c.FreqDim, "num_heads": c.Heads,
@@ -33,6 +36,21 @@ func (c Config) Validate() error {
 	for _, k := range keys {
 		if pos[k] <= 0 {
 			bad = append(bad, fmt.Sprintf("%s = %d must be > 0", k, pos[k]))
+		}
+	}
+	// Upper limits, so that sizes computed from them cannot overflow and an absurd config.json is an
+	// error, not an out-of-memory crash (Wan2.1-14B: dim 5120, ffn 13824, 40 layers, 40 heads).
+	lim := map[string][2]int{"dim": {c.Dim, 1 << 16}, "ffn_dim": {c.FFNDim, 1 << 18}, "freq_dim": {c.FreqDim, 1 << 14},
+		"num_heads": {c.Heads, 1 << 10}, "num_layers": {c.Layers, 1 << 10}, "in_dim": {c.InDim, 1 << 12},
+		"out_dim": {c.OutDim, 1 << 12}, "text_dim": {c.TextDim, 1 << 16}, "text_len": {c.TextLen, 1 << 16}}
+	for _, k := range keys {
+		if v := lim[k]; v[0] > v[1] {
+			bad = append(bad, fmt.Sprintf("%s = %d is above the limit %d", k, v[0], v[1]))
+		}
+	}
+	if len(bad) == 0 {
+		if n := c.NumParams(); n > MaxParams {
+			bad = append(bad, fmt.Sprintf("%d parameters (%.0f GiB in fp32) is above the limit of %d", n, float64(n)*4/(1<<30), MaxParams))
 		}
 	}
 	if len(bad) == 0 {

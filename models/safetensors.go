@@ -292,10 +292,17 @@ func parseHeader(path string, f io.ReaderAt, size int64) (*stFile, error) {
 		st.entries = append(st.entries, stEntry{Name: name, DType: dt, Shape: e.Shape,
 			Begin: dataStart + e.Offsets[0], End: dataStart + e.Offsets[1]})
 	}
-	sort.Slice(st.entries, func(i, j int) bool { return st.entries[i].Begin < st.entries[j].Begin })
+	sort.Slice(st.entries, func(i, j int) bool {
+		a, b := st.entries[i], st.entries[j]
+		return a.Begin < b.Begin || (a.Begin == b.Begin && a.End < b.End)
+	})
+	prev := -1 // the last tensor with bytes: an empty tensor overlaps nothing
 	for i, e := range st.entries {
-		if i > 0 && e.Begin < st.entries[i-1].End {
-			return nil, fmt.Errorf("models: read %s: tensors %s and %s overlap", path, st.entries[i-1].Name, e.Name)
+		if e.End > e.Begin {
+			if prev >= 0 && e.Begin < st.entries[prev].End {
+				return nil, fmt.Errorf("models: read %s: tensors %s and %s overlap", path, st.entries[prev].Name, e.Name)
+			}
+			prev = i
 		}
 		st.byName[e.Name] = i
 	}
