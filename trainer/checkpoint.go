@@ -106,7 +106,16 @@ func (t *Trainer) Save() (string, error) {
 		}
 	}
 	if !t.lead() {
-		return final, nil // rank 0 writes it
+		// Rank 0 writes it. The weights are the same on every rank: each refuses a non-finite one
+		// as rank 0 does (role.save), so that all ranks stop together.
+		for _, r := range t.roles {
+			host := make([]float32, r.W.Numel())
+			r.W.Dev.ToHost(host, r.W)
+			if i := models.NonFinite(host); i >= 0 {
+				return "", fmt.Errorf("checkpoint %s: role %s: weight %d = %g: %w", final, r.Spec.Name, i, host[i], ErrNonFinite)
+			}
+		}
+		return final, nil
 	}
 	tmp := final + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
@@ -115,6 +124,12 @@ func (t *Trainer) Save() (string, error) {
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		return "", err
 	}
+	done := false
+	defer func() {
+		if !done {
+			os.RemoveAll(tmp) // an aborted save leaves the previous checkpoints as they were
+		}
+	}()
 	step := func(file string, err error) error {
 		if err != nil {
 			return fmt.Errorf("checkpoint %s: %s: %w", final, file, err)
@@ -176,6 +191,7 @@ func (t *Trainer) Save() (string, error) {
 	if err := os.Rename(tmp, final); err != nil {
 		return "", err
 	}
+	done = true
 	parent := filepath.Dir(final)
 	if err := syncDir(parent); err != nil {
 		return "", err
@@ -197,6 +213,14 @@ func writeMoments(path string, r *role, gathered [2][]float32) error {
 		m, v = make([]float32, P), make([]float32, P)
 		r.W.Dev.ToHost(m, r.m)
 		r.W.Dev.ToHost(v, r.v)
+	}
+	for _, x := range []struct {
+		name string
+		v    []float32
+	}{{"m", m}, {"v", v}} {
+		if i := models.NonFinite(x.v); i >= 0 {
+			return fmt.Errorf("role %s: AdamW moment %s[%d] = %g: %w", r.Spec.Name, x.name, i, x.v[i], ErrNonFinite)
+		}
 	}
 	return models.WriteSafetensors(path, []models.NamedTensor{
 		{Name: "m", Shape: []int{P}, Data: m}, {Name: "v", Shape: []int{P}, Data: v},
@@ -226,6 +250,15 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// latestName is what checkpoints/latest names ("none" before the first checkpoint).
+func (t *Trainer) latestName() string {
+	b, err := os.ReadFile(filepath.Join(t.Dir, "checkpoints", "latest"))
+	if err != nil {
+		return "none"
+	}
+	return filepath.Join(t.Dir, "checkpoints", strings.TrimSpace(string(b)))
 }
 
 // ResolveCheckpoint turns a path into a checkpoint folder: a checkpoint folder itself, a

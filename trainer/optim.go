@@ -49,13 +49,13 @@ func lrAt(base float64, schedule string, warmup, n, total int) float64 {
 	return base
 }
 
-// update applies one optimizer step to a role whose G holds the sum over accum micro-batches:
-// G /= accum; on several ranks, the mean over ranks (dist.go); clip the global L2 norm to
-// train.clip_norm (0 = off); AdamW per decay run (on this rank's slice under train.shard: optimizer,
-// then the slices all-gathered).
-func (t *Trainer) update(r *role, n, accum int) error {
+// gradNorm makes a role's G, the sum over accum micro-batches, the mean gradient (G /= accum; on
+// several ranks the mean over ranks, dist.go) and sets r.gnorm to its global L2 norm: the one
+// scalar per role the step brings to the host, which the clip and the non-finite guard (TrainStep)
+// both read. Every rank gets the same norm (it is computed from the reduced gradient).
+func (t *Trainer) gradNorm(r *role, accum int) error {
 	if r.sh != nil {
-		return t.updateSharded(r, n, accum)
+		return t.gradNormSharded(r, accum)
 	}
 	dev := t.opt.Dev
 	if t.comm != nil {
@@ -67,6 +67,17 @@ func (t *Trainer) update(r *role, n, accum int) error {
 		dev.Scale(r.G, float32(1/float64(accum)))
 	}
 	r.gnorm = math.Sqrt(dev.Dot(r.G, r.G))
+	return nil
+}
+
+// update applies one optimizer step to a role after gradNorm: clip the global L2 norm to
+// train.clip_norm (0 = off); AdamW per decay run (on this rank's slice under train.shard:
+// optimizer, then the slices all-gathered).
+func (t *Trainer) update(r *role, n int) error {
+	if r.sh != nil {
+		return t.updateSharded(r, n)
+	}
+	dev := t.opt.Dev
 	if c := t.Job.Train.ClipNorm; c > 0 && r.gnorm > c {
 		dev.Scale(r.G, float32(c/(r.gnorm+1e-6)))
 	}
@@ -96,17 +107,15 @@ func (t *Trainer) adamW(r *role, lo, hi int, local func(int) int) {
 	}
 }
 
-// updateSharded is update under train.shard: optimizer: G reduce-scattered onto this rank's slice
-// (and the shared tail), the norm from the all-reduced sum of squares, AdamW on the owned ranges,
-// W's slices all-gathered.
-func (t *Trainer) updateSharded(r *role, n, accum int) error {
+// gradNormSharded is gradNorm under train.shard: optimizer: G reduce-scattered onto this rank's
+// slice (and the shared tail), the norm from the all-reduced sum of squares.
+func (t *Trainer) gradNormSharded(r *role, accum int) error {
 	dev, s := t.opt.Dev, r.sh
 	if err := t.reduceScatterGrads(r); err != nil {
 		return err
 	}
-	owned := s.owned()
 	if accum > 1 {
-		for _, o := range owned {
+		for _, o := range s.owned() {
 			dev.Scale(r.G.View(o[0], o[1]-o[0]), float32(1/float64(accum)))
 		}
 	}
@@ -123,6 +132,14 @@ func (t *Trainer) updateSharded(r *role, n, accum int) error {
 		return t.commErr("all-reduce of "+r.Spec.Name+"'s gradient norm", err)
 	}
 	r.gnorm = math.Sqrt(sq[0])
+	return nil
+}
+
+// updateSharded is update under train.shard: optimizer: AdamW on the owned ranges, W's slices
+// all-gathered.
+func (t *Trainer) updateSharded(r *role, n int) error {
+	dev, s := t.opt.Dev, r.sh
+	owned := s.owned()
 	if c := t.Job.Train.ClipNorm; c > 0 && r.gnorm > c {
 		for _, o := range owned {
 			dev.Scale(r.G.View(o[0], o[1]-o[0]), float32(c/(r.gnorm+1e-6)))

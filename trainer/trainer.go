@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -74,6 +75,36 @@ type Options struct {
 // ErrInterrupted is wrapped by Run's error when Options.Stop ended the run early.
 var ErrInterrupted = errors.New("interrupted")
 
+// ErrDiverged is wrapped by TrainStep's and Run's error when more than train.max_bad_steps steps had
+// a NaN or Inf loss or gradient norm.
+var ErrDiverged = errors.New("training diverged")
+
+// ErrNonFinite is wrapped by Save's error when a weight or optimizer moment is NaN or Inf: such a
+// checkpoint is never written.
+var ErrNonFinite = errors.New("not finite")
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+// lossesOf lists a step's losses and gradient norms for an error.
+func lossesOf(m map[string]float64) string {
+	var parts []string
+	for _, k := range sortedKeys(m) {
+		if strings.Contains(k, "loss") || strings.HasPrefix(k, "grad_norm/") {
+			parts = append(parts, fmt.Sprintf("%s = %g", k, m[k]))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+func sortedKeys(m map[string]float64) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
 // Trainer runs one job.
 type Trainer struct {
 	Job  *config.Job
@@ -81,6 +112,11 @@ type Trainer struct {
 	Env  *objectives.Env
 	Step int    // optimizer steps done
 	Dir  string // the run folder (job.out_dir)
+	// BadSteps counts the steps of this process that were skipped for a NaN or Inf loss or gradient
+	// norm (metrics.jsonl: bad_steps).
+	BadSteps int
+
+	skipped bool // the last TrainStep was skipped
 
 	opt     Options
 	roles   []*role // build order
@@ -292,25 +328,37 @@ func (r *role) load(path string) error {
 		if kernels.Numel(nt.Shape) != kernels.Numel(p.Shape) {
 			return fmt.Errorf("%s: key %s has shape %v, want %v", path, p.Name, nt.Shape, p.Shape)
 		}
+		if i := models.NonFinite(nt.Data); i >= 0 {
+			return fmt.Errorf("%s: key %s holds %g at flat index %d: the weights are not finite", path, p.Name, nt.Data[i], i)
+		}
 		copy(host[p.Offset:], nt.Data)
 	}
 	r.W.Dev.FromHost(r.W, host)
 	return nil
 }
 
-// save writes a role's weights in dtype dt.
+// save writes a role's weights in dtype dt; a NaN or Inf weight is an error wrapping ErrNonFinite
+// and nothing is written.
 func (r *role) save(path string, dt kernels.DType) error {
+	var ts []models.NamedTensor
+	var meta map[string]string
 	if r.Net != nil {
-		return r.Net.Save(path, dt)
+		ts, meta = r.Net.Tensors(r.W, ""), map[string]string{"format": "pt"}
+	} else {
+		host := make([]float32, r.W.Numel())
+		r.W.Dev.ToHost(host, r.W)
+		ts = make([]models.NamedTensor, len(r.Table))
+		for i, p := range r.Table {
+			n := kernels.Numel(p.Shape)
+			ts[i] = models.NamedTensor{Name: p.Name, Shape: p.Shape, Data: host[p.Offset : p.Offset+n]}
+		}
 	}
-	host := make([]float32, r.W.Numel())
-	r.W.Dev.ToHost(host, r.W)
-	ts := make([]models.NamedTensor, len(r.Table))
-	for i, p := range r.Table {
-		n := kernels.Numel(p.Shape)
-		ts[i] = models.NamedTensor{Name: p.Name, Shape: p.Shape, Data: host[p.Offset : p.Offset+n]}
+	for _, nt := range ts {
+		if i := models.NonFinite(nt.Data); i >= 0 {
+			return fmt.Errorf("role %s: weight %s[%d] = %g: %w", r.Spec.Name, nt.Name, i, nt.Data[i], ErrNonFinite)
+		}
 	}
-	return models.WriteSafetensors(path, ts, dt, nil)
+	return models.WriteSafetensors(path, ts, dt, meta)
 }
 
 // Net returns a role's DiT (nil if the job has no such role or it is not a DiT).
@@ -411,15 +459,45 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			return nil, err
 		}
 	}
+	// The non-finite guard: the losses and every updated role's gradient norm are on the host
+	// already (the norm for the clip). A step with a NaN or Inf among them updates nothing (no
+	// AdamW, no EMA); it is counted, and one more than train.max_bad_steps ends the run.
+	var bad []string
+	for _, k := range sortedKeys(metrics) {
+		if v := metrics[k]; !finite(v) {
+			bad = append(bad, fmt.Sprintf("%s = %g", k, v))
+		}
+	}
+	for _, r := range t.roles {
+		if updated[r.Spec.Name] {
+			if err := t.gradNorm(r, accum); err != nil {
+				return nil, err
+			}
+			metrics["grad_norm/"+r.Spec.Name] = r.gnorm
+			if !finite(r.gnorm) {
+				bad = append(bad, fmt.Sprintf("gradient norm of role %s = %g", r.Spec.Name, r.gnorm))
+			}
+		}
+	}
+	t.skipped = len(bad) > 0
+	if t.skipped {
+		t.Step = n // the batch and the step's RNG are used up: a resumed run skips them too
+		t.BadSteps++
+		msg := fmt.Sprintf("step %d: not finite: %s", n, strings.Join(bad, ", "))
+		if t.BadSteps > job.Train.MaxBadSteps {
+			return metrics, fmt.Errorf("%s; %d non-finite steps, more than train.max_bad_steps = %d: %w", msg, t.BadSteps, job.Train.MaxBadSteps, ErrDiverged)
+		}
+		t.logf("%s: skipped (no update; %d of train.max_bad_steps = %d)", msg, t.BadSteps, job.Train.MaxBadSteps)
+		return metrics, nil
+	}
 	for _, r := range t.roles { // build order: deterministic
 		if !updated[r.Spec.Name] {
 			continue
 		}
-		if err := t.update(r, n, accum); err != nil {
+		if err := t.update(r, n); err != nil {
 			return nil, err
 		}
 		metrics["lr/"+r.Spec.Name] = r.lr
-		metrics["grad_norm/"+r.Spec.Name] = r.gnorm
 		if r == t.emaOf && t.ema != nil {
 			if n < job.Roles[objectives.Student].EMAStart {
 				t.opt.Dev.Copy(t.ema.W, r.W)
@@ -471,9 +549,14 @@ func (t *Trainer) Run() error {
 	for t.Step < job.Train.Steps {
 		m, err := t.TrainStep()
 		if err != nil {
+			if errors.Is(err, ErrDiverged) {
+				err = fmt.Errorf("%w; checkpoints/latest is the last finite checkpoint (%s)", err, t.latestName())
+			}
 			return err
 		}
-		acc.add(m)
+		if !t.skipped {
+			acc.add(m)
+		}
 		n := t.Step
 		rate := float64(n-startStep) / time.Since(start).Seconds()
 		bar.update(n, m, rate)
@@ -481,6 +564,7 @@ func (t *Trainer) Run() error {
 			rec := acc.mean()
 			rec["steps_per_s"] = rate
 			rec["global_batch"], rec["world"] = float64(global), float64(t.world())
+			rec["bad_steps"] = float64(t.BadSteps)
 			if ml != nil {
 				if err := ml.write(n, time.Since(start).Seconds(), rec); err != nil {
 					return err
@@ -492,6 +576,10 @@ func (t *Trainer) Run() error {
 		saved := ""
 		if (job.Train.CkptEvery > 0 && n%job.Train.CkptEvery == 0) || last {
 			if saved, err = t.Save(); err != nil {
+				if errors.Is(err, ErrNonFinite) { // the step's update overflowed the weights
+					return fmt.Errorf("step %d (%s): the update made the weights not finite: %w; no checkpoint written, checkpoints/latest is the last finite one (%s): %w",
+						n, lossesOf(m), err, t.latestName(), ErrDiverged)
+				}
 				return err
 			}
 			t.logf("step %d: checkpoint %s", n, saved)
