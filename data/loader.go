@@ -396,7 +396,11 @@ func (l *Loader) fill(b *Batch, order []int, at Cursor) (err error) {
 			if !slices.Equal(t.Shape, l.cfg.LatentShape) {
 				return fmt.Errorf("data: %s: row %d (%s), column %s: shape %v, the config wants %v", row.File, row.Index, row.ID, ShapeCol(l.cfg.LatentCol), t.Shape, l.cfg.LatentShape)
 			}
-			t.Decode(b.Latents.F32[j*l.latN:(j+1)*l.latN], l.cfg.Mean, l.cfg.Std)
+			v := b.Latents.F32[j*l.latN : (j+1)*l.latN]
+			t.Decode(v, l.cfg.Mean, l.cfg.Std)
+			if err := checkFinite(row, l.cfg.LatentCol, t, v); err != nil {
+				return err
+			}
 			stored += int64(len(t.Bytes))
 			decoded += int64(4 * l.latN)
 		}
@@ -408,7 +412,11 @@ func (l *Loader) fill(b *Batch, order []int, at Cursor) (err error) {
 			if t.Numel() != l.trajN {
 				return fmt.Errorf("data: %s: row %d (%s), column %s: shape %v, the loader wants %v", row.File, row.Index, row.ID, ShapeCol(TrajLatent), t.Shape, b.TrajLatents.Shape[1:])
 			}
-			t.Decode(b.TrajLatents.F32[j*l.trajN:(j+1)*l.trajN], nil, nil)
+			v := b.TrajLatents.F32[j*l.trajN : (j+1)*l.trajN]
+			t.Decode(v, nil, nil)
+			if err := checkFinite(row, TrajLatent, t, v); err != nil {
+				return err
+			}
 			stored += int64(len(t.Bytes))
 			decoded += int64(4 * l.trajN)
 		}
@@ -426,6 +434,9 @@ func (l *Loader) fill(b *Batch, order []int, at Cursor) (err error) {
 			return fmt.Errorf("data: %s: row %d (%s), column %s: shape %v, the config wants [≤%d, %d]", row.File, row.Index, row.ID, ShapeCol(l.cfg.TextCol), t.Shape, l.cfg.TextLen, l.cfg.TextDim)
 		}
 		t.Decode(txt[:t.Numel()], nil, nil)
+		if err := checkFinite(row, l.cfg.TextCol, t, txt[:t.Numel()]); err != nil {
+			return err
+		}
 		stored += int64(len(t.Bytes))
 		decoded += int64(4 * t.Numel())
 	}
@@ -434,6 +445,46 @@ func (l *Loader) fill(b *Batch, order []int, at Cursor) (err error) {
 	l.storedBytes += stored
 	l.decodedBytes += decoded
 	l.mu.Unlock()
+	return nil
+}
+
+// checkFinite is an error naming the file, row, column and element of the first NaN or Inf of a
+// decoded tensor v (t's values), nil when all are finite. Training never sees a non-finite input.
+func checkFinite(row Row, x string, t TensorRef, v []float32) error {
+	for i, e := range v {
+		if e-e != 0 { // NaN or ±Inf
+			return fmt.Errorf("data: %s: row %d (%s), column %s: element %d of shape %v is %g: the data is not finite",
+				row.File, row.Index, row.ID, BytesCol(x), i, t.Shape, e)
+		}
+	}
+	return nil
+}
+
+// CheckFinite decodes every tensor of every row of the dataset (latents, text embeddings,
+// trajectories: the columns the loader reads) and returns an error naming the file, row, column
+// and element of the first NaN or Inf (`fewstep train --dry-run`, `fewstep data inspect`).
+func CheckFinite(ds *Dataset) error {
+	var buf []float32
+	for i := 0; i < ds.NumRows(); i++ {
+		row, err := ds.Row(i)
+		if err != nil {
+			return err
+		}
+		for _, x := range row.f.Tensors {
+			t, err := row.Tensor(x)
+			if err != nil {
+				return err
+			}
+			if cap(buf) < t.Numel() {
+				buf = make([]float32, t.Numel())
+			}
+			v := buf[:t.Numel()]
+			t.Decode(v, nil, nil)
+			if err := checkFinite(row, x, t, v); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 

@@ -483,7 +483,7 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 	if t.skipped {
 		t.Step = n // the batch and the step's RNG are used up: a resumed run skips them too
 		t.BadSteps++
-		msg := fmt.Sprintf("step %d: not finite: %s", n, strings.Join(bad, ", "))
+		msg := fmt.Sprintf("step %d: not finite: %s (this step: %s)", n, strings.Join(bad, ", "), lossesOf(metrics))
 		if t.BadSteps > job.Train.MaxBadSteps {
 			return metrics, fmt.Errorf("%s; %d non-finite steps, more than train.max_bad_steps = %d: %w", msg, t.BadSteps, job.Train.MaxBadSteps, ErrDiverged)
 		}

@@ -104,7 +104,21 @@ func train(w io.Writer, job *config.Job, dry bool) (*trainer.Trainer, error) {
 	fmt.Fprintf(w, "train: %s on %s — model dim %d, %d layers, %d heads, in/out %d, text_dim %d (%d parameters); roles %v; batch %v; %d steps\n",
 		tr.Obj.Name(), dev.Name(), c.Dim, c.Layers, c.Heads, c.InDim, c.TextDim, c.NumParams(), tr.RoleNames(), shapeString(tr), job.Train.Steps)
 	if dry {
-		fmt.Fprintln(w, "train: --dry-run: the job, its data and its roles are valid")
+		for _, p := range []string{job.Data.Path, job.Data.Heldout} {
+			if p == "" {
+				continue
+			}
+			ds, err := data.Open(p)
+			if err != nil {
+				return nil, err
+			}
+			err = data.CheckFinite(ds) // every value, not only shapes: a NaN row is named here
+			ds.Close()
+			if err != nil {
+				return nil, err
+			}
+		}
+		fmt.Fprintln(w, "train: --dry-run: the job, its data (every value finite) and its roles are valid")
 		return tr, nil
 	}
 	if err := os.MkdirAll(job.OutDir, 0o755); err != nil {
