@@ -64,4 +64,3 @@ func TestNonFiniteDataNamed(t *testing.T) {
 		d.Close()
 	}
 }
-
