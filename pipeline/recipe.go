@@ -56,7 +56,7 @@ type Recipe struct {
 	Frames         int `json:"frames"`
 	Height         int `json:"height"`
 	Width          int `json:"width"`
-	TextLen        int `json:"text_len"`
+	TextLen        int `json:"text_len"` // = the model's text_len: every context is zero-padded to it (Wan's padding)
 	TextDim        int `json:"text_dim"`
 	// LatentSpace is "synthetic" (the embedded dataset's 48-channel space: decodes to pixels, and
 	// captions encode with its toy text encoder) or "vae" (decode with the dataset's VAE).
@@ -132,9 +132,9 @@ func (r *Recipe) Validate() error {
 
 // CheckModel reports whether the recipe's latents and embeddings fit a model's config.
 func (r *Recipe) CheckModel(c models.Config) error {
-	if c.InDim != r.LatentChannels || c.OutDim != r.LatentChannels || c.TextDim != r.TextDim {
-		return fmt.Errorf("recipe: %d latent channels and text_dim %d, but the model has in/out %d/%d and text_dim %d",
-			r.LatentChannels, r.TextDim, c.InDim, c.OutDim, c.TextDim)
+	if c.InDim != r.LatentChannels || c.OutDim != r.LatentChannels || c.TextDim != r.TextDim || c.TextLen != r.TextLen {
+		return fmt.Errorf("recipe: %d latent channels, text_len %d, text_dim %d, but the model has in/out %d/%d, text_len %d, text_dim %d",
+			r.LatentChannels, r.TextLen, r.TextDim, c.InDim, c.OutDim, c.TextLen, c.TextDim)
 	}
 	return nil
 }

@@ -155,6 +155,10 @@ func TestRecipeCheckModel(t *testing.T) {
 		t.Fatalf("16-channel model for a 48-channel recipe: %v", err)
 	}
 	c.InDim, c.OutDim = 48, 48
+	if err := r.CheckModel(c); err == nil || !strings.Contains(err.Error(), "text_len 512") {
+		t.Fatalf("text_len 512 for a recipe of 8: %v", err)
+	}
+	c.TextLen = 8
 	if err := r.CheckModel(c); err != nil {
 		t.Fatal(err)
 	}

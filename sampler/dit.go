@@ -7,8 +7,9 @@ import (
 	"github.com/fewstep/fewstep/models"
 )
 
-// DiTNet adapts a models.DiT to Net and CausalNet. It keeps one Pass per input shape (made on first
-// use, reused after) and, for streaming, one KV cache.
+// DiTNet adapts a models.DiT to Net and CausalNet. It keeps one forward-only pass per input shape
+// (models.NewInferencePass: the blocks share one set of activations, no backward scratch; made on
+// first use, reused after, at most maxPasses shapes at once) and, for streaming, one KV cache.
 type DiTNet struct {
 	M           *models.DiT
 	ChunkFrames int // > 0: whole-video forwards are block-causal over chunks of this many frames
@@ -25,13 +26,34 @@ func NewDiTNet(m *models.DiT, chunkFrames int) *DiTNet {
 
 func (d *DiTNet) Device() kernels.Device { return d.M.Dev }
 
+// maxPasses bounds the shapes a DiTNet keeps passes for (a server's batches come in many sizes):
+// past it, the passes of other shapes are released before a new one is made.
+const maxPasses = 8
+
 func (d *DiTNet) pass(s models.Shape) *models.Pass {
 	p, ok := d.passes[s]
 	if !ok {
-		p = d.M.NewPass(s)
+		if len(d.passes) >= maxPasses {
+			for o, q := range d.passes {
+				if q != d.last {
+					q.Free()
+					delete(d.passes, o)
+				}
+			}
+		}
+		p = d.M.NewInferencePass(s)
 		d.passes[s] = p
 	}
 	return p
+}
+
+// PassBytes is the device memory the net's passes hold.
+func (d *DiTNet) PassBytes() int {
+	n := 0
+	for _, p := range d.passes {
+		n += p.Bytes()
+	}
+	return n
 }
 
 // Velocity runs one forward (block-causal when ChunkFrames > 0).

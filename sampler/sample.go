@@ -1,6 +1,7 @@
 package sampler
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -75,6 +76,21 @@ type Options struct {
 	LocalFrames  int     // KV window in frames (0 = unbounded)
 	SinkFrames   int     // first frames never evicted
 	ContextNoise float64 // σ at which a finished chunk is re-encoded into the cache (0 = clean)
+	// OnChunk, when set, receives each finished chunk j as soon as it is sampled: x0 [B, C, k, H, W]
+	// on the host (valid during the call). An error stops the stream and is returned.
+	OnChunk func(j int, x0 []float32) error
+
+	// Ctx, when set, is checked before every network evaluation: cancelled, the sampler stops and
+	// returns its error.
+	Ctx context.Context
+}
+
+// alive is o.Ctx's error (nil without a context).
+func (o *Options) alive() error {
+	if o.Ctx == nil {
+		return nil
+	}
+	return o.Ctx.Err()
 }
 
 // Result is a batch of sampled latents and what they cost.
@@ -179,6 +195,9 @@ func Sample(net Net, b *Batch, o Options) (*Result, error) {
 		}
 	}
 	for i := 0; i < steps; i++ {
+		if err := o.alive(); err != nil {
+			return nil, fmt.Errorf("sampler: %s: %w", o.Method, err)
+		}
 		record(i)
 		v := g.velocity(x, sig[i]) // [B,C,F,H,W]
 		switch o.Method {

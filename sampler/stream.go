@@ -61,6 +61,9 @@ func stream(cn CausalNet, b *Batch, o Options, sig []float64) (*Result, error) {
 		drawNoise(host, b.Seeds, j+1, 0)
 		dev.FromHost(x, host) // chunk j at σ_0
 		for i := range sig {
+			if err := o.alive(); err != nil {
+				return nil, fmt.Errorf("sampler: stream: %w", err)
+			}
 			v := g.velocity(x, sig[i])                                       // [B,C,k,H,W]
 			dev.Combine(x0, x, v, []float32{1}, []float32{float32(-sig[i])}) // x0 = x − σ·v
 			calls++
@@ -73,6 +76,14 @@ func stream(cn CausalNet, b *Batch, o Options, sig []float64) (*Result, error) {
 			dev.Combine(x, x0, eps, []float32{1 - s}, []float32{s}) // x = (1−σ)·x0 + σ·ε
 		}
 		dev.ToHost(host, x0)
+		if o.OnChunk != nil {
+			if err := dev.Sync(); err != nil {
+				return nil, fmt.Errorf("sampler: stream: %w", err)
+			}
+			if err := o.OnChunk(j, host); err != nil {
+				return nil, err
+			}
+		}
 		for bc := 0; bc < B*b.C; bc++ { // scatter [B,C,k,H,W] into frames j·k.. of [B,C,F,H,W]
 			copy(out[(bc*b.F+j*k)*plane:(bc*b.F+j*k+k)*plane], host[bc*k*plane:(bc+1)*k*plane])
 		}

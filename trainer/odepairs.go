@@ -43,41 +43,6 @@ type ODEPairsResult struct {
 	Times             []float32 // recorded timesteps, descending, last 0
 }
 
-// LoadDiT loads a checkpoint (Wan2.1 key layout) on dev with its architecture: modelConfig, else the
-// config.json beside the weights, else the job's model.config, else its preset sized for C latent
-// channels and text_dim.
-func LoadDiT(dev kernels.Device, job *config.Job, weights, modelConfig string, C, textDim int) (*models.DiT, models.Config, error) {
-	if modelConfig == "" {
-		if p := filepath.Join(filepath.Dir(weights), "config.json"); isFile(p) {
-			modelConfig = p
-		} else if job.Model.Config != "" {
-			modelConfig = job.Model.Config
-		}
-	}
-	var cfg models.Config
-	var err error
-	if modelConfig != "" {
-		cfg, err = models.ReadWanConfig(modelConfig)
-	} else {
-		cfg, err = models.Preset(job.Model.Preset)
-		cfg.InDim, cfg.OutDim, cfg.TextDim = C, C, textDim
-		if job.Data.TextLen > 0 {
-			cfg.TextLen = job.Data.TextLen
-		}
-	}
-	if err != nil {
-		return nil, cfg, err
-	}
-	if cfg.InDim != C || cfg.TextDim != textDim {
-		return nil, cfg, fmt.Errorf("model %s: in_dim %d, text_dim %d, but the prompts' latents have %d channels and text_dim %d", weights, cfg.InDim, cfg.TextDim, C, textDim)
-	}
-	m := models.New(dev, cfg, false)
-	if err := m.Load(weights); err != nil {
-		return nil, cfg, err
-	}
-	return m, cfg, nil
-}
-
 // FitContext zero-pads the prompts' contexts (and the null prompt's) to the model's text_len, as
 // Wan pads every context.
 func FitContext(set *eval.Set, cfg models.Config) error {
@@ -99,20 +64,6 @@ func FitContext(set *eval.Set, cfg models.Config) error {
 }
 
 func isFile(p string) bool { st, err := os.Stat(p); return err == nil && !st.IsDir() }
-
-// NormStats is the job's latent normalization for C channels (nil, nil: none, or wan's statistics
-// for another channel count).
-func NormStats(job *config.Job, C int) ([]float64, []float64) {
-	switch job.Data.Normalize {
-	case "wan":
-		if C == len(config.WanMean) {
-			return config.WanMean, config.WanStd
-		}
-	case "custom":
-		return job.Data.Mean, job.Data.Std
-	}
-	return nil, nil
-}
 
 // WriteODEPairs integrates the teacher's flow ODE from noise for the first o.Count prompts of the
 // dataset prompts and writes the trajectories (x at the list's levels, then the final x0) to out.
@@ -151,7 +102,7 @@ func WriteODEPairs(w io.Writer, job *config.Job, dev kernels.Device, comm dist.C
 			return res, fmt.Errorf("ode-pairs: timesteps %v must decrease strictly", o.Timesteps)
 		}
 	}
-	m, mcfg, err := LoadDiT(dev, job, teacher, modelConfig, set.C, set.TextDim)
+	m, mcfg, err := pipeline.LoadModel(dev, job, teacher, modelConfig, set.C, set.TextDim)
 	if err == nil {
 		err = FitContext(set, mcfg) // Wan: every context zero-padded to text_len
 	}
@@ -166,7 +117,7 @@ func WriteODEPairs(w io.Writer, job *config.Job, dev kernels.Device, comm dist.C
 	if batch <= 0 {
 		batch = 8
 	}
-	mean, std := NormStats(job, set.C)
+	mean, std := pipeline.NormStats(job, set.C)
 
 	var wr *data.Writer
 	if rank == 0 {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 
+	"github.com/fewstep/fewstep/pipeline"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -83,7 +84,7 @@ func init() {
 
 func benchDevice(cmd *cobra.Command) (*cuda.Device, error) {
 	name, _ := cmd.Flags().GetString("device")
-	g, err := openCUDA(name)
+	g, err := pipeline.OpenCUDA(name)
 	if err != nil {
 		return nil, err
 	}

@@ -189,7 +189,7 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 		TeacherCFG: w4, TeacherShift: shift,
 		Student:      sampler.Options{Method: method, Shift: shift, CFG: rec.CFG},
 		StudentLists: pipeline.SubLists(list, job.Eval.Steps)}
-	spec.Mean, spec.Std = normStats(job, held.C)
+	spec.Mean, spec.Std = pipeline.NormStats(job, held.C)
 	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("eval"),
 		progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(w, 100*time.Millisecond)),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
@@ -230,7 +230,7 @@ func previews(dir string, net *models.DiT, held *eval.Set, n int, job *config.Jo
 	if err != nil {
 		return err
 	}
-	mean, std := normStats(job, held.C)
+	mean, std := pipeline.NormStats(job, held.C)
 	if err := eval.Denormalize(lat, n, held.C, mean, std); err != nil {
 		return err
 	}

@@ -198,13 +198,13 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	if devName == "" {
 		devName = job.Device
 	}
-	dev, err := openBackend(devName)
+	dev, err := pipeline.OpenBackend(devName)
 	if err != nil {
 		return fmt.Errorf("eval: %w", err)
 	}
 	mc, _ := fl.GetString("model-config")
 	tPath, _ := fl.GetString("teacher")
-	teacher, tcfg, err := loadModel(dev, job, tPath, mc, held.C, held.TextDim)
+	teacher, tcfg, err := pipeline.LoadModel(dev, job, tPath, mc, held.C, held.TextDim)
 	if err == nil {
 		err = fitContext(held, tcfg) // Wan: every context zero-padded to text_len
 	}
@@ -213,7 +213,7 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	}
 	var student *models.DiT
 	if sPath, _ := fl.GetString("student"); sPath != "" {
-		if student, _, err = loadModel(dev, job, sPath, mc, held.C, held.TextDim); err != nil {
+		if student, _, err = pipeline.LoadModel(dev, job, sPath, mc, held.C, held.TextDim); err != nil {
 			return fmt.Errorf("eval: student: %w", err)
 		}
 	}
@@ -230,7 +230,7 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	spec.Student = sampler.Options{Method: sampler.FewStep, ChunkFrames: job.Model.ChunkFrames,
 		LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames, CFG: 1, Shift: job.Sample.Shift}
 	spec.StudentCausal = job.Model.Causal
-	spec.Mean, spec.Std = normStats(job, held.C)
+	spec.Mean, spec.Std = pipeline.NormStats(job, held.C)
 	if rec != nil {
 		if rec.TeacherCFG > 0 {
 			spec.TeacherCFG = rec.TeacherCFG

@@ -82,64 +82,6 @@ func resolveWeights(weights, from, role string) (string, error) {
 	return p, nil
 }
 
-// inferConfig reads the architecture off a Wan2.1 state dict's shapes; heads (not visible in any
-// shape) come from heads > 0 or the preset of the same width.
-func inferConfig(ts map[string]models.NamedTensor, heads, textLen int) (models.Config, error) {
-	shape := func(k string, rank int) ([]int, error) {
-		t, ok := ts[k]
-		if !ok || len(t.Shape) != rank {
-			return nil, fmt.Errorf("no %d-d tensor %s to read the architecture from (give --model-config)", rank, k)
-		}
-		return t.Shape, nil
-	}
-	c := models.Config{Eps: 1e-6, TextLen: textLen}
-	pe, err := shape("patch_embedding.weight", 5)
-	if err != nil {
-		return c, err
-	}
-	c.Dim, c.InDim = pe[0], pe[1]
-	te, err := shape("text_embedding.0.weight", 2)
-	if err != nil {
-		return c, err
-	}
-	c.TextDim = te[1]
-	tm, err := shape("time_embedding.0.weight", 2)
-	if err != nil {
-		return c, err
-	}
-	c.FreqDim = tm[1]
-	ff, err := shape("blocks.0.ffn.0.weight", 2)
-	if err != nil {
-		return c, err
-	}
-	c.FFNDim = ff[0]
-	hh, err := shape("head.head.weight", 2)
-	if err != nil {
-		return c, err
-	}
-	c.OutDim = hh[0] / 4
-	for ; ; c.Layers++ {
-		if _, ok := ts[fmt.Sprintf("blocks.%d.modulation", c.Layers)]; !ok {
-			break
-		}
-	}
-	c.Heads = heads
-	if c.Heads == 0 {
-		for _, n := range models.PresetNames {
-			if p, _ := models.Preset(n); p.Dim == c.Dim {
-				c.Heads = p.Heads
-			}
-		}
-	}
-	if c.Heads == 0 {
-		return c, fmt.Errorf("width %d matches no preset: give --heads or --model-config", c.Dim)
-	}
-	if c.TextLen <= 0 {
-		c.TextLen = 512
-	}
-	return c, c.Validate()
-}
-
 func runExport(cmd *cobra.Command, _ []string) error {
 	fl := cmd.Flags()
 	weights, _ := fl.GetString("weights")
@@ -185,7 +127,7 @@ func runExport(cmd *cobra.Command, _ []string) error {
 		var ts map[string]models.NamedTensor
 		if ts, _, err = models.ReadSafetensors(src); err == nil {
 			heads, _ := fl.GetInt("heads")
-			cfg, err = inferConfig(ts, heads, job.Data.TextLen)
+			cfg, err = pipeline.InferConfig(ts, heads, job.Data.TextLen)
 		}
 	}
 	if err != nil {

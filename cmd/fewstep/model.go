@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/fewstep/fewstep/pipeline"
 	"strconv"
 	"time"
 
@@ -55,9 +56,6 @@ func init() {
 	rootCmd.AddCommand(modelCmd)
 }
 
-// openDevice returns the engine backend named by --device: cpu, cuda or cuda:N (device.go).
-func openDevice(name string) (kernels.Device, error) { return openBackend(name) }
-
 // modelConfig resolves --model-config / --preset.
 func modelConfig(cmd *cobra.Command) (models.Config, error) {
 	cfgPath, _ := cmd.Flags().GetString("model-config")
@@ -96,7 +94,7 @@ func runModel(cmd *cobra.Command, vjp bool) error {
 	if err != nil {
 		return fmt.Errorf("model %s: %w", cmd.Name(), err)
 	}
-	dev, err := openDevice(devName)
+	dev, err := pipeline.OpenBackend(devName)
 	if err != nil {
 		return fmt.Errorf("model %s: %w", cmd.Name(), err)
 	}

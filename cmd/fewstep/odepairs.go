@@ -8,6 +8,7 @@ import (
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/data"
+	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/spf13/cobra"
 )
@@ -96,7 +97,7 @@ func runODEPairs(cmd *cobra.Command, _ []string) error {
 	if devName == "" {
 		devName = job.Device
 	}
-	dev, err := openBackend(devName)
+	dev, err := pipeline.OpenBackend(devName)
 	if err != nil {
 		return fmt.Errorf("ode-pairs: %w", err)
 	}

@@ -126,13 +126,6 @@ func loadPrompts(cmd *cobra.Command, job *config.Job, lat *trainer.Latent, rec *
 	return eval.LoadSet(path, L)
 }
 
-// loadModel builds the architecture for a checkpoint and loads it. The config is --model-config,
-// else config.json beside the weights, else the job's model with in/out channels and text_dim from
-// the data (C, textDim).
-func loadModel(dev kernels.Device, job *config.Job, weights, modelConfig string, C, textDim int) (*models.DiT, models.Config, error) {
-	return trainer.LoadDiT(dev, job, weights, modelConfig, C, textDim)
-}
-
 func fileExists(p string) bool { st, err := os.Stat(p); return err == nil && !st.IsDir() }
 
 // sampleRecipe is --recipe, else the recipe.json beside the weights, else nil (the job decides).
@@ -267,12 +260,12 @@ func runSample(cmd *cobra.Command, _ []string) error {
 	if devName == "" {
 		devName = job.Device
 	}
-	dev, err := openBackend(devName)
+	dev, err := pipeline.OpenBackend(devName)
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
 	mc, _ := fl.GetString("model-config")
-	m, mcfg, err := loadModel(dev, job, weights, mc, set.C, set.TextDim)
+	m, mcfg, err := pipeline.LoadModel(dev, job, weights, mc, set.C, set.TextDim)
 	if err == nil {
 		err = fitContext(set, mcfg) // Wan: every context zero-padded to text_len
 	}
@@ -317,7 +310,7 @@ func runSample(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
-	mean, std := normStats(job, set.C)
+	mean, std := pipeline.NormStats(job, set.C)
 	if rec != nil {
 		mean, std = rec.Mean, rec.Std
 	}
@@ -369,6 +362,3 @@ func runSample(cmd *cobra.Command, _ []string) error {
 	fmt.Fprintf(w, "  %s/NNNN.gif, NNNN.png (%d each)\n", pdir, count)
 	return nil
 }
-
-// normStats is the per-channel normalization of the job's data (nil, nil = none).
-func normStats(job *config.Job, C int) ([]float64, []float64) { return trainer.NormStats(job, C) }

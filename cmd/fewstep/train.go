@@ -13,6 +13,7 @@ import (
 	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/objectives"
+	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/sampler"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/spf13/cobra"
@@ -73,7 +74,7 @@ func runTrain(cmd *cobra.Command, _ []string) error {
 
 // train runs (or with dry validates) a job and returns the finished trainer.
 func train(w io.Writer, job *config.Job, dry bool) (*trainer.Trainer, error) {
-	dev, err := openBackend(job.Device)
+	dev, err := pipeline.OpenBackend(job.Device)
 	if err != nil {
 		return nil, err
 	}
@@ -193,7 +194,7 @@ func (v *validator) run(step int, tr *trainer.Trainer) error {
 	if err != nil {
 		return err
 	}
-	mean, std := normStats(job, held.C)
+	mean, std := pipeline.NormStats(job, held.C)
 	if err := eval.Denormalize(lat, count, held.C, mean, std); err != nil {
 		return err
 	}
