@@ -86,7 +86,8 @@ type Train struct {
 	LogEvery    int     `mapstructure:"log_every" yaml:"log_every" json:"log_every"`
 	CkptEvery   int     `mapstructure:"ckpt_every" yaml:"ckpt_every" json:"ckpt_every"`
 	SampleEvery int     `mapstructure:"sample_every" yaml:"sample_every" json:"sample_every"`
-	Resume      string  `mapstructure:"resume" yaml:"resume" json:"resume"` // checkpoint folder
+	Resume      string  `mapstructure:"resume" yaml:"resume" json:"resume"`                // checkpoint folder
+	TensorBoard bool    `mapstructure:"tensorboard" yaml:"tensorboard" json:"tensorboard"` // also write metrics as TensorBoard events (RUN/tensorboard/)
 	// Shard is how a job on several ranks splits its state (trainer/dist.go): none (every rank
 	// holds everything), optimizer (each rank holds the AdamW moments of its 1/N of every role).
 	Shard string `mapstructure:"shard" yaml:"shard" json:"shard"`

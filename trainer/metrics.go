@@ -11,13 +11,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fewstep/fewstep/tensorboard"
 	"github.com/schollz/progressbar/v3"
 )
 
 // metricsLog is run/metrics.jsonl: one JSON object per logged step,
 // {"step": n, "elapsed_s": …, "loss": …, "lr/student": …, …}, keys sorted, means over the steps since
-// the previous line. Opening it for a resumed run drops the lines past the resumed step.
-type metricsLog struct{ f *os.File }
+// the previous line (every key: docs/metrics.md). Opening it for a resumed run drops the lines past
+// the resumed step. With train.tensorboard every line also goes to a TensorBoard event file (tb).
+type metricsLog struct {
+	f       *os.File
+	tb      *tensorboard.Writer
+	tbStart time.Time
+}
 
 func openMetrics(path string, resumedAt int) (*metricsLog, error) {
 	var keep [][]byte
@@ -59,11 +65,21 @@ func (l *metricsLog) write(step int, elapsed float64, m map[string]float64) erro
 		}
 	}
 	b.WriteString("}\n")
-	_, err := l.f.WriteString(b.String())
-	return err
+	if _, err := l.f.WriteString(b.String()); err != nil {
+		return err
+	}
+	if l.tb != nil {
+		return l.tb.Scalars(step, m, l.tbStart.Add(time.Duration(elapsed*float64(time.Second))))
+	}
+	return nil
 }
 
-func (l *metricsLog) Close() error { return l.f.Close() }
+func (l *metricsLog) Close() error {
+	if l.tb != nil {
+		l.tb.Close()
+	}
+	return l.f.Close()
+}
 
 // meanAcc averages metrics over steps, per key over the steps that reported it.
 type meanAcc struct {

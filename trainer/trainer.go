@@ -531,6 +531,9 @@ func (t *Trainer) Run() error {
 		}
 		defer ml.Close()
 		t.metrics = ml
+		if err := t.openTensorBoard(ml); err != nil {
+			return err
+		}
 	}
 	global := t.opt.Shape.B * t.world() * max(job.Train.GradAccum, 1)
 	if t.comm != nil {
@@ -583,6 +586,7 @@ func (t *Trainer) Run() error {
 				return err
 			}
 			t.logf("step %d: checkpoint %s", n, saved)
+			t.plot() // RUN/plots/*.png (plots.go)
 		}
 		stop, err := t.anyStopped()
 		if err != nil {
@@ -601,6 +605,7 @@ func (t *Trainer) Run() error {
 			if err := t.opt.Validate(n, t); err != nil {
 				return fmt.Errorf("step %d: validation: %w", n, err)
 			}
+			t.plot()
 		}
 	}
 	bar.finish()
