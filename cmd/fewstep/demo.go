@@ -49,6 +49,7 @@ func init() {
 	addJobFlags(demoCmd)
 	demoCmd.Flags().Lookup("config").Usage = "YAML job file (default: configs/demo.yaml, built into the binary)"
 	demoCmd.Flags().String("out", "", "run folder (default runs/demo-YYYYMMDD-HHMMSS)")
+	addLaunchFlags(demoCmd)
 	rootCmd.AddCommand(demoCmd)
 }
 
@@ -59,6 +60,10 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		out = filepath.Join("runs", "demo-"+t0.UTC().Format("20060102-150405"))
 	}
 	job, err := loadDemoJob(cmd, out)
+	if err != nil {
+		return err
+	}
+	lf, err := getLaunchFlags(cmd)
 	if err != nil {
 		return err
 	}
@@ -83,11 +88,15 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	bar.Finish()
 
 	// 2-3. distill
-	tr, err := train(w, job, false)
+	tr, err := train(w, job, false, lf)
 	if err != nil {
 		return err
 	}
 	tTrain := time.Since(t0)
+	if tr == nil { // a process without global rank 0: process 0 evaluates
+		fmt.Fprintf(cmd.OutOrStdout(), "demo: this process's ranks are done (%.1fs); process 0 makes the table in %s\n", tTrain.Seconds(), out)
+		return nil
+	}
 
 	// 4. evaluate
 	tab, err := demoTable(w, job, tr)

@@ -11,7 +11,9 @@ import (
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/data"
+	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/eval"
+	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/objectives"
 	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/sampler"
@@ -41,6 +43,7 @@ func init() {
 	f.String("resume", "", "continue from a checkpoint folder or a run folder (its checkpoints/latest)")
 	f.Bool("dry-run", false, "validate the job (config, dataset rows and shapes against the model, roles) and exit")
 	f.String("device", "", "override the job's device (cpu, cuda, cuda:N)")
+	addLaunchFlags(trainCmd)
 	rootCmd.AddCommand(trainCmd)
 }
 
@@ -67,89 +70,130 @@ func runTrain(cmd *cobra.Command, _ []string) error {
 	if d, _ := fl.GetString("device"); d != "" {
 		job.Device = d
 	}
+	lf, err := getLaunchFlags(cmd)
+	if err != nil {
+		return err
+	}
 	dry, _ := fl.GetBool("dry-run")
-	_, err = train(cmd.ErrOrStderr(), job, dry)
+	_, err = train(cmd.ErrOrStderr(), job, dry, lf)
 	return err
 }
 
-// train runs (or with dry validates) a job and returns the finished trainer.
-func train(w io.Writer, job *config.Job, dry bool) (*trainer.Trainer, error) {
-	dev, err := pipeline.OpenBackend(job.Device)
+// train runs (or with dry validates) a job on the ranks of lf (trainer/launch.go) and returns the
+// finished trainer of global rank 0, or nil in a process that does not hold it.
+func train(w io.Writer, job *config.Job, dry bool, lf launchFlags) (*trainer.Trainer, error) {
+	lo := lf.options(job)
+	lo.Log = w
+	ranks, err := trainer.OpenRanks(lo)
 	if err != nil {
 		return nil, err
 	}
-	trainer.UseGPUDefaults(dev) // a GPU trains with bf16 GEMMs, fp32 master weights and states
-	if job.Data.Path == "" {
+	defer ranks.Close()
+	if lo.Ranked {
+		job.Device = lo.Devices
+	}
+	lead := ranks.Lead()
+	if job.Data.Path == "" && lead { // the others wait for it in FromJobComm
 		dir := filepath.Join(job.OutDir, "data")
 		fmt.Fprintf(w, "data: synthetic set (%d + %d videos) in %s\n", job.Data.Synth.Count, job.Data.Synth.HeldoutCount, dir)
 		if err := trainer.EnsureData(job, dir, nil); err != nil {
 			return nil, err
 		}
 	}
-	var val *validator
-	if job.Data.Heldout != "" && !dry {
-		if val, err = newValidator(job); err != nil {
+	var vf func(int, *trainer.Trainer) error
+	if job.Data.Heldout != "" && !dry && lead {
+		val, err := newValidator(job)
+		if err != nil {
 			return nil, err
 		}
-	}
-	var vf func(int, *trainer.Trainer) error
-	if val != nil {
 		vf = val.run
 	}
-	tr, loader, err := trainer.FromJob(job, dev, w, w, vf)
-	if err != nil {
-		return nil, err
-	}
-	defer loader.Close()
-	c := tr.Env.Cfg
-	fmt.Fprintf(w, "train: %s on %s — model dim %d, %d layers, %d heads, in/out %d, text_dim %d (%d parameters); roles %v; batch %v; %d steps\n",
-		tr.Obj.Name(), dev.Name(), c.Dim, c.Layers, c.Heads, c.InDim, c.TextDim, c.NumParams(), tr.RoleNames(), shapeString(tr), job.Train.Steps)
-	if dry {
-		for _, p := range []string{job.Data.Path, job.Data.Heldout} {
-			if p == "" {
-				continue
-			}
-			ds, err := data.Open(p)
-			if err != nil {
-				return nil, err
-			}
-			err = data.CheckFinite(ds) // every value, not only shapes: a NaN row is named here
-			ds.Close()
-			if err != nil {
-				return nil, err
-			}
-		}
-		fmt.Fprintln(w, "train: --dry-run: the job, its data (every value finite) and its roles are valid")
-		return tr, nil
-	}
-	if err := os.MkdirAll(job.OutDir, 0o755); err != nil {
-		return nil, err
-	}
-	if _, err := saveJob(job, job.OutDir); err != nil {
-		return nil, err
+	if ranks.Comms != nil {
+		fmt.Fprintf(w, "launch: %s\n", ranks)
 	}
 	// The first SIGINT/SIGTERM stops after the step in flight with a checkpoint (--resume continues
 	// exactly); a second one kills at once.
 	stop, done := make(chan struct{}), make(chan struct{})
 	defer close(done)
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		defer signal.Stop(sig)
-		select {
-		case <-sig:
-			fmt.Fprintln(w, "\ntrain: interrupted: stopping after this step with a checkpoint (again to quit at once)")
-			close(stop)
-		case <-done:
-		}
-	}()
-	tr.StopOn(stop)
+	if !dry {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		go func() {
+			defer signal.Stop(sig)
+			select {
+			case <-sig:
+				fmt.Fprintln(w, "\ntrain: interrupted: stopping after this step with a checkpoint (again to quit at once)")
+				close(stop)
+			case <-done:
+			}
+		}()
+	}
+	trs := make([]*trainer.Trainer, len(ranks.Devs))
 	t0 := time.Now()
-	if err := tr.Run(); err != nil {
+	err = ranks.Run(func(i int, dev kernels.Device, c dist.Comm) error {
+		j, lw, v := job, io.Discard, vf
+		if c != nil {
+			j = cloneJob(job)
+		}
+		first := i == 0 && lead // global rank 0 logs, validates and writes the run folder
+		if first {
+			lw = w
+		} else {
+			v = nil
+		}
+		tr, loader, err := trainer.FromJobComm(j, dev, c, lw, lw, v)
+		if err != nil {
+			return err
+		}
+		defer loader.Close()
+		trs[i] = tr
+		if first {
+			cfg := tr.Env.Cfg
+			fmt.Fprintf(lw, "train: %s on %s — model dim %d, %d layers, %d heads, in/out %d, text_dim %d (%d parameters); roles %v; batch %v per rank × %d rank(s); %d steps\n",
+				tr.Obj.Name(), dev.Name(), cfg.Dim, cfg.Layers, cfg.Heads, cfg.InDim, cfg.TextDim, cfg.NumParams(), tr.RoleNames(), shapeString(tr), ranks.World, j.Train.Steps)
+			*job = *j // data.path, as this rank resolved it
+		}
+		if dry {
+			if first {
+				for _, p := range []string{j.Data.Path, j.Data.Heldout} {
+					if p == "" {
+						continue
+					}
+					ds, err := data.Open(p)
+					if err != nil {
+						return err
+					}
+					err = data.CheckFinite(ds) // every value, not only shapes: a NaN row is named here
+					ds.Close()
+					if err != nil {
+						return err
+					}
+				}
+				fmt.Fprintln(lw, "train: --dry-run: the job, its data (every value finite) and its roles are valid")
+			}
+			return nil
+		}
+		if first {
+			if err := os.MkdirAll(j.OutDir, 0o755); err != nil {
+				return err
+			}
+			if _, err := saveJob(j, j.OutDir); err != nil {
+				return err
+			}
+		}
+		tr.StopOn(stop)
+		return tr.Run()
+	})
+	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(w, "train: %d steps in %.1fs; run folder %s (metrics.jsonl, checkpoints/, samples/)\n", job.Train.Steps, time.Since(t0).Seconds(), job.OutDir)
-	return tr, nil
+	if !dry && lead {
+		fmt.Fprintf(w, "train: %d steps in %.1fs; run folder %s (metrics.jsonl, checkpoints/, samples/)\n", job.Train.Steps, time.Since(t0).Seconds(), job.OutDir)
+	}
+	if !lead {
+		return nil, nil
+	}
+	return trs[0], nil
 }
 
 func shapeString(tr *trainer.Trainer) string {
