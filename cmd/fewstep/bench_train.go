@@ -39,10 +39,15 @@ the student's EMA and clipping. Reports the median step time, the model FLOP uti
 device memory used; --mem-limit-gib emulates a smaller card (the rest of the memory is taken first).
 An objective's step is first counted on the CPU (models.DryDevice: the bytes it holds on the card,
 by item, in the JSON's "dry"); --dry stops there, without a GPU.
+--devices LIST runs the objective's step data parallel on those GPUs (one goroutine and stream
+each, NCCL between them; --batch per GPU, --shard none|optimizer|full) and reports the wall time of
+a step of all ranks, samples/s and, for several GPUs, the one-GPU step (timed first in a child
+process), the scaling efficiency and the speedup; metrics_by_step holds every step's losses.
 With --peer wan_ref.py and python3 on the PATH, the peer's train step runs first, in its own
 process, and the ratio is reported.`,
 	Example: `  fewstep bench train --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --peer gpubuild/wan_ref.py --peer-compile
-  fewstep bench train --objective dmd --recompute --mem-limit-gib 79.6`,
+  fewstep bench train --objective dmd --recompute --mem-limit-gib 79.6
+  fewstep bench train --objective dmd --recompute --devices all --shard optimizer`,
 	RunE: runBenchTrain,
 }
 
@@ -54,7 +59,9 @@ func init() {
 	f.Bool("recompute", false, "recompute each block's activations in backward (models.Shape.Recompute)")
 	f.Bool("dry", false, "only the dry accounting of an objective's step (no GPU): bytes it holds on the card, by item")
 	f.Int("world", 1, "with --dry: count one rank of a job on this many ranks (--batch is per rank)")
-	f.String("shard", "none", "train.shard of the counted job: none or optimizer")
+	f.String("shard", "none", "train.shard of the job (counted with --dry, run with --devices): none, optimizer or full")
+	f.String("devices", "", "run an objective's step data-parallel on these GPUs (all | cuda:0,1,2,3 | N), one goroutine each, through NCCL; several GPUs also time one GPU first, for the scaling")
+	f.Bool("scaling", true, "with --devices of several GPUs: time the one-GPU step first (a child process)")
 	f.Float64("mem-limit-gib", 0, "emulate a card with this much memory: allocate the rest first (0: off)")
 	f.Float64("peak-tflops", 989.4, "the card's dense bf16 peak for MFU (H100/H200 SXM: 989.4)")
 	f.String("peer", "", "path of wan_ref.py: run its --train step first (needs python3 with torch)")
@@ -175,6 +182,16 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		}
 	}
 
+	if devs, _ := fl.GetString("devices"); devs != "" {
+		if obj == "step" {
+			return fmt.Errorf("--devices runs an objective's trainer step: give --objective (dmd, selfforcing, ...)")
+		}
+		if obj == "selfforcing" {
+			s.ChunkFrames = chunk
+		}
+		return benchTrainRanks(cmd, res, obj, cfg, s, L)
+	}
+
 	// The peer first, in its own process, before this one holds any GPU memory.
 	if peer != "" && obj == "step" {
 		for _, c := range []bool{false, true} {
@@ -260,6 +277,7 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 	} else {
 		gm, _ := fl.GetString("gemm")
 		job := benchJob(obj, gm == "bf16")
+		job.Train.Shard, _ = fl.GetString("shard") // one rank: no communicator, nothing to shard
 		if obj == "selfforcing" {
 			s.ChunkFrames = chunk
 		}

@@ -135,3 +135,27 @@ func TestTrainDevicesErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchTrainDevicesErrors: bench train --devices refuses CPU ranks and the plain step, and
+// says why a GPU list cannot run here.
+func TestBenchTrainDevicesErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--objective", "dmd", "--devices", "cpu:2"}, "bench train times GPUs"},
+		{[]string{"--devices", "cuda:0"}, "--devices runs an objective's trainer step"},
+		{[]string{"--objective", "dmd", "--devices", "cuda:x"}, `"x" is not a GPU ordinal`},
+	} {
+		resetFlags(rootCmd)
+		args := append([]string{"bench", "train", "--preset", "tiny", "--frames", "2", "--height", "8", "--width", "8", "--ctx", "4"}, tc.args...)
+		rootCmd.SetArgs(args)
+		var sb strings.Builder
+		rootCmd.SetOut(&sb)
+		rootCmd.SetErr(&strings.Builder{})
+		err := rootCmd.Execute()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error saying %q", tc.args, err, tc.want)
+		}
+	}
+}
