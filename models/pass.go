@@ -186,7 +186,18 @@ func (m *DiT) NewPass(s Shape) *Pass { return m.newPass(s, false) }
 // work as on any pass; Backward on it panics; Hidden(l) holds the last block's output for every l.
 func (m *DiT) NewInferencePass(s Shape) *Pass { return m.newPass(s, true) }
 
-func (m *DiT) newPass(s Shape, inference bool) *Pass {
+// NewForwardPass is NewInferencePass whose blocks also share one K/V buffer (ShareChunkKV from the
+// start, so the per-block K/V are never allocated): the least memory a forward needs; Commit from
+// it panics (ForwardChunkCommit works).
+func (m *DiT) NewForwardPass(s Shape) *Pass {
+	p := m.newPassKV(s, true, true)
+	p.ShareChunkKV() // marks the sharing; every block already points at block 0's K/V
+	return p
+}
+
+func (m *DiT) newPass(s Shape, inference bool) *Pass { return m.newPassKV(s, inference, false) }
+
+func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	if err := s.Check(m.Cfg); err != nil {
 		panic(err)
 	}
@@ -227,8 +238,10 @@ func (m *DiT) newPass(s Shape, inference bool) *Pass {
 			// the residual stream lives in one buffer, read before it is overwritten
 			a := p.blocks[0]
 			a.x, a.x3 = x, x
-			a.v, a.kr = p.alloc(BN, D), p.alloc(BN, D)
-			a.v4, a.kr4 = a.v.Reshape(B, N, H, Hd), a.kr.Reshape(B, N, H, Hd)
+			if !shareKV {
+				a.v, a.kr = p.alloc(BN, D), p.alloc(BN, D)
+				a.v4, a.kr4 = a.v.Reshape(B, N, H, Hd), a.kr.Reshape(B, N, H, Hd)
+			}
 			p.blocks = append(p.blocks, a)
 			continue
 		}

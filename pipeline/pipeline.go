@@ -95,12 +95,19 @@ func New(m *models.DiT, rec *Recipe) (*Pipeline, error) {
 	if err := rec.CheckModel(m.Cfg); err != nil {
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}
+	ForInference(m)
+	return &Pipeline{Recipe: rec, Config: m.Cfg, Model: m, Dev: m.Dev, net: sampler.NewDiTNet(m, rec.NetChunkFrames())}, nil
+}
+
+// ForInference readies a loaded model for sampling: on a CUDA device its GEMMs run on bf16 copies
+// of the weights, made once and kept (the weights are declared frozen), with fp32 accumulation;
+// other devices are left as they are.
+func ForInference(m *models.DiT) {
 	if g, ok := m.Dev.(*cuda.Device); ok {
 		g.GEMM = cuda.GEMMBF16
 		g.MarkWeights(m.W)
 		g.FrozenWeights = true
 	}
-	return &Pipeline{Recipe: rec, Config: m.Cfg, Model: m, Dev: m.Dev, net: sampler.NewDiTNet(m, rec.NetChunkFrames())}, nil
 }
 
 // Close releases the device memory of the passes and the cache (the model's weights stay with Model).

@@ -30,8 +30,12 @@ func (d *DiTNet) Device() kernels.Device { return d.M.Dev }
 // past it, the passes of other shapes are released before a new one is made.
 const maxPasses = 8
 
-func (d *DiTNet) pass(s models.Shape) *models.Pass {
-	p, ok := d.passes[s]
+// pass is the forward-only pass of shape s; whole-video forwards (commit false) also share one
+// K/V buffer across blocks (models.NewForwardPass: only a cache Commit reads every block's).
+func (d *DiTNet) pass(s models.Shape, commit bool) *models.Pass {
+	key := s
+	key.Recompute = commit // the key tells the two kinds apart; Recompute is not used by inference passes
+	p, ok := d.passes[key]
 	if !ok {
 		if len(d.passes) >= maxPasses {
 			for o, q := range d.passes {
@@ -41,8 +45,12 @@ func (d *DiTNet) pass(s models.Shape) *models.Pass {
 				}
 			}
 		}
-		p = d.M.NewInferencePass(s)
-		d.passes[s] = p
+		if commit {
+			p = d.M.NewInferencePass(s)
+		} else {
+			p = d.M.NewForwardPass(s)
+		}
+		d.passes[key] = p
 	}
 	return p
 }
@@ -59,7 +67,7 @@ func (d *DiTNet) PassBytes() int {
 // Velocity runs one forward (block-causal when ChunkFrames > 0).
 func (d *DiTNet) Velocity(x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	s := models.Shape{B: x.Shape[0], F: x.Shape[2], H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: d.ChunkFrames}
-	return d.M.Forward(d.pass(s), x, t, ctx)
+	return d.M.Forward(d.pass(s, false), x, t, ctx)
 }
 
 // StartCache makes a fresh KV cache (the previous one is released).
@@ -82,7 +90,7 @@ func (d *DiTNet) StartCache(B, H, W, localFrames, sinkFrames int) error {
 func (d *DiTNet) VelocityChunk(x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	k := x.Shape[2]
 	s := models.Shape{B: x.Shape[0], F: k, H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: k}
-	d.last = d.pass(s)
+	d.last = d.pass(s, true)
 	return d.M.ForwardChunk(d.last, d.cache, x, t, ctx)
 }
 

@@ -32,10 +32,12 @@ var benchForwardCmd = &cobra.Command{
 var benchStreamCmd = &cobra.Command{
 	Use:   "stream",
 	Short: "Time causal streaming generation: chunk by chunk, few steps each, with the KV cache",
-	Long: `Self-Forcing-style streaming with the block-causal DiT (random weights): each chunk of
---chunk-frames latent frames starts from noise, takes --steps Euler steps (ForwardChunk against the
-KV cache), then one more ForwardChunk on the clean chunk at t=0 whose K/V are committed to the cache.
-Reports latent frames per second and the time to the first chunk (DiT only: no text encoder, no VAE).`,
+	Long: `Self-Forcing-style streaming through the library (pipeline.Stream of a causal student on
+random weights): each chunk of --chunk-frames latent frames starts from noise, takes --steps
+few-step levels (predict x0, re-noise; ForwardChunk against the KV cache), then one more forward
+of the clean chunk whose K/V are committed to the cache; each chunk's latents reach the host before
+the next starts. Reports video frames per second and the time to the first chunk (DiT only: no
+text encoder, no VAE).`,
 	Example: `  fewstep bench stream --preset wan2.1-1.3b --height 60 --width 104 --chunk-frames 3 --chunks 7 --steps 4`,
 	RunE:    runBenchStream,
 }
@@ -331,109 +333,5 @@ func runBenchAttention(cmd *cobra.Command, _ []string) error {
 		}
 		res["bwd_ms"], res["bwd_TFLOPs"] = bms, 2.5*flops/bms/1e9
 	}
-	return json.NewEncoder(os.Stdout).Encode(res)
-}
-
-func runBenchStream(cmd *cobra.Command, _ []string) error {
-	fl := cmd.Flags()
-	preset, _ := fl.GetString("preset")
-	H, _ := fl.GetInt("height")
-	W, _ := fl.GetInt("width")
-	L, _ := fl.GetInt("ctx")
-	k, _ := fl.GetInt("chunk-frames")
-	chunks, _ := fl.GetInt("chunks")
-	steps, _ := fl.GetInt("steps")
-	local, _ := fl.GetInt("local-frames")
-	sink, _ := fl.GetInt("sink-frames")
-	warm, _ := fl.GetInt("warmup")
-	cfg, err := models.Preset(preset)
-	if err != nil {
-		return err
-	}
-	s := models.Shape{B: 1, F: k, H: H, W: W, L: L, ChunkFrames: k}
-	if err := s.Check(cfg); err != nil {
-		return err
-	}
-	if err := models.CheckWindow(local, sink); err != nil {
-		return err
-	}
-	if k <= 0 || chunks <= 0 || steps <= 0 {
-		return fmt.Errorf("bench stream: --chunk-frames, --chunks and --steps must be positive")
-	}
-	g, err := benchDevice(cmd)
-	if err != nil {
-		return err
-	}
-	m := models.New(g, cfg, false)
-	m.InitRandom(1, 0.02)
-	g.MarkWeights(m.W)
-	p := m.NewInferencePass(s)
-	c := m.NewCache(1, H, W, local, sink)
-	r := rand.New(rand.NewSource(4))
-	ctx := randTensor(g, r, 0, 0, 1, L, cfg.TextDim)
-	x := g.Alloc(kernels.F32, 1, cfg.InDim, k, H, W)
-	t := g.Alloc(kernels.F32, 1, k)
-	noise := make([][]float32, chunks)
-	for i := range noise {
-		noise[i] = make([]float32, x.Numel())
-		for j := range noise[i] {
-			noise[i][j] = float32(r.NormFloat64())
-		}
-	}
-	// Shifted sigmas (shift 5, Wan's), steps of them, then 0.
-	sig := make([]float32, steps+1)
-	for i := 0; i < steps; i++ {
-		u := 1 - float64(i)/float64(steps)
-		sig[i] = float32(5 * u / (1 + 4*u))
-	}
-	ev := make([]*cuda.Event, chunks+1)
-	for i := range ev {
-		if ev[i], err = g.NewEvent(); err != nil {
-			return err
-		}
-	}
-	run := func(timed bool) error {
-		c.Reset()
-		if timed {
-			ev[0].Record()
-		}
-		for ch := 0; ch < chunks; ch++ {
-			g.FromHost(x, noise[ch])
-			for i := 0; i < steps; i++ {
-				g.Fill(t, 1000*sig[i])
-				v := m.ForwardChunk(p, c, x, t, ctx)
-				g.Axpy(x, sig[i+1]-sig[i], v) // Euler: x += (σ_{i+1} − σ_i)·v
-			}
-			g.Fill(t, 0)
-			m.ForwardChunk(p, c, x, t, ctx) // the clean chunk's K/V go to the cache
-			m.Commit(c, p)
-			if timed {
-				ev[ch+1].Record()
-			}
-		}
-		return g.Sync()
-	}
-	for i := 0; i < max(warm, 1); i++ {
-		if err := run(false); err != nil {
-			return err
-		}
-	}
-	if err := run(true); err != nil {
-		return err
-	}
-	first, err := ev[1].Since(ev[0])
-	if err != nil {
-		return err
-	}
-	total, err := ev[chunks].Since(ev[0])
-	if err != nil {
-		return err
-	}
-	frames := chunks * k
-	res := map[string]any{"bench": "stream", "preset": preset, "device": g.Info, "latent_frames": frames,
-		"video_frames": 1 + 4*(frames-1), "chunk_frames": k, "steps": steps, "tokens_per_chunk": k * (H / 2) * (W / 2),
-		"total_ms": total, "first_chunk_ms": first, "latent_fps": float64(frames) / float64(total) * 1000,
-		"video_fps": float64(1+4*(frames-1)) / float64(total) * 1000, "local_frames": local, "sink_frames": sink,
-		"note": "DiT only (no text encoder, no VAE decode); steps+1 forwards per chunk"}
 	return json.NewEncoder(os.Stdout).Encode(res)
 }

@@ -124,6 +124,20 @@ func TestExportRecipeThenSample(t *testing.T) {
 	if line.Sampler != "fewstep" || line.Steps != 2 || line.Shift != 2 || line.NFE != 2 {
 		t.Fatalf("sample did not follow the recipe: %+v", line)
 	}
+	// prompts as an embeddings file: the latent shape is the recipe's
+	emb := filepath.Join(dir, "emb.safetensors")
+	ctx := make([]float32, 2*3*8)
+	for i := range ctx {
+		ctx[i] = float32(i%7) - 3
+	}
+	if err := models.WriteSafetensors(emb, []models.NamedTensor{{Name: "context", Shape: []int{2, 3, 8}, Data: ctx}}, kernels.F32, nil); err != nil {
+		t.Fatal(err)
+	}
+	txt = run(t, "sample", "--weights", filepath.Join(out, "diffusion_pytorch_model.safetensors"), "--embeddings", emb,
+		"--out", filepath.Join(dir, "emb-samples"), "--device", "cpu", "--set", "data.text_len=8")
+	if !strings.Contains(txt, "2 videos [48, 4, 4, 4] with fewstep, 2 steps") {
+		t.Fatalf("sample --embeddings: %s", txt)
+	}
 	// a job whose data does not fit the model: no recipe, said on stderr, the export still made
 	resetFlags(rootCmd)
 	var errb strings.Builder

@@ -58,6 +58,7 @@ func init() {
 	f.String("model-config", "", "Wan config.json of the checkpoint (default: config.json beside --weights, else the job's model)")
 	f.String("recipe", "", "recipe.json saying how to sample the checkpoint (default: recipe.json beside --weights, else the job)")
 	f.String("prompts", "", "dataset whose captions and text embeddings are the prompts (default: data.heldout)")
+	f.String("embeddings", "", "safetensors of prompt embeddings: context [N, L, text_dim] (and null [L, text_dim] for guidance); the latent shape is the recipe's")
 	f.StringArray("caption", nil, "a caption to sample (repeatable; toy text encoder, synthetic data only) instead of --prompts")
 	f.String("sampler", "", "euler | fewstep | fewstep-ode | consistency | stream (default: sample.sampler)")
 	f.Int("steps", 0, "steps (default: sample.steps)")
@@ -83,6 +84,12 @@ func init() {
 func loadPrompts(cmd *cobra.Command, job *config.Job, lat *trainer.Latent, rec *pipeline.Recipe) (*eval.Set, error) {
 	caps, _ := cmd.Flags().GetStringArray("caption")
 	path, _ := cmd.Flags().GetString("prompts")
+	if emb, _ := cmd.Flags().GetString("embeddings"); emb != "" {
+		if path != "" || len(caps) > 0 {
+			return nil, fmt.Errorf("give one of --embeddings, --prompts, --caption")
+		}
+		return loadEmbeddings(emb, rec)
+	}
 	L := job.Data.TextLen
 	if rec != nil {
 		L = rec.TextLen
@@ -127,6 +134,38 @@ func loadPrompts(cmd *cobra.Command, job *config.Job, lat *trainer.Latent, rec *
 }
 
 func fileExists(p string) bool { st, err := os.Stat(p); return err == nil && !st.IsDir() }
+
+// loadEmbeddings reads prompts given as embeddings (safetensors context [N, L, text_dim], optional
+// null [L, text_dim]); the latent shape comes from the recipe.
+func loadEmbeddings(path string, rec *pipeline.Recipe) (*eval.Set, error) {
+	if rec == nil {
+		return nil, fmt.Errorf("--embeddings: the latent shape comes from the recipe: give --recipe or keep recipe.json beside the weights")
+	}
+	ts, _, err := models.ReadSafetensors(path)
+	if err != nil {
+		return nil, fmt.Errorf("--embeddings: %w", err)
+	}
+	c, ok := ts["context"]
+	if !ok || len(c.Shape) != 3 || c.Shape[0] < 1 || c.Shape[2] != rec.TextDim || c.Shape[1] > rec.TextLen {
+		return nil, fmt.Errorf("--embeddings %s: want a tensor context [N, L ≤ %d, %d]", path, rec.TextLen, rec.TextDim)
+	}
+	N, L := c.Shape[0], c.Shape[1]
+	s := &eval.Set{N: N, C: rec.LatentChannels, F: rec.Frames, H: rec.Height, W: rec.Width, L: L, TextDim: rec.TextDim, Text: c.Data}
+	if nl, ok := ts["null"]; ok {
+		if len(nl.Shape) != 2 || nl.Shape[0] != L || nl.Shape[1] != rec.TextDim {
+			return nil, fmt.Errorf("--embeddings %s: null has shape %v, want [%d, %d]", path, nl.Shape, L, rec.TextDim)
+		}
+		s.Null = nl.Data
+	} else {
+		s.Null = make([]float32, L*rec.TextDim)
+	}
+	for i := 0; i < N; i++ {
+		s.Captions = append(s.Captions, "")
+		s.IDs = append(s.IDs, "embedding-"+strconv.Itoa(i))
+		s.Tokens = append(s.Tokens, L)
+	}
+	return s, nil
+}
 
 // sampleRecipe is --recipe, else the recipe.json beside the weights, else nil (the job decides).
 func sampleRecipe(cmd *cobra.Command, weights string) (*pipeline.Recipe, error) {
@@ -272,6 +311,7 @@ func runSample(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
+	pipeline.ForInference(m) // a GPU samples with bf16 GEMMs on kept bf16 copies of the weights
 	count, _ := fl.GetInt("count")
 	if count <= 0 {
 		count = job.Sample.Count
