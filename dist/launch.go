@@ -16,6 +16,11 @@ import (
 // DefaultPort is the rendezvous port when MASTER_PORT is not set (torchrun's default).
 const DefaultPort = 29500
 
+// PortEnv, when set, is the rendezvous port whatever MASTER_PORT says. Without it the port is
+// MASTER_PORT, or MASTER_PORT+1 under torchrun, whose agent serves its own store at MASTER_PORT
+// (TORCHELASTIC_USE_AGENT_STORE=True).
+const PortEnv = "FEWSTEP_RDZV_PORT"
+
 // Process is this process's place in a job of several processes.
 type Process struct {
 	Rank, Size           int    // this process, the number of processes
@@ -149,6 +154,17 @@ func masterAddr(env Getenv, fallback, why string) (string, error) {
 		v, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || v < 1 || v > 65535 {
 			return "", fmt.Errorf("MASTER_PORT=%q: want a port number (1-65535)", s)
+		}
+		port = v
+		// Under torchrun the agent itself serves its store at MASTER_PORT: take the next port.
+		if v, ok := env("TORCHELASTIC_USE_AGENT_STORE"); ok && strings.EqualFold(v, "true") {
+			port++
+		}
+	}
+	if s, ok := env(PortEnv); ok {
+		v, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || v < 1 || v > 65535 {
+			return "", fmt.Errorf("%s=%q: want a port number (1-65535)", PortEnv, s)
 		}
 		port = v
 	}
