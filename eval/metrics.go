@@ -149,6 +149,8 @@ type Metrics struct {
 	SizeDrift   float64 `json:"size_drift"`   // mean over videos of std/mean of the per-frame object area
 	ColourDrift float64 `json:"colour_drift"` // mean over videos of mean_f ‖colour_f − mean colour‖ (RGB in [0,1])
 	Stability   float64 `json:"stability"`    // SizeDrift + ColourDrift (0 = perfectly stable; lower is better)
+	// FDBlocks is the FD of each block of FeatureBlocks(F) apart (ScoreBlocks; nil otherwise).
+	FDBlocks []float64 `json:"fd_blocks,omitempty"`
 }
 
 // Score measures generated videos against their captions and (when real is non-empty) against real
@@ -167,6 +169,11 @@ func Score(gen Videos, captions []string, real Videos) (Metrics, error) {
 
 // ScoreRef is Score against precomputed features of the real videos (RealFeatures; nil = no FD).
 func ScoreRef(gen Videos, captions []string, ref [][]float64) (Metrics, error) {
+	return ScoreBlocks(gen, captions, ref, false)
+}
+
+// ScoreBlocks is ScoreRef that, with blocks (and a reference), also fills FDBlocks.
+func ScoreBlocks(gen Videos, captions []string, ref [][]float64, blocks bool) (Metrics, error) {
 	N := len(gen.Pix)
 	if N == 0 {
 		return Metrics{}, fmt.Errorf("eval: no videos to score")
@@ -213,6 +220,11 @@ func ScoreRef(gen Videos, captions []string, ref [][]float64) (Metrics, error) {
 			return m, err
 		}
 		m.FD = fd
+		if blocks {
+			if m.FDBlocks, err = FrechetBlocks(feats, ref, FeatureBlocks(gen.F)); err != nil {
+				return m, err
+			}
+		}
 	}
 	return m, nil
 }

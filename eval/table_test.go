@@ -11,6 +11,7 @@ import (
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/sampler"
+	"gonum.org/v1/gonum/stat"
 )
 
 func synthSet(t *testing.T, n, frames, size, textDim, textLen int) *Set {
@@ -89,21 +90,24 @@ func TestDistillTableRuns(t *testing.T) {
 	}
 	txt := tab.Text()
 	t.Log("\n" + txt)
-	// data, teacher 3, (teacher k, student k) × 2, long student
-	if len(tab.Rows) != 7 {
+	// data, teacher 3 at w 1 and 3, (teacher k at w 1 and 3, student k) × 2, long student
+	if len(tab.Rows) != 10 {
 		t.Fatalf("%d rows:\n%s", len(tab.Rows), txt)
 	}
 	d := tab.Rows[0]
 	if d.Model != "data" || d.CondAcc != 1 || d.N != 4 {
 		t.Fatalf("data row %+v", d)
 	}
-	wantNFE := []int{6, 2, 3, 4, 5, 11} // teacher 3·2; t1 2, s1 2 chunks·1 + 1 re-encode; t2 4; s2 2·2+1; long 4 chunks·2+3
+	// teacher 3 steps: 3 unguided, 3·2 guided; t1 1, 2; s1 2 chunks·1 + 1 re-encode; t2 2, 4;
+	// s2 2·2+1; long 4 chunks·2+3
+	wantNFE := []int{3, 6, 1, 2, 3, 2, 4, 5, 11}
+	wantW := []float64{1, 3, 1, 3, 1, 1, 3, 1, 1}
 	for i, r := range tab.Rows[1:] {
-		if r.NFE != wantNFE[i] || r.N != 4 || r.MsPerVideo <= 0 {
-			t.Fatalf("row %d %+v: NFE want %d", i+1, r, wantNFE[i])
+		if r.NFE != wantNFE[i] || r.CFG != wantW[i] || r.N != 4 || r.MsPerVideo <= 0 || r.Seeds != 1 || r.FDStd != 0 && !math.IsNaN(r.FDStd) {
+			t.Fatalf("row %d %+v: NFE want %d, w %g", i+1, r, wantNFE[i], wantW[i])
 		}
 	}
-	if long := tab.Rows[6]; long.Frames != 8 || !math.IsNaN(long.FD) {
+	if long := tab.Rows[9]; long.Frames != 8 || !math.IsNaN(long.FD) {
 		t.Fatalf("long row %+v", long)
 	}
 	if math.IsNaN(tab.Rows[1].FD) || tab.Rows[1].FD <= tab.Rows[0].FD {
@@ -114,13 +118,100 @@ func TestDistillTableRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back struct {
-		Rows []map[string]any `json:"rows"`
+		DistillCFG float64          `json:"distill_cfg"`
+		Rows       []map[string]any `json:"rows"`
 	}
-	if err := json.Unmarshal(js, &back); err != nil || len(back.Rows) != 7 || back.Rows[6]["fd"] != nil {
+	if err := json.Unmarshal(js, &back); err != nil || len(back.Rows) != 10 || back.Rows[9]["fd"] != nil || back.DistillCFG != 3 {
 		t.Fatalf("JSON: %v\n%s", err, js)
 	}
-	if !strings.Contains(txt, "student  stream") {
+	if !strings.Contains(txt, "student  stream") || !strings.Contains(txt, "guidance w = 3") {
 		t.Fatalf("text table:\n%s", txt)
+	}
+}
+
+// Several evaluation seeds: each row's mean and spread are those of the tables made one seed at a
+// time (gonum's stat.MeanStdDev over them), labelled students follow the student, and the FD
+// blocks are the per-seed blocks' means.
+func TestDistillTableSeeds(t *testing.T) {
+	const textDim, textLen = 8, 6
+	s := synthSet(t, 24, 4, 16, textDim, textLen)
+	cfg, _ := models.Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.TextDim, cfg.TextLen = 48, 48, textDim, textLen
+	net := func(seed int64) *models.DiT {
+		m := models.New(kernels.CPU(), cfg, false)
+		m.InitRandom(seed, 0.02)
+		return m
+	}
+	teacher, s1, s2 := net(1), net(2), net(3)
+	spec := TableSpec{Steps: []int{1}, TeacherCFG: 2, Student: sampler.Options{Method: sampler.FewStep},
+		Students: []Labeled{{"other", s2}}, Count: 6, Batch: 4, FDBlocks: true}
+	seeds := []int64{3, 8, 21}
+	spec.Seeds = seeds
+	all, err := DistillTable(teacher, s1, s, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log("\n" + all.Text())
+	var one []*Table
+	for _, sd := range seeds {
+		sp := spec
+		sp.Seeds, sp.Seed, sp.FDBlocks = nil, sd, true
+		tab, err := DistillTable(teacher, s1, s, sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		one = append(one, tab)
+	}
+	labels := []string{"data", "teacher", "teacher", "student", "other"}
+	if len(all.Rows) != len(labels) || all.Reference != 18 {
+		t.Fatalf("%d rows, reference %d:\n%s", len(all.Rows), all.Reference, all.Text())
+	}
+	for i, r := range all.Rows {
+		if r.Model != labels[i] {
+			t.Fatalf("row %d is %q, want %q", i, r.Model, labels[i])
+		}
+		if i == 0 {
+			continue
+		}
+		fd, ca := make([]float64, len(seeds)), make([]float64, len(seeds))
+		for j, tab := range one {
+			if i < 4 {
+				fd[j], ca[j] = tab.Rows[i].FD, tab.Rows[i].CondAcc
+			} else { // the labelled student: sample it alone
+				sp := spec
+				sp.Seeds, sp.Seed, sp.Students = nil, seeds[j], nil
+				o, err := DistillTable(teacher, s2, s, sp)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fd[j], ca[j] = o.Rows[3].FD, o.Rows[3].CondAcc
+			}
+		}
+		wm, ws := stat.MeanStdDev(fd, nil)
+		cm, cs := stat.MeanStdDev(ca, nil)
+		if r.Seeds != 3 || math.Abs(r.FD-wm) > 1e-9 || math.Abs(r.FDStd-ws) > 1e-9 || math.Abs(r.CondAcc-cm) > 1e-9 || math.Abs(r.CondAccStd-cs) > 1e-9 {
+			t.Fatalf("row %d (%s): FD %g ± %g, CondAcc %g ± %g; per-seed tables give %g ± %g, %g ± %g", i, r.Model, r.FD, r.FDStd, r.CondAcc, r.CondAccStd, wm, ws, cm, cs)
+		}
+		if len(r.FDBlocks) != len(FeatureBlocks(s.F)) {
+			t.Fatalf("row %d: %d FD blocks", i, len(r.FDBlocks))
+		}
+		if i < 4 {
+			for b := range r.FDBlocks {
+				var per []float64
+				for _, tab := range one {
+					per = append(per, tab.Rows[i].FDBlocks[b])
+				}
+				if m := stat.Mean(per, nil); math.Abs(r.FDBlocks[b]-m) > 1e-9 {
+					t.Fatalf("row %d block %d: %g, per-seed mean %g", i, b, r.FDBlocks[b], m)
+				}
+			}
+		}
+	}
+	if r := all.Rows[1]; r.FDStd <= 0 {
+		t.Fatalf("three seeds of an untrained teacher should not give identical FDs: %+v", r)
+	}
+	if txt := all.Text(); !strings.Contains(txt, "±") || !strings.Contains(txt, "FD by feature block") {
+		t.Fatalf("text:\n%s", txt)
 	}
 }
 

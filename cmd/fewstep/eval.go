@@ -36,11 +36,20 @@ fewstep eval --samples OUT/samples.safetensors [--heldout PATH]
   stability (object size and colour drift). Writes --out (default: metrics.json beside the samples).
 
 fewstep eval --teacher T.safetensors [--student S.safetensors] [--heldout PATH]
-  The distillation table: teacher (Euler, --teacher-cfg) at eval.teacher_steps and at each k of
-  eval.steps, student at each k with --student-sampler; CondAcc, FD, stability, NFE, ms/video.
-  With a recipe.json beside the student (fewstep export writes one), the student's sampler, list,
-  shift, guidance, causal chunk and normalisation and the teacher's guidance and shift come from it;
-  the flags override. Prints the table and writes OUT_DIR/eval/table.txt and table.json (or --out DIR).`,
+  The distillation table: teacher (Euler) at eval.teacher_steps and at each k of eval.steps, at the
+  guidance the student was distilled from (--teacher-cfg; default the student's recipe's
+  teacher_cfg, else the job's params.cfg) and, when that is not 1, also without guidance; student at
+  each k with --student-sampler; CondAcc, FD, stability, NFE, ms/video. With a recipe.json beside
+  the student (fewstep export and every checkpoint write one), the student's sampler, list, shift,
+  guidance, causal chunk and normalisation and the teacher's guidance and shift come from it; the
+  flags override. Prints the table and writes OUT_DIR/eval/table.txt and table.json (or --out DIR).
+  --students LABEL=PATH (repeatable) adds students sampled the same way (e.g. one per training seed).
+
+A measurement that can tell a win from noise: --precise samples 512 prompts per row (at most half
+the held-out split) against the other held-out videos as FD reference, at 4 evaluation seeds
+(--seeds N), and reports mean ± sample std over the seeds; give it a held-out split of ≥ 1024
+videos (fewstep data synth --heldout 1024). --fd-blocks adds the FD of each feature block apart
+(pixel statistics, colour, x, y, area, motion, projection): what a model gets wrong.`,
 	Args: cobra.NoArgs,
 	RunE: runEval,
 }
@@ -54,7 +63,7 @@ func init() {
 	f.String("teacher", "", "teacher checkpoint (table mode)")
 	f.String("student", "", "student checkpoint (table mode; omit for teacher rows only)")
 	f.String("model-config", "", "Wan config.json of both checkpoints (default: beside each, else the job's model)")
-	f.Float64("teacher-cfg", 0, "teacher guidance w (default: the student's recipe's teacher_cfg, else sample.cfg)")
+	f.Float64("teacher-cfg", 0, "the guidance w the student was distilled from; teacher rows at it and at w = 1 (default: the student's recipe's teacher_cfg, else params.cfg, else sample.cfg)")
 	f.Float64("teacher-shift", 0, "teacher Euler shift (default: the student's recipe's shift, else sample.shift)")
 	f.String("student-sampler", "fewstep", "fewstep | fewstep-ode | consistency | stream (default: the student's recipe, else fewstep)")
 	f.Float64("student-cfg", 1, "student guidance w (distilled students: 1)")
@@ -62,7 +71,11 @@ func init() {
 	f.String("student-timesteps", "", "the student's denoising list as timesteps, e.g. 1000,750,500,250; k steps use its first k... (default: DenoisingList(k))")
 	f.Int("grid-n", 0, "consistency: snap σ to this grid")
 	f.Int("long-frames", 0, "stream: add a row at this many latent frames (e.g. twice the training length)")
-	f.Int("count", 0, "prompts (default: eval.count)")
+	f.Int("count", 0, "prompts (default: eval.count; --precise: 512)")
+	f.StringArray("students", nil, "more students sampled like --student, as LABEL=PATH (repeatable)")
+	f.Bool("precise", false, "512 prompts (at most half the held-out split; the rest is the FD reference) at 4 evaluation seeds, mean ± std")
+	f.Int("seeds", 0, "evaluation seeds seed, seed+1, … (default 1; --precise: 4)")
+	f.Bool("fd-blocks", false, "also the FD of each feature block apart (the diagnosis tool)")
 	f.Int("batch", 8, "videos per sampler call")
 	f.String("device", "", "cpu | cuda | cuda:N (default: the job's device)")
 	addJobFlags(evalCmd)
@@ -129,7 +142,12 @@ func scoreSamples(cmd *cobra.Command, job *config.Job, samples string, held *eva
 		fmt.Fprintf(cmd.ErrOrStderr(), "eval: samples are [F=%d, %d×%d], held-out [F=%d, %d×%d]: no FD\n", gen.F, gen.H, gen.W, real.F, real.H, real.W)
 		real = eval.Videos{}
 	}
-	m, err := eval.Score(gen, caps, real)
+	blocks, _ := fl.GetBool("fd-blocks")
+	var ref [][]float64
+	if len(real.Pix) > 0 {
+		ref = eval.RealFeatures(real)
+	}
+	m, err := eval.ScoreBlocks(gen, caps, ref, blocks)
 	if err != nil {
 		return fmt.Errorf("eval: %w", err)
 	}
@@ -152,6 +170,13 @@ func scoreSamples(cmd *cobra.Command, job *config.Job, samples string, held *eva
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "eval: %d videos %s (steps %s, cfg %s): CondAcc %.3f (colour %.3f, direction %.3f)  FD %.3f  stability %.4f (size %.4f, colour %.4f)\n  %s\n",
 		N, meta["sampler"], meta["steps"], meta["cfg"], m.CondAcc, m.ColourAcc, m.DirAcc, m.FD, m.Stability, m.SizeDrift, m.ColourDrift, out)
+	if m.FDBlocks != nil {
+		fmt.Fprint(cmd.OutOrStdout(), "  FD by feature block:")
+		for i, b := range eval.FeatureBlocks(gen.F) {
+			fmt.Fprintf(cmd.OutOrStdout(), " %s %.3f", b.Name, m.FDBlocks[i])
+		}
+		fmt.Fprintln(cmd.OutOrStdout())
+	}
 	return nil
 }
 
@@ -218,15 +243,35 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 		}
 	}
 	var rec *pipeline.Recipe
-	if sPath, _ := fl.GetString("student"); sPath != "" {
+	sPath, _ := fl.GetString("student")
+	if extra, _ := fl.GetStringArray("students"); sPath == "" && len(extra) > 0 {
+		_, sPath, _ = strings.Cut(extra[0], "=") // the --students share one recipe
+	}
+	if sPath != "" {
 		if p := filepath.Join(filepath.Dir(sPath), pipeline.RecipeFile); fileExists(p) {
 			if rec, err = pipeline.LoadRecipe(p); err != nil {
 				return fmt.Errorf("eval: student: %w", err)
 			}
 		}
 	}
-	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed}
-	spec.TeacherCFG, spec.TeacherShift = job.Sample.CFG, job.Sample.Shift
+	var more []eval.Labeled
+	extra, _ := fl.GetStringArray("students")
+	for _, a := range extra {
+		label, path, ok := strings.Cut(a, "=")
+		if !ok || label == "" || path == "" || strings.ContainsAny(label, " \t") {
+			return fmt.Errorf("eval: --students %q: want LABEL=PATH (a label without spaces)", a)
+		}
+		net, _, err := loadModel(dev, job, path, mc, held.C, held.TextDim)
+		if err != nil {
+			return fmt.Errorf("eval: student %s: %w", label, err)
+		}
+		more = append(more, eval.Labeled{Label: label, Net: net})
+	}
+	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed, Students: more}
+	spec.TeacherShift = job.Sample.Shift
+	if spec.TeacherCFG, err = paramFloat(job, "cfg", job.Sample.CFG); err != nil { // the guidance the job distils with
+		return fmt.Errorf("eval: %w", err)
+	}
 	spec.Student = sampler.Options{Method: sampler.FewStep, ChunkFrames: job.Model.ChunkFrames,
 		LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames, CFG: 1, Shift: job.Sample.Shift}
 	spec.StudentCausal = job.Model.Causal
@@ -280,6 +325,30 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	if n, _ := fl.GetInt("count"); n > 0 {
 		spec.Count = n
 	}
+	if spec.TeacherCFG <= 0 || math.IsNaN(spec.TeacherCFG) {
+		return fmt.Errorf("eval: teacher guidance %g: want w > 0 (1 = none)", spec.TeacherCFG)
+	}
+	precise, _ := fl.GetBool("precise")
+	nSeeds, _ := fl.GetInt("seeds")
+	if nSeeds < 0 {
+		return fmt.Errorf("eval: --seeds %d: want ≥ 1", nSeeds)
+	}
+	if precise {
+		spec.Count = min(512, held.N/2)
+		if nSeeds == 0 {
+			nSeeds = 4
+		}
+		if held.N < 1024 {
+			fmt.Fprintf(cmd.ErrOrStderr(), "eval: --precise: the held-out split has %d videos, so %d prompts per row and %d reference videos (512 + 512 wants ≥ 1024: fewstep data synth --heldout 1024)\n", held.N, spec.Count, held.N-spec.Count)
+		}
+	}
+	if n, _ := fl.GetInt("count"); n > 0 {
+		spec.Count = n
+	}
+	for i := 0; i < nSeeds; i++ {
+		spec.Seeds = append(spec.Seeds, job.Seed+int64(i))
+	}
+	spec.FDBlocks, _ = fl.GetBool("fd-blocks")
 	spec.Batch, _ = fl.GetInt("batch")
 	spec.LongFrames, _ = fl.GetInt("long-frames")
 	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(cmd.ErrOrStderr()), progressbar.OptionSetDescription("eval"),
@@ -315,4 +384,18 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	fmt.Fprint(cmd.OutOrStdout(), txt)
 	fmt.Fprintf(cmd.OutOrStdout(), "  %s/table.txt, table.json\n", out)
 	return nil
+}
+
+// paramFloat reads a number of the job's params (def when absent).
+func paramFloat(job *config.Job, key string, def float64) (float64, error) {
+	v, ok := job.Params[key]
+	if !ok {
+		return def, nil
+	}
+	b, _ := json.Marshal(v)
+	var f float64
+	if err := json.Unmarshal(b, &f); err != nil {
+		return 0, fmt.Errorf("params.%s: %v is not a number", key, v)
+	}
+	return f, nil
 }
