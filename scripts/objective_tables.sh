@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# The distillation tables of the other objectives on the demo teacher (issue 4, must-show 2), on the
-# CPU: consistency, dmd+adversarial (DMD2), and odeinit → selfforcing (the causal student, sampled by
-# streaming with the KV cache, plus a video twice the training length). Shortened runs (STEPS, COUNT).
+# The distillation tables of the other objectives on the demo teacher (issue 17): consistency,
+# dmd + adversarial (DMD2) beside dmd alone at the same guidance and recipe, and odeinit →
+# selfforcing (the causal student streamed with its KV cache, plus a video 4× the training length)
+# beside the bidirectional dmd student at the same guidance. Each job at every training seed of
+# SEEDS; each table has the teacher at the guidance its students were distilled from and unguided
+# (fewstep eval takes it from the job's params.cfg), and measures with `fewstep eval --precise`
+# (512 prompts against the 512 other videos of a 1024-video held-out split, 4 evaluation seeds,
+# mean ± std) and --fd-blocks. The tables go into README.md between the objective-tables markers
+# (README=none to skip).
 # Usage: scripts/objective_tables.sh [OUT]   (from the repository root)
-# On a GPU machine without Go: FS=<prebuilt fewstep> FEWSTEP_DEVICE=cuda scripts/objective_tables.sh OUT
-# (FEWSTEP_DEVICE sets every job's device key).
+# On a GPU machine without Go: FS=<prebuilt fewstep> FEWSTEP_DEVICE=cuda PAR=1 scripts/objective_tables.sh OUT
+# (FEWSTEP_DEVICE sets every job's device key; PAR=1 trains the seeds side by side).
 set -euo pipefail
 OUT=${1:-runs/tables}
-STEPS=${STEPS:-300}
-COUNT=${COUNT:-64}
+STEPS=${STEPS:-500}
+SEEDS=${SEEDS:-0 1 2}
+EVAL=${EVAL:---precise --fd-blocks --batch 256}
+README=${README:-README.md}
 T=configs/teacher/diffusion_pytorch_model.safetensors
 mkdir -p "$OUT"
 fs=${FS:-}
@@ -16,25 +24,68 @@ if [ -z "$fs" ]; then # two lines: set -e ignores a failed go build on the left 
 	go build -o "$OUT/fewstep" ./cmd/fewstep
 	fs="$OUT/fewstep"
 fi
-table() { # name config student sampler [extra eval flags]
-	local name=$1 cfg=$2 student=$3 sampler=$4; shift 4
-	"$fs" eval --config "$cfg" --teacher "$T" --student "$student" --student-sampler "$sampler" \
-		--heldout "$OUT/$name/data/heldout.arrow" --count "$COUNT" --out "$OUT/$name/eval" "$@" 2>/dev/null |
-		sed -n '/^distillation table/,$p' | tee "$OUT/$name.table.txt"
+bg() { if [ "${PAR:-0}" = 1 ]; then "$@" & else "$@"; fi; }
+train() { # name config [--set ...]
+	local name=$1 cfg=$2; shift 2
+	"$fs" train --config "$cfg" --set out_dir="$OUT/$name" --set train.steps="$STEPS" --set train.ckpt_every="$STEPS" \
+		--set train.sample_every=0 "$@" >"$OUT/$name.log" 2>&1 || { echo "train $name failed: $OUT/$name.log" >&2; return 1; }
 }
-last() { echo "$1/checkpoints/$(printf 'step-%06d' "$2")/$3.safetensors"; }
+causal() { # odeinit, then selfforcing from its checkpoint, at seed $1
+	train odeinit$1 configs/odeinit.yaml --set seed="$1" --set data.path="$OUT/odepairs/pairs.arrow" &&
+		train selfforcing$1 configs/selfforcing.yaml --set seed="$1" --set roles.student.weights="$(ck odeinit$1 student)"
+}
+ck() { echo "$OUT/$1/checkpoints/$(printf 'step-%06d' "${3:-$STEPS}")/$2.safetensors"; }
+table() { # name config sampler [eval flags...]: the table of the students named by --students
+	local name=$1 cfg=$2 sampler=$3; shift 3
+	"$fs" eval --config "$cfg" --teacher "$T" --heldout "$OUT/held/heldout.arrow" --student-sampler "$sampler" \
+		--out "$OUT/$name" $EVAL "$@" 2>"$OUT/$name.eval.log" | sed -n '/^distillation table/,/table.txt/p' | grep -v 'table.txt' >"$OUT/$name.table.txt"
+	cat "$OUT/$name.table.txt"
+}
+students() { # prefix role: --students PREFIX<seed>=checkpoint for every seed
+	for s in $SEEDS; do printf -- '--students %s%s=%s ' "$1" "$s" "$(ck "$1$s" "$2")"; done
+}
 
-"$fs" train --config configs/consistency.yaml --set out_dir="$OUT/consistency" --set train.steps="$STEPS" >"$OUT/consistency.log" 2>&1
-table consistency configs/consistency.yaml "$(last "$OUT/consistency" "$STEPS" student)" consistency
-
-"$fs" train --config configs/dmd_adv.yaml --set out_dir="$OUT/dmd_adv" --set train.steps="$STEPS" >"$OUT/dmd_adv.log" 2>&1
-table dmd_adv configs/dmd_adv.yaml "$(last "$OUT/dmd_adv" "$STEPS" student)" fewstep
-
-"$fs" data synth --out "$OUT/prompts" --count 256 --heldout 256 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+"$fs" data synth --out "$OUT/held" --count 16 --heldout 1024 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+"$fs" data synth --out "$OUT/prompts" --count 512 --heldout 16 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+W=$(sed -n 's/^ *cfg: *\([0-9.]*\).*/\1/p' configs/selfforcing.yaml | head -1) # the causal student's guidance
 "$fs" data ode-pairs --config configs/odeinit.yaml --teacher "$T" --prompts "$OUT/prompts/train.arrow" \
-	--out "$OUT/odepairs/pairs.arrow" --steps 48 --cfg 3 --timesteps 1000,750,500,250 >/dev/null 2>&1
-"$fs" train --config configs/odeinit.yaml --set out_dir="$OUT/odeinit" --set data.path="$OUT/odepairs/pairs.arrow" \
-	--set train.steps="$STEPS" >"$OUT/odeinit.log" 2>&1
-"$fs" train --config configs/selfforcing.yaml --set out_dir="$OUT/selfforcing" \
-	--set roles.student.weights="$(last "$OUT/odeinit" "$STEPS" student)" --set train.steps="$STEPS" >"$OUT/selfforcing.log" 2>&1
-table selfforcing configs/selfforcing.yaml "$(last "$OUT/selfforcing" "$STEPS" student)" stream --long-frames 16
+	--out "$OUT/odepairs/pairs.arrow" --steps 48 --cfg "$W" --timesteps 1000,750,500,250 --batch 64 >/dev/null 2>&1
+for s in $SEEDS; do
+	bg train consistency$s configs/consistency.yaml --set seed="$s"
+	bg train adv$s configs/dmd_adv.yaml --set seed="$s"
+	# dmd alone with dmd_adv's recipe (lrs, EMA, guidance) and no regression: the GAN's control, and
+	# the bidirectional student of the same guidance for the streamed one
+	bg train dmd$s configs/dmd.yaml --set seed="$s" --set params.cfg="$W" --set params.regression_weight=0 \
+		--set roles.student.lr=2e-4 --set roles.critic.lr=4e-4 --set roles.student.ema_decay=0.99 --set roles.student.ema_start=100
+	bg causal "$s"
+done
+wait
+
+{
+	echo "consistency (multistep consistency sampling), training seeds $SEEDS, ${STEPS} steps each:"
+	echo '```'
+	table consistency configs/consistency.yaml consistency $(students consistency student)
+	echo '```'
+	echo "dmd + adversarial (DMD2: the GAN head on the critic's features; the student's EMA) and dmd alone with the same recipe, training seeds $SEEDS:"
+	echo '```'
+	table adv configs/dmd_adv.yaml fewstep $(students adv ema) $(students dmd ema)
+	echo '```'
+	echo "odeinit → selfforcing (the causal student streamed chunk by chunk with the KV cache; EMA; the bidirectional dmd student at the same guidance is the table above's dmd rows), and (last rows) the streamed video 4× the training length; NFE counts every network call, cache refreshes included:"
+	echo '```'
+	table selfforcing configs/selfforcing.yaml stream --long-frames 32 $(students selfforcing ema)
+	echo '```'
+} >"$OUT/tables.md"
+
+if [ "$README" != none ]; then
+	python3 - "$README" "$OUT/tables.md" <<'PY'
+import sys
+readme, tables = sys.argv[1], open(sys.argv[2]).read()
+s = open(readme).read()
+b, e = "<!-- objective-tables:begin -->", "<!-- objective-tables:end -->"
+if b not in s or e not in s:
+    sys.exit(f"{readme}: no {b} … {e} block")
+i, j = s.index(b) + len(b), s.index(e)
+open(readme, "w").write(s[:i] + "\n" + tables + s[j:])
+PY
+fi
+echo "tables: $OUT/tables.md"
