@@ -261,7 +261,7 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 		if !ok || label == "" || path == "" || strings.ContainsAny(label, " \t") {
 			return fmt.Errorf("eval: --students %q: want LABEL=PATH (a label without spaces)", a)
 		}
-		net, _, err := loadModel(dev, job, path, mc, held.C, held.TextDim)
+		net, _, err := pipeline.LoadModel(dev, job, path, mc, held.C, held.TextDim)
 		if err != nil {
 			return fmt.Errorf("eval: student %s: %w", label, err)
 		}
