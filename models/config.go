@@ -94,7 +94,8 @@ func Preset(name string) (Config, error) {
 // PresetNames lists the presets.
 var PresetNames = []string{"tiny", "small", "wan2.1-1.3b", "wan2.1-14b"}
 
-// ReadWanConfig reads Wan2.1's config.json: dim, ffn_dim, freq_dim, in_dim, out_dim, num_heads,
+// ReadWanConfig reads Wan2.1's config.json (or diffusers' WanTransformer3DModel config.json,
+// told by its _class_name or num_attention_heads: layout.go): dim, ffn_dim, freq_dim, in_dim, out_dim, num_heads,
 // num_layers, text_len, eps (all required) and text_dim (default 4096). Keys of Wan's own file
 // that do not change this architecture (_class_name, _diffusers_version, window_size, ...) are
 // ignored; a model_type other than t2v, a patch_size other than [1,2,2], or qk_norm /
@@ -107,6 +108,9 @@ func ReadWanConfig(path string) (Config, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return Config{}, fmt.Errorf("models: config %s: not a JSON object: %w", path, err)
+	}
+	if v, ok := m["_class_name"]; ok && strings.Contains(string(v), "WanTransformer3DModel") || m["num_attention_heads"] != nil {
+		return readDiffusersConfig(path, m) // diffusers' WanTransformer3DModel
 	}
 	c := Config{TextDim: 4096}
 	ints := []struct {

@@ -215,7 +215,8 @@ func (m *DiT) Save(path string, dt kernels.DType) error {
 	return WriteSafetensors(path, m.Tensors(m.W, ""), dt, map[string]string{"format": "pt"})
 }
 
-// Load reads weights in Wan2.1's key layout (F32, BF16 or F16) into W. path is a safetensors file,
+// Load reads weights in Wan2.1's key layout or diffusers' (detected from the keys, layout.go), F32,
+// BF16 or F16, into W. path is a safetensors file,
 // a sharded checkpoint's *.safetensors.index.json, or a folder holding either (Wan2.1-14B ships in
 // shards). Strict: every key of the table must be present with its shape and no other key may be;
 // the error lists every missing, unexpected and mis-shaped key, and a NaN or Inf weight is an error
@@ -242,6 +243,21 @@ func (m *DiT) Load(path string) error {
 			}
 			where[e.Name] = loc{f, e}
 		}
+	}
+	keys := make([]string, 0, len(where))
+	for k := range where {
+		keys = append(keys, k)
+	}
+	if DetectLayout(keys) == LayoutDiffusers { // layout.go: the same tensors under diffusers' names
+		wan := make(map[string]loc, len(where))
+		for k, l := range where {
+			name := WanKey(k)
+			if name == "" {
+				name = k // not one of the model's: reported as unexpected under its own name
+			}
+			wan[name] = l
+		}
+		where = wan
 	}
 	var missing, unexpected, misshaped []string
 	for _, p := range m.Table {

@@ -82,9 +82,22 @@ func LoadModel(dev kernels.Device, job *config.Job, weights, modelConfig string,
 	return m, cfg, nil
 }
 
-// InferConfig reads the architecture off a Wan2.1 state dict's shapes; heads (not visible in any
+// InferConfig reads the architecture off a Wan2.1 state dict's shapes (either layout); heads (not visible in any
 // shape) come from heads > 0 or the preset of the same width; text_len from textLen (0 = 512).
 func InferConfig(ts map[string]models.NamedTensor, heads, textLen int) (models.Config, error) {
+	keys := make([]string, 0, len(ts))
+	for k := range ts {
+		keys = append(keys, k)
+	}
+	if models.DetectLayout(keys) == models.LayoutDiffusers { // read the shapes under Wan's names
+		wan := make(map[string]models.NamedTensor, len(ts))
+		for k, t := range ts {
+			if n := models.WanKey(k); n != "" {
+				wan[n] = t
+			}
+		}
+		ts = wan
+	}
 	shape := func(k string, rank int) ([]int, error) {
 		t, ok := ts[k]
 		if !ok || len(t.Shape) != rank {

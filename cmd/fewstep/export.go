@@ -23,9 +23,11 @@ var exportCmd = &cobra.Command{
 	Use:   "export",
 	Short: "Export a student (EMA or raw) as Wan2.1 safetensors + config.json",
 	Long: `Export a student checkpoint as a Wan2.1 model folder:
-  OUT/diffusion_pytorch_model.safetensors   Wan2.1 state-dict keys (--dtype float32 | bfloat16 | float16)
+  OUT/diffusion_pytorch_model.safetensors   Wan2.1 state-dict keys (--dtype float32 | bfloat16 | float16),
+                                            or with --layout diffusers WanTransformer3DModel's
   OUT/config.json                           dim, ffn_dim, freq_dim, in_dim, out_dim, num_heads,
                                             num_layers, text_len, eps, text_dim, model_type "t2v"
+                                            (--layout diffusers: WanTransformer3DModel's config)
   OUT/fewstep_job.yaml                      the job that trained the student (with --from: the
                                             checkpoint's job.yaml; else this command's job)
   OUT/latent.json                           the latent shape, text context and normalization
@@ -37,7 +39,8 @@ The weights come from --from RUN|CHECKPOINT (a run folder, its checkpoints folde
 folder; OUT defaults to RUN/export) and --role (ema by default when the checkpoint has one, else
 student), or from --weights FILE (then --out is required).
 The architecture: --model-config, else config.json beside the weights, else read off the tensor
-shapes (num_heads from --heads, or the preset of that width; text_len from data.text_len).`,
+shapes (num_heads from --heads, or the preset of that width; text_len from data.text_len). Weights
+and config.json of either layout are read (the layout is detected from the keys).`,
 	Args: cobra.NoArgs,
 	RunE: runExport,
 }
@@ -50,6 +53,7 @@ func init() {
 	f.String("model-config", "", "Wan config.json of the weights")
 	f.Int("heads", 0, "num_heads when the architecture is read off the tensor shapes")
 	f.String("dtype", "float32", "float32 | bfloat16 | float16")
+	f.String("layout", "wan", "key layout of the weights and config.json: wan (Wan2.1's WanModel) or diffusers (WanTransformer3DModel)")
 	f.String("out", "", "output folder (default with --from: RUN/export; required with --weights)")
 	addJobFlags(exportCmd)
 	rootCmd.AddCommand(exportCmd)
@@ -141,11 +145,20 @@ func runExport(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	wp := filepath.Join(out, "diffusion_pytorch_model.safetensors")
-	if err := m.Save(wp, dt); err != nil {
+	ls, _ := fl.GetString("layout")
+	layout, err := models.ParseLayout(ls)
+	if err != nil {
+		return fmt.Errorf("export: --layout: %w", err)
+	}
+	if err := m.SaveLayout(wp, dt, layout); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	cp := filepath.Join(out, "config.json")
-	if err := models.WriteWanConfig(cp, cfg); err != nil {
+	writeConfig := models.WriteWanConfig
+	if layout == models.LayoutDiffusers {
+		writeConfig = models.WriteDiffusersConfig
+	}
+	if err := writeConfig(cp, cfg); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	if err := config.Save(job, filepath.Join(out, "fewstep_job.yaml")); err != nil {
