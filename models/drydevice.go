@@ -46,7 +46,14 @@ type DryDevice struct {
 	aShadow  map[uintptr]int  // activation bf16 copies: address → elements
 	scrCap   int64
 	scrLabel string
+
+	// FP32GEMM: count a device whose GEMMs run in fp32 (no bf16 weight copies; trainer keeps a
+	// frozen teacher's fp32 weights then). The default counts bf16 GEMM mode.
+	FP32GEMM bool
 }
+
+// GEMMReadsBF16 reports the GEMM mode counted (trainer: a frozen teacher's weights in bf16 only).
+func (d *DryDevice) GEMMReadsBF16() bool { return !d.FP32GEMM }
 
 type dryAlloc struct {
 	bytes int64
@@ -311,13 +318,14 @@ func (d *DryDevice) RoPEBack(dx *kernels.Tensor, frames, rows, cols, frame0 int)
 
 func fusedHd(q *kernels.Tensor) bool { hd := q.Shape[len(q.Shape)-1]; return hd == 64 || hd == 128 }
 
+// Attention and AttentionBack keep bf16 copies of their fp32 operands (bf16 ones are read as they are).
 func (d *DryDevice) Attention(out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) {
-	if fusedHd(q) && q.DType == kernels.F32 && out.DType == kernels.F32 {
+	if fusedHd(q) {
 		d.actShadow(q, k, v, out)
 	}
 }
 func (d *DryDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) {
-	if fusedHd(q) && q.DType == kernels.F32 && out.DType == kernels.F32 && dOut.DType == kernels.F32 {
+	if fusedHd(q) {
 		d.actShadow(q, k, v, out, dOut)
 	}
 	B, Nq, H := q.Shape[0], q.Shape[1], q.Shape[2]

@@ -107,6 +107,9 @@ func (o *SelfForcing) Setup(env *Env) error {
 	o.env = env
 	full := env.Shape
 	full.ChunkFrames = 0 // teacher and critic are bidirectional
+	// GEMM-only activations in bf16 where the GEMMs read bf16 anyway (the same numbers; the critic's
+	// pass over the whole video is the step's largest: models.Shape.BF16Operands).
+	full.BF16Operands = true
 	o.roll = NewCausalRollout(env, nets[0], full, k, o.sigmas, o.P.ContextNoise)
 	if o.P.KVDType == "bf16" {
 		o.roll.SetCacheDType(kernels.BF16)
@@ -192,7 +195,7 @@ type CausalRollout struct {
 // NewCausalRollout allocates a rollout of videos of shape full (F frames) in chunks of k frames.
 func NewCausalRollout(env *Env, net *models.DiT, full models.Shape, k int, sigmas []float32, contextNoise float64) *CausalRollout {
 	dev, C := env.Dev, env.Cfg.InDim
-	cs := models.Shape{B: full.B, F: k, H: full.H, W: full.W, L: full.L, ChunkFrames: k, Recompute: full.Recompute}
+	cs := models.Shape{B: full.B, F: k, H: full.H, W: full.W, L: full.L, ChunkFrames: k, Recompute: full.Recompute, BF16Operands: full.BF16Operands}
 	r := &CausalRollout{Net: net, Sigmas: sigmas, ContextNoise: float32(contextNoise), K: k, Chunks: full.F / k, dev: dev, full: full}
 	r.SetCacheDType(kernels.F32)
 	r.pStep = net.NewInferencePass(cs)

@@ -149,7 +149,7 @@ func (t *Trainer) Save() (string, error) {
 		if err := step(f, r.save(filepath.Join(tmp, f), kernels.F32)); err != nil {
 			return "", err
 		}
-		if r.m == nil {
+		if r.v == nil { // not trainable
 			continue
 		}
 		st.Updates[name] = r.updates
@@ -205,26 +205,29 @@ func (t *Trainer) Save() (string, error) {
 	return final, syncDir(parent)
 }
 
-// writeMoments writes a role's m and v (whole buffers: gathered, when given, else r.m, r.v).
+// writeMoments writes a role's AdamW moments: v, and m unless the role has none (β1 = 0, optim.go);
+// whole buffers: gathered, when given (nil entries for the missing m), else r.m, r.v.
 func writeMoments(path string, r *role, gathered [2][]float32) error {
 	P := r.W.Numel()
-	m, v := gathered[0], gathered[1]
-	if m == nil {
-		m, v = make([]float32, P), make([]float32, P)
-		r.W.Dev.ToHost(m, r.m)
-		r.W.Dev.ToHost(v, r.v)
-	}
-	for _, x := range []struct {
+	var ts []models.NamedTensor
+	for i, x := range []struct {
 		name string
-		v    []float32
-	}{{"m", m}, {"v", v}} {
-		if i := models.NonFinite(x.v); i >= 0 {
-			return fmt.Errorf("role %s: AdamW moment %s[%d] = %g: %w", r.Spec.Name, x.name, i, x.v[i], ErrNonFinite)
+		t    *kernels.Tensor
+	}{{"m", r.m}, {"v", r.v}} {
+		if x.t == nil {
+			continue
 		}
+		h := gathered[i]
+		if h == nil {
+			h = make([]float32, P)
+			r.W.Dev.ToHost(h, x.t)
+		}
+		if i := models.NonFinite(h); i >= 0 {
+			return fmt.Errorf("role %s: AdamW moment %s[%d] = %g: %w", r.Spec.Name, x.name, i, h[i], ErrNonFinite)
+		}
+		ts = append(ts, models.NamedTensor{Name: x.name, Shape: []int{P}, Data: h})
 	}
-	return models.WriteSafetensors(path, []models.NamedTensor{
-		{Name: "m", Shape: []int{P}, Data: m}, {Name: "v", Shape: []int{P}, Data: v},
-	}, kernels.F32, map[string]string{"adamw_steps": fmt.Sprint(r.updates)})
+	return models.WriteSafetensors(path, ts, kernels.F32, map[string]string{"adamw_steps": fmt.Sprint(r.updates)})
 }
 
 func writeFileSync(path string, b []byte) error {
@@ -299,7 +302,7 @@ func (t *Trainer) Restore(path string) error {
 		if err := r.load(filepath.Join(dir, name+".safetensors")); err != nil {
 			return fmt.Errorf("resume: role %s: %w", name, err)
 		}
-		if r.m == nil {
+		if r.v == nil { // not trainable
 			continue
 		}
 		p := filepath.Join(dir, "optim."+name+".safetensors")
@@ -311,7 +314,14 @@ func (t *Trainer) Restore(path string) error {
 			key string
 			dst *kernels.Tensor
 		}{{"m", r.m}, {"v", r.v}} {
+			if mv.dst == nil { // β1 = 0: no first moment (optim.go); one in the file is not needed
+				continue
+			}
 			nt, ok := ts[mv.key]
+			if !ok && mv.key == "m" {
+				return fmt.Errorf("resume: %s has no first moment m (written with roles.%s.betas[0] = 0); this job's β1 is %g and needs one",
+					p, name, r.cfg.Betas[0])
+			}
 			if !ok || len(nt.Data) != r.W.Numel() {
 				return fmt.Errorf("resume: %s: tensor %q missing or not %d values", p, mv.key, r.W.Numel())
 			}

@@ -214,7 +214,10 @@ func (t *Trainer) anyStopped() (bool, error) {
 // result is meant for rank 0), gathered slice by slice in pieces of bucketElems/N.
 func (t *Trainer) gatherMoments(r *role) (m, v []float32, err error) {
 	s, dev, N := r.sh, t.opt.Dev, t.world()
-	m, v = make([]float32, s.P), make([]float32, s.P)
+	v = make([]float32, s.P)
+	if r.m != nil { // none at β1 = 0 (optim.go firstMoment)
+		m = make([]float32, s.P)
+	}
 	piece := max(bucketElems/N, 1)
 	tmp := dev.Alloc(kernels.F32, N*min(piece, max(s.k, 1)))
 	defer dev.Free(tmp)
@@ -223,6 +226,9 @@ func (t *Trainer) gatherMoments(r *role) (m, v []float32, err error) {
 		src *kernels.Tensor
 		dst []float32
 	}{{r.m, m}, {r.v, v}} {
+		if mv.src == nil {
+			continue
+		}
 		for off := 0; off < s.k; off += piece {
 			n := min(piece, s.k-off)
 			out := tmp.View(0, N*n)

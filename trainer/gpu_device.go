@@ -6,6 +6,9 @@ package trainer
 //     gradients and optimizer states, fp32 accumulation), as PyTorch's bf16 autocast does.
 //   - markWeights: every role's parameter buffer is declared as weights, so the CUDA device keeps
 //     its bf16 shadow between GEMMs and remakes it only after AdamW / EMA / a copy writes the buffer.
+//   - bf16Weights: on such a device a frozen network (the teacher) holds its weights in bf16 only:
+//     its GEMMs read bf16 copies anyway, and the fp32 master would be a parameter-sized buffer that
+//     nothing updates (5.3 GiB for Wan-1.3B).
 //   - RandomInit (Options): benchmarks build roles that need a checkpoint (the teacher) from random
 //     weights drawn quickly on the host.
 
@@ -24,6 +27,10 @@ func UseGPUDefaults(dev kernels.Device) {
 		g.GEMM = cuda.GEMMBF16
 	}
 }
+
+// bf16Weights reports whether dev's GEMMs read bf16 copies of fp32 weights (a CUDA device in bf16
+// GEMM mode, models.DryDevice counting that mode).
+func bf16Weights(dev kernels.Device) bool { return models.GEMMReadsBF16(dev) }
 
 // weightMarker is a device that caches low-precision copies of declared weight buffers.
 type weightMarker interface{ MarkWeights(t *kernels.Tensor) }

@@ -3,8 +3,8 @@ package trainer
 import (
 	"math"
 
+	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/dist"
-
 	"github.com/fewstep/fewstep/models"
 )
 
@@ -101,8 +101,12 @@ func (t *Trainer) adamW(r *role, lo, hi int, local func(int) int) {
 		if ru.Decay {
 			wd = float32(r.cfg.WeightDecay)
 		}
-		m := local(a)
-		dev.AdamW(r.W.View(a, b-a), r.G.View(a, b-a), r.m.View(m, b-a), r.v.View(m, b-a),
+		mo := local(a)
+		mv := r.G.View(a, b-a) // β1 = 0: G serves as m (firstMoment)
+		if r.m != nil {
+			mv = r.m.View(mo, b-a)
+		}
+		dev.AdamW(r.W.View(a, b-a), r.G.View(a, b-a), mv, r.v.View(mo, b-a),
 			float32(r.lr), b1, b2, float32(r.cfg.Eps), wd, r.updates)
 	}
 }
@@ -152,3 +156,9 @@ func (t *Trainer) updateSharded(r *role, n int) error {
 	}
 	return t.allGatherWeights(r)
 }
+
+// firstMoment reports whether a role's AdamW needs its first-moment buffer m. With β1 = 0
+// (Self-Forcing's and DMD2's generator and critic) the update m = β1·m + (1−β1)·g is g, whatever m
+// held: the gradient buffer is passed as m (the op reads and writes each element once, in place, so
+// the result is the same bit for bit) and the role saves a parameter-sized fp32 buffer.
+func firstMoment(cfg config.Role) bool { return len(cfg.Betas) < 1 || cfg.Betas[0] != 0 }

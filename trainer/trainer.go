@@ -137,7 +137,7 @@ type Trainer struct {
 type role struct {
 	*objectives.Role
 	cfg     config.Role
-	m, v    *kernels.Tensor // AdamW moments, same layout as W (trainable roles)
+	m, v    *kernels.Tensor // AdamW moments, same layout as W (trainable roles; m nil when β1 = 0: optim.go)
 	updates int             // AdamW steps taken (bias correction)
 	runs    []run           // weight-decay mask as contiguous runs of the table
 	lr      float64         // the lr of the last update
@@ -257,6 +257,11 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		if s.Trainable {
 			r.G = dev.Alloc(kernels.F32, s.Custom.Numel)
 		}
+	} else if !s.Trainable && s.Name != objectives.EMA && bf16Weights(dev) {
+		// A frozen network (the teacher) on a device whose GEMMs read bf16 copies of the weights
+		// anyway: its weights in bf16 only, no fp32 master (gpu_device.go).
+		r.Net = models.NewFrozen(dev, t.opt.Model, kernels.BF16)
+		r.W, r.Table = r.Net.W, r.Net.Table
 	} else {
 		r.Net = models.New(dev, t.opt.Model, s.Trainable)
 		r.W, r.G, r.Table = r.Net.W, r.Net.G, r.Net.Table
@@ -302,7 +307,9 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 			r.sh = newShard(n, t.rank(), t.world())
 			n = r.sh.size()
 		}
-		r.m = dev.Alloc(kernels.F32, n)
+		if firstMoment(cfg) {
+			r.m = dev.Alloc(kernels.F32, n)
+		}
 		r.v = dev.Alloc(kernels.F32, n)
 		r.runs = decayRuns(r.Table, r.W.Numel())
 	}

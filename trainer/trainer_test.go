@@ -439,3 +439,70 @@ func TestRoleErrors(t *testing.T) {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// With β1 = 0 the role keeps no first moment (optim.go firstMoment): the gradient buffer serves as
+// m. The weights equal those of a run whose m buffer is a separate tensor, bit for bit (m forced
+// on after build); the checkpoint holds v only and resumes exactly; a job with β1 > 0 refuses it.
+func TestNoFirstMomentAtBeta1Zero(t *testing.T) {
+	const N = 6
+	job0 := func(dir string) *config.Job {
+		job := toyJob(dir, N)
+		r := job.Roles[objectives.Student]
+		r.Betas = []float64{0, 0.99}
+		job.Roles[objectives.Student] = r
+		return job
+	}
+	a, _ := newToy(t, job0(t.TempDir()))
+	if a.byName[objectives.Student].m != nil {
+		t.Fatal("β1 = 0: the student has a first-moment buffer")
+	}
+	if err := a.Run(); err != nil {
+		t.Fatal(err)
+	}
+	ref, _ := newToy(t, job0(t.TempDir()))
+	st := ref.byName[objectives.Student]
+	st.m = ref.opt.Dev.Alloc(kernels.F32, st.W.Numel()) // the old layout: a separate m
+	ref.opt.Dev.FromHost(st.m, randHost(st.W.Numel()))  // whatever it held: β1 = 0 ignores it
+	if err := ref.Run(); err != nil {
+		t.Fatal(err)
+	}
+	sameWeights(t, ref, a, "m = G")
+
+	dir := t.TempDir()
+	first := job0(dir)
+	first.Train.CkptEvery = N / 2
+	first.Train.SampleEvery = N / 2
+	b, _ := newToy(t, first)
+	b.opt.Validate = func(step int, _ *Trainer) error {
+		if step == N/2 {
+			return errKilled
+		}
+		return nil
+	}
+	if err := b.Run(); !errors.Is(err, errKilled) {
+		t.Fatalf("first half: %v", err)
+	}
+	job := job0(dir)
+	job.Train.Resume = dir
+	c, _ := newToy(t, job)
+	if err := c.Run(); err != nil {
+		t.Fatal(err)
+	}
+	sameWeights(t, a, c, "resumed without m")
+
+	job = toyJob(dir, N) // β1 = 0.9 needs an m the checkpoint does not have
+	job.Train.Resume = dir
+	if _, err := New(Options{Job: job, Dev: kernels.CPU(), Model: models.Config{InDim: tC, TextDim: tD},
+		Shape: models.Shape{B: tB, F: 1, H: 1, W: 1, L: tL}, Null: make([]float32, tL*tD), Source: newToySource()}); err == nil || !strings.Contains(err.Error(), "no first moment") {
+		t.Fatalf("β1 > 0 resuming a β1 = 0 checkpoint: err %v, want one naming the missing first moment", err)
+	}
+}
+
+func randHost(n int) []float32 {
+	r := rand.New(rand.NewPCG(3, 4))
+	h := make([]float32, n)
+	for i := range h {
+		h[i] = float32(r.NormFloat64())
+	}
+	return h
+}

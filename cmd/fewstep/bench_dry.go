@@ -43,6 +43,7 @@ func benchJob(obj string, bf16GEMM bool) config.Job {
 // train.shard shard, s.B being the batch of one rank.
 func dryTrain(obj string, cfg models.Config, s models.Shape, L, steps int, bf16GEMM bool, world int, shard string) (map[string]any, error) {
 	d := models.NewDryDevice()
+	d.FP32GEMM = !bf16GEMM
 	job := benchJob(obj, bf16GEMM)
 	var comm dist.Comm
 	if world > 1 || shard != "none" {

@@ -98,6 +98,10 @@ type shadow struct {
 	epoch int // capture epoch of the conversion
 }
 
+// GEMMReadsBF16 reports whether the GEMMs read bf16 copies of fp32 operands (GEMMBF16): the models
+// then keep frozen weights and GEMM-only activations in bf16 (models.Shape.BF16Operands).
+func (d *Device) GEMMReadsBF16() bool { return d.GEMM == GEMMBF16 }
+
 // MarkWeights declares t (an fp32 buffer, e.g. a model's parameter buffer) as weights: in GEMMBF16
 // mode the bf16 shadows of its views are kept between GEMMs, and remade only after a write into t
 // through this device (FromHost, Copy, AdamW, EMA, Axpy, Scale, Fill, Zero, …).

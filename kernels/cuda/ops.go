@@ -766,15 +766,22 @@ func (d *Device) Attention(out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffs
 	defer d.leave()
 	defer d.wrote(out, lse)
 	if !d.refAttn && FusedAttention.Fwd != nil {
-		// GEMMBF16 mode with fp32 storage: the fused kernel on bf16 copies (made by the ops that
-		// produced q and k), its bf16 output kept as the o-projection's operand.
-		if d.GEMM == GEMMBF16 && q.DType == kernels.F32 && out.DType == kernels.F32 && (hd == 64 || hd == 128) {
-			qb, kb, vb, ob := d.bf16Persistent(q), d.bf16Persistent(k), d.bf16Persistent(v), d.shadowBuf(out)
+		// GEMMBF16 mode with fp32 storage of some operands: the fused kernel on bf16 copies of the
+		// fp32 ones (made by the ops that produced q and k); an fp32 output gets its bf16 result
+		// converted and kept as the o-projection's operand, a bf16 output is written directly.
+		if d.GEMM == GEMMBF16 && mixedBF16(q, k, v, out) && (hd == 64 || hd == 128) {
+			qb, kb, vb := d.bf16Of(q), d.bf16Of(k), d.bf16Of(v)
+			ob := out.Ptr
+			if out.DType == kernels.F32 {
+				ob = d.shadowBuf(out)
+			}
 			if qb != 0 && kb != 0 && vb != 0 && ob != 0 &&
 				FusedAttention.Fwd(d, bf16View(d, out, ob), lse, bf16View(d, q, qb), bf16View(d, k, kb), bf16View(d, v, vb), chunkTokens, qOffset) {
-				d.convert(out.Ptr, kernels.F32, bf16View(d, out, ob))
-				d.wrote(out, lse)
-				d.actSet(out, ob)
+				if out.DType == kernels.F32 {
+					d.convert(out.Ptr, kernels.F32, bf16View(d, out, ob))
+					d.wrote(out, lse)
+					d.actSet(out, ob)
+				}
 				return
 			}
 		}
@@ -785,6 +792,30 @@ func (d *Device) Attention(out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffs
 	rows := B * H * Nq
 	d.args.reset().t(out).t(lse).ptr(q.Ptr).ptr(k.Ptr).ptr(v.Ptr).i32(int(q.DType)).i32(B).i64(Nq).i64(Nk).i32(H).i32(hd).i64(chunkTokens).i64(qOffset)
 	d.launch("refattn_fwd", (rows*32+255)/256, 1, 1, 256, 1, 1, 0)
+}
+
+// mixedBF16: every tensor is fp32 or bf16 and at least one is fp32 (all-bf16 goes to the fused
+// kernels directly).
+func mixedBF16(ts ...*kernels.Tensor) bool {
+	f32 := false
+	for _, t := range ts {
+		switch t.DType {
+		case kernels.F32:
+			f32 = true
+		case kernels.BF16:
+		default:
+			return false
+		}
+	}
+	return f32
+}
+
+// bf16Of is t's address as bf16: t itself when bf16, else its persistent bf16 copy (0: none).
+func (d *Device) bf16Of(t *kernels.Tensor) uintptr {
+	if t.DType == kernels.BF16 {
+		return t.Ptr
+	}
+	return d.bf16Persistent(t)
 }
 
 func (d *Device) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) {
@@ -801,8 +832,8 @@ func (d *Device) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tens
 	defer d.leave()
 	defer d.wrote(dQ, dK, dV)
 	if !d.refAttn && FusedAttention.Back != nil {
-		if d.GEMM == GEMMBF16 && q.DType == kernels.F32 && out.DType == kernels.F32 && dOut.DType == kernels.F32 && (hd == 64 || hd == 128) {
-			qb, kb, vb, ob, gb := d.bf16Persistent(q), d.bf16Persistent(k), d.bf16Persistent(v), d.bf16Persistent(out), d.bf16Persistent(dOut)
+		if d.GEMM == GEMMBF16 && mixedBF16(q, k, v, out, dOut) && (hd == 64 || hd == 128) {
+			qb, kb, vb, ob, gb := d.bf16Of(q), d.bf16Of(k), d.bf16Of(v), d.bf16Of(out), d.bf16Of(dOut)
 			if qb != 0 && kb != 0 && vb != 0 && ob != 0 && gb != 0 &&
 				FusedAttention.Back(d, dQ, dK, dV, bf16View(d, dOut, gb), bf16View(d, out, ob), lse, bf16View(d, q, qb), bf16View(d, k, kb), bf16View(d, v, vb), chunkTokens, qOffset) {
 				return

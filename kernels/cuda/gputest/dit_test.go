@@ -57,14 +57,18 @@ type variant struct {
 	ref  bool // reference attention kernels (exact fp32) instead of the fused bf16 ones
 	gemm cuda.GEMMMode
 	tol  float64
+	// operands: the pass keeps its GEMM-only activations in bf16 (models.Shape.BF16Operands); the
+	// same numbers as bf16-gemm's fp32 activations with bf16 copies, checked against that too.
+	operands bool
 }
 
 // The variants: exact fp32 everywhere (tolerance: fp32 through 2 layers), fused attention (bf16
-// tensor cores inside), and bf16 GEMMs.
+// tensor cores inside), bf16 GEMMs, and bf16 GEMMs with bf16 GEMM operands in the pass.
 var variants = []variant{
-	{"fp32", true, cuda.GEMMExact, 1e-4},
-	{"fused-attention", false, cuda.GEMMExact, 2e-2},
-	{"bf16-gemm", false, cuda.GEMMBF16, 3e-2},
+	{"fp32", true, cuda.GEMMExact, 1e-4, false},
+	{"fused-attention", false, cuda.GEMMExact, 2e-2, false},
+	{"bf16-gemm", false, cuda.GEMMBF16, 3e-2, false},
+	{"bf16-operands", false, cuda.GEMMBF16, 3e-2, true},
 }
 
 func TestDiTAgainstCPU(t *testing.T) {
@@ -90,7 +94,7 @@ func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v varia
 	g.ResetError()
 	r := rand.New(rand.NewSource(seed))
 	cpu := kernels.NewCPU(2)
-	s := models.Shape{B: 2, F: 3, H: 4, W: 6, L: 7, ChunkFrames: chunk}
+	s := models.Shape{B: 2, F: 3, H: 4, W: 6, L: 7, ChunkFrames: chunk, BF16Operands: v.operands}
 	mc, mg := models.New(cpu, cfg, true), models.New(g, cfg, true)
 	defer func() { g.GEMM = cuda.GEMMExact; setRef(g, false) }()
 	mc.InitRandom(seed, 0.15)
@@ -113,6 +117,27 @@ func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v varia
 	check(t, g, "grad.x", host(g, dxg), host(cpu, dxc), v.tol)
 	gc, gg := host(cpu, mc.G), host(g, mg.G)
 	check(t, g, "grad (all parameters)", gg, gc, v.tol)
+	if v.operands { // the same numbers as fp32 activations with bf16 copies (bf16-gemm)
+		so := s
+		so.BF16Operands = false
+		pf := mg.NewPass(so)
+		gSave := host(g, mg.G)
+		mg.ZeroGrad()
+		of := host(g, mg.Forward(pf, upload(g, x, xs...), upload(g, ts, s.B, s.F), upload(g, ctx, s.B, s.L, cfg.TextDim)))
+		dxf := host(g, mg.Backward(pf, upload(g, cot, xs...)))
+		check(t, g, "out vs fp32 activations (GPU)", full, of, 1e-6)
+		check(t, g, "grad.x vs fp32 activations (GPU)", host(g, dxg), dxf, 1e-5)
+		check(t, g, "grad (all parameters) vs fp32 activations (GPU)", gg, host(g, mg.G), 1e-5)
+		pf.Free()
+		g.FromHost(mg.G, gSave)
+		// A frozen model with its weights in bf16 only (trainer: the teacher), on the same pass.
+		mf := models.NewFrozen(g, cfg, kernels.BF16)
+		g.FromHost(mf.W, host(cpu, mc.W))
+		g.MarkWeights(mf.W)
+		check(t, g, "out of a bf16-weight frozen model", host(g, mf.Forward(pg, upload(g, x, xs...), upload(g, ts, s.B, s.F),
+			upload(g, ctx, s.B, s.L, cfg.TextDim))), host(cpu, oc), v.tol)
+		g.Free(mf.W)
+	}
 	worst, wname := 0.0, ""
 	for _, p := range mc.Table {
 		n := 1
@@ -168,7 +193,7 @@ func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v varia
 	}
 	if chunk > 0 { // streaming: chunk by chunk with the KV cache equals the block-causal forward
 		cc := mg.NewCache(s.B, s.H, s.W, 0, 0)
-		ps := mg.NewPass(models.Shape{B: s.B, F: chunk, H: s.H, W: s.W, L: s.L, ChunkFrames: chunk})
+		ps := mg.NewPass(models.Shape{B: s.B, F: chunk, H: s.H, W: s.W, L: s.L, ChunkFrames: chunk, BF16Operands: v.operands})
 		hw := s.H * s.W
 		got := make([]float32, len(full))
 		ctxG := upload(g, ctx, s.B, s.L, cfg.TextDim)
