@@ -271,9 +271,30 @@ func (d *Device) enterW(ws ...*kernels.Tensor) bool {
 	return ok
 }
 
-// leave ends what enter began. The ops' early return on empty tensors (`if n == 0 || !d.enter()
-// { d.leave() … }`) calls it without enter: that must not drive depth below zero (enter would
-// then stop clearing the bf16 copy table) nor leave a keepShadows flag set for the next op.
+// begin opens an op (the launcher ritual of every op): false when it has nothing to do (empty) or
+// an earlier error stands, and the op returns at once; else the op runs and defers d.leave(). The
+// op declares the tensors it writes (ws; none: it calls d.wrote itself), so the bf16 copies of
+// other tensors stay valid across it (shadows.go).
+//
+//	if !d.begin(n == 0, out) {
+//		return
+//	}
+//	defer d.leave()
+func (d *Device) begin(empty bool, ws ...*kernels.Tensor) bool {
+	if empty {
+		d.keep = false
+		return false
+	}
+	if !d.enterW(ws...) {
+		d.leave()
+		return false
+	}
+	return true
+}
+
+// leave ends what enter began. An early return that calls it without enter (Alloc's on an empty
+// tensor) must not drive depth below zero (enter would then stop clearing the bf16 copy table) nor
+// leave the keep flag set for the next op.
 func (d *Device) leave() {
 	if d.depth == 0 {
 		d.keep = false
@@ -588,8 +609,7 @@ func mustNumel(op string, n int, t *kernels.Tensor) {
 
 func (d *Device) FromHost(dst *kernels.Tensor, src []float32) {
 	mustNumel("FromHost", len(src), dst)
-	if len(src) == 0 || !d.enterW(dst) {
-		d.leave()
+	if !d.begin(len(src) == 0, dst) {
 		return
 	}
 	defer d.leave()
@@ -654,8 +674,7 @@ func (d *Device) ToHost(dst []float32, src *kernels.Tensor) {
 func (d *Device) Copy(dst, src *kernels.Tensor) {
 	n := src.Numel()
 	mustNumel("Copy", n, dst)
-	if n == 0 || !d.enterW(dst) {
-		d.leave()
+	if !d.begin(n == 0, dst) {
 		return
 	}
 	defer d.leave()
@@ -670,8 +689,7 @@ func (d *Device) Copy(dst, src *kernels.Tensor) {
 
 func (d *Device) Zero(t *kernels.Tensor) {
 	n := t.Numel() * t.DType.Size()
-	if n == 0 || !d.enterW(t) {
-		d.leave()
+	if !d.begin(n == 0, t) {
 		return
 	}
 	defer d.leave()
@@ -681,8 +699,7 @@ func (d *Device) Zero(t *kernels.Tensor) {
 
 func (d *Device) Fill(t *kernels.Tensor, v float32) {
 	n := t.Numel()
-	if n == 0 || !d.enterW(t) {
-		d.leave()
+	if !d.begin(n == 0, t) {
 		return
 	}
 	defer d.leave()

@@ -199,9 +199,7 @@ func (d *Device) Linear(out, in, w, b *kernels.Tensor) {
 	must(len(w.Shape) == 2 && in.Numel()%K == 0, "Linear: in %v w %v", in.Shape, w.Shape)
 	M := in.Numel() / K
 	must(out.Numel() == M*N && (b == nil || b.Numel() == N), "Linear: out %v in %v w %v b %v", out.Shape, in.Shape, w.Shape, b)
-	d.keepShadows()
-	if !d.enter() {
-		d.leave()
+	if !d.begin(false) {
 		return
 	}
 	defer d.leave()
@@ -214,9 +212,7 @@ func (d *Device) LinearBack(dIn, dW, dB, dOut, in, w *kernels.Tensor) {
 	N, K := w.Shape[0], w.Numel()/w.Shape[0]
 	M := in.Numel() / K
 	must(dOut.Numel() == M*N, "LinearBack: dOut %v in %v w %v", dOut.Shape, in.Shape, w.Shape)
-	d.keepShadows()
-	if !d.enter() {
-		d.leave()
+	if !d.begin(false) {
 		return
 	}
 	defer d.leave()
@@ -368,8 +364,7 @@ func (d *Device) LayerNorm(out, mean, rstd, in, w, b *kernels.Tensor, eps float3
 	must(w == nil || w.Numel() == D, "LayerNorm: weight %v for D=%d", w, D)
 	must(b == nil || b.Numel() == D, "LayerNorm: bias %v for D=%d", b, D)
 	must(w == nil || b == nil || w.DType == b.DType, "LayerNorm: weight %v and bias %v dtypes differ", w, b)
-	if rows == 0 || !d.enterW(out, mean, rstd) {
-		d.leave()
+	if !d.begin(rows == 0, out, mean, rstd) {
 		return
 	}
 	defer d.leave()
@@ -400,8 +395,7 @@ func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Ten
 	n := sameNumel("LayerNormBack", in, dOut)
 	rows := n / D
 	must(mean.Numel() == rows && rstd.Numel() == rows && mean.DType == rstd.DType, "LayerNormBack: mean %v rstd %v for %d rows", mean, rstd, rows)
-	if rows == 0 || !d.enterW(dIn, dW, dB) {
-		d.leave()
+	if !d.begin(rows == 0, dIn, dW, dB) {
 		return
 	}
 	defer d.leave()
@@ -434,9 +428,7 @@ func (d *Device) RMSNorm(out, rstd, in, w *kernels.Tensor, eps float32) {
 	rows := n / D
 	must(rstd == nil || rstd.Numel() == rows, "RMSNorm: rstd %v for %d rows", rstd, rows)
 	must(w == nil || w.Numel() == D, "RMSNorm: weight %v for D=%d", w, D)
-	d.keepShadows()
-	if rows == 0 || !d.enter() {
-		d.leave()
+	if !d.begin(rows == 0) {
 		return
 	}
 	defer d.leave()
@@ -464,8 +456,7 @@ func (d *Device) RMSNormBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor) {
 	n := sameNumel("RMSNormBack", in, dOut)
 	rows := n / D
 	must(rstd.Numel() == rows, "RMSNormBack: rstd %v for %d rows", rstd, rows)
-	if rows == 0 || !d.enterW(dIn, dW) {
-		d.leave()
+	if !d.begin(rows == 0, dIn, dW) {
 		return
 	}
 	defer d.leave()
@@ -499,8 +490,7 @@ func modDims(op string, x, mod *kernels.Tensor, idx []int, tpf int) (B, N, D, F,
 func (d *Device) Modulate(out, x, mod *kernels.Tensor, iShift, iScale, tpf int) {
 	B, N, D, F, K := modDims("Modulate", x, mod, []int{iShift, iScale}, tpf)
 	n := sameNumel("Modulate", out, x)
-	if n == 0 || !d.enterW(out) {
-		d.leave()
+	if !d.begin(n == 0, out) {
 		return
 	}
 	defer d.leave()
@@ -519,8 +509,7 @@ func (d *Device) Modulate(out, x, mod *kernels.Tensor, iShift, iScale, tpf int) 
 func (d *Device) ModulateBack(dX, dMod, dOut, x, mod *kernels.Tensor, iShift, iScale, tpf int) {
 	B, N, D, F, K := modDims("ModulateBack", x, mod, []int{iShift, iScale}, tpf)
 	n := sameNumel("ModulateBack", dOut, x)
-	if n == 0 || !d.enterW(dX, dMod) {
-		d.leave()
+	if !d.begin(n == 0, dX, dMod) {
 		return
 	}
 	defer d.leave()
@@ -540,8 +529,7 @@ func (d *Device) ModulateBack(dX, dMod, dOut, x, mod *kernels.Tensor, iShift, iS
 func (d *Device) GateAdd(x, y, mod *kernels.Tensor, iGate, tpf int) {
 	_, N, D, F, K := modDims("GateAdd", x, mod, []int{iGate}, tpf)
 	n := sameNumel("GateAdd", x, y)
-	if n == 0 || !d.enterW(x) {
-		d.leave()
+	if !d.begin(n == 0, x) {
 		return
 	}
 	defer d.leave()
@@ -551,8 +539,7 @@ func (d *Device) GateAdd(x, y, mod *kernels.Tensor, iGate, tpf int) {
 func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf int) {
 	B, N, D, F, K := modDims("GateAddBack", y, mod, []int{iGate}, tpf)
 	n := sameNumel("GateAddBack", dX, y)
-	if n == 0 || !d.enterW(dY, dMod) {
-		d.leave()
+	if !d.begin(n == 0, dY, dMod) {
 		return
 	}
 	defer d.leave()
@@ -609,8 +596,7 @@ func (d *Device) vecEW(D, n, nmod int, ts ...*kernels.Tensor) bool {
 
 func (d *Device) act(name string, out, in *kernels.Tensor) {
 	n := sameNumel(name, out, in)
-	if n == 0 || !d.enterW(out) {
-		d.leave()
+	if !d.begin(n == 0, out) {
 		return
 	}
 	defer d.leave()
@@ -627,8 +613,7 @@ func (d *Device) act(name string, out, in *kernels.Tensor) {
 
 func (d *Device) actBack(name string, dIn, dOut, in *kernels.Tensor) {
 	n := sameNumel(name, dIn, dOut, in)
-	if n == 0 || !d.enterW(dIn) {
-		d.leave()
+	if !d.begin(n == 0, dIn) {
 		return
 	}
 	defer d.leave()
@@ -658,9 +643,7 @@ func (d *Device) rope(op string, x *kernels.Tensor, frames, rows, cols, frame0 i
 	N, H, hd := x.Shape[1], x.Shape[2], x.Shape[3]
 	must(N == frames*rows*cols, "%s: x %v for a %d×%d×%d grid", op, x.Shape, frames, rows, cols)
 	n := x.Numel() / 2
-	d.keepShadows()
-	if n == 0 || !d.enter() {
-		d.leave()
+	if !d.begin(n == 0) {
 		return
 	}
 	defer d.leave()
@@ -758,9 +741,7 @@ func (d *Device) Attention(out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffs
 	if B*Nq*H == 0 {
 		return
 	}
-	d.keepShadows()
-	if !d.enter() {
-		d.leave()
+	if !d.begin(false) {
 		return
 	}
 	defer d.leave()
@@ -824,9 +805,7 @@ func (d *Device) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tens
 	if B*Nq*H == 0 {
 		return
 	}
-	d.keepShadows()
-	if !d.enter() {
-		d.leave()
+	if !d.begin(false) {
 		return
 	}
 	defer d.leave()
@@ -876,8 +855,7 @@ func (d *Device) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tens
 
 func (d *Device) patch(name string, tok, vid *kernels.Tensor, n, B, C, F, H, W, back int) {
 	must(H%2 == 0 && W%2 == 0, "%s: H=%d W=%d must be even", name, H, W)
-	if n == 0 || !d.enterW(tok, vid) {
-		d.leave()
+	if !d.begin(n == 0, tok, vid) {
 		return
 	}
 	defer d.leave()
@@ -916,8 +894,7 @@ func (d *Device) UnpatchifyBack(dIn, dOut *kernels.Tensor, B, C, F, H, W int) {
 func (d *Device) Sinusoid(out, t *kernels.Tensor, half int) {
 	M := t.Numel()
 	mustNumel("Sinusoid out", M*2*half, out)
-	if M*half == 0 || !d.enterW(out) {
-		d.leave()
+	if !d.begin(M*half == 0, out) {
 		return
 	}
 	defer d.leave()
@@ -929,8 +906,7 @@ func (d *Device) AddBroadcast(out, a, b *kernels.Tensor) {
 	n := sameNumel("AddBroadcast", out, b)
 	KD := a.Numel()
 	must(KD > 0 && n%KD == 0, "AddBroadcast: a %v does not tile b %v", a.Shape, b.Shape)
-	if n == 0 || !d.enterW(out) {
-		d.leave()
+	if !d.begin(n == 0, out) {
 		return
 	}
 	defer d.leave()
@@ -940,8 +916,7 @@ func (d *Device) AddBroadcast(out, a, b *kernels.Tensor) {
 
 func (d *Device) AddBroadcastBack(dA, dB, dOut *kernels.Tensor) {
 	n := dOut.Numel()
-	if n == 0 || !d.enterW(dA, dB) {
-		d.leave()
+	if !d.begin(n == 0, dA, dB) {
 		return
 	}
 	defer d.leave()
@@ -961,8 +936,7 @@ func (d *Device) MeanTokens(out, in *kernels.Tensor) {
 	must(len(in.Shape) == 3, "MeanTokens: in %v is not [B,N,D]", in.Shape)
 	B, N, D := in.Shape[0], in.Shape[1], in.Shape[2]
 	mustNumel("MeanTokens out", B*D, out)
-	if B*D == 0 || !d.enterW(out) {
-		d.leave()
+	if !d.begin(B*D == 0, out) {
 		return
 	}
 	defer d.leave()
@@ -974,8 +948,7 @@ func (d *Device) MeanTokensBack(dIn, dOut *kernels.Tensor) {
 	B, N, D := dIn.Shape[0], dIn.Shape[1], dIn.Shape[2]
 	mustNumel("MeanTokensBack dOut", B*D, dOut)
 	n := B * N * D
-	if n == 0 || !d.enterW(dIn) {
-		d.leave()
+	if !d.begin(n == 0, dIn) {
 		return
 	}
 	defer d.leave()
@@ -988,8 +961,7 @@ func (d *Device) MeanTokensBack(dIn, dOut *kernels.Tensor) {
 
 func (d *Device) Add(out, a, b *kernels.Tensor) {
 	n := sameNumel("Add", out, a, b)
-	if n == 0 || !d.enterW(out) {
-		d.leave()
+	if !d.begin(n == 0, out) {
 		return
 	}
 	defer d.leave()
@@ -1000,8 +972,7 @@ func (d *Device) Add(out, a, b *kernels.Tensor) {
 
 func (d *Device) Axpy(y *kernels.Tensor, alpha float32, x *kernels.Tensor) {
 	n := sameNumel("Axpy", y, x)
-	if n == 0 || !d.enterW(y) {
-		d.leave()
+	if !d.begin(n == 0, y) {
 		return
 	}
 	defer d.leave()
@@ -1012,8 +983,7 @@ func (d *Device) Axpy(y *kernels.Tensor, alpha float32, x *kernels.Tensor) {
 
 func (d *Device) Scale(x *kernels.Tensor, alpha float32) {
 	n := x.Numel()
-	if n == 0 || !d.enterW(x) {
-		d.leave()
+	if !d.begin(n == 0, x) {
 		return
 	}
 	defer d.leave()
@@ -1027,8 +997,7 @@ const maxGroups = 64 // coefficients passed by value (see Coefs in elementwise.c
 // combine: groupSize > 0 → g = i/groupSize; else the video layout [B,C,F,HW] with g = b·F + f.
 func (d *Device) combine(op string, out, x, y *kernels.Tensor, a, b []float32, groupSize, C, F, HW int) {
 	n := sameNumel(op, out, x, y)
-	if n == 0 || !d.enterW(out) {
-		d.leave()
+	if !d.begin(n == 0, out) {
 		return
 	}
 	defer d.leave()
@@ -1158,8 +1127,7 @@ func (d *Device) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd flo
 	n := sameNumel("AdamW", w, g, m, v)
 	must(step >= 1, "AdamW: step %d < 1", step)
 	must(m.DType == v.DType, "AdamW: m %v and v %v dtypes differ", m, v)
-	if n == 0 || !d.enterW(w, g, m, v) {
-		d.leave()
+	if !d.begin(n == 0, w, g, m, v) {
 		return
 	}
 	defer d.leave()
@@ -1200,8 +1168,7 @@ func (d *Device) adamwScalar(w, g, m, v *kernels.Tensor, i0, n int, beta1, beta2
 
 func (d *Device) EMA(ema, w *kernels.Tensor, decay float32) {
 	n := sameNumel("EMA", ema, w)
-	if n == 0 || !d.enterW(ema) {
-		d.leave()
+	if !d.begin(n == 0, ema) {
 		return
 	}
 	defer d.leave()

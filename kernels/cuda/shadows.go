@@ -13,7 +13,7 @@ import (
 // copy into a persistent buffer kept per fp32 tensor, and records it in a small table of valid
 // copies. A copy is valid until something may have written its fp32 source: an op that does not
 // declare its writes clears the table (Alloc, a graph replay, …); the ops that declare every tensor
-// they write (keepShadows or enterW: the GEMMs, norms, modulation, activations, attention, the
+// they write (begin or enterW: the GEMMs, norms, modulation, activations, attention, the
 // elementwise ops, the optimizer, FromHost/Copy/Zero/Fill, and their backward ops) drop only the
 // copies they overlap, so the forward's copies of a training pass's activations are still valid
 // when its backward needs them as GEMM and attention operands. Free forgets everything. Graph
@@ -120,9 +120,6 @@ func (d *Device) dropCopiesIn(sh uintptr) {
 	}
 	d.acts = d.acts[:k]
 }
-
-// keepShadows marks the next op as one that declares its writes (see the file comment).
-func (d *Device) keepShadows() { d.keep = true }
 
 // bf16Persistent returns a bf16 copy of fp32 t that stays valid as the table says: the recorded
 // one, or a fresh conversion into t's persistent buffer (recorded). 0 when none can be made

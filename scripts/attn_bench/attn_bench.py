@@ -78,7 +78,7 @@ def fwd_alternatives(hd, dt):  # every hd-128 bf16 forward configuration attenti
     return ["", "_r256"] + (["_sm90"] if SM90 and "attn_fwd_hd128_bf16_sm90" in WGMMA_OK else [])
 
 
-VARIANTS = {  # tuning candidates (built with -DATTN_VARIANTS): name → (hd, warps, m-tiles, keys per tile)
+VARIANTS = {  # tuning candidates (attention_variants.cu beside this script): name → (hd, warps, m-tiles, keys per tile)
     "attn_fwdv_hd128_w4m2b64": (128, 4, 2, 64), "attn_fwdv_hd128_w4m2b32": (128, 4, 2, 32),
     "attn_fwdv_hd128_w8m1b128": (128, 8, 1, 128),
     "attn_fwdv_hd64_w8m1b64": (64, 8, 1, 64), "attn_fwdv_hd64_w8m2b32": (64, 8, 2, 32),
