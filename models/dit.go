@@ -56,12 +56,16 @@ type weights struct {
 }
 
 // New allocates a model (zero weights; call Init or Load) on dev, with a gradient buffer if grads.
-func New(dev kernels.Device, cfg Config, grads bool) *DiT { return newDiT(dev, cfg, grads, kernels.F32) }
+func New(dev kernels.Device, cfg Config, grads bool) *DiT {
+	return newDiT(dev, cfg, grads, kernels.F32)
+}
 
 // NewFrozen is New without gradients and with the weights stored as dt (bf16 for a frozen teacher
 // on a GPU whose GEMMs read bf16 weights anyway; Load, Init and Save convert). Its norm, modulation
 // and bias parameters are then dt too; every op reads a parameter in its storage dtype.
-func NewFrozen(dev kernels.Device, cfg Config, dt kernels.DType) *DiT { return newDiT(dev, cfg, false, dt) }
+func NewFrozen(dev kernels.Device, cfg Config, dt kernels.DType) *DiT {
+	return newDiT(dev, cfg, false, dt)
+}
 
 func newDiT(dev kernels.Device, cfg Config, grads bool, wdt kernels.DType) *DiT {
 	if err := cfg.Validate(); err != nil {
