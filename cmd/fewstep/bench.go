@@ -162,7 +162,11 @@ func addShapeFlags(f *pflag.FlagSet) {
 	f.Int("height", 60, "latent height (480p: 60)")
 	f.Int("width", 104, "latent width (480p: 104)")
 	f.Int("ctx", 512, "context tokens")
+	f.Bool("bf16-operands", true, "GEMM-only activations stored in bf16 where the GEMMs read bf16 (models.Shape.BF16Operands)")
 }
+
+// bf16Operands reads --bf16-operands.
+func bf16Operands(fl *pflag.FlagSet) bool { v, _ := fl.GetBool("bf16-operands"); return v }
 
 func shapeFlags(fl *pflag.FlagSet) (preset string, B, F, H, W, L int) {
 	preset, _ = fl.GetString("preset")
@@ -186,7 +190,7 @@ func runBenchForward(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	s := models.Shape{B: B, F: F, H: H, W: W, L: L, ChunkFrames: chunk}
+	s := models.Shape{B: B, F: F, H: H, W: W, L: L, ChunkFrames: chunk, BF16Operands: bf16Operands(fl)}
 	if err := s.Check(cfg); err != nil {
 		return err
 	}

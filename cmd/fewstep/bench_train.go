@@ -148,7 +148,7 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	s := models.Shape{B: B, F: F, H: H, W: W, L: L, Recompute: recompute}
+	s := models.Shape{B: B, F: F, H: H, W: W, L: L, Recompute: recompute, BF16Operands: bf16Operands(fl)}
 	if err := s.Check(cfg); err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ extern "C" __global__ void act_gelu_f32x4(f32x4 *out, bf16x4 *sh, const f32x4 *i
     GRID_STRIDE(i, n4) {
         f32x4 v = in[i];
         f32x4 y = {gelu1(v.x), gelu1(v.y), gelu1(v.z), gelu1(v.w)};
-        out[i] = y;
+        if (out) out[i] = y;
         if (sh) sh[i] = bf16x4{f2bf(y.x), f2bf(y.y), f2bf(y.z), f2bf(y.w)};
     }
 }

@@ -63,7 +63,8 @@ extern "C" __global__ void gate_add(void *x, int dtx, const void *y, int dty, co
 struct alignas(16) f32x4 { float x, y, z, w; };
 struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
 
-// mod_fwd for fp32: i over n/4 groups of 4 consecutive channels.
+// mod_fwd for fp32: i over n/4 groups of 4 consecutive channels; out null: only the bf16 copy sh
+// (a bf16 output tensor).
 extern "C" __global__ void mod_fwd_f32x4(f32x4 *out, bf16x4 *sh, const f32x4 *x, const float *mod, int iShift, int iScale,
                                          unsigned N, unsigned D, unsigned F, unsigned K, unsigned tpf, ll n4) {
     unsigned D4 = D / 4;
@@ -72,7 +73,7 @@ extern "C" __global__ void mod_fwd_f32x4(f32x4 *out, bf16x4 *sh, const f32x4 *x,
         const f32x4 *m = (const f32x4 *)(mod + ((b * F + f) * K) * D) + d4;
         f32x4 sc = m[iScale * D4], sf = m[iShift * D4], v = x[i];
         f32x4 y = {v.x * (1.f + sc.x) + sf.x, v.y * (1.f + sc.y) + sf.y, v.z * (1.f + sc.z) + sf.z, v.w * (1.f + sc.w) + sf.w};
-        out[i] = y;
+        if (out) out[i] = y;
         if (sh) sh[i] = bf16x4{f2bf(y.x), f2bf(y.y), f2bf(y.z), f2bf(y.w)};
     }
 }

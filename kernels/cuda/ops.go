@@ -379,15 +379,16 @@ func (d *Device) LayerNorm(out, mean, rstd, in, w, b *kernels.Tensor, eps float3
 	} else if b != nil {
 		wdt = int(b.DType)
 	}
-	sh := d.shadowBuf(out)
-	if T := d.vecRow(D, out, in, w, b, mean, rstd); T > 0 {
-		d.args.reset().ptr(out.Ptr).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).ptr(in.Ptr).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(D).f32(eps)
+	op, sh, vok := d.vecOut(out)
+	if T := d.vecRow(D, in, w, b, mean, rstd); T > 0 && vok {
+		d.args.reset().ptr(op).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).ptr(in.Ptr).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(D).f32(eps)
 		d.launch("ln_fwd_f32x4", rows, 1, 1, T, 1, 1, 0)
 	} else {
+		sh = genericCopy(out, sh)
 		d.args.reset().t(out).ptr(sh).ptr(ptrOf(mean)).ptr(ptrOf(rstd)).i32(sdt).t(in).ptr(ptrOf(w)).ptr(ptrOf(b)).i32(wdt).i64(D).f32(eps)
 		d.launch("ln_fwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
 	}
-	d.actSet(out, sh)
+	d.actSetF32(out, sh)
 }
 
 func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Tensor) {
@@ -495,15 +496,16 @@ func (d *Device) Modulate(out, x, mod *kernels.Tensor, iShift, iScale, tpf int) 
 	}
 	defer d.leave()
 	_ = B
-	sh := d.shadowBuf(out)
-	if d.vecEW(D, n, mod.Numel(), out, x, mod) {
-		d.args.reset().ptr(out.Ptr).ptr(sh).ptr(x.Ptr).ptr(mod.Ptr).i32(iShift).i32(iScale).i32(N).i32(D).i32(F).i32(K).i32(tpf).i64(n / 4)
+	op, sh, vok := d.vecOut(out)
+	if d.vecEW(D, n, mod.Numel(), x, mod) && vok {
+		d.args.reset().ptr(op).ptr(sh).ptr(x.Ptr).ptr(mod.Ptr).i32(iShift).i32(iScale).i32(N).i32(D).i32(F).i32(K).i32(tpf).i64(n / 4)
 		d.ew("mod_fwd_f32x4", n/4)
 	} else {
+		sh = genericCopy(out, sh)
 		d.args.reset().t(out).ptr(sh).t(x).t(mod).i32(iShift).i32(iScale).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
 		d.ew("mod_fwd", n)
 	}
-	d.actSet(out, sh)
+	d.actSetF32(out, sh)
 }
 
 func (d *Device) ModulateBack(dX, dMod, dOut, x, mod *kernels.Tensor, iShift, iScale, tpf int) {
@@ -581,6 +583,28 @@ func (d *Device) vecRow(D int, ts ...*kernels.Tensor) int {
 	return (T + 31) &^ 31
 }
 
+// vecOut gives the output pointers of the fp32 float4 producers (ln_fwd_f32x4, mod_fwd_f32x4,
+// act_gelu_f32x4) for out: (out, its persistent bf16 copy or 0) for fp32; (0, out) for bf16 (the
+// kernel writes only the bf16 values: models.Shape.BF16Operands); ok false for other dtypes or
+// alignments (the generic kernels then; sh is still the copy to pass them).
+func (d *Device) vecOut(out *kernels.Tensor) (op, sh uintptr, ok bool) {
+	switch out.DType {
+	case kernels.F32:
+		return out.Ptr, d.shadowBuf(out), d.vec && out.Ptr%16 == 0
+	case kernels.BF16:
+		return 0, out.Ptr, d.vec && out.Ptr%8 == 0
+	}
+	return 0, 0, false
+}
+
+// genericCopy is the bf16 copy a generic producer writes beside out: none for a bf16 out.
+func genericCopy(out *kernels.Tensor, sh uintptr) uintptr {
+	if out.DType != kernels.F32 {
+		return 0
+	}
+	return sh
+}
+
 // vecEW reports whether the fp32 float4 modulation kernels take tensors of width D, n elements.
 func (d *Device) vecEW(D, n, nmod int, ts ...*kernels.Tensor) bool {
 	if !d.vec || D%4 != 0 || n%4 != 0 || n >= 1<<31 || nmod >= 1<<31 {
@@ -600,15 +624,16 @@ func (d *Device) act(name string, out, in *kernels.Tensor) {
 		return
 	}
 	defer d.leave()
-	sh := d.shadowBuf(out)
-	if name == "act_gelu" && out.DType == kernels.F32 && in.DType == kernels.F32 && n%4 == 0 && out.Ptr%16 == 0 && in.Ptr%16 == 0 {
-		d.args.reset().ptr(out.Ptr).ptr(sh).ptr(in.Ptr).i64(n / 4)
+	op, sh, vok := d.vecOut(out)
+	if name == "act_gelu" && vok && in.DType == kernels.F32 && n%4 == 0 && in.Ptr%16 == 0 {
+		d.args.reset().ptr(op).ptr(sh).ptr(in.Ptr).i64(n / 4)
 		d.ew("act_gelu_f32x4", n/4)
 	} else {
+		sh = genericCopy(out, sh)
 		d.args.reset().t(out).ptr(sh).t(in).i64(n)
 		d.ew(name, n)
 	}
-	d.actSet(out, sh)
+	d.actSetF32(out, sh)
 }
 
 func (d *Device) actBack(name string, dIn, dOut, in *kernels.Tensor) {

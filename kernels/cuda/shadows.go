@@ -80,6 +80,13 @@ func (d *Device) actSet(t *kernels.Tensor, sh uintptr) {
 	d.acts = append(d.acts, actEntry{src: t.Ptr, n: t.Numel(), sh: sh, epoch: d.capEpoch})
 }
 
+// actSetF32 is actSet for an fp32 t (a bf16 t is its own operand: nothing to record).
+func (d *Device) actSetF32(t *kernels.Tensor, sh uintptr) {
+	if t.DType == kernels.F32 {
+		d.actSet(t, sh)
+	}
+}
+
 // actLookup returns the valid bf16 copy of t, or 0.
 func (d *Device) actLookup(t *kernels.Tensor) uintptr {
 	n := t.Numel()
