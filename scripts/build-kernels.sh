@@ -33,26 +33,45 @@ arch="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=comput
 hdrs=$(ls $src/*.cuh | LC_ALL=C sort)
 echo "# fatbin sha256(source.cu + *.cuh sorted by name) nvcc: written by scripts/build-kernels.sh" > "$out/MANIFEST"
 : > "$out/resource-usage.txt"
-status=0
-for cu in $(ls $src/*.cu | LC_ALL=C sort); do
+# build1 CU: one family's fatbin (the plain flags, then each build-fallback set); its MANIFEST line
+# and resource report go to $out/NAME.manifest and $out/NAME.usage, merged in name order below.
+build1() {
+    cu=$1
     name=$(basename "$cu" .cu)
     hash=$(cat "$cu" $hdrs | sha256sum | cut -d' ' -f1)
-    ok=0
     for flags in "" $(sed -n 's|^// build-fallback: *||p' "$cu" | tr ' ' '\001'); do
         flags=$(echo "$flags" | tr '\001' ' ')
         if $NVCC -fatbin -O3 -std=c++17 $arch $flags -Xptxas -v -o "$out/$name.fatbin" "$cu" 2> "$out/$name.log"; then
-            ok=1
-            echo "== $name $flags" >> "$out/resource-usage.txt"
-            grep -E "Function properties|registers|spill|Compiling entry" "$out/$name.log" >> "$out/resource-usage.txt" || true
-            break
+            { echo "== $name $flags"; grep -E "Function properties|registers|spill|Compiling entry" "$out/$name.log" || true; } > "$out/$name.usage"
+            echo "$name.fatbin $hash nvcc-$ver" > "$out/$name.manifest"
+            rm -f "$out/$name.log"
+            echo "built $name.fatbin ($(wc -c < "$out/$name.fatbin") bytes)"
+            return 0
         fi
         echo "build-kernels: $cu failed with flags '$flags':" >&2
         tail -20 "$out/$name.log" >&2
     done
     rm -f "$out/$name.log"
-    if [ $ok = 1 ]; then
-        echo "$name.fatbin $hash nvcc-$ver" >> "$out/MANIFEST"
-        echo "built $name.fatbin ($(wc -c < "$out/$name.fatbin") bytes)"
+    return 1
+}
+# All families at once (JOBS at a time, default all: the largest, attention.cu, sets the pace).
+status=0
+pids=""
+for cu in $(ls $src/*.cu | LC_ALL=C sort); do
+    build1 "$cu" &
+    pids="$pids $!"
+    if [ -n "${JOBS:-}" ] && [ $(echo $pids | wc -w) -ge "$JOBS" ]; then
+        for p in $pids; do wait $p || status=1; done
+        pids=""
+    fi
+done
+for p in $pids; do wait $p || status=1; done
+for cu in $(ls $src/*.cu | LC_ALL=C sort); do
+    name=$(basename "$cu" .cu)
+    if [ -f "$out/$name.manifest" ]; then
+        cat "$out/$name.manifest" >> "$out/MANIFEST"
+        cat "$out/$name.usage" >> "$out/resource-usage.txt"
+        rm -f "$out/$name.manifest" "$out/$name.usage"
     else
         status=1
     fi
