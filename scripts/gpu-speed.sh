@@ -1,0 +1,106 @@
+#!/bin/bash
+# One device call of the speed work (issue 14), after scripts/gpu-speed.sh prepare here:
+#   prepare (development machine): G=gpubuild/speed (inside the checkout the device receives, git-ignored):
+#     the test binaries, fewstep, objectives.test (built from this worktree), its kernel sources under
+#     $G/src, wan_ref.py, this script.
+#   on the device (carry [G]): bash $G/gpu-speed.sh [steps...]
+#     build   the kernels from $G/src with nvcc (all families at once), used by everything after it
+#     tests   cuda.test (in $G/src/kernels/cuda: TestArtifactsFresh checks the fresh build), gputest,
+#             objectives' GPU-vs-CPU training tests, model vjp against the PyTorch goldens
+#     sf      the Wan-1.3B Self-Forcing step (7 chunks x 4,680 tokens) under a 79.6 GiB cap
+#     ours    forward at 4,680 (profile) and 32,760 tokens, train step at 4,680 (profile), attention
+#     peer    wan_ref.py eager: forward and train step at 4,680, forward at 32,760
+#     compile wan_ref.py compiled: forward and train step at 4,680; compile21: forward at 32,760
+set -uo pipefail
+G=${G:-gpubuild/speed}
+OUT=${OUT:-$G/out}
+mkdir -p "$OUT"
+export OUT PYTHONUNBUFFERED=1
+if [ "${1:-}" = prepare ]; then
+    set -e
+    cd "$(dirname "$0")/.."
+    dst=${DST:?DST=/work/main/gpubuild/speed}
+    rm -rf "$dst" && mkdir -p "$dst/src/kernels/cuda/build" "$dst/src/scripts"
+    export CGO_ENABLED=0 GOOS=linux GOARCH=amd64
+    go test -c -ldflags="-s -w" -o "$dst/cuda.test" ./kernels/cuda
+    go test -c -ldflags="-s -w" -o "$dst/gputest.test" ./kernels/cuda/gputest
+    go test -c -ldflags="-s -w" -o "$dst/objectives.test" ./objectives
+    go build -ldflags="-s -w" -o "$dst/fewstep" ./cmd/fewstep
+    gzip -9 "$dst/cuda.test" "$dst/gputest.test" "$dst/objectives.test" "$dst/fewstep"
+    cp kernels/cuda/*.cu kernels/cuda/*.cuh "$dst/src/kernels/cuda/"
+    cp scripts/build-kernels.sh "$dst/src/scripts/"
+    cp scripts/gpu-speed.sh "$dst/"
+    cp "${WAN_REF:-/work/shared/reference/wan_ref.py}" "$dst/wan_ref.py"
+    git log -1 --format='%H %s' > "$dst/COMMIT"
+    du -sh "$dst"
+    exit 0
+fi
+L=$OUT/log.txt
+log() { echo "$@" | tee -a "$L"; }
+for f in cuda.test gputest.test objectives.test fewstep; do [ -f $G/$f.gz ] && gunzip -f $G/$f.gz; done
+chmod +x $G/*.test $G/fewstep 2>/dev/null
+log "$(date -u) binaries from $(cat $G/COMMIT)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$L"
+FS=$G/fewstep
+J=$OUT/bench.jsonl
+run() { local to=$1; shift; log "+ $*"; local t0=$(date +%s); timeout "$to" "$@" 2>>"$L" | tee -a "$J"; log "  exit ${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s"; }
+W="--preset wan2.1-1.3b --height 60 --width 104 --ctx 512"
+[ -d $G/src/kernels/cuda/build ] && [ -f $G/src/kernels/cuda/build/MANIFEST ] && export FEWSTEP_CUDA_KERNELS=$PWD/$G/src/kernels/cuda/build
+for s in ${*:-build tests sf ours}; do
+case $s in
+build)
+    t0=$(date +%s)
+    if (cd $G/src && sh scripts/build-kernels.sh kernels/cuda/build) > "$OUT/build.txt" 2>&1; then
+        log "kernels built in $(( $(date +%s) - t0 )) s"
+    else
+        log "KERNEL BUILD FAILED in $(( $(date +%s) - t0 )) s"; tail -30 "$OUT/build.txt" | tee -a "$L"
+    fi
+    export FEWSTEP_CUDA_KERNELS=$PWD/$G/src/kernels/cuda/build
+    tar czf "$OUT/kernels.tgz" -C $G/src/kernels/cuda/build . ;;
+tests)
+    t0=$(date +%s)
+    (cd $G/src/kernels/cuda && timeout 240 ../../../cuda.test -test.v -test.count=1) > "$OUT/tests.txt" 2>&1
+    log "cuda.test exit $? in $(( $(date +%s) - t0 )) s"
+    t0=$(date +%s)
+    (cd kernels/cuda/gputest && timeout 120 ../../../$G/gputest.test -test.v -test.count=1) >> "$OUT/tests.txt" 2>&1
+    log "gputest.test exit $? in $(( $(date +%s) - t0 )) s"
+    grep -E "^(--- FAIL|FAIL|ok|PASS)|rel error .* >|panic" "$OUT/tests.txt" | head -40 | tee -a "$L"
+    t0=$(date +%s)
+    (cd objectives && timeout 150 ../$G/objectives.test -test.run 'TestGPUTrainingFollowsCPU|TestGPURolloutBF16Cache' -test.v -test.count=1) > "$OUT/follow.txt" 2>&1
+    log "objectives.test GPU-vs-CPU exit $? in $(( $(date +%s) - t0 )) s"
+    grep -E -- "--- (PASS|FAIL|SKIP)|panic" "$OUT/follow.txt" | head -30 | tee -a "$L"
+    T=models/testdata
+    for v in bidir causal; do
+        flag=""; [ $v = causal ] && flag="--chunk-frames 1"
+        $FS model vjp --config $T/odd.config.json --weights $T/odd.weights.safetensors \
+            --inputs $T/odd_$v.inputs.safetensors $flag --device cuda --out $G/vjp_$v.safetensors > /dev/null 2>> "$L" || log "model vjp $v FAILED"
+        python3 - $G/vjp_$v.safetensors $T/odd_$v.expect.safetensors <<'PY' | tee -a "$L"
+import sys, numpy as np
+from safetensors.numpy import load_file
+got, want = load_file(sys.argv[1]), load_file(sys.argv[2])
+worst = max(((float(np.linalg.norm(got[k].astype(np.float64) - want[k]) / max(np.linalg.norm(want[k].astype(np.float64)), 1e-30)), k) for k in want), default=(float("nan"), "-"))
+missing = [k for k in want if k not in got]
+print("model vjp --device cuda vs PyTorch golden %s: %d tensors, worst rel error %.3g (%s)%s" % (sys.argv[2].split("/")[-1], len(want), worst[0], worst[1], ", MISSING %s" % missing if missing else ""))
+PY
+    done ;;
+sf)  run 200 $FS bench train $W --frames 21 --objective selfforcing --chunk-frames 3 --recompute --mem-limit-gib 79.6 --iters ${SF_ITERS:-2} --warmup 1 ;;
+ours)
+    run 60 $FS bench forward $W --frames 3 --graph --iters 10 --profile
+    run 60 $FS bench forward $W --frames 3 --graph --iters 10 --bf16-operands=false
+    run 90 $FS bench forward $W --frames 21 --iters 3 --warmup 1
+    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2
+    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2 --bf16-operands=false
+    run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 60 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run 60 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5 ;;
+peer) # --train times the forward (no grad) first, then the train step
+    run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 3 --train
+    run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;
+compile)
+    run ${COMPILE_TO:-400} python3 $G/wan_ref.py --preset wan1.3b --frames 3 --train --compile ;;
+compile21)
+    run ${COMPILE_TO:-200} python3 $G/wan_ref.py --preset wan1.3b --frames 21 --compile ;;
+*) log "unknown step $s" ;;
+esac
+done
+log "$(date -u) done"
