@@ -98,6 +98,11 @@ func dpJob(obj, dir string, steps int) *config.Job {
 		j.Params["chunk_frames"] = 1
 		j.Params["context_noise"] = 0.1
 		j.Roles["critic"] = dpAdam(2e-3)
+		// Self-Forcing's β1 = 0: no first-moment buffer (optim.go firstMoment), sharded too
+		st.Betas = []float64{0, 0.999}
+		c := j.Roles["critic"]
+		c.Betas = []float64{0, 0.999}
+		j.Roles["critic"] = c
 	case "odeinit":
 		j.Params["chunk_frames"] = 1
 	}
