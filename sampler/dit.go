@@ -66,7 +66,8 @@ func (d *DiTNet) PassBytes() int {
 
 // Velocity runs one forward (block-causal when ChunkFrames > 0).
 func (d *DiTNet) Velocity(x, t, ctx *kernels.Tensor) *kernels.Tensor {
-	s := models.Shape{B: x.Shape[0], F: x.Shape[2], H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: d.ChunkFrames}
+	// BF16Operands: GEMM-only activations in bf16 on a GPU in bf16 GEMM mode (the same numbers).
+	s := models.Shape{B: x.Shape[0], F: x.Shape[2], H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: d.ChunkFrames, BF16Operands: true}
 	return d.M.Forward(d.pass(s, false), x, t, ctx)
 }
 
@@ -89,7 +90,7 @@ func (d *DiTNet) StartCache(B, H, W, localFrames, sinkFrames int) error {
 // VelocityChunk runs the next chunk against the cache (attention inside the chunk is full).
 func (d *DiTNet) VelocityChunk(x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	k := x.Shape[2]
-	s := models.Shape{B: x.Shape[0], F: k, H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: k}
+	s := models.Shape{B: x.Shape[0], F: k, H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: k, BF16Operands: true}
 	d.last = d.pass(s, true)
 	return d.M.ForwardChunk(d.last, d.cache, x, t, ctx)
 }
