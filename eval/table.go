@@ -129,6 +129,9 @@ type Row struct {
 	CondAccStd   float64 `json:"cond_acc_std"`
 	FDStd        float64 `json:"fd_std"`
 	StabilityStd float64 `json:"stability_std"`
+	// Drift is a row longer than the training length frame by frame (MeasureFrameDrift against the
+	// first training-length frames; mean over the seeds), nil for the others.
+	Drift *FrameDrift `json:"frame_drift,omitempty"`
 }
 
 // Table is the distillation table.
@@ -248,6 +251,7 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 			ref = realFeats
 		}
 		var per []Metrics
+		var drifts []FrameDrift
 		var nfe int
 		var ms float64
 		for _, seed := range seeds {
@@ -269,6 +273,13 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 				return nil, err
 			}
 			per = append(per, sm)
+			if frames > held.F {
+				fd, err := MeasureFrameDrift(gen, held.Captions[:spec.Count], held.F)
+				if err != nil {
+					return nil, err
+				}
+				drifts = append(drifts, fd)
+			}
 		}
 		fps := math.NaN()
 		if ms > 0 {
@@ -281,12 +292,31 @@ func DistillTable(teacher, student *models.DiT, held *Set, spec TableSpec) (*Tab
 		r := Row{Model: j.model, Sampler: string(j.o.Method), Steps: j.o.Steps, Frames: frames, CFG: w,
 			NFE: nfe, MsPerVideo: ms, FPS: fps}
 		r.aggregate(per)
+		if len(drifts) > 0 {
+			r.Drift = meanDrift(drifts)
+		}
 		t.Rows = append(t.Rows, r)
 	}
 	if spec.Progress != nil {
 		spec.Progress(len(jobs), len(jobs), "done")
 	}
 	return t, nil
+}
+
+// meanDrift is the frame-by-frame mean of the seeds' drifts.
+func meanDrift(ds []FrameDrift) *FrameDrift {
+	F := len(ds[0].Size)
+	m := &FrameDrift{Ref: ds[0].Ref, Size: make([]float64, F), Colour: make([]float64, F), ColourAcc: make([]float64, F)}
+	for f := 0; f < F; f++ {
+		var sz, col, acc []float64
+		for _, d := range ds {
+			sz, col, acc = append(sz, d.Size[f]), append(col, d.Colour[f]), append(acc, d.ColourAcc[f])
+		}
+		m.Size[f], _ = MeanSpread(sz)
+		m.Colour[f], _ = MeanSpread(col)
+		m.ColourAcc[f], _ = MeanSpread(acc)
+	}
+	return m
 }
 
 // aggregate sets the row's metrics to the means over the seeds' metrics and its spreads to their
@@ -359,6 +389,13 @@ func (t *Table) Text() string {
 		fmt.Fprintf(&b, "%-*s %-12s %5s %6d %4s %5s %*s %*s %*s %10s %10s %9d\n",
 			mw, r.Model, r.Sampler, steps, r.Frames, w, nfe, vw[0], pm(r.CondAcc, r.CondAccStd, "%.3f"),
 			vw[1], pm(r.FD, r.FDStd, "%.3f"), vw[2], pm(r.Stability, r.StabilityStd, "%.4f"), ms, fps, r.N)
+	}
+	for _, r := range t.Rows {
+		if d := r.Drift; d != nil {
+			F := len(d.Size)
+			fmt.Fprintf(&b, "%s %s %d steps, %d frames, frame by frame against its first %d: size drift %.3f → %.3f, colour drift %.3f → %.3f, colour accuracy %.3f → %.3f (frame %d → %d)\n",
+				r.Model, r.Sampler, r.Steps, F, d.Ref, d.Size[d.Ref-1], d.Size[F-1], d.Colour[d.Ref-1], d.Colour[F-1], d.ColourAcc[d.Ref-1], d.ColourAcc[F-1], d.Ref-1, F-1)
+		}
 	}
 	if len(t.Blocks) > 0 {
 		fmt.Fprintf(&b, "FD by feature block (eval.FeatureBlocks; the blocks' sum is near the whole FD, equal when the blocks are uncorrelated):\n")

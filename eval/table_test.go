@@ -107,8 +107,13 @@ func TestDistillTableRuns(t *testing.T) {
 			t.Fatalf("row %d %+v: NFE want %d, w %g", i+1, r, wantNFE[i], wantW[i])
 		}
 	}
-	if long := tab.Rows[9]; long.Frames != 8 || !math.IsNaN(long.FD) {
+	if long := tab.Rows[9]; long.Frames != 8 || !math.IsNaN(long.FD) || long.Drift == nil || long.Drift.Ref != 4 || len(long.Drift.Size) != 8 {
 		t.Fatalf("long row %+v", long)
+	}
+	for _, r := range tab.Rows[:9] {
+		if r.Drift != nil {
+			t.Fatalf("row %s %d has a frame drift", r.Model, r.Steps)
+		}
 	}
 	if math.IsNaN(tab.Rows[1].FD) || tab.Rows[1].FD <= tab.Rows[0].FD {
 		t.Fatalf("an untrained teacher's FD %g should exceed the data floor %g", tab.Rows[1].FD, tab.Rows[0].FD)

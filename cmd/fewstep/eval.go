@@ -70,7 +70,7 @@ func init() {
 	f.Float64("student-shift", 0, "student denoising-list shift (default: sample.shift)")
 	f.String("student-timesteps", "", "the student's denoising list as timesteps, e.g. 1000,750,500,250; k steps use its first k... (default: DenoisingList(k))")
 	f.Int("grid-n", 0, "consistency: snap σ to this grid")
-	f.Int("long-frames", 0, "stream: add a row at this many latent frames (e.g. twice the training length)")
+	f.Int("long-frames", 0, "stream: add a row at this many latent frames (e.g. 4× the training length), with its drift frame by frame (OUT/drift.png)")
 	f.Int("count", 0, "prompts (default: eval.count; --precise: 512)")
 	f.StringArray("students", nil, "more students sampled like --student, as LABEL=PATH (repeatable)")
 	f.Bool("precise", false, "512 prompts (at most half the held-out split; the rest is the FD reference) at 4 evaluation seeds, mean ± std")
@@ -383,6 +383,22 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	}
 	fmt.Fprint(cmd.OutOrStdout(), txt)
 	fmt.Fprintf(cmd.OutOrStdout(), "  %s/table.txt, table.json\n", out)
+	var names []string
+	var drifts []eval.FrameDrift
+	for _, r := range tab.Rows {
+		if r.Drift != nil {
+			names = append(names, fmt.Sprintf("%s %d steps", r.Model, r.Steps))
+			drifts = append(drifts, *r.Drift)
+		}
+	}
+	if len(drifts) > 0 {
+		png := filepath.Join(out, "drift.png")
+		title := fmt.Sprintf("%d-frame streamed videos, frame by frame against their first %d (mean of %d videos)", len(drifts[0].Size), drifts[0].Ref, tab.Count)
+		if err := eval.WriteDriftPNG(png, title, names, drifts); err != nil {
+			return fmt.Errorf("eval: %w", err)
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "  %s: the long rows' drift per frame\n", png)
+	}
 	return nil
 }
 
