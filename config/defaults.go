@@ -154,8 +154,11 @@ func (j *Job) Validate() error {
 	default:
 		bad("data.normalize: %q is not none, wan or custom", d.Normalize)
 	}
-	if d.BatchSize <= 0 {
-		bad("data.batch_size: %d, must be > 0", d.BatchSize)
+	if d.BatchSize <= 0 || d.BatchSize > 1<<16 {
+		bad("data.batch_size: %d, must be in [1, 65536]", d.BatchSize)
+	}
+	if d.TextLen > 1<<16 {
+		bad("data.text_len: %d, the limit is 65536", d.TextLen)
 	}
 	if !(d.CFGDropout >= 0 && d.CFGDropout <= 1) {
 		bad("data.cfg_dropout: %g, must be in [0, 1]", d.CFGDropout)
@@ -190,6 +193,10 @@ func (j *Job) Validate() error {
 		}
 		if s.TextDim <= 0 {
 			bad("data.synth.text_dim: %d, must be > 0", s.TextDim)
+		}
+		if s.Count > 1<<24 || s.HeldoutCount > 1<<24 || s.Frames > 1<<12 || s.Size > 1<<12 || s.TextDim > 1<<16 {
+			bad("data.synth: count %d, heldout_count %d, frames %d, size %d, text_dim %d: the limits are %d, %d, 4096, 4096, 65536",
+				s.Count, s.HeldoutCount, s.Frames, s.Size, s.TextDim, 1<<24, 1<<24)
 		}
 	}
 	names := make([]string, 0, len(j.Roles))

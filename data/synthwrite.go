@@ -49,9 +49,35 @@ func (o SynthOptions) check() error {
 		return fmt.Errorf("data synth: size %d, must be a multiple of 4 and >= 16", o.Size)
 	case o.TextDim <= 0:
 		return fmt.Errorf("data synth: text_dim %d, must be > 0", o.TextDim)
+	case o.Count > MaxSynthCount || o.Heldout > MaxSynthCount:
+		return fmt.Errorf("data synth: %d + %d videos, the limit is %d per split", o.Count, o.Heldout, MaxSynthCount)
+	case o.Frames > 1<<12 || o.Size > 1<<12 || o.TextDim > 1<<16:
+		return fmt.Errorf("data synth: frames %d, size %d, text_dim %d: the limits are 4096, 4096, 65536", o.Frames, o.Size, o.TextDim)
+	}
+	// One video is rendered in float32 RGB on each core before it is encoded.
+	if px := int64(3*4) * int64(o.Frames) * int64(o.Size) * int64(o.Size); px > 1<<30 {
+		return fmt.Errorf("data synth: frames %d of %d×%d pixels need %s per video to render, more than the limit of 1 GiB", o.Frames, o.Size, o.Size, gib(px))
 	}
 	return nil
 }
+
+// MaxSynthCount bounds each split of a synthetic set.
+const MaxSynthCount = 1 << 24
+
+// Bytes estimates the size of the files WriteSynth makes: the latents in their dtype, the text
+// embeddings (at most 16 tokens of text_dim float32) and about 256 bytes of id, caption, shapes and
+// Arrow framing per row.
+func (o SynthOptions) Bytes() int64 {
+	es := int64(4)
+	if o.DType == kernels.BF16 || o.DType == kernels.F16 {
+		es = 2
+	}
+	h := int64(o.Size / 4)
+	row := es*LatentChannels*int64(o.Frames)*h*h + 16*4*int64(o.TextDim) + 256
+	return row * int64(o.Count+o.Heldout)
+}
+
+func gib(b int64) string { return fmt.Sprintf("%.2f GiB", float64(b)/(1<<30)) }
 
 // SynthRow renders video `index` of a split and encodes it as a dataset row: vae_latent
 // [48, F, S/4, S/4] and text_embedding [n_words, text_dim] (float32).
@@ -75,6 +101,14 @@ func WriteSynth(dir string, o SynthOptions, progress func(done int)) (SynthFiles
 		return SynthFiles{}, err
 	}
 	p := SynthPaths(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return p, fmt.Errorf("data synth: %w", err)
+	}
+	// Refuse up front what the disk cannot hold, rather than fill it and fail at the end.
+	if free, ok := diskFree(dir); ok && o.Bytes() > free {
+		return p, fmt.Errorf("data synth: %d + %d videos of %d frames at %d×%d need about %s in %s, which has %s free",
+			o.Count, o.Heldout, o.Frames, o.Size, o.Size, gib(o.Bytes()), dir, gib(free))
+	}
 	done := 0
 	for _, sp := range []struct {
 		split, path string

@@ -45,6 +45,16 @@ func checkPix(pix []float32, F, H, W, scale int) error {
 	if F < 1 || H < 1 || W < 1 || scale < 1 || len(pix) != 3*F*H*W {
 		return fmt.Errorf("preview: %d values for [3, F=%d, H=%d, W=%d] (scale %d)", len(pix), F, H, W, scale)
 	}
+	// The PNG strip is the larger image: F frames of (H·scale)×(W·scale) RGBA. GIF allows 65535
+	// pixels a side.
+	if scale > 1<<10 {
+		return fmt.Errorf("preview: scale %d, the limit is 1024", scale)
+	}
+	side, rgba := int64(F)*int64(W*scale+1), 4*int64(F)*int64(W*scale+1)*int64(H*scale)
+	if rgba > 1<<30 || side > 65535 || int64(H*scale) > 65535 {
+		return fmt.Errorf("preview: %d frames of %d×%d at scale %d make a %d×%d image (%.1f MiB), more than the limit of 65535 pixels a side and 1 GiB",
+			F, H, W, scale, side, H*scale, float64(rgba)/(1<<20))
+	}
 	return nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/fewstep/fewstep/config"
+	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/objectives"
 )
 
@@ -206,5 +208,19 @@ func TestTooManyBadStepsStop(t *testing.T) {
 	}
 	if got, _ := ResolveCheckpoint(dir); filepath.Base(got) != "step-000004" {
 		t.Fatalf("latest = %s, want step-000004", got)
+	}
+}
+
+// A model far larger than the machine is refused before anything is allocated, saying how much its
+// weights and optimizer states would need.
+func TestHugeModelRefused(t *testing.T) {
+	job := toyJob(t.TempDir(), 1)
+	job.Objective = "flowmatch"
+	job.Roles = map[string]config.Role{objectives.Student: {LR: 1e-4, Betas: []float64{0.9, 0.999}, Eps: 1e-8, Schedule: "constant"}}
+	cfg := models.Config{Dim: 8192, FFNDim: 32768, FreqDim: 256, Heads: 64, Layers: 1024, InDim: 16, OutDim: 16, TextDim: 4096, TextLen: 512, Eps: 1e-6}
+	_, err := New(Options{Job: job, Dev: kernels.CPU(), Model: cfg, Shape: models.Shape{B: 1, F: 1, H: 2, W: 2, L: 512},
+		Null: make([]float32, 512*4096), Source: newToySource()})
+	if err == nil || !strings.Contains(err.Error(), "GiB") || !strings.Contains(err.Error(), "student") {
+		t.Fatalf("a %d-parameter model on the CPU: %v", cfg.NumParams(), err)
 	}
 }

@@ -188,6 +188,9 @@ func New(opt Options) (*Trainer, error) {
 	// Build order: sources of copies first.
 	rank := map[objectives.Init]int{objectives.InitWeights: 0, objectives.InitScratch: 0, objectives.InitTeacher: 1, objectives.InitStudent: 2}
 	sort.SliceStable(specs, func(i, j int) bool { return rank[specs[i].Init] < rank[specs[j].Init] })
+	if err := checkMemory(opt.Dev, opt.Model, specs); err != nil {
+		return nil, err
+	}
 	for _, s := range specs {
 		r, err := t.build(s)
 		if err != nil {

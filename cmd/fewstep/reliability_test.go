@@ -116,3 +116,27 @@ func TestFlagsRefuseNonFinite(t *testing.T) {
 		t.Errorf("eval --teacher-cfg nan: %v", err)
 	}
 }
+
+// Sizes from flags that the machine cannot hold are refused before anything is allocated, saying
+// what would have been needed.
+func TestHugeSizesRefused(t *testing.T) {
+	dir, held, weights, _ := sampleFixture(t)
+	base := []string{"sample", "--weights", weights, "--prompts", held, "--sampler", "euler", "--steps", "1",
+		"--count", "1", "--out", filepath.Join(dir, "s"), "--device", "cpu", "--set", "data.text_len=8", "--set", "out_dir=" + dir}
+	for _, c := range []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{"--frames", "1000000000"}, "limit"},
+		{[]string{"--preview-scale", "100000"}, "scale"},
+	} {
+		err := runErr(t, append(append([]string{}, base...), c.flags...)...)
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v, want it to say %q", c.flags, err, c.want)
+		}
+	}
+	err := runErr(t, "data", "synth", "--out", filepath.Join(dir, "big"), "--count", "100000000")
+	if !strings.Contains(err.Error(), "limit") {
+		t.Errorf("data synth --count 1e8: %v", err)
+	}
+}

@@ -323,6 +323,15 @@ func runSample(cmd *cobra.Command, _ []string) error {
 	if frames <= 0 {
 		frames = set.F
 	}
+	// The latents of every video stay in memory (plus the model's activations of one batch): refuse
+	// what the machine cannot hold before anything is allocated.
+	if frames > 1<<16 {
+		return fmt.Errorf("sample: --frames %d, the limit is 65536", frames)
+	}
+	if need := 4 * int64(count) * int64(set.C) * int64(frames) * int64(set.H) * int64(set.W); need > hostMemory() {
+		return fmt.Errorf("sample: %d videos of [%d, %d, %d, %d] latents need %.1f GiB, more than this machine's %.1f GiB of memory",
+			count, set.C, frames, set.H, set.W, float64(need)/(1<<30), float64(hostMemory())/(1<<30))
+	}
 	batch, _ := fl.GetInt("batch")
 	seed, _ := fl.GetInt64("seed")
 	if seed < 0 {
