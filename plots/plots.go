@@ -129,7 +129,12 @@ func Write(metricsPath, dir string) ([]string, error) {
 }
 
 // writeFigure tiles one panel per key (up to 3 columns), 4.5 × 3 inches each, at 100 dpi.
-func writeFigure(path, title string, keys []string, series map[string][]Point) error {
+func writeFigure(path, title string, keys []string, series map[string][]Point) (err error) {
+	defer func() { // gonum/plot panics on some ranges (a diverged run's 1e73 loss): an error, not a crash
+		if r := recover(); r != nil {
+			err = fmt.Errorf("drawing %s: %v", strings.Join(keys, ", "), r)
+		}
+	}()
 	cols := min(len(keys), 3)
 	rows := (len(keys) + cols - 1) / cols
 	plots := make([][]*plot.Plot, rows)

@@ -100,3 +100,20 @@ func TestReadAndWrite(t *testing.T) {
 		t.Errorf("bad line: %v", err)
 	}
 }
+
+// A diverged run's metrics (huge, Inf and NaN values) give figures or an error, never a panic
+// (gonum/plot panics on some of these ranges; found by trainer's TestDivergenceStops).
+func TestDivergedMetricsDoNotPanic(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "metrics.jsonl")
+	lines := `{"step":1,"elapsed_s":0.1,"loss":1.1382980944357167e+73,"grad_norm/student":6.27e+36}
+{"step":2,"elapsed_s":0.2,"loss":1.1382980944357167e+73,"grad_norm/student":"NaN"}
+{"step":3,"elapsed_s":0.3,"loss":"+Inf","grad_norm/student":1e308}
+`
+	if err := os.WriteFile(p, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Write(p, filepath.Join(dir, "plots")); err != nil {
+		t.Logf("error (allowed): %v", err)
+	}
+}

@@ -264,6 +264,16 @@ func (t *Trainer) latestName() string {
 	return filepath.Join(t.Dir, "checkpoints", strings.TrimSpace(string(b)))
 }
 
+// RunOfCheckpoint is the run folder of a checkpoint folder RUN/checkpoints/step-NNNNNN, or "" for a
+// checkpoint folder that is not inside a run.
+func RunOfCheckpoint(ckpt string) string {
+	parent := filepath.Dir(filepath.Clean(ckpt))
+	if filepath.Base(parent) != "checkpoints" {
+		return ""
+	}
+	return filepath.Dir(parent)
+}
+
 // ResolveCheckpoint turns a path into a checkpoint folder: a checkpoint folder itself, a
 // checkpoints folder or a run folder (their `latest`).
 func ResolveCheckpoint(path string) (string, error) {
@@ -272,11 +282,20 @@ func ResolveCheckpoint(path string) (string, error) {
 	}
 	for _, dir := range []string{path, filepath.Join(path, "checkpoints")} {
 		b, err := os.ReadFile(filepath.Join(dir, "latest"))
-		if err == nil {
-			return filepath.Join(dir, strings.TrimSpace(string(b))), nil
+		if err != nil {
+			continue
 		}
+		name := strings.TrimSpace(string(b))
+		if name == "" || name != filepath.Base(name) || !strings.HasPrefix(name, "step-") {
+			return "", fmt.Errorf("resume %s: %s names %q, not a checkpoint folder step-NNNNNN", path, filepath.Join(dir, "latest"), name)
+		}
+		ck := filepath.Join(dir, name)
+		if _, err := os.Stat(filepath.Join(ck, "state.json")); err != nil {
+			return "", fmt.Errorf("resume %s: %s names %s, which has no state.json", path, filepath.Join(dir, "latest"), ck)
+		}
+		return ck, nil
 	}
-	return "", fmt.Errorf("resume %s: not a checkpoint (no state.json) and no checkpoints/latest in it", path)
+	return "", fmt.Errorf("resume %s: not a run: expected a run folder (with checkpoints/latest), its checkpoints folder (with latest) or a checkpoint folder (with state.json)", path)
 }
 
 // Restore loads a checkpoint (see ResolveCheckpoint for the paths accepted) into the trainer:

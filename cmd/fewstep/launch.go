@@ -19,6 +19,7 @@ type launchFlags struct {
 	devices  string
 	launcher string
 	timeout  time.Duration
+	takeOver bool // --take-over: take the run folder's stale lock (trainer.LockRun)
 }
 
 func addLaunchFlags(c *cobra.Command) {
@@ -26,6 +27,7 @@ func addLaunchFlags(c *cobra.Command) {
 	f.String("devices", "", "the ranks this node drives, one goroutine each: all | cuda:0,1,2,3 | N (GPUs 0..N-1) | cpu:N (N CPU ranks); overrides device: (default: the job's device)")
 	f.String("launcher", "auto", "whose environment places this process in a multi-node job: auto | none | torchrun | slurm | mpi")
 	f.Duration("rdzv-timeout", 5*time.Minute, "how long process 0 waits for the other processes at the rendezvous (they retry as long)")
+	f.Bool("take-over", false, "take over the run folder's stale lock (run.lock) left by a job that was killed or ran on another host")
 }
 
 func getLaunchFlags(c *cobra.Command) (launchFlags, error) {
@@ -34,6 +36,7 @@ func getLaunchFlags(c *cobra.Command) (launchFlags, error) {
 	lf.devices, _ = f.GetString("devices")
 	lf.launcher, _ = f.GetString("launcher")
 	lf.timeout, _ = f.GetDuration("rdzv-timeout")
+	lf.takeOver, _ = f.GetBool("take-over")
 	if lf.devices != "" {
 		if d, _ := f.GetString("device"); d != "" {
 			return lf, fmt.Errorf("--device %q and --devices %q: give one", d, lf.devices)

@@ -2,12 +2,17 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
@@ -138,5 +143,164 @@ func TestHugeSizesRefused(t *testing.T) {
 	err := runErr(t, "data", "synth", "--out", filepath.Join(dir, "big"), "--count", "100000000")
 	if !strings.Contains(err.Error(), "limit") {
 		t.Errorf("data synth --count 1e8: %v", err)
+	}
+}
+
+// start runs the fewstep command in a child process without waiting; its output goes to the
+// returned builder.
+func start(t *testing.T, args ...string) (*exec.Cmd, *strings.Builder) {
+	t.Helper()
+	c := exec.Command(os.Args[0], args...)
+	c.Env = append(os.Environ(), cliEnv+"=1")
+	var out strings.Builder
+	c.Stdout, c.Stderr = &out, &out
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return c, &out
+}
+
+// waitFor polls until path exists (or fails the test after 60 s).
+func waitFor(t *testing.T, path string) {
+	t.Helper()
+	for i := 0; i < 6000; i++ {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s never appeared", path)
+}
+
+// Two runs started on one folder: the second is refused at once, naming the first; the first
+// finishes unharmed (exit 0, every step once in metrics.jsonl, its last checkpoint restorable).
+func TestTwoRunsOneFolder(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "run")
+	steps := 60
+	a, aout := start(t, tinyTrain(out, "--set", "train.steps="+strconv.Itoa(steps), "--set", "train.ckpt_every=5", "--set", "train.log_every=1")...)
+	waitFor(t, filepath.Join(out, "checkpoints", "latest"))
+	txt, code := cli(t, tinyTrain(out, "--set", "train.steps="+strconv.Itoa(steps))...)
+	if code == 0 || !strings.Contains(txt, "in use by pid "+strconv.Itoa(a.Process.Pid)) {
+		t.Fatalf("second run on the folder: exit %d\n%s", code, txt)
+	}
+	if err := a.Wait(); err != nil {
+		t.Fatalf("first run: %v\n%s", err, aout)
+	}
+	b, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl"))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != steps {
+		t.Fatalf("metrics.jsonl has %d lines, want %d", len(lines), steps)
+	}
+	for i, l := range lines {
+		if !strings.HasPrefix(l, fmt.Sprintf(`{"step":%d,`, i+1)) {
+			t.Fatalf("metrics.jsonl line %d: %s", i+1, l)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(out, "run.lock")); !os.IsNotExist(err) {
+		t.Fatalf("the finished run left its lock")
+	}
+	if txt, code := cli(t, tinyTrain(out, "--resume", out, "--set", "train.steps="+strconv.Itoa(steps+2))...); code != 0 {
+		t.Fatalf("resuming the first run: exit %d\n%s", code, txt)
+	}
+}
+
+// --resume of a copied run folder continues in the copy (its job.yaml names the original's
+// out_dir); --resume of a folder that is not a run is an error that says what was expected, and
+// writes nothing.
+func TestResumeFolders(t *testing.T) {
+	tmp := t.TempDir()
+	orig := filepath.Join(tmp, "orig")
+	if txt, code := cli(t, tinyTrain(orig, "--set", "train.steps=2")...); code != 0 {
+		t.Fatalf("exit %d\n%s", code, txt)
+	}
+	cp := filepath.Join(tmp, "copy")
+	if err := exec.Command("cp", "-a", orig, cp).Run(); err != nil {
+		t.Skip("no cp -a")
+	}
+	before, _ := os.ReadFile(filepath.Join(orig, "metrics.jsonl"))
+	if txt, code := cli(t, "train", "--resume", cp, "--set", "train.steps=4"); code != 0 {
+		t.Fatalf("resume of the copy: exit %d\n%s", code, txt)
+	}
+	if after, _ := os.ReadFile(filepath.Join(orig, "metrics.jsonl")); string(after) != string(before) {
+		t.Fatalf("--resume of the copy wrote into the original")
+	}
+	if _, err := os.Stat(filepath.Join(cp, "checkpoints", "step-000004")); err != nil {
+		t.Fatalf("the copy did not continue: %v", err)
+	}
+	empty := filepath.Join(tmp, "notarun")
+	os.MkdirAll(empty, 0o755)
+	txt, code := cli(t, "train", "--resume", empty)
+	if code == 0 || !strings.Contains(txt, "not a run: expected a run folder") {
+		t.Fatalf("--resume of an empty folder: exit %d\n%s", code, txt)
+	}
+	if ents, _ := os.ReadDir(empty); len(ents) != 0 {
+		t.Fatalf("--resume of a non-run wrote %v", ents)
+	}
+	if _, err := os.Stat("runs"); err == nil {
+		t.Fatalf("--resume of a non-run started a default job in ./runs")
+	}
+}
+
+// Twenty kill -9s at random moments of a run with a checkpoint every step: each time the run
+// resumes (--take-over of the dead process's lock) from its latest checkpoint, and the end is the
+// straight run's weights bit for bit. Under -short, five kills.
+func TestKill9ResumesBitExact(t *testing.T) {
+	kills, steps := 20, 40
+	if testing.Short() {
+		kills = 5
+	}
+	tmp := t.TempDir()
+	straight := filepath.Join(tmp, "straight")
+	if txt, code := cli(t, tinyTrain(straight, "--set", "train.steps="+strconv.Itoa(steps))...); code != 0 {
+		t.Fatalf("straight run: exit %d\n%s", code, txt)
+	}
+	out := filepath.Join(tmp, "killed")
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
+	done := false
+	var at []string
+	for k := 0; k < kills && !done; k++ {
+		args := tinyTrain(out, "--set", "train.steps="+strconv.Itoa(steps))
+		if k > 0 {
+			args = append(args, "--resume", out, "--take-over")
+		}
+		c, cout := start(t, args...)
+		time.Sleep(time.Duration(50+rng.IntN(400)) * time.Millisecond)
+		c.Process.Signal(syscall.SIGKILL)
+		err := c.Wait()
+		if err == nil { // finished before the kill
+			done = true
+			break
+		}
+		if ws, ok := c.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+			t.Fatalf("kill %d: the run failed on its own: %v\n%s", k, err, cout)
+		}
+		latest, _ := os.ReadFile(filepath.Join(out, "checkpoints", "latest"))
+		at = append(at, strings.TrimSpace(string(latest)))
+	}
+	t.Logf("killed %d times, latest at each kill: %v; finished before a kill: %v", len(at), at, done)
+	if len(at) < kills {
+		t.Fatalf("the run finished after %d kills; the test wants %d (make the run longer)", len(at), kills)
+	}
+	if !done {
+		args := append(tinyTrain(out, "--set", "train.steps="+strconv.Itoa(steps)), "--resume", out, "--take-over")
+		if txt, code := cli(t, args...); code != 0 {
+			t.Fatalf("final resume: exit %d\n%s", code, txt)
+		}
+	}
+	a, _, err := models.ReadSafetensors(filepath.Join(straight, "checkpoints", fmt.Sprintf("step-%06d", steps), "student.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := models.ReadSafetensors(filepath.Join(out, "checkpoints", fmt.Sprintf("step-%06d", steps), "student.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, x := range a {
+		y := b[name]
+		for i := range x.Data {
+			if math.Float32bits(x.Data[i]) != math.Float32bits(y.Data[i]) {
+				t.Fatalf("%s[%d]: straight %v, killed and resumed %v", name, i, x.Data[i], y.Data[i])
+			}
+		}
 	}
 }

@@ -65,6 +65,15 @@ func runTrain(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	if r, _ := fl.GetString("resume"); r != "" {
+		// --resume takes a run (or checkpoint) folder and continues it there, whatever out_dir the
+		// job names (a copied run folder's job.yaml still names the original).
+		ck, err := trainer.ResolveCheckpoint(r)
+		if err != nil {
+			return err
+		}
+		if run := trainer.RunOfCheckpoint(ck); run != "" {
+			job.OutDir = run
+		}
 		job.Train.Resume = r
 	}
 	if d, _ := fl.GetString("device"); d != "" {
@@ -93,6 +102,13 @@ func train(w io.Writer, job *config.Job, dry bool, lf launchFlags) (*trainer.Tra
 		job.Device = lo.Devices
 	}
 	lead := ranks.Lead()
+	if lead && !dry { // one job per run folder: the process of global rank 0 holds it
+		unlock, err := trainer.LockRun(job.OutDir, lf.takeOver)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
 	if job.Data.Path == "" && lead { // the others wait for it in FromJobComm
 		dir := filepath.Join(job.OutDir, "data")
 		fmt.Fprintf(w, "data: synthetic set (%d + %d videos) in %s\n", job.Data.Synth.Count, job.Data.Synth.HeldoutCount, dir)
