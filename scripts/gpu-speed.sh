@@ -10,6 +10,8 @@
 #     sf      the Wan-1.3B Self-Forcing step (7 chunks x 4,680 tokens) under a 79.6 GiB cap
 #     ours    forward at 4,680 (profile) and 32,760 tokens, train step at 4,680 (profile), attention
 #     peer    wan_ref.py eager: forward and train step at 4,680, forward at 32,760
+#     final   ours (forward 4,680 and 32,760, train step beside the eager peer, attention) and
+#             wan_ref.py compiled forward at 4,680: the lean last call
 #     compile wan_ref.py compiled: forward and train step at 4,680; compile21: forward at 32,760
 set -uo pipefail
 G=${G:-gpubuild/speed}
@@ -100,6 +102,12 @@ compile)
     run ${COMPILE_TO:-400} python3 $G/wan_ref.py --preset wan1.3b --frames 3 --train --compile ;;
 compile21)
     run ${COMPILE_TO:-200} python3 $G/wan_ref.py --preset wan1.3b --frames 21 --compile ;;
+final) # the lean set of the last call: ours and the peers (eager, compiled forward) side by side
+    run 60 $FS bench forward $W --frames 3 --graph --iters 10
+    run 60 $FS bench forward $W --frames 21 --iters 2 --warmup 1
+    run 150 $FS bench train $W --frames 3 --iters 5 --warmup 2 --peer $G/wan_ref.py
+    run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run ${COMPILE_TO:-150} python3 $G/wan_ref.py --preset wan1.3b --frames 3 --compile ;;
 *) log "unknown step $s" ;;
 esac
 done
