@@ -32,6 +32,9 @@ log "FEWSTEP_NCCL=${FEWSTEP_NCCL:-(unset)}"
 log "cuda.test -test.run NCCLRank|NCCLFake exit $?"
 grep -E "^(--- |ok|FAIL|PASS|panic)|nccl_rank_test.go:" "$L" | tail -20
 
+# A device list naming a GPU this machine does not have: a clear error before anything starts.
+log "+ fewstep train --devices cuda:0,7: $(timeout 30 $G/fewstep train --config configs/demo.yaml --devices cuda:0,7 --set out_dir=/tmp/launch-bad 2>&1 | tail -1)"
+
 # 2. The main job's objective (configs/demo.yaml: dmd with the ODE-pair regression, shortened):
 #    the plain single-GPU run and the same job through NCCL's per-rank path on GPU 0.
 J="--config configs/demo.yaml --set train.steps=${STEPS:-40} --set train.log_every=10 --set train.ckpt_every=0 --set sample.count=0 --set data.ode_pairs.count=64"
