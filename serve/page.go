@@ -52,7 +52,7 @@ function start() {
     const es = new EventSource("/v1/stream?" + q);
     es.addEventListener("chunk", e => {
       const c = JSON.parse(e.data);
-      log("chunk " + c.index + " (frames " + c.frame0 + "…) after " + Math.round(performance.now() - t0) + " ms");
+      log("chunk " + c.index + " (frames " + c.frame0 + "…): sampled " + Math.round(c.ms) + " ms after the request, shown at " + Math.round(performance.now() - t0) + " ms");
       c.videos[0].frames.forEach(show);
     });
     es.addEventListener("done", e => { log("done: " + e.data); es.close(); document.body.dataset.done = "1"; loop(); });

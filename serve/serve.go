@@ -488,44 +488,60 @@ func (j *job) kind() kind { return kind{j.stream, j.req.Frames, j.req.Steps} }
 func (s *Server) worker() {
 	defer s.workerWG.Done()
 	var held []*job // taken from the queue, not yet run
+	// gone answers a job whose client has left while it waited (it takes no batch slot)
+	gone := func(j *job) bool {
+		if j.ctx.Err() == nil {
+			return false
+		}
+		s.m.queued.Add(-1)
+		j.done <- result{err: j.ctx.Err()}
+		return true
+	}
 	for {
 		if len(held) == 0 {
 			j, ok := <-s.queue
 			if !ok {
 				return
 			}
+			if gone(j) {
+				continue
+			}
 			held = append(held, j)
 		}
-		first := held[0]
-		k := first.kind()
+		k := held[0].kind()
 		batch, rest := []*job{}, []*job{}
 		prompts := 0
-		for _, j := range held {
+		take := func(j *job) {
 			if j.kind() == k && prompts+len(j.req.Prompts) <= s.Opts.MaxBatch {
 				batch, prompts = append(batch, j), prompts+len(j.req.Prompts)
 			} else {
 				rest = append(rest, j)
 			}
 		}
+		for _, j := range held {
+			if !gone(j) {
+				take(j)
+			}
+		}
 		deadline := time.After(s.Opts.BatchWait)
 	fill:
-		for prompts < s.Opts.MaxBatch {
+		for prompts < s.Opts.MaxBatch && len(batch) > 0 {
 			select {
 			case j, ok := <-s.queue:
 				if !ok {
 					break fill
 				}
-				if j.kind() == k && prompts+len(j.req.Prompts) <= s.Opts.MaxBatch {
-					batch, prompts = append(batch, j), prompts+len(j.req.Prompts)
-				} else {
-					rest = append(rest, j)
+				if !gone(j) {
+					take(j)
 				}
 			case <-deadline:
 				break fill
 			}
 		}
 		held = rest
-		s.run(batch)
+		if len(batch) > 0 {
+			s.run(batch)
+		}
 	}
 }
 
