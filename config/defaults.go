@@ -242,11 +242,9 @@ func (j *Job) Validate() error {
 		bad("train.max_bad_steps: %d, must be >= 0", t.MaxBadSteps)
 	}
 	switch t.Shard {
-	case "none", "optimizer":
-	case "full":
-		bad("train.shard: full (parameters sharded per block, FSDP) is not built yet; use none or optimizer")
+	case "none", "optimizer", "full":
 	default:
-		bad("train.shard: %q, want none or optimizer", t.Shard)
+		bad("train.shard: %q, want none, optimizer or full", t.Shard)
 	}
 	if t.LogEvery < 0 || t.CkptEvery < 0 || t.SampleEvery < 0 {
 		bad("train.log_every/ckpt_every/sample_every: must be >= 0 (0 = never)")

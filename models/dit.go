@@ -25,6 +25,7 @@ type DiT struct {
 
 	index map[string]int
 	w, g  weights // views of W and G by layer (g's views are nil when G is nil)
+	fs    *fsdp   // blocks sharded over ranks (fsdp.go); nil: W holds every parameter
 }
 
 // linear is the weight [out, in] and bias [out] of one Linear layer.
@@ -100,13 +101,19 @@ func (m *DiT) view(buf *kernels.Tensor, name string, shape ...int) *kernels.Tens
 }
 
 func (m *DiT) carve(buf *kernels.Tensor) weights {
+	return m.carveWith(func(name string, shape []int) *kernels.Tensor { return m.view(buf, name, shape...) })
+}
+
+// carveWith makes the layer views, each parameter's from view(name, shape) (shape nil: the table's).
+func (m *DiT) carveWith(view func(name string, shape []int) *kernels.Tensor) weights {
 	c := m.Cfg
 	D := c.Dim
+	v := func(name string, shape ...int) *kernels.Tensor { return view(name, shape) }
 	lin := func(name string, out, in int) linear {
-		return linear{m.view(buf, name+".weight", out, in), m.view(buf, name+".bias", out)}
+		return linear{v(name+".weight", out, in), v(name+".bias", out)}
 	}
 	var w weights
-	w.Patch = linear{m.view(buf, "patch_embedding.weight", D, 4*c.InDim), m.view(buf, "patch_embedding.bias")}
+	w.Patch = linear{v("patch_embedding.weight", D, 4*c.InDim), v("patch_embedding.bias")}
 	w.Text0 = lin("text_embedding.0", D, c.TextDim)
 	w.Text2 = lin("text_embedding.2", D, D)
 	w.Time0 = lin("time_embedding.0", D, c.FreqDim)
@@ -116,27 +123,35 @@ func (m *DiT) carve(buf *kernels.Tensor) weights {
 		b := fmt.Sprintf("blocks.%d.", i)
 		at := func(a string) attn {
 			return attn{Q: lin(b+a+".q", D, D), K: lin(b+a+".k", D, D), V: lin(b+a+".v", D, D), O: lin(b+a+".o", D, D),
-				NormQ: m.view(buf, b+a+".norm_q.weight"), NormK: m.view(buf, b+a+".norm_k.weight")}
+				NormQ: v(b + a + ".norm_q.weight"), NormK: v(b + a + ".norm_k.weight")}
 		}
 		w.Blocks = append(w.Blocks, block{Self: at("self_attn"), Cross: at("cross_attn"),
-			Norm3W: m.view(buf, b+"norm3.weight"), Norm3B: m.view(buf, b+"norm3.bias"),
+			Norm3W: v(b + "norm3.weight"), Norm3B: v(b + "norm3.bias"),
 			FFN0: lin(b+"ffn.0", c.FFNDim, D), FFN2: lin(b+"ffn.2", D, c.FFNDim),
-			Modulation: m.view(buf, b+"modulation", 6*D)})
+			Modulation: v(b+"modulation", 6*D)})
 	}
 	w.Head = lin("head.head", 4*c.OutDim, D)
-	w.HeadModulation = m.view(buf, "head.modulation", 2*D)
+	w.HeadModulation = v("head.modulation", 2*D)
 	return w
 }
 
 // Param is the view of W holding parameter name (Wan2.1 key), in the key's own shape.
 // It panics on an unknown name (a programming error).
-func (m *DiT) Param(name string) *kernels.Tensor { return m.view(m.W, name) }
+func (m *DiT) Param(name string) *kernels.Tensor { m.whole("Param"); return m.view(m.W, name) }
+
+// whole panics on a sharded DiT: op needs the table layout (use Full / SetFull).
+func (m *DiT) whole(op string) {
+	if m.fs != nil {
+		panic("models: " + op + " of a sharded DiT (its W holds the rank's slices; use Full or SetFull)")
+	}
+}
 
 // Grad is the view of G holding the gradient of parameter name; nil for a frozen network.
 func (m *DiT) Grad(name string) *kernels.Tensor {
 	if m.G == nil {
 		return nil
 	}
+	m.whole("Grad")
 	return m.view(m.G, name)
 }
 
@@ -149,7 +164,7 @@ func (m *DiT) HasParam(name string) bool { _, ok := m.index[name]; return ok }
 // weights 1 and biases 0; the output layer head.head's weight 0.
 func (m *DiT) Init(seed int64) {
 	rng := rand.New(rand.NewSource(seed))
-	host := make([]float32, m.W.Numel())
+	host := make([]float32, m.fullNumel())
 	D := float64(m.Cfg.Dim)
 	for _, p := range m.Table {
 		v := host[p.Offset : p.Offset+numel(p.Shape)]
@@ -185,21 +200,21 @@ func (m *DiT) Init(seed int64) {
 			}
 		}
 	}
-	m.Dev.FromHost(m.W, host)
+	m.SetFull(host)
 }
 
 // InitRandom fills every parameter (head and norms included) with N(0, std) values, seeded: the
 // non-degenerate weights tests use so that every gradient is non-trivial.
 func (m *DiT) InitRandom(seed int64, std float32) {
 	rng := rand.New(rand.NewSource(seed))
-	host := make([]float32, m.W.Numel())
+	host := make([]float32, m.fullNumel())
 	for _, p := range m.Table {
 		v := host[p.Offset : p.Offset+numel(p.Shape)]
 		for i := range v {
 			v[i] = std * float32(rng.NormFloat64())
 		}
 	}
-	m.Dev.FromHost(m.W, host)
+	m.SetFull(host)
 }
 
 // ZeroGrad zeroes G.
@@ -212,8 +227,14 @@ func (m *DiT) ZeroGrad() {
 // Tensors returns the parameters (buf = m.W) or gradients (buf = m.G) as host tensors in table order,
 // named prefix+key.
 func (m *DiT) Tensors(buf *kernels.Tensor, prefix string) []NamedTensor {
+	m.whole("Tensors")
 	host := make([]float32, buf.Numel())
 	m.Dev.ToHost(host, buf)
+	return m.NamedTensors(host, prefix)
+}
+
+// NamedTensors cuts whole weights in table layout (host, e.g. from Full) into named tensors.
+func (m *DiT) NamedTensors(host []float32, prefix string) []NamedTensor {
 	ts := make([]NamedTensor, len(m.Table))
 	for i, p := range m.Table {
 		ts[i] = NamedTensor{Name: prefix + p.Name, Shape: p.Shape, Data: host[p.Offset : p.Offset+numel(p.Shape) : p.Offset+numel(p.Shape)]}
@@ -223,6 +244,9 @@ func (m *DiT) Tensors(buf *kernels.Tensor, prefix string) []NamedTensor {
 
 // Save writes the weights as safetensors in Wan2.1's key layout, in dtype dt, atomically.
 func (m *DiT) Save(path string, dt kernels.DType) error {
+	if m.fs != nil {
+		return fmt.Errorf("models: save %s: a sharded DiT is saved from its gathered weights (Full, NamedTensors)", path)
+	}
 	return WriteSafetensors(path, m.Tensors(m.W, ""), dt, map[string]string{"format": "pt"})
 }
 
@@ -298,7 +322,7 @@ func (m *DiT) Load(path string) error {
 		}
 		return fmt.Errorf("%s", msg)
 	}
-	host := make([]float32, m.W.Numel())
+	host := make([]float32, m.fullNumel())
 	for _, p := range m.Table {
 		l := where[p.Name]
 		v := host[p.Offset : p.Offset+numel(p.Shape)]
@@ -309,7 +333,7 @@ func (m *DiT) Load(path string) error {
 			return fmt.Errorf("models: load %s: key %s holds %g at flat index %d: the weights are not finite (a diverged run?)", l.f.path, p.Name, v[i], i)
 		}
 	}
-	m.Dev.FromHost(m.W, host)
+	m.SetFull(host)
 	return nil
 }
 

@@ -78,6 +78,7 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 // share one gather buffer, so layer l's keys are gathered again: the same cached frames, and the
 // chunk's own K/V just recomputed).
 func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
+	m.useBlock(l) // a sharded DiT gathers the block's weights (fsdp.go)
 	d, w, cfg, s := m.Dev, &m.w, m.Cfg, p.S
 	F, hw := s.F, p.hw
 	a, bw := &p.blocks[l], &w.Blocks[l]
@@ -190,6 +191,8 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 	}
 	for l := top; l >= 0; l-- {
 		a, bw, gb := &p.blocks[l], &w.Blocks[l], &gw.Blocks[l]
+		m.useBlock(l)       // sharded: the block's weights
+		m.beginBlockGrad(l) // sharded: its gradient slot zeroed
 		if p.recompute && l < len(p.blocks)-1 {
 			m.block(p, l, p.chunk.replayCache(), frame0, true) // this block's activations again (recompute.go)
 		}
@@ -241,6 +244,7 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		if train {
 			d.AddBroadcastBack(gb.Modulation, g.dE0, g.dModF) // [6·D], [B·F, 6, D]
 		}
+		m.endBlockGrad(l) // sharded: the block's gradient reduce-scattered onto the rank's slice
 	}
 
 	if train {

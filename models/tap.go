@@ -11,7 +11,7 @@ import (
 // differentiates the critic this way for the generator's GAN loss (OBJECTIVES.md: the generator's
 // gradient flows through the critic's backbone into x without updating the critic).
 func (m *DiT) Frozen() *DiT {
-	return &DiT{Cfg: m.Cfg, Dev: m.Dev, Table: m.Table, W: m.W, index: m.index, w: m.w,
+	return &DiT{Cfg: m.Cfg, Dev: m.Dev, Table: m.Table, W: m.W, index: m.index, w: m.w, fs: m.fs,
 		g: weights{Blocks: make([]block, m.Cfg.Layers)}}
 }
 

@@ -96,9 +96,28 @@ func (t *Trainer) CheckpointDir(n int) string {
 func (t *Trainer) Save() (string, error) {
 	final := t.CheckpointDir(t.Step)
 	gathered := map[string][2][]float32{} // sharded roles' whole moments (every rank takes part)
+	weights := map[string][]float32{}     // sharded DiTs' whole weights (train.shard full)
 	for _, r := range t.roles {
-		if r.sh != nil {
+		w, err := t.fullHost(r, r.W)
+		if err != nil {
+			return "", fmt.Errorf("checkpoint %s: %w", final, err)
+		}
+		weights[r.Spec.Name] = w
+		switch {
+		case r.sh != nil:
 			m, v, err := t.gatherMoments(r)
+			if err != nil {
+				return "", fmt.Errorf("checkpoint %s: %w", final, err)
+			}
+			gathered[r.Spec.Name] = [2][]float32{m, v}
+		case w != nil && r.v != nil: // a sharded DiT's moments (m nil with β1 = 0)
+			var m []float32
+			if r.m != nil {
+				if m, err = t.fullHost(r, r.m); err != nil {
+					return "", fmt.Errorf("checkpoint %s: %w", final, err)
+				}
+			}
+			v, err := t.fullHost(r, r.v)
 			if err != nil {
 				return "", fmt.Errorf("checkpoint %s: %w", final, err)
 			}
@@ -109,8 +128,11 @@ func (t *Trainer) Save() (string, error) {
 		// Rank 0 writes it. The weights are the same on every rank: each refuses a non-finite one
 		// as rank 0 does (role.save), so that all ranks stop together.
 		for _, r := range t.roles {
-			host := make([]float32, r.W.Numel())
-			r.W.Dev.ToHost(host, r.W)
+			host := weights[r.Spec.Name] // gathered whole (train.shard full), as rank 0's
+			if host == nil {
+				host = make([]float32, r.W.Numel())
+				r.W.Dev.ToHost(host, r.W)
+			}
 			if i := models.NonFinite(host); i >= 0 {
 				return "", fmt.Errorf("checkpoint %s: role %s: weight %d = %g: %w", final, r.Spec.Name, i, host[i], ErrNonFinite)
 			}
@@ -146,7 +168,7 @@ func (t *Trainer) Save() (string, error) {
 	for _, r := range t.roles {
 		name := r.Spec.Name
 		f := name + ".safetensors"
-		if err := step(f, r.save(filepath.Join(tmp, f), kernels.F32)); err != nil {
+		if err := step(f, r.save(filepath.Join(tmp, f), kernels.F32, weights[name])); err != nil {
 			return "", err
 		}
 		if r.v == nil { // not trainable
@@ -209,6 +231,9 @@ func (t *Trainer) Save() (string, error) {
 // whole buffers: gathered, when given (nil entries for the missing m), else r.m, r.v.
 func writeMoments(path string, r *role, gathered [2][]float32) error {
 	P := r.W.Numel()
+	if r.Net != nil {
+		P = r.Net.FullNumel()
+	}
 	var ts []models.NamedTensor
 	for i, x := range []struct {
 		name string
@@ -336,13 +361,21 @@ func (t *Trainer) Restore(path string) error {
 			if mv.dst == nil { // β1 = 0: no first moment (optim.go); one in the file is not needed
 				continue
 			}
+			P := r.W.Numel()
+			if r.Net != nil {
+				P = r.Net.FullNumel()
+			}
 			nt, ok := ts[mv.key]
 			if !ok && mv.key == "m" {
 				return fmt.Errorf("resume: %s has no first moment m (written with roles.%s.betas[0] = 0); this job's β1 is %g and needs one",
 					p, name, r.cfg.Betas[0])
 			}
-			if !ok || len(nt.Data) != r.W.Numel() {
-				return fmt.Errorf("resume: %s: tensor %q missing or not %d values", p, mv.key, r.W.Numel())
+			if !ok || len(nt.Data) != P {
+				return fmt.Errorf("resume: %s: tensor %q missing or not %d values", p, mv.key, P)
+			}
+			if r.Net != nil && r.Net.Sharded() {
+				r.Net.SetFullBuf(mv.dst, nt.Data)
+				continue
 			}
 			if r.sh == nil {
 				r.W.Dev.FromHost(mv.dst, nt.Data)

@@ -88,6 +88,33 @@ func (t *Trainer) lead() bool { return t.rank() == 0 }
 
 func (t *Trainer) sharded() bool { return t.comm != nil && t.Job.Train.Shard == "optimizer" }
 
+// fullShard: train.shard full on several ranks: every DiT role's blocks sharded (models/fsdp.go).
+func (t *Trainer) fullShard() bool { return t.comm != nil && t.Job.Train.Shard == "full" }
+
+// shardErr is the first collective error of a sharded DiT role.
+func (t *Trainer) shardErr() error {
+	for _, r := range t.roles {
+		if r.Net != nil {
+			if err := r.Net.Err(); err != nil {
+				return fmt.Errorf("role %s: %w", r.Spec.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// fullHost gathers a sharded DiT role's whole weights onto the host (a collective); nil for others.
+func (t *Trainer) fullHost(r *role, buf *kernels.Tensor) ([]float32, error) {
+	if r.Net == nil || !r.Net.Sharded() {
+		return nil, nil
+	}
+	h, err := r.Net.Full(buf)
+	if err != nil {
+		return nil, fmt.Errorf("gathering %s: %w", r.Spec.Name, err)
+	}
+	return h, nil
+}
+
 func (t *Trainer) commErr(what string, err error) error {
 	return fmt.Errorf("step %d: %s: %w", t.Step+1, what, err)
 }

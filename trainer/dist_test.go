@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/fewstep/fewstep/config"
@@ -110,6 +111,9 @@ func dpJob(obj, dir string, steps int) *config.Job {
 	return &j
 }
 
+// dpValidate, when set, is every rank's Options.Validate in dpRun.
+var dpValidate func(rank, step int, tr *Trainer) error
+
 var dpObjectives = []string{"flowmatch", "consistency", "dmd", "adversarial", "selfforcing", "odeinit"}
 
 // dpRun trains job on world ranks with batch globalB/world each (steps optimizer steps, through
@@ -133,8 +137,12 @@ func dpRun(t *testing.T, job *config.Job, world, globalB int, dirs []string) []*
 		if j.Objective == "selfforcing" || j.Objective == "odeinit" {
 			s.ChunkFrames = 1
 		}
+		var validate func(int, *Trainer) error
+		if dpValidate != nil {
+			validate = func(step int, tr *Trainer) error { return dpValidate(rank, step, tr) }
+		}
 		return New(Options{Job: &j, Dev: kernels.CPU(), Model: cfg, Shape: s, Null: make([]float32, dpL*cfg.TextDim),
-			RandomInit: true, Comm: c,
+			RandomInit: true, Comm: c, Validate: validate,
 			Source: &globalSource{rank: rank, world: world, B: B, cfg: cfg, drop: j.Objective == "flowmatch"}})
 	}
 	if world == 1 && job.Train.Shard == "" {
@@ -145,28 +153,64 @@ func dpRun(t *testing.T, job *config.Job, world, globalB int, dirs []string) []*
 		if err := tr.Run(); err != nil {
 			t.Fatal(err)
 		}
+		keepWhole(t, tr)
 		return []*Trainer{tr}
 	}
-	trs, err := RunRanks(dist.Local(world), build)
+	trs := make([]*Trainer, world)
+	err = dist.Run(dist.Local(world), func(rank int, c dist.Comm) error {
+		tr, err := build(rank, c)
+		if err != nil {
+			return err
+		}
+		trs[rank] = tr
+		if err := tr.Run(); err != nil {
+			return err
+		}
+		keepWhole(t, tr) // a collective for sharded roles: before the communicator closes
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return trs
 }
 
-func hostW(r *role) []float32 {
-	h := make([]float32, r.W.Numel())
-	r.W.Dev.ToHost(h, r.W)
-	return h
+var (
+	wholeMu sync.Mutex
+	wholeOf = map[*Trainer]map[string][]float32{}
+)
+
+// keepWhole records every role's whole weights (table layout) of a trainer after its run.
+func keepWhole(t *testing.T, tr *Trainer) {
+	m := map[string][]float32{}
+	for _, r := range tr.roles {
+		w, err := tr.WholeWeights(r.Spec.Name)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		m[r.Spec.Name] = w
+	}
+	wholeMu.Lock()
+	wholeOf[tr] = m
+	wholeMu.Unlock()
 }
 
-// sameOnEveryRank asserts that every role's weights are bit-identical on all ranks.
+// hostW is a role's whole weights after the run (keepWhole).
+func hostW(tr *Trainer, name string) []float32 {
+	wholeMu.Lock()
+	defer wholeMu.Unlock()
+	return wholeOf[tr][name]
+}
+
+// sameOnEveryRank asserts that every role's weights are bit-identical on all ranks (under
+// train.shard full: the replicated embeddings and head; the blocks exist once, in slices).
 func sameOnEveryRank(t *testing.T, trs []*Trainer) {
 	t.Helper()
 	for _, r0 := range trs[0].roles {
-		w0 := hostW(r0)
+		w0 := localW(r0)
 		for q := 1; q < len(trs); q++ {
-			wq := hostW(trs[q].byName[r0.Spec.Name])
+			wq := localW(trs[q].byName[r0.Spec.Name])
 			for i := range w0 {
 				if math.Float32bits(w0[i]) != math.Float32bits(wq[i]) {
 					t.Fatalf("role %s: rank %d's weight %d is %v, rank 0's %v: the ranks diverged", r0.Spec.Name, q, i, wq[i], w0[i])
@@ -192,7 +236,7 @@ func compareRoles(t *testing.T, a, b []*Trainer, init map[string][]float32) map[
 	out := map[string]float64{}
 	for _, rb := range b[0].roles {
 		name := rb.Spec.Name
-		wa, wb := hostW(a[0].byName[name]), hostW(rb)
+		wa, wb := hostW(a[0], name), hostW(b[0], name)
 		var diff, move float64
 		for i := range wb {
 			d := float64(wa[i] - wb[i])
@@ -225,14 +269,29 @@ func initWeights(t *testing.T, job *config.Job) map[string][]float32 {
 	trs := dpRun(t, &j, 1, 6, nil)
 	m := map[string][]float32{}
 	for _, r := range trs[0].roles {
-		m[r.Spec.Name] = hostW(r)
+		m[r.Spec.Name] = hostW(trs[0], r.Spec.Name)
 	}
 	return m
 }
 
+// localW is what a rank holds of a role that every rank holds alike: the whole buffer, or the
+// replicated part of a sharded DiT.
+func localW(r *role) []float32 {
+	h := make([]float32, r.W.Numel())
+	r.W.Dev.ToHost(h, r.W)
+	if r.Net == nil || !r.Net.Sharded() {
+		return h
+	}
+	var rep []float32
+	for _, o := range r.Net.Replicated() {
+		rep = append(rep, h[o[0]:o[1]]...)
+	}
+	return rep
+}
+
 // For every objective: 2 and 3 ranks with batch 6/N give the weights of one rank with batch 6
-// after 3 steps; the ranks agree bit for bit after each run; train.shard optimizer gives the
-// weights of none.
+// after 3 steps; the ranks agree bit for bit after each run; train.shard optimizer and full give
+// the weights of none.
 func TestDataParallelMatchesOneRank(t *testing.T) {
 	const steps = 3
 	for _, obj := range dpObjectives {
@@ -243,12 +302,19 @@ func TestDataParallelMatchesOneRank(t *testing.T) {
 			for _, c := range []struct {
 				world int
 				shard string
-			}{{2, "none"}, {3, "none"}, {2, "optimizer"}, {3, "optimizer"}} {
+			}{{2, "none"}, {3, "none"}, {2, "optimizer"}, {3, "optimizer"}, {2, "full"}, {3, "full"}} {
 				j := *job
 				j.OutDir = t.TempDir()
 				j.Train.Shard = c.shard
 				trs := dpRun(t, &j, c.world, 6, nil)
 				sameOnEveryRank(t, trs)
+				if c.shard == "full" { // every DiT role holds its blocks in slices
+					for _, r := range trs[0].roles {
+						if r.Net != nil && (!r.Net.Sharded() || r.W.Numel() >= r.Net.FullNumel()) {
+							t.Fatalf("shard full: role %s holds %d of %d parameters", r.Spec.Name, r.W.Numel(), r.Net.FullNumel())
+						}
+					}
+				}
 				sameMetrics(t, one[0].Dir, trs[0].Dir, fmt.Sprintf("%s, %d ranks, shard %s", obj, c.world, c.shard))
 				for name, rel := range compareRoles(t, trs, one, init) {
 					t.Logf("%s, %d ranks, shard %s: role %s: ‖Δw‖ / ‖w − w_init‖ = %.2g", obj, c.world, c.shard, name, rel)
@@ -307,8 +373,22 @@ func sameMetrics(t *testing.T, oneDir, dir, what string) {
 func TestDataParallelOnlyRankZeroWrites(t *testing.T) {
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
 	job := dpJob("dmd", dirs[0], 2)
-	job.Train.Shard = "optimizer"
+	job.Train.Shard = "full"
+	job.Train.SampleEvery = 1
+	validated := make([]int, 3)
+	job.Name = "dp-validate"
+	dpValidate = func(rank, step int, tr *Trainer) error {
+		validated[rank]++
+		if m := tr.Net("ema"); m == nil || m.Sharded() {
+			return fmt.Errorf("validation on rank %d: Net(ema) is not a whole DiT", rank)
+		}
+		return nil
+	}
+	defer func() { dpValidate = nil }()
 	dpRun(t, job, 3, 6, dirs)
+	if validated[0] != 2 || validated[1]+validated[2] != 0 {
+		t.Errorf("validations per rank: %v, want [2 0 0]", validated)
+	}
 	for _, f := range []string{"job.yaml", "metrics.jsonl", "checkpoints/latest", "checkpoints/step-000002/state.json",
 		"checkpoints/step-000002/optim.student.safetensors", "checkpoints/step-000002/teacher.safetensors"} {
 		if _, err := os.Stat(filepath.Join(dirs[0], f)); err != nil {
@@ -322,15 +402,17 @@ func TestDataParallelOnlyRankZeroWrites(t *testing.T) {
 	}
 }
 
-// Resume: at the same world size (2 ranks, sharded) a run stopped at step 2 and resumed to 4 is the
-// straight run bit for bit (weights and the consolidated AdamW moments); resumed on 3 ranks instead
-// (and on 1), the run goes on and stays within the data-parallel tolerance of the straight run.
+// Resume: at the same world size (2 ranks, train.shard optimizer or full) a run stopped at step 2
+// and resumed to 4 is the straight run bit for bit (weights and the consolidated AdamW moments);
+// resumed on 3 ranks instead (and on 1), the run goes on and stays within the data-parallel
+// tolerance of the straight run.
 func TestDataParallelResume(t *testing.T) {
-	for _, obj := range []string{"dmd", "selfforcing"} {
-		t.Run(obj, func(t *testing.T) {
+	for _, c := range []struct{ obj, shard string }{{"dmd", "optimizer"}, {"selfforcing", "optimizer"}, {"dmd", "full"}, {"selfforcing", "full"}} {
+		obj := c.obj
+		t.Run(obj+"/"+c.shard, func(t *testing.T) {
 			straightDir := t.TempDir()
 			job := dpJob(obj, straightDir, 4)
-			job.Train.Shard = "optimizer"
+			job.Train.Shard = c.shard
 			init := initWeights(t, job)
 			straight := dpRun(t, job, 2, 6, nil)
 
@@ -348,7 +430,7 @@ func TestDataParallelResume(t *testing.T) {
 				}
 				if world == 2 {
 					for _, r := range straight[0].roles {
-						if !bitsEqual(hostW(r), hostW(trs[0].byName[r.Spec.Name])) {
+						if !bitsEqual(hostW(straight[0], r.Spec.Name), hostW(trs[0], r.Spec.Name)) {
 							t.Errorf("resumed on 2 ranks: role %s is not the straight run's bit for bit", r.Spec.Name)
 						}
 					}

@@ -47,13 +47,18 @@ func RandomWeights(dev kernels.Device, w *kernels.Tensor, seed int64, std float3
 	if _, dry := dev.(*models.DryDevice); dry {
 		return // nothing to fill, and a host copy of a 14B buffer would not fit (bench train --dry)
 	}
+	dev.FromHost(w, randomHost(w.Numel(), seed, std))
+}
+
+// randomHost is RandomWeights' values for a buffer of size elements, on the host.
+func randomHost(size int, seed int64, std float32) []float32 {
 	const n = 1 << 20
 	r := rand.New(rand.NewPCG(uint64(seed), 7))
 	tile := make([]float32, n)
 	for i := range tile {
 		tile[i] = std * float32(r.NormFloat64())
 	}
-	host := make([]float32, w.Numel())
+	host := make([]float32, size)
 	for off, k := 0, 0; off < len(host); off, k = off+n, k+1 {
 		rot := (k * 7919) % n
 		m := copy(host[off:], tile[rot:])
@@ -61,5 +66,5 @@ func RandomWeights(dev kernels.Device, w *kernels.Tensor, seed int64, std float3
 			copy(host[off+m:min(off+n, len(host))], tile[:rot])
 		}
 	}
-	dev.FromHost(w, host)
+	return host
 }

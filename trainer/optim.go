@@ -57,6 +57,9 @@ func (t *Trainer) gradNorm(r *role, accum int) error {
 	if r.sh != nil {
 		return t.gradNormSharded(r, accum)
 	}
+	if r.Net != nil && r.Net.Sharded() {
+		return t.gradNormFSDP(r, accum)
+	}
 	dev := t.opt.Dev
 	if t.comm != nil {
 		if err := t.allReduceGrads(r); err != nil {
@@ -84,6 +87,9 @@ func (t *Trainer) update(r *role, n int) error {
 	r.lr = lrAt(r.cfg.LR, r.cfg.Schedule, r.cfg.Warmup, n, t.Job.Train.Steps)
 	r.updates++
 	t.adamW(r, 0, r.W.Numel(), func(o int) int { return o })
+	if r.Net != nil {
+		r.Net.Invalidate() // a sharded DiT gathers its blocks again
+	}
 	return nil
 }
 
@@ -162,3 +168,57 @@ func (t *Trainer) updateSharded(r *role, n int) error {
 // held: the gradient buffer is passed as m (the op reads and writes each element once, in place, so
 // the result is the same bit for bit) and the role saves a parameter-sized fp32 buffer.
 func firstMoment(cfg config.Role) bool { return len(cfg.Betas) < 1 || cfg.Betas[0] != 0 }
+
+// localRuns is decayRuns for a sharded DiT's local buffer: the table's runs cut to the local
+// ranges (models.DiT.LocalRanges) and moved to their local offsets; padding is not stepped.
+func localRuns(table []models.Param, P int, ranges []models.LocalRange) []run {
+	var out []run
+	for _, lr := range ranges {
+		for _, ru := range decayRuns(table, P) {
+			a, b := max(ru.Off, lr.Full), min(ru.Off+ru.N, lr.Full+lr.N)
+			if a < b {
+				out = append(out, run{Off: lr.Local + a - lr.Full, N: b - a, Decay: ru.Decay})
+			}
+		}
+	}
+	return out
+}
+
+// gradNormFSDP is gradNorm under train.shard: full for a sharded DiT: the blocks' slices of G are
+// already the mean over ranks (reduce-scattered after each block's backward, models/fsdp.go); the
+// replicated embeddings and head are all-reduced here; the norm is the square root of the
+// all-reduced sum of squares (the replicated part counted by rank 0). update then clips and steps
+// AdamW on the local buffer as for a whole one.
+func (t *Trainer) gradNormFSDP(r *role, accum int) error {
+	dev := t.opt.Dev
+	rep := r.Net.Replicated()
+	for _, o := range rep {
+		for off := o[0]; off < o[1]; off += bucketElems {
+			if err := t.comm.AllReduce(r.G.View(off, min(bucketElems, o[1]-off)), dist.Mean); err != nil {
+				return t.commErr("all-reduce of "+r.Spec.Name+"'s embedding and head gradients", err)
+			}
+		}
+	}
+	if err := t.comm.Wait(); err != nil {
+		return t.commErr("all-reduce of "+r.Spec.Name+"'s gradients", err)
+	}
+	if accum > 1 {
+		dev.Scale(r.G, float32(1/float64(accum)))
+	}
+	sq := []float64{0}
+	if lo, hi := rep[0][1], rep[1][0]; hi > lo { // the rank's slices of the blocks
+		g := r.G.View(lo, hi-lo)
+		sq[0] = dev.Dot(g, g)
+	}
+	if t.rank() == 0 { // the replicated part once
+		for _, o := range rep {
+			g := r.G.View(o[0], o[1]-o[0])
+			sq[0] += dev.Dot(g, g)
+		}
+	}
+	if err := t.sumHost(sq, dist.Sum); err != nil {
+		return t.commErr("all-reduce of "+r.Spec.Name+"'s gradient norm", err)
+	}
+	r.gnorm = math.Sqrt(sq[0])
+	return nil
+}

@@ -127,10 +127,11 @@ type Trainer struct {
 	ema     *role           // nil without EMA
 	emaOf   *role
 	metrics *metricsLog
-	last    map[string]float64 // the last logged values (progress bar)
-	started time.Time          // start of Run
-	comm    dist.Comm          // nil: a single rank
-	scalars *kernels.Tensor    // device scratch of the metrics' all-reduce
+	last    map[string]float64     // the last logged values (progress bar)
+	started time.Time              // start of Run
+	comm    dist.Comm              // nil: a single rank
+	whole   map[string]*models.DiT // train.shard full: whole copies on rank 0 while it validates
+	scalars *kernels.Tensor        // device scratch of the metrics' all-reduce
 }
 
 // role is a built network and its optimizer state.
@@ -154,9 +155,9 @@ func New(opt Options) (*Trainer, error) {
 	}
 	t := &Trainer{Job: job, Obj: obj, Dir: job.OutDir, opt: opt, byName: map[string]*role{}, comm: opt.Comm}
 	switch job.Train.Shard {
-	case "", "none", "optimizer":
+	case "", "none", "optimizer", "full":
 	default:
-		return nil, fmt.Errorf("train.shard: %q, want none or optimizer (full, FSDP, is not built)", job.Train.Shard)
+		return nil, fmt.Errorf("train.shard: %q, want none, optimizer or full", job.Train.Shard)
 	}
 	t.Env = &objectives.Env{Dev: opt.Dev, Cfg: opt.Model, Shape: opt.Shape, Roles: map[string]*objectives.Role{}}
 
@@ -266,7 +267,11 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		r.Net = models.NewFrozen(dev, t.opt.Model, kernels.BF16)
 		r.W, r.Table = r.Net.W, r.Net.Table
 	} else {
-		r.Net = models.New(dev, t.opt.Model, s.Trainable)
+		if t.fullShard() { // blocks sharded over the ranks (models/fsdp.go)
+			r.Net = models.NewSharded(dev, t.opt.Model, s.Trainable, t.comm)
+		} else {
+			r.Net = models.New(dev, t.opt.Model, s.Trainable)
+		}
 		r.W, r.G, r.Table = r.Net.W, r.Net.G, r.Net.Table
 	}
 	switch {
@@ -275,7 +280,11 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 			return nil, fmt.Errorf("roles.%s.weights: %w", s.Name, err)
 		}
 	case s.Init == objectives.InitWeights && t.opt.RandomInit:
-		RandomWeights(dev, r.W, roleSeed(job.Seed, s.Name), 0.02)
+		if _, dry := dev.(*models.DryDevice); r.Net != nil && r.Net.Sharded() && !dry {
+			r.Net.SetFull(randomHost(r.Net.FullNumel(), roleSeed(job.Seed, s.Name), 0.02)) // the whole model's values, sliced
+		} else {
+			RandomWeights(dev, r.W, roleSeed(job.Seed, s.Name), 0.02)
+		}
 	case s.Init == objectives.InitWeights:
 		return nil, fmt.Errorf("roles.%s.weights: objective %s needs a checkpoint for its %s", s.Name, t.Obj.Name(), s.Name)
 	case s.Init == objectives.InitTeacher || s.Init == objectives.InitStudent:
@@ -290,7 +299,10 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		if src.W.Numel() != r.W.Numel() {
 			return nil, fmt.Errorf("roles.%s: cannot copy the %s (%d parameters into %d)", s.Name, from, src.W.Numel(), r.W.Numel())
 		}
-		dev.Copy(r.W, src.W)
+		dev.Copy(r.W, src.W) // sharded roles: the same slices of the same layout
+		if r.Net != nil {
+			r.Net.Invalidate()
+		}
 	default: // scratch
 		seed := roleSeed(job.Seed, s.Name)
 		if s.Custom != nil {
@@ -304,6 +316,10 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		}
 	}
 	markWeights(dev, r.W) // bf16 shadows cached between GEMMs on a GPU (gpu_device.go)
+	if r.Net != nil && r.Net.Sharded() {
+		sw, _ := r.Net.Slots()
+		markWeights(dev, sw) // the gathered block the GEMMs read
+	}
 	if s.Trainable {
 		n := r.W.Numel()
 		if t.sharded() {
@@ -315,6 +331,9 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		}
 		r.v = dev.Alloc(kernels.F32, n)
 		r.runs = decayRuns(r.Table, r.W.Numel())
+		if r.Net != nil && r.Net.Sharded() {
+			r.runs = localRuns(r.Table, r.Net.FullNumel(), r.Net.LocalRanges())
+		}
 	}
 	return r, nil
 }
@@ -347,14 +366,18 @@ func (r *role) load(path string) error {
 	return nil
 }
 
-// save writes a role's weights in dtype dt; a NaN or Inf weight is an error wrapping ErrNonFinite
-// and nothing is written.
-func (r *role) save(path string, dt kernels.DType) error {
+// save writes a role's weights in dtype dt; host, when set, holds them whole (a sharded DiT's,
+// gathered by fullHost). A NaN or Inf weight is an error wrapping ErrNonFinite and nothing is
+// written.
+func (r *role) save(path string, dt kernels.DType, host []float32) error {
 	var ts []models.NamedTensor
 	var meta map[string]string
-	if r.Net != nil {
+	switch {
+	case host != nil:
+		ts, meta = r.Net.NamedTensors(host, ""), map[string]string{"format": "pt"}
+	case r.Net != nil:
 		ts, meta = r.Net.Tensors(r.W, ""), map[string]string{"format": "pt"}
-	} else {
+	default:
 		host := make([]float32, r.W.Numel())
 		r.W.Dev.ToHost(host, r.W)
 		ts = make([]models.NamedTensor, len(r.Table))
@@ -371,12 +394,31 @@ func (r *role) save(path string, dt kernels.DType) error {
 	return models.WriteSafetensors(path, ts, dt, meta)
 }
 
-// Net returns a role's DiT (nil if the job has no such role or it is not a DiT).
+// Net returns a role's DiT (nil if the job has no such role or it is not a DiT). During validation
+// under train.shard full, rank 0 gets a whole copy of the ema and student roles.
 func (t *Trainer) Net(name string) *models.DiT {
+	if m := t.whole[name]; m != nil {
+		return m
+	}
 	if r := t.byName[name]; r != nil {
 		return r.Net
 	}
 	return nil
+}
+
+// WholeWeights returns a role's weights in its table's layout on the host. Under train.shard full
+// it is a collective (every rank calls it) for a DiT role.
+func (t *Trainer) WholeWeights(name string) ([]float32, error) {
+	r := t.byName[name]
+	if r == nil {
+		return nil, fmt.Errorf("trainer: no role %q (have %s)", name, strings.Join(t.RoleNames(), ", "))
+	}
+	if h, err := t.fullHost(r, r.W); h != nil || err != nil {
+		return h, err
+	}
+	h := make([]float32, r.W.Numel())
+	r.W.Dev.ToHost(h, r.W)
+	return h, nil
 }
 
 // RoleNames lists the built roles.
@@ -446,6 +488,9 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 		s := &objectives.Step{Step: n, Micro: micro, Accum: accum, RNG: objectives.StepRNG(job.Seed, n, micro),
 			Samples: objectives.StepSamples(job.Seed, n, micro, t.opt.Shape.B, t.rank(), t.world())}
 		up, err := t.Obj.Step(s, &t.batch)
+		if err == nil {
+			err = t.shardErr()
+		}
 		if err != nil {
 			return nil, fmt.Errorf("step %d: %s: %w", n, t.Obj.Name(), err)
 		}
@@ -513,6 +558,9 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 				t.opt.Dev.Copy(t.ema.W, r.W)
 			} else {
 				t.opt.Dev.EMA(t.ema.W, r.W, float32(job.Roles[objectives.Student].EMADecay))
+			}
+			if t.ema.Net != nil {
+				t.ema.Net.Invalidate()
 			}
 		}
 	}
@@ -611,8 +659,8 @@ func (t *Trainer) Run() error {
 			bar.stop()
 			return fmt.Errorf("step %d: %w; checkpoint %s (continue with --resume %s)", n, ErrInterrupted, saved, t.Dir)
 		}
-		if lead && t.opt.Validate != nil && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
-			if err := t.opt.Validate(n, t); err != nil {
+		if t.opt.Validate != nil && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
+			if err := t.validate(n); err != nil {
 				return fmt.Errorf("step %d: validation: %w", n, err)
 			}
 			t.plot()
@@ -620,6 +668,42 @@ func (t *Trainer) Run() error {
 	}
 	bar.finish()
 	return nil
+}
+
+// validate runs Options.Validate on rank 0. Under train.shard full every rank first gathers the
+// weights of the ema and student roles (the networks a validator samples from), and rank 0 holds
+// them whole, unsharded, while it validates (Net returns them); the other ranks go on to the next
+// step and wait for it there.
+func (t *Trainer) validate(n int) error {
+	if t.fullShard() {
+		t.whole = map[string]*models.DiT{}
+		defer func() {
+			for _, m := range t.whole {
+				t.opt.Dev.Free(m.W)
+			}
+			t.whole = nil
+		}()
+		for _, name := range []string{objectives.EMA, objectives.Student} {
+			r := t.byName[name]
+			if r == nil || r.Net == nil {
+				continue
+			}
+			host, err := t.fullHost(r, r.W)
+			if err != nil {
+				return err
+			}
+			if t.lead() {
+				m := models.New(t.opt.Dev, t.opt.Model, false)
+				m.SetFull(host)
+				markWeights(t.opt.Dev, m.W)
+				t.whole[name] = m
+			}
+		}
+	}
+	if !t.lead() {
+		return nil
+	}
+	return t.opt.Validate(n, t)
 }
 
 func shardName(s string) string {
