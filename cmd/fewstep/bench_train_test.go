@@ -138,7 +138,44 @@ func TestBenchTrainDryWorld(t *testing.T) {
 			t.Errorf("world %d, %s: peak less moments %.9g GiB, one rank's %.9g + 256 bytes", c.world, c.shard, rest, restOne)
 		}
 	}
-	if _, err := dryTrain("dmd", cfg, s, s.L, 2, true, 2, "full"); err == nil || !strings.Contains(err.Error(), "train.shard") {
-		t.Errorf("shard full: error %v, want one naming train.shard", err)
+	// full: every DiT role holds the embeddings, the head and 1/N of each block (+ one block's
+	// slots); on the small preset (8 blocks) the blocks are most of the parameters
+	small, err := models.Preset("small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt, err := dryTrain("dmd", small, s, s.L, 2, true, 4, "optimizer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := dryTrain("dmd", small, s, s.L, 2, true, 4, "full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets := func(r map[string]any, item string) float64 { return r["at_peak_GiB"].(map[string]float64)[item] }
+	whole, sharded := nets(opt, "trainer.(*Trainer).build → models.New"), nets(full, "trainer.(*Trainer).build → models.NewSharded")
+	// expected: each role's local buffer (embeddings, 1/4 of each block, head), its slot of one
+	// block (N·s) and the reduce-scatter scratch (s); W and G for the student and critic, W for the
+	// teacher and EMA
+	table, P := small.Params()
+	var b0, head int
+	for _, p := range table {
+		switch p.Name {
+		case "blocks.0.self_attn.q.weight":
+			b0 = p.Offset
+		case "head.head.weight":
+			head = p.Offset
+		}
+	}
+	S := (head - b0) / small.Layers
+	sl := (S + 3) / 4
+	local := b0 + small.Layers*sl + P - head
+	want := float64(4*(2*(2*local+2*4*sl+sl)+2*(local+4*sl+sl))) / (1 << 30)
+	if math.Abs(sharded-want) > 1e-12 || math.Abs(whole-float64(4*6*P)/(1<<30)) > 1e-12 {
+		t.Errorf("shard full on 4 ranks: the roles' weights and gradients take %.6g GiB, want %.6g (whole: %.6g, want %.6g)", sharded, want, whole, float64(4*6*P)/(1<<30))
+	}
+	t.Logf("small preset, 4 ranks: weights and gradients of the four roles %.4g GiB sharded, %.4g GiB whole", sharded, whole)
+	if _, err := dryTrain("dmd", cfg, s, s.L, 2, true, 2, "bogus"); err == nil || !strings.Contains(err.Error(), "train.shard") {
+		t.Errorf("shard bogus: error %v, want one naming train.shard", err)
 	}
 }
