@@ -261,9 +261,11 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		if s.Trainable {
 			r.G = dev.Alloc(kernels.F32, s.Custom.Numel)
 		}
-	} else if !s.Trainable && s.Name != objectives.EMA && bf16Weights(dev) {
+	} else if !s.Trainable && s.Name != objectives.EMA && bf16Weights(dev) && !t.fullShard() {
 		// A frozen network (the teacher) on a device whose GEMMs read bf16 copies of the weights
-		// anyway: its weights in bf16 only, no fp32 master (gpu_device.go).
+		// anyway: its weights in bf16 only, no fp32 master (gpu_device.go). Under train.shard full
+		// it is sharded instead, as every DiT role (1/N of its blocks in fp32: less than the whole
+		// in bf16 from 3 ranks on).
 		r.Net = models.NewFrozen(dev, t.opt.Model, kernels.BF16)
 		r.W, r.Table = r.Net.W, r.Net.Table
 	} else {
