@@ -76,3 +76,54 @@ func TestDryDeviceCounts(t *testing.T) {
 		}
 	}
 }
+
+// TestBF16OperandsBytes: Shape.BF16Operands on a device whose GEMMs read bf16 (the counting device)
+// stores exactly the GEMM-only activations in bf16 — per block h1, att, n3, catt, h2 ([B·N, D]) and
+// f1g ([B·N, ffn]), and the head's input — 2 bytes an element fewer in the pass, and one forward and
+// backward keeps 2 bytes an element fewer of bf16 copies (those tensors need none); on the CPU it
+// changes nothing. A frozen model with bf16 weights holds 2 bytes a parameter and no gradients.
+func TestBF16OperandsBytes(t *testing.T) {
+	cfg, _ := Preset("tiny")
+	cfg.Layers, cfg.Heads = 3, 1 // head dim 64: the fused attention, which keeps copies of its operands
+	s := Shape{B: 2, F: 2, H: 4, W: 6, L: 5}
+	BN := s.B * s.F * (s.H / 2) * (s.W / 2)
+	ops := int64(cfg.Layers*(5*BN*cfg.Dim+BN*cfg.FFNDim) + BN*cfg.Dim) // bf16 elements
+	held := func(dev kernels.Device, operands bool) (pass, copies int64) {
+		m := New(dev, cfg, true)
+		ss := s
+		ss.BF16Operands = operands
+		p := m.NewPass(ss)
+		d, dry := dev.(*DryDevice)
+		x := dev.Alloc(kernels.F32, s.B, cfg.InDim, s.F, s.H, s.W)
+		tt := dev.Alloc(kernels.F32, s.B, s.F)
+		ctx := dev.Alloc(kernels.F32, s.B, s.L, cfg.TextDim)
+		out := m.Forward(p, x, tt, ctx)
+		m.Backward(p, out)
+		if dry {
+			for _, it := range d.Labels(true) {
+				if it.Label == shadowLabel("models.(*Pass).allocDT") {
+					copies = it.Bytes
+				}
+			}
+		}
+		return int64(p.Bytes()), copies
+	}
+	p32, c32 := held(NewDryDevice(), false)
+	p16, c16 := held(NewDryDevice(), true)
+	if p32-p16 != 2*ops {
+		t.Errorf("dry device: the pass holds %d bytes with bf16 operands, %d without: %d fewer, want 2·%d", p16, p32, p32-p16, ops)
+	}
+	if c32-c16 != 2*ops {
+		t.Errorf("dry device: bf16 copies of pass tensors %d bytes with bf16 operands, %d without: want %d fewer", c16, c32, 2*ops)
+	}
+	if a, b := func() int { p, _ := held(kernels.NewCPU(1), true); return int(p) }(), func() int { p, _ := held(kernels.NewCPU(1), false); return int(p) }(); a != b {
+		t.Errorf("CPU: the pass holds %d bytes with BF16Operands, %d without: want the same", a, b)
+	}
+
+	d := NewDryDevice()
+	f := NewFrozen(d, cfg, kernels.BF16)
+	_, P := cfg.Params()
+	if f.G != nil || f.W.DType != kernels.BF16 || d.InUse() != int64(2*P) {
+		t.Errorf("NewFrozen bf16: %d bytes, W %v, G %v: want 2·%d bytes, bf16 W, no G", d.InUse(), f.W.DType, f.G, P)
+	}
+}

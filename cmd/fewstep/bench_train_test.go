@@ -189,3 +189,32 @@ func TestBenchTrainDryWorld(t *testing.T) {
 		t.Errorf("shard bogus: error %v, want one naming train.shard", err)
 	}
 }
+
+// TestBenchTrainDrySelfForcingRoles: the Self-Forcing job's parameter buffers on a bf16-GEMM device
+// (the dry count of bench train): student and critic W and G and the EMA's W in fp32, the frozen
+// teacher's W in bf16 only (20·P + 2·P bytes); the AdamW state is v alone for both trainable roles
+// (β1 = 0: 2·4·P). Counting fp32 GEMMs, the teacher keeps fp32 weights (24·P).
+func TestBenchTrainDrySelfForcingRoles(t *testing.T) {
+	cfg, err := models.Preset("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := models.Shape{B: 1, F: 4, H: 4, W: 4, L: 3, Recompute: true, ChunkFrames: 2}
+	_, P := cfg.Params()
+	for _, bf16 := range []bool{true, false} {
+		r, err := dryTrain("selfforcing", cfg, s, s.L, 1, bf16, 1, "none")
+		if err != nil {
+			t.Fatal(err)
+		}
+		items := r["at_peak_GiB"].(map[string]float64)
+		params, moments := items["trainer.(*Trainer).build → models.newDiT"], items["trainer.(*Trainer).build"]
+		want := float64(22*P) / (1 << 30)
+		if !bf16 {
+			want = float64(24*P) / (1 << 30)
+		}
+		if math.Abs(params-want) > 1e-12 || math.Abs(moments-float64(8*P)/(1<<30)) > 1e-12 {
+			t.Errorf("bf16 GEMMs %v: parameter buffers %.6g GiB (want %.6g), AdamW state %.6g GiB (want 8·P = %.6g)",
+				bf16, params, want, moments, float64(8*P)/(1<<30))
+		}
+	}
+}
