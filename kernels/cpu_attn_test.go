@@ -119,7 +119,7 @@ func testAttention(t *testing.T, dev kernels.Device, tc attnCase) {
 			copy(dst[((b*N+n)*H+h)*hd:((b*N+n)*H+h+1)*hd], m[n*hd:(n+1)*hd])
 		}
 	}
-	// mask bias: 0 where key j is visible to query i, −1e9 elsewhere (MODEL.md / the contract:
+	// mask bias: 0 where key j is visible to query i, −1e9 elsewhere (docs/architecture.md / the contract:
 	// chunk(j) ≤ chunk(qOffset + i)).
 	bias := make([]float64, Nq*Nk)
 	if tc.chunkTokens > 0 {

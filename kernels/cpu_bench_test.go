@@ -9,7 +9,7 @@ import (
 	"github.com/fewstep/fewstep/kernels"
 )
 
-// Benchmarks per op at the preset shapes (MODEL.md): small = D 384, 6 heads (hd 64), FFN 1536,
+// Benchmarks per op at the preset shapes (models.Preset): small = D 384, 6 heads (hd 64), FFN 1536,
 // 2048 video tokens (e.g. 8 latent frames of 32×32 → 8·16·16), 512 context tokens; tiny = D 64,
 // 2 heads (hd 32), FFN 256, 256 tokens, 64 context tokens. Run:
 //

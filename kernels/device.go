@@ -53,7 +53,7 @@ type Device interface {
 	SiLU(out, in *Tensor)
 	SiLUBack(dIn, dOut, in *Tensor)
 
-	// RoPE rotates x [B, N, heads, hd] in place by MODEL.md's 3D RoPE: token n of the (f, h, w) grid
+	// RoPE rotates x [B, N, heads, hd] in place by the 3D RoPE of docs/architecture.md: token n of the (f, h, w) grid
 	// [frames, rows, cols] at absolute frame frame0+f. RoPEBack rotates a gradient back (in place).
 	RoPE(x *Tensor, frames, rows, cols, frame0 int)
 	RoPEBack(dx *Tensor, frames, rows, cols, frame0 int)

@@ -1,4 +1,4 @@
-// Package models is the Wan2.1-compatible video DiT (../shared/design/MODEL.md): its configuration,
+// Package models is the Wan2.1-compatible video DiT (docs/architecture.md): its configuration,
 // the parameter table (Wan2.1 state-dict keys) carving one buffer, Wan's init, safetensors I/O,
 // and the model's forward and backward written against kernels.Device (dit.go, forward.go).
 package models
@@ -72,7 +72,7 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Preset returns a named architecture (MODEL.md's table): in/out 16 channels, freq_dim 256,
+// Preset returns a named architecture (docs/architecture.md): in/out 16 channels, freq_dim 256,
 // text_len 512, eps 1e-6.
 func Preset(name string) (Config, error) {
 	c := Config{FreqDim: 256, InDim: 16, OutDim: 16, TextLen: 512, Eps: 1e-6}

@@ -1,6 +1,6 @@
 package objectives
 
-// adversarial — GAN losses with DMD2's head on the critic's features (OBJECTIVES.md).
+// adversarial — GAN losses with DMD2's head on the critic's features (docs/objectives.md).
 //
 // The discriminator D(x) = head(critic's hidden states after block tap_layer on x_σ), x_σ the input
 // noised to a random σ (DMD2 reads the fake-score network's bottleneck; the head is a role of its

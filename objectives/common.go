@@ -1,6 +1,6 @@
 package objectives
 
-// The shared pieces of OBJECTIVES.md, in Wan's flow-matching convention (ARCHITECTURE.md):
+// The shared pieces of the objectives (docs/objectives.md), in Wan's flow-matching convention (docs/architecture.md):
 // x_σ = (1−σ)·x0 + σ·ε, the network predicts v = ε − x0 at timestep t = 1000·σ, x0 = x_σ − σ·v,
 // shifted σ' = s·σ/(1+(s−1)·σ), CFG v = v_u + w·(v_c − v_u).
 
@@ -220,7 +220,7 @@ func (f *FlowMatch) Step(s *Step, x0, ctx *kernels.Tensor, sigma []float32) floa
 	return loss
 }
 
-// Rollout is the few-step generator's "backward simulation" (OBJECTIVES.md dmd): start from pure
+// Rollout is the few-step generator's "backward simulation" (docs/objectives.md, dmd): start from pure
 // noise at Sigmas[0]; at each level i before the exit step predict x0 = x − σ_i·v without
 // gradients and re-noise it to Sigmas[i+1] with fresh noise; at the exit step s run the student on
 // its pass (the graded forward) and return that x0. Backward then carries dL/dx0 through the graded

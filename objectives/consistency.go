@@ -1,6 +1,6 @@
 package objectives
 
-// consistency — LCM-style discrete consistency distillation (OBJECTIVES.md).
+// consistency — LCM-style discrete consistency distillation (docs/objectives.md).
 //
 // The teacher's ODE grid has N shifted σ-levels σ(n) = shift(n/N), n = 0..N (σ(0) = 0, σ(N) = 1:
 // the sampler's Euler grid). One step, per sample b:

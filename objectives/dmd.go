@@ -1,6 +1,6 @@
 package objectives
 
-// dmd — distribution matching distillation with a fake-score critic (DMD / DMD2; OBJECTIVES.md).
+// dmd — distribution matching distillation with a fake-score critic (DMD / DMD2; docs/objectives.md).
 //
 // Generator step (every generator_update_ratio steps):
 //   x      = backward simulation of the student through the denoising list, exiting at a random

@@ -1,6 +1,6 @@
 package objectives
 
-// flowmatch — teacher pretraining and fine-tuning (OBJECTIVES.md).
+// flowmatch — teacher pretraining and fine-tuning (docs/objectives.md).
 //
 // σ from a shifted logit-normal or uniform law; x_σ = (1−σ)·x0 + σ·ε; the student predicts
 // v = ε − x0 at t = 1000·σ; loss = MSE. Classifier-free guidance needs an unconditional branch:

@@ -1,4 +1,4 @@
-// Package objectives holds the pluggable loss modules of fewstep (OBJECTIVES.md): flowmatch,
+// Package objectives holds the pluggable loss modules of fewstep (docs/objectives.md): flowmatch,
 // consistency, dmd (+critic), adversarial, selfforcing, odeinit. A new objective is one file plus a
 // config: a type that implements Objective and an init() that calls Register.
 //
@@ -34,7 +34,7 @@
 //     "student" only when n % generator_update_ratio == 0.
 //
 //     If an objective backpropagates a loss through a trainable network that must NOT update it
-//     (e.g. the generator's GAN loss through the critic, OBJECTIVES.md "adversarial"), it must
+//     (e.g. the generator's GAN loss through the critic, docs/objectives.md, adversarial), it must
 //     zero that role's G (Env.ZeroGrad) before accumulating the gradients it does want.
 //
 //  5. EMA. If the job sets roles.student.ema_decay > 0 (or the objective declares an "ema" role),
@@ -42,7 +42,7 @@
 //     step of the student, ema = d·ema + (1−d)·w, copied straight from the student before
 //     roles.student.ema_start. Objectives read it (consistency's target) and never write it.
 //
-// Objectives never import data/ (ARCHITECTURE.md: cmd → trainer → objectives → models → kernels):
+// Objectives never import data/ (docs/architecture.md: cmd → trainer → objectives → models → kernels):
 // the trainer converts the loader's batches into a Batch of device tensors.
 package objectives
 

@@ -1,6 +1,6 @@
 package objectives
 
-// odeinit — ODE regression, the stage before selfforcing (CausVid; OBJECTIVES.md).
+// odeinit — ODE regression, the stage before selfforcing (CausVid; docs/objectives.md).
 //
 // The dataset holds teacher trajectories (`fewstep data ode-pairs`): latents x_s [S,C,F,H,W] at the
 // levels σ_s of the denoising list and the final clean x0. One step, per sample b and chunk j of k

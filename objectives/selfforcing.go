@@ -1,7 +1,7 @@
 package objectives
 
 // selfforcing — autoregressive rollouts of the causal student with its KV cache (Self-Forcing;
-// OBJECTIVES.md).
+// docs/objectives.md).
 //
 // Rollout, chunk j = 0, 1, … of k latent frames, all chunks sharing one random exit step s:
 //

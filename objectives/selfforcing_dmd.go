@@ -1,6 +1,6 @@
 package objectives
 
-// The DMD generator gradient as a reusable piece (OBJECTIVES.md dmd), for objectives that build
+// The DMD generator gradient as a reusable piece (docs/objectives.md, dmd), for objectives that build
 // their generator sample differently (selfforcing's causal rollout) or add other gradients to it
 // (adversarial's DMD2 recipe):
 //

@@ -64,7 +64,7 @@ type Options struct {
 	Sigmas []float64
 	// Sigmas, when set, overrides Steps and Shift: Euler's grid (decreasing, last value 0) or the
 	// denoising list of the other methods (decreasing, > 0).
-	GridN int // Consistency: snap the list to this Euler grid (OBJECTIVES.md: 50); 0 = no snapping
+	GridN int // Consistency: snap the list to this Euler grid (consistency's grid_n, 50); 0 = no snapping
 
 	// Record (Euler only) lists σ levels of the grid at which x is copied to Result.Traj (e.g. the
 	// levels of a denoising list, for ODE pairs); σ = 0 records the final sample. Every level must be

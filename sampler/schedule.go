@@ -1,7 +1,7 @@
 // Package sampler turns a velocity network into videos: many-step Euler flow sampling with
 // classifier-free guidance for teachers, few-step x0-and-re-noise sampling for distilled (DMD,
 // adversarial, Self-Forcing) students, multistep consistency sampling for consistency students, and
-// chunk-by-chunk causal streaming with the model's KV cache. Conventions (ARCHITECTURE.md):
+// chunk-by-chunk causal streaming with the model's KV cache. Conventions (docs/architecture.md):
 //
 //	x_σ = (1−σ)·x0 + σ·ε        the flow path, σ ∈ [0, 1], network timestep t = 1000·σ
 //	v   = ε − x0                 what the network predicts
@@ -74,7 +74,7 @@ func OnGrid(grid []float64, sigma float64) float64 {
 }
 
 // Snap moves each σ to the nearest level of an N-level Euler grid (the grid a consistency student
-// was trained on; OBJECTIVES.md: 50 shifted levels). n ≤ 0 returns the list unchanged.
+// was trained on; docs/objectives.md: grid_n shifted levels, 50). n ≤ 0 returns the list unchanged.
 func Snap(sigmas []float64, n int, shift float64) []float64 {
 	out := append([]float64(nil), sigmas...)
 	if n <= 0 {

@@ -18,7 +18,7 @@ import (
 )
 
 // Every GPU op is checked against the CPU device's op on fresh random inputs, by the relative L2
-// error ‖gpu − cpu‖/‖cpu‖ of every output (ARCHITECTURE.md: fp32 ≲ 1e-5, bf16 storage 1e-3…1e-2,
+// error ‖gpu − cpu‖/‖cpu‖ of every output (docs/architecture.md: fp32 ≲ 1e-5, bf16 storage 1e-3…1e-2,
 // NaN never). Outputs are poisoned with NaN before the GPU op so unwritten elements show; gradients
 // start from random values on both devices so "accumulate, don't overwrite" is checked. In the bf16
 // variant every bf16 input is rounded to bf16 on the host first, so the CPU sees the same values and
