@@ -18,8 +18,10 @@ import (
 	"github.com/fewstep/fewstep/kernels"
 )
 
-// DefaultLocalTimeout is how long a rank of Local waits in a collective for the others.
-const DefaultLocalTimeout = 5 * time.Minute
+// DefaultLocalTimeout is how long a rank of Local waits in a collective for the others: long
+// enough for rank 0's validation between two steps (a rank that fails or returns closes its handle
+// and releases the others at once; the timeout is for a rank that hangs).
+const DefaultLocalTimeout = 30 * time.Minute
 
 // Local returns the N ranks' handles of a new in-process communicator (DefaultLocalTimeout).
 func Local(n int) []Comm { return LocalTimeout(n, DefaultLocalTimeout) }

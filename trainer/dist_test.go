@@ -85,6 +85,7 @@ func dpJob(obj, dir string, steps int) *config.Job {
 		j.Params["cfg_min"], j.Params["cfg_max"] = 1.0, 3.0
 		st.EMADecay = 0.9
 	case "dmd":
+		j.Model.Recompute = true // the recompute replays gather their block too (train.shard full)
 		j.Params["generator_update_ratio"] = 1
 		j.Params["regression_weight"] = 0.5
 		j.Roles["critic"] = dpAdam(2e-3)
@@ -95,6 +96,7 @@ func dpJob(obj, dir string, steps int) *config.Job {
 		j.Roles["critic"] = dpAdam(2e-3)
 		j.Roles["discriminator"] = dpAdam(2e-3)
 	case "selfforcing":
+		j.Model.Recompute = true
 		j.Params["generator_update_ratio"] = 1
 		j.Params["chunk_frames"] = 1
 		j.Params["context_noise"] = 0.1
@@ -133,7 +135,7 @@ func dpRun(t *testing.T, job *config.Job, world, globalB int, dirs []string) []*
 		if dirs != nil {
 			j.OutDir = dirs[rank]
 		}
-		s := models.Shape{B: B, F: dpF, H: dpH, W: dpW, L: dpL}
+		s := models.Shape{B: B, F: dpF, H: dpH, W: dpW, L: dpL, Recompute: j.Model.Recompute}
 		if j.Objective == "selfforcing" || j.Objective == "odeinit" {
 			s.ChunkFrames = 1
 		}
