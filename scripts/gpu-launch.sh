@@ -28,7 +28,7 @@ log "FEWSTEP_NCCL=${FEWSTEP_NCCL:-(unset)}"
 
 # 1. RankComm on real NCCL (every collective vs the host at this machine's world size), and the
 #    machine-independent NCCL tests.
-(cd kernels/cuda && timeout -k 5 60 ../../$G/cuda.test -test.run 'NCCLRank|NCCLFake' -test.v -test.count=1) >> "$L" 2>&1
+(cd kernels/cuda && timeout -k 5 ${T_TEST:-60} ../../$G/cuda.test -test.run 'NCCLRank|NCCLFake' -test.v -test.count=1) >> "$L" 2>&1
 log "cuda.test -test.run NCCLRank|NCCLFake exit $?"
 grep -E "^(--- |ok|FAIL|PASS|panic)|nccl_rank_test.go:" "$L" | tail -20
 
@@ -42,7 +42,7 @@ for m in plain nccl; do
     a="--device cuda"
     [ $m = nccl ] && a="--devices cuda:0"
     t0=$(date +%s%N)
-    timeout -k 5 120 $G/fewstep train $J $a --set out_dir=/tmp/launch-$m >> "$L" 2>&1
+    timeout -k 5 ${T_TRAIN:-120} $G/fewstep train $J $a --set out_dir=/tmp/launch-$m >> "$L" 2>&1
     rc=$?
     log "train ($m: $a) exit $rc in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
     cp /tmp/launch-$m/metrics.jsonl "$OUT/metrics-$m.jsonl" 2>/dev/null
@@ -62,8 +62,8 @@ PY
 # 3. A Wan-1.3B DMD step (student, critic, teacher, EMA; random weights; 4,680 tokens, recompute)
 #    through NCCL on GPU 0 with train.shard none, optimizer and full: the same losses.
 for sh in ${SHARDS:-none optimizer full}; do
-    res=$(timeout -k 5 100 $G/fewstep bench train --objective dmd --preset wan2.1-1.3b --frames 3 --height 60 --width 104 \
-        --recompute --devices cuda:0 --shard $sh --warmup 1 --iters 2 2>>"$L")
+    res=$(timeout -k 5 ${T_BENCH:-100} $G/fewstep bench train --objective dmd --preset wan2.1-1.3b --frames 3 --height 60 --width 104 \
+        --recompute --devices cuda:0 --shard $sh --warmup 1 --iters ${ITERS:-2} 2>>"$L")
     log "bench train dmd --shard $sh exit $?"
     echo "$res" | grep '^{' >> "$OUT/bench.jsonl"
 done
