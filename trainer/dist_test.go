@@ -561,3 +561,53 @@ func TestLoaderCursorAcrossWorlds(t *testing.T) {
 		t.Errorf("global batch 5: %v on 2 ranks, %v on 3", two, three)
 	}
 }
+
+// After every step (not only at the end) the ranks hold the same weights: every role's whole
+// buffer, or under train.shard full the replicated part and the gathered whole.
+func TestDataParallelSameAfterEachStep(t *testing.T) {
+	cfg, err := models.Preset("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, shard := range []string{"none", "optimizer", "full"} {
+		job := dpJob("dmd", t.TempDir(), 3)
+		job.Train.Shard = shard
+		const world, B = 2, 2
+		trs := make([]*Trainer, world)
+		wholes := make([][]map[string][]float32, world) // [rank][step] role → whole weights
+		err := dist.Run(dist.Local(world), func(rank int, c dist.Comm) error {
+			j := *job
+			s := models.Shape{B: B, F: dpF, H: dpH, W: dpW, L: dpL, Recompute: j.Model.Recompute}
+			tr, err := New(Options{Job: &j, Dev: kernels.CPU(), Model: cfg, Shape: s, Null: make([]float32, dpL*cfg.TextDim),
+				RandomInit: true, Comm: c, Source: &globalSource{rank: rank, world: world, B: B, cfg: cfg}})
+			if err != nil {
+				return err
+			}
+			trs[rank] = tr
+			for step := 0; step < 3; step++ {
+				if _, err := tr.TrainStep(); err != nil {
+					return err
+				}
+				m := map[string][]float32{}
+				for _, r := range tr.roles {
+					if m[r.Spec.Name], err = tr.WholeWeights(r.Spec.Name); err != nil {
+						return err
+					}
+					m["local/"+r.Spec.Name] = localW(r)
+				}
+				wholes[rank] = append(wholes[rank], m)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", shard, err)
+		}
+		for step := 0; step < 3; step++ {
+			for name, w0 := range wholes[0][step] {
+				if !bitsEqual(w0, wholes[1][step][name]) {
+					t.Errorf("shard %s, step %d: %s differs between the ranks", shard, step+1, name)
+				}
+			}
+		}
+	}
+}
