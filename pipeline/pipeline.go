@@ -110,6 +110,23 @@ func ForInference(m *models.DiT) {
 	}
 }
 
+// UseGraphs replays whole-video forwards from CUDA graphs on a CUDA device (one per request shape,
+// captured at its first use, after one eager run); it does nothing elsewhere. Worth it
+// where launches dominate (small models, short videos); call it before the first Generate.
+func (p *Pipeline) UseGraphs() {
+	g, ok := p.Dev.(*cuda.Device)
+	if !ok {
+		return
+	}
+	p.net.Capture = func(fn func()) (func() error, func(), error) {
+		gr, err := g.Capture(fn)
+		if err != nil {
+			return nil, nil, err
+		}
+		return gr.Launch, gr.Destroy, nil
+	}
+}
+
 // Close releases the device memory of the passes and the cache (the model's weights stay with Model).
 func (p *Pipeline) Close() {
 	p.mu.Lock()

@@ -14,9 +14,25 @@ type DiTNet struct {
 	M           *models.DiT
 	ChunkFrames int // > 0: whole-video forwards are block-causal over chunks of this many frames
 
+	// Capture, when set (a CUDA device: pipeline sets it), replays whole-video forwards from CUDA
+	// graphs: per shape, the forward is run once eagerly, then captured on the net's own input
+	// buffers; later calls copy their inputs there and launch the graph. A shape whose capture
+	// fails runs eagerly.
+	Capture func(fn func()) (launch func() error, free func(), err error)
+
 	passes map[models.Shape]*models.Pass
+	graphs map[models.Shape]*graphed
 	cache  *models.Cache
 	last   *models.Pass // the pass of the last VelocityChunk (what Commit caches)
+}
+
+// graphed is one shape's captured forward: its inputs, its output, its replay.
+type graphed struct {
+	x, t, ctx *kernels.Tensor
+	out       *kernels.Tensor
+	launch    func() error
+	free      func()
+	failed    bool
 }
 
 // NewDiTNet wraps m; chunkFrames > 0 for a block-causal student (0 = bidirectional).
@@ -38,6 +54,7 @@ func (d *DiTNet) pass(s models.Shape, commit bool) *models.Pass {
 	p, ok := d.passes[key]
 	if !ok {
 		if len(d.passes) >= maxPasses {
+			d.freeGraphs() // they replay the passes about to go
 			for o, q := range d.passes {
 				if q != d.last {
 					q.Free()
@@ -68,7 +85,48 @@ func (d *DiTNet) PassBytes() int {
 func (d *DiTNet) Velocity(x, t, ctx *kernels.Tensor) *kernels.Tensor {
 	// BF16Operands: GEMM-only activations in bf16 on a GPU in bf16 GEMM mode (the same numbers).
 	s := models.Shape{B: x.Shape[0], F: x.Shape[2], H: x.Shape[3], W: x.Shape[4], L: ctx.Shape[1], ChunkFrames: d.ChunkFrames, BF16Operands: true}
+	if d.Capture != nil {
+		if out := d.graphVelocity(s, x, t, ctx); out != nil {
+			return out
+		}
+	}
 	return d.M.Forward(d.pass(s, false), x, t, ctx)
+}
+
+// graphVelocity is Velocity through the shape's CUDA graph (nil: run eagerly).
+func (d *DiTNet) graphVelocity(s models.Shape, x, t, ctx *kernels.Tensor) *kernels.Tensor {
+	if d.graphs == nil {
+		d.graphs = map[models.Shape]*graphed{}
+	}
+	dev := d.M.Dev
+	g, ok := d.graphs[s]
+	if !ok {
+		g = &graphed{x: dev.Alloc(kernels.F32, x.Shape...), t: dev.Alloc(kernels.F32, t.Shape...), ctx: dev.Alloc(kernels.F32, ctx.Shape...)}
+		d.graphs[s] = g
+		p := d.pass(s, false)
+		dev.Copy(g.x, x)
+		dev.Copy(g.t, t)
+		dev.Copy(g.ctx, ctx)
+		g.out = d.M.Forward(p, g.x, g.t, g.ctx) // eager: the tables, plans and bf16 copies the graph reads
+		launch, free, err := d.Capture(func() { d.M.Forward(p, g.x, g.t, g.ctx) })
+		if err != nil {
+			g.failed = true
+		} else {
+			g.launch, g.free = launch, free
+		}
+		return g.out
+	}
+	if g.failed {
+		return nil
+	}
+	dev.Copy(g.x, x)
+	dev.Copy(g.t, t)
+	dev.Copy(g.ctx, ctx)
+	if err := g.launch(); err != nil {
+		g.failed = true
+		return nil
+	}
+	return g.out
 }
 
 // StartCache makes a fresh KV cache (the previous one is released).
@@ -101,8 +159,9 @@ func (d *DiTNet) Commit() { d.M.Commit(d.cache, d.last) }
 // CacheFrames is the absolute index of the next frame of the stream.
 func (d *DiTNet) CacheFrames() int { return d.cache.Frames() }
 
-// Free releases the passes and the cache.
+// Free releases the passes, the graphs and the cache.
 func (d *DiTNet) Free() {
+	d.freeGraphs()
 	for s, p := range d.passes {
 		p.Free()
 		delete(d.passes, s)
@@ -110,5 +169,18 @@ func (d *DiTNet) Free() {
 	if d.cache != nil {
 		d.cache.Free()
 		d.cache = nil
+	}
+}
+
+// freeGraphs releases every captured forward and its input buffers.
+func (d *DiTNet) freeGraphs() {
+	for s, g := range d.graphs {
+		if g.free != nil {
+			g.free()
+		}
+		for _, t := range []*kernels.Tensor{g.x, g.t, g.ctx} {
+			d.M.Dev.Free(t)
+		}
+		delete(d.graphs, s)
 	}
 }

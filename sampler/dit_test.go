@@ -1,6 +1,7 @@
 package sampler
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -251,3 +252,44 @@ func TestStreamLongVideoBoundedCache(t *testing.T) {
 		t.Fatal("sink ≥ window: no error")
 	}
 }
+
+// The graph path's plumbing (on the CPU, a "graph" that replays by calling the captured function):
+// inputs copied into the net's own buffers, the output read from the captured pass, the same
+// samples as eager forwards; a failed capture falls back to eager forwards.
+func TestDiTNetGraphPlumbing(t *testing.T) {
+	m := tinyDiT(t, 9)
+	b := randBatch(2, 4, 2, 4, 4, 3, m.Cfg.TextDim)
+	o := Options{Method: FewStep, Steps: 3, CFG: 2.5, Shift: 3}
+	eager := NewDiTNet(m, 0)
+	defer eager.Free()
+	want, err := Sample(eager, b, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fail := range []bool{false, true} {
+		g := NewDiTNet(m, 0)
+		captures, launches := 0, 0
+		g.Capture = func(fn func()) (func() error, func(), error) {
+			captures++
+			if fail {
+				return nil, nil, errTest
+			}
+			return func() error { launches++; fn(); return nil }, func() {}, nil
+		}
+		got, err := Sample(g, b, o)
+		g.Free()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if captures != 1 || (!fail && launches != 2) || (fail && launches != 0) {
+			t.Fatalf("fail %v: %d captures, %d launches for 3 steps", fail, captures, launches)
+		}
+		for i := range want.Latents {
+			if got.Latents[i] != want.Latents[i] {
+				t.Fatalf("fail %v: latent %d: %g, eager %g", fail, i, got.Latents[i], want.Latents[i])
+			}
+		}
+	}
+}
+
+var errTest = fmt.Errorf("capture refused")

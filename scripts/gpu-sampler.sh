@@ -57,4 +57,7 @@ $F model init --preset small --text-len 64 --dtype float32 --layout diffusers --
 python3 scripts/diffusers_wan.py --export $T/sd --fewstep $F --device cuda --frames 3 --size 16 2>>"$L" | tee -a "$L"
 log "+ bench sample (pipeline.Generate, warm)"
 peak bench_sample timeout 90 $F bench sample --preset wan2.1-1.3b --frames 21 --height 60 --width 104 --steps 4 --iters 2 --warmup 1 2>>"$L" | tee -a "$L"
+log "+ CUDA graphs (pipeline.UseGraphs): small preset, short video, eager vs graph"
+timeout 60 $F bench sample --preset small --frames 2 --height 32 --width 32 --ctx 64 --steps 4 --iters 5 --warmup 1 2>>"$L" | tee -a "$L"
+timeout 60 $F bench sample --preset small --frames 2 --height 32 --width 32 --ctx 64 --steps 4 --iters 5 --warmup 1 --graph 2>>"$L" | tee -a "$L"
 rm -rf $T

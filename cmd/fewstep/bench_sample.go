@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"time"
@@ -37,6 +38,7 @@ func init() {
 	addShapeFlags(f)
 	f.Int("steps", 4, "denoising steps (the recipe's list: 1000, 750, ... shifted by 5)")
 	f.Bool("dry", false, "count the bytes on the card instead (no GPU)")
+	f.Bool("graph", false, "replay the forwards from CUDA graphs (pipeline.UseGraphs); also reports the largest difference from an eager run")
 	f.String("device", "cuda", "cuda or cuda:N")
 	f.Int("iters", 3, "timed repetitions (the median is reported)")
 	f.Int("warmup", 1, "untimed repetitions first")
@@ -124,6 +126,27 @@ func runBenchSample(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	req := randomRequest(B, L, p.Config.TextDim)
+	if graph, _ := fl.GetBool("graph"); graph {
+		eager, err := p.Generate(context.Background(), req)
+		if err != nil {
+			return err
+		}
+		p.UseGraphs()
+		res["graph"] = true
+		g1, err := p.Generate(context.Background(), req) // captures
+		if err != nil {
+			return err
+		}
+		g2, err := p.Generate(context.Background(), req) // replays
+		if err != nil {
+			return err
+		}
+		worst := 0.0
+		for i := range eager.Latents {
+			worst = max(worst, math.Abs(float64(eager.Latents[i]-g1.Latents[i])), math.Abs(float64(eager.Latents[i]-g2.Latents[i])))
+		}
+		res["graph_vs_eager_max_abs"] = worst
+	}
 	warm, _ := fl.GetInt("warmup")
 	iters, _ := fl.GetInt("iters")
 	var ms []float64
