@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -179,7 +180,7 @@ func benchTrainRanks(cmd *cobra.Command, res map[string]any, obj string, cfg mod
 	res["step_ms"] = ms
 	res["step_wall_ms_sorted"] = times
 	res["samples_per_s"] = float64(n*B) / (ms / 1e3)
-	res["metrics_by_step"] = metrics // rank 0's (averaged over ranks), warm-up steps first
+	res["metrics_by_step"] = jsonMetrics(metrics) // rank 0's (averaged over ranks), warm-up steps first
 	res["mem_used_GiB_per_gpu"] = used()
 	if one, ok := res["one_gpu"].(map[string]any); ok {
 		if oms, ok := one["step_ms"].(float64); ok {
@@ -231,4 +232,20 @@ func benchOneGPU(ord int) (map[string]any, error) {
 		return nil, fmt.Errorf("the one-GPU run printed no JSON line")
 	}
 	return last, nil
+}
+
+// jsonMetrics is ms with non-finite values as strings ("NaN", "+Inf"), which JSON cannot hold.
+func jsonMetrics(ms []map[string]float64) []map[string]any {
+	out := make([]map[string]any, len(ms))
+	for i, m := range ms {
+		out[i] = map[string]any{}
+		for k, v := range m {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				out[i][k] = fmt.Sprint(v)
+			} else {
+				out[i][k] = v
+			}
+		}
+	}
+	return out
 }
