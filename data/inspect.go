@@ -205,6 +205,13 @@ func Convert(src, dst string) ([]string, error) {
 			rel, _ := filepath.Rel(src, p)
 			out = filepath.Join(dst, strings.TrimSuffix(rel, filepath.Ext(rel))+".arrow")
 		}
+		// Never write over a source: the same path, or the same file through a link (the
+		// temporary file's rename would replace the data being read).
+		if ps, err := os.Stat(p); err == nil {
+			if os2, err := os.Stat(out); err == nil && os.SameFile(ps, os2) {
+				return outs, fmt.Errorf("data convert: %s would overwrite its source %s (the same file); give another destination", out, p)
+			}
+		}
 		if err := convertFile(p, out); err != nil {
 			return outs, err
 		}

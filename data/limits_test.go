@@ -54,3 +54,51 @@ func TestSynthRefusesHugeSizes(t *testing.T) {
 		}
 	}
 }
+
+// convert refuses to write over its source: the same path, a symbolic link to it, a hard link to
+// it, and a folder converted into itself; the source stays byte for byte.
+func TestConvertRefusesItsSource(t *testing.T) {
+	src := synthFile(t)
+	d, err := Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pq := filepath.Join(dir, "x.parquet")
+	writeProjectParquet(t, d, pq)
+	d.Close()
+	want, _ := os.ReadFile(pq)
+	sym, hard := filepath.Join(dir, "sym.parquet"), filepath.Join(dir, "hard.parquet")
+	if err := os.Symlink(pq, sym); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(pq, hard); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][2]string{{pq, pq}, {pq, sym}, {sym, pq}, {pq, hard}} {
+		_, err := Convert(c[0], c[1])
+		if err == nil || !strings.Contains(err.Error(), "overwrite its source") {
+			t.Fatalf("convert %s %s: %v", c[0], c[1], err)
+		}
+		if got, _ := os.ReadFile(pq); string(got) != string(want) {
+			t.Fatalf("convert %s %s changed the source", c[0], c[1])
+		}
+	}
+	// A folder into itself: its .arrow file would be rewritten onto itself.
+	folder := filepath.Dir(src)
+	before, _ := os.ReadFile(src)
+	if _, err := Convert(folder, folder); err == nil || !strings.Contains(err.Error(), "overwrite its source") {
+		t.Fatalf("convert a folder into itself: %v", err)
+	}
+	if after, _ := os.ReadFile(src); string(after) != string(before) {
+		t.Fatal("convert of a folder into itself changed a source")
+	}
+	// Another destination works, and leaves no temporary file.
+	out := filepath.Join(dir, "out.arrow")
+	if _, err := Convert(pq, out); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".*tmp*")); len(m) != 0 {
+		t.Fatalf("left %v", m)
+	}
+}
