@@ -384,3 +384,40 @@ func TestSafetensorsEmptyTensorAtSharedOffset(t *testing.T) {
 		}
 	}
 }
+
+// Tensors larger than the reader's 1 MiB chunk, in every dtype, with a length that is not a
+// multiple of the chunk, read back element for element (each chunk lands at its own offset).
+func TestSafetensorsLargerThanChunk(t *testing.T) {
+	rng := rand.New(rand.NewSource(8))
+	dir := t.TempDir()
+	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16, kernels.F16} {
+		n := (1<<20)/dt.Size()*3 + 12345 // 3 chunks and a part
+		ts := []NamedTensor{
+			{Name: "small", Shape: []int{3}, Data: randn(rng, 3, 1)},
+			{Name: "big", Shape: []int{n}, Data: randn(rng, n, 1)},
+		}
+		p := filepath.Join(dir, dt.String()+".safetensors")
+		if err := WriteSafetensors(p, ts, dt, nil); err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := ReadSafetensors(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range ts {
+			g := got[w.Name].Data
+			for i, v := range w.Data {
+				want := v
+				switch dt {
+				case kernels.BF16:
+					want = BF16ToF32(F32ToBF16(v))
+				case kernels.F16:
+					want = F16ToF32(F32ToF16(v))
+				}
+				if g[i] != want {
+					t.Fatalf("%v: %s[%d] of %d = %g, wrote %g", dt, w.Name, i, len(w.Data), g[i], want)
+				}
+			}
+		}
+	}
+}
