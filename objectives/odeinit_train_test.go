@@ -147,7 +147,7 @@ func heldOutErrors(net *models.DiT, op *odePairs, b *objectives.Batch, s models.
 func trainODEInit(t *testing.T, teacher *models.DiT, m *modes, seed int64, n, steps int, lr float64) (e0, e1 [][]float64, first, last float64) {
 	dev := kernels.CPU()
 	train := makeODEPairs(teacher, m, n, 1.5, uint64(seed))
-	held := makeODEPairs(teacher, m, 96, 1.5, uint64(seed)+1)
+	held := makeODEPairs(teacher, m, 256, 1.5, uint64(seed)+1)
 	s := models.Shape{B: mB, F: mF, H: mH, W: mW, L: mL, ChunkFrames: 1}
 	o, err := objectives.New("odeinit", nil)
 	if err != nil {
