@@ -180,3 +180,24 @@ func TestInit(t *testing.T) {
 		t.Error("different seeds, same weights")
 	}
 }
+
+// Sizes beyond the limits are refused before anything is allocated or multiplied out, saying the
+// limit or what the model would need.
+func TestConfigLimits(t *testing.T) {
+	base, _ := Preset("wan2.1-1.3b")
+	for _, c := range []struct {
+		edit func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Dim = 1 << 30 }, "dim = 1073741824 is above the limit"},
+		{func(c *Config) { c.Layers = 1 << 40 }, "num_layers"},
+		{func(c *Config) { c.TextLen = 1 << 20 }, "text_len"},
+		{func(c *Config) { c.Dim, c.FFNDim, c.Heads, c.Layers = 1<<16, 1<<18, 1<<9, 1<<10 }, "GiB in fp32"},
+	} {
+		cfg := base
+		c.edit(&cfg)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", cfg, err, c.want)
+		}
+	}
+}

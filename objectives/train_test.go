@@ -288,6 +288,7 @@ func TestDMDMakesOneStepSharp(t *testing.T) {
 	path, teacher, m := trainTeacher(t)
 	dT, aT := evalNet(teacher, m, 1, true, 1)
 	job := baseJob(t.TempDir(), "dmd", 300)
+	job.Seed = freshSeed(t)
 	job.Params = map[string]any{"cfg": 1.5, "generator_update_ratio": 2, "denoising_timesteps": []any{1000}}
 	job.Roles["teacher"] = config.Role{Weights: path}
 	job.Roles["student"] = adam(5e-4, 0, 0.999)
