@@ -17,11 +17,11 @@ mkdir -p "$logdir"
 only=${1:-}
 # file | tests of its package to run per mutant (-run; -skip) ("" = all)
 targets=(
-	"models/safetensors.go||"
-	"data/loader.go||"
 	"trainer/optim.go|TestAdamW|TestToy|TestResume|TestSchedules|TestDecay|TestNonFinite|TestBadSteps|TestTooMany|TestDivergence|TestSave|TestCrash|TestInterrupt|TestNoFirstMoment|"
-	"trainer/checkpoint.go|TestResume|TestInterrupt|TestCrash|TestSave|TestDivergence|TestParseState|TestResolveCheckpoint|TestTooMany|Fuzz|"
+	"data/loader.go|TestLoader|TestFromJob|TestNonFinite|FuzzLoaderCursor|"
 	"objectives/dmd.go|TestDMD|OneStepSharp"
+	"trainer/checkpoint.go|TestResume|TestInterrupt|TestCrash|TestSave|TestDivergence|TestParseState|TestResolveCheckpoint|TestTooMany|Fuzz|"
+	"models/safetensors.go|TestSafetensors|TestHalf|TestLoadSharded|TestSaveLoadStrict|TestTorchHalf|Fuzz|"
 )
 for t in "${targets[@]}"; do
 	IFS='|' read -r file rest <<<"$t"
@@ -40,7 +40,7 @@ for t in "${targets[@]}"; do
 	[[ -n $skip ]] && flags="$flags -skip=$skip"
 	name=${file//\//_}
 	start=$(date +%s)
-	GOFLAGS="$flags" nice -n 19 "$gremlins" unleash --workers 1 --test-cpu 1 --timeout-coefficient 4 \
+	GOFLAGS="$flags" nice -n 19 "$gremlins" unleash --workers 1 --test-cpu 1 --timeout-coefficient 10 \
 		-o "$logdir/$name.json" "${excl[@]}" "./$pkg" >"$logdir/$name.log" 2>&1
 	echo "$file ($(($(date +%s) - start))s, tests: ${flags:-all}): $(grep -E 'Killed:|Test efficacy' "$logdir/$name.log" | tr '\n' ' ')"
 done
