@@ -241,11 +241,12 @@ func TestResumeFolders(t *testing.T) {
 	}
 }
 
-// Twenty kill -9s at random moments of a run with a checkpoint every step: each time the run
+// Twenty kill -9s at random moments of a run with a checkpoint every step (each after the run
+// made progress, 0-60 ms after a checkpoint appeared): each time the run
 // resumes (--take-over of the dead process's lock) from its latest checkpoint, and the end is the
 // straight run's weights bit for bit. Under -short, five kills.
 func TestKill9ResumesBitExact(t *testing.T) {
-	kills, steps := 20, 40
+	kills, steps := 20, 60
 	if testing.Short() {
 		kills = 5
 	}
@@ -261,10 +262,21 @@ func TestKill9ResumesBitExact(t *testing.T) {
 	for k := 0; k < kills && !done; k++ {
 		args := tinyTrain(out, "--set", "train.steps="+strconv.Itoa(steps))
 		if k > 0 {
-			args = append(args, "--resume", out, "--take-over")
+			args = append(args, "--take-over") // the killed process's lock
 		}
+		if _, err := os.Stat(filepath.Join(out, "checkpoints", "latest")); err == nil {
+			args = append(args, "--resume", out) // killed before its first checkpoint: start again
+		}
+		prev, _ := os.ReadFile(filepath.Join(out, "checkpoints", "latest"))
 		c, cout := start(t, args...)
-		time.Sleep(time.Duration(50+rng.IntN(400)) * time.Millisecond)
+		// Kill at a random moment after the run has made progress (a new checkpoint, or 3 s), so
+		// that the kills fall during training and checkpoint writes on a slow or a fast machine.
+		for t0 := time.Now(); time.Since(t0) < 3*time.Second; time.Sleep(2 * time.Millisecond) {
+			if now, _ := os.ReadFile(filepath.Join(out, "checkpoints", "latest")); len(now) > 0 && string(now) != string(prev) {
+				break
+			}
+		}
+		time.Sleep(time.Duration(rng.IntN(60)) * time.Millisecond)
 		c.Process.Signal(syscall.SIGKILL)
 		err := c.Wait()
 		if err == nil { // finished before the kill
@@ -282,7 +294,10 @@ func TestKill9ResumesBitExact(t *testing.T) {
 		t.Fatalf("the run finished after %d kills; the test wants %d (make the run longer)", len(at), kills)
 	}
 	if !done {
-		args := append(tinyTrain(out, "--set", "train.steps="+strconv.Itoa(steps)), "--resume", out, "--take-over")
+		args := append(tinyTrain(out, "--set", "train.steps="+strconv.Itoa(steps)), "--take-over")
+		if _, err := os.Stat(filepath.Join(out, "checkpoints", "latest")); err == nil {
+			args = append(args, "--resume", out)
+		}
 		if txt, code := cli(t, args...); code != 0 {
 			t.Fatalf("final resume: exit %d\n%s", code, txt)
 		}
