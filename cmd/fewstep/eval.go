@@ -269,8 +269,11 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	}
 	spec := eval.TableSpec{Steps: job.Eval.Steps, TeacherSteps: job.Eval.TeacherSteps, Count: job.Eval.Count, Seed: job.Seed, Students: more}
 	spec.TeacherShift = job.Sample.Shift
-	if spec.TeacherCFG, err = paramFloat(job, "cfg", job.Sample.CFG); err != nil { // the guidance the job distils with
+	spec.TeacherCFG = job.Sample.CFG
+	if or, err := pipeline.ObjectiveRecipe(job); err != nil { // the guidance the job's objective distils with
 		return fmt.Errorf("eval: %w", err)
+	} else if or.TeacherCFG > 0 {
+		spec.TeacherCFG = or.TeacherCFG
 	}
 	spec.Student = sampler.Options{Method: sampler.FewStep, ChunkFrames: job.Model.ChunkFrames,
 		LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames, CFG: 1, Shift: job.Sample.Shift}
@@ -400,18 +403,4 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 		fmt.Fprintf(cmd.OutOrStdout(), "  %s: the long rows' drift per frame\n", png)
 	}
 	return nil
-}
-
-// paramFloat reads a number of the job's params (def when absent).
-func paramFloat(job *config.Job, key string, def float64) (float64, error) {
-	v, ok := job.Params[key]
-	if !ok {
-		return def, nil
-	}
-	b, _ := json.Marshal(v)
-	var f float64
-	if err := json.Unmarshal(b, &f); err != nil {
-		return 0, fmt.Errorf("params.%s: %v is not a number", key, v)
-	}
-	return f, nil
 }
