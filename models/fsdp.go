@@ -19,7 +19,9 @@ package models
 // Every rank must run the same forwards and backwards (each block gather and gradient scatter is a
 // collective). The weights are gathered block by block as needed, not prefetched: Comm.Wait orders
 // the compute after every collective called so far, so a gather issued ahead would be waited for
-// at once. A collective's error is kept (Err) and later gathers and scatters are skipped.
+// at once. A failed gather panics (a forward on weights that are not there would return garbage:
+// e.g. a forward on rank 0 alone after the other ranks left); a failed gradient scatter is kept
+// (Err, checked by the trainer after each step) and later scatters are skipped.
 
 import (
 	"fmt"
@@ -132,15 +134,15 @@ func (m *DiT) useBlock(l int) {
 	}
 	f.held = -1
 	if f.err != nil {
-		return
+		panic(f.err)
 	}
 	if err := f.comm.AllGather(f.slotW, m.W.View(f.b0+l*f.s, f.s)); err != nil {
-		f.err = fmt.Errorf("models: gathering block %d's weights: %w", l, err)
-		return
+		f.err = fmt.Errorf("models: gathering block %d's weights of a sharded DiT (every rank must run the same forwards): %w", l, err)
+		panic(f.err)
 	}
 	if err := f.comm.Wait(); err != nil {
-		f.err = fmt.Errorf("models: gathering block %d's weights: %w", l, err)
-		return
+		f.err = fmt.Errorf("models: gathering block %d's weights of a sharded DiT: %w", l, err)
+		panic(f.err)
 	}
 	f.held = l
 }

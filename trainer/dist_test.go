@@ -387,10 +387,35 @@ func TestDataParallelOnlyRankZeroWrites(t *testing.T) {
 		return nil
 	}
 	defer func() { dpValidate = nil }()
-	dpRun(t, job, 3, 6, dirs)
+	trs := dpRun(t, job, 3, 6, dirs)
 	if validated[0] != 2 || validated[1]+validated[2] != 0 {
 		t.Errorf("validations per rank: %v, want [2 0 0]", validated)
 	}
+	// after Run, rank 0's Net gives whole networks (an evaluation on rank 0 alone, as the demo's)
+	for _, name := range []string{"teacher", "student", "ema"} {
+		m := trs[0].Net(name)
+		if m == nil || m.Sharded() {
+			t.Fatalf("after Run: rank 0's Net(%s) is not a whole DiT", name)
+		}
+		w := make([]float32, m.W.Numel())
+		m.Dev.ToHost(w, m.W)
+		if !bitsEqual(w, hostW(trs[0], name)) {
+			t.Errorf("after Run: rank 0's whole %s differs from the gathered weights", name)
+		}
+	}
+	// and a sharded network run by one rank alone fails loudly, not with weights that are not there
+	func() {
+		defer func() {
+			if p := recover(); p == nil || !strings.Contains(fmt.Sprint(p), "sharded DiT") {
+				t.Errorf("a forward of a sharded DiT on one rank after the others left: panic %v, want one naming the sharded DiT", p)
+			}
+		}()
+		m := trs[1].Net("student")
+		cfg := m.Cfg
+		s := models.Shape{B: 1, F: dpF, H: dpH, W: dpW, L: dpL}
+		dev := m.Dev
+		m.Forward(m.NewPass(s), dev.Alloc(kernels.F32, 1, cfg.InDim, dpF, dpH, dpW), dev.Alloc(kernels.F32, 1, dpF), dev.Alloc(kernels.F32, 1, dpL, cfg.TextDim))
+	}()
 	for _, f := range []string{"job.yaml", "metrics.jsonl", "checkpoints/latest", "checkpoints/step-000002/state.json",
 		"checkpoints/step-000002/optim.student.safetensors", "checkpoints/step-000002/teacher.safetensors"} {
 		if _, err := os.Stat(filepath.Join(dirs[0], f)); err != nil {

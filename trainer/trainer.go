@@ -118,20 +118,21 @@ type Trainer struct {
 
 	skipped bool // the last TrainStep was skipped
 
-	opt     Options
-	roles   []*role // build order
-	byName  map[string]*role
-	batch   objectives.Batch
-	x0      *kernels.Tensor // [B,C,F,H,W] the latents' device buffer (batch.X0 is nil for text-only batches)
-	trajX   *kernels.Tensor // [B,S,C,F,H,W] ODE pairs' device buffer (odeinit), made by the first such batch
-	ema     *role           // nil without EMA
-	emaOf   *role
-	metrics *metricsLog
-	last    map[string]float64     // the last logged values (progress bar)
-	started time.Time              // start of Run
-	comm    dist.Comm              // nil: a single rank
-	whole   map[string]*models.DiT // train.shard full: whole copies on rank 0 while it validates
-	scalars *kernels.Tensor        // device scratch of the metrics' all-reduce
+	opt       Options
+	roles     []*role // build order
+	byName    map[string]*role
+	batch     objectives.Batch
+	x0        *kernels.Tensor // [B,C,F,H,W] the latents' device buffer (batch.X0 is nil for text-only batches)
+	trajX     *kernels.Tensor // [B,S,C,F,H,W] ODE pairs' device buffer (odeinit), made by the first such batch
+	ema       *role           // nil without EMA
+	emaOf     *role
+	metrics   *metricsLog
+	last      map[string]float64     // the last logged values (progress bar)
+	started   time.Time              // start of Run
+	comm      dist.Comm              // nil: a single rank
+	whole     map[string]*models.DiT // train.shard full: whole copies on rank 0 (validation, after Run)
+	wholeHost map[string][]float32   // train.shard full: rank 0's host copies after Run (keepWhole)
+	scalars   *kernels.Tensor        // device scratch of the metrics' all-reduce
 }
 
 // role is a built network and its optimizer state.
@@ -396,10 +397,21 @@ func (r *role) save(path string, dt kernels.DType, host []float32) error {
 	return models.WriteSafetensors(path, ts, dt, meta)
 }
 
-// Net returns a role's DiT (nil if the job has no such role or it is not a DiT). During validation
-// under train.shard full, rank 0 gets a whole copy of the ema and student roles.
+// Net returns a role's DiT (nil if the job has no such role or it is not a DiT). Under
+// train.shard full, rank 0 gets whole copies: of the ema and student during validation, of the
+// teacher, student and ema after Run.
 func (t *Trainer) Net(name string) *models.DiT {
 	if m := t.whole[name]; m != nil {
+		return m
+	}
+	if host := t.wholeHost[name]; host != nil { // after Run under train.shard full (keepWhole)
+		m := models.New(t.opt.Dev, t.opt.Model, false)
+		m.SetFull(host)
+		markWeights(t.opt.Dev, m.W)
+		if t.whole == nil {
+			t.whole = map[string]*models.DiT{}
+		}
+		t.whole[name] = m
 		return m
 	}
 	if r := t.byName[name]; r != nil {
@@ -669,6 +681,33 @@ func (t *Trainer) Run() error {
 		}
 	}
 	bar.finish()
+	return t.keepWhole()
+}
+
+// keepWhole: at the end of a run under train.shard full, while the ranks are still connected,
+// every rank gathers the teacher's, student's and EMA's weights and rank 0 keeps them on the host,
+// so that Net gives whole networks after Run (an evaluation on rank 0 alone, as `fewstep demo`
+// makes, cannot gather anymore).
+func (t *Trainer) keepWhole() error {
+	if !t.fullShard() {
+		return nil
+	}
+	for _, name := range []string{objectives.Teacher, objectives.Student, objectives.EMA} {
+		r := t.byName[name]
+		if r == nil || r.Net == nil {
+			continue
+		}
+		host, err := t.fullHost(r, r.W)
+		if err != nil {
+			return fmt.Errorf("after the last step: %w", err)
+		}
+		if t.lead() {
+			if t.wholeHost == nil {
+				t.wholeHost = map[string][]float32{}
+			}
+			t.wholeHost[name] = host
+		}
+	}
 	return nil
 }
 
