@@ -9,7 +9,7 @@ import (
 	"github.com/fewstep/fewstep/dist"
 )
 
-// WanMean and WanStd are the per-channel statistics of Wan2.1's VAE latents (DATA.md);
+// WanMean and WanStd are the per-channel statistics of Wan2.1's VAE latents (docs/data.md);
 // normalize: wan applies (x − mean)/std per channel.
 var (
 	WanMean = []float64{-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -18,7 +18,7 @@ var (
 		3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160}
 )
 
-// Defaults is the job every file starts from: the synthetic dataset (DATA.md) and the tiny preset
+// Defaults is the job every file starts from: the synthetic dataset (docs/data.md) and the tiny preset
 // on the CPU.
 func Defaults() Job {
 	return Job{

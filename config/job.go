@@ -46,7 +46,7 @@ type Data struct {
 	Prefetch   int       `mapstructure:"prefetch" yaml:"prefetch" json:"prefetch"`
 }
 
-// Synth describes the embedded synthetic dataset (DATA.md).
+// Synth describes the embedded synthetic dataset (docs/data.md).
 type Synth struct {
 	Count        int   `mapstructure:"count" yaml:"count" json:"count"`
 	HeldoutCount int   `mapstructure:"heldout_count" yaml:"heldout_count" json:"heldout_count"`

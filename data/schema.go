@@ -1,7 +1,7 @@
 // Package data is the dataset layer: latent datasets in Arrow IPC (memory-mapped, zero-copy) and
 // Parquet (FastVideo's files, through pqarrow), one schema of FastVideo tensor triplets
 // (X_bytes, X_shape, X_dtype); the writer; the loader (shuffle, shard, prefetch, CFG dropout, an
-// exact resume cursor); and the synthetic dataset with its toy text encoder (DATA.md).
+// exact resume cursor); and the synthetic dataset with its toy text encoder (docs/data.md).
 package data
 
 import (

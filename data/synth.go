@@ -1,6 +1,6 @@
 package data
 
-// The synthetic dataset (DATA.md): coloured shapes moving in one of 8 directions on a dark
+// The synthetic dataset (docs/data.md): coloured shapes moving in one of 8 directions on a dark
 // background, bouncing off the borders; a fixed invertible latent map of the pixels; captions and a
 // toy text encoder. Everything here is a pure function of its seeds.
 
@@ -245,7 +245,7 @@ func renderFrame(px []float32, f, F, S, plane int, shape string, col Colour, cx,
 	}
 }
 
-// EncodeLatent is the fixed invertible map of DATA.md: pixels p [3, F, 4h, 4w] in [0, 1] →
+// EncodeLatent is the fixed invertible map of docs/data.md: pixels p [3, F, 4h, 4w] in [0, 1] →
 // latent [48, F, h, w], latent[c·16 + dy·4 + dx, f, y', x'] = 2·p[c, f, 4y'+dy, 4x'+dx] − 1.
 func EncodeLatent(p []float32, F, h, w int) []float32 {
 	lat := make([]float32, LatentChannels*F*h*w)

@@ -12,7 +12,7 @@ import (
 	"github.com/fewstep/fewstep/kernels"
 )
 
-// The latent map, checked against a direct transcription of DATA.md's formula on random pixels.
+// The latent map, checked against a direct transcription of docs/data.md's formula on random pixels.
 func TestLatentMapMatchesFormula(t *testing.T) {
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
 	F, h, w := 1+rng.IntN(4), 1+rng.IntN(5), 1+rng.IntN(5)

@@ -139,7 +139,7 @@ func projection(D, plane int) []float32 {
 	return R
 }
 
-// Metrics are DATA.md's quality numbers for a set of generated videos.
+// Metrics are docs/data.md's quality numbers for a set of generated videos.
 type Metrics struct {
 	N           int     `json:"n"`
 	CondAcc     float64 `json:"cond_acc"`     // fraction with colour AND direction matching the caption

@@ -45,8 +45,8 @@ students() { # prefix role: --students PREFIX<seed>=checkpoint for every seed
 	for s in $SEEDS; do printf -- '--students %s%s=%s ' "$1" "$s" "$(ck "$1$s" "$2")"; done
 }
 
-"$fs" data synth --out "$OUT/held" --count 16 --heldout 1024 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
-"$fs" data synth --out "$OUT/prompts" --count 512 --heldout 16 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+"$fs" data synth --out "$OUT/held" --count 16 --heldout-count 1024 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+"$fs" data synth --out "$OUT/prompts" --count 512 --heldout-count 16 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
 W=$(sed -n 's/^ *cfg: *\([0-9.]*\).*/\1/p' configs/selfforcing.yaml | head -1) # the causal student's guidance
 "$fs" data ode-pairs --config configs/odeinit.yaml --teacher "$T" --prompts "$OUT/prompts/train.arrow" \
 	--out "$OUT/odepairs/pairs.arrow" --steps 48 --cfg "$W" --timesteps 1000,750,500,250 --batch 64 >/dev/null 2>&1

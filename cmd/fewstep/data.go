@@ -23,9 +23,10 @@ var dataCmd = &cobra.Command{
 
 var synthCmd = &cobra.Command{
 	Use:   "synth",
-	Short: "Write the synthetic dataset (DATA.md) as Arrow IPC: OUT/train.arrow, OUT/heldout.arrow, OUT/synth.json",
-	Long: `Write the synthetic dataset: coloured shapes moving in 8 directions, 32×32 RGB, latent =
-the fixed invertible 4×4 space-to-depth map (48 channels), captions and toy text embeddings.
+	Short: "Write the synthetic dataset (docs/data.md) as Arrow IPC: OUT/train.arrow, OUT/heldout.arrow, OUT/synth.json",
+	Long: `Write the synthetic dataset (docs/data.md): coloured shapes moving in 8 directions, RGB videos of
+--size × --size pixels (default data.synth.size: 32) and --frames frames, latent = the fixed
+invertible 4×4 space-to-depth map (48 channels at size/4), captions and toy text embeddings.
 Sizes come from the job's data.synth (--config/--set/FEWSTEP_*) unless a flag here is given.
 The same options give byte-identical files.`,
 	Args: cobra.NoArgs,
@@ -36,7 +37,7 @@ func init() {
 	f := synthCmd.Flags()
 	f.String("out", "runs/data/synth", "output folder")
 	f.Int("count", 0, "training videos (default: data.synth.count)")
-	f.Int("heldout", 0, "held-out videos (default: data.synth.heldout_count)")
+	f.Int("heldout-count", 0, "held-out videos (default: data.synth.heldout_count)")
 	f.Int("frames", 0, "frames per video (default: data.synth.frames)")
 	f.Int("size", 0, "video size in pixels, a multiple of 4 (default: data.synth.size)")
 	f.Int("text-dim", 0, "toy text embedding width (default: data.synth.text_dim)")
@@ -52,7 +53,7 @@ func synthOptions(cmd *cobra.Command, job *config.Job) (data.SynthOptions, error
 	s := job.Data.Synth
 	o := data.SynthOptions{Count: s.Count, Heldout: s.HeldoutCount, Frames: s.Frames, Size: s.Size, TextDim: s.TextDim, Seed: s.Seed}
 	f := cmd.Flags()
-	for name, dst := range map[string]*int{"count": &o.Count, "heldout": &o.Heldout, "frames": &o.Frames, "size": &o.Size, "text-dim": &o.TextDim} {
+	for name, dst := range map[string]*int{"count": &o.Count, "heldout-count": &o.Heldout, "frames": &o.Frames, "size": &o.Size, "text-dim": &o.TextDim} {
 		if f.Changed(name) {
 			*dst, _ = f.GetInt(name)
 		}

@@ -154,7 +154,7 @@ func TestInspectRowsTwins(t *testing.T) {
 func TestSynthCLIDeterministic(t *testing.T) {
 	var hashes []string
 	for _, d := range []string{t.TempDir(), t.TempDir()} {
-		out, _, err := runCLI(t, "data", "synth", "--out", d, "--count", "24", "--heldout", "8", "--frames", "4", "--seed", "5")
+		out, _, err := runCLI(t, "data", "synth", "--out", d, "--count", "24", "--heldout-count", "8", "--frames", "4", "--seed", "5")
 		if err != nil {
 			t.Fatal(err)
 		}

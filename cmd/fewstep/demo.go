@@ -26,7 +26,7 @@ var demoCmd = &cobra.Command{
 	Long: `Runs the whole product on the embedded synthetic dataset, on the CPU in a few minutes (or on a
 GPU with --set device=cuda):
 
-  1. writes the synthetic dataset (DATA.md) into the run folder,
+  1. writes the synthetic dataset (docs/data.md) into the run folder,
   2. loads the shipped teacher (configs/teacher/diffusion_pytorch_model.safetensors, made by
      configs/teacher.yaml) and, with data.ode_pairs set, has it make ODE pairs of the first training
      prompts (for dmd's regression: ode),

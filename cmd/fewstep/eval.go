@@ -21,7 +21,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// `fewstep eval`: DATA.md's metrics of a samples file against the held-out split, or (with
+// `fewstep eval`: docs/data.md's metrics of a samples file against the held-out split, or (with
 // --teacher) the whole distillation table.
 
 var evalCmd = &cobra.Command{
@@ -56,7 +56,7 @@ videos (fewstep data synth --heldout 1024). --fd-blocks adds the FD of each feat
 
 func init() {
 	f := evalCmd.Flags()
-	f.String("samples", "", "samples file from `fewstep sample` (score mode)")
+	f.String("samples", "", "samples file written by fewstep sample (score mode)")
 	f.String("manifest", "", "manifest.jsonl of the samples (default: beside them)")
 	f.String("heldout", "", "held-out dataset (default: data.heldout)")
 	f.String("out", "", "metrics JSON (score mode) or output folder (table mode)")
@@ -65,7 +65,7 @@ func init() {
 	f.String("model-config", "", "Wan config.json of both checkpoints (default: beside each, else the job's model)")
 	f.Float64("teacher-cfg", 0, "the guidance w the student was distilled from; teacher rows at it and at w = 1 (default: the student's recipe's teacher_cfg, else params.cfg, else sample.cfg)")
 	f.Float64("teacher-shift", 0, "teacher Euler shift (default: the student's recipe's shift, else sample.shift)")
-	f.String("student-sampler", "fewstep", "fewstep | fewstep-ode | consistency | stream (default: the student's recipe, else fewstep)")
+	f.String("student-sampler", "", "fewstep | fewstep-ode | consistency | stream (default: the student's recipe, else fewstep)")
 	f.Float64("student-cfg", 1, "student guidance w (distilled students: 1)")
 	f.Float64("student-shift", 0, "student denoising-list shift (default: sample.shift)")
 	f.String("student-timesteps", "", "the student's denoising list as timesteps, e.g. 1000,750,500,250; k steps use its first k... (default: DenoisingList(k))")
@@ -76,7 +76,7 @@ func init() {
 	f.Bool("precise", false, "512 prompts (at most half the held-out split; the rest is the FD reference) at 4 evaluation seeds, mean ± std")
 	f.Int("seeds", 0, "evaluation seeds seed, seed+1, … (default 1; --precise: 4)")
 	f.Bool("fd-blocks", false, "also the FD of each feature block apart (the diagnosis tool)")
-	f.Int("batch", 8, "videos per sampler call")
+	f.Int("batch", 8, "batch size: videos per sampler call")
 	f.String("device", "", "cpu | cuda | cuda:N (default: the job's device)")
 	addJobFlags(evalCmd)
 	rootCmd.AddCommand(evalCmd)
@@ -296,9 +296,10 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	if v, _ := fl.GetFloat64("teacher-shift"); fl.Changed("teacher-shift") && v != 0 {
 		spec.TeacherShift = v
 	}
-	if fl.Changed("student-sampler") || rec == nil {
-		sm, _ := fl.GetString("student-sampler")
+	if sm, _ := fl.GetString("student-sampler"); sm != "" {
 		spec.Student.Method = sampler.Method(sm)
+	} else if rec == nil {
+		spec.Student.Method = sampler.FewStep
 	}
 	if fl.Changed("student-cfg") || rec == nil {
 		spec.Student.CFG, _ = fl.GetFloat64("student-cfg")

@@ -23,7 +23,7 @@ var modelCmd = &cobra.Command{
 
 var modelForwardCmd = &cobra.Command{
 	Use:   "forward",
-	Short: "Write the model's output `out` [B,C,F,H,W] for inputs x, t, context",
+	Short: "Write the model's output, out [B,C,F,H,W], for inputs x, t, context",
 	Long: `Loads a checkpoint (--weights, Wan2.1 key layout, F32/BF16/F16 safetensors) with its
 architecture (--model-config Wan config.json, or --preset), reads --inputs (safetensors:
 x [B,C,F,H,W], t [B,F] timesteps in [0,1000], context [B,L,text_dim]) and writes --out

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -62,15 +63,15 @@ func init() {
 	f.StringArray("caption", nil, "a caption to sample (repeatable; toy text encoder, synthetic data only) instead of --prompts")
 	f.String("sampler", "", "euler | fewstep | fewstep-ode | consistency | stream (default: sample.sampler)")
 	f.Int("steps", 0, "steps (default: sample.steps)")
-	f.String("cfg", "", "guidance w, v = v_u + w·(v_c − v_u); 1 = none (default: sample.cfg)")
-	f.String("shift", "", "schedule shift (default: sample.shift)")
+	f.Float64("cfg", 0, "guidance w, v = v_u + w·(v_c − v_u); 1 = none (default: the recipe's, else sample.cfg)")
+	f.Float64("shift", 0, "schedule shift (default: the recipe's, else sample.shift)")
 	f.String("timesteps", "", "fewstep/consistency/stream: the exact denoising list as timesteps before the shift (e.g. 1000,750,500,250; overrides --steps)")
 	f.Int("grid-n", 0, "consistency: snap σ to this Euler grid (the student's training grid, e.g. 50)")
 	f.Float64("context-noise", 0, "stream: σ at which finished chunks are re-encoded into the cache")
 	f.Int("count", 0, "videos (default: sample.count; at most the prompts available)")
 	f.Int("frames", 0, "latent frames per video (default: the dataset's; stream may go longer)")
 	f.Int("batch", 8, "videos per batch")
-	f.Int64("seed", -1, "noise seed; video i uses seed+i (default: the job's seed)")
+	f.Int64("seed", 0, "noise seed; video i uses seed+i (default: the job's seed)")
 	f.String("device", "", "cpu | cuda | cuda:N (default: the job's device)")
 	f.String("out", "", "output folder (default: OUT_DIR/samples)")
 	f.Int("preview-scale", 4, "pixel upscaling of the previews")
@@ -204,10 +205,10 @@ func sampleOptions(cmd *cobra.Command, job *config.Job, rec *pipeline.Recipe) (s
 		name string
 		dst  *float64
 	}{{"cfg", &o.CFG}, {"shift", &o.Shift}} {
-		if s, _ := f.GetString(fl.name); s != "" {
-			v, err := strconv.ParseFloat(s, 64)
-			if err != nil {
-				return o, fmt.Errorf("--%s %q: %w", fl.name, s, err)
+		if f.Changed(fl.name) {
+			v, _ := f.GetFloat64(fl.name)
+			if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || fl.name == "shift" && v == 0 {
+				return o, fmt.Errorf("--%s %g: want a finite number ≥ 0 (shift > 0)", fl.name, v)
 			}
 			*fl.dst = v
 		}
@@ -334,7 +335,7 @@ func runSample(cmd *cobra.Command, _ []string) error {
 	}
 	batch, _ := fl.GetInt("batch")
 	seed, _ := fl.GetInt64("seed")
-	if seed < 0 {
+	if !fl.Changed("seed") {
 		seed = job.Seed
 	}
 	out, _ := fl.GetString("out")
