@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/kernels/cuda"
 )
@@ -32,7 +33,7 @@ the loader path, in pip's nvidia-nccl-cu13 wheel, or at $FEWSTEP_NCCL.`,
 
 func init() {
 	f := benchAllReduceCmd.Flags()
-	f.Int("devices", 2, "GPUs 0..N-1")
+	f.String("devices", "2", "the GPUs: all | cuda:0,1,2,3 | N (GPUs 0..N-1), as everywhere")
 	f.Int("mib", 1024, "MiB all-reduced per GPU")
 	f.String("dtype", "fp32", "element type: fp32 or bf16")
 	f.Int("iters", 20, "timed all-reduces (their mean time is reported)")
@@ -51,7 +52,7 @@ func allReduceInput(r, i int) float32 {
 
 func runBenchAllReduce(cmd *cobra.Command, _ []string) error {
 	fl := cmd.Flags()
-	n, _ := fl.GetInt("devices")
+	devices, _ := fl.GetString("devices")
 	mib, _ := fl.GetInt("mib")
 	dts, _ := fl.GetString("dtype")
 	iters, _ := fl.GetInt("iters")
@@ -60,11 +61,27 @@ func runBenchAllReduce(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	if n < 1 || n > 8 {
-		return fmt.Errorf("--devices %d: want 1 to 8", n)
-	}
 	if mib < 1 || iters < 1 || warm < 0 {
 		return fmt.Errorf("--mib %d, --iters %d, --warmup %d: want --mib ≥ 1, --iters ≥ 1, --warmup ≥ 0", mib, iters, warm)
+	}
+	spec, err := dist.ParseDevices(devices)
+	if err != nil {
+		return fmt.Errorf("--devices: %w", err)
+	}
+	if spec.CPU {
+		return fmt.Errorf("--devices %q: bench allreduce times GPUs", devices)
+	}
+	gpus, err := cuda.DeviceCount()
+	if err != nil {
+		return fmt.Errorf("--devices %q: %w", devices, err)
+	}
+	ords, err := spec.Resolve(gpus)
+	if err != nil {
+		return err
+	}
+	n := len(ords)
+	if n > 8 {
+		return fmt.Errorf("--devices %q: %d GPUs, want 1 to 8", devices, n)
 	}
 	count := (mib << 20) / dt.Size()
 	bytes := count * dt.Size()
@@ -72,9 +89,9 @@ func runBenchAllReduce(cmd *cobra.Command, _ []string) error {
 	devs := make([]*cuda.Device, n)
 	info := make([]string, n)
 	for i := range devs {
-		d, err := cuda.New(i)
+		d, err := cuda.New(ords[i])
 		if err != nil {
-			return fmt.Errorf("--devices %d: GPU %d: %w", n, i, err)
+			return fmt.Errorf("--devices %q: GPU %d: %w", devices, ords[i], err)
 		}
 		devs[i], info[i] = d, d.Info
 	}
