@@ -48,7 +48,7 @@ fewstep eval --teacher T.safetensors [--student S.safetensors] [--heldout PATH]
 A measurement that can tell a win from noise: --precise samples 512 prompts per row (at most half
 the held-out split) against the other held-out videos as FD reference, at 4 evaluation seeds
 (--seeds N), and reports mean ± sample std over the seeds; give it a held-out split of ≥ 1024
-videos (fewstep data synth --heldout 1024). --fd-blocks adds the FD of each feature block apart
+videos (fewstep data synth --heldout-count 1024). --fd-blocks adds the FD of each feature block apart
 (pixel statistics, colour, x, y, area, motion, projection): what a model gets wrong.`,
 	Args: cobra.NoArgs,
 	RunE: runEval,
@@ -343,7 +343,7 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 			nSeeds = 4
 		}
 		if held.N < 1024 {
-			fmt.Fprintf(cmd.ErrOrStderr(), "eval: --precise: the held-out split has %d videos, so %d prompts per row and %d reference videos (512 + 512 wants ≥ 1024: fewstep data synth --heldout 1024)\n", held.N, spec.Count, held.N-spec.Count)
+			fmt.Fprintf(cmd.ErrOrStderr(), "eval: --precise: the held-out split has %d videos, so %d prompts per row and %d reference videos (512 + 512 wants ≥ 1024: fewstep data synth --heldout-count 1024)\n", held.N, spec.Count, held.N-spec.Count)
 		}
 	}
 	if n, _ := fl.GetInt("count"); n > 0 {
