@@ -57,6 +57,7 @@ var flagTable = map[string]struct {
 	"max-body":          {"int64", []string{"body bytes"}},
 	"batch-wait":        {"duration", []string{"batch waits"}},
 	"scale":             {"int", []string{"upscaling"}},
+	"take-over":         {"bool", []string{"stale lock"}},
 	"device":            {"string", []string{"cuda"}},
 	"devices":           {"string", []string{"GPUs", "ranks"}},
 	"dtype":             {"string", []string{"dtype", "element type", "storage", "float32"}},
