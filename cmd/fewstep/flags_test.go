@@ -58,6 +58,8 @@ var flagTable = map[string]struct {
 	"batch-wait":        {"duration", []string{"batch waits"}},
 	"scale":             {"int", []string{"upscaling"}},
 	"take-over":         {"bool", []string{"stale lock"}},
+	"std":               {"float64", []string{"std"}},
+	"text-len":          {"int", []string{"text_len"}},
 	"device":            {"string", []string{"cuda"}},
 	"devices":           {"string", []string{"GPUs", "ranks"}},
 	"dtype":             {"string", []string{"dtype", "element type", "storage", "float32"}},

@@ -31,9 +31,9 @@ func init() {
 	f.String("preset", "wan2.1-1.3b", "architecture preset: "+fmt.Sprint(models.PresetNames))
 	f.Int("text-len", 512, "text_len of the config")
 	f.Int64("seed", 1, "seed of the draws")
-	f.Float64("std", 0.02, "scale of the draws")
+	f.Float64("std", 0.02, "std (scale) of the normal draws")
 	f.String("dtype", "bfloat16", "float32 | bfloat16 | float16")
-	f.String("layout", "wan", "wan | diffusers")
+	f.String("layout", "wan", "key layout of the weights and config.json: wan | diffusers")
 	f.String("out", "", "output folder (required)")
 	modelCmd.AddCommand(modelInitCmd)
 }
