@@ -636,3 +636,27 @@ func TestDataParallelSameAfterEachStep(t *testing.T) {
 		}
 	}
 }
+
+// With gradient accumulation (2 micro-batches a step) N ranks still give one rank's weights: every
+// micro-batch's samples keep their streams, the gradients are summed over micro-batches and
+// averaged over ranks (under full: reduce-scattered per backward, summed on the slices).
+func TestDataParallelGradAccum(t *testing.T) {
+	for _, obj := range []string{"flowmatch", "dmd"} {
+		job := dpJob(obj, t.TempDir(), 2)
+		job.Train.GradAccum = 2
+		init := initWeights(t, job)
+		one := dpRun(t, job, 1, 4, nil)
+		for _, shard := range []string{"none", "optimizer", "full"} {
+			j := *job
+			j.OutDir, j.Train.Shard = t.TempDir(), shard
+			trs := dpRun(t, &j, 2, 4, nil)
+			sameOnEveryRank(t, trs)
+			sameMetrics(t, one[0].Dir, trs[0].Dir, fmt.Sprintf("%s, grad_accum 2, shard %s", obj, shard)) // the norms see a lost 1/accum; AdamW does not
+			for name, rel := range compareRoles(t, trs, one, init) {
+				if !(rel <= dpTol) {
+					t.Errorf("%s, grad_accum 2, 2 ranks, shard %s: role %s differs from one rank by %.3g of its move (tolerance %g)", obj, shard, name, rel, dpTol)
+				}
+			}
+		}
+	}
+}
