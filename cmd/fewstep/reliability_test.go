@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 )
@@ -316,6 +317,51 @@ func TestKill9ResumesBitExact(t *testing.T) {
 			if math.Float32bits(x.Data[i]) != math.Float32bits(y.Data[i]) {
 				t.Fatalf("%s[%d]: straight %v, killed and resumed %v", name, i, x.Data[i], y.Data[i])
 			}
+		}
+	}
+}
+
+// `train --dry-run` scans every value of the dataset and names the row, column and element of a
+// NaN; nothing trains.
+func TestDryRunNamesNaNRow(t *testing.T) {
+	dir := t.TempDir()
+	files, err := data.WriteSynth(filepath.Join(dir, "data"), data.SynthOptions{Count: 8, Heldout: 2, Frames: 2, Size: 16, TextDim: 8, Seed: 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := data.Open(files.Train)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.arrow")
+	w, err := data.NewWriter(bad, []string{data.Latent, data.TextEmb}, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < ds.NumRows(); i++ {
+		row, _ := ds.Row(i)
+		var ts []data.Tensor
+		for _, x := range []string{data.Latent, data.TextEmb} {
+			tr, _ := row.Tensor(x)
+			v := make([]float32, tr.Numel())
+			tr.Decode(v, nil, nil)
+			if i == 5 && x == data.Latent {
+				v[17] = float32(math.NaN())
+			}
+			ts = append(ts, data.F32Tensor(x, tr.Shape, v, kernels.F32))
+		}
+		if err := w.Append(row.ID, row.Caption, ts...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds.Close()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	err = runErr(t, append(tinyTrain(filepath.Join(dir, "run"), "--set", "data.path="+bad, "--set", "data.heldout="+files.Heldout), "--dry-run")...)
+	for _, want := range []string{bad, "row 5", "vae_latent_bytes", "element 17", "not finite"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("train --dry-run: %v, want it to mention %q", err, want)
 		}
 	}
 }
