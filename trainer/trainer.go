@@ -673,7 +673,7 @@ func (t *Trainer) Run() error {
 			bar.stop()
 			return fmt.Errorf("step %d: %w; checkpoint %s (continue with --resume %s)", n, ErrInterrupted, saved, t.Dir)
 		}
-		if t.opt.Validate != nil && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
+		if (t.opt.Validate != nil || t.fullShard()) && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
 			if err := t.validate(n); err != nil {
 				return fmt.Errorf("step %d: validation: %w", n, err)
 			}
@@ -717,6 +717,18 @@ func (t *Trainer) keepWhole() error {
 // step and wait for it there.
 func (t *Trainer) validate(n int) error {
 	if t.fullShard() {
+		// Only rank 0 validates, and only it may have a validator: the ranks agree on whether
+		// there is one before they gather for it.
+		has := []float64{0}
+		if t.lead() && t.opt.Validate != nil {
+			has[0] = 1
+		}
+		if err := t.sumHost(has, dist.Sum); err != nil {
+			return err
+		}
+		if has[0] == 0 {
+			return nil
+		}
 		t.whole = map[string]*models.DiT{}
 		defer func() {
 			for _, m := range t.whole {
@@ -741,7 +753,7 @@ func (t *Trainer) validate(n int) error {
 			}
 		}
 	}
-	if !t.lead() {
+	if !t.lead() || t.opt.Validate == nil {
 		return nil
 	}
 	return t.opt.Validate(n, t)
