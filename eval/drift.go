@@ -128,7 +128,7 @@ func WriteDriftPNG(path, title string, names []string, drifts []FrameDrift) erro
 	p := plot.New()
 	p.Title.Text = title
 	p.X.Label.Text = "latent frame"
-	p.Y.Label.Text = "drift (size: relative area, colour: RGB distance) / colour accuracy"
+	p.Y.Label.Text = "drift / colour accuracy"
 	p.Add(plotter.NewGrid())
 	palette := []color.RGBA{{0x1f, 0x4e, 0x9c, 0xff}, {0xc0, 0x30, 0x30, 0xff}, {0x2e, 0x8b, 0x57, 0xff}, {0x80, 0x50, 0xa0, 0xff}}
 	ymax := 1.0
@@ -170,7 +170,7 @@ func WriteDriftPNG(path, title string, names []string, drifts []FrameDrift) erro
 	p.Add(mark)
 	p.Legend.Add(fmt.Sprintf("training length (%d frames)", ref), mark)
 	p.Legend.Top = true
-	p.Y.Min, p.Y.Max = 0, ymax*1.05
+	p.Y.Min, p.Y.Max = 0, ymax*1.45 // room for the legend above the curves
 	tmp := path + ".part.png" // Save picks the format by the extension
 	if err := p.Save(7*vg.Inch, 4.5*vg.Inch, tmp); err != nil {
 		os.Remove(tmp)
