@@ -171,7 +171,7 @@ func WriteDriftPNG(path, title string, names []string, drifts []FrameDrift) erro
 	p.Legend.Add(fmt.Sprintf("training length (%d frames)", ref), mark)
 	p.Legend.Top = true
 	p.Y.Min, p.Y.Max = 0, ymax*1.45 // room for the legend above the curves
-	tmp := path + ".part.png" // Save picks the format by the extension
+	tmp := path + ".part.png"       // Save picks the format by the extension
 	if err := p.Save(7*vg.Inch, 4.5*vg.Inch, tmp); err != nil {
 		os.Remove(tmp)
 		return err
