@@ -15,6 +15,7 @@ set -euo pipefail
 OUT=${1:-runs/tables}
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-0 1 2}
+PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
 EVAL=${EVAL:---precise --fd-blocks --batch 256}
 README=${README:-README.md}
 T=configs/teacher/diffusion_pytorch_model.safetensors
@@ -46,7 +47,7 @@ students() { # prefix role: --students PREFIX<seed>=checkpoint for every seed
 }
 
 "$fs" data synth --out "$OUT/held" --count 16 --heldout-count 1024 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
-"$fs" data synth --out "$OUT/prompts" --count 512 --heldout-count 16 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+"$fs" data synth --out "$OUT/prompts" --count "$PROMPTS" --heldout-count 16 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
 W=$(sed -n 's/^ *cfg: *\([0-9.]*\).*/\1/p' configs/selfforcing.yaml | head -1) # the causal student's guidance
 "$fs" data ode-pairs --config configs/odeinit.yaml --teacher "$T" --prompts "$OUT/prompts/train.arrow" \
 	--out "$OUT/odepairs/pairs.arrow" --steps 48 --cfg "$W" --timesteps 1000,750,500,250 --batch 64 >/dev/null 2>&1
