@@ -228,3 +228,13 @@ func TestHelpRenders(t *testing.T) {
 		}
 	}
 }
+
+// bench's one-line help names every bench subcommand (it said "(forward, attention)" when there were
+// five).
+func TestBenchHelpListsSubcommands(t *testing.T) {
+	for _, c := range benchCmd.Commands() {
+		if !strings.Contains(benchCmd.Short, c.Name()) {
+			t.Errorf("bench's help %q does not name its subcommand %s", benchCmd.Short, c.Name())
+		}
+	}
+}
