@@ -2,6 +2,7 @@ package data
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -65,4 +66,35 @@ func TestLoaderEveryRowOncePerEpoch(t *testing.T) {
 	if last >= 10 {
 		t.Fatalf("row %d ends %d of 40 epochs: the shuffle does not move it", n-1, last)
 	}
+}
+
+// NewLoader refuses a config it cannot serve, naming the setting (the mutation report's uncovered
+// checks of loader.go).
+func TestNewLoaderRefusesBadConfig(t *testing.T) {
+	d, _ := synthDataset(t, 8)
+	for _, c := range []struct {
+		cfg  LoaderConfig
+		want string
+	}{
+		{LoaderConfig{BatchSize: 0, TextLen: 8}, "batch size 0"},
+		{LoaderConfig{BatchSize: 2, TextLen: 8, Rank: 2, World: 2}, "rank 2 of world 2"},
+		{LoaderConfig{BatchSize: 2, TextLen: 8, Rank: -1, World: 2}, "rank -1 of world 2"},
+		{LoaderConfig{BatchSize: 2, TextLen: 0}, "text_len 0"},
+		{LoaderConfig{BatchSize: 2, TextLen: 8, Prefetch: -1}, "prefetch -1"},
+		{LoaderConfig{BatchSize: 5, TextLen: 8, World: 2}, "make no batch"},
+	} {
+		l, err := NewLoader(d, c.cfg)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			if l != nil {
+				l.Close()
+			}
+			t.Errorf("%+v: %v, want %q", c.cfg, err, c.want)
+		}
+	}
+	// the edges that are allowed: rank World−1, prefetch 0, a batch of exactly the rows per rank
+	l, err := NewLoader(d, LoaderConfig{BatchSize: 4, TextLen: 8, Rank: 1, World: 2, Prefetch: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
 }
