@@ -26,7 +26,7 @@ func checkMemory(dev kernels.Device, cfg models.Config, specs []objectives.RoleS
 			have = int64(total)
 		}
 	} else if dev.Name() == "cpu" {
-		have = hostMemory()
+		have = HostMemory()
 	}
 	if have <= 0 {
 		return nil
@@ -55,8 +55,8 @@ func checkMemory(dev kernels.Device, cfg models.Config, specs []objectives.RoleS
 	return nil
 }
 
-// hostMemory is MemTotal of /proc/meminfo in bytes (0 where unknown).
-func hostMemory() int64 {
+// HostMemory is MemTotal of /proc/meminfo in bytes (0 where unknown).
+func HostMemory() int64 {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
 		return 0
