@@ -281,15 +281,7 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		if obj == "selfforcing" {
 			s.ChunkFrames = chunk
 		}
-		ht := make([]float32, B*L*cfg.TextDim)
-		hx := make([]float32, B*cfg.InDim*F*H*W)
-		r := rand.New(rand.NewSource(3))
-		for i := range ht {
-			ht[i] = float32(r.NormFloat64())
-		}
-		for i := range hx {
-			hx[i] = float32(r.NormFloat64())
-		}
+		ht, hx := benchBatch(B*L*cfg.TextDim, B*cfg.InDim*F*H*W)
 		trainer.UseGPUDefaults(g)
 		tr, err := trainer.New(trainer.Options{Job: &job, Dev: g, Model: cfg, Shape: s,
 			Null: make([]float32, L*cfg.TextDim), RandomInit: true,
@@ -358,4 +350,18 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		res["last_metrics"] = metrics()
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// benchBatch is the benchmarks' fixed micro-batch on the host (seed 3): text embeddings [nText] and
+// latents [nLatent], standard normal, the same for every rank and every run.
+func benchBatch(nText, nLatent int) (ht, hx []float32) {
+	ht, hx = make([]float32, nText), make([]float32, nLatent)
+	r := rand.New(rand.NewSource(3))
+	for i := range ht {
+		ht[i] = float32(r.NormFloat64())
+	}
+	for i := range hx {
+		hx[i] = float32(r.NormFloat64())
+	}
+	return ht, hx
 }

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"math/rand"
 	"os"
 	"os/exec"
 	"sort"
@@ -78,15 +77,7 @@ func benchTrainRanks(cmd *cobra.Command, res map[string]any, obj string, cfg mod
 		res["nccl"] = v
 	}
 	B, F, H, W := s.B, s.F, s.H, s.W
-	ht := make([]float32, B*L*cfg.TextDim)
-	hx := make([]float32, B*cfg.InDim*F*H*W)
-	r := rand.New(rand.NewSource(3))
-	for i := range ht {
-		ht[i] = float32(r.NormFloat64())
-	}
-	for i := range hx {
-		hx[i] = float32(r.NormFloat64())
-	}
+	ht, hx := benchBatch(B*L*cfg.TextDim, B*cfg.InDim*F*H*W)
 	// One goroutine per rank: build its trainer, then one step per tick, synchronized.
 	type result struct {
 		rank int

@@ -20,11 +20,7 @@ func TestDemoSampleExportFromAnyDirectory(t *testing.T) {
 	}
 	work := t.TempDir()
 	t.Chdir(work)
-	run(t, "demo", "--out", "run",
-		"--set", "data.synth={count: 16, heldout_count: 8, frames: 8, size: 16, text_dim: 32, seed: 0}",
-		"--set", "data.ode_pairs={count: 4, steps: 2}", "--set", "data.batch_size=2",
-		"--set", "train.steps=2", "--set", "train.ckpt_every=0", "--set", "sample.count=2",
-		"--set", "eval.count=2", "--set", "eval.teacher_steps=2", "--set", "eval.steps=[1, 4]")
+	shortDemo(t, "run", "[1, 4]")
 	runDir := filepath.Join(work, "run")
 	ckpt, err := trainer.ResolveCheckpoint(runDir)
 	if err != nil {
@@ -94,4 +90,15 @@ func equalInts(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// shortDemo runs `fewstep demo --out out` shortened to seconds: 16 training videos, 4 ODE pairs,
+// 2 steps, evaluated on 2 prompts at the student step counts evalSteps (a YAML list).
+func shortDemo(t *testing.T, out, evalSteps string) {
+	t.Helper()
+	run(t, "demo", "--out", out,
+		"--set", "data.synth={count: 16, heldout_count: 8, frames: 8, size: 16, text_dim: 32, seed: 0}",
+		"--set", "data.ode_pairs={count: 4, steps: 2}", "--set", "data.batch_size=2",
+		"--set", "train.steps=2", "--set", "train.ckpt_every=0", "--set", "sample.count=2",
+		"--set", "eval.count=2", "--set", "eval.teacher_steps=2", "--set", "eval.steps="+evalSteps)
 }

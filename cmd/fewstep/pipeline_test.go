@@ -23,11 +23,7 @@ func TestLibraryMatchesSample(t *testing.T) {
 	}
 	work := t.TempDir()
 	t.Chdir(work)
-	run(t, "demo", "--out", "run",
-		"--set", "data.synth={count: 16, heldout_count: 8, frames: 8, size: 16, text_dim: 32, seed: 0}",
-		"--set", "data.ode_pairs={count: 4, steps: 2}", "--set", "data.batch_size=2",
-		"--set", "train.steps=2", "--set", "train.ckpt_every=0", "--set", "sample.count=2",
-		"--set", "eval.count=2", "--set", "eval.teacher_steps=2", "--set", "eval.steps=[1]")
+	shortDemo(t, "run", "[1]")
 	runDir := filepath.Join(work, "run")
 	exp := filepath.Join(work, "export")
 	run(t, "export", "--from", runDir, "--out", exp)
