@@ -312,15 +312,15 @@ func ResolveCheckpoint(path string) (string, error) {
 		}
 		name := strings.TrimSpace(string(b))
 		if name == "" || name != filepath.Base(name) || !strings.HasPrefix(name, "step-") {
-			return "", fmt.Errorf("resume %s: %s names %q, not a checkpoint folder step-NNNNNN", path, filepath.Join(dir, "latest"), name)
+			return "", fmt.Errorf("%s: %s names %q, not a checkpoint folder step-NNNNNN", path, filepath.Join(dir, "latest"), name)
 		}
 		ck := filepath.Join(dir, name)
 		if _, err := os.Stat(filepath.Join(ck, "state.json")); err != nil {
-			return "", fmt.Errorf("resume %s: %s names %s, which has no state.json", path, filepath.Join(dir, "latest"), ck)
+			return "", fmt.Errorf("%s: %s names %s, which has no state.json", path, filepath.Join(dir, "latest"), ck)
 		}
 		return ck, nil
 	}
-	return "", fmt.Errorf("resume %s: not a run: expected a run folder (with checkpoints/latest), its checkpoints folder (with latest) or a checkpoint folder (with state.json)", path)
+	return "", fmt.Errorf("%s: not a run: expected a run folder (with checkpoints/latest), its checkpoints folder (with latest) or a checkpoint folder (with state.json)", path)
 }
 
 // Restore loads a checkpoint (see ResolveCheckpoint for the paths accepted) into the trainer:
@@ -328,7 +328,7 @@ func ResolveCheckpoint(path string) (string, error) {
 func (t *Trainer) Restore(path string) error {
 	dir, err := ResolveCheckpoint(path)
 	if err != nil {
-		return err
+		return fmt.Errorf("resume: %w", err)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if err != nil {

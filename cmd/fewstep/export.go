@@ -71,7 +71,7 @@ func resolveWeights(weights, from, role string) (string, error) {
 	}
 	dir, err := trainer.ResolveCheckpoint(from)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("--from: %w", err)
 	}
 	if role == "" {
 		role = "student"

@@ -29,7 +29,7 @@ type fromRun struct {
 func resolveFrom(cmd *cobra.Command, from, role string) (*fromRun, error) {
 	dir, err := trainer.ResolveCheckpoint(from)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--from: %w", err)
 	}
 	w, err := resolveWeights("", dir, role)
 	if err != nil {

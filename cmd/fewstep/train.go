@@ -69,7 +69,7 @@ func runTrain(cmd *cobra.Command, _ []string) error {
 		// job names (a copied run folder's job.yaml still names the original).
 		ck, err := trainer.ResolveCheckpoint(r)
 		if err != nil {
-			return err
+			return fmt.Errorf("--resume: %w", err)
 		}
 		if run := trainer.RunOfCheckpoint(ck); run != "" {
 			job.OutDir = run
