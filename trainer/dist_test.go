@@ -22,6 +22,7 @@ import (
 	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/kernels/cuda"
 	"github.com/fewstep/fewstep/models"
 )
 
@@ -113,6 +114,9 @@ func dpJob(obj, dir string, steps int) *config.Job {
 	return &j
 }
 
+// dpDevice makes each rank's device in dpRun.
+var dpDevice = kernels.CPU
+
 // dpValidate, when set, is every rank's Options.Validate in dpRun.
 var dpValidate func(rank, step int, tr *Trainer) error
 
@@ -143,7 +147,7 @@ func dpRun(t *testing.T, job *config.Job, world, globalB int, dirs []string) []*
 		if dpValidate != nil && rank == 0 { // as the CLI does: only rank 0 has a validator
 			validate = func(step int, tr *Trainer) error { return dpValidate(rank, step, tr) }
 		}
-		return New(Options{Job: &j, Dev: kernels.CPU(), Model: cfg, Shape: s, Null: make([]float32, dpL*cfg.TextDim),
+		return New(Options{Job: &j, Dev: dpDevice(), Model: cfg, Shape: s, Null: make([]float32, dpL*cfg.TextDim),
 			RandomInit: true, Comm: c, Validate: validate,
 			Source: &globalSource{rank: rank, world: world, B: B, cfg: cfg, drop: j.Objective == "flowmatch"}})
 	}
@@ -656,6 +660,73 @@ func TestDataParallelGradAccum(t *testing.T) {
 				if !(rel <= dpTol) {
 					t.Errorf("%s, grad_accum 2, 2 ranks, shard %s: role %s differs from one rank by %.3g of its move (tolerance %g)", obj, shard, name, rel, dpTol)
 				}
+			}
+		}
+	}
+}
+
+// bf16CPU is the CPU device as a GPU in bf16 GEMM mode looks to the trainer: GEMMReadsBF16 (so a
+// frozen teacher is built bf16-only, gpu_device.go) and bf16 tensors that hold bf16 values where
+// FromHost and Copy write them, as on the CUDA device (the CPU device only labels them). Every
+// other op and the arithmetic stay the CPU's fp32.
+type bf16CPU struct{ kernels.Device }
+
+func (bf16CPU) GEMMReadsBF16() bool { return true }
+
+func roundHostBF16(h []float32) {
+	for i, v := range h {
+		h[i] = cuda.BF16ToF32(cuda.F32ToBF16(v))
+	}
+}
+
+func (d bf16CPU) FromHost(t *kernels.Tensor, h []float32) {
+	d.Device.FromHost(t, h)
+	if t.DType == kernels.BF16 {
+		roundHostBF16(t.F32)
+	}
+}
+
+func (d bf16CPU) Copy(dst, src *kernels.Tensor) {
+	d.Device.Copy(dst, src)
+	if dst.DType == kernels.BF16 {
+		roundHostBF16(dst.F32)
+	}
+}
+
+// On a device whose frozen teacher is bf16 (a GPU in bf16 GEMM mode), train.shard full gives the
+// weights of no sharding: the sharded teacher holds the same (bf16) values as the bf16-only one,
+// and dmd's student and critic, its copies, start from them. Measured: 0 at 1 rank, ≤ 1e-6 at 2.
+// With the teacher's slices left in fp32 (without roundBF16) the teacher differs and the student,
+// critic and ema by 0.023, 0.024 and 0.094 of their 3 steps' move; on a Wan-1.3B DMD step on the
+// H200 the same difference was step 2's gen_loss 0.704 under full against 0.665.
+func TestFullShardFrozenTeacherBF16(t *testing.T) {
+	dpDevice = func() kernels.Device { return bf16CPU{kernels.CPU()} }
+	defer func() { dpDevice = kernels.CPU }()
+	const steps = 3
+	job := dpJob("dmd", t.TempDir(), steps)
+	init := initWeights(t, job)
+	if te := init["teacher"]; len(te) == 0 {
+		t.Fatal("no teacher")
+	} else {
+		for i, v := range te {
+			if r := cuda.BF16ToF32(cuda.F32ToBF16(v)); r != v {
+				t.Fatalf("the unsharded teacher's weight %d is %v, not a bf16 value (%v): bf16CPU does not emulate a bf16 teacher", i, v, r)
+			}
+		}
+	}
+	one := dpRun(t, job, 1, 6, nil)
+	for _, world := range []int{1, 2} {
+		j := *job
+		j.OutDir = t.TempDir()
+		j.Train.Shard = "full"
+		trs := dpRun(t, &j, world, 6, nil)
+		if !trs[0].byName["teacher"].Net.Sharded() {
+			t.Fatal("shard full: the teacher is not sharded")
+		}
+		for name, rel := range compareRoles(t, trs, one, init) {
+			t.Logf("dmd on a bf16 teacher, %d rank(s), shard full: role %s: ‖Δw‖ / ‖w − w_init‖ = %.2g", world, name, rel)
+			if !(rel <= dpTol) {
+				t.Errorf("dmd on a bf16 teacher, %d rank(s), shard full: role %s differs from no sharding by %.3g of its move (tolerance %g)", world, name, rel, dpTol)
 			}
 		}
 	}

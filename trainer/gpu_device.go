@@ -9,6 +9,8 @@ package trainer
 //   - bf16Weights: on such a device a frozen network (the teacher) holds its weights in bf16 only:
 //     its GEMMs read bf16 copies anyway, and the fp32 master would be a parameter-sized buffer that
 //     nothing updates (5.3 GiB for Wan-1.3B).
+//   - roundBF16: under train.shard full the frozen teacher's fp32 slices hold bf16 values, as the
+//     bf16-only teacher does without sharding.
 //   - RandomInit (Options): benchmarks build roles that need a checkpoint (the teacher) from random
 //     weights drawn quickly on the host.
 
@@ -31,6 +33,27 @@ func UseGPUDefaults(dev kernels.Device) {
 // bf16Weights reports whether dev's GEMMs read bf16 copies of fp32 weights (a CUDA device in bf16
 // GEMM mode, models.DryDevice counting that mode).
 func bf16Weights(dev kernels.Device) bool { return models.GEMMReadsBF16(dev) }
+
+// roundBF16 rounds w's values to the nearest bf16 (kept in fp32): the values a bf16 copy of w
+// holds. A frozen teacher sharded under train.shard full gets the values of the bf16-only teacher
+// it is without sharding: with fp32 values a Wan-1.3B DMD run under full started its student and
+// critic (copies of the teacher) off the bf16 grid, and since an AdamW step of 2e-6 is a small
+// fraction of a bf16 ulp, their GEMMs (which read bf16 copies) saw different updates: step 2's
+// gen_loss was 0.704 against 0.665 (docs/multi-gpu.md). Done in pieces of bucketElems.
+func roundBF16(dev kernels.Device, w *kernels.Tensor) {
+	n := w.Numel()
+	if n == 0 {
+		return
+	}
+	chunk := min(n, bucketElems)
+	tmp := dev.Alloc(kernels.BF16, chunk)
+	defer dev.Free(tmp)
+	for off := 0; off < n; off += chunk {
+		k := min(chunk, n-off)
+		dev.Copy(tmp.View(0, k), w.View(off, k)) // [k] bf16, rounded to nearest even
+		dev.Copy(w.View(off, k), tmp.View(0, k)) // [k] fp32, exact
+	}
+}
 
 // weightMarker is a device that caches low-precision copies of declared weight buffers.
 type weightMarker interface{ MarkWeights(t *kernels.Tensor) }

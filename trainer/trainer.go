@@ -318,6 +318,13 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 			r.Net.Init(seed)
 		}
 	}
+	if r.Net != nil && r.Net.Sharded() && !s.Trainable && s.Name != objectives.EMA && bf16Weights(dev) {
+		// The frozen teacher under train.shard full keeps fp32 slices; without sharding it is a
+		// bf16-only NewFrozen copy. Its values are rounded to bf16 here so that both modes compute
+		// with the same teacher, and the roles that start as its copy (dmd's student and critic)
+		// start from the same values (gpu_device.go roundBF16).
+		roundBF16(dev, r.W)
+	}
 	markWeights(dev, r.W) // bf16 shadows cached between GEMMs on a GPU (gpu_device.go)
 	if r.Net != nil && r.Net.Sharded() {
 		sw, _ := r.Net.Slots()
