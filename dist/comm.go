@@ -20,6 +20,10 @@ const (
 	Mean    // Sum divided by Size()
 )
 
+// Ticket names a point in one rank's sequence of collectives (Comm.Mark): the collectives called
+// before it.
+type Ticket uint64
+
 // Comm is one rank's handle on a communicator. Collectives are enqueued on the rank's device in
 // the order they are called: on a GPU they run on the communicator's stream after the compute
 // queued so far and may return before they finish (Wait orders the compute after them); on the CPU
@@ -43,8 +47,15 @@ type Comm interface {
 	Broadcast(t *kernels.Tensor, root int) error
 	// Wait makes the rank's device wait (device-side, not the host) for every collective called so
 	// far; the host waits only at the device's Sync. It returns an error already known to the
-	// communicator (a failed rank), if any.
+	// communicator (a failed rank), if any. Wait() is WaitFor(Mark()).
 	Wait() error
+	// Mark is a ticket for the collectives called so far on this handle.
+	Mark() Ticket
+	// WaitFor is Wait for the collectives called before t was marked only: those called later may
+	// still be in flight (a gradient bucket's all-reduce while the next block's weights are waited
+	// for, models/fsdp.go). Tickets of one handle are ordered: waiting for t waits for every
+	// earlier ticket too.
+	WaitFor(t Ticket) error
 	// Close releases the communicator; collectives after it are errors.
 	Close() error
 }

@@ -140,6 +140,16 @@ func (c *localComm) Wait() error {
 	return c.g.err
 }
 
+// Mark: every collective called so far is done; the ticket is their count.
+func (c *localComm) Mark() Ticket {
+	c.g.mu.Lock()
+	defer c.g.mu.Unlock()
+	return Ticket(c.g.seq[c.rank])
+}
+
+// WaitFor is Wait: the collectives before t are done.
+func (c *localComm) WaitFor(t Ticket) error { return c.Wait() }
+
 // Close leaves the communicator. Collectives the other ranks call afterwards (which this rank can
 // no longer join) fail at once, naming this rank.
 func (c *localComm) Close() error {

@@ -2,6 +2,7 @@ package dist
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -186,5 +187,38 @@ func TestLocalMismatch(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "collective #0") {
 		t.Fatalf("want a mismatch error, got %v", err)
+	}
+}
+
+// Mark counts the collectives a rank has called; WaitFor is Wait (they are done on return) and
+// reports a failure of the communicator.
+func TestLocalTickets(t *testing.T) {
+	cs := LocalTimeout(2, time.Second)
+	err := Run(cs, func(rank int, c Comm) error {
+		if m := c.Mark(); m != 0 {
+			return fmt.Errorf("Mark before any collective = %d, want 0", m)
+		}
+		x := kernels.CPU().Alloc(kernels.F32, 3)
+		for i := 0; i < 2; i++ {
+			if err := c.AllReduce(x, Sum); err != nil {
+				return err
+			}
+		}
+		if m := c.Mark(); m != 2 {
+			return fmt.Errorf("Mark after 2 collectives = %d, want 2", m)
+		}
+		return c.WaitFor(1)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs = LocalTimeout(2, time.Second)
+	cs[1].Close()
+	x := kernels.CPU().Alloc(kernels.F32, 3)
+	if err := cs[0].AllReduce(x, Sum); err == nil {
+		t.Fatal("AllReduce with a closed rank: no error")
+	}
+	if err := cs[0].WaitFor(cs[0].Mark()); err == nil || !strings.Contains(err.Error(), "rank 1 closed") {
+		t.Fatalf("WaitFor after the failure: %v, want the failure naming rank 1", err)
 	}
 }

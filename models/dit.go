@@ -220,6 +220,7 @@ func (m *DiT) InitRandom(seed int64, std float32) {
 // ZeroGrad zeroes G.
 func (m *DiT) ZeroGrad() {
 	if m.G != nil {
+		m.SettleGrads() // a sharded DiT's scatters in flight land first (an error stays in Err)
 		m.Dev.Zero(m.G)
 	}
 }

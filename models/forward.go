@@ -78,7 +78,11 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 // share one gather buffer, so layer l's keys are gathered again: the same cached frames, and the
 // chunk's own K/V just recomputed).
 func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
-	m.useBlock(l) // a sharded DiT gathers the block's weights (fsdp.go)
+	next := l + 1 // a sharded DiT gathers the block's weights and prefetches the next's (fsdp.go)
+	if replay || l+1 == p.tapBlocks {
+		next = -1
+	}
+	m.useBlock(l, next)
 	d, w, cfg, s := m.Dev, &m.w, m.Cfg, p.S
 	F, hw := s.F, p.hw
 	a, bw := &p.blocks[l], &w.Blocks[l]
@@ -191,7 +195,7 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 	}
 	for l := top; l >= 0; l-- {
 		a, bw, gb := &p.blocks[l], &w.Blocks[l], &gw.Blocks[l]
-		m.useBlock(l)       // sharded: the block's weights
+		m.useBlock(l, l-1)  // sharded: the block's weights; the one below prefetched
 		m.beginBlockGrad(l) // sharded: its gradient slot zeroed
 		if p.recompute && l < len(p.blocks)-1 {
 			m.block(p, l, p.chunk.replayCache(), frame0, true) // this block's activations again (recompute.go)
@@ -244,7 +248,7 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		if train {
 			d.AddBroadcastBack(gb.Modulation, g.dE0, g.dModF) // [6·D], [B·F, 6, D]
 		}
-		m.endBlockGrad(l) // sharded: the block's gradient reduce-scattered onto the rank's slice
+		m.endBlockGrad(l) // sharded: the block's gradient reduce-scattered, in flight while the blocks below compute
 	}
 
 	if train {

@@ -8,20 +8,27 @@ package models
 //	                             slice zero-padded), and the head (suffix), in that order
 //	G  the same layout (nil for a frozen network)
 //
-// plus one block's worth of gathered weights and of gradient (the "slots", [N·s] each). Just
-// before a block runs (forward, the replay of a recomputed block, backward) its weights are
-// all-gathered into the slot, unless the slot holds them already; after a block's backward its
-// gradient, accumulated in the gradient slot, is reduce-scattered (mean over ranks) and added to
-// the rank's slice of G. The embeddings and head are replicated (the trainer averages their
-// gradients like a data-parallel role). Block views of W and G point into the slots, so the
-// forward and backward code is the same as for a whole DiT.
+// plus two blocks' worth of gathered weights and of gradient (the "slots", [N·s] each; block l
+// uses slot l mod 2). Block views of W and G point into the slots, so the forward and backward code
+// is the same as for a whole DiT. The embeddings and head are replicated (the trainer averages
+// their gradients like a data-parallel role).
+//
+// Weights: just before a block runs (forward, the replay of a recomputed block, backward) the
+// compute waits for its gather into its slot (issued then, unless the slot holds it already or it
+// was prefetched), and the gather of the next block (l+1 in a forward, l−1 in a backward) is
+// issued into the other slot, so it runs on the communication stream while block l computes
+// (Comm.WaitFor waits for one gather, not the collectives issued after it).
+//
+// Gradients: after block l's backward its gradient slot is reduce-scattered (mean over ranks) into
+// a scratch of that slot, in flight while the blocks below compute; the result is added to the
+// rank's slice of G when the slot is needed again (block l−2's backward) or at SettleGrads (the
+// trainer, before it reads G). The additions into G are those of an immediate scatter, in the
+// same order.
 //
 // Every rank must run the same forwards and backwards (each block gather and gradient scatter is a
-// collective). The weights are gathered block by block as needed, not prefetched: Comm.Wait orders
-// the compute after every collective called so far, so a gather issued ahead would be waited for
-// at once. A failed gather panics (a forward on weights that are not there would return garbage:
-// e.g. a forward on rank 0 alone after the other ranks left); a failed gradient scatter is kept
-// (Err, checked by the trainer after each step) and later scatters are skipped.
+// collective). A failed gather panics (a forward on weights that are not there would return
+// garbage: e.g. a forward on rank 0 alone after the other ranks left); a failed gradient scatter
+// is kept (Err, checked by the trainer after each step) and later scatters are skipped.
 
 import (
 	"fmt"
@@ -33,18 +40,32 @@ import (
 type fsdp struct {
 	comm      dist.Comm
 	N, rank   int
-	P         int // parameters of the whole table
-	S, s      int // one block's parameters (table layout, with alignment), slice size ⌈S/N⌉
-	b0        int // table offset of block 0
-	head      int // table offset of the suffix (the first parameter after the blocks)
-	local     int // local offset of the suffix: b0 + Layers·s
-	slotW     *kernels.Tensor
-	slotG     *kernels.Tensor // nil for a frozen network
-	scratch   *kernels.Tensor // [s] reduce-scatter output
-	held      int             // block in slotW, −1 none
+	P         int               // parameters of the whole table
+	S, s      int               // one block's parameters (table layout, with alignment), slice size ⌈S/N⌉
+	b0        int               // table offset of block 0
+	head      int               // table offset of the suffix (the first parameter after the blocks)
+	local     int               // local offset of the suffix: b0 + Layers·s
+	slotW     []*kernels.Tensor // [N·s] each, block l in slot l mod len (2; 1 for one block)
+	slotG     []*kernels.Tensor // the same for the gradient; nil for a frozen network
+	scratch   []*kernels.Tensor // [s] per gradient slot: its reduce-scatter's output
+	ws        []wslot           // per weight slot
+	gs        []gslot           // per gradient slot
 	err       error
 	layers    int
 	blockName []string // per block, the prefix "blocks.l."
+}
+
+// wslot is a weight slot's state: the block gathered into it (−1 none) and the gather's ticket.
+type wslot struct {
+	block  int
+	t      dist.Ticket
+	waited bool // the compute waits for the gather already
+}
+
+// gslot is a gradient slot's state: the block whose reduce-scatter reads it (−1 none: free).
+type gslot struct {
+	block int
+	t     dist.Ticket
 }
 
 // NewSharded allocates a DiT whose blocks are sharded over comm's ranks (see the file comment), with
@@ -59,7 +80,7 @@ func NewSharded(dev kernels.Device, cfg Config, grads bool, comm dist.Comm) *DiT
 	for i, p := range table {
 		m.index[p.Name] = i
 	}
-	f := &fsdp{comm: comm, N: comm.Size(), rank: comm.Rank(), P: P, held: -1, layers: cfg.Layers}
+	f := &fsdp{comm: comm, N: comm.Size(), rank: comm.Rank(), P: P, layers: cfg.Layers}
 	f.b0 = table[m.index["blocks.0.self_attn.q.weight"]].Offset
 	f.head = table[m.index["head.head.weight"]].Offset
 	f.S = (f.head - f.b0) / cfg.Layers
@@ -70,13 +91,20 @@ func NewSharded(dev kernels.Device, cfg Config, grads bool, comm dist.Comm) *DiT
 	}
 	m.fs = f
 	n := f.local + P - f.head
+	slots := min(2, cfg.Layers)
 	m.W = dev.Alloc(kernels.F32, n)
-	f.slotW = dev.Alloc(kernels.F32, f.N*f.s)
-	f.scratch = dev.Alloc(kernels.F32, f.s)
+	for i := 0; i < slots; i++ {
+		f.slotW = append(f.slotW, dev.Alloc(kernels.F32, f.N*f.s))
+		f.ws = append(f.ws, wslot{block: -1})
+	}
 	m.w = m.carveSharded(m.W, f.slotW)
 	if grads {
 		m.G = dev.Alloc(kernels.F32, n)
-		f.slotG = dev.Alloc(kernels.F32, f.N*f.s)
+		for i := 0; i < slots; i++ {
+			f.slotG = append(f.slotG, dev.Alloc(kernels.F32, f.N*f.s))
+			f.scratch = append(f.scratch, dev.Alloc(kernels.F32, f.s))
+			f.gs = append(f.gs, gslot{block: -1})
+		}
 		m.g = m.carveSharded(m.G, f.slotG)
 	} else {
 		m.g = weights{Blocks: make([]block, cfg.Layers)}
@@ -89,11 +117,11 @@ func (m *DiT) Sharded() bool { return m.fs != nil }
 
 // Slots are the gathered-block buffers of a sharded DiT (weights, gradient; nil when frozen), for
 // a device that caches copies of weights (MarkWeights).
-func (m *DiT) Slots() (w, g *kernels.Tensor) { return m.fs.slotW, m.fs.slotG }
+func (m *DiT) Slots() (w, g []*kernels.Tensor) { return m.fs.slotW, m.fs.slotG }
 
-// carveSharded is carve for a sharded DiT: embeddings and head in buf (local layout), the blocks'
-// parameters in slot (each block at offset 0 of it).
-func (m *DiT) carveSharded(buf, slot *kernels.Tensor) weights {
+// carveSharded is carve for a sharded DiT: embeddings and head in buf (local layout), block l's
+// parameters in slot[l mod len(slot)] (at offset 0 of it).
+func (m *DiT) carveSharded(buf *kernels.Tensor, slot []*kernels.Tensor) weights {
 	f := m.fs
 	return m.carveWith(func(name string, shape []int) *kernels.Tensor {
 		p := m.Table[m.index[name]]
@@ -106,7 +134,8 @@ func (m *DiT) carveSharded(buf, slot *kernels.Tensor) weights {
 		case p.Offset >= f.head:
 			return buf.View(f.local+p.Offset-f.head, shape...)
 		}
-		return slot.View((p.Offset-f.b0)%f.S, shape...)
+		l := (p.Offset - f.b0) / f.S
+		return slot[l%len(slot)].View((p.Offset-f.b0)%f.S, shape...)
 	})
 }
 
@@ -122,53 +151,106 @@ func (m *DiT) Err() error {
 // the next use of a block gathers it again.
 func (m *DiT) Invalidate() {
 	if m.fs != nil {
-		m.fs.held = -1
+		for i := range m.fs.ws {
+			m.fs.ws[i] = wslot{block: -1}
+		}
 	}
 }
 
-// useBlock makes block l's weights present in the slot.
-func (m *DiT) useBlock(l int) {
+// useBlock makes block l's weights present in its slot (the compute waits for their gather) and,
+// when next is a block (l±1; −1 none), issues next's gather into the other slot.
+func (m *DiT) useBlock(l, next int) {
 	f := m.fs
-	if f == nil || f.held == l {
+	if f == nil {
 		return
 	}
-	f.held = -1
 	if f.err != nil {
 		panic(f.err)
 	}
-	if err := f.comm.AllGather(f.slotW, m.W.View(f.b0+l*f.s, f.s)); err != nil {
+	w := &f.ws[l%len(f.ws)]
+	if w.block != l {
+		m.gather(l)
+	}
+	if !w.waited {
+		if err := f.comm.WaitFor(w.t); err != nil {
+			f.err = fmt.Errorf("models: gathering block %d's weights of a sharded DiT: %w", l, err)
+			panic(f.err)
+		}
+		w.waited = true
+	}
+	if next >= 0 && next < f.layers && next%len(f.ws) != l%len(f.ws) && f.ws[next%len(f.ws)].block != next {
+		m.gather(next) // prefetch: in flight while block l computes
+	}
+}
+
+// gather issues the all-gather of block l's weights into its slot.
+func (m *DiT) gather(l int) {
+	f := m.fs
+	w := &f.ws[l%len(f.ws)]
+	*w = wslot{block: -1}
+	if err := f.comm.AllGather(f.slotW[l%len(f.ws)], m.W.View(f.b0+l*f.s, f.s)); err != nil {
 		f.err = fmt.Errorf("models: gathering block %d's weights of a sharded DiT (every rank must run the same forwards): %w", l, err)
 		panic(f.err)
 	}
-	if err := f.comm.Wait(); err != nil {
-		f.err = fmt.Errorf("models: gathering block %d's weights of a sharded DiT: %w", l, err)
-		panic(f.err)
-	}
-	f.held = l
+	*w = wslot{block: l, t: f.comm.Mark()}
 }
 
-// beginBlockGrad zeroes the gradient slot before block l's backward.
+// beginBlockGrad frees block l's gradient slot (settling the scatter still reading it) and zeroes it.
 func (m *DiT) beginBlockGrad(l int) {
-	if f := m.fs; f != nil && m.G != nil {
-		m.Dev.Zero(f.slotG)
+	f := m.fs
+	if f == nil || m.G == nil {
+		return
 	}
+	i := l % len(f.gs)
+	m.settle(i)
+	m.Dev.Zero(f.slotG[i])
 }
 
-// endBlockGrad reduce-scatters block l's gradient (mean over ranks) onto the rank's slice of G.
+// endBlockGrad issues the reduce-scatter (mean over ranks) of block l's gradient slot into the
+// slot's scratch; it is added to the rank's slice of G when the slot is settled.
 func (m *DiT) endBlockGrad(l int) {
 	f := m.fs
 	if f == nil || m.G == nil || f.err != nil {
 		return
 	}
-	if err := f.comm.ReduceScatter(f.scratch, f.slotG, dist.Mean); err != nil {
+	i := l % len(f.gs)
+	if err := f.comm.ReduceScatter(f.scratch[i], f.slotG[i], dist.Mean); err != nil {
 		f.err = fmt.Errorf("models: reduce-scattering block %d's gradient: %w", l, err)
 		return
 	}
-	if err := f.comm.Wait(); err != nil {
-		f.err = fmt.Errorf("models: reduce-scattering block %d's gradient: %w", l, err)
+	f.gs[i] = gslot{block: l, t: f.comm.Mark()}
+}
+
+// settle waits for gradient slot i's reduce-scatter, if one is in flight, and adds its result to
+// the block's slice of G.
+func (m *DiT) settle(i int) {
+	f := m.fs
+	g := f.gs[i]
+	if g.block < 0 {
 		return
 	}
-	m.Dev.Axpy(m.G.View(f.b0+l*f.s, f.s), 1, f.scratch)
+	f.gs[i].block = -1
+	if f.err != nil {
+		return
+	}
+	if err := f.comm.WaitFor(g.t); err != nil {
+		f.err = fmt.Errorf("models: reduce-scattering block %d's gradient: %w", g.block, err)
+		return
+	}
+	m.Dev.Axpy(m.G.View(f.b0+g.block*f.s, f.s), 1, f.scratch[i]) // [s]
+}
+
+// SettleGrads completes the gradient reduce-scatters still in flight (after a backward of a
+// sharded DiT, before G is read or zeroed) and returns the first collective error, if any.
+func (m *DiT) SettleGrads() error {
+	f := m.fs
+	if f == nil {
+		return nil
+	}
+	for i := range f.gs {
+		m.settle(i)
+	}
+	return f.err
 }
 
 // LocalRanges maps the local buffer to the table: each entry is a local range [Local, Local+N)
@@ -227,6 +309,11 @@ func (m *DiT) Full(buf *kernels.Tensor) ([]float32, error) {
 	if f == nil {
 		m.Dev.ToHost(host, buf)
 		return host, nil
+	}
+	if buf == m.G {
+		if err := m.SettleGrads(); err != nil {
+			return nil, err
+		}
 	}
 	local := make([]float32, buf.Numel())
 	m.Dev.ToHost(local, buf)

@@ -191,6 +191,9 @@ func localRuns(table []models.Param, P int, ranges []models.LocalRange) []run {
 // AdamW on the local buffer as for a whole one.
 func (t *Trainer) gradNormFSDP(r *role, accum int) error {
 	dev := t.opt.Dev
+	if err := r.Net.SettleGrads(); err != nil { // the last blocks' scatters, still in flight
+		return t.commErr(r.Spec.Name+"'s gradient reduce-scatters", err)
+	}
 	rep := r.Net.Replicated()
 	for _, o := range rep {
 		for off := o[0]; off < o[1]; off += bucketElems {

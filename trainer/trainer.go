@@ -328,7 +328,9 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 	markWeights(dev, r.W) // bf16 shadows cached between GEMMs on a GPU (gpu_device.go)
 	if r.Net != nil && r.Net.Sharded() {
 		sw, _ := r.Net.Slots()
-		markWeights(dev, sw) // the gathered block the GEMMs read
+		for _, w := range sw {
+			markWeights(dev, w) // the gathered blocks the GEMMs read
+		}
 	}
 	if s.Trainable {
 		n := r.W.Numel()
@@ -496,6 +498,11 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 	accum := max(job.Train.GradAccum, 1)
 	for _, r := range t.roles {
 		if r.G != nil {
+			if r.Net != nil {
+				if err := r.Net.SettleGrads(); err != nil { // a sharded DiT's scatters still in flight
+					return nil, fmt.Errorf("step %d: role %s: %w", n, r.Spec.Name, err)
+				}
+			}
 			t.opt.Dev.Zero(r.G)
 		}
 	}

@@ -138,7 +138,7 @@ func TestBenchTrainDryWorld(t *testing.T) {
 			t.Errorf("world %d, %s: peak less moments %.9g GiB, one rank's %.9g + 256 bytes", c.world, c.shard, rest, restOne)
 		}
 	}
-	// full: every DiT role holds the embeddings, the head and 1/N of each block (+ one block's
+	// full: every DiT role holds the embeddings, the head and 1/N of each block (+ two blocks'
 	// slots); on the small preset (8 blocks) the blocks are most of the parameters
 	small, err := models.Preset("small")
 	if err != nil {
@@ -162,8 +162,9 @@ func TestBenchTrainDryWorld(t *testing.T) {
 		return b
 	}
 	whole, sharded := nets(opt), nets(full)
-	// expected: each role's local buffer (embeddings, 1/4 of each block, head), its slot of one
-	// block (N·s) and the reduce-scatter scratch (s); W and G for the student and critic, W for the
+	// expected: each role's local buffer (embeddings, 1/4 of each block, head), its two slots of
+	// one block each (N·s: block l and the prefetched l±1) and, with a gradient, the two gradient
+	// slots and their reduce-scatter scratches (s); W and G for the student and critic, W for the
 	// teacher and EMA. Whole (optimizer): fp32 W and G of the student and critic, W of the EMA, the
 	// teacher in bf16 (a bf16-GEMM device).
 	table, P := small.Params()
@@ -179,7 +180,7 @@ func TestBenchTrainDryWorld(t *testing.T) {
 	S := (head - b0) / small.Layers
 	sl := (S + 3) / 4
 	local := b0 + small.Layers*sl + P - head
-	want := float64(4*(2*(2*local+2*4*sl+sl)+2*(local+4*sl+sl))) / (1 << 30)
+	want := float64(4*(2*(2*local+2*2*4*sl+2*sl)+2*(local+2*4*sl))) / (1 << 30)
 	wantWhole := float64(4*5*P+2*P) / (1 << 30)
 	if math.Abs(sharded-want) > 1e-12 || math.Abs(whole-wantWhole) > 1e-12 {
 		t.Errorf("shard full on 4 ranks: the roles' weights and gradients take %.6g GiB, want %.6g (whole: %.6g, want %.6g)", sharded, want, whole, wantWhole)

@@ -26,8 +26,10 @@ import (
 // communication stream wait for it and queues the NCCL call there, then records a "done" event on
 // the communication stream. It returns at once, so the compute that follows (the rest of backward)
 // overlaps with the transfer. Wait makes the compute stream wait for the last done event (on the
-// GPU, the host does not wait). Until Wait, the compute must leave the tensors of the collectives in
-// flight alone (neither read, write nor free them).
+// GPU, the host does not wait); WaitFor(t) for the done event of the last collective before ticket
+// t (Mark), so the later ones stay in flight (the communication stream runs the collectives in
+// order). Until a wait covers it, the compute must leave the tensors of a collective in flight alone
+// (neither read, write nor free them).
 //
 // Failure: a watchdog goroutine polls ncclCommGetAsyncError, the liveness signal (RankOptions.Alive:
 // the rendezvous's connections to the other processes) and the age of the oldest collective not yet
@@ -48,7 +50,8 @@ type RankComm struct {
 	mu      sync.Mutex
 	pending []pendingColl // collectives queued and not seen done, oldest first
 	events  []uintptr     // done events to reuse
-	last    uintptr       // done event of the newest collective (0: none since the last Wait)
+	issued  uint64        // collectives queued so far (the ticket of Mark)
+	waited  uint64        // the compute stream waits for the collectives up to this one already
 	failed  error         // final: set by a failed call, the watchdog or Abort
 	closed  bool
 
@@ -59,6 +62,7 @@ type RankComm struct {
 }
 
 type pendingColl struct {
+	seq   uint64 // 1, 2, …: the collective's place in the rank's sequence
 	ev    uintptr
 	what  string
 	since time.Time
@@ -405,8 +409,8 @@ func (c *RankComm) collective(name string, out, in *kernels.Tensor, op dist.Op, 
 		c.events = append(c.events, ev)
 		return c.failLocked(err)
 	}
-	c.pending = append(c.pending, pendingColl{ev: ev, what: what, since: time.Now()})
-	c.last = ev
+	c.issued++
+	c.pending = append(c.pending, pendingColl{seq: c.issued, ev: ev, what: what, since: time.Now()})
 	return nil
 }
 
@@ -423,29 +427,51 @@ func (c *RankComm) event() (uintptr, error) {
 }
 
 // Wait makes the compute stream wait for every collective queued so far; the host does not wait.
-func (c *RankComm) Wait() error {
+func (c *RankComm) Wait() error { return c.WaitFor(c.Mark()) }
+
+// Mark is a ticket for the collectives queued so far.
+func (c *RankComm) Mark() dist.Ticket {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return dist.Ticket(c.issued)
+}
+
+// WaitFor makes the compute stream wait for the collectives queued before t (the done event of
+// the last of them, which orders every earlier one: one communication stream); a collective the
+// watchdog has seen done needs no wait. The host does not wait.
+func (c *RankComm) WaitFor(t dist.Ticket) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.errLocked("Wait"); err != nil {
 		return err
 	}
-	if c.last == 0 {
+	n := uint64(t)
+	if n > c.issued {
+		return fmt.Errorf("nccl: rank %d: WaitFor(ticket %d): only %d collectives were queued", c.rank, n, c.issued)
+	}
+	if n <= c.waited {
 		return nil
 	}
-	d := c.d
-	ok := d.enterW()
-	defer d.leave()
-	if !ok {
-		return fmt.Errorf("nccl: rank %d: Wait: GPU %d has failed earlier: %w", c.rank, d.Ordinal, d.err)
+	var ev uintptr // the newest pending collective before t; none: all done
+	for i := len(c.pending) - 1; i >= 0; i-- {
+		if c.pending[i].seq <= n {
+			ev = c.pending[i].ev
+			break
+		}
 	}
-	if err := d.drv.call("cuStreamWaitEvent(compute after communication)", d.drv.cuStreamWaitEvent, d.stream, c.last, 0); err != nil {
-		return c.failLocked(err)
+	if ev != 0 {
+		d := c.d
+		ok := d.enterW()
+		defer d.leave()
+		if !ok {
+			return fmt.Errorf("nccl: rank %d: Wait: GPU %d has failed earlier: %w", c.rank, d.Ordinal, d.err)
+		}
+		// The wait takes the event's state now: the watchdog may recycle it afterwards.
+		if err := d.drv.call("cuStreamWaitEvent(compute after communication)", d.drv.cuStreamWaitEvent, d.stream, ev, 0); err != nil {
+			return c.failLocked(err)
+		}
 	}
-	// The watchdog keeps the newest done event out of the pool until Wait has used it.
-	if !slices.ContainsFunc(c.pending, func(p pendingColl) bool { return p.ev == c.last }) {
-		c.events = append(c.events, c.last)
-	}
-	c.last = 0
+	c.waited = n
 	return nil
 }
 
@@ -538,9 +564,7 @@ func (c *RankComm) check() error {
 		switch r &= 0xffffffff; r {
 		case 0:
 			c.pending = c.pending[1:]
-			if p.ev != c.last {
-				c.events = append(c.events, p.ev)
-			}
+			c.events = append(c.events, p.ev)
 			continue
 		case cuErrNotReady:
 			if age := time.Since(p.since); age > c.o.Timeout {
@@ -624,16 +648,13 @@ func (c *RankComm) shut(abort bool) {
 	if c.compute != 0 {
 		evs = append(evs, c.compute)
 	}
-	if c.last != 0 && !slices.Contains(evs, c.last) { // retired by the watchdog, not yet waited for
-		evs = append(evs, c.last)
-	}
 
 	for _, ev := range evs {
 		if d.drv.cuEventDestroy != 0 {
 			purego.SyscallN(d.drv.cuEventDestroy, ev)
 		}
 	}
-	c.events, c.pending, c.compute, c.last = nil, nil, 0, 0
+	c.events, c.pending, c.compute = nil, nil, 0
 	if c.stream != 0 && d.drv.cuStreamDestroy != 0 {
 		purego.SyscallN(d.drv.cuStreamDestroy, c.stream)
 	}

@@ -120,6 +120,7 @@ func TestNCCLRankFakePlumbing(t *testing.T) {
 	}
 	cs, ce := uint64(r.stream), uint64(r.compute) // communication stream, compute event
 	var dones []uint64
+	var tickets []dist.Ticket
 	for _, tc := range []struct {
 		name string
 		run  func() error
@@ -151,6 +152,20 @@ func TestNCCLRankFakePlumbing(t *testing.T) {
 			t.Fatalf("%s: done event %#x reused while its collective is pending (%#x)", tc.name, got[3][1], dones)
 		}
 		dones = append(dones, got[3][1])
+		tickets = append(tickets, r.Mark())
+	}
+	// WaitFor: the compute stream waits for the done event of the ticket's last collective only.
+	if err := r.WaitFor(tickets[1]); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.log(); len(got) != 1 || got[0] != [8]uint64{11, 0x5003, dones[1]} {
+		t.Fatalf("WaitFor(the second collective's ticket): calls %#x, want the compute stream 0x5003 to wait for its done event %#x", got, dones[1])
+	}
+	if err := r.WaitFor(tickets[0]); err != nil || len(f.log()) != 0 {
+		t.Fatalf("WaitFor of an earlier ticket, covered already: %v, calls made", err)
+	}
+	if err := r.WaitFor(tickets[4] + 1); err == nil || !strings.Contains(err.Error(), "only 5 collectives were queued") {
+		t.Fatalf("WaitFor of a ticket not marked yet: %v", err)
 	}
 	if err := r.Wait(); err != nil {
 		t.Fatal(err)
@@ -181,6 +196,21 @@ func TestNCCLRankFakePlumbing(t *testing.T) {
 	}
 	if got := f.log(); len(got) != 4 || !slices.Contains(dones, got[3][1]) {
 		t.Fatalf("after the pool filled, the done event %#x is new (pool %#x)", got[3][1], dones)
+	}
+	// A collective the watchdog has seen done needs no wait.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		r.mu.Lock()
+		n := len(r.pending)
+		r.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the watchdog did not retire a done collective")
+		}
+	}
+	if err := r.Wait(); err != nil || len(f.log()) != 0 {
+		t.Fatalf("Wait for a collective already done: %v, calls made", err)
 	}
 	// Refused before NCCL: nothing reaches the log.
 	other := &kernels.Tensor{Dev: rs[1].d, DType: kernels.F32, Shape: []int{6}, Ptr: 0xA000}
