@@ -20,6 +20,10 @@ bugs=(
 	"loader-leaves-out-last-row|data/loader.go|s/^\tfor i := range perm \{/\tfor i := range perm[:n-1] {/|./data|TestLoaderEveryRowOncePerEpoch"
 	"loader-shuffle-skips-last-row|data/loader.go|s/rng\.Shuffle\(n, /rng.Shuffle(n-1, /|./data|TestLoaderEveryRowOncePerEpoch"
 	"safetensors-keeps-last-chunk-only|models/safetensors.go|s/k \+= decode\(dst\[k:\], b, e\.DType, es\)/_ = decode(dst[k:], b, e.DType, es)/|./models|TestSafetensorsLargerThanChunk"
+	"denoising-list-ignores-shift|sampler/schedule.go|s/e := EulerSigmas\(k, shift\)/e := EulerSigmas(k, 1)/|./sampler|TestScheduleLiterals|TestSamplersVisitTheSchedule"
+	"euler-grid-divides-by-n-plus-1|sampler/schedule.go|s/Shift\(1-float64\(i\)\/float64\(n\), shift\)/Shift(1-float64(i)\/float64(n+1), shift)/|./sampler|TestScheduleLiterals|TestSamplersVisitTheSchedule"
+	"ode-pairs-grid-unshifted|trainer/odepairs.go|s/sampler\.EulerSigmas\(o\.Steps, o\.Shift\)/sampler.EulerSigmas(o.Steps, 1)/|./trainer|TestODEPairsLevelsIndependent"
+	"ode-pairs-levels-unshifted|trainer/odepairs.go|s/sampler\.Shift\(t\/1000, o\.Shift\)/t\/1000/|./trainer|TestODEPairsLevelsIndependent"
 )
 missed=0
 for b in "${bugs[@]}"; do
