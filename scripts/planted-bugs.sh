@@ -24,6 +24,8 @@ bugs=(
 	"euler-grid-divides-by-n-plus-1|sampler/schedule.go|s/Shift\(1-float64\(i\)\/float64\(n\), shift\)/Shift(1-float64(i)\/float64(n+1), shift)/|./sampler|TestScheduleLiterals|TestSamplersVisitTheSchedule"
 	"ode-pairs-grid-unshifted|trainer/odepairs.go|s/sampler\.EulerSigmas\(o\.Steps, o\.Shift\)/sampler.EulerSigmas(o.Steps, 1)/|./trainer|TestODEPairsLevelsIndependent"
 	"ode-pairs-levels-unshifted|trainer/odepairs.go|s/sampler\.Shift\(t\/1000, o\.Shift\)/t\/1000/|./trainer|TestODEPairsLevelsIndependent"
+	"role-eps-default-not-filled|config/defaults.go|s/if r\.Eps == 0 \{/if r.Eps == 0 \&\& false {/|./config|TestReadmeDefaultsAreLoaded"
+	"clip-norm-default-changed|config/defaults.go|s/ClipNorm:    1\.0,/ClipNorm:    0.5,/|./config|TestReadmeDefaultsAreLoaded"
 )
 missed=0
 for b in "${bugs[@]}"; do
