@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Runs by hand the mutants go-gremlins left alive or called "not covered", against a package's
+whole test suite (docs/reliability.md, scripts/mutation.sh).
+
+gremlins runs each mutant against a subset of the tests where the suite is minutes long, and it
+calls a mutant "not covered" when its coverage map has no block at the mutant's position, which
+happens to every `case` condition of an expression switch even when the tests run it. This script
+applies each such mutant exactly as gremlins would (the same token swap at the same line:column)
+to a scratch copy of the working tree, runs `go test` on the package (all its tests, or the -run /
+-skip given), and says KILLED (a test failed or timed out), LIVED (all passed) or NOT VIABLE (it
+does not build). The working tree is never touched.
+
+  scripts/mutation_rerun.py LOG FILE [--run RE] [--skip RE] [--timeout S]
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+# gremlins v0.6.0 internal/engine/mappings.go, the mutators enabled by default
+SWAPS = {
+    "ARITHMETIC_BASE": {"+": "-", "-": "+", "*": "/", "/": "*", "%": "*"},
+    "CONDITIONALS_BOUNDARY": {">=": ">", ">": ">=", "<=": "<", "<": "<="},
+    "CONDITIONALS_NEGATION": {"==": "!=", "!=": "==", ">=": "<", ">": "<=", "<=": ">", "<": ">="},
+    "INCREMENT_DECREMENT": {"++": "--", "--": "++"},
+    "INVERT_NEGATIVES": {"-": "+"},
+}
+LINE = re.compile(r"^\s*(LIVED|NOT COVERED|TIMED OUT)\s+(\w+) at (\S+?):(\d+):(\d+)")
+
+
+def mutate(src: bytes, line: int, col: int, kind: str) -> bytes:
+    lines = src.split(b"\n")
+    text = lines[line - 1].decode()
+    raw = lines[line - 1]
+    i = col - 1  # gremlins' column is go/token's: bytes from 1
+    swaps = SWAPS[kind]
+    for tok in sorted(swaps, key=len, reverse=True):
+        if raw[i:i + len(tok)] == tok.encode():
+            lines[line - 1] = raw[:i] + swaps[tok].encode() + raw[i + len(tok):]
+            return b"\n".join(lines)
+    raise SystemExit(f"no {kind} operator at {line}:{col}: {text!r}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("log")
+    ap.add_argument("file")
+    ap.add_argument("--run", default="")
+    ap.add_argument("--skip", default="")
+    ap.add_argument("--timeout", type=int, default=600)
+    a = ap.parse_args()
+    root = subprocess.check_output(["git", "rev-parse", "--show-toplevel"], text=True).strip()
+    os.chdir(root)
+    base = os.path.basename(a.file)
+    mutants = []
+    for l in open(a.log, encoding="utf-8"):
+        m = LINE.match(l)
+        if m and m.group(3) == base:
+            mutants.append((m.group(1), m.group(2), int(m.group(4)), int(m.group(5))))
+    if not mutants:
+        print(f"{a.file}: nothing to rerun")
+        return 0
+    scratch = tempfile.mkdtemp(prefix="fewstep-mutrerun-")
+    try:
+        files = subprocess.check_output(["git", "ls-files", "-co", "--exclude-standard", "-z"]).split(b"\0")
+        for f in files:
+            if not f:
+                continue
+            f = f.decode()
+            if not os.path.isfile(f):
+                continue
+            dst = os.path.join(scratch, f)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copy2(f, dst)
+        target = os.path.join(scratch, a.file)
+        orig = open(target, "rb").read()
+        cmd = ["nice", "-n", "19", "timeout", str(a.timeout), "go", "test", "-count=1", "-p", "1", "-failfast"]
+        if a.run:
+            cmd.append("-run=" + a.run)
+        if a.skip:
+            cmd.append("-skip=" + a.skip)
+        cmd.append("./" + os.path.dirname(a.file))
+        counts = {}
+        for status, kind, line, col in mutants:
+            open(target, "wb").write(mutate(orig, line, col, kind))
+            p = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True)
+            out = p.stdout + p.stderr
+            if p.returncode == 0:
+                res = "LIVED"
+            elif "[build failed]" in out or "[setup failed]" in out:
+                res = "NOT VIABLE"
+            elif p.returncode == 124:
+                res = "KILLED (timed out)"
+            else:
+                m = re.search(r"--- FAIL: (\S+)", out)
+                res = "KILLED by " + (m.group(1) if m else "a failing test run")
+            key = "NOT VIABLE" if res == "NOT VIABLE" else res.split(" ")[0]
+            counts[key] = counts.get(key, 0) + 1
+            print(f"{a.file}:{line}:{col} {kind} (gremlins: {status}): {res}", flush=True)
+            open(target, "wb").write(orig)
+        print(f"{a.file} rerun ({' '.join(cmd[5:])}): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
