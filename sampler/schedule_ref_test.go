@@ -123,6 +123,11 @@ func TestSamplersVisitTheSchedule(t *testing.T) {
 		// fewstep, 4 steps at shift 5: only the timesteps (fresh noise between the steps); the last
 		// x0 = x·(1 − .625)
 		{Options{Method: FewStep, Steps: 4, Shift: 5}, []float64{1000, 937.5, 2500.0 / 3, 625}, math.NaN()},
+		// consistency, 4 steps at shift 3 snapped to a 50-level grid: the list 1, .9, .75, .5 (3σ/(1+2σ)
+		// at 1, .75, .5, .25); on the grid's u = (50−i)/50, .9 lies between u = .76 (19/21 ≈ .90476)
+		// and u = .74 (.895161) and goes to the nearer 19/21; .75 is u = .5; .5 lies between u = .26
+		// (.78/1.52 = 39/76 ≈ .51316) and u = .24 (.72/1.48 ≈ .48649) and goes to 39/76
+		{Options{Method: Consistency, Steps: 4, Shift: 3, GridN: 50}, []float64{1000, 19000.0 / 21, 750, 39000.0 / 76}, math.NaN()},
 	}
 	for _, c := range cases {
 		var ts []float64

@@ -22,6 +22,7 @@ bugs=(
 	"safetensors-keeps-last-chunk-only|models/safetensors.go|s/k \+= decode\(dst\[k:\], b, e\.DType, es\)/_ = decode(dst[k:], b, e.DType, es)/|./models|TestSafetensorsLargerThanChunk"
 	"denoising-list-ignores-shift|sampler/schedule.go|s/e := EulerSigmas\(k, shift\)/e := EulerSigmas(k, 1)/|./sampler|TestScheduleLiterals|TestSamplersVisitTheSchedule"
 	"euler-grid-divides-by-n-plus-1|sampler/schedule.go|s/Shift\(1-float64\(i\)\/float64\(n\), shift\)/Shift(1-float64(i)\/float64(n+1), shift)/|./sampler|TestScheduleLiterals|TestSamplersVisitTheSchedule"
+	"consistency-snap-grid-unshifted|sampler/schedule.go|s/grid := EulerSigmas\(n, shift\)/grid := EulerSigmas(n, 1)/|./sampler|TestScheduleLiterals|TestSamplersVisitTheSchedule"
 	"ode-pairs-grid-unshifted|trainer/odepairs.go|s/sampler\.EulerSigmas\(o\.Steps, o\.Shift\)/sampler.EulerSigmas(o.Steps, 1)/|./trainer|TestODEPairsLevelsIndependent"
 	"ode-pairs-levels-unshifted|trainer/odepairs.go|s/sampler\.Shift\(t\/1000, o\.Shift\)/t\/1000/|./trainer|TestODEPairsLevelsIndependent"
 	"role-eps-default-not-filled|config/defaults.go|s/if r\.Eps == 0 \{/if r.Eps == 0 \&\& false {/|./config|TestReadmeDefaultsAreLoaded"
