@@ -53,13 +53,14 @@ for t in "${targets[@]}"; do
 	[[ -n $run ]] && flags="-run=^($run)"
 	[[ -n $skip ]] && flags="$flags -skip=$skip"
 	name=${file//\//_}
+	cp "$file" "$logdir/$name.src" # the copy gremlins mutates, for the rerun (the tree may move on)
 	start=$(date +%s)
 	GOFLAGS="$flags" nice -n 19 "$gremlins" unleash --workers 1 --test-cpu 1 --timeout-coefficient 10 \
 		-o "$logdir/$name.json" "${excl[@]}" "./$pkg" >"$logdir/$name.log" 2>&1
 	echo "$file ($(($(date +%s) - start))s, tests: ${flags:-all}): $(grep -E 'Killed:|Test efficacy' "$logdir/$name.log" | tr '\n' ' ')"
 	if [[ ${MUT_RERUN:-1} != 0 ]] && grep -qE '^\s*(LIVED|NOT COVERED)' "$logdir/$name.log"; then
 		start=$(date +%s)
-		scripts/mutation_rerun.py "$logdir/$name.log" "$file" --timeout "${MUT_RERUN_TIMEOUT:-600}" >"$logdir/$name.rerun" 2>&1
+		scripts/mutation_rerun.py "$logdir/$name.log" "$file" --source "$logdir/$name.src" --timeout "${MUT_RERUN_TIMEOUT:-600}" >"$logdir/$name.rerun" 2>&1
 		echo "  rerun against the whole suite ($(($(date +%s) - start))s): $(tail -1 "$logdir/$name.rerun")"
 	fi
 done

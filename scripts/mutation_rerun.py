@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--run", default="")
     ap.add_argument("--skip", default="")
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--source", help="the file as gremlins mutated it (its line:column refer to this copy)")
     a = ap.parse_args()
     root = subprocess.check_output(["git", "rev-parse", "--show-toplevel"], text=True).strip()
     os.chdir(root)
@@ -76,6 +77,11 @@ def main():
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             shutil.copy2(f, dst)
         target = os.path.join(scratch, a.file)
+        if a.source:  # the tree may have moved on since gremlins ran (a rebase): mutate its copy
+            src = open(a.source, "rb").read()
+            if src != open(target, "rb").read():
+                print(f"{a.file} changed since gremlins ran: mutating the copy it ran on, {a.source}")
+                open(target, "wb").write(src)
         orig = open(target, "rb").read()
         cmd = ["nice", "-n", "19", "timeout", str(a.timeout), "go", "test", "-count=1", "-p", "1", "-failfast"]
         if a.run:
