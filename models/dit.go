@@ -23,9 +23,30 @@ type DiT struct {
 	W     *kernels.Tensor // [P] every parameter in one buffer (fp32 master on the CPU)
 	G     *kernels.Tensor // [P] gradients, same layout; nil for a frozen network
 
-	index map[string]int
-	w, g  weights // views of W and G by layer (g's views are nil when G is nil)
-	fs    *fsdp   // blocks sharded over ranks (fsdp.go); nil: W holds every parameter
+	// GradDone, when set on a DiT with gradients that is not sharded, serves the next Backward:
+	// it is called with each range [lo, hi) of G (table offsets) as soon as that backward has
+	// finished writing it (block l's parameters after block l's backward, top block first, then
+	// the blocks above a BackwardHidden's layer, the embeddings and the head, so that every range
+	// is called once), and Backward clears it at its end. The trainer launches the gradient
+	// all-reduce of the last backward of a step bucket by bucket this way (trainer/dist.go).
+	GradDone func(lo, hi int)
+
+	index     map[string]int
+	w, g      weights // views of W and G by layer (g's views are nil when G is nil)
+	fs        *fsdp   // blocks sharded over ranks (fsdp.go); nil: W holds every parameter
+	backwards int     // Backward calls so far (Backwards)
+}
+
+// Backwards is the number of Backward (and BackwardHidden) calls on m so far.
+func (m *DiT) Backwards() int { return m.backwards }
+
+// blockRange is block l's range of the table [lo, hi): the blocks are laid out one after another
+// with the same stride.
+func (m *DiT) blockRange(l int) (lo, hi int) {
+	b0 := m.Table[m.index["blocks.0.self_attn.q.weight"]].Offset
+	head := m.Table[m.index["head.head.weight"]].Offset
+	S := (head - b0) / m.Cfg.Layers
+	return b0 + l*S, b0 + (l+1)*S
 }
 
 // linear is the weight [out, in] and bias [out] of one Linear layer.

@@ -154,6 +154,12 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 	if p.inference {
 		panic("models: Backward on a pass made by NewInferencePass (use NewPass)")
 	}
+	m.backwards++
+	done := m.GradDone // reports each range of G when final (dit.go); not for a sharded DiT
+	if m.G == nil || m.fs != nil {
+		done = nil
+	}
+	m.GradDone = nil
 	d, w, s, g := m.Dev, &m.w, p.S, &p.g
 	B, F, H, W, hw := s.B, s.F, s.H, s.W, p.hw
 	train := m.G != nil
@@ -249,6 +255,9 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 			d.AddBroadcastBack(gb.Modulation, g.dE0, g.dModF) // [6·D], [B·F, 6, D]
 		}
 		m.endBlockGrad(l) // sharded: the block's gradient reduce-scattered, in flight while the blocks below compute
+		if done != nil {
+			done(m.blockRange(l))
+		}
 	}
 
 	if train {
@@ -268,5 +277,14 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 	// patch embedding
 	d.LinearBack(g.dXpF, gw.Patch.W, gw.Patch.B, g.dXF, p.xpF, w.Patch.W) // [B·N, 4C]
 	d.PatchifyBack(g.dx, g.dXp, B, p.C, F, H, W)                          // [B, C, F, H, W]
+	if done != nil {
+		for l := top + 1; l < len(p.blocks); l++ { // no gradient from this backward
+			done(m.blockRange(l))
+		}
+		b0, _ := m.blockRange(0)
+		_, head := m.blockRange(m.Cfg.Layers - 1)
+		done(0, b0)             // the embeddings
+		done(head, m.G.Numel()) // the head
+	}
 	return g.dx
 }

@@ -189,3 +189,62 @@ func TestShardedDiTMatchesWhole(t *testing.T) {
 		}
 	}
 }
+
+// TestGradDone: the hook of a backward reports every range of G once, [0, P) in all, each when the
+// backward has finished writing it (its values then are its values at the end), for Backward and
+// for a BackwardHidden that stops below the top block; it serves one backward only.
+func TestGradDone(t *testing.T) {
+	cfg, _ := Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, 4
+	B, F, H, W, L := 1, 2, 4, 2, 3
+	C := cfg.InDim
+	dev := kernels.CPU()
+	m := New(dev, cfg, true)
+	randomize(m, 21)
+	rng := rand.New(rand.NewSource(22))
+	x := devT(dev, randn(rng, B*C*F*H*W, 1), B, C, F, H, W)
+	tt := devT(dev, randTimesteps(rng, B*F), B, F)
+	ctx := devT(dev, randn(rng, B*L*cfg.TextDim, 1), B, L, cfg.TextDim)
+	cot := devT(dev, randn(rng, B*C*F*H*W, 1), B, C, F, H, W)
+	p := m.NewPass(Shape{B: B, F: F, H: H, W: W, L: L})
+	defer p.Free()
+	P := m.G.Numel()
+	for _, hidden := range []bool{false, true} {
+		m.ZeroGrad()
+		m.Forward(p, x, tt, ctx)
+		seen := make([]int, P)
+		snap := map[[2]int][]float32{}
+		m.GradDone = func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				seen[i]++
+			}
+			snap[[2]int{lo, hi}] = host(dev, m.G)[lo:hi]
+		}
+		if hidden {
+			feat := devT(dev, randn(rng, B*F*(H/2)*(W/2)*cfg.Dim, 0.1), B, F*(H/2)*(W/2), cfg.Dim)
+			m.BackwardHidden(p, nil, 1, feat)
+		} else {
+			m.Backward(p, cot)
+		}
+		if m.GradDone != nil {
+			t.Fatal("GradDone still set after the backward")
+		}
+		for i, n := range seen {
+			if n != 1 {
+				t.Fatalf("hidden %v: G[%d] reported %d times, want once", hidden, i, n)
+			}
+		}
+		end := host(dev, m.G)
+		for r, v := range snap {
+			sameBits(t, fmt.Sprintf("hidden %v: G[%d:%d] when reported vs at the end", hidden, r[0], r[1]), end[r[0]:r[1]], v)
+		}
+		if len(snap) != cfg.Layers+2 {
+			t.Fatalf("hidden %v: %d ranges, want the %d blocks, the embeddings and the head", hidden, len(snap), cfg.Layers)
+		}
+	}
+	n := m.Backwards()
+	m.Backward(p, cot)
+	if m.Backwards() != n+1 {
+		t.Fatalf("Backwards() %d after one more backward, want %d", m.Backwards(), n+1)
+	}
+}

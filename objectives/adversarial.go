@@ -298,6 +298,7 @@ func (o *Adversarial) Step(st *Step, b *Batch) (Update, error) {
 			a[i] = 1 - s // x_σ = (1−σ)·x + σ·ε
 		}
 		dev.Combine(o.dx, o.dx, dxs, ones(B), a) // dL/dx += (1−σ)·dL/dx_σ
+		st.Last(o.student.Net)                   // the student's only backward
 		o.student.Backward(o.dx)
 		m["gen_gan"] = gan
 		m["loss"] = m["gen_loss"] + gan

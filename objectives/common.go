@@ -191,8 +191,12 @@ func CFGForward(dev kernels.Device, net *models.DiT, p *models.Pass, out, vu, x,
 // whole loss, and the critic step of dmd/selfforcing): ε ~ N(0,1), x_σ, v = net(x_σ, 1000σ, ctx),
 // loss = mean((v − (ε − x0))²), backward into net.G.
 type FlowMatch struct {
-	Net                       *models.DiT
-	Pass                      *models.Pass
+	Net  *models.DiT
+	Pass *models.Pass
+	// Last: Step's backward is the micro-batch's last into Net (Step.Last); set by an objective
+	// whose Net gets no other backward after it (flowmatch's student, dmd's and selfforcing's
+	// critic; not adversarial's critic, which its discriminator's backward may follow).
+	Last                      bool
 	sc                        scratch
 	eps, xs, target, diff, dv *kernels.Tensor
 }
@@ -216,7 +220,10 @@ func (f *FlowMatch) Step(s *Step, x0, ctx *kernels.Tensor, sigma []float32) floa
 	SetTimesteps(dev, f.sc.t, f.sc.th, sigma)                     // t     [B,F]
 	v := f.Net.Forward(f.Pass, f.xs, f.sc.t, ctx)                 // v     [B,C,F,H,W]
 	loss := MSE(dev, f.dv, f.diff, v, f.target)                   // dL/dv [B,C,F,H,W]
-	f.Net.Backward(f.Pass, f.dv)                                  // += net.G
+	if f.Last {
+		s.Last(f.Net)
+	}
+	f.Net.Backward(f.Pass, f.dv) // += net.G
 	return loss
 }
 

@@ -199,6 +199,7 @@ func (o *Consistency) Step(st *Step, b *Batch) (Update, error) {
 		dev.FromHost(o.dF, o.gradH)
 	}
 	dev.Combine(o.dv, o.dF, o.dF, fsB, zero) // dL/dv = −c_out·σ_n·dL/df
+	st.Last(o.student)                       // the student's only backward
 	o.student.Backward(o.ps, o.dv)
 
 	var sMean float64

@@ -117,6 +117,7 @@ func (o *dmd) Setup(env *Env) error {
 	o.teacher, o.critic = te.Net, cr.Net
 	o.tPass, o.cPass = te.Net.NewPass(s), cr.Net.NewPass(s)
 	o.criticStep = NewFlowMatch(env, cr.Net, s)
+	o.criticStep.Last = true // the critic's only backward
 	o.sc = newScratch(dev, s, C)
 	for _, t := range []**kernels.Tensor{&o.eps, &o.xs, &o.vReal, &o.vu, &o.x0Real, &o.x0Fake, &o.grad, &o.diff} {
 		*t = video(dev, s, C)
@@ -229,6 +230,9 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 		}
 		m["dmd_grad_abs"] = g / n
 		dev.Scale(o.grad, float32(1/n)) // dL/dx = grad/numel
+		if o.p.RegWeight <= 0 {
+			s.Last(o.student.Net)
+		}
 		o.student.Backward(o.grad)
 		if o.p.RegWeight > 0 {
 			x0, err := o.regress(s, b) // G(x_l, σ_l) [B,C,F,H,W]; target b.X0
@@ -238,7 +242,8 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 			dev.Combine(o.diff, x0, b.X0, []float32{1}, []float32{-1}) // G − y    [B,C,F,H,W]
 			m["reg_loss"] = dev.Dot(o.diff, o.diff) / n                // mean((G − y)²)
 			dev.Scale(o.diff, float32(2*o.p.RegWeight/n))              // dL_reg/dG
-			o.student.Backward(o.diff)                                 // accumulates onto the DMD gradient
+			s.Last(o.student.Net)
+			o.student.Backward(o.diff) // accumulates onto the DMD gradient
 		}
 		up.Roles = append(up.Roles, Student)
 	}

@@ -53,6 +53,7 @@ func (o *flowmatch) Setup(env *Env) error {
 	}
 	o.env = env
 	o.fm = NewFlowMatch(env, st.Net, env.Shape)
+	o.fm.Last = true // the student's only backward
 	o.ctx = env.Dev.Alloc(kernels.F32, env.Shape.B, env.Shape.L, env.Cfg.TextDim)
 	o.sigma = make([]float32, env.Shape.B)
 	return nil

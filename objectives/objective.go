@@ -172,6 +172,20 @@ type Step struct {
 	// guidance weight) comes from its stream, so N ranks with batch B/N draw what one rank with batch
 	// B draws. nil (objective tests): every draw comes from RNG.
 	Samples []*rand.Rand
+	// LastBackward, when set (the trainer, on a data-parallel step's last micro-batch), is called
+	// through Last by the objective just before the last backward of the micro-batch into a
+	// network with gradients: the trainer then averages that network's gradient over the ranks
+	// during this backward, block by block as each is final, instead of after the step (see
+	// docs/multi-gpu.md). An objective that does not call it is still right, only not overlapped;
+	// one that calls it and then runs another backward into the network gets an error.
+	LastBackward func(net *models.DiT)
+}
+
+// Last tells the trainer that the next backward into net is the micro-batch's last (LastBackward).
+func (s *Step) Last(net *models.DiT) {
+	if s != nil && s.LastBackward != nil && net != nil {
+		s.LastBackward(net)
+	}
 }
 
 // Sample is the stream of local sample b (see Samples).

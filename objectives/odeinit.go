@@ -155,6 +155,7 @@ func (o *ODEInit) Step(st *Step, b *Batch) (Update, error) {
 		o.negSigF[i] *= scale
 	}
 	dev.CombineFrames(o.dv, o.dx0, o.dx0, o.negSigF, o.zerosF, B, C, F, HW) // dL/dv = −σ_f·dL/dx0 (scaled)
+	st.Last(o.net)                                                          // the student's only backward
 	o.net.Backward(o.pass, o.dv)
 
 	return Update{Roles: []string{Student}, Metrics: map[string]float64{

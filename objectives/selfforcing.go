@@ -118,6 +118,7 @@ func (o *SelfForcing) Setup(env *Env) error {
 	// One pass on the whole video serves the teacher's and critic's forwards of the DMD gradient
 	// (nothing of them is kept past Compute) and the critic's training step after it.
 	o.critic = NewFlowMatch(env, nets[2], full)
+	o.critic.Last = true // the critic's only backward
 	o.dmd = NewDMDGradOn(env, nets[1], nets[2], o.critic.Pass, law, o.P.CFG)
 	o.csigma = make([]float32, full.B)
 	o.exits = make([]int, full.F/k)
@@ -146,7 +147,7 @@ func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
 		exits := o.drawExits(s.RNG)
 		x := o.roll.Run(s, b.Ctx, exits, true) // [B,C,F,H,W]
 		loss, gabs := o.dmd.Compute(s, x, b.Ctx, b.Null)
-		o.roll.Backward(o.dmd.Grad) // into the student's G, chunk by chunk
+		o.roll.BackwardLast(s, o.dmd.Grad) // into the student's G, chunk by chunk
 		m["gen_loss"], m["loss"], m["dmd_grad_abs"], m["exit"] = loss, loss, gabs, float64(exits[0])
 		up.Roles = append(up.Roles, Student)
 	}
@@ -293,7 +294,11 @@ func (r *CausalRollout) Run(st *Step, ctx *kernels.Tensor, exits []int, grad boo
 // (dv = −σ_s·dx0), replayed on the training pass against the cache's first j·k frames (the cache
 // still holds the graded Run's frames); nothing crosses chunks. Run must have been called with
 // grad, and no other Run since; the replays read Run's ctx again, so it must be unchanged.
-func (r *CausalRollout) Backward(dVideo *kernels.Tensor) {
+func (r *CausalRollout) Backward(dVideo *kernels.Tensor) { r.BackwardLast(nil, dVideo) }
+
+// BackwardLast is Backward whose last chunk's backward is the micro-batch's last into the student
+// (Step.Last; s may be nil).
+func (r *CausalRollout) BackwardLast(s *Step, dVideo *kernels.Tensor) {
 	zero := make([]float32, len(r.sig))
 	for j := 0; j < r.Chunks; j++ {
 		if !r.used[j] {
@@ -307,6 +312,9 @@ func (r *CausalRollout) Backward(dVideo *kernels.Tensor) {
 		r.dev.Combine(r.dv, r.x0, r.x0, r.sig, zero)                          // dv = −σ_s·dx0
 		r.setSigma(r.exitSig[j])                                              // t of the graded step
 		r.Net.ForwardChunkAt(r.pGrad, r.cache, j*r.K, r.xGrad[j], r.t, r.ctx) // the graded forward again
+		if j == r.Chunks-1 {
+			s.Last(r.Net)
+		}
 		r.Net.Backward(r.pGrad, r.dv)
 		r.used[j] = false
 	}

@@ -16,9 +16,13 @@ package trainer
 //	                       AdamW runs on the rank's slice with moments m, v held only for it; the
 //	                       slices of W are all-gathered. Moments: 8 bytes a parameter / N.
 //
-// The all-reduces start after the objective's backward, not during it: an objective may run several
-// backwards into one role per micro-batch (dmd's regression, adversarial's two sides and R1) and
-// only the trainer knows when a role's gradients are final (after the last micro-batch).
+// The reduction runs during the backward whose gradients are final: on the last micro-batch an
+// objective declares a network's last backward (objectives.Step.Last, before it starts it), and
+// the trainer launches the all-reduce of each block's range of G as soon as that backward has
+// written it (models.DiT.GradDone), so the transfers run beside the blocks below and whatever the
+// step does next; it waits once, before the norm. A role whose last backward is not declared
+// (adversarial's discriminator and critic: several backwards per micro-batch) is reduced after the
+// step as before.
 //
 // Metrics are averaged over ranks; metrics.jsonl, checkpoints and validation are written by rank 0
 // only; checkpoints hold whole buffers (the moments gathered from the slices), so a run resumes from
@@ -30,6 +34,7 @@ import (
 
 	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
 )
 
 // bucketElems is the size of one gradient all-reduce (64 MiB of fp32).
@@ -117,6 +122,69 @@ func (t *Trainer) fullHost(r *role, buf *kernels.Tensor) ([]float32, error) {
 
 func (t *Trainer) commErr(what string, err error) error {
 	return fmt.Errorf("step %d: %s: %w", t.Step+1, what, err)
+}
+
+// overlap is a role's reduction launched during its last backward (lastBackward).
+type overlap struct {
+	armed    bool  // the objective declared the next backward the last
+	at       int   // the network's Backwards() when armed
+	launched bool  // the backward ran and issued the collectives
+	err      error // the first collective error of the launch
+}
+
+// overlaps: the gradients of a declared last backward are reduced during it (train.shard none).
+func (t *Trainer) overlaps() bool {
+	return t.comm != nil && !t.sharded() && !t.fullShard()
+}
+
+// lastBackward is Step.LastBackward: the next backward into net is the last of the step, so its
+// gradient ranges are all-reduced as the backward finishes them.
+func (t *Trainer) lastBackward(net *models.DiT) {
+	var r *role
+	for _, q := range t.roles {
+		if q.Net == net {
+			r = q
+		}
+	}
+	if r == nil || r.G == nil || net.Sharded() {
+		return
+	}
+	if r.ov.armed { // declared twice: settleOverlap reports the extra backward
+		return
+	}
+	r.ov = overlap{armed: true, at: net.Backwards()}
+	net.GradDone = func(lo, hi int) {
+		r.ov.launched = true
+		for off := lo; off < hi && r.ov.err == nil; off += bucketElems {
+			if err := t.comm.AllReduce(r.G.View(off, min(bucketElems, hi-off)), dist.Mean); err != nil {
+				r.ov.err = t.commErr("all-reduce of "+r.Spec.Name+"'s gradients", err)
+			}
+		}
+	}
+}
+
+// settleOverlap makes the compute wait for a role's reduction launched during its last backward
+// (nothing if none was armed) and checks that the objective ran exactly that one backward after
+// declaring it.
+func (t *Trainer) settleOverlap(r *role) error {
+	ov := r.ov
+	if !ov.armed {
+		return nil
+	}
+	r.ov = overlap{}
+	if r.Net.GradDone != nil { // armed, but no backward followed
+		r.Net.GradDone = nil
+	}
+	if ov.err != nil {
+		return ov.err
+	}
+	if err := t.comm.Wait(); err != nil {
+		return t.commErr("all-reduce of "+r.Spec.Name+"'s gradients", err)
+	}
+	if n := r.Net.Backwards() - ov.at; n != 1 || !ov.launched {
+		return fmt.Errorf("step %d: objective %s declared a backward into %s the last of the micro-batch (objectives.Step.Last) and ran %d backwards after it, want 1", t.Step+1, t.Obj.Name(), r.Spec.Name, n)
+	}
+	return nil
 }
 
 // allReduceGrads averages a role's G over the ranks, in buckets.

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -117,6 +118,9 @@ func dpJob(obj, dir string, steps int) *config.Job {
 // dpDevice makes each rank's device in dpRun.
 var dpDevice = kernels.CPU
 
+// dpWrap, when set, wraps each rank's communicator and device in dpRun.
+var dpWrap func(rank int, c dist.Comm, d kernels.Device) (dist.Comm, kernels.Device)
+
 // dpValidate, when set, is every rank's Options.Validate in dpRun.
 var dpValidate func(rank, step int, tr *Trainer) error
 
@@ -147,7 +151,11 @@ func dpRun(t *testing.T, job *config.Job, world, globalB int, dirs []string) []*
 		if dpValidate != nil && rank == 0 { // as the CLI does: only rank 0 has a validator
 			validate = func(step int, tr *Trainer) error { return dpValidate(rank, step, tr) }
 		}
-		return New(Options{Job: &j, Dev: dpDevice(), Model: cfg, Shape: s, Null: make([]float32, dpL*cfg.TextDim),
+		dev := dpDevice()
+		if dpWrap != nil && c != nil {
+			c, dev = dpWrap(rank, c, dev)
+		}
+		return New(Options{Job: &j, Dev: dev, Model: cfg, Shape: s, Null: make([]float32, dpL*cfg.TextDim),
 			RandomInit: true, Comm: c, Validate: validate,
 			Source: &globalSource{rank: rank, world: world, B: B, cfg: cfg, drop: j.Objective == "flowmatch"}})
 	}
@@ -728,6 +736,108 @@ func TestFullShardFrozenTeacherBF16(t *testing.T) {
 			if !(rel <= dpTol) {
 				t.Errorf("dmd on a bf16 teacher, %d rank(s), shard full: role %s differs from no sharding by %.3g of its move (tolerance %g)", world, name, rel, dpTol)
 			}
+		}
+	}
+}
+
+// recorder logs a rank's all-reduces ("AR") and its backward GEMMs ("C") in order.
+type recorder struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (r *recorder) add(e string) {
+	r.mu.Lock()
+	r.log = append(r.log, e)
+	r.mu.Unlock()
+}
+
+type recComm struct {
+	dist.Comm
+	r *recorder
+}
+
+func (c recComm) AllReduce(t *kernels.Tensor, op dist.Op) error {
+	c.r.add("AR")
+	return c.Comm.AllReduce(t, op)
+}
+
+type recDev struct {
+	kernels.Device
+	r *recorder
+}
+
+func (d recDev) LinearBack(dx, dw, db, dy, x, w *kernels.Tensor) {
+	d.r.add("C")
+	d.Device.LinearBack(dx, dw, db, dy, x, w)
+}
+
+// The gradient all-reduce runs during the last backward: for every objective, on 2 ranks under
+// train.shard none, at least one all-reduce per block of a network is issued before backward
+// GEMMs that follow it in the step (the student's, or the critic's for dmd and selfforcing, are
+// declared by the objective: objectives.Step.Last). Reduced after the step, none would be.
+func TestDataParallelOverlap(t *testing.T) {
+	cfg, err := models.Preset("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, obj := range dpObjectives {
+		rec := &recorder{}
+		dpWrap = func(rank int, c dist.Comm, d kernels.Device) (dist.Comm, kernels.Device) {
+			if rank == 0 {
+				return recComm{c, rec}, recDev{d, rec}
+			}
+			return c, d
+		}
+		job := dpJob(obj, t.TempDir(), 1)
+		dpRun(t, job, 2, 6, nil)
+		dpWrap = nil
+		early := 0
+		for i, e := range rec.log {
+			if e == "AR" && slices.Contains(rec.log[i+1:], "C") {
+				early++
+			}
+		}
+		t.Logf("%s: %d of %d log entries are all-reduces followed by backward GEMMs", obj, early, len(rec.log))
+		if early < cfg.Layers {
+			t.Errorf("%s: %d all-reduces issued before later backward GEMMs, want at least one per block (%d): the gradients are not reduced during the backward", obj, early, cfg.Layers)
+		}
+	}
+}
+
+// An objective that declares a backward the last (objectives.Step.Last) must run exactly that one:
+// two, or none, are an error naming the role; one is fine and leaves G averaged.
+func TestLastBackwardMisuse(t *testing.T) {
+	cfg, err := models.Preset("tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := dpJob("flowmatch", t.TempDir(), 1)
+	s := models.Shape{B: 1, F: dpF, H: dpH, W: dpW, L: dpL}
+	tr, err := New(Options{Job: job, Dev: kernels.CPU(), Model: cfg, Shape: s, Null: make([]float32, dpL*cfg.TextDim),
+		RandomInit: true, Comm: dist.Local(1)[0], Source: &globalSource{world: 1, B: 1, cfg: cfg}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := tr.byName["student"]
+	dev := tr.opt.Dev
+	p := r.Net.NewPass(s)
+	x := dev.Alloc(kernels.F32, 1, cfg.InDim, dpF, dpH, dpW)
+	tt := dev.Alloc(kernels.F32, 1, dpF)
+	ctx := dev.Alloc(kernels.F32, 1, dpL, cfg.TextDim)
+	dev.Fill(x, 0.5)
+	for _, c := range []struct {
+		backwards int
+		want      string
+	}{{1, ""}, {2, "ran 2 backwards after it, want 1"}, {0, "ran 0 backwards after it, want 1"}} {
+		tr.lastBackward(r.Net)
+		for i := 0; i < c.backwards; i++ {
+			out := r.Net.Forward(p, x, tt, ctx)
+			r.Net.Backward(p, out)
+		}
+		err := tr.settleOverlap(r)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "student")) {
+			t.Errorf("%d backwards after Last: %v, want %q", c.backwards, err, c.want)
 		}
 	}
 }

@@ -62,7 +62,11 @@ func (t *Trainer) gradNorm(r *role, accum int) error {
 	}
 	dev := t.opt.Dev
 	if t.comm != nil {
-		if err := t.allReduceGrads(r); err != nil {
+		if r.ov.armed { // launched during the last backward
+			if err := t.settleOverlap(r); err != nil {
+				return err
+			}
+		} else if err := t.allReduceGrads(r); err != nil {
 			return err
 		}
 	}

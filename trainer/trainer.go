@@ -145,6 +145,7 @@ type role struct {
 	lr      float64         // the lr of the last update
 	gnorm   float64         // the gradient norm before clipping of the last update
 	sh      *shard          // train.shard: optimizer: m, v hold this rank's slice (dist.go)
+	ov      overlap         // the gradient reduction launched during the last backward (dist.go)
 }
 
 // New builds the objective, its roles and their optimizers, and restores job.train.resume if set.
@@ -498,6 +499,9 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 	accum := max(job.Train.GradAccum, 1)
 	for _, r := range t.roles {
 		if r.G != nil {
+			if err := t.settleOverlap(r); err != nil { // a role armed but not reported updated
+				return nil, err
+			}
 			if r.Net != nil {
 				if err := r.Net.SettleGrads(); err != nil { // a sharded DiT's scatters still in flight
 					return nil, fmt.Errorf("step %d: role %s: %w", n, r.Spec.Name, err)
@@ -515,6 +519,9 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 		}
 		s := &objectives.Step{Step: n, Micro: micro, Accum: accum, RNG: objectives.StepRNG(job.Seed, n, micro),
 			Samples: objectives.StepSamples(job.Seed, n, micro, t.opt.Shape.B, t.rank(), t.world())}
+		if micro == accum-1 && t.overlaps() {
+			s.LastBackward = t.lastBackward
+		}
 		up, err := t.Obj.Step(s, &t.batch)
 		if err == nil {
 			err = t.shardErr()
