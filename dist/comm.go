@@ -43,6 +43,9 @@ type Comm interface {
 	ReduceScatter(out, in *kernels.Tensor, op Op) error
 	// AllGather concatenates every rank's in ([k]) into out ([Size()·k]), rank order.
 	AllGather(out, in *kernels.Tensor) error
+	// Reduce replaces root's t by the reduction of all ranks' t, in place; the other ranks' t are
+	// only read (left as they were).
+	Reduce(t *kernels.Tensor, op Op, root int) error
 	// Broadcast copies root's t into every rank's t, in place.
 	Broadcast(t *kernels.Tensor, root int) error
 	// Wait makes the rank's device wait (device-side, not the host) for every collective called so

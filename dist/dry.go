@@ -39,7 +39,13 @@ func (c dryComm) AllGather(out, in *kernels.Tensor) error {
 }
 
 func (c dryComm) Broadcast(t *kernels.Tensor, root int) error { return nil }
-func (c dryComm) Wait() error                                 { return nil }
-func (c dryComm) Mark() Ticket                                { return 0 }
-func (c dryComm) WaitFor(Ticket) error                        { return nil }
-func (c dryComm) Close() error                                { return nil }
+func (c dryComm) Reduce(t *kernels.Tensor, op Op, root int) error {
+	if root < 0 || root >= c.size {
+		return fmt.Errorf("dist: Reduce on rank %d: root %d outside [0, %d)", c.rank, root, c.size)
+	}
+	return nil
+}
+func (c dryComm) Wait() error          { return nil }
+func (c dryComm) Mark() Ticket         { return 0 }
+func (c dryComm) WaitFor(Ticket) error { return nil }
+func (c dryComm) Close() error         { return nil }

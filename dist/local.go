@@ -133,6 +133,17 @@ func (c *localComm) Broadcast(t *kernels.Tensor, root int) error {
 	return c.g.call(c.rank, "Broadcast", Sum, root, b, b)
 }
 
+func (c *localComm) Reduce(t *kernels.Tensor, op Op, root int) error {
+	b, err := host(t, "Reduce")
+	if err != nil {
+		return err
+	}
+	if root < 0 || root >= c.g.n {
+		return fmt.Errorf("dist: Reduce on rank %d: root %d outside [0, %d)", c.rank, root, c.g.n)
+	}
+	return c.g.call(c.rank, "Reduce", op, root, b, b)
+}
+
 // Wait: collectives are done when they return on the CPU; it reports a failure already known.
 func (c *localComm) Wait() error {
 	c.g.mu.Lock()
@@ -266,7 +277,7 @@ func (g *localGroup) call(rank int, kind string, op Op, root int, in, out []floa
 func (r *round) compute() {
 	N := len(r.ins)
 	switch r.kind {
-	case "AllReduce", "ReduceScatter":
+	case "AllReduce", "ReduceScatter", "Reduce":
 		acc := append([]float32(nil), r.ins[0]...)
 		for q := 1; q < N; q++ {
 			for i, v := range r.ins[q] {
@@ -279,10 +290,14 @@ func (r *round) compute() {
 				acc[i] /= inv
 			}
 		}
-		if r.kind == "AllReduce" {
+		switch r.kind {
+		case "AllReduce":
 			for q := 0; q < N; q++ {
 				copy(r.outs[q], acc)
 			}
+			return
+		case "Reduce":
+			copy(r.outs[r.root], acc)
 			return
 		}
 		k := len(acc) / N

@@ -95,6 +95,11 @@ func TestLocalCollectives(t *testing.T) {
 				return err
 			}
 			m["bc"] = b.F32
+			rd := tensorOf(append([]float32(nil), ins[rank]...))
+			if err := c.Reduce(rd, Mean, root); err != nil {
+				return err
+			}
+			m["reduce"] = rd.F32
 			return c.Wait()
 		})
 		if err != nil {
@@ -102,11 +107,15 @@ func TestLocalCollectives(t *testing.T) {
 		}
 		for q := 0; q < N; q++ {
 			m := got[q]
+			reduced := ins[q] // Reduce: the root gets the mean, the others keep their input
+			if q == root {
+				reduced = mean
+			}
 			for _, c := range []struct {
 				name string
 				want []float32
 			}{{"sum", sum}, {"mean", mean}, {"rs", sum[q*k : (q+1)*k]}, {"rs_inplace", mean[q*k : (q+1)*k]},
-				{"ag", gathered}, {"ag_inplace", gathered}, {"bc", ins[root]}} {
+				{"ag", gathered}, {"ag_inplace", gathered}, {"bc", ins[root]}, {"reduce", reduced}} {
 				if len(m[c.name]) != len(c.want) {
 					t.Fatalf("N=%d rank %d %s: %d values, want %d", N, q, c.name, len(m[c.name]), len(c.want))
 				}

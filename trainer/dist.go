@@ -18,9 +18,10 @@ package trainer
 //
 // The reduction runs during the backward whose gradients are final: on the last micro-batch an
 // objective declares a network's last backward (objectives.Step.Last, before it starts it), and
-// the trainer launches the all-reduce of each block's range of G as soon as that backward has
-// written it (models.DiT.GradDone), so the transfers run beside the blocks below and whatever the
-// step does next; it waits once, before the norm. A role whose last backward is not declared
+// the trainer launches the reduction of each block's range of G as soon as that backward has
+// written it (models.DiT.GradDone: an all-reduce; under optimizer a reduce onto each slice's
+// owner, launchGrads), so the transfers run beside the blocks below and whatever the step does
+// next; it waits once, before the norm. A role whose last backward is not declared
 // (adversarial's discriminator and critic: several backwards per micro-batch) is reduced after the
 // step as before.
 //
@@ -132,9 +133,10 @@ type overlap struct {
 	err      error // the first collective error of the launch
 }
 
-// overlaps: the gradients of a declared last backward are reduced during it (train.shard none).
+// overlaps: the gradients of a declared last backward are reduced during it (train.shard none and
+// optimizer; under full the blocks' scatters overlap in models/fsdp.go).
 func (t *Trainer) overlaps() bool {
-	return t.comm != nil && !t.sharded() && !t.fullShard()
+	return t.comm != nil && !t.fullShard()
 }
 
 // lastBackward is Step.LastBackward: the next backward into net is the last of the step, so its
@@ -155,12 +157,46 @@ func (t *Trainer) lastBackward(net *models.DiT) {
 	r.ov = overlap{armed: true, at: net.Backwards()}
 	net.GradDone = func(lo, hi int) {
 		r.ov.launched = true
-		for off := lo; off < hi && r.ov.err == nil; off += bucketElems {
-			if err := t.comm.AllReduce(r.G.View(off, min(bucketElems, hi-off)), dist.Mean); err != nil {
-				r.ov.err = t.commErr("all-reduce of "+r.Spec.Name+"'s gradients", err)
-			}
+		if r.ov.err == nil {
+			r.ov.err = t.launchGrads(r, lo, hi)
 		}
 	}
+}
+
+// launchGrads issues the reduction (mean over ranks) of G's range [lo, hi), in pieces of at most
+// bucketElems: an all-reduce (train.shard none), or under train.shard optimizer a reduce onto the
+// owner of each slice it crosses (the shared tail all-reduced), which leaves on every rank what
+// the reduce-scatter after the backward left (the same sums in the same order on dist.Local).
+func (t *Trainer) launchGrads(r *role, lo, hi int) error {
+	pieces := func(a, b int, f func(off, n int) error) error {
+		for off := a; off < b; off += bucketElems {
+			if err := f(off, min(bucketElems, b-off)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	allReduce := func(off, n int) error { return t.comm.AllReduce(r.G.View(off, n), dist.Mean) }
+	s := r.sh
+	var err error
+	if s == nil {
+		err = pieces(lo, hi, allReduce)
+	} else {
+		for a := lo; a < hi && err == nil; {
+			if a >= s.even { // the tail, owned by every rank
+				err = pieces(a, hi, allReduce)
+				break
+			}
+			q := a / s.k // the owner of [q·k, (q+1)·k)
+			b := min(hi, (q+1)*s.k)
+			err = pieces(a, b, func(off, n int) error { return t.comm.Reduce(r.G.View(off, n), dist.Mean, q) })
+			a = b
+		}
+	}
+	if err != nil {
+		return t.commErr("reduction of "+r.Spec.Name+"'s gradients", err)
+	}
+	return nil
 }
 
 // settleOverlap makes the compute wait for a role's reduction launched during its last backward

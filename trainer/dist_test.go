@@ -762,6 +762,11 @@ func (c recComm) AllReduce(t *kernels.Tensor, op dist.Op) error {
 	return c.Comm.AllReduce(t, op)
 }
 
+func (c recComm) Reduce(t *kernels.Tensor, op dist.Op, root int) error {
+	c.r.add("AR")
+	return c.Comm.Reduce(t, op, root)
+}
+
 type recDev struct {
 	kernels.Device
 	r *recorder
@@ -772,16 +777,21 @@ func (d recDev) LinearBack(dx, dw, db, dy, x, w *kernels.Tensor) {
 	d.Device.LinearBack(dx, dw, db, dy, x, w)
 }
 
-// The gradient all-reduce runs during the last backward: for every objective, on 2 ranks under
-// train.shard none, at least one all-reduce per block of a network is issued before backward
-// GEMMs that follow it in the step (the student's, or the critic's for dmd and selfforcing, are
-// declared by the objective: objectives.Step.Last). Reduced after the step, none would be.
+// The gradient reduction runs during the last backward: for every objective, on 2 ranks under
+// train.shard none (all-reduces) and optimizer (reduces onto the slices' owners), at least one
+// reduction per block of a network is issued before backward GEMMs that follow it in the step
+// (the student's, or the critic's for dmd and selfforcing, are declared by the objective:
+// objectives.Step.Last). Reduced after the step, none would be.
 func TestDataParallelOverlap(t *testing.T) {
 	cfg, err := models.Preset("tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, obj := range dpObjectives {
+	for _, c := range []struct{ obj, shard string }{
+		{"flowmatch", "none"}, {"consistency", "none"}, {"dmd", "none"}, {"adversarial", "none"},
+		{"selfforcing", "none"}, {"odeinit", "none"}, {"dmd", "optimizer"}, {"selfforcing", "optimizer"},
+	} {
+		obj := c.obj + " " + c.shard
 		rec := &recorder{}
 		dpWrap = func(rank int, c dist.Comm, d kernels.Device) (dist.Comm, kernels.Device) {
 			if rank == 0 {
@@ -789,7 +799,8 @@ func TestDataParallelOverlap(t *testing.T) {
 			}
 			return c, d
 		}
-		job := dpJob(obj, t.TempDir(), 1)
+		job := dpJob(c.obj, t.TempDir(), 1)
+		job.Train.Shard = c.shard
 		dpRun(t, job, 2, 6, nil)
 		dpWrap = nil
 		early := 0

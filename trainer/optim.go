@@ -125,7 +125,11 @@ func (t *Trainer) adamW(r *role, lo, hi int, local func(int) int) {
 // slice (and the shared tail), the norm from the all-reduced sum of squares.
 func (t *Trainer) gradNormSharded(r *role, accum int) error {
 	dev, s := t.opt.Dev, r.sh
-	if err := t.reduceScatterGrads(r); err != nil {
+	if r.ov.armed { // reduced onto the slices during the last backward
+		if err := t.settleOverlap(r); err != nil {
+			return err
+		}
+	} else if err := t.reduceScatterGrads(r); err != nil {
 		return err
 	}
 	if accum > 1 {

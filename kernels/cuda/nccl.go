@@ -53,6 +53,7 @@ type ncclLib struct {
 
 	// per-rank communicators (nccl_rank.go)
 	getUniqueId, commInitRank, reduceScatter, allGather, commAbort, commGetAsyncError uintptr
+	reduce                                                                            uintptr
 }
 
 var (
@@ -168,6 +169,7 @@ func ncclSymbols(h uintptr, path string) (*ncclLib, error) {
 		{&n.getUniqueId, "ncclGetUniqueId"}, {&n.commInitRank, "ncclCommInitRank"},
 		{&n.reduceScatter, "ncclReduceScatter"}, {&n.allGather, "ncclAllGather"},
 		{&n.commAbort, "ncclCommAbort"}, {&n.commGetAsyncError, "ncclCommGetAsyncError"},
+		{&n.reduce, "ncclReduce"},
 	}); miss != "" {
 		return nil, fmt.Errorf("%s lacks %s (NCCL older than 2.13?)", path, miss)
 	}

@@ -276,6 +276,14 @@ func (c *RankComm) AllGather(out, in *kernels.Tensor) error {
 	return c.collective("AllGather", out, in, 0, -1)
 }
 
+// Reduce replaces root's t by the reduction over every rank, in place; the other ranks' t are read.
+func (c *RankComm) Reduce(t *kernels.Tensor, op dist.Op, root int) error {
+	if root < 0 || root >= c.size {
+		return fmt.Errorf("nccl: Reduce(rank %d of %d): root %d: want a rank in [0, %d)", c.rank, c.size, root, c.size)
+	}
+	return c.collective("Reduce", t, t, op, root)
+}
+
 // Broadcast copies root's t into every rank's t.
 func (c *RankComm) Broadcast(t *kernels.Tensor, root int) error {
 	if root < 0 || root >= c.size {
@@ -395,6 +403,8 @@ func (c *RankComm) collective(name string, out, in *kernels.Tensor, op dist.Op, 
 		err = nc.call("ncclReduceScatter", nc.reduceScatter, in.Ptr, out.Ptr, uintptr(count), dtype, redOp, cm, c.stream)
 	case "AllGather": // ncclAllGather(send, recv, sendcount, datatype, comm, stream)
 		err = nc.call("ncclAllGather", nc.allGather, in.Ptr, out.Ptr, uintptr(count), dtype, cm, c.stream)
+	case "Reduce": // ncclReduce(send, recv, count, datatype, op, root, comm, stream)
+		err = nc.call("ncclReduce", nc.reduce, in.Ptr, out.Ptr, uintptr(count), dtype, redOp, uintptr(root), cm, c.stream)
 	case "Broadcast": // ncclBroadcast(send, recv, count, datatype, root, comm, stream)
 		err = nc.call("ncclBroadcast", nc.broadcast, in.Ptr, out.Ptr, uintptr(count), dtype, uintptr(root), cm, c.stream)
 	}

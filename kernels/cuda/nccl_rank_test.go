@@ -138,6 +138,8 @@ func TestNCCLRankFakePlumbing(t *testing.T) {
 			[8]uint64{4, 0xE000, 0xD000, 5, 9, 0xffffffffffffffff, 0x2002, cs}},
 		{"Broadcast fp16 from 3", func() error { return r.Broadcast(ten(kernels.F16, 1, 0xF000), 3) },
 			[8]uint64{2, 0xF000, 0xF000, 1, 6, 3, 0x2002, cs}},
+		{"Reduce mean fp32 to 1", func() error { return r.Reduce(ten(kernels.F32, 9, 0xF100), dist.Mean, 1) },
+			[8]uint64{5, 0xF100, 0xF100, 9, 7, 4*256 + 1, 0x2002, cs}},
 	} {
 		if err := tc.run(); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
@@ -164,7 +166,7 @@ func TestNCCLRankFakePlumbing(t *testing.T) {
 	if err := r.WaitFor(tickets[0]); err != nil || len(f.log()) != 0 {
 		t.Fatalf("WaitFor of an earlier ticket, covered already: %v, calls made", err)
 	}
-	if err := r.WaitFor(tickets[4] + 1); err == nil || !strings.Contains(err.Error(), "only 5 collectives were queued") {
+	if err := r.WaitFor(tickets[len(tickets)-1] + 1); err == nil || !strings.Contains(err.Error(), "only 6 collectives were queued") {
 		t.Fatalf("WaitFor of a ticket not marked yet: %v", err)
 	}
 	if err := r.Wait(); err != nil {
@@ -224,6 +226,7 @@ func TestNCCLRankFakePlumbing(t *testing.T) {
 		{"a tensor of another GPU", r.AllReduce(other, dist.Sum), "not on this rank's GPU 3"},
 		{"dtypes that differ", r.AllGather(ten(kernels.F32, 20, 0xB000), ten(kernels.BF16, 5, 0xC000)), "in is bfloat16, out is float32"},
 		{"root out of range", r.Broadcast(ten(kernels.F32, 6, 0xA000), 4), "root 4: want a rank in [0, 4)"},
+		{"Reduce's root out of range", r.Reduce(ten(kernels.F32, 6, 0xA000), dist.Sum, -1), "root -1: want a rank in [0, 4)"},
 		{"no memory", r.AllReduce(ten(kernels.F32, 6, 0), dist.Sum), "no device memory"},
 	} {
 		if tc.err == nil || !strings.Contains(tc.err.Error(), tc.want) || !strings.Contains(tc.err.Error(), "rank 2 of 4") {
@@ -385,7 +388,7 @@ func TestNCCLRanks(t *testing.T) {
 			if dt == kernels.BF16 {
 				tol = float64(R+1) / 128 // bf16 rounding of partial sums, and of the result ×2
 			}
-			type res struct{ ar, arMean, rs, ag, bc []float32 }
+			type res struct{ ar, arMean, rs, ag, bc, rd []float32 }
 			out := make([]res, R)
 			errs := make([]error, R)
 			done := make(chan int)
@@ -436,6 +439,11 @@ func TestNCCLRanks(t *testing.T) {
 						return
 					}
 					out[q].bc = get(x)
+					x = put(in[q])
+					if errs[q] = c.Reduce(x, dist.Mean, 0); errs[q] != nil {
+						return
+					}
+					out[q].rd = get(x)
 					if errs[q] == nil {
 						errs[q] = d.Sync()
 					}
@@ -479,6 +487,14 @@ func TestNCCLRanks(t *testing.T) {
 					return v, abs64(v)
 				})
 				check("Broadcast", q, out[q].bc, func(i int) (float64, float64) { v := 2 * float64(in[R-1][i]); return v, abs64(v) })
+				check("Reduce mean to 0", q, out[q].rd, func(i int) (float64, float64) {
+					if q != 0 { // read only
+						v := 2 * float64(in[q][i])
+						return v, abs64(v)
+					}
+					w, s := sum(i)
+					return w / float64(R), s / float64(R)
+				})
 			}
 			t.Logf("%s: all collectives match the host", name)
 		}

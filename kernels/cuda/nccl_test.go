@@ -487,6 +487,9 @@ int ncclReduceScatter(const void* s, void* r, size_t count, int dtype, int op, n
 int ncclAllGather(const void* s, void* r, size_t count, int dtype, ncclComm_t c, void* stream) {
 	return rec(4, s, r, count, dtype, -1, c, stream);
 }
+int ncclReduce(const void* s, void* r, size_t count, int dtype, int op, int root, ncclComm_t c, void* stream) {
+	return rec(5, s, r, count, dtype, op * 256 + root, c, stream);
+}
 /* driver stand-ins: events 0x7000+, streams 0x6000+; records (kind 10) and waits (kind 11) are
    logged with the collectives */
 int fake_cuCtxSetCurrent(uintptr_t ctx) { cur = ctx; return 0; }
