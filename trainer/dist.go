@@ -7,11 +7,13 @@ package trainer
 // so N ranks with batch B/N compute the gradients one rank with batch B would, split in N parts.
 // After the last micro-batch of a step, for every role the objective updated:
 //
-//	train.shard none       G ← mean over ranks (all-reduce, in buckets); clip on the global norm;
-//	                       AdamW on the whole buffer, identical on every rank.
+//	train.shard none       G ← mean over ranks (all-reduce, block by block during the last backward,
+//	                       or after the step in buckets); clip on the global norm; AdamW on the
+//	                       whole buffer, identical on every rank.
 //	train.shard optimizer  the buffer's first N·k elements (k = ⌊P/N⌋) are cut in N slices, rank r
 //	                       owning [r·k, (r+1)·k), and the last P − N·k (< N) elements are owned by
-//	                       all; G is reduce-scattered onto the slices (tail all-reduced); the clip
+//	                       all; G is reduced onto the slices' owners (during the last backward; or
+//	                       reduce-scattered after the step; the tail all-reduced); the clip
 //	                       norm is the square root of the all-reduced sum of the slices' squares;
 //	                       AdamW runs on the rank's slice with moments m, v held only for it; the
 //	                       slices of W are all-gathered. Moments: 8 bytes a parameter / N.
