@@ -89,7 +89,8 @@ type Train struct {
 	Resume      string  `mapstructure:"resume" yaml:"resume" json:"resume"`                // checkpoint folder
 	TensorBoard bool    `mapstructure:"tensorboard" yaml:"tensorboard" json:"tensorboard"` // also write metrics as TensorBoard events (RUN/tensorboard/)
 	// Shard is how a job on several ranks splits its state (trainer/dist.go): none (every rank
-	// holds everything), optimizer (each rank holds the AdamW moments of its 1/N of every role),
+	// holds everything), optimizer (each rank holds the AdamW moments and fp32 master weights of its
+	// 1/N of every role),
 	// full (also the blocks' weights and gradients of every DiT role, gathered per block: FSDP).
 	Shard string `mapstructure:"shard" yaml:"shard" json:"shard"`
 	// MaxBadSteps: a step whose loss or gradient norm is NaN or Inf is skipped (no update); up to

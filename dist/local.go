@@ -78,8 +78,8 @@ func host(t *kernels.Tensor, what string) ([]float32, error) {
 	if t == nil {
 		return nil, fmt.Errorf("%s: nil tensor", what)
 	}
-	if t.F32 == nil || t.DType != kernels.F32 {
-		return nil, fmt.Errorf("%s: %v: the in-process communicator needs F32 tensors with host storage (the CPU device)", what, t)
+	if t.F32 == nil { // any dtype: the CPU device holds every tensor as float32 (a bf16 one is a label)
+		return nil, fmt.Errorf("%s: %v: the in-process communicator needs tensors with host storage (the CPU device)", what, t)
 	}
 	return t.F32, nil
 }

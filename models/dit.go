@@ -89,6 +89,13 @@ func NewFrozen(dev kernels.Device, cfg Config, dt kernels.DType) *DiT {
 	return newDiT(dev, cfg, false, dt)
 }
 
+// NewWithWeights is New with the weights stored as dt: under train.shard optimizer on a GPU a
+// trainable network computes from bf16 weights while the fp32 master weights live in slices on the
+// ranks (trainer/dist.go). Every op reads a parameter in its storage dtype; G is fp32.
+func NewWithWeights(dev kernels.Device, cfg Config, grads bool, dt kernels.DType) *DiT {
+	return newDiT(dev, cfg, grads, dt)
+}
+
 func newDiT(dev kernels.Device, cfg Config, grads bool, wdt kernels.DType) *DiT {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
@@ -279,6 +286,17 @@ func (m *DiT) Save(path string, dt kernels.DType) error {
 // the error lists every missing, unexpected and mis-shaped key, and a NaN or Inf weight is an error
 // naming its key. W is left unchanged on error.
 func (m *DiT) Load(path string) error {
+	host, err := m.LoadHost(path)
+	if err != nil {
+		return err
+	}
+	m.SetFull(host)
+	return nil
+}
+
+// LoadHost reads the weights of a checkpoint (as Load) into the host in the table's layout, fp32,
+// whole (P values).
+func (m *DiT) LoadHost(path string) ([]float32, error) {
 	files, err := openCheckpoint(path)
 	defer func() {
 		for _, f := range files {
@@ -286,7 +304,7 @@ func (m *DiT) Load(path string) error {
 		}
 	}()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	type loc struct {
 		f *stFile
@@ -296,7 +314,7 @@ func (m *DiT) Load(path string) error {
 	for _, f := range files {
 		for _, e := range f.entries {
 			if prev, dup := where[e.Name]; dup {
-				return fmt.Errorf("models: load %s: key %s is in both %s and %s", path, e.Name, prev.f.path, f.path)
+				return nil, fmt.Errorf("models: load %s: key %s is in both %s and %s", path, e.Name, prev.f.path, f.path)
 			}
 			where[e.Name] = loc{f, e}
 		}
@@ -342,21 +360,20 @@ func (m *DiT) Load(path string) error {
 		if len(misshaped) > 0 {
 			msg += fmt.Sprintf("; %d mis-shaped keys: %s", len(misshaped), describeKeys(misshaped))
 		}
-		return fmt.Errorf("%s", msg)
+		return nil, fmt.Errorf("%s", msg)
 	}
 	host := make([]float32, m.fullNumel())
 	for _, p := range m.Table {
 		l := where[p.Name]
 		v := host[p.Offset : p.Offset+numel(p.Shape)]
 		if err := l.f.read(l.e, v); err != nil {
-			return err
+			return nil, err
 		}
 		if i := NonFinite(v); i >= 0 {
-			return fmt.Errorf("models: load %s: key %s holds %g at flat index %d: the weights are not finite (a diverged run?)", l.f.path, p.Name, v[i], i)
+			return nil, fmt.Errorf("models: load %s: key %s holds %g at flat index %d: the weights are not finite (a diverged run?)", l.f.path, p.Name, v[i], i)
 		}
 	}
-	m.SetFull(host)
-	return nil
+	return host, nil
 }
 
 // openCheckpoint opens a safetensors file, the shards named by an index.json, or what a folder holds

@@ -99,6 +99,9 @@ func (t *Trainer) Save() (string, error) {
 	weights := map[string][]float32{}     // sharded DiTs' whole weights (train.shard full)
 	for _, r := range t.roles {
 		w, err := t.fullHost(r, r.W)
+		if r.master != nil { // the fp32 master weights, gathered from the slices
+			w, err = t.gatherSliced(r, r.master, "master weights")
+		}
 		if err != nil {
 			return "", fmt.Errorf("checkpoint %s: %w", final, err)
 		}
@@ -345,6 +348,13 @@ func (t *Trainer) Restore(path string) error {
 		name := r.Spec.Name
 		if err := r.load(filepath.Join(dir, name+".safetensors")); err != nil {
 			return fmt.Errorf("resume: role %s: %w", name, err)
+		}
+		if r.master != nil { // the file's fp32 values: W may hold them in bf16
+			host, err := r.Net.LoadHost(filepath.Join(dir, name+".safetensors"))
+			if err != nil {
+				return fmt.Errorf("resume: role %s: %w", name, err)
+			}
+			r.setMaster(host)
 		}
 		if r.v == nil { // not trainable
 			continue

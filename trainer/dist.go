@@ -253,6 +253,71 @@ func (t *Trainer) reduceScatterGrads(r *role) error {
 	return t.comm.Wait()
 }
 
+// setMaster fills a role's master slice (train.shard optimizer) from whole fp32 weights in the
+// table's layout (host), or from W when host is nil (bf16 values if W is bf16).
+func (r *role) setMaster(host []float32) {
+	dev := r.W.Dev
+	for _, o := range r.sh.owned() {
+		dst := r.master.View(r.sh.local(o[0]), o[1]-o[0])
+		if host != nil {
+			dev.FromHost(dst, host[o[0]:o[1]])
+		} else {
+			dev.Copy(dst, r.W.View(o[0], o[1]-o[0])) // [n] fp32 from W's dtype
+		}
+	}
+}
+
+// copyMaster fills dst (a whole buffer of src's layout) from the slices of src's master weights on
+// every rank (a collective), then makes the compute wait for it when wait.
+func (t *Trainer) copyMaster(dst *kernels.Tensor, src *role, wait bool) error {
+	s := src.sh
+	for _, o := range s.owned() {
+		t.opt.Dev.Copy(dst.View(o[0], o[1]-o[0]), src.master.View(s.local(o[0]), o[1]-o[0]))
+	}
+	if s.k == 0 {
+		return nil
+	}
+	if err := t.comm.AllGather(dst.View(0, s.even), dst.View(s.lo, s.k)); err != nil {
+		return t.commErr("all-gather of "+src.Spec.Name+"'s master weights", err)
+	}
+	if wait {
+		return t.comm.Wait()
+	}
+	return nil
+}
+
+// updateEMA makes the EMA follow the student r after its update (copy: before ema_start). With
+// the student's master weights in slices (train.shard optimizer) each rank updates the EMA's part
+// of its slice from its master and the slices are all-gathered: the EMA of the fp32 weights, as
+// without sharding, not of their bf16 compute copy.
+func (t *Trainer) updateEMA(r *role, copy bool) error {
+	dev, decay := t.opt.Dev, float32(t.Job.Roles[r.Spec.Name].EMADecay)
+	if r.master == nil {
+		if copy {
+			dev.Copy(t.ema.W, r.W)
+		} else {
+			dev.EMA(t.ema.W, r.W, decay)
+		}
+		return nil
+	}
+	s := r.sh
+	for _, o := range s.owned() {
+		e, w := t.ema.W.View(o[0], o[1]-o[0]), r.master.View(s.local(o[0]), o[1]-o[0])
+		if copy {
+			dev.Copy(e, w)
+		} else {
+			dev.EMA(e, w, decay)
+		}
+	}
+	if s.k == 0 {
+		return nil
+	}
+	if err := t.comm.AllGather(t.ema.W.View(0, s.even), t.ema.W.View(s.lo, s.k)); err != nil {
+		return t.commErr("all-gather of the ema's slices", err)
+	}
+	return t.comm.Wait()
+}
+
 // allGatherWeights puts every rank's updated slice of W on every rank.
 func (t *Trainer) allGatherWeights(r *role) error {
 	s := r.sh
@@ -344,43 +409,47 @@ func (t *Trainer) anyStopped() (bool, error) {
 }
 
 // gatherMoments returns a sharded role's whole m and v on the host (every rank takes part; the
-// result is meant for rank 0), gathered slice by slice in pieces of bucketElems/N.
+// result is meant for rank 0); m is nil without a first moment (optim.go firstMoment).
 func (t *Trainer) gatherMoments(r *role) (m, v []float32, err error) {
-	s, dev, N := r.sh, t.opt.Dev, t.world()
-	v = make([]float32, s.P)
-	if r.m != nil { // none at β1 = 0 (optim.go firstMoment)
-		m = make([]float32, s.P)
+	if r.m != nil {
+		if m, err = t.gatherSliced(r, r.m, "AdamW moments"); err != nil {
+			return nil, nil, err
+		}
 	}
+	if v, err = t.gatherSliced(r, r.v, "AdamW moments"); err != nil {
+		return nil, nil, err
+	}
+	return m, v, nil
+}
+
+// gatherSliced returns the whole buffer of which src (moments layout: the rank's slice, then the
+// shared tail) holds this rank's part, on the host of every rank, gathered slice by slice in pieces
+// of bucketElems/N (a collective).
+func (t *Trainer) gatherSliced(r *role, src *kernels.Tensor, what string) ([]float32, error) {
+	s, dev, N := r.sh, t.opt.Dev, t.world()
+	dst := make([]float32, s.P)
 	piece := max(bucketElems/N, 1)
 	tmp := dev.Alloc(kernels.F32, N*min(piece, max(s.k, 1)))
 	defer dev.Free(tmp)
 	host := make([]float32, tmp.Numel())
-	for _, mv := range []struct {
-		src *kernels.Tensor
-		dst []float32
-	}{{r.m, m}, {r.v, v}} {
-		if mv.src == nil {
-			continue
+	for off := 0; off < s.k; off += piece {
+		n := min(piece, s.k-off)
+		out := tmp.View(0, N*n)
+		if err := t.comm.AllGather(out, src.View(off, n)); err != nil {
+			return nil, fmt.Errorf("gathering %s's %s: %w", r.Spec.Name, what, err)
 		}
-		for off := 0; off < s.k; off += piece {
-			n := min(piece, s.k-off)
-			out := tmp.View(0, N*n)
-			if err := t.comm.AllGather(out, mv.src.View(off, n)); err != nil {
-				return nil, nil, fmt.Errorf("gathering %s's AdamW moments: %w", r.Spec.Name, err)
-			}
-			if err := t.comm.Wait(); err != nil {
-				return nil, nil, err
-			}
-			dev.ToHost(host[:N*n], out)
-			for q := 0; q < N; q++ {
-				copy(mv.dst[q*s.k+off:], host[q*n:(q+1)*n])
-			}
+		if err := t.comm.Wait(); err != nil {
+			return nil, err
 		}
-		if tail := s.P - s.even; tail > 0 {
-			dev.ToHost(mv.dst[s.even:], mv.src.View(s.hi-s.lo, tail))
+		dev.ToHost(host[:N*n], out)
+		for q := 0; q < N; q++ {
+			copy(dst[q*s.k+off:], host[q*n:(q+1)*n])
 		}
 	}
-	return m, v, nil
+	if tail := s.P - s.even; tail > 0 {
+		dev.ToHost(dst[s.even:], src.View(s.hi-s.lo, tail))
+	}
+	return dst, nil
 }
 
 // RunRanks runs one trainer per rank of comms, each in its own goroutine: build(rank, comm) makes

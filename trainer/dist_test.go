@@ -852,3 +852,61 @@ func TestLastBackwardMisuse(t *testing.T) {
 		}
 	}
 }
+
+// train.shard optimizer on a device whose weights are bf16 (bf16CPU, as a GPU in bf16 GEMM mode):
+// the trainable DiTs compute from bf16 weights while each rank keeps the fp32 master weights of its
+// slice. The compute copy is the master rounded to bf16 on every rank, the checkpoint holds the
+// fp32 master (values off the bf16 grid), and a resume at the same world size continues bit for
+// bit, masters, moments and EMA included.
+func TestOptimizerShardMasterBF16(t *testing.T) {
+	dpDevice = func() kernels.Device { return bf16CPU{kernels.CPU()} }
+	defer func() { dpDevice = kernels.CPU }()
+	job := dpJob("dmd", t.TempDir(), 4)
+	job.Train.Shard = "optimizer"
+	straight := dpRun(t, job, 2, 6, nil)
+	for _, name := range []string{"student", "critic"} {
+		for q, tr := range straight {
+			r := tr.byName[name]
+			if r.W.DType != kernels.BF16 || r.master == nil || r.master.Numel() != r.sh.size() {
+				t.Fatalf("rank %d: role %s: W %s, master %v: want bf16 weights and an fp32 master of the slice (%d)", q, name, r.W.DType, r.master, r.sh.size())
+			}
+		}
+		ck := readCkpt(t, straight[0].Dir, name+".safetensors")
+		w := hostW(straight[0], name) // the compute copy, table layout
+		off := 0
+		r := straight[0].byName[name]
+		offBF16 := 0
+		for _, p := range r.Table {
+			v := ck[p.Name]
+			for i, x := range v {
+				rx := cuda.BF16ToF32(cuda.F32ToBF16(x))
+				if rx != x {
+					offBF16++
+				}
+				if math.Float32bits(rx) != math.Float32bits(w[p.Offset+i]) {
+					t.Fatalf("role %s: %s[%d]: the compute weight %v is not the master %v rounded to bf16 (%v)", name, p.Name, i, w[p.Offset+i], x, rx)
+				}
+			}
+			off += len(v)
+		}
+		t.Logf("role %s: %d of %d checkpointed master weights are off the bf16 grid", name, offBF16, off)
+		if offBF16 < off/2 {
+			t.Errorf("role %s: only %d of %d checkpointed weights are off the bf16 grid: the checkpoint holds the bf16 copy, not the fp32 master", name, offBF16, off)
+		}
+	}
+	legDir := t.TempDir()
+	leg := *job
+	leg.OutDir, leg.Train.Steps = legDir, 2
+	dpRun(t, &leg, 2, 6, nil)
+	res := *job
+	res.OutDir, res.Train.Resume = t.TempDir(), legDir
+	trs := dpRun(t, &res, 2, 6, nil)
+	for _, f := range []string{"student", "critic", "ema", "optim.student", "optim.critic"} {
+		a, b := readCkpt(t, straight[0].Dir, f+".safetensors"), readCkpt(t, trs[0].Dir, f+".safetensors")
+		for k, v := range a {
+			if !bitsEqual(v, b[k]) {
+				t.Errorf("resumed: %s.safetensors %s is not the straight run's bit for bit", f, k)
+			}
+		}
+	}
+}

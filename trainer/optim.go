@@ -116,7 +116,11 @@ func (t *Trainer) adamW(r *role, lo, hi int, local func(int) int) {
 		if r.m != nil {
 			mv = r.m.View(mo, b-a)
 		}
-		dev.AdamW(r.W.View(a, b-a), r.G.View(a, b-a), mv, r.v.View(mo, b-a),
+		w := r.W.View(a, b-a)
+		if r.master != nil { // the fp32 master weights of the slice (train.shard optimizer)
+			w = r.master.View(mo, b-a)
+		}
+		dev.AdamW(w, r.G.View(a, b-a), mv, r.v.View(mo, b-a),
 			float32(r.lr), b1, b2, float32(r.cfg.Eps), wd, r.updates)
 	}
 }
@@ -167,6 +171,9 @@ func (t *Trainer) updateSharded(r *role, n int) error {
 	r.updates++
 	for _, o := range owned {
 		t.adamW(r, o[0], o[1], s.local)
+		if r.master != nil { // the compute copy of the slice (bf16 on a GPU)
+			dev.Copy(r.W.View(o[0], o[1]-o[0]), r.master.View(s.local(o[0]), o[1]-o[0]))
+		}
 	}
 	return t.allGatherWeights(r)
 }

@@ -145,6 +145,7 @@ type role struct {
 	lr      float64         // the lr of the last update
 	gnorm   float64         // the gradient norm before clipping of the last update
 	sh      *shard          // train.shard: optimizer: m, v hold this rank's slice (dist.go)
+	master  *kernels.Tensor // train.shard optimizer, a DiT: the fp32 master weights of the slice, laid out as m, v
 	ov      overlap         // the gradient reduction launched during the last backward (dist.go)
 }
 
@@ -271,9 +272,14 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		r.Net = models.NewFrozen(dev, t.opt.Model, kernels.BF16)
 		r.W, r.Table = r.Net.W, r.Net.Table
 	} else {
-		if t.fullShard() { // blocks sharded over the ranks (models/fsdp.go)
+		switch {
+		case t.fullShard(): // blocks sharded over the ranks (models/fsdp.go)
 			r.Net = models.NewSharded(dev, t.opt.Model, s.Trainable, t.comm)
-		} else {
+		case s.Trainable && t.sharded() && bf16Weights(dev):
+			// train.shard optimizer on a device whose GEMMs read bf16 weights: the network computes
+			// from bf16 weights, the fp32 master weights are this rank's slice (r.master, dist.go)
+			r.Net = models.NewWithWeights(dev, t.opt.Model, true, kernels.BF16)
+		default:
 			r.Net = models.New(dev, t.opt.Model, s.Trainable)
 		}
 		r.W, r.G, r.Table = r.Net.W, r.Net.G, r.Net.Table
@@ -303,7 +309,13 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		if src.W.Numel() != r.W.Numel() {
 			return nil, fmt.Errorf("roles.%s: cannot copy the %s (%d parameters into %d)", s.Name, from, src.W.Numel(), r.W.Numel())
 		}
-		dev.Copy(r.W, src.W) // sharded roles: the same slices of the same layout
+		if src.master != nil { // the fp32 master's values, not its bf16 compute copy
+			if err := t.copyMaster(r.W, src, true); err != nil {
+				return nil, fmt.Errorf("roles.%s: copying the %s: %w", s.Name, from, err)
+			}
+		} else {
+			dev.Copy(r.W, src.W) // sharded roles: the same slices of the same layout
+		}
 		if r.Net != nil {
 			r.Net.Invalidate()
 		}
@@ -326,7 +338,9 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		// start from the same values (gpu_device.go roundBF16).
 		roundBF16(dev, r.W)
 	}
-	markWeights(dev, r.W) // bf16 shadows cached between GEMMs on a GPU (gpu_device.go)
+	if r.W.DType == kernels.F32 {
+		markWeights(dev, r.W) // bf16 shadows cached between GEMMs on a GPU (gpu_device.go)
+	}
 	if r.Net != nil && r.Net.Sharded() {
 		sw, _ := r.Net.Slots()
 		for _, w := range sw {
@@ -338,6 +352,22 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		if t.sharded() {
 			r.sh = newShard(n, t.rank(), t.world())
 			n = r.sh.size()
+			if r.Net != nil { // a DiT's fp32 master weights: this rank's slice (dist.go)
+				var host []float32
+				_, dry := dev.(*models.DryDevice)
+				switch {
+				case cfg.Weights != "" && !dry: // the file's fp32 values (W may be bf16)
+					h, err := r.Net.LoadHost(cfg.Weights)
+					if err != nil {
+						return nil, fmt.Errorf("roles.%s.weights: %w", s.Name, err)
+					}
+					host = h
+				case cfg.Weights == "" && s.Init == objectives.InitWeights && t.opt.RandomInit && !dry:
+					host = randomHost(r.W.Numel(), roleSeed(job.Seed, s.Name), 0.02)
+				}
+				r.master = dev.Alloc(kernels.F32, n)
+				r.setMaster(host)
+			}
 		}
 		if firstMoment(cfg) {
 			r.m = dev.Alloc(kernels.F32, n)
@@ -589,10 +619,8 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 		}
 		metrics["lr/"+r.Spec.Name] = r.lr
 		if r == t.emaOf && t.ema != nil {
-			if n < job.Roles[objectives.Student].EMAStart {
-				t.opt.Dev.Copy(t.ema.W, r.W)
-			} else {
-				t.opt.Dev.EMA(t.ema.W, r.W, float32(job.Roles[objectives.Student].EMADecay))
+			if err := t.updateEMA(r, n < job.Roles[objectives.Student].EMAStart); err != nil {
+				return nil, err
 			}
 			if t.ema.Net != nil {
 				t.ema.Net.Invalidate()
