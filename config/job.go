@@ -90,8 +90,8 @@ type Train struct {
 	TensorBoard bool    `mapstructure:"tensorboard" yaml:"tensorboard" json:"tensorboard"` // also write metrics as TensorBoard events (RUN/tensorboard/)
 	// Shard is how a job on several ranks splits its state (trainer/dist.go): none (every rank
 	// holds everything), optimizer (each rank holds the AdamW moments and fp32 master weights of its
-	// 1/N of every role),
-	// full (also the blocks' weights and gradients of every DiT role, gathered per block: FSDP).
+	// 1/N of every role), full (also the blocks' weights and gradients of every DiT role, gathered
+	// per block: FSDP).
 	Shard string `mapstructure:"shard" yaml:"shard" json:"shard"`
 	// MaxBadSteps: a step whose loss or gradient norm is NaN or Inf is skipped (no update); up to
 	// this many are skipped in a run, one more stops the job with an error (0 = stop at the first).
