@@ -25,7 +25,7 @@ bugs=(
 	"consistency-snap-grid-unshifted|sampler/schedule.go|s/grid := EulerSigmas\(n, shift\)/grid := EulerSigmas(n, 1)/|./sampler|TestScheduleLiterals|TestSamplersVisitTheSchedule"
 	"ode-pairs-grid-unshifted|trainer/odepairs.go|s/sampler\.EulerSigmas\(o\.Steps, o\.Shift\)/sampler.EulerSigmas(o.Steps, 1)/|./trainer|TestODEPairsLevelsIndependent"
 	"ode-pairs-levels-unshifted|trainer/odepairs.go|s/sampler\.Shift\(t\/1000, o\.Shift\)/t\/1000/|./trainer|TestODEPairsLevelsIndependent"
-	"role-eps-default-not-filled|config/defaults.go|s/if r\.Eps == 0 \{/if r.Eps == 0 \&\& false {/|./config|TestReadmeDefaultsAreLoaded"
+	"role-schedule-default-filled-wrong|config/defaults.go|s/r\.Schedule = RoleDefaults\.Schedule/r.Schedule = \"cosine\"/|./config|TestReadmeDefaultsAreLoaded"
 	"clip-norm-default-changed|config/defaults.go|s/ClipNorm:    1\.0,/ClipNorm:    0.5,/|./config|TestReadmeDefaultsAreLoaded"
 )
 missed=0
