@@ -79,7 +79,7 @@ func TestNewLoaderRefusesBadConfig(t *testing.T) {
 		{LoaderConfig{BatchSize: 0, TextLen: 8}, "batch size 0"},
 		{LoaderConfig{BatchSize: 2, TextLen: 8, Rank: 2, World: 2}, "rank 2 of world 2"},
 		{LoaderConfig{BatchSize: 2, TextLen: 8, Rank: -1, World: 2}, "rank -1 of world 2"},
-		{LoaderConfig{BatchSize: 2, TextLen: 0}, "text_len 0"},
+		{LoaderConfig{BatchSize: 2, TextLen: 0}, "loader: text_len 0"}, // the config check, not a row that has more tokens
 		{LoaderConfig{BatchSize: 2, TextLen: 8, Prefetch: -1}, "prefetch -1"},
 		{LoaderConfig{BatchSize: 5, TextLen: 8, World: 2}, "make no batch"},
 	} {
