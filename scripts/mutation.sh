@@ -54,6 +54,7 @@ for t in "${targets[@]}"; do
 	[[ -n $skip ]] && flags="$flags -skip=$skip"
 	name=${file//\//_}
 	cp "$file" "$logdir/$name.src" # the copy gremlins mutates, for the rerun (the tree may move on)
+	echo "$flags" >"$logdir/$name.flags" # the subset it runs, the rerun's first stage
 	start=$(date +%s)
 	GOFLAGS="$flags" nice -n 19 "$gremlins" unleash --workers 1 --test-cpu 1 --timeout-coefficient 10 \
 		-o "$logdir/$name.json" "${excl[@]}" "./$pkg" >"$logdir/$name.log" 2>&1

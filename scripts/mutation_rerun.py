@@ -8,7 +8,9 @@ happens to every `case` condition of an expression switch even when the tests ru
 applies each such mutant exactly as gremlins would (the same token swap at the same line:column)
 to a scratch copy of the working tree, runs `go test` on the package (all its tests, or the -run /
 -skip given), and says KILLED (a test failed or timed out), LIVED (all passed) or NOT VIABLE (it
-does not build). The working tree is never touched.
+does not build). A "not covered" mutant runs first against the subset gremlins used (LOG with
+.flags for .log, written by mutation.sh) and against the whole suite only if it lives through it.
+The working tree is never touched.
 
   scripts/mutation_rerun.py LOG FILE [--run RE] [--skip RE] [--timeout S]
 """
@@ -84,25 +86,41 @@ def main():
                 open(target, "wb").write(src)
         orig = open(target, "rb").read()
         cmd = ["nice", "-n", "19", "timeout", str(a.timeout), "go", "test", "-count=1", "-p", "1", "-failfast"]
+        pkg = "./" + os.path.dirname(a.file)
+        # first the subset gremlins ran (LOG's .flags, written by mutation.sh), for the mutants it
+        # did not run; then, for those that live through it, the whole suite (or --run/--skip)
+        first = None
+        flags = re.sub(r"\.log$", ".flags", a.log)
+        if flags != a.log and os.path.exists(flags):
+            first = cmd + open(flags).read().split() + [pkg]
         if a.run:
             cmd.append("-run=" + a.run)
         if a.skip:
             cmd.append("-skip=" + a.skip)
-        cmd.append("./" + os.path.dirname(a.file))
+        cmd.append(pkg)
+
+        def judge(c):
+            p = subprocess.run(c, cwd=scratch, capture_output=True, text=True)
+            out = p.stdout + p.stderr
+            if p.returncode == 0:
+                return "LIVED"
+            if "[build failed]" in out or "[setup failed]" in out:
+                return "NOT VIABLE"
+            if p.returncode == 124:
+                return "KILLED (timed out)"
+            m = re.search(r"--- FAIL: (\S+)", out)
+            return "KILLED by " + (m.group(1) if m else "a failing test run")
+
         counts = {}
         for status, kind, line, col in mutants:
             open(target, "wb").write(mutate(orig, line, col, kind))
-            p = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True)
-            out = p.stdout + p.stderr
-            if p.returncode == 0:
-                res = "LIVED"
-            elif "[build failed]" in out or "[setup failed]" in out:
-                res = "NOT VIABLE"
-            elif p.returncode == 124:
-                res = "KILLED (timed out)"
-            else:
-                m = re.search(r"--- FAIL: (\S+)", out)
-                res = "KILLED by " + (m.group(1) if m else "a failing test run")
+            res = "LIVED"
+            if first and status == "NOT COVERED":
+                res = judge(first)
+                if res.startswith("KILLED"):
+                    res += " (gremlins' subset)"
+            if res == "LIVED":
+                res = judge(cmd)
             key = "NOT VIABLE" if res == "NOT VIABLE" else res.split(" ")[0]
             counts[key] = counts.get(key, 0) + 1
             print(f"{a.file}:{line}:{col} {kind} (gremlins: {status}): {res}", flush=True)
