@@ -23,7 +23,7 @@ only=${1:-}
 objskip='Trains$|OneStepSharp|TestResumeExactAdversarialSelfForcingConsistency|GPU'
 # file ; tests of its package gremlins runs per mutant (-run; "" = all) ; tests it skips (-skip)
 targets=(
-	"trainer/optim.go;TestAdamW|TestToy|TestResume|TestSchedules|TestDecay|TestNonFinite|TestBadSteps|TestTooMany|TestDivergence|TestSave|TestCrash|TestInterrupt|TestNoFirstMoment;"
+	"trainer/optim.go;TestAdamW|TestToy|TestResume|TestSchedules|TestDecay|TestNonFinite|TestBadSteps|TestTooMany|TestDivergence|TestSave|TestCrash|TestInterrupt|TestNoFirstMoment|TestDataParallelSameAfterEachStep|TestDataParallelGradAccum;"
 	"trainer/checkpoint.go;TestResume|TestInterrupt|TestCrash|TestSave|TestDivergence|TestParseState|TestResolveCheckpoint|TestTooMany|Fuzz;"
 	"data/loader.go;TestLoader|TestFromJob|TestNonFinite|FuzzLoaderCursor;"
 	"models/safetensors.go;;"
