@@ -55,6 +55,10 @@ for t in "${targets[@]}"; do
 	name=${file//\//_}
 	cp "$file" "$logdir/$name.src" # the copy gremlins mutates, for the rerun (the tree may move on)
 	echo "$flags" >"$logdir/$name.flags" # the subset it runs, the rerun's first stage
+	# the tree it runs on (tracked files with their changes), which the rerun takes: the working
+	# tree may move on (a rebase) before the rerun
+	tree=$(git stash create 2>/dev/null)
+	echo "${tree:-$(git rev-parse HEAD)}" >"$logdir/$name.commit"
 	start=$(date +%s)
 	GOFLAGS="$flags" nice -n 19 "$gremlins" unleash --workers 1 --test-cpu 1 --timeout-coefficient 10 \
 		-o "$logdir/$name.json" "${excl[@]}" "./$pkg" >"$logdir/$name.log" 2>&1

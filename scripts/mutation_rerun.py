@@ -46,6 +46,20 @@ def mutate(src: bytes, line: int, col: int, kind: str) -> bytes:
     raise SystemExit(f"no {kind} operator at {line}:{col}: {text!r}")
 
 
+def copy_tree(scratch):
+    """Copies the working tree's tracked and unignored files into scratch."""
+    files = subprocess.check_output(["git", "ls-files", "-co", "--exclude-standard", "-z"]).split(b"\0")
+    for f in files:
+        if not f:
+            continue
+        f = f.decode()
+        if not os.path.isfile(f):
+            continue
+        dst = os.path.join(scratch, f)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(f, dst)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("log")
@@ -54,6 +68,7 @@ def main():
     ap.add_argument("--skip", default="")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--source", help="the file as gremlins mutated it (its line:column refer to this copy)")
+    ap.add_argument("--commit", help="the tree gremlins ran on (default: LOG's .commit, else the working tree)")
     a = ap.parse_args()
     root = subprocess.check_output(["git", "rev-parse", "--show-toplevel"], text=True).strip()
     os.chdir(root)
@@ -68,16 +83,17 @@ def main():
         return 0
     scratch = tempfile.mkdtemp(prefix="fewstep-mutrerun-")
     try:
-        files = subprocess.check_output(["git", "ls-files", "-co", "--exclude-standard", "-z"]).split(b"\0")
-        for f in files:
-            if not f:
-                continue
-            f = f.decode()
-            if not os.path.isfile(f):
-                continue
-            dst = os.path.join(scratch, f)
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copy2(f, dst)
+        commit = a.commit
+        side = re.sub(r"\.log$", ".commit", a.log)
+        if not commit and side != a.log and os.path.exists(side):
+            commit = open(side).read().strip()
+        if commit:  # the tree gremlins ran on, whatever the working tree is now (a rebase moves it)
+            arch = subprocess.run(["git", "archive", commit], capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", scratch], input=arch, check=True)
+            print(f"{a.file}: the tree of {commit[:12]}", flush=True)
+            a.source = None
+        else:
+            copy_tree(scratch)
         target = os.path.join(scratch, a.file)
         if a.source:  # the tree may have moved on since gremlins ran (a rebase): mutate its copy
             src = open(a.source, "rb").read()
