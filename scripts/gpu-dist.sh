@@ -25,9 +25,10 @@ if [ -z "${FEWSTEP_NCCL:-}" ]; then # PyTorch's NCCL (nvidia-nccl-cu13) when pyt
 fi
 log "FEWSTEP_NCCL=${FEWSTEP_NCCL:-(unset)}"
 
-# 1. RankComm on real NCCL (every collective vs the host) and the stand-in NCCL's plumbing tests.
-(cd kernels/cuda && timeout -k 5 ${T_TEST:-40} ../../$G/cuda.test -test.run 'NCCLRank' -test.v -test.count=1) >> "$L" 2>&1
-log "cuda.test -test.run NCCLRank exit $?"
+# 1. RankComm on real NCCL (every collective vs the host) and the stand-in NCCL's plumbing tests
+#    (TESTS: other GPU tests of kernels/cuda too).
+(cd kernels/cuda && timeout -k 5 ${T_TEST:-40} ../../$G/cuda.test -test.run "${TESTS:-NCCLRank}" -test.v -test.count=1) >> "$L" 2>&1
+log "cuda.test -test.run ${TESTS:-NCCLRank} exit $?"
 grep -E "^(--- |ok|FAIL|PASS|panic)" "$L" | tail -8
 
 # 2. Wan-1.3B DMD through NCCL on GPU 0 with train.shard none, optimizer and full.

@@ -413,7 +413,8 @@ func TestOpsAgainstCPU(t *testing.T) {
 	}
 }
 
-// Mixed storage: fp32 activations with bf16 weights (the bf16 shadow path), and TF32.
+// Mixed storage: fp32 activations with bf16 weights (the bf16 shadow path), with a bf16 bias too
+// (the fp32 epilogue reads its fp32 copy), and TF32.
 func TestLinearMixedAndTF32(t *testing.T) {
 	g := gpu(t)
 	r := seedRand(t)
@@ -421,6 +422,7 @@ func TestLinearMixedAndTF32(t *testing.T) {
 	M, K, N := 300, 256, 192
 	x, w, b := randn(r, M*K), randn(r, N*K), randn(r, N)
 	roundBF16(w)
+	roundBF16(b)
 	want := make([]float32, M*N)
 	{
 		X, W, Bt, Y := cpu.Alloc(kernels.F32, M, K), cpu.Alloc(kernels.F32, N, K), cpu.Alloc(kernels.F32, N), cpu.Alloc(kernels.F32, M, N)
@@ -430,12 +432,15 @@ func TestLinearMixedAndTF32(t *testing.T) {
 		cpu.Linear(Y, X, W, Bt)
 		cpu.ToHost(want, Y)
 	}
-	for _, mode := range []string{"bf16 weights", "tf32", "bf16 shadows"} {
-		X, Bt, Y := g.Alloc(kernels.F32, M, K), g.Alloc(kernels.F32, N), g.Alloc(kernels.F32, M, N)
-		wdt := kernels.F32
-		if mode == "bf16 weights" {
+	for _, mode := range []string{"bf16 weights", "bf16 weights and bias", "tf32", "bf16 shadows"} {
+		bdt, wdt := kernels.F32, kernels.F32
+		if strings.HasPrefix(mode, "bf16 weights") {
 			wdt = kernels.BF16
 		}
+		if mode == "bf16 weights and bias" {
+			bdt = kernels.BF16
+		}
+		X, Bt, Y := g.Alloc(kernels.F32, M, K), g.Alloc(bdt, N), g.Alloc(kernels.F32, M, N)
 		W := g.Alloc(wdt, N, K)
 		g.FromHost(X, x)
 		g.FromHost(W, w)

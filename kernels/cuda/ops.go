@@ -124,9 +124,22 @@ func (d *Device) gemm(op string, transA, transB, m, n, k int, A *kernels.Tensor,
 		}
 		pa, pb = A.Ptr, B.Ptr
 	} else {
-		d.reserve(2*A.Numel()*btoi(A.DType != kernels.BF16 && !d.isWeight(A)) + 2*B.Numel()*btoi(B.DType != kernels.BF16 && !d.isWeight(B)) + 512)
+		bf16Bias := bias != nil && bias.DType == kernels.BF16 && D.DType == kernels.F32
+		d.reserve(2*A.Numel()*btoi(A.DType != kernels.BF16 && !d.isWeight(A)) + 2*B.Numel()*btoi(B.DType != kernels.BF16 && !d.isWeight(B)) +
+			4*m*btoi(bf16Bias) + 768)
 		key.ta, key.tb, key.compute = cudaR16BF, cudaR16BF, computeF32
 		pa, pb = d.bf16Operand(A), d.bf16Operand(B)
+		if bf16Bias && d.err == nil {
+			// A bf16 bias (a network stored in bf16: the frozen teacher, a trainable one whose fp32
+			// masters are sharded) and an fp32 output: its fp32 copy (m values) goes into the
+			// epilogue, instead of a separate pass over D after the GEMM.
+			bp := d.scratch(4 * m)
+			if bp == 0 {
+				return
+			}
+			d.convert(bp, kernels.F32, bias)
+			bias = &kernels.Tensor{Dev: d, DType: kernels.F32, Shape: []int{m}, Ptr: bp}
+		}
 	}
 	if d.err != nil {
 		return
