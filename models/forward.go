@@ -90,15 +90,13 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 	d.AddBroadcast(a.modF, bw.Modulation, p.e0) // [B·F, 6, D]
 
 	// self-attention
-	d.LayerNorm(a.ln1, a.mean1, a.rstd1, a.x, nil, nil, cfg.Eps) // [B, N, D]
-	d.Modulate(a.h1, a.ln1, a.mod, 0, 1, hw)                     // [B, N, D] ·(1+scale1)+shift1
-	d.Linear(a.q, a.h1F, bw.Self.Q.W, bw.Self.Q.B)               // [B·N, D]
-	d.Linear(a.k, a.h1F, bw.Self.K.W, bw.Self.K.B)               // [B·N, D]
-	d.Linear(a.v, a.h1F, bw.Self.V.W, bw.Self.V.B)               // [B·N, D]
-	d.RMSNorm(a.qr, a.rstdQ, a.q, bw.Self.NormQ, cfg.Eps)        // [B·N, D]
-	d.RMSNorm(a.kr, a.rstdK, a.k, bw.Self.NormK, cfg.Eps)        // [B·N, D]
-	d.RoPE(a.qr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
-	d.RoPE(a.kr4, F, p.h, p.w, frame0)                           // [B, N, H, hd]
+	d.LayerNorm(a.ln1, a.mean1, a.rstd1, a.x, nil, nil, cfg.Eps)                             // [B, N, D]
+	d.Modulate(a.h1, a.ln1, a.mod, 0, 1, hw)                                                 // [B, N, D] ·(1+scale1)+shift1
+	d.Linear(a.q, a.h1F, bw.Self.Q.W, bw.Self.Q.B)                                           // [B·N, D]
+	d.Linear(a.k, a.h1F, bw.Self.K.W, bw.Self.K.B)                                           // [B·N, D]
+	d.Linear(a.v, a.h1F, bw.Self.V.W, bw.Self.V.B)                                           // [B·N, D]
+	kernels.RMSNormRoPE(d, a.qr4, a.rstdQ, a.q, bw.Self.NormQ, cfg.Eps, F, p.h, p.w, frame0) // [B, N, H, hd]
+	kernels.RMSNormRoPE(d, a.kr4, a.rstdK, a.k, bw.Self.NormK, cfg.Eps, F, p.h, p.w, frame0) // [B, N, H, hd]
 	switch {
 	case c != nil && replay:
 		k, v := p.chunk.regather(d, p, l, c)                              // [B, Nc+N, H, hd] cache + chunk
@@ -115,9 +113,8 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 	default:
 		d.Attention(a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
 	}
-	d.Linear(a.o, a.att, bw.Self.O.W, bw.Self.O.B) // [B·N, D]
-	d.Copy(a.x1, a.x)                              // [B, N, D]
-	d.GateAdd(a.x1, a.o3, a.mod, 2, hw)            // [B, N, D] x1 = x + gate1·o
+	d.Linear(a.o, a.att, bw.Self.O.W, bw.Self.O.B)      // [B·N, D]
+	kernels.GateAddTo(d, a.x1, a.x, a.o3, a.mod, 2, hw) // [B, N, D] x1 = x + gate1·o
 
 	// cross-attention over the context, no RoPE, no mask
 	d.LayerNorm(a.n3, a.mean3, a.rstd3, a.x1, bw.Norm3W, bw.Norm3B, cfg.Eps) // [B, N, D]
@@ -136,8 +133,7 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 	d.Linear(a.f1, a.h2F, bw.FFN0.W, bw.FFN0.B)                   // [B·N, ffn]
 	d.GELU(a.f1g, a.f1)                                           // [B·N, ffn]
 	d.Linear(a.f2, a.f1g, bw.FFN2.W, bw.FFN2.B)                   // [B·N, D]
-	d.Copy(a.x3, a.x2)                                            // [B, N, D]
-	d.GateAdd(a.x3, a.f23, a.mod, 5, hw)                          // [B, N, D] x3 = x2 + gate2·y
+	kernels.GateAddTo(d, a.x3, a.x2, a.f23, a.mod, 5, hw)         // [B, N, D] x3 = x2 + gate2·y
 }
 
 // Backward backpropagates dOut (shaped like Forward's output) through p's last forward. With m.G
@@ -214,19 +210,25 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		}
 
 		// feed-forward; g.dX, the gradient of x3, becomes that of x2
-		d.GateAddBack(g.dF23, dMod, g.dX, a.f23, a.mod, 5, hw)               // [B, N, D]
-		d.LinearBack(g.dF1g, gb.FFN2.W, gb.FFN2.B, g.dF2, a.f1g, bw.FFN2.W)  // [B·N, ffn]
-		d.GELUBack(g.dF1, g.dF1g, a.f1)                                      // [B·N, ffn]
+		kernels.ZeroLazy(d, g.dF23)
+		d.GateAddBack(g.dF23, dMod, g.dX, a.f23, a.mod, 5, hw) // [B, N, D]
+		kernels.ZeroLazy(d, g.dF1g)
+		d.LinearBack(g.dF1g, gb.FFN2.W, gb.FFN2.B, g.dF2, a.f1g, bw.FFN2.W) // [B·N, ffn]
+		kernels.ZeroLazy(d, g.dF1)
+		d.GELUBack(g.dF1, g.dF1g, a.f1) // [B·N, ffn]
+		kernels.ZeroLazy(d, g.dH2)
 		d.LinearBack(g.dH2, gb.FFN0.W, gb.FFN0.B, g.dF1, a.h2F, bw.FFN0.W)   // [B·N, D]
 		d.ModulateBack(g.dLn2, dMod, g.dH23, a.ln2, a.mod, 3, 4, hw)         // [B, N, D]
 		d.LayerNormBack(g.dX, nil, nil, g.dLn2, a.x2, a.mean2, a.rstd2, nil) // [B, N, D]
 
 		// cross-attention; g.dX becomes the gradient of x1
+		kernels.ZeroLazy(d, g.dCatt)
 		d.LinearBack(g.dCatt, gb.Cross.O.W, gb.Cross.O.B, g.dXF, a.catt, bw.Cross.O.W)                  // [B·N, D]
 		d.AttentionBack(g.dCq4, g.dCk4, g.dCv4, g.dCatt4, a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0) // [B, N|L, H, hd]
 		d.RMSNormBack(g.dCqPre, gb.Cross.NormQ, g.dCq, a.cq, a.rstdCq, bw.Cross.NormQ)                  // [B·N, D]
-		d.LinearBack(g.dN3, gb.Cross.Q.W, gb.Cross.Q.B, g.dCqPre, a.n3F, bw.Cross.Q.W)                  // [B·N, D]
-		if train {                                                                                      // the context's path only carries parameter gradients
+		kernels.ZeroLazy(d, g.dN3)
+		d.LinearBack(g.dN3, gb.Cross.Q.W, gb.Cross.Q.B, g.dCqPre, a.n3F, bw.Cross.Q.W) // [B·N, D]
+		if train {                                                                     // the context's path only carries parameter gradients
 			d.RMSNormBack(g.dCkPre, gb.Cross.NormK, g.dCk, a.ck, a.rstdCk, bw.Cross.NormK)  // [B·L, D]
 			d.LinearBack(g.dCtx, gb.Cross.K.W, gb.Cross.K.B, g.dCkPre, p.ctx, bw.Cross.K.W) // [B·L, D]
 			d.LinearBack(g.dCtx, gb.Cross.V.W, gb.Cross.V.B, g.dCv, p.ctx, bw.Cross.V.W)    // [B·L, D]
@@ -234,17 +236,20 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		d.LayerNormBack(g.dX, gb.Norm3W, gb.Norm3B, g.dN33, a.x1, a.mean3, a.rstd3, bw.Norm3W) // [B, N, D]
 
 		// self-attention; g.dX becomes the gradient of the block input x
-		d.GateAddBack(g.dO3, dMod, g.dX, a.o3, a.mod, 2, hw)                     // [B, N, D]
+		kernels.ZeroLazy(d, g.dO3)
+		d.GateAddBack(g.dO3, dMod, g.dX, a.o3, a.mod, 2, hw) // [B, N, D]
+		kernels.ZeroLazy(d, g.dAtt)
 		d.LinearBack(g.dAtt, gb.Self.O.W, gb.Self.O.B, g.dO, a.att, bw.Self.O.W) // [B·N, D]
 		if p.chunk.active {
 			p.chunk.attentionBack(d, l, a, g) // [B, N, H, hd] through the cache + chunk keys
 		} else {
 			d.AttentionBack(g.dQr4, g.dKr4, g.dV4, g.dAtt4, a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
 		}
-		d.RoPEBack(g.dQr4, F, p.h, p.w, frame0)                                 // [B, N, H, hd]
-		d.RoPEBack(g.dKr4, F, p.h, p.w, frame0)                                 // [B, N, H, hd]
-		d.RMSNormBack(g.dQ, gb.Self.NormQ, g.dQr, a.q, a.rstdQ, bw.Self.NormQ)  // [B·N, D]
-		d.RMSNormBack(g.dK, gb.Self.NormK, g.dKr, a.k, a.rstdK, bw.Self.NormK)  // [B·N, D]
+		d.RoPEBack(g.dQr4, F, p.h, p.w, frame0)                                // [B, N, H, hd]
+		d.RoPEBack(g.dKr4, F, p.h, p.w, frame0)                                // [B, N, H, hd]
+		d.RMSNormBack(g.dQ, gb.Self.NormQ, g.dQr, a.q, a.rstdQ, bw.Self.NormQ) // [B·N, D]
+		d.RMSNormBack(g.dK, gb.Self.NormK, g.dKr, a.k, a.rstdK, bw.Self.NormK) // [B·N, D]
+		kernels.ZeroLazy(d, g.dH1)
 		d.LinearBack(g.dH1, gb.Self.Q.W, gb.Self.Q.B, g.dQ, a.h1F, bw.Self.Q.W) // [B·N, D]
 		d.LinearBack(g.dH1, gb.Self.K.W, gb.Self.K.B, g.dK, a.h1F, bw.Self.K.W) // [B·N, D]
 		d.LinearBack(g.dH1, gb.Self.V.W, gb.Self.V.B, g.dV, a.h1F, bw.Self.V.W) // [B·N, D]

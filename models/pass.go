@@ -166,9 +166,9 @@ type passGrads struct {
 	dQr, dQr4         *kernels.Tensor // [B·N, D]; [B, N, H, hd]
 	dKr, dKr4         *kernels.Tensor
 	dV, dV4           *kernels.Tensor
-	dQ, dK            *kernels.Tensor // [B·N, D] before RMSNorm
-	dH1, dH13, dLn1   *kernels.Tensor // [B·N, D]; [B, N, D]; [B, N, D]
-	block             []*kernels.Tensor
+	dQ, dK            *kernels.Tensor   // [B·N, D] before RMSNorm
+	dH1, dH13, dLn1   *kernels.Tensor   // [B·N, D]; [B, N, D]; [B, N, D]
+	block             []*kernels.Tensor // zeroed at the start of each block's backward (the others: ZeroLazy before their first write)
 
 	dE0, dE0F     *kernels.Tensor // [B·F, 6, D]; [B·F, 6·D]
 	de, dEs       *kernels.Tensor // [B·F, D]
@@ -327,31 +327,34 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g := &p.g
 	blk := func(shape ...int) *kernels.Tensor { t := p.alloc(shape...); g.block = append(g.block, t); return t }
 	glob := func(shape ...int) *kernels.Tensor { t := p.alloc(shape...); g.global = append(g.global, t); return t }
+	// lazy: written first by one op that accumulates into all of it; Backward zeroes it just before
+	// that op with kernels.ZeroLazy (a device may fold the zeroing into the op)
+	lazy := p.alloc
 	g.dX = glob(B, N, D)
 	g.dXF = g.dX.Reshape(BN, D)
 	g.dMod = blk(B, s.F, 6, D)
 	g.dModF = g.dMod.Reshape(BF, 6, D)
-	g.dF2 = blk(BN, D)
+	g.dF2 = lazy(BN, D)
 	g.dF23 = g.dF2.Reshape(B, N, D)
-	g.dF1g, g.dF1 = blk(BN, Fd), blk(BN, Fd)
-	g.dH2 = blk(BN, D)
+	g.dF1g, g.dF1 = lazy(BN, Fd), lazy(BN, Fd)
+	g.dH2 = lazy(BN, D)
 	g.dH23 = g.dH2.Reshape(B, N, D)
 	g.dLn2 = blk(B, N, D)
-	g.dCatt = blk(BN, D)
+	g.dCatt = lazy(BN, D)
 	g.dCatt4 = g.dCatt.Reshape(B, N, H, Hd)
 	g.dCq = blk(BN, D)
 	g.dCq4 = g.dCq.Reshape(B, N, H, Hd)
 	g.dCqPre = blk(BN, D)
-	g.dN3 = blk(BN, D)
+	g.dN3 = lazy(BN, D)
 	g.dN33 = g.dN3.Reshape(B, N, D)
 	g.dCk = blk(BL, D)
 	g.dCk4 = g.dCk.Reshape(B, L, H, Hd)
 	g.dCkPre = blk(BL, D)
 	g.dCv = blk(BL, D)
 	g.dCv4 = g.dCv.Reshape(B, L, H, Hd)
-	g.dO = blk(BN, D)
+	g.dO = lazy(BN, D)
 	g.dO3 = g.dO.Reshape(B, N, D)
-	g.dAtt = blk(BN, D)
+	g.dAtt = lazy(BN, D)
 	g.dAtt4 = g.dAtt.Reshape(B, N, H, Hd)
 	g.dQr = blk(BN, D)
 	g.dQr4 = g.dQr.Reshape(B, N, H, Hd)
@@ -360,7 +363,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dV = blk(BN, D)
 	g.dV4 = g.dV.Reshape(B, N, H, Hd)
 	g.dQ, g.dK = blk(BN, D), blk(BN, D)
-	g.dH1 = blk(BN, D)
+	g.dH1 = lazy(BN, D)
 	g.dH13 = g.dH1.Reshape(B, N, D)
 	g.dLn1 = blk(B, N, D)
 

@@ -67,9 +67,10 @@ __device__ __forceinline__ float gelu_grad1(float x) {
     return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * GELU_C * (1.f + 3.f * 0.044715f * x * x);
 }
 
-extern "C" __global__ void act_gelu_back_f32x4(f32x4 *dIn, bf16x4 *sh, const f32x4 *dOut, const f32x4 *in, ll n4) {
+// acc 0: dIn = (not +=) the gradient, a zeroing folded in (kernels.LazyZeroer).
+extern "C" __global__ void act_gelu_back_f32x4(f32x4 *dIn, bf16x4 *sh, const f32x4 *dOut, const f32x4 *in, int acc, ll n4) {
     GRID_STRIDE(i, n4) {
-        f32x4 x = in[i], g = dOut[i], d = dIn[i];
+        f32x4 x = in[i], g = dOut[i], d = acc ? dIn[i] : f32x4{0.f, 0.f, 0.f, 0.f};
         d.x += g.x * gelu_grad1(x.x);
         d.y += g.y * gelu_grad1(x.y);
         d.z += g.z * gelu_grad1(x.z);

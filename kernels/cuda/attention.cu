@@ -753,7 +753,9 @@ FWD3(2, true, false, attn_fwd_hd128_bf16_sm90)  // shipped: two stages, ping-pon
 
 // ---------------------------------------------------------------------------------------------
 // Fast backward. Prep: D[b,h,i] = Σ_d dO·O (fp32 [B,H,Nq]). Main: one block per 128-key tile (8 warps
-// × 16 keys), looping over 64-query tiles (Q, dO, lse, D double-buffered). Per warp, transposed:
+// × 16 keys), looping over 64-query tiles (Q, dO, lse, D double-buffered); with qsplit > 1 (few key
+// tiles, e.g. cross-attention's 512 keys: 48 blocks for 132 SMs) qsplit blocks per key tile take
+// equal runs of the query tiles and add their dK, dV with fp32 atomics (fp32 gradients only). Per warp, transposed:
 //   Sᵀ = K_w Qᵀ, Pᵀ = exp(Sᵀ·scale − lse), dV_w += Pᵀ dO, dPᵀ = V_w dOᵀ, dSᵀ = Pᵀ∘(dPᵀ − D),
 //   dK_w += dSᵀ Q; dSᵀ goes through shared memory for dQ += dS K (fp32 atomics, ×scale).
 // ---------------------------------------------------------------------------------------------
@@ -802,7 +804,7 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
                                               const T *__restrict__ dO, const float *__restrict__ lse,
                                               const float *__restrict__ Dg, const T *__restrict__ q,
                                               const T *__restrict__ k, const T *__restrict__ v, int Nq, int Nk,
-                                              int H, int ct, int qoff, float scale) {
+                                              int H, int ct, int qoff, float scale, int qsplit) {
     typedef BwdCfg<HD, NW> C;
     static_assert(NW == 4 || NW == 8, "the dQ split assumes 4 query groups × NW/4 column groups");
     constexpr int BC = C::BC, BR = C::BR, NT = C::NT, LD = C::LD, LDS = C::LDS;
@@ -816,7 +818,8 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
     float *sD = sL + 2 * BR;                // [2][BR]
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
-    const int kt = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int ntk = (Nk + BC - 1) / BC;
+    const int kt = blockIdx.x % ntk, sp = blockIdx.x / ntk, h = blockIdx.y, b = blockIdx.z;
     const int j0 = kt * BC;
     const ll ldg = (ll)H * HD;
 
@@ -828,7 +831,13 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
         imask = (jlast / ct) * ct - qoff;
     }
     if (istart >= Nq) return;  // no query sees these keys: their gradients get += 0
-    const int qt0 = istart / BR, nqt = (Nq + BR - 1) / BR;
+    int qt0 = istart / BR, nqt = (Nq + BR - 1) / BR;
+    if (qsplit > 1) {  // this block's run of the query tiles [qt0, nqt)
+        const int per = (nqt - qt0 + qsplit - 1) / qsplit;
+        qt0 += sp * per;
+        nqt = imin(nqt, qt0 + per);
+        if (qt0 >= nqt) return;
+    }
 
     const T *qg = q + (ll)b * Nq * ldg + (ll)h * HD;
     const T *dOg = dO + (ll)b * Nq * ldg + (ll)h * HD;
@@ -1007,6 +1016,11 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
         const ll off = 8 * r * ldg;
 #pragma unroll
         for (int n = 0; n < HD / 8; ++n) {
+            if (qsplit > 1) {  // fp32 gradients (attention.go splits only those)
+                if (dK) red_add2((float *)(dkg + off + n * 8), dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
+                if (dV) red_add2((float *)(dvg + off + n * 8), dv[n][2 * r], dv[n][2 * r + 1]);
+                continue;
+            }
             if (dK) {
                 F2 x = Elem<G>::ld2(dkg + off + n * 8);
                 Elem<G>::st2(dkg + off + n * 8, x.x + dk[n][2 * r] * scale, x.y + dk[n][2 * r + 1] * scale);
@@ -1023,8 +1037,8 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
 #define BWD(HD, NW, T, G, NAME)                                                                                 \
     extern "C" __global__ void __launch_bounds__(NW * 32)                                                       \
         NAME(G *dK, G *dV, float *dQacc, const T *dO, const float *lse, const float *D, const T *q, const T *k, \
-             const T *v, int Nq, int Nk, int H, int ct, int qoff, float scale) {                                \
-        attn_bwd_body<HD, NW, T, G>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale);            \
+             const T *v, int Nq, int Nk, int H, int ct, int qoff, float scale, int qsplit) {                    \
+        attn_bwd_body<HD, NW, T, G>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit);    \
     }
 BWD(128, 8, bf16_t, float, attn_bwd_hd128_bf16_gf32)
 BWD(128, 8, bf16_t, bf16_t, attn_bwd_hd128_bf16_gbf16)

@@ -173,13 +173,31 @@ func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tenso
 		d.fail(d.drv.call("cuMemsetD32Async(attention dQ accumulator)", d.drv.cuMemsetD32Async, dQacc, 0, uintptr(dQ.Numel()), d.stream))
 	}
 	scale := float32(1 / math.Sqrt(float64(hd)))
+	ntk := (Nk + attnBwdKeys - 1) / attnBwdKeys
+	qsplit := d.attnBwdSplit(ntk*H*B, Nq, g.DType)
 	d.Args().Ptr(ptrOf(dK)).Ptr(ptrOf(dV)).Ptr(dQacc).Ptr(dOut.Ptr).Ptr(lse.Ptr).Ptr(D).Ptr(q.Ptr).Ptr(k.Ptr).Ptr(v.Ptr).
-		I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale)
-	d.Launch(name, [3]int{(Nk + attnBwdKeys - 1) / attnBwdKeys, H, B}, [3]int{attnBwdThreads, 1, 1}, attnBwdSmem(hd))
+		I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale).I32(qsplit)
+	d.Launch(name, [3]int{ntk * qsplit, H, B}, [3]int{attnBwdThreads, 1, 1}, attnBwdSmem(hd))
 	if nQ > 0 {
 		n := dQ.Numel()
 		d.Args().Ptr(dQ.Ptr).I32(int(dQ.DType)).Ptr(dQacc).I64(n)
 		d.Launch("attn_add_f32_into", [3]int{d.grid1(n), 1, 1}, [3]int{256, 1, 1}, 0)
 	}
 	return true
+}
+
+// attnBwdNoSplit: FEWSTEP_ATTN_SPLIT=0 keeps one backward block per key tile (A/B runs).
+var attnBwdNoSplit = os.Getenv("FEWSTEP_ATTN_SPLIT") == "0"
+
+// attnBwdSplit is the number of blocks per key tile of the backward: 1, or, when the key tiles give
+// fewer than two blocks per SM (cross-attention: 512 keys × 12 heads = 48 blocks) and the gradients
+// are fp32 (the split blocks add dK, dV with atomics), enough to fill about four waves, each block
+// keeping at least 4 of the 64-query tiles. Wan-1.3B's cross-attention backward at 4,680 queries:
+// 48 → 528 blocks.
+func (d *Device) attnBwdSplit(blocks, Nq int, g kernels.DType) int {
+	if attnBwdNoSplit || g != kernels.F32 || blocks >= 2*d.sms {
+		return 1
+	}
+	s := min((4*d.sms+blocks-1)/blocks, (Nq+63)/64/4)
+	return max(s, 1)
 }

@@ -27,6 +27,8 @@ func TestFusedAttentionTiles(t *testing.T) {
 		{"cache", 1, 130, 390, 2, 128, 130, 260},
 		{"cache, partial chunk", 2, 100, 357, 2, 64, 50, 257},
 		{"one query", 1, 1, 300, 2, 128, 100, 250},
+		{"cross, query split", 1, 1000, 200, 2, 128, 0, 0}, // fp32 gradients: attnBwdSplit 4
+		{"causal, query split", 1, 1500, 1500, 1, 64, 500, 0},
 	} {
 		for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
 			t.Run(a.name+"/"+dt.String(), func(t *testing.T) {

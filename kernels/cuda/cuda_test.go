@@ -250,6 +250,38 @@ func cases() []opCase {
 			d.GateAdd(t["x"], t["y"], t["mod"], 5, tpf)
 			d.GateAddBack(t["dy"], t["dmod"], t["dx"], t["y"], t["mod"], 5, tpf)
 		}})
+	// Fused ops (kernels/fused.go): the GPU's one-pass kernels against the CPU's plain ops.
+	cs = append(cs, opCase{name: "GateAddTo",
+		ts: []spec{S("x", in, B, N, D), S("y", in, B, N, D), S("mod", in, B, F, 6, D), S("out", out, B, N, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			kernels.GateAddTo(d, t["out"], t["x"], t["y"], t["mod"], 2, tpf)
+		}})
+	for _, hd := range []int{128, 12} { // 12: 2 frame pairs, 2 row pairs, 2 column pairs
+		const H, fr, rows, cols = 3, 3, 4, 5
+		cs = append(cs, opCase{name: fmt.Sprintf("RMSNormRoPE hd=%d", hd),
+			ts: []spec{S("x", in, 2*fr*rows*cols, H*hd), S("w", in, H*hd), S("y", out, 2, fr*rows*cols, H, hd), SF("rstd", saved, 2*fr*rows*cols)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				kernels.RMSNormRoPE(d, t["y"], t["rstd"], t["x"], t["w"], 1e-6, fr, rows, cols, 7)
+			}})
+	}
+	// ZeroLazy folded into the next op (LinearBack's dIn, GELUBack, GateAddBack; NaN-poisoned
+	// outputs: an op that added to them instead of writing shows), and flushed before one that
+	// does not take it (Axpy).
+	cs = append(cs, opCase{name: "ZeroLazy",
+		ts: []spec{S("x", in, 37, 72), S("w", in, 40, 72), S("dy", in, 37, 40), S("dx", out, 37, 72), S("dw", acc, 40, 72),
+			S("g", in, 5, 332), S("gx", in, 5, 332), S("dg", out, 5, 332),
+			S("gy", in, B, N, D), S("mod", in, B, F, 6, D), S("gd", in, B, N, D), S("dgy", out, B, N, D), S("dmod", acc, B, F, 6, D),
+			S("z", out, 1000), S("a", in, 1000)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			kernels.ZeroLazy(d, t["dx"])
+			d.LinearBack(t["dx"], t["dw"], nil, t["dy"], t["x"], t["w"])
+			kernels.ZeroLazy(d, t["dg"])
+			d.GELUBack(t["dg"], t["g"], t["gx"])
+			kernels.ZeroLazy(d, t["dgy"])
+			d.GateAddBack(t["dgy"], t["dmod"], t["gd"], t["gy"], t["mod"], 5, tpf)
+			kernels.ZeroLazy(d, t["z"])
+			d.Axpy(t["z"], 0.5, t["a"])
+		}})
 	for _, a := range []string{"GELU", "SiLU", "GELU4"} { // GELU4: the fp32 float4 path (n % 4 == 0)
 		cols := map[string]int{"GELU4": 332}[a]
 		if cols == 0 {
@@ -468,6 +500,45 @@ func TestLinearMixedAndTF32(t *testing.T) {
 // LinearBack with bf16 GEMM operands: the bias gradient and dOut's bf16 copy come from one pass
 // (colreduce_f32x4 with a copy), the GEMMs then read the copy. Twice, with a new dOut uploaded
 // in between: the second must not read the first's copy.
+// TestFusedBF16Copy: the bf16 copy that RMSNormRoPE writes beside its fp32 output is the operand
+// of the next bf16 GEMM (and of the attention): a GEMM on it against the CPU's fp32 RMSNorm, RoPE
+// and Linear; a stale or unrotated copy would be off by O(1).
+func TestFusedBF16Copy(t *testing.T) {
+	g := gpu(t)
+	defer func() { g.GEMM = GEMMExact }()
+	r := seedRand(t)
+	cpu := kernels.NewCPU(2)
+	const B, fr, rows, cols, H, hd, N = 2, 3, 4, 6, 2, 128, 40
+	T, D := fr*rows*cols, H*hd
+	g.GEMM = GEMMBF16
+	up := func(d kernels.Device, v []float32, shape ...int) *kernels.Tensor {
+		t := d.Alloc(kernels.F32, shape...)
+		d.FromHost(t, v)
+		return t
+	}
+	x, w, wl := randn(r, B*T*D), randn(r, D), randn(r, N*D)
+	var outs [2][]float32
+	for i, d := range []kernels.Device{cpu, g} {
+		X, W, WL := up(d, x, B*T, D), up(d, w, D), up(d, wl, N, D)
+		Y, R, Z := d.Alloc(kernels.F32, B, T, H, hd), d.Alloc(kernels.F32, B*T), d.Alloc(kernels.F32, B*T, N)
+		kernels.RMSNormRoPE(d, Y, R, X, W, 1e-6, fr, rows, cols, 2)
+		d.Linear(Z, Y.Reshape(B*T, D), WL, nil)
+		if err := d.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		outs[i] = make([]float32, Z.Numel())
+		d.ToHost(outs[i], Z)
+		for _, t := range []*kernels.Tensor{X, W, WL, Y, R, Z} {
+			d.Free(t)
+		}
+	}
+	if e := relErr(outs[1], outs[0]); !(e <= tolBF16) {
+		t.Errorf("Linear after RMSNormRoPE (bf16 GEMM on the fused copy): rel error %.3g > %.0e", e, tolBF16)
+	} else {
+		t.Logf("Linear after RMSNormRoPE (bf16 GEMM on the fused copy): rel error %.3g", e)
+	}
+}
+
 func TestLinearBackBF16(t *testing.T) {
 	g := gpu(t)
 	defer func() { g.GEMM = GEMMExact }()

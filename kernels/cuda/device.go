@@ -73,8 +73,11 @@ type Device struct {
 	prof      profiler
 	smemSet   map[uintptr]int // dynamic shared memory limit set per function
 	capturing bool
-	refAttn   bool // FEWSTEP_ATTENTION=ref: always the reference attention kernels
-	vec       bool // float4 fp32 fast paths (FEWSTEP_VEC=0: off, for A/B timings)
+	refAttn   bool           // FEWSTEP_ATTENTION=ref: always the reference attention kernels
+	vec       bool           // float4 fp32 fast paths (FEWSTEP_VEC=0: off, for A/B timings)
+	fuse      bool           // fused ops and lazy zeroing (fused.go; FEWSTEP_FUSE=0: off, for A/B timings)
+	pz        kernels.Tensor // ZeroLazy's pending tensor (header copy), when pzOn
+	pzOn      bool
 	syncEach  bool // FEWSTEP_CUDA_SYNC=1: synchronize after every launch (debugging)
 }
 
@@ -227,6 +230,7 @@ func New(ordinal int) (*Device, error) {
 	}
 	d.refAttn = os.Getenv("FEWSTEP_ATTENTION") == "ref"
 	d.vec = os.Getenv("FEWSTEP_VEC") != "0"
+	d.fuse = os.Getenv("FEWSTEP_FUSE") != "0"
 	d.syncEach = os.Getenv("FEWSTEP_CUDA_SYNC") == "1"
 	d.Info = fmt.Sprintf("%s, sm_%d, %d SMs, driver %d, cuBLASLt %d", cstr(name[:]), d.cc, d.sms, d.driver, d.lt.version)
 	return d, nil
@@ -245,6 +249,11 @@ func (d *Device) Name() string { return "cuda" }
 // enter pins the goroutine to its OS thread and makes the context current there (the driver's
 // current context is per thread; goroutines move between threads).
 func (d *Device) enter() bool {
+	if d.pzOn && d.depth == 0 { // a ZeroLazy the op did not claim: zero it now, before the op
+		keep := d.keep
+		d.flushZero()
+		d.keep = keep
+	}
 	runtime.LockOSThread()
 	if d.depth == 0 && !d.keep {
 		d.acts = d.acts[:0] // an op that does not declare its writes: no bf16 copy stays valid
@@ -558,6 +567,7 @@ func (d *Device) Free(t *kernels.Tensor) {
 	purego.SyscallN(d.drv.cuCtxSetCurrent, d.ctx)
 	// Free waits for queued work on the tensor: cuMemFree does not order itself after the stream.
 	purego.SyscallN(d.drv.cuStreamSynchronize, d.stream)
+	d.dropZero(t)
 	d.forget(t)
 	d.fail(d.drv.call("cuMemFree_v2", d.drv.cuMemFree, t.Ptr))
 	t.Ptr = 0
@@ -680,7 +690,9 @@ func (d *Device) Copy(dst, src *kernels.Tensor) {
 	defer d.leave()
 	d.touch(dst)
 	if dst.DType == src.DType {
+		pr := d.profBegin()
 		d.fail(d.drv.call("cuMemcpyDtoDAsync_v2", d.drv.cuMemcpyDtoDAsync, dst.Ptr, src.Ptr, uintptr(n*src.DType.Size()), d.stream))
+		d.profEnd("memcpy", pr)
 		return
 	}
 	d.args.reset().t(dst).t(src).i64(n)
@@ -694,7 +706,7 @@ func (d *Device) Zero(t *kernels.Tensor) {
 	}
 	defer d.leave()
 	d.touch(t)
-	d.fail(d.drv.call("cuMemsetD8Async", d.drv.cuMemsetD8Async, t.Ptr, 0, uintptr(n), d.stream))
+	d.zeroNow(t)
 }
 
 func (d *Device) Fill(t *kernels.Tensor, v float32) {

@@ -78,13 +78,15 @@ extern "C" __global__ void mod_fwd_f32x4(f32x4 *out, bf16x4 *sh, const f32x4 *x,
     }
 }
 
-// gate_add for fp32: x += y·gate.
-extern "C" __global__ void gate_add_f32x4(f32x4 *x, const f32x4 *y, const float *mod, int iGate,
+// gate_add for fp32: x = xin + y·gate (xin == x: the in-place x += y·gate; xin null: x = y·gate, a
+// gradient whose zeroing was folded in, kernels.LazyZeroer).
+extern "C" __global__ void gate_add_f32x4(f32x4 *x, const f32x4 *xin, const f32x4 *y, const float *mod, int iGate,
                                           unsigned N, unsigned D, unsigned F, unsigned K, unsigned tpf, ll n4) {
     unsigned D4 = D / 4;
     GRID_STRIDE_I(unsigned, i, n4) {
         unsigned d4 = i % D4, tok = i / D4, b = tok / N, f = (tok % N) / tpf;
-        f32x4 g = ((const f32x4 *)(mod + ((b * F + f) * K + iGate) * D))[d4], v = x[i], u = y[i];
+        f32x4 g = ((const f32x4 *)(mod + ((b * F + f) * K + iGate) * D))[d4], u = y[i];
+        f32x4 v = xin ? xin[i] : f32x4{0.f, 0.f, 0.f, 0.f};
         x[i] = f32x4{v.x + u.x * g.x, v.y + u.y * g.y, v.z + u.z * g.z, v.w + u.w * g.w};
     }
 }

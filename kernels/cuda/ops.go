@@ -225,6 +225,10 @@ func (d *Device) LinearBack(dIn, dW, dB, dOut, in, w *kernels.Tensor) {
 	N, K := w.Shape[0], w.Numel()/w.Shape[0]
 	M := in.Numel() / K
 	must(dOut.Numel() == M*N, "LinearBack: dOut %v in %v w %v", dOut.Shape, in.Shape, w.Shape)
+	betaIn := float32(1)
+	if d.claimZero(dIn) { // ZeroLazy(dIn) just before: write dIn instead of adding to zeros
+		betaIn = 0
+	}
 	if !d.begin(false) {
 		return
 	}
@@ -245,7 +249,7 @@ func (d *Device) LinearBack(dIn, dW, dB, dOut, in, w *kernels.Tensor) {
 	}
 	if dIn != nil { // dInᵀ (K×M) = (w as K×N)·(dOut as N×M)
 		mustNumel("LinearBack dIn", M*K, dIn)
-		d.gemm("LinearBack(dIn)", opN, opN, K, M, N, w, K, dOut, N, dIn, K, 1, nil)
+		d.gemm("LinearBack(dIn)", opN, opN, K, M, N, w, K, dOut, N, dIn, K, betaIn, nil)
 	}
 	if dW != nil { // dWᵀ (K×N) = (in as K×M)·(dOut as N×M)ᵀ
 		mustNumel("LinearBack dW", N*K, dW)
@@ -548,19 +552,20 @@ func (d *Device) GateAdd(x, y, mod *kernels.Tensor, iGate, tpf int) {
 		return
 	}
 	defer d.leave()
-	d.gateAdd(x, y, mod, iGate, N, D, F, K, tpf, n)
+	d.gateAdd(x, y, mod, iGate, N, D, F, K, tpf, n, false)
 }
 
 func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf int) {
 	B, N, D, F, K := modDims("GateAddBack", y, mod, []int{iGate}, tpf)
 	n := sameNumel("GateAddBack", dX, y)
+	fresh := d.claimZero(dY) // ZeroLazy(dY) just before: dY = dX·gate
 	if !d.begin(n == 0, dY, dMod) {
 		return
 	}
 	defer d.leave()
 	if dY != nil { // dY += dX·gate: the forward's form
 		mustNumel("GateAddBack dY", n, dY)
-		d.gateAdd(dY, dX, mod, iGate, N, D, F, K, tpf, n)
+		d.gateAdd(dY, dX, mod, iGate, N, D, F, K, tpf, n, fresh)
 	}
 	if dMod != nil {
 		mustNumel("GateAddBack dMod", mod.Numel(), dMod)
@@ -568,12 +573,19 @@ func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf in
 	}
 }
 
-// gateAdd queues x += y·mod[b,f,iGate].
-func (d *Device) gateAdd(x, y, mod *kernels.Tensor, iGate, N, D, F, K, tpf, n int) {
+// gateAdd queues x += y·mod[b,f,iGate] (fresh: x = y·mod[b,f,iGate], x's zeroing folded in).
+func (d *Device) gateAdd(x, y, mod *kernels.Tensor, iGate, N, D, F, K, tpf, n int, fresh bool) {
 	if d.vecEW(D, n, mod.Numel(), x, y, mod) {
-		d.args.reset().ptr(x.Ptr).ptr(y.Ptr).ptr(mod.Ptr).i32(iGate).i32(N).i32(D).i32(F).i32(K).i32(tpf).i64(n / 4)
+		xin := x.Ptr
+		if fresh {
+			xin = 0
+		}
+		d.args.reset().ptr(x.Ptr).ptr(xin).ptr(y.Ptr).ptr(mod.Ptr).i32(iGate).i32(N).i32(D).i32(F).i32(K).i32(tpf).i64(n / 4)
 		d.ew("gate_add_f32x4", n/4)
 		return
+	}
+	if fresh {
+		d.zeroNow(x)
 	}
 	d.args.reset().t(x).t(y).t(mod).i32(iGate).i64(N).i64(D).i32(F).i32(K).i64(tpf).i64(n)
 	d.ew("gate_add", n)
@@ -651,6 +663,7 @@ func (d *Device) act(name string, out, in *kernels.Tensor) {
 
 func (d *Device) actBack(name string, dIn, dOut, in *kernels.Tensor) {
 	n := sameNumel(name, dIn, dOut, in)
+	fresh := d.claimZero(dIn) // ZeroLazy(dIn) just before: dIn = the gradient
 	if !d.begin(n == 0, dIn) {
 		return
 	}
@@ -659,10 +672,13 @@ func (d *Device) actBack(name string, dIn, dOut, in *kernels.Tensor) {
 		dIn.Ptr%16 == 0 && dOut.Ptr%16 == 0 && in.Ptr%16 == 0 {
 		// fp32 float4 path; in GEMMBF16 mode it also writes dIn's bf16 copy for the GEMM that reads it next.
 		sh := d.shadowBuf(dIn)
-		d.args.reset().ptr(dIn.Ptr).ptr(sh).ptr(dOut.Ptr).ptr(in.Ptr).i64(n / 4)
+		d.args.reset().ptr(dIn.Ptr).ptr(sh).ptr(dOut.Ptr).ptr(in.Ptr).i32(btoi(!fresh)).i64(n / 4)
 		d.ew("act_gelu_back_f32x4", n/4)
 		d.actSet(dIn, sh)
 		return
+	}
+	if fresh {
+		d.zeroNow(dIn)
 	}
 	d.args.reset().t(dIn).t(dOut).t(in).i64(n)
 	d.ew(name, n)

@@ -83,6 +83,59 @@ extern "C" __global__ void rms_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, c
     if (threadIdx.x == 0 && rstd) rstd[blockIdx.x] = rs;
 }
 
+// rms_fwd_f32x4 then the 3D RoPE of rope.cu on the row in registers (one pass instead of RMSNorm, RoPE
+// and a bf16 conversion): row = b·N + t, token t of the [frames, rows, cols] grid at frame frame0 + f;
+// the row's D = heads·hd channels rotate in pairs (2j, 2j+1) of each head (hd % 4 == 0: a float4 holds
+// pairs j0, j0 + 1 of one head), cos/sin from rope_table's tf, th. out null: only the bf16 values
+// (shw; a bf16 output tensor).
+__device__ __forceinline__ void rope_pair(float &a, float &b, const float *tf, const float *th, int j, int nf, int nh,
+                                          unsigned f, unsigned r, unsigned w) {
+    const float *e;
+    if (j < nf) e = tf + 2 * (f * nf + j);
+    else if (j < nf + nh) e = th + 2 * (r * nh + j - nf);
+    else e = th + 2 * (w * nh + j - nf - nh);
+    float co = e[0], sn = e[1];
+    float y0 = a * co - b * sn, y1 = a * sn + b * co;
+    a = y0;
+    b = y1;
+}
+extern "C" __global__ void rms_rope_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, const f32x4 *in, const f32x4 *w, int D,
+                                          float eps, const float *tf, const float *th, int N, int hd, int rows, int cols,
+                                          int frame0) {
+    __shared__ float sh[32];
+    const int T = blockDim.x, D4 = D / 4;
+    const ll o = (ll)blockIdx.x * D4;
+    f32x4 xv[VEC_MAXV];
+    float q = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
+        q += xv[e].x * xv[e].x + xv[e].y * xv[e].y + xv[e].z * xv[e].z + xv[e].w * xv[e].w;
+    }
+    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+    const int nh = hd / 2 / 3, nf = hd / 2 - 2 * nh;
+    const unsigned t = blockIdx.x % (unsigned)N, hw = (unsigned)rows * cols;
+    const unsigned f = frame0 + t / hw, r = (t / cols) % rows, wc = t % cols;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            f32x4 y = {xv[e].x * rs, xv[e].y * rs, xv[e].z * rs, xv[e].w * rs};
+            if (w) {
+                f32x4 g = w[c];
+                y.x *= g.x; y.y *= g.y; y.z *= g.z; y.w *= g.w;
+            }
+            int j = ((4 * c) % hd) / 2;
+            rope_pair(y.x, y.y, tf, th, j, nf, nh, f, r, wc);
+            rope_pair(y.z, y.w, tf, th, j + 1, nf, nh, f, r, wc);
+            if (out) out[o + c] = y;
+            if (shw) shw[o + c] = bf16x4{f2bf(y.x), f2bf(y.y), f2bf(y.z), f2bf(y.w)};
+        }
+    }
+    if (threadIdx.x == 0 && rstd) rstd[blockIdx.x] = rs;
+}
+
 // dIn += rstd·(g − x̂·mean(g·x̂)), g = dOut·w, x̂ = x·rstd.
 extern "C" __global__ void rms_bwd(void *dIn, int dtdi, const void *dOut, int dtdo, const void *in, int dti,
                                    const void *rstd, int dts, const void *w, int dtw, ll D) {

@@ -151,7 +151,7 @@ def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None)
     if variant:
         name, nw = variant, BWD_VARIANTS[variant][1]
     sm, bc = bwd_smem(hd, nw), 16 * nw
-    fn(name, sm)((((Nk + bc - 1) // bc), H, B), (nw * 32,), (P(dK), P(dV), P(dQacc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
+    fn(name, sm)((((Nk + bc - 1) // bc), H, B), (nw * 32,), (P(dK), P(dV), P(dQacc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(1)), shared_mem=sm)
     if dQ is not None and dQacc is not dQ:
         n = dQ.numel()
         fn("attn_add_f32_into")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(dQacc), np.int64(n)))

@@ -1,0 +1,125 @@
+package cuda
+
+import (
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// The fused ops of kernels/fused.go (GateAddTo, RMSNormRoPE) and lazy zeroing (ZeroLazy): each
+// takes the fp32 float4 paths only and returns false otherwise (the caller then runs the plain
+// ops). FEWSTEP_FUSE=0 turns all of it off (A/B timings).
+
+var (
+	_ kernels.GateAdderTo   = (*Device)(nil)
+	_ kernels.RMSNormRoPEer = (*Device)(nil)
+	_ kernels.LazyZeroer    = (*Device)(nil)
+)
+
+// GateAddTo: out = x + y·mod[b, f, iGate, :] in one pass (the residual without a Copy first).
+func (d *Device) GateAddTo(out, x, y, mod *kernels.Tensor, iGate, tpf int) bool {
+	if !d.fuse {
+		return false
+	}
+	_, N, D, F, K := modDims("GateAddTo", x, mod, []int{iGate}, tpf)
+	n := sameNumel("GateAddTo", out, x, y)
+	if !d.vecEW(D, n, mod.Numel(), out, x, y, mod) {
+		return false
+	}
+	if !d.begin(n == 0, out) {
+		return true
+	}
+	defer d.leave()
+	d.touch(out)
+	d.args.reset().ptr(out.Ptr).ptr(x.Ptr).ptr(y.Ptr).ptr(mod.Ptr).i32(iGate).i32(N).i32(D).i32(F).i32(K).i32(tpf).i64(n / 4)
+	d.ew("gate_add_f32x4", n/4)
+	return true
+}
+
+// RMSNormRoPE: out [B, N, heads, hd] = RoPE(RMSNorm(in)·w), in [B·N, D], in one pass (the row in
+// registers, rotated with the RoPE tables), with out's bf16 copy (or only bf16 values for a bf16
+// out) for the attention that reads it.
+func (d *Device) RMSNormRoPE(out, rstd, in, w *kernels.Tensor, eps float32, frames, rows, cols, frame0 int) bool {
+	if !d.fuse || len(out.Shape) != 4 {
+		return false
+	}
+	N, H, hd := out.Shape[1], out.Shape[2], out.Shape[3]
+	D := lastDim(in)
+	n := sameNumel("RMSNormRoPE", out, in)
+	must(N == frames*rows*cols, "RMSNormRoPE: out %v for a %d×%d×%d grid", out.Shape, frames, rows, cols)
+	must(H*hd == D, "RMSNormRoPE: out %v, in %v", out.Shape, in.Shape)
+	nrows := n / D
+	must(rstd == nil || rstd.Numel() == nrows, "RMSNormRoPE: rstd %v for %d rows", rstd, nrows)
+	must(w == nil || w.Numel() == D, "RMSNormRoPE: weight %v for D=%d", w, D)
+	T := d.vecRow(D, in, w, rstd)
+	if hd%4 != 0 || T == 0 || n == 0 || n >= 1<<31 {
+		return false
+	}
+	if !d.begin(false, out, rstd) {
+		return true
+	}
+	defer d.leave()
+	op, sh, vok := d.vecOut(out)
+	tf, th := d.ropeTable(hd, max(frame0+frames, rows, cols))
+	if !vok || tf == 0 { // an unaligned out, or a RoPE table that cannot grow during a capture
+		d.RMSNorm(out, rstd, in, w, eps)
+		d.RoPE(out, frames, rows, cols, frame0)
+		return true
+	}
+	d.args.reset().ptr(op).ptr(sh).ptr(ptrOf(rstd)).ptr(in.Ptr).ptr(ptrOf(w)).i32(D).f32(eps).
+		ptr(tf).ptr(th).i32(N).i32(hd).i32(rows).i32(cols).i32(frame0)
+	d.launch("rms_rope_f32x4", nrows, 1, 1, T, 1, 1, 0)
+	d.actSetF32(out, sh)
+	return true
+}
+
+// ZeroLazy zeroes t now or, when the next op claims it (claimZero: LinearBack's dIn, GELUBack's
+// dIn, GateAddBack's dY, each on its fast path), lets that op write instead of accumulate.
+func (d *Device) ZeroLazy(t *kernels.Tensor) {
+	if !d.fuse || t.Numel() == 0 || d.capturing {
+		d.Zero(t)
+		return
+	}
+	d.flushZero()
+	d.pz, d.pzOn = *t, true
+	d.touch(t)
+	d.wrote(t)
+}
+
+// claimZero reports whether t is the pending ZeroLazy tensor (same address and bytes) and takes
+// it: the op then overwrites t. Called by an op before it begins.
+func (d *Device) claimZero(t *kernels.Tensor) bool {
+	if !d.pzOn || t == nil || d.err != nil {
+		return false
+	}
+	if d.pz.Ptr == t.Ptr && d.pz.Numel()*d.pz.DType.Size() == t.Numel()*t.DType.Size() {
+		d.pzOn = false
+		return true
+	}
+	return false
+}
+
+// flushZero zeroes the pending ZeroLazy tensor.
+func (d *Device) flushZero() {
+	if d.pzOn {
+		d.pzOn = false
+		t := d.pz
+		d.Zero(&t)
+	}
+}
+
+// dropZero forgets a pending zeroing of memory that t (about to be freed) overlaps.
+func (d *Device) dropZero(t *kernels.Tensor) {
+	if !d.pzOn {
+		return
+	}
+	lo, hi := t.Ptr, t.Ptr+uintptr(t.Numel()*t.DType.Size())
+	if d.pz.Ptr < hi && lo < d.pz.Ptr+uintptr(d.pz.Numel()*d.pz.DType.Size()) {
+		d.pzOn = false
+	}
+}
+
+// zeroNow queues the memset of t inside an entered op.
+func (d *Device) zeroNow(t *kernels.Tensor) {
+	pr := d.profBegin()
+	d.fail(d.drv.call("cuMemsetD8Async", d.drv.cuMemsetD8Async, t.Ptr, 0, uintptr(t.Numel()*t.DType.Size()), d.stream))
+	d.profEnd("memset", pr)
+}

@@ -1,0 +1,68 @@
+package kernels
+
+// Fused ops: optional Device methods that do in one pass what two or three ops of Device do (issue
+// 14: fewer passes over the activations). A device implements the interface it can run; each
+// method reports whether it took the work (false: nothing queued, e.g. dtypes or alignments it has
+// no kernel for). Callers use the functions below, which fall back to the plain ops, so every
+// device computes the same function and the CPU device needs no fused code.
+
+// GateAdderTo computes out = x + y·mod[b, f, iGate, :] (GateAdd from a separate residual input:
+// no Copy of x first). out may alias x.
+type GateAdderTo interface {
+	GateAddTo(out, x, y, mod *Tensor, iGate, tokensPerFrame int) bool
+}
+
+// RMSNormRoPEer computes out = RoPE(RMSNorm(in)·w): in [B·N, D], out [B, N, heads, hd] (D =
+// heads·hd), rstd [B·N] saved as RMSNorm saves it; the rotation as RoPE's.
+type RMSNormRoPEer interface {
+	RMSNormRoPE(out, rstd, in, w *Tensor, eps float32, frames, rows, cols, frame0 int) bool
+}
+
+// LazyZeroer zeroes t like Zero, but may fold the zeroing into the next op when that op
+// accumulates into the whole of t (it then writes instead of adding: no memset, no read of the
+// zeros). Any other next op sees t zeroed as after Zero.
+type LazyZeroer interface {
+	ZeroLazy(t *Tensor)
+}
+
+// GateAddTo is out = x + y·mod[b, f, iGate, :] on any device (Copy and GateAdd where d has no
+// GateAddTo).
+func GateAddTo(d Device, out, x, y, mod *Tensor, iGate, tokensPerFrame int) {
+	if f, ok := d.(GateAdderTo); ok && f.GateAddTo(out, x, y, mod, iGate, tokensPerFrame) {
+		return
+	}
+	if !sameStorage(out, x) {
+		d.Copy(out, x)
+	}
+	d.GateAdd(out, y, mod, iGate, tokensPerFrame)
+}
+
+// RMSNormRoPE is out = RoPE(RMSNorm(in)·w) on any device (RMSNorm then RoPE in place where d has
+// no RMSNormRoPE).
+func RMSNormRoPE(d Device, out, rstd, in, w *Tensor, eps float32, frames, rows, cols, frame0 int) {
+	if f, ok := d.(RMSNormRoPEer); ok && f.RMSNormRoPE(out, rstd, in, w, eps, frames, rows, cols, frame0) {
+		return
+	}
+	d.RMSNorm(out, rstd, in, w, eps)
+	d.RoPE(out, frames, rows, cols, frame0)
+}
+
+// ZeroLazy zeroes t (lazily where d is a LazyZeroer: see there).
+func ZeroLazy(d Device, t *Tensor) {
+	if z, ok := d.(LazyZeroer); ok {
+		z.ZeroLazy(t)
+		return
+	}
+	d.Zero(t)
+}
+
+// sameStorage reports whether a and b are the same elements (same device storage, same size).
+func sameStorage(a, b *Tensor) bool {
+	if a.Numel() != b.Numel() || a.DType != b.DType {
+		return false
+	}
+	if a.F32 != nil || b.F32 != nil {
+		return len(a.F32) > 0 && len(b.F32) > 0 && &a.F32[0] == &b.F32[0]
+	}
+	return a.Ptr == b.Ptr
+}
