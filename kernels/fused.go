@@ -18,6 +18,20 @@ type RMSNormRoPEer interface {
 	RMSNormRoPE(out, rstd, in, w *Tensor, eps float32, frames, rows, cols, frame0 int) bool
 }
 
+// RMSNormRoPEBacker is the backward of RMSNormRoPE: dOut [B, N, heads, hd], the gradient of the
+// rotated output, is rotated back in place (as RoPEBack leaves it), then dIn and dW accumulate as
+// RMSNormBack's.
+type RMSNormRoPEBacker interface {
+	RMSNormRoPEBack(dIn, dW, dOut, in, rstd, w *Tensor, frames, rows, cols, frame0 int) bool
+}
+
+// ModulateLayerNormBacker is the backward of Modulate(LayerNorm(x)) with no affine LayerNorm: dX
+// accumulates the gradient through the norm of dLn = dH·(1 + mod[b, f, iScale]) (not stored), dMod's
+// shift and scale slices accumulate as ModulateBack's. ln is the saved normalized x.
+type ModulateLayerNormBacker interface {
+	ModulateLayerNormBack(dX, dMod, dH, ln, x, mean, rstd, mod *Tensor, iShift, iScale, tokensPerFrame int) bool
+}
+
 // LazyZeroer zeroes t like Zero, but may fold the zeroing into the next op when that op
 // accumulates into the whole of t (it then writes instead of adding: no memset, no read of the
 // zeros). Any other next op sees t zeroed as after Zero.
@@ -45,6 +59,28 @@ func RMSNormRoPE(d Device, out, rstd, in, w *Tensor, eps float32, frames, rows, 
 	}
 	d.RMSNorm(out, rstd, in, w, eps)
 	d.RoPE(out, frames, rows, cols, frame0)
+}
+
+// RMSNormRoPEBack is the backward of RMSNormRoPE on any device (RoPEBack in place, then
+// RMSNormBack, where d has no RMSNormRoPEBack).
+func RMSNormRoPEBack(d Device, dIn, dW, dOut, in, rstd, w *Tensor, frames, rows, cols, frame0 int) {
+	if f, ok := d.(RMSNormRoPEBacker); ok && f.RMSNormRoPEBack(dIn, dW, dOut, in, rstd, w, frames, rows, cols, frame0) {
+		return
+	}
+	d.RoPEBack(dOut, frames, rows, cols, frame0)
+	d.RMSNormBack(dIn, dW, dOut, in, rstd, w)
+}
+
+// ModulateLayerNormBack is the backward of Modulate(LayerNorm(x)) on any device; dLn [B, N, D] is
+// the scratch of the plain ops (ModulateBack into a zeroed dLn, then LayerNormBack) where d has no
+// ModulateLayerNormBack. Its contents afterwards are unspecified.
+func ModulateLayerNormBack(d Device, dX, dMod, dH, dLn, ln, x, mean, rstd, mod *Tensor, iShift, iScale, tokensPerFrame int) {
+	if f, ok := d.(ModulateLayerNormBacker); ok && f.ModulateLayerNormBack(dX, dMod, dH, ln, x, mean, rstd, mod, iShift, iScale, tokensPerFrame) {
+		return
+	}
+	ZeroLazy(d, dLn)
+	d.ModulateBack(dLn, dMod, dH, ln, mod, iShift, iScale, tokensPerFrame)
+	d.LayerNormBack(dX, nil, nil, dLn, x, mean, rstd, nil)
 }
 
 // ZeroLazy zeroes t (lazily where d is a LazyZeroer: see there).

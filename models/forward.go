@@ -178,10 +178,9 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		if dOut.Numel() != p.out.Numel() {
 			panic(fmt.Sprintf("models: backward: dOut %v, output %v", dOut.Shape, p.out.Shape))
 		}
-		d.UnpatchifyBack(g.dY, dOut, B, p.Co, F, H, W)                      // [B, N, 4·C_out]
-		d.LinearBack(g.dHin, gw.Head.W, gw.Head.B, g.dYF, p.hinF, w.Head.W) // [B·N, D]
-		d.ModulateBack(g.dLnH, dHmod, g.dHin3, p.lnH, p.hmod, 0, 1, hw)     // [B, N, D]
-		d.LayerNormBack(g.dX, nil, nil, g.dLnH, xL, p.meanH, p.rstdH, nil)  // [B, N, D]
+		d.UnpatchifyBack(g.dY, dOut, B, p.Co, F, H, W)                                                                // [B, N, 4·C_out]
+		d.LinearBack(g.dHin, gw.Head.W, gw.Head.B, g.dYF, p.hinF, w.Head.W)                                           // [B·N, D]
+		kernels.ModulateLayerNormBack(d, g.dX, dHmod, g.dHin3, g.dLnH, p.lnH, xL, p.meanH, p.rstdH, p.hmod, 0, 1, hw) // [B, N, D]
 		if train {
 			d.AddBroadcastBack(gw.HeadModulation, g.dEDup, g.dHmodF) // [2·D], [B·F, 2, D]
 			for i, r := range g.deRows {
@@ -217,18 +216,19 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		kernels.ZeroLazy(d, g.dF1)
 		d.GELUBack(g.dF1, g.dF1g, a.f1) // [B·N, ffn]
 		kernels.ZeroLazy(d, g.dH2)
-		d.LinearBack(g.dH2, gb.FFN0.W, gb.FFN0.B, g.dF1, a.h2F, bw.FFN0.W)   // [B·N, D]
-		d.ModulateBack(g.dLn2, dMod, g.dH23, a.ln2, a.mod, 3, 4, hw)         // [B, N, D]
-		d.LayerNormBack(g.dX, nil, nil, g.dLn2, a.x2, a.mean2, a.rstd2, nil) // [B, N, D]
+		d.LinearBack(g.dH2, gb.FFN0.W, gb.FFN0.B, g.dF1, a.h2F, bw.FFN0.W)                                           // [B·N, D]
+		kernels.ModulateLayerNormBack(d, g.dX, dMod, g.dH23, g.dLn2, a.ln2, a.x2, a.mean2, a.rstd2, a.mod, 3, 4, hw) // [B, N, D]
 
 		// cross-attention; g.dX becomes the gradient of x1
 		kernels.ZeroLazy(d, g.dCatt)
 		d.LinearBack(g.dCatt, gb.Cross.O.W, gb.Cross.O.B, g.dXF, a.catt, bw.Cross.O.W)                  // [B·N, D]
 		d.AttentionBack(g.dCq4, g.dCk4, g.dCv4, g.dCatt4, a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0) // [B, N|L, H, hd]
-		d.RMSNormBack(g.dCqPre, gb.Cross.NormQ, g.dCq, a.cq, a.rstdCq, bw.Cross.NormQ)                  // [B·N, D]
+		kernels.ZeroLazy(d, g.dCqPre)
+		d.RMSNormBack(g.dCqPre, gb.Cross.NormQ, g.dCq, a.cq, a.rstdCq, bw.Cross.NormQ) // [B·N, D]
 		kernels.ZeroLazy(d, g.dN3)
 		d.LinearBack(g.dN3, gb.Cross.Q.W, gb.Cross.Q.B, g.dCqPre, a.n3F, bw.Cross.Q.W) // [B·N, D]
 		if train {                                                                     // the context's path only carries parameter gradients
+			kernels.ZeroLazy(d, g.dCkPre)
 			d.RMSNormBack(g.dCkPre, gb.Cross.NormK, g.dCk, a.ck, a.rstdCk, bw.Cross.NormK)  // [B·L, D]
 			d.LinearBack(g.dCtx, gb.Cross.K.W, gb.Cross.K.B, g.dCkPre, p.ctx, bw.Cross.K.W) // [B·L, D]
 			d.LinearBack(g.dCtx, gb.Cross.V.W, gb.Cross.V.B, g.dCv, p.ctx, bw.Cross.V.W)    // [B·L, D]
@@ -245,16 +245,15 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		} else {
 			d.AttentionBack(g.dQr4, g.dKr4, g.dV4, g.dAtt4, a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
 		}
-		d.RoPEBack(g.dQr4, F, p.h, p.w, frame0)                                // [B, N, H, hd]
-		d.RoPEBack(g.dKr4, F, p.h, p.w, frame0)                                // [B, N, H, hd]
-		d.RMSNormBack(g.dQ, gb.Self.NormQ, g.dQr, a.q, a.rstdQ, bw.Self.NormQ) // [B·N, D]
-		d.RMSNormBack(g.dK, gb.Self.NormK, g.dKr, a.k, a.rstdK, bw.Self.NormK) // [B·N, D]
+		kernels.ZeroLazy(d, g.dQ)
+		kernels.RMSNormRoPEBack(d, g.dQ, gb.Self.NormQ, g.dQr4, a.q, a.rstdQ, bw.Self.NormQ, F, p.h, p.w, frame0) // [B·N, D]
+		kernels.ZeroLazy(d, g.dK)
+		kernels.RMSNormRoPEBack(d, g.dK, gb.Self.NormK, g.dKr4, a.k, a.rstdK, bw.Self.NormK, F, p.h, p.w, frame0) // [B·N, D]
 		kernels.ZeroLazy(d, g.dH1)
-		d.LinearBack(g.dH1, gb.Self.Q.W, gb.Self.Q.B, g.dQ, a.h1F, bw.Self.Q.W) // [B·N, D]
-		d.LinearBack(g.dH1, gb.Self.K.W, gb.Self.K.B, g.dK, a.h1F, bw.Self.K.W) // [B·N, D]
-		d.LinearBack(g.dH1, gb.Self.V.W, gb.Self.V.B, g.dV, a.h1F, bw.Self.V.W) // [B·N, D]
-		d.ModulateBack(g.dLn1, dMod, g.dH13, a.ln1, a.mod, 0, 1, hw)            // [B, N, D]
-		d.LayerNormBack(g.dX, nil, nil, g.dLn1, a.x, a.mean1, a.rstd1, nil)     // [B, N, D]
+		d.LinearBack(g.dH1, gb.Self.Q.W, gb.Self.Q.B, g.dQ, a.h1F, bw.Self.Q.W)                                     // [B·N, D]
+		d.LinearBack(g.dH1, gb.Self.K.W, gb.Self.K.B, g.dK, a.h1F, bw.Self.K.W)                                     // [B·N, D]
+		d.LinearBack(g.dH1, gb.Self.V.W, gb.Self.V.B, g.dV, a.h1F, bw.Self.V.W)                                     // [B·N, D]
+		kernels.ModulateLayerNormBack(d, g.dX, dMod, g.dH13, g.dLn1, a.ln1, a.x, a.mean1, a.rstd1, a.mod, 0, 1, hw) // [B, N, D]
 
 		if train {
 			d.AddBroadcastBack(gb.Modulation, g.dE0, g.dModF) // [6·D], [B·F, 6, D]

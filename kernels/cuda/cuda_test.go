@@ -264,6 +264,27 @@ func cases() []opCase {
 				kernels.RMSNormRoPE(d, t["y"], t["rstd"], t["x"], t["w"], 1e-6, fr, rows, cols, 7)
 			}})
 	}
+	for _, hd := range []int{128, 12} {
+		const H, fr, rows, cols = 2, 3, 4, 5
+		R, Dm := 2*fr*rows*cols, H*hd
+		cs = append(cs, opCase{name: fmt.Sprintf("RMSNormRoPEBack hd=%d", hd),
+			ts: []spec{S("x", in, R, Dm), S("w", in, Dm), S("y", out, 2, fr*rows*cols, H, hd), SF("rstd", saved, R),
+				S("dy", inout, 2, fr*rows*cols, H, hd), S("dx", out, R, Dm), S("dw", acc, Dm),
+				S("dy2", inout, 2, fr*rows*cols, H, hd), S("dx2", acc, R, Dm)},
+			run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+				kernels.RMSNormRoPE(d, t["y"], t["rstd"], t["x"], t["w"], 1e-6, fr, rows, cols, 5)
+				kernels.ZeroLazy(d, t["dx"]) // written (fresh)
+				kernels.RMSNormRoPEBack(d, t["dx"], t["dw"], t["dy"], t["x"], t["rstd"], t["w"], fr, rows, cols, 5)
+				kernels.RMSNormRoPEBack(d, t["dx2"], nil, t["dy2"], t["x"], t["rstd"], t["w"], fr, rows, cols, 5) // accumulated
+			}})
+	}
+	cs = append(cs, opCase{name: "ModulateLayerNormBack",
+		ts: []spec{S("x", in, B, N, D), S("ln", saved, B, N, D), SF("mean", saved, B*N), SF("rstd", saved, B*N), S("mod", in, B, F, 6, D),
+			S("dh", in, B, N, D), S("dln", in, B, N, D), S("dx", acc, B, N, D), S("dmod", acc, B, F, 6, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.LayerNorm(t["ln"], t["mean"], t["rstd"], t["x"], nil, nil, 1e-6)
+			kernels.ModulateLayerNormBack(d, t["dx"], t["dmod"], t["dh"], t["dln"], t["ln"], t["x"], t["mean"], t["rstd"], t["mod"], 3, 4, tpf)
+		}})
 	// ZeroLazy folded into the next op (LinearBack's dIn, GELUBack, GateAddBack; NaN-poisoned
 	// outputs: an op that added to them instead of writing shows), and flushed before one that
 	// does not take it (Axpy).
@@ -271,7 +292,7 @@ func cases() []opCase {
 		ts: []spec{S("x", in, 37, 72), S("w", in, 40, 72), S("dy", in, 37, 40), S("dx", out, 37, 72), S("dw", acc, 40, 72),
 			S("g", in, 5, 332), S("gx", in, 5, 332), S("dg", out, 5, 332),
 			S("gy", in, B, N, D), S("mod", in, B, F, 6, D), S("gd", in, B, N, D), S("dgy", out, B, N, D), S("dmod", acc, B, F, 6, D),
-			S("z", out, 1000), S("a", in, 1000)},
+			S("z", out, 1000), S("a", in, 1000), S("rx", out, B, N, D), SF("rrs", pos, B*N)},
 		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
 			kernels.ZeroLazy(d, t["dx"])
 			d.LinearBack(t["dx"], t["dw"], nil, t["dy"], t["x"], t["w"])
@@ -281,6 +302,8 @@ func cases() []opCase {
 			d.GateAddBack(t["dgy"], t["dmod"], t["gd"], t["gy"], t["mod"], 5, tpf)
 			kernels.ZeroLazy(d, t["z"])
 			d.Axpy(t["z"], 0.5, t["a"])
+			kernels.ZeroLazy(d, t["rx"])
+			d.RMSNormBack(t["rx"], nil, t["gd"], t["gy"], t["rrs"], nil)
 		}})
 	for _, a := range []string{"GELU", "SiLU", "GELU4"} { // GELU4: the fp32 float4 path (n % 4 == 0)
 		cols := map[string]int{"GELU4": 332}[a]

@@ -12,6 +12,9 @@ var (
 	_ kernels.GateAdderTo   = (*Device)(nil)
 	_ kernels.RMSNormRoPEer = (*Device)(nil)
 	_ kernels.LazyZeroer    = (*Device)(nil)
+
+	_ kernels.RMSNormRoPEBacker       = (*Device)(nil)
+	_ kernels.ModulateLayerNormBacker = (*Device)(nil)
 )
 
 // GateAddTo: out = x + y·mod[b, f, iGate, :] in one pass (the residual without a Copy first).
@@ -71,8 +74,75 @@ func (d *Device) RMSNormRoPE(out, rstd, in, w *kernels.Tensor, eps float32, fram
 	return true
 }
 
+// RMSNormRoPEBack: dOut [B, N, heads, hd] rotated back in place and the RMSNorm gradient into dIn
+// (written when a ZeroLazy(dIn) came just before) in one pass (rms_bwd_f32x4 with the RoPE
+// tables), then dW from the rotated-back dOut as RMSNormBack.
+func (d *Device) RMSNormRoPEBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor, frames, rows, cols, frame0 int) bool {
+	if !d.fuse || len(dOut.Shape) != 4 || dIn == nil {
+		return false
+	}
+	N, H, hd := dOut.Shape[1], dOut.Shape[2], dOut.Shape[3]
+	D := lastDim(in)
+	n := sameNumel("RMSNormRoPEBack", in, dOut, dIn)
+	must(N == frames*rows*cols, "RMSNormRoPEBack: dOut %v for a %d×%d×%d grid", dOut.Shape, frames, rows, cols)
+	must(H*hd == D, "RMSNormRoPEBack: dOut %v, in %v", dOut.Shape, in.Shape)
+	nrows := n / D
+	must(rstd.Numel() == nrows, "RMSNormRoPEBack: rstd %v for %d rows", rstd, nrows)
+	T := d.vecRow(D, dIn, dOut, in, w, rstd)
+	if hd%4 != 0 || T == 0 || n == 0 || n >= 1<<31 {
+		return false
+	}
+	fresh := d.claimZero(dIn)
+	if !d.begin(false, dIn, dW, dOut) {
+		return true
+	}
+	defer d.leave()
+	tf, th := d.ropeTable(hd, max(frame0+frames, rows, cols))
+	if tf == 0 { // a RoPE table that cannot grow during a capture: the plain ops
+		if fresh {
+			d.zeroNow(dIn)
+		}
+		d.RoPEBack(dOut, frames, rows, cols, frame0)
+		d.RMSNormBack(dIn, dW, dOut, in, rstd, w)
+		return true
+	}
+	d.rmsBackVec(T, nrows, D, dIn, dOut, in, rstd, w, fresh, tf, th, N, hd, rows, cols, frame0)
+	if dW != nil {
+		mustNumel("RMSNormRoPEBack dW", D, dW)
+		d.colReduce(dW, 0, D, dOut, in, nil, rstd, 1, nrows, D, 3, 1, false)
+	}
+	return true
+}
+
+// ModulateLayerNormBack: dX += the LayerNorm gradient of dH·(1 + scale) in one pass (ln_bwd_f32x4
+// with mod; dLn is never stored), and dMod's shift and scale slices as ModulateBack.
+func (d *Device) ModulateLayerNormBack(dX, dMod, dH, ln, x, mean, rstd, mod *kernels.Tensor, iShift, iScale, tpf int) bool {
+	if !d.fuse || dX == nil {
+		return false
+	}
+	B, N, D, F, K := modDims("ModulateLayerNormBack", x, mod, []int{iShift, iScale}, tpf)
+	n := sameNumel("ModulateLayerNormBack", dX, dH, ln, x)
+	rows := n / D
+	must(mean.Numel() == rows && rstd.Numel() == rows, "ModulateLayerNormBack: mean %v rstd %v for %d rows", mean, rstd, rows)
+	T := d.vecRow(D, dX, dH, ln, x, mean, rstd, mod)
+	if T == 0 || n == 0 || mod.Numel() >= 1<<31 {
+		return false
+	}
+	if !d.begin(false, dX, dMod) {
+		return true
+	}
+	defer d.leave()
+	d.lnBackVec(T, rows, D, dX, dH, x, mean, rstd, nil, mod, iScale, N, F, K, tpf)
+	if dMod != nil {
+		mustNumel("ModulateLayerNormBack dMod", mod.Numel(), dMod)
+		d.colReduce2(dMod, iScale*D, dMod, iShift*D, K*D, dH, ln, nil, nil, B*F, tpf, D, 1, 1, false)
+	}
+	return true
+}
+
 // ZeroLazy zeroes t now or, when the next op claims it (claimZero: LinearBack's dIn, GELUBack's
-// dIn, GateAddBack's dY, each on its fast path), lets that op write instead of accumulate.
+// dIn, GateAddBack's dY, RMSNormBack's and RMSNormRoPEBack's dIn), lets that op write instead of
+// accumulate.
 func (d *Device) ZeroLazy(t *kernels.Tensor) {
 	if !d.fuse || t.Numel() == 0 || d.capturing {
 		d.Zero(t)

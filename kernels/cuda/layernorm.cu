@@ -143,3 +143,58 @@ extern "C" __global__ void ln_bwd(void *dIn, int dtdi, const void *dOut, int dtd
         st(dIn, o + c, dtdi, ld(dIn, o + c, dtdi) + rs * (g - m1 - xh * m2));
     }
 }
+
+// ln_bwd for fp32 rows in registers (D % 4 == 0, D ≤ 4·VEC_MAXV·blockDim.x): dX += rs·(g − mean(g) −
+// x̂·mean(g·x̂)), x̂ = (x − μ)·rs, g = dOut·w (w may be null), or, with mod (ModulateBack folded in:
+// dOut is the gradient of the modulated norm x̂·(1 + scale) + shift, row = b·N + n of frame
+// f = n / tpf), g = dOut·(1 + mod[b, f, iScale]). Each of dOut, x read once.
+extern "C" __global__ void ln_bwd_f32x4(f32x4 *dX, const f32x4 *dOut, const f32x4 *in, const float *mean, const float *rstd,
+                                        const f32x4 *w, const float *mod, int iScale, int N, int F, int K, int tpf, int D) {
+    __shared__ float sh[32];
+    const int T = blockDim.x, D4 = D / 4;
+    const ll o = (ll)blockIdx.x * D4;
+    const float mu = mean[blockIdx.x], rs = rstd[blockIdx.x];
+    const f32x4 *sc = nullptr;
+    if (mod) {
+        const int b = blockIdx.x / N, f = (blockIdx.x % N) / tpf;
+        sc = (const f32x4 *)(mod + ((ll)(b * F + f) * K + iScale) * D);
+    }
+    f32x4 gv[VEC_MAXV], xv[VEC_MAXV];
+    float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        gv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+        xv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+        if (c < D4) {
+            f32x4 g = dOut[o + c], x = in[o + c];
+            if (w) {
+                f32x4 a = w[c];
+                g.x *= a.x; g.y *= a.y; g.z *= a.z; g.w *= a.w;
+            }
+            if (sc) {
+                f32x4 a = sc[c];
+                g.x *= 1.f + a.x; g.y *= 1.f + a.y; g.z *= 1.f + a.z; g.w *= 1.f + a.w;
+            }
+            f32x4 xh = {(x.x - mu) * rs, (x.y - mu) * rs, (x.z - mu) * rs, (x.w - mu) * rs};
+            s1 += g.x + g.y + g.z + g.w;
+            s2 += g.x * xh.x + g.y * xh.y + g.z * xh.z + g.w * xh.w;
+            gv[e] = g;
+            xv[e] = xh;
+        }
+    }
+    const float m1 = block_sum(s1, sh) / (float)D;
+    const float m2 = block_sum(s2, sh) / (float)D;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            f32x4 d = dX[o + c], g = gv[e], xh = xv[e];
+            d.x += rs * (g.x - m1 - xh.x * m2);
+            d.y += rs * (g.y - m1 - xh.y * m2);
+            d.z += rs * (g.z - m1 - xh.z * m2);
+            d.w += rs * (g.w - m1 - xh.w * m2);
+            dX[o + c] = d;
+        }
+    }
+}

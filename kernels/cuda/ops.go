@@ -419,12 +419,11 @@ func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Ten
 	defer d.leave()
 	if dIn != nil {
 		mustNumel("LayerNormBack dIn", n, dIn)
-		wdt := 0
-		if w != nil {
-			wdt = int(w.DType)
+		if T := d.vecRow(D, dIn, dOut, in, w, mean, rstd); T > 0 && d.fuse {
+			d.lnBackVec(T, rows, D, dIn, dOut, in, mean, rstd, w, nil, 0, 1, 1, 1, 1)
+		} else {
+			d.lnBackGeneric(rows, D, dIn, dOut, in, mean, rstd, w)
 		}
-		d.args.reset().t(dIn).t(dOut).t(in).ptr(mean.Ptr).ptr(rstd.Ptr).i32(int(mean.DType)).ptr(ptrOf(w)).i32(wdt).i64(D)
-		d.launch("ln_bwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
 	}
 	switch {
 	case dW != nil && dB != nil: // one pass over dOut for both
@@ -438,6 +437,24 @@ func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Ten
 		mustNumel("LayerNormBack dB", D, dB)
 		d.colReduce(dB, 0, D, dOut, nil, nil, nil, 1, rows, D, 0, 1, false)
 	}
+}
+
+// lnBackGeneric queues ln_bwd (any dtypes): dIn += the LayerNorm gradient of dOut.
+func (d *Device) lnBackGeneric(rows, D int, dIn, dOut, in, mean, rstd, w *kernels.Tensor) {
+	wdt := 0
+	if w != nil {
+		wdt = int(w.DType)
+	}
+	d.args.reset().t(dIn).t(dOut).t(in).ptr(mean.Ptr).ptr(rstd.Ptr).i32(int(mean.DType)).ptr(ptrOf(w)).i32(wdt).i64(D)
+	d.launch("ln_bwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
+}
+
+// lnBackVec queues ln_bwd_f32x4 (operands checked by vecRow, T its block size): dIn += the
+// LayerNorm gradient of dOut·w, or, with mod, of dOut·(1 + mod[b, f, iScale]) (ModulateBack folded in).
+func (d *Device) lnBackVec(T, rows, D int, dIn, dOut, in, mean, rstd, w, mod *kernels.Tensor, iScale, N, F, K, tpf int) {
+	d.args.reset().ptr(dIn.Ptr).ptr(dOut.Ptr).ptr(in.Ptr).ptr(mean.Ptr).ptr(rstd.Ptr).ptr(ptrOf(w)).ptr(ptrOf(mod)).
+		i32(iScale).i32(N).i32(F).i32(K).i32(tpf).i32(D)
+	d.launch("ln_bwd_f32x4", rows, 1, 1, T, 1, 1, 0)
 }
 
 func (d *Device) RMSNorm(out, rstd, in, w *kernels.Tensor, eps float32) {
@@ -474,23 +491,40 @@ func (d *Device) RMSNormBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor) {
 	n := sameNumel("RMSNormBack", in, dOut)
 	rows := n / D
 	must(rstd.Numel() == rows, "RMSNormBack: rstd %v for %d rows", rstd, rows)
+	fresh := d.claimZero(dIn) // ZeroLazy(dIn) just before: dIn = the gradient
 	if !d.begin(rows == 0, dIn, dW) {
 		return
 	}
 	defer d.leave()
 	if dIn != nil {
 		mustNumel("RMSNormBack dIn", n, dIn)
-		wdt := 0
-		if w != nil {
-			wdt = int(w.DType)
+		if T := d.vecRow(D, dIn, dOut, in, w, rstd); T > 0 && d.fuse {
+			d.rmsBackVec(T, rows, D, dIn, dOut, in, rstd, w, fresh, 0, 0, 1, 1, 1, 1, 0)
+		} else {
+			if fresh {
+				d.zeroNow(dIn)
+			}
+			wdt := 0
+			if w != nil {
+				wdt = int(w.DType)
+			}
+			d.args.reset().t(dIn).t(dOut).t(in).ptr(rstd.Ptr).i32(int(rstd.DType)).ptr(ptrOf(w)).i32(wdt).i64(D)
+			d.launch("rms_bwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
 		}
-		d.args.reset().t(dIn).t(dOut).t(in).ptr(rstd.Ptr).i32(int(rstd.DType)).ptr(ptrOf(w)).i32(wdt).i64(D)
-		d.launch("rms_bwd", rows, 1, 1, rowThreads(D), 1, 1, 0)
 	}
 	if dW != nil {
 		mustNumel("RMSNormBack dW", D, dW)
 		d.colReduce(dW, 0, D, dOut, in, nil, rstd, 1, rows, D, 3, 1, false)
 	}
+}
+
+// rmsBackVec queues rms_bwd_f32x4 (operands checked by vecRow, T its block size): dIn (+)= the
+// RMSNorm gradient of dOut (fresh: written, not added); with the RoPE tables tf, th, dOut is first
+// rotated back in place (RoPEBack folded in) for the N-token grid rows × cols at frame0.
+func (d *Device) rmsBackVec(T, nrows, D int, dIn, dOut, in, rstd, w *kernels.Tensor, fresh bool, tf, th uintptr, N, hd, rows, cols, frame0 int) {
+	d.args.reset().ptr(dIn.Ptr).ptr(dOut.Ptr).ptr(in.Ptr).ptr(rstd.Ptr).ptr(ptrOf(w)).i32(D).i32(btoi(!fresh)).
+		ptr(tf).ptr(th).i32(N).i32(hd).i32(rows).i32(cols).i32(frame0)
+	d.launch("rms_bwd_f32x4", nrows, 1, 1, T, 1, 1, 0)
 }
 
 // modDims reads x [B,N,D] and mod [B,F,K,D] and checks they agree.

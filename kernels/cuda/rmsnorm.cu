@@ -89,12 +89,12 @@ extern "C" __global__ void rms_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, c
 // pairs j0, j0 + 1 of one head), cos/sin from rope_table's tf, th. out null: only the bf16 values
 // (shw; a bf16 output tensor).
 __device__ __forceinline__ void rope_pair(float &a, float &b, const float *tf, const float *th, int j, int nf, int nh,
-                                          unsigned f, unsigned r, unsigned w) {
+                                          unsigned f, unsigned r, unsigned w, float sign = 1.f) {
     const float *e;
     if (j < nf) e = tf + 2 * (f * nf + j);
     else if (j < nf + nh) e = th + 2 * (r * nh + j - nf);
     else e = th + 2 * (w * nh + j - nf - nh);
-    float co = e[0], sn = e[1];
+    float co = e[0], sn = e[1] * sign;
     float y0 = a * co - b * sn, y1 = a * sn + b * co;
     a = y0;
     b = y1;
@@ -155,5 +155,66 @@ extern "C" __global__ void rms_bwd(void *dIn, int dtdi, const void *dOut, int dt
         if (w) g *= ld(w, c, dtw);
         float xh = ld(in, o + c, dti) * rs;
         st(dIn, o + c, dtdi, ld(dIn, o + c, dtdi) + rs * (g - xh * m));
+    }
+}
+
+// rms_bwd for fp32 rows in registers: dIn (+)= rs·(g − x̂·mean(g·x̂)), g = dOut·w, x̂ = x·rs; acc 0:
+// dIn = (a zeroing folded in, kernels.LazyZeroer). With tf (RoPEBack folded in): dOut [B·N, D] is
+// the gradient of the rotated output; it is first rotated back (sign −1, as rope_apply_tab) and
+// stored back in place (the weight gradient's column reduction reads it), as RoPEBack leaves it.
+extern "C" __global__ void rms_bwd_f32x4(f32x4 *dIn, f32x4 *dOut, const f32x4 *in, const float *rstd, const f32x4 *w, int D,
+                                         int acc, const float *tf, const float *th, int N, int hd, int rows, int cols,
+                                         int frame0) {
+    __shared__ float sh[32];
+    const int T = blockDim.x, D4 = D / 4;
+    const ll o = (ll)blockIdx.x * D4;
+    const float rs = rstd[blockIdx.x];
+    int nh = 0, nf = 0;
+    unsigned f = 0, r = 0, wc = 0;
+    if (tf) {
+        nh = hd / 2 / 3;
+        nf = hd / 2 - 2 * nh;
+        const unsigned t = blockIdx.x % (unsigned)N, hw = (unsigned)rows * cols;
+        f = frame0 + t / hw;
+        r = (t / cols) % rows;
+        wc = t % cols;
+    }
+    f32x4 gv[VEC_MAXV], xv[VEC_MAXV];
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        gv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+        xv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+        if (c < D4) {
+            f32x4 g = dOut[o + c], x = in[o + c];
+            if (tf) {
+                int j = ((4 * c) % hd) / 2;
+                rope_pair(g.x, g.y, tf, th, j, nf, nh, f, r, wc, -1.f);
+                rope_pair(g.z, g.w, tf, th, j + 1, nf, nh, f, r, wc, -1.f);
+                dOut[o + c] = g;
+            }
+            if (w) {
+                f32x4 a = w[c];
+                g.x *= a.x; g.y *= a.y; g.z *= a.z; g.w *= a.w;
+            }
+            f32x4 xh = {x.x * rs, x.y * rs, x.z * rs, x.w * rs};
+            s += g.x * xh.x + g.y * xh.y + g.z * xh.z + g.w * xh.w;
+            gv[e] = g;
+            xv[e] = xh;
+        }
+    }
+    const float m = block_sum(s, sh) / (float)D;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            f32x4 d = acc ? dIn[o + c] : f32x4{0.f, 0.f, 0.f, 0.f}, g = gv[e], xh = xv[e];
+            d.x += rs * (g.x - xh.x * m);
+            d.y += rs * (g.y - xh.y * m);
+            d.z += rs * (g.z - xh.z * m);
+            d.w += rs * (g.w - xh.w * m);
+            dIn[o + c] = d;
+        }
     }
 }
