@@ -18,6 +18,25 @@ type RMSNormRoPEer interface {
 	RMSNormRoPE(out, rstd, in, w *Tensor, eps float32, frames, rows, cols, frame0 int) bool
 }
 
+// LinearGELUer computes out = GELU(in·wᵀ + b) (the tanh form) in one GEMM with the activation in
+// its epilogue; keepPre true: the pre-activation pre is needed afterwards (GELUBack) and the device
+// declines unless it can write it too.
+type LinearGELUer interface {
+	LinearGELU(out, pre, in, w, b *Tensor, keepPre bool) bool
+}
+
+// LinearResidualer computes out = res + in·wᵀ + b (a residual added in the GEMM's epilogue).
+type LinearResidualer interface {
+	LinearResidual(out, in, w, b, res *Tensor) bool
+}
+
+// LayerNormModulator computes ln = LayerNorm(x) (no affine; mean, rstd saved) and
+// h = ln·(1 + mod[b, f, iScale]) + mod[b, f, iShift] in one pass; keepLn false: ln's values are not
+// needed afterwards (an inference pass) and the device may leave ln unwritten.
+type LayerNormModulator interface {
+	LayerNormModulate(ln, h, mean, rstd, x, mod *Tensor, iShift, iScale, tokensPerFrame int, eps float32, keepLn bool) bool
+}
+
 // RMSNormRoPEBacker is the backward of RMSNormRoPE: dOut [B, N, heads, hd], the gradient of the
 // rotated output, is rotated back in place (as RoPEBack leaves it), then dIn and dW accumulate as
 // RMSNormBack's.
@@ -59,6 +78,35 @@ func RMSNormRoPE(d Device, out, rstd, in, w *Tensor, eps float32, frames, rows, 
 	}
 	d.RMSNorm(out, rstd, in, w, eps)
 	d.RoPE(out, frames, rows, cols, frame0)
+}
+
+// LinearGELU is out = GELU(in·wᵀ + b) on any device; pre [M, N] holds the pre-activation (the
+// plain ops' Linear output; written unless a fused device was told !keepPre).
+func LinearGELU(d Device, out, pre, in, w, b *Tensor, keepPre bool) {
+	if f, ok := d.(LinearGELUer); ok && f.LinearGELU(out, pre, in, w, b, keepPre) {
+		return
+	}
+	d.Linear(pre, in, w, b)
+	d.GELU(out, pre)
+}
+
+// LinearResidual is out = res + in·wᵀ + b on any device; tmp [M, N] is the plain ops' Linear
+// output (its contents afterwards unspecified).
+func LinearResidual(d Device, out, tmp, in, w, b, res *Tensor) {
+	if f, ok := d.(LinearResidualer); ok && f.LinearResidual(out, in, w, b, res) {
+		return
+	}
+	d.Linear(tmp, in, w, b)
+	d.Add(out, res, tmp)
+}
+
+// LayerNormModulate is LayerNorm (no affine) then Modulate on any device (see LayerNormModulator).
+func LayerNormModulate(d Device, ln, h, mean, rstd, x, mod *Tensor, iShift, iScale, tokensPerFrame int, eps float32, keepLn bool) {
+	if f, ok := d.(LayerNormModulator); ok && f.LayerNormModulate(ln, h, mean, rstd, x, mod, iShift, iScale, tokensPerFrame, eps, keepLn) {
+		return
+	}
+	d.LayerNorm(ln, mean, rstd, x, nil, nil, eps)
+	d.Modulate(h, ln, mod, iShift, iScale, tokensPerFrame)
 }
 
 // RMSNormRoPEBack is the backward of RMSNormRoPE on any device (RoPEBack in place, then

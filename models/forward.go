@@ -64,12 +64,11 @@ func (m *DiT) forward(p *Pass, x, t, ctx *kernels.Tensor, c *Cache) *kernels.Ten
 		d.Copy(p.eDupRows[2*i], r)   // [D]
 		d.Copy(p.eDupRows[2*i+1], r) // [D]
 	}
-	d.AddBroadcast(p.hmodF, w.HeadModulation, p.eDup)           // [B·F, 2, D]
-	xL := p.blocks[len(p.blocks)-1].x3                          // [B, N, D]
-	d.LayerNorm(p.lnH, p.meanH, p.rstdH, xL, nil, nil, cfg.Eps) // [B, N, D]
-	d.Modulate(p.hin, p.lnH, p.hmod, 0, 1, hw)                  // [B, N, D]
-	d.Linear(p.yF, p.hinF, w.Head.W, w.Head.B)                  // [B·N, 4·C_out]
-	d.Unpatchify(p.out, p.y, B, p.Co, F, H, W)                  // [B, C_out, F, H, W]
+	d.AddBroadcast(p.hmodF, w.HeadModulation, p.eDup)                                                         // [B·F, 2, D]
+	xL := p.blocks[len(p.blocks)-1].x3                                                                        // [B, N, D]
+	kernels.LayerNormModulate(d, p.lnH, p.hin, p.meanH, p.rstdH, xL, p.hmod, 0, 1, hw, cfg.Eps, !p.inference) // [B, N, D]
+	d.Linear(p.yF, p.hinF, w.Head.W, w.Head.B)                                                                // [B·N, 4·C_out]
+	d.Unpatchify(p.out, p.y, B, p.Co, F, H, W)                                                                // [B, C_out, F, H, W]
 	return p.out
 }
 
@@ -90,13 +89,12 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 	d.AddBroadcast(a.modF, bw.Modulation, p.e0) // [B·F, 6, D]
 
 	// self-attention
-	d.LayerNorm(a.ln1, a.mean1, a.rstd1, a.x, nil, nil, cfg.Eps)                             // [B, N, D]
-	d.Modulate(a.h1, a.ln1, a.mod, 0, 1, hw)                                                 // [B, N, D] ·(1+scale1)+shift1
-	d.Linear(a.q, a.h1F, bw.Self.Q.W, bw.Self.Q.B)                                           // [B·N, D]
-	d.Linear(a.k, a.h1F, bw.Self.K.W, bw.Self.K.B)                                           // [B·N, D]
-	d.Linear(a.v, a.h1F, bw.Self.V.W, bw.Self.V.B)                                           // [B·N, D]
-	kernels.RMSNormRoPE(d, a.qr4, a.rstdQ, a.q, bw.Self.NormQ, cfg.Eps, F, p.h, p.w, frame0) // [B, N, H, hd]
-	kernels.RMSNormRoPE(d, a.kr4, a.rstdK, a.k, bw.Self.NormK, cfg.Eps, F, p.h, p.w, frame0) // [B, N, H, hd]
+	kernels.LayerNormModulate(d, a.ln1, a.h1, a.mean1, a.rstd1, a.x, a.mod, 0, 1, hw, cfg.Eps, !p.inference) // [B, N, D] LN·(1+scale1)+shift1
+	d.Linear(a.q, a.h1F, bw.Self.Q.W, bw.Self.Q.B)                                                           // [B·N, D]
+	d.Linear(a.k, a.h1F, bw.Self.K.W, bw.Self.K.B)                                                           // [B·N, D]
+	d.Linear(a.v, a.h1F, bw.Self.V.W, bw.Self.V.B)                                                           // [B·N, D]
+	kernels.RMSNormRoPE(d, a.qr4, a.rstdQ, a.q, bw.Self.NormQ, cfg.Eps, F, p.h, p.w, frame0)                 // [B, N, H, hd]
+	kernels.RMSNormRoPE(d, a.kr4, a.rstdK, a.k, bw.Self.NormK, cfg.Eps, F, p.h, p.w, frame0)                 // [B, N, H, hd]
 	switch {
 	case c != nil && replay:
 		k, v := p.chunk.regather(d, p, l, c)                              // [B, Nc+N, H, hd] cache + chunk
@@ -117,23 +115,20 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 	kernels.GateAddTo(d, a.x1, a.x, a.o3, a.mod, 2, hw) // [B, N, D] x1 = x + gate1·o
 
 	// cross-attention over the context, no RoPE, no mask
-	d.LayerNorm(a.n3, a.mean3, a.rstd3, a.x1, bw.Norm3W, bw.Norm3B, cfg.Eps) // [B, N, D]
-	d.Linear(a.cq, a.n3F, bw.Cross.Q.W, bw.Cross.Q.B)                        // [B·N, D]
-	d.RMSNorm(a.cqr, a.rstdCq, a.cq, bw.Cross.NormQ, cfg.Eps)                // [B·N, D]
-	d.Linear(a.ck, p.ctx, bw.Cross.K.W, bw.Cross.K.B)                        // [B·L, D]
-	d.RMSNorm(a.ckr, a.rstdCk, a.ck, bw.Cross.NormK, cfg.Eps)                // [B·L, D]
-	d.Linear(a.cv, p.ctx, bw.Cross.V.W, bw.Cross.V.B)                        // [B·L, D]
-	d.Attention(a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0)                // [B, N, H, hd]
-	d.Linear(a.co, a.catt, bw.Cross.O.W, bw.Cross.O.B)                       // [B·N, D]
-	d.Add(a.x2, a.x1, a.co3)                                                 // [B, N, D] x2 = x1 + o
+	d.LayerNorm(a.n3, a.mean3, a.rstd3, a.x1, bw.Norm3W, bw.Norm3B, cfg.Eps)         // [B, N, D]
+	d.Linear(a.cq, a.n3F, bw.Cross.Q.W, bw.Cross.Q.B)                                // [B·N, D]
+	d.RMSNorm(a.cqr, a.rstdCq, a.cq, bw.Cross.NormQ, cfg.Eps)                        // [B·N, D]
+	d.Linear(a.ck, p.ctx, bw.Cross.K.W, bw.Cross.K.B)                                // [B·L, D]
+	d.RMSNorm(a.ckr, a.rstdCk, a.ck, bw.Cross.NormK, cfg.Eps)                        // [B·L, D]
+	d.Linear(a.cv, p.ctx, bw.Cross.V.W, bw.Cross.V.B)                                // [B·L, D]
+	d.Attention(a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0)                        // [B, N, H, hd]
+	kernels.LinearResidual(d, a.x2, a.co3, a.catt, bw.Cross.O.W, bw.Cross.O.B, a.x1) // [B, N, D] x2 = x1 + o
 
 	// feed-forward
-	d.LayerNorm(a.ln2, a.mean2, a.rstd2, a.x2, nil, nil, cfg.Eps) // [B, N, D]
-	d.Modulate(a.h2, a.ln2, a.mod, 3, 4, hw)                      // [B, N, D] ·(1+scale2)+shift2
-	d.Linear(a.f1, a.h2F, bw.FFN0.W, bw.FFN0.B)                   // [B·N, ffn]
-	d.GELU(a.f1g, a.f1)                                           // [B·N, ffn]
-	d.Linear(a.f2, a.f1g, bw.FFN2.W, bw.FFN2.B)                   // [B·N, D]
-	kernels.GateAddTo(d, a.x3, a.x2, a.f23, a.mod, 5, hw)         // [B, N, D] x3 = x2 + gate2·y
+	kernels.LayerNormModulate(d, a.ln2, a.h2, a.mean2, a.rstd2, a.x2, a.mod, 3, 4, hw, cfg.Eps, !p.inference) // [B, N, D] LN·(1+scale2)+shift2
+	kernels.LinearGELU(d, a.f1g, a.f1, a.h2F, bw.FFN0.W, bw.FFN0.B, !p.inference)                             // [B·N, ffn]
+	d.Linear(a.f2, a.f1g, bw.FFN2.W, bw.FFN2.B)                                                               // [B·N, D]
+	kernels.GateAddTo(d, a.x3, a.x2, a.f23, a.mod, 5, hw)                                                     // [B, N, D] x3 = x2 + gate2·y
 }
 
 // Backward backpropagates dOut (shaped like Forward's output) through p's last forward. With m.G

@@ -13,6 +13,13 @@
 #     final   ours (forward 4,680 and 32,760, train step beside the eager peer, attention) and
 #             wan_ref.py compiled forward at 4,680: the lean last call
 #     compile wan_ref.py compiled: forward and train step at 4,680; compile21: forward at 32,760
+#     peers-start  wan_ref.py compiled (forward; train step) in the background on CPUs 4-15 through
+#                  wan_ref_barrier.py: they compile beside the steps that follow, and time only after
+#     peers-wait   releases them (the barrier file) once nothing of ours runs, and waits for them
+#     ab      ours with the session-5 fusions (default) and without (FEWSTEP_FUSE=0 FEWSTEP_ATTN_SPLIT=0):
+#             forward 4,680 (graph, profile), train step, forward+backward profile; forward 32,760
+#     eager   wan_ref.py eager: forward and train step at 4,680, forward at 32,760
+# The call of session 5: bash $G/gpu-speed.sh peers-start build tests ab eager peers-wait
 set -uo pipefail
 G=${G:-gpubuild/speed}
 OUT=${OUT:-$G/out}
@@ -31,7 +38,7 @@ if [ "${1:-}" = prepare ]; then
     gzip -9 "$dst/cuda.test" "$dst/gputest.test" "$dst/objectives.test" "$dst/fewstep"
     cp kernels/cuda/*.cu kernels/cuda/*.cuh "$dst/src/kernels/cuda/"
     cp scripts/build-kernels.sh "$dst/src/scripts/"
-    cp scripts/gpu-speed.sh "$dst/"
+    cp scripts/gpu-speed.sh scripts/wan_ref_barrier.py "$dst/"
     cp "${WAN_REF:-/work/shared/reference/wan_ref.py}" "$dst/wan_ref.py"
     git log -1 --format='%H %s' > "$dst/COMMIT"
     du -sh "$dst"
@@ -45,7 +52,11 @@ log "$(date -u) binaries from $(cat $G/COMMIT)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$L"
 FS=$G/fewstep
 J=$OUT/bench.jsonl
-run() { local to=$1; shift; log "+ $*"; local t0=$(date +%s); timeout "$to" "$@" 2>>"$L" | tee -a "$J"; log "  exit ${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s"; }
+PIN=""
+command -v taskset > /dev/null && PIN="taskset -c 0-3" # ours on CPUs 0-3, the compiling peers on 4-15
+run() { local to=$1; shift; log "+ $*"; local t0=$(date +%s); timeout "$to" $PIN "$@" 2>>"$L" | tee -a "$J"; log "  exit ${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s"; }
+OFF="env FEWSTEP_FUSE=0 FEWSTEP_ATTN_SPLIT=0" # the fusions of session 5 off: the code as before them
+BARRIER=$PWD/$OUT/.barrier
 W="--preset wan2.1-1.3b --height 60 --width 104 --ctx 512"
 [ -d $G/src/kernels/cuda/build ] && [ -f $G/src/kernels/cuda/build/MANIFEST ] && export FEWSTEP_CUDA_KERNELS=$PWD/$G/src/kernels/cuda/build
 for s in ${*:-build tests sf ours}; do
@@ -108,6 +119,39 @@ final) # the lean set of the last call: ours and the peers (eager, compiled forw
     run 150 $FS bench train $W --frames 3 --iters 5 --warmup 2 --peer $G/wan_ref.py
     run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
     run ${COMPILE_TO:-150} python3 $G/wan_ref.py --preset wan1.3b --frames 3 --compile ;;
+peers-start)
+    rm -f "$BARRIER"
+    PP=""
+    command -v taskset > /dev/null && PP="taskset -c 4-15"
+    export BARRIER
+    ( t0=$(date +%s); timeout ${PEER_TO:-520} $PP python3 $G/wan_ref_barrier.py $G/wan_ref.py --preset wan1.3b --frames 3 --compile > "$OUT/peer_fwd.json" 2>> "$OUT/peers.txt"
+      echo "compiled forward peer exit $? in $(( $(date +%s) - t0 )) s" >> "$OUT/peers.txt" ) &
+    PEER1=$!
+    ( t0=$(date +%s); timeout ${PEER_TO:-520} $PP python3 $G/wan_ref_barrier.py $G/wan_ref.py --skip-fwd --preset wan1.3b --frames 3 --train --compile > "$OUT/peer_train.json" 2>> "$OUT/peers.txt"
+      echo "compiled train-step peer exit $? in $(( $(date +%s) - t0 )) s" >> "$OUT/peers.txt" ) &
+    PEER2=$!
+    log "compiled peers started (pids $PEER1 $PEER2) $PP" ;;
+peers-wait)
+    log "$(date -u) releasing the compiled peers"
+    grep -h "wan_ref_barrier" "$OUT/peers.txt" | tee -a "$L"
+    touch "$BARRIER"
+    wait ${PEER1:-} ${PEER2:-} 2>/dev/null
+    log "$(date -u) peers done"
+    grep -v "^ *warnings.warn\|UserWarning" "$OUT/peers.txt" | tail -12 | tee -a "$L"
+    cat "$OUT/peer_fwd.json" "$OUT/peer_train.json" 2>/dev/null | tee -a "$L" "$J"
+    rm -f "$OUT/peer_fwd.json" "$OUT/peer_train.json" ;;
+ab)
+    run 60 $FS bench forward $W --frames 3 --graph --iters 10 --profile
+    run 60 $OFF $FS bench forward $W --frames 3 --graph --iters 10 --profile
+    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2
+    run 60 $OFF $FS bench train $W --frames 3 --iters 5 --warmup 2
+    run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 60 $OFF $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 90 $FS bench forward $W --frames 21 --iters 3 --warmup 1
+    run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5 ;;
+eager)
+    run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 3 --train
+    run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;
 *) log "unknown step $s" ;;
 esac
 done

@@ -32,6 +32,8 @@ const (
 	descBiasDType  = 26
 	epilogueDef    = 1
 	epilogueBias   = 4
+	epilogueGELU   = 32 // CUBLASLT_EPILOGUE_GELU (the tanh form, as PyTorch's _addmm_activation uses it)
+	epilogueGBias  = 36 // CUBLASLT_EPILOGUE_GELU_BIAS: GELU(x + bias)
 	prefMaxWSBytes = 1
 	opN            = 0
 	opT            = 1
@@ -83,6 +85,7 @@ type gemmKey struct {
 	ta, tb, td      int // cudaDataType of A, B, C=D
 	compute         int
 	bias, biasDType int // bias epilogue on (1) and the bias's data type
+	gelu            int // GELU epilogue on (1), after the bias
 }
 
 // gemmPlan is the descriptors and the chosen algorithm for one gemmKey.
@@ -105,11 +108,20 @@ func (b *blasLt) plan(k gemmKey) (*gemmPlan, error) {
 	if err := b.call("cublasLtMatmulDescSetAttribute(TRANSB)", b.descSetAttr, p.desc, descTransB, uintptr(unsafe.Pointer(&tb)), 4); err != nil {
 		return nil, err
 	}
-	if k.bias != 0 {
-		ep, bt := int32(epilogueBias), int32(k.biasDType)
+	if k.bias != 0 || k.gelu != 0 {
+		ep := int32(epilogueBias)
+		switch {
+		case k.gelu != 0 && k.bias != 0:
+			ep = epilogueGBias
+		case k.gelu != 0:
+			ep = epilogueGELU
+		}
 		if err := b.call("cublasLtMatmulDescSetAttribute(EPILOGUE)", b.descSetAttr, p.desc, descEpilogue, uintptr(unsafe.Pointer(&ep)), 4); err != nil {
 			return nil, err
 		}
+	}
+	if k.bias != 0 {
+		bt := int32(k.biasDType)
 		if err := b.call("cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)", b.descSetAttr, p.desc, descBiasDType, uintptr(unsafe.Pointer(&bt)), 4); err != nil {
 			return nil, err
 		}

@@ -285,6 +285,11 @@ func cases() []opCase {
 			d.LayerNorm(t["ln"], t["mean"], t["rstd"], t["x"], nil, nil, 1e-6)
 			kernels.ModulateLayerNormBack(d, t["dx"], t["dmod"], t["dh"], t["dln"], t["ln"], t["x"], t["mean"], t["rstd"], t["mod"], 3, 4, tpf)
 		}})
+	cs = append(cs, opCase{name: "LinearResidual",
+		ts: []spec{S("x", in, 37, 72), S("w", in, 40, 72), S("b", in, 40), S("r", in, 37, 40), S("tmp", in, 37, 40), S("y", out, 37, 40)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			kernels.LinearResidual(d, t["y"], t["tmp"], t["x"], t["w"], t["b"], t["r"])
+		}})
 	// ZeroLazy folded into the next op (LinearBack's dIn, GELUBack, GateAddBack; NaN-poisoned
 	// outputs: an op that added to them instead of writing shows), and flushed before one that
 	// does not take it (Axpy).
@@ -559,6 +564,51 @@ func TestFusedBF16Copy(t *testing.T) {
 		t.Errorf("Linear after RMSNormRoPE (bf16 GEMM on the fused copy): rel error %.3g > %.0e", e, tolBF16)
 	} else {
 		t.Logf("Linear after RMSNormRoPE (bf16 GEMM on the fused copy): rel error %.3g", e)
+	}
+}
+
+// TestLinearGELU: cuBLASLt's GELU_BIAS epilogue (bf16 out, bf16-GEMM mode, pre-activation not
+// kept) against the CPU's Linear then GELU (tanh form) in fp32, and against the GPU's unfused pair.
+func TestLinearGELU(t *testing.T) {
+	g := gpu(t)
+	defer func() { g.GEMM = GEMMExact }()
+	r := seedRand(t)
+	cpu := kernels.NewCPU(2)
+	const M, K, N = 300, 256, 520
+	x, w, b := randn(r, M*K), randn(r, N*K), randn(r, N)
+	for i := range w {
+		w[i] *= 0.1 // pre-activations of order 1, where the GELU bends
+	}
+	up := func(d kernels.Device, v []float32, shape ...int) *kernels.Tensor {
+		t := d.Alloc(kernels.F32, shape...)
+		d.FromHost(t, v)
+		return t
+	}
+	Xc, Wc, Bc := up(cpu, x, M, K), up(cpu, w, N, K), up(cpu, b, N)
+	Pc, Yc := cpu.Alloc(kernels.F32, M, N), cpu.Alloc(kernels.F32, M, N)
+	kernels.LinearGELU(cpu, Yc, Pc, Xc, Wc, Bc, true)
+	want := make([]float32, M*N)
+	cpu.ToHost(want, Yc)
+	g.GEMM = GEMMBF16
+	Xg, Wg, Bg := up(g, x, M, K), up(g, w, N, K), up(g, b, N)
+	g.MarkWeights(Wg)
+	Pg, Yg, Y2 := g.Alloc(kernels.F32, M, N), g.Alloc(kernels.BF16, M, N), g.Alloc(kernels.BF16, M, N)
+	g.Fill(Yg, float32(math.NaN()))
+	kernels.LinearGELU(g, Yg, Pg, Xg, Wg, Bg, false) // the epilogue
+	kernels.LinearGELU(g, Y2, Pg, Xg, Wg, Bg, true)  // declined: Linear, then GELU
+	if err := g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	got, got2 := make([]float32, M*N), make([]float32, M*N)
+	g.ToHost(got, Yg)
+	g.ToHost(got2, Y2)
+	if e := relErr(got, want); !(e <= tolBF16) {
+		t.Errorf("LinearGELU (epilogue) vs CPU: rel error %.3g > %.0e", e, tolBF16)
+	} else {
+		t.Logf("LinearGELU (epilogue) vs CPU: rel error %.3g; vs the GPU's Linear+GELU: %.3g; unfused vs CPU: %.3g", e, relErr(got, got2), relErr(got2, want))
+	}
+	for _, x := range []*kernels.Tensor{Xg, Wg, Bg, Pg, Yg, Y2} {
+		g.Free(x)
 	}
 }
 

@@ -13,6 +13,9 @@ var (
 	_ kernels.RMSNormRoPEer = (*Device)(nil)
 	_ kernels.LazyZeroer    = (*Device)(nil)
 
+	_ kernels.LayerNormModulator      = (*Device)(nil)
+	_ kernels.LinearGELUer            = (*Device)(nil)
+	_ kernels.LinearResidualer        = (*Device)(nil)
 	_ kernels.RMSNormRoPEBacker       = (*Device)(nil)
 	_ kernels.ModulateLayerNormBacker = (*Device)(nil)
 )
@@ -71,6 +74,80 @@ func (d *Device) RMSNormRoPE(out, rstd, in, w *kernels.Tensor, eps float32, fram
 		ptr(tf).ptr(th).i32(N).i32(hd).i32(rows).i32(cols).i32(frame0)
 	d.launch("rms_rope_f32x4", nrows, 1, 1, T, 1, 1, 0)
 	d.actSetF32(out, sh)
+	return true
+}
+
+// LinearGELU: out (bf16) = GELU(in·wᵀ + b) by cuBLASLt's GELU_BIAS epilogue, in bf16-GEMM mode
+// and when the pre-activation is not kept (inference passes): no fp32 pre-activation written, no
+// GELU pass. Elsewhere false.
+func (d *Device) LinearGELU(out, pre, in, w, b *kernels.Tensor, keepPre bool) bool {
+	if !d.fuse || keepPre || out.DType != kernels.BF16 || d.GEMM != GEMMBF16 {
+		return false
+	}
+	N, K := w.Shape[0], w.Numel()/w.Shape[0]
+	must(len(w.Shape) == 2 && in.Numel()%K == 0, "LinearGELU: in %v w %v", in.Shape, w.Shape)
+	M := in.Numel() / K
+	must(out.Numel() == M*N && (b == nil || b.Numel() == N), "LinearGELU: out %v in %v w %v b %v", out.Shape, in.Shape, w.Shape, b)
+	if !d.begin(false, out) {
+		return true
+	}
+	defer d.leave()
+	if !d.gemmX("Linear+GELU", opT, opN, N, M, K, w, K, in, K, out, N, 0, b, 0, true) {
+		d.Linear(pre, in, w, b) // no algorithm with the epilogue
+		d.GELU(out, pre)
+	}
+	return true
+}
+
+// LinearResidual: out = res + in·wᵀ + b, res read as the GEMM's C (fp32 out and res).
+func (d *Device) LinearResidual(out, in, w, b, res *kernels.Tensor) bool {
+	if !d.fuse || out.DType != kernels.F32 || res.DType != kernels.F32 {
+		return false
+	}
+	N, K := w.Shape[0], w.Numel()/w.Shape[0]
+	must(len(w.Shape) == 2 && in.Numel()%K == 0, "LinearResidual: in %v w %v", in.Shape, w.Shape)
+	M := in.Numel() / K
+	must(out.Numel() == M*N && res.Numel() == M*N && (b == nil || b.Numel() == N), "LinearResidual: out %v res %v in %v w %v b %v", out.Shape, res.Shape, in.Shape, w.Shape, b)
+	if !d.begin(false, out) {
+		return true
+	}
+	defer d.leave()
+	d.gemmX("Linear+residual", opT, opN, N, M, K, w, K, in, K, out, N, 1, b, res.Ptr, false)
+	return true
+}
+
+// LayerNormModulate: ln (unless !keepLn), mean, rstd and the modulated h from one read of x
+// (ln_mod_fwd_f32x4); h fp32 with its bf16 copy, or bf16 only (models.Shape.BF16Operands).
+func (d *Device) LayerNormModulate(ln, h, mean, rstd, x, mod *kernels.Tensor, iShift, iScale, tpf int, eps float32, keepLn bool) bool {
+	if !d.fuse {
+		return false
+	}
+	_, N, D, F, K := modDims("LayerNormModulate", x, mod, []int{iShift, iScale}, tpf)
+	n := sameNumel("LayerNormModulate", ln, h, x)
+	rows := n / D
+	must(mean.Numel() == rows && rstd.Numel() == rows, "LayerNormModulate: mean %v rstd %v for %d rows", mean, rstd, rows)
+	T := d.vecRow(D, ln, x, mean, rstd, mod)
+	if T == 0 || n == 0 || mod.Numel() >= 1<<31 {
+		return false
+	}
+	if !d.begin(false, ln, h, mean, rstd) {
+		return true
+	}
+	defer d.leave()
+	hp, sh, vok := d.vecOut(h)
+	if !vok {
+		d.LayerNorm(ln, mean, rstd, x, nil, nil, eps)
+		d.Modulate(h, ln, mod, iShift, iScale, tpf)
+		return true
+	}
+	lp := ln.Ptr
+	if !keepLn {
+		lp = 0
+	}
+	d.args.reset().ptr(lp).ptr(hp).ptr(sh).ptr(mean.Ptr).ptr(rstd.Ptr).ptr(x.Ptr).ptr(mod.Ptr).
+		i32(iShift).i32(iScale).i32(N).i32(F).i32(K).i32(tpf).i32(D).f32(eps)
+	d.launch("ln_mod_fwd_f32x4", rows, 1, 1, T, 1, 1, 0)
+	d.actSetF32(h, sh)
 	return true
 }
 

@@ -119,6 +119,54 @@ extern "C" __global__ void ln_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *mean, fl
     }
 }
 
+// ln_fwd_f32x4 (no affine) and Modulate in one pass: ln = x̂ (null: not kept, an inference pass),
+// h = x̂·(1 + mod[b, f, iScale]) + mod[b, f, iShift] (row = b·N + n, frame f = n / tpf) into hout (fp32,
+// or null) and hsh (its bf16 copy, or the bf16 output itself, or null). The same float operations
+// as ln_fwd_f32x4 then mod_fwd_f32x4.
+extern "C" __global__ void ln_mod_fwd_f32x4(f32x4 *ln, f32x4 *hout, bf16x4 *hsh, float *mean, float *rstd, const f32x4 *in,
+                                            const float *mod, int iShift, int iScale, int N, int F, int K, int tpf, int D,
+                                            float eps) {
+    __shared__ float sh[32];
+    const int T = blockDim.x, D4 = D / 4;
+    const ll o = (ll)blockIdx.x * D4;
+    const int bb = blockIdx.x / N, ff = (blockIdx.x % N) / tpf;
+    const f32x4 *m = (const f32x4 *)(mod + (ll)(bb * F + ff) * K * D);
+    f32x4 xv[VEC_MAXV];
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
+        s += xv[e].x + xv[e].y + xv[e].z + xv[e].w;
+    }
+    float mu = block_sum(s, sh) / (float)D, q = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            float a = xv[e].x - mu, b2 = xv[e].y - mu, c2 = xv[e].z - mu, d2 = xv[e].w - mu;
+            q += a * a + b2 * b2 + c2 * c2 + d2 * d2;
+        }
+    }
+    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            f32x4 y = {(xv[e].x - mu) * rs, (xv[e].y - mu) * rs, (xv[e].z - mu) * rs, (xv[e].w - mu) * rs};
+            if (ln) ln[o + c] = y;
+            f32x4 sc = m[iScale * D4 + c], sf = m[iShift * D4 + c];
+            f32x4 h = {y.x * (1.f + sc.x) + sf.x, y.y * (1.f + sc.y) + sf.y, y.z * (1.f + sc.z) + sf.z, y.w * (1.f + sc.w) + sf.w};
+            if (hout) hout[o + c] = h;
+            if (hsh) hsh[o + c] = bf16x4{f2bf(h.x), f2bf(h.y), f2bf(h.z), f2bf(h.w)};
+        }
+    }
+    if (threadIdx.x == 0) {
+        if (mean) mean[blockIdx.x] = mu;
+        if (rstd) rstd[blockIdx.x] = rs;
+    }
+}
+
 // dIn += rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)), ĝ = dOut·w, x̂ = (x − μ)·rstd.
 extern "C" __global__ void ln_bwd(void *dIn, int dtdi, const void *dOut, int dtdo, const void *in, int dti,
                                   const void *mean, const void *rstd, int dts, const void *w, int dtw, ll D) {

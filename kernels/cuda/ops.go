@@ -110,8 +110,16 @@ func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
 // anything else in bf16×bf16 with fp32 accumulation into D's dtype (fp32 or bf16).
 func (d *Device) gemm(op string, transA, transB, m, n, k int, A *kernels.Tensor, lda int, B *kernels.Tensor, ldb int,
 	D *kernels.Tensor, ldd int, beta float32, bias *kernels.Tensor) {
+	d.gemmX(op, transA, transB, m, n, k, A, lda, B, ldb, D, ldd, beta, bias, 0, false)
+}
+
+// gemmX is gemm with C ≠ D (c: C's address, laid out as D; 0: C = D) and the GELU epilogue (gelu:
+// D = GELU(op(A)·op(B) + bias)). It reports false, having queued nothing, when it asked for the GELU
+// epilogue and cuBLASLt has no algorithm with it (the caller then runs the plain ops).
+func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor, lda int, B *kernels.Tensor, ldb int,
+	D *kernels.Tensor, ldd int, beta float32, bias *kernels.Tensor, c uintptr, gelu bool) bool {
 	if m == 0 || n == 0 {
-		return
+		return true
 	}
 	must(D.DType == kernels.F32 || D.DType == kernels.BF16, "%s: output %v must be float32 or bfloat16 on the GPU", op, D)
 	d.scratchReset()
@@ -142,39 +150,49 @@ func (d *Device) gemm(op string, transA, transB, m, n, k int, A *kernels.Tensor,
 		}
 	}
 	if d.err != nil {
-		return
+		return true
 	}
+	key.gelu = btoi(gelu)
 	useBias := bias != nil && (bias.DType == D.DType || bias.DType == kernels.F32)
 	if useBias {
 		key.bias, key.biasDType = 1, cudaType(bias.DType)
 	}
+	if gelu && bias != nil && !useBias {
+		return false // the bias must come before the GELU
+	}
 	p := d.getPlan(key)
+	if p != nil && !p.ok && gelu {
+		return false
+	}
 	if p != nil && !p.ok && useBias { // no algorithm with the bias epilogue: plain GEMM, then a bias kernel
 		key.bias, key.biasDType = 0, 0
 		useBias = false
 		p = d.getPlan(key)
 	}
 	if p == nil {
-		return
+		return true
 	}
 	if !p.ok {
 		d.fail(fmt.Errorf("%s: cuBLASLt has no algorithm for m=%d n=%d k=%d (types %d×%d→%d, compute %d)", op, m, n, k, key.ta, key.tb, key.td, key.compute))
-		return
+		return true
 	}
 	if useBias {
 		bp := bias.Ptr
 		if err := d.lt.call("cublasLtMatmulDescSetAttribute(BIAS_POINTER)", d.lt.descSetAttr, p.desc, descBiasPtr, uintptr(unsafe.Pointer(&bp)), 8); err != nil {
 			d.fail(err)
-			return
+			return true
 		}
+	}
+	if c == 0 {
+		c = D.Ptr
 	}
 	alpha := float32(1)
 	pr := d.profBegin()
 	r, _, _ := purego.SyscallN(d.lt.matmul, d.lt.handle, p.desc, uintptr(unsafe.Pointer(&alpha)), pa, p.la, pb, p.lb,
-		uintptr(unsafe.Pointer(&beta)), D.Ptr, p.ld, D.Ptr, p.ld, uintptr(unsafe.Pointer(&p.algo[0])), d.ws, ltWorkspace, d.stream)
+		uintptr(unsafe.Pointer(&beta)), c, p.ld, D.Ptr, p.ld, uintptr(unsafe.Pointer(&p.algo[0])), d.ws, ltWorkspace, d.stream)
 	if r&0xffffffff != 0 {
 		d.fail(fmt.Errorf("%s: cublasLtMatmul m=%d n=%d k=%d failed: cublasStatus %d", op, m, n, k, r&0xffffffff))
-		return
+		return true
 	}
 	if pr != 0 {
 		d.profEnd(fmt.Sprintf("gemm %s %d×%d×%d", op, m, n, k), pr)
@@ -183,6 +201,7 @@ func (d *Device) gemm(op string, transA, transB, m, n, k int, A *kernels.Tensor,
 		d.args.reset().t(D).t(bias).t(D).i64(m).i64(m * n)
 		d.ew("ew_add_broadcast", m*n)
 	}
+	return true
 }
 
 // getPlan returns the cached cuBLASLt plan of key, making it on first use (nil after an error).
