@@ -35,7 +35,7 @@ if [ "${1:-}" = prepare ]; then
     go test -c -ldflags="-s -w" -o "$dst/gputest.test" ./kernels/cuda/gputest
     go test -c -ldflags="-s -w" -o "$dst/objectives.test" ./objectives
     go build -ldflags="-s -w" -o "$dst/fewstep" ./cmd/fewstep
-    gzip -9 "$dst/cuda.test" "$dst/gputest.test" "$dst/objectives.test" "$dst/fewstep"
+    for f in cuda.test gputest.test objectives.test fewstep; do xz -9 -T2 "$dst/$f"; done # xz: the tree that travels stays under 64 MiB
     cp kernels/cuda/*.cu kernels/cuda/*.cuh "$dst/src/kernels/cuda/"
     cp scripts/build-kernels.sh "$dst/src/scripts/"
     cp scripts/gpu-speed.sh scripts/wan_ref_barrier.py "$dst/"
@@ -46,7 +46,10 @@ if [ "${1:-}" = prepare ]; then
 fi
 L=$OUT/log.txt
 log() { echo "$@" | tee -a "$L"; }
-for f in cuda.test gputest.test objectives.test fewstep; do [ -f $G/$f.gz ] && gunzip -f $G/$f.gz; done
+for f in cuda.test gputest.test objectives.test fewstep; do
+    [ -f $G/$f.gz ] && gunzip -f $G/$f.gz
+    [ -f $G/$f.xz ] && python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" $G/$f.xz $G/$f && rm -f $G/$f.xz
+done
 chmod +x $G/*.test $G/fewstep 2>/dev/null
 log "$(date -u) binaries from $(cat $G/COMMIT)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$L"
