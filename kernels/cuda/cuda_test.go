@@ -592,6 +592,7 @@ func TestLinearGELU(t *testing.T) {
 	g.GEMM = GEMMBF16
 	Xg, Wg, Bg := up(g, x, M, K), up(g, w, N, K), up(g, b, N)
 	g.MarkWeights(Wg)
+	g.MarkWeights(Bg)
 	Pg, Yg, Y2 := g.Alloc(kernels.F32, M, N), g.Alloc(kernels.BF16, M, N), g.Alloc(kernels.BF16, M, N)
 	g.Fill(Yg, float32(math.NaN()))
 	kernels.LinearGELU(g, Yg, Pg, Xg, Wg, Bg, false) // the epilogue

@@ -92,7 +92,13 @@ func (d *Device) LinearGELU(out, pre, in, w, b *kernels.Tensor, keepPre bool) bo
 		return true
 	}
 	defer d.leave()
-	if !d.gemmX("Linear+GELU", opT, opN, N, M, K, w, K, in, K, out, N, 0, b, 0, true) {
+	bb := b // the epilogue's bias in D's type, bf16 (cuBLASLt found no GELU_BIAS algorithm with an fp32 bias and bf16 D, H200, cuBLASLt 13.1)
+	if b != nil && b.DType == kernels.F32 && d.isWeight(b) { // its cached bf16 shadow (a scratch copy would not outlive gemmX's reset)
+		if p := d.bf16Operand(b); p != 0 {
+			bb = bf16View(d, b, p)
+		}
+	}
+	if !d.gemmX("Linear+GELU", opT, opN, N, M, K, w, K, in, K, out, N, 0, bb, 0, true) {
 		d.Linear(pre, in, w, b) // no algorithm with the epilogue
 		d.GELU(out, pre)
 	}
