@@ -92,7 +92,7 @@ func (d *Device) LinearGELU(out, pre, in, w, b *kernels.Tensor, keepPre bool) bo
 		return true
 	}
 	defer d.leave()
-	bb := b // the epilogue's bias in D's type, bf16 (cuBLASLt found no GELU_BIAS algorithm with an fp32 bias and bf16 D, H200, cuBLASLt 13.1)
+	bb := b                                                  // the epilogue's bias in D's type, bf16 (cuBLASLt found no GELU_BIAS algorithm with an fp32 bias and bf16 D, H200, cuBLASLt 13.1)
 	if b != nil && b.DType == kernels.F32 && d.isWeight(b) { // its cached bf16 shadow (a scratch copy would not outlive gemmX's reset)
 		if p := d.bf16Operand(b); p != 0 {
 			bb = bf16View(d, b, p)
