@@ -143,7 +143,7 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 			// epilogue, instead of a separate pass over D after the GEMM.
 			bp := d.scratch(4 * m)
 			if bp == 0 {
-				return
+				return true
 			}
 			d.convert(bp, kernels.F32, bias)
 			bias = &kernels.Tensor{Dev: d, DType: kernels.F32, Shape: []int{m}, Ptr: bp}
