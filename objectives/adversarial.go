@@ -168,6 +168,7 @@ func (o *Adversarial) Setup(env *Env) error {
 	o.dmd = NewDMDGrad(env, nets[1], o.frozen, s, o.law, o.P.CFG)
 	if o.P.Mode == "dmd2" {
 		o.criticStep = NewFlowMatch(env, o.critic, s)
+		o.criticStep.Last = !o.P.DiscBackbone // else the discriminator's backwards follow it
 	}
 	N := s.F * (s.H / 2) * (s.W / 2)
 	o.headG = NewDiscHead(dev, dr.Table, dr.W, nil, s.B, N, env.Cfg.Dim)
@@ -201,8 +202,9 @@ func (o *Adversarial) logits(st *Step, net *models.DiT, p *models.Pass, head *Di
 
 // discSide runs one side of the discriminator loss: weight·mean softplus(sign·D(x)) (sign +1 for
 // fakes, −1 for reals), backpropagated into the head and, with disc_backbone, the critic.
-// It returns the loss and mean sigmoid(D(x)).
-func (o *Adversarial) discSide(st *Step, x, ctx *kernels.Tensor, sign float64) (loss, prob float64) {
+// It returns the loss and mean sigmoid(D(x)). last: this backward is the micro-batch's last into
+// the critic (Step.Last; with disc_backbone).
+func (o *Adversarial) discSide(st *Step, x, ctx *kernels.Tensor, sign float64, last bool) (loss, prob float64) {
 	net := o.frozen
 	if o.P.DiscBackbone {
 		net = o.critic
@@ -217,6 +219,9 @@ func (o *Adversarial) discSide(st *Step, x, ctx *kernels.Tensor, sign float64) (
 		o.dLogit[i] = float32(w * sign * sigmoid(z) / B) // d softplus(s·l)/dl = s·σ(s·l)
 	}
 	dh := o.headD.Backward(o.dLogit, true)
+	if last && o.P.DiscBackbone {
+		st.Last(net)
+	}
 	net.BackwardHidden(o.pD, nil, o.tap, dh)
 	return loss, prob
 }
@@ -249,6 +254,9 @@ func (o *Adversarial) r1(st *Step, ctx *kernels.Tensor) float64 {
 	o.headD.Forward(net.ForwardTo(o.pD, o.xp, o.sc.t, ctx, o.tap))
 	for i := range diff {
 		o.dLogit[i] = -diff[i] // d/dl2
+	}
+	if o.P.DiscBackbone {
+		st.Last(net) // the critic's last backward of the micro-batch
 	}
 	net.BackwardHidden(o.pD, nil, o.tap, o.headD.Backward(o.dLogit, true))
 	return loss
@@ -311,8 +319,8 @@ func (o *Adversarial) Step(st *Step, b *Batch) (Update, error) {
 		o.law.DrawSigmas(o.sigma, st)
 		m["critic_loss"] = o.criticStep.Step(st, xf, b.Ctx, o.sigma)
 	}
-	lf, pf := o.discSide(st, xf, b.Ctx, +1)
-	lr, pr := o.discSide(st, b.X0, b.Ctx, -1)
+	lf, pf := o.discSide(st, xf, b.Ctx, +1, false)
+	lr, pr := o.discSide(st, b.X0, b.Ctx, -1, o.P.R1Weight <= 0) // the last unless R1 follows
 	m["disc_loss"], m["d_fake"], m["d_real"] = lf+lr, pf, pr
 	if o.P.R1Weight > 0 {
 		r1 := o.r1(st, b.Ctx) // on the reals just noised into o.xs

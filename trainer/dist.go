@@ -23,9 +23,8 @@ package trainer
 // the trainer launches the reduction of each block's range of G as soon as that backward has
 // written it (models.DiT.GradDone: an all-reduce; under optimizer a reduce onto each slice's
 // owner, launchGrads), so the transfers run beside the blocks below and whatever the step does
-// next; it waits once, before the norm. A role whose last backward is not declared
-// (adversarial's discriminator and critic: several backwards per micro-batch) is reduced after the
-// step as before.
+// next; it waits once, before the norm. A role that is not a DiT (adversarial's discriminator head)
+// or whose last backward is not declared is reduced after the step as before.
 //
 // Metrics are averaged over ranks; metrics.jsonl, checkpoints and validation are written by rank 0
 // only; checkpoints hold whole buffers (the moments gathered from the slices), so a run resumes from

@@ -910,3 +910,31 @@ func TestOptimizerShardMasterBF16(t *testing.T) {
 		}
 	}
 }
+
+// adversarial with disc_backbone (the critic also learns from the discriminator's backwards, so its
+// last backward is the discriminator's real side, or R1's second one): 2 ranks give the weights of
+// one within dpTol, with the critic's reduction launched during that backward (a wrong declaration
+// would fail the step: settleOverlap).
+func TestDataParallelAdversarialBackbone(t *testing.T) {
+	for _, r1 := range []float64{0, 0.1} {
+		job := dpJob("adversarial", t.TempDir(), 2)
+		job.Params["disc_backbone"] = true
+		job.Params["r1_weight"] = r1
+		init := initWeights(t, job)
+		one := dpRun(t, job, 1, 6, nil)
+		j := *job
+		j.OutDir = t.TempDir()
+		trs := dpRun(t, &j, 2, 6, nil)
+		for name, rel := range compareRoles(t, trs, one, init) {
+			t.Logf("r1_weight %g: role %s: ‖Δw‖ / ‖w − w_init‖ = %.2g", r1, name, rel)
+			if !(rel <= dpTol) {
+				t.Errorf("r1_weight %g: role %s differs from one rank by %.3g of its move (tolerance %g)", r1, name, rel, dpTol)
+			}
+		}
+		for _, r := range trs[0].roles {
+			if r.ov.armed {
+				t.Errorf("r1_weight %g: role %s still armed after the run", r1, r.Spec.Name)
+			}
+		}
+	}
+}
