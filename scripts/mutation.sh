@@ -21,6 +21,8 @@ mkdir -p "$logdir"
 only=${1:-}
 # the objectives' training tests (seconds each) and GPU tests, left to the whole-suite rerun
 objskip='Trains$|OneStepSharp|TestResumeExactAdversarialSelfForcingConsistency|GPU'
+# the trainer's two long data-parallel tests (20 s and 13 s), left to the whole-suite rerun
+trskip='TestDataParallelMatchesOneRank$|TestDataParallelResume$|GPU'
 # file ; tests of its package gremlins runs per mutant (-run; "" = all) ; tests it skips (-skip)
 targets=(
 	"trainer/optim.go;TestAdamW|TestToy|TestResume|TestSchedules|TestDecay|TestNonFinite|TestBadSteps|TestTooMany|TestDivergence|TestSave|TestCrash|TestInterrupt|TestNoFirstMoment|TestDataParallelSameAfterEachStep|TestDataParallelGradAccum;"
@@ -38,6 +40,14 @@ targets=(
 	"objectives/adversarial_head.go;;$objskip"
 	"objectives/selfforcing.go;;$objskip"
 	"objectives/selfforcing_dmd.go;;$objskip"
+	"trainer/trainer.go;;$trskip"
+	"trainer/odepairs.go;;$trskip"
+	"trainer/job.go;;$trskip"
+	"trainer/launch.go;;$trskip"
+	"trainer/metrics.go;;$trskip"
+	"trainer/lock.go;;$trskip"
+	"trainer/memory.go;;$trskip"
+	"trainer/describe.go;;$trskip"
 )
 for t in "${targets[@]}"; do
 	IFS=';' read -r file run skip <<<"$t"
