@@ -13,7 +13,8 @@ package models
 // is the same as for a whole DiT. The embeddings and head are replicated (the trainer averages
 // their gradients like a data-parallel role).
 //
-// Weights: just before a block runs (forward, the replay of a recomputed block, backward) the
+// Weights are gathered in fp32 (NewSharded) or bf16 (NewShardedGather: each rank's fp32 slice
+// converted first, the slots bf16). Just before a block runs (forward, the replay of a recomputed block, backward) the
 // compute waits for its gather into its slot (issued then, unless the slot holds it already or it
 // was prefetched), and the gather of the next block (l+1 in a forward, l−1 in a backward) is
 // issued into the other slot, so it runs on the communication stream while block l computes
@@ -45,7 +46,9 @@ type fsdp struct {
 	b0        int               // table offset of block 0
 	head      int               // table offset of the suffix (the first parameter after the blocks)
 	local     int               // local offset of the suffix: b0 + Layers·s
-	slotW     []*kernels.Tensor // [N·s] each, block l in slot l mod len (2; 1 for one block)
+	slotW     []*kernels.Tensor // [N·s] each, block l in slot l mod len (2; 1 for one block); gather dtype
+	sendW     []*kernels.Tensor // [s] per weight slot: the slice in the gather dtype (nil: fp32, W itself)
+	sendT     []dist.Ticket     // per weight slot: the last gather that read its sendW
 	slotG     []*kernels.Tensor // the same for the gradient; nil for a frozen network
 	scratch   []*kernels.Tensor // [s] per gradient slot: its reduce-scatter's output
 	ws        []wslot           // per weight slot
@@ -72,6 +75,14 @@ type gslot struct {
 // a gradient buffer if grads. Init, InitRandom, Load and SetFull fill it from whole weights; Full
 // gathers them back (a collective).
 func NewSharded(dev kernels.Device, cfg Config, grads bool, comm dist.Comm) *DiT {
+	return NewShardedGather(dev, cfg, grads, comm, kernels.F32)
+}
+
+// NewShardedGather is NewSharded whose blocks are gathered in dtype dt: with bf16 (a GPU whose
+// GEMMs read bf16 weights) each rank converts its fp32 slice of a block to bf16 and the bf16 slices
+// are all-gathered into bf16 slots, which the block's ops read as they read a bf16-stored network
+// (half the bytes moved and held; the fp32 slices stay the master weights).
+func NewShardedGather(dev kernels.Device, cfg Config, grads bool, comm dist.Comm, dt kernels.DType) *DiT {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
@@ -94,8 +105,12 @@ func NewSharded(dev kernels.Device, cfg Config, grads bool, comm dist.Comm) *DiT
 	slots := min(2, cfg.Layers)
 	m.W = dev.Alloc(kernels.F32, n)
 	for i := 0; i < slots; i++ {
-		f.slotW = append(f.slotW, dev.Alloc(kernels.F32, f.N*f.s))
+		f.slotW = append(f.slotW, dev.Alloc(dt, f.N*f.s))
 		f.ws = append(f.ws, wslot{block: -1})
+		if dt != kernels.F32 {
+			f.sendW = append(f.sendW, dev.Alloc(dt, f.s))
+			f.sendT = append(f.sendT, 0)
+		}
 	}
 	m.w = m.carveSharded(m.W, f.slotW)
 	if grads {
@@ -186,13 +201,28 @@ func (m *DiT) useBlock(l, next int) {
 // gather issues the all-gather of block l's weights into its slot.
 func (m *DiT) gather(l int) {
 	f := m.fs
-	w := &f.ws[l%len(f.ws)]
+	i := l % len(f.ws)
+	w := &f.ws[i]
 	*w = wslot{block: -1}
-	if err := f.comm.AllGather(f.slotW[l%len(f.ws)], m.W.View(f.b0+l*f.s, f.s)); err != nil {
+	send := m.W.View(f.b0+l*f.s, f.s) // [s] the rank's fp32 slice
+	if f.sendW != nil {
+		// The slice in the gather dtype, in the slot's send buffer, once the last gather that read
+		// it is done (a prefetch may not have been waited for).
+		if err := f.comm.WaitFor(f.sendT[i]); err != nil {
+			f.err = fmt.Errorf("models: gathering block %d's weights of a sharded DiT: %w", l, err)
+			panic(f.err)
+		}
+		m.Dev.Copy(f.sendW[i], send) // [s] fp32 → the gather dtype
+		send = f.sendW[i]
+	}
+	if err := f.comm.AllGather(f.slotW[i], send); err != nil {
 		f.err = fmt.Errorf("models: gathering block %d's weights of a sharded DiT (every rank must run the same forwards): %w", l, err)
 		panic(f.err)
 	}
 	*w = wslot{block: l, t: f.comm.Mark()}
+	if f.sendW != nil {
+		f.sendT[i] = w.t
+	}
 }
 
 // beginBlockGrad frees block l's gradient slot (settling the scatter still reading it) and zeroes it.

@@ -110,7 +110,11 @@ func TestShardedDiTMatchesWhole(t *testing.T) {
 		g, err = m.Full(m.G)
 		return outs, dxs, g, err
 	}
-	for _, recompute := range []bool{false, true} {
+	for _, c := range []struct {
+		recompute bool
+		gather    kernels.DType
+	}{{false, kernels.F32}, {true, kernels.F32}, {true, kernels.BF16}} {
+		recompute := c.recompute
 		outs0, dxs0, g0, _ := run(whole, dev, recompute)
 		var gmax float64
 		for _, v := range g0 {
@@ -123,12 +127,12 @@ func TestShardedDiTMatchesWhole(t *testing.T) {
 				g         []float32
 			}
 			got := make([]res, N)
-			err := dist.Run(dist.Local(N), func(rank int, c dist.Comm) error {
+			err := dist.Run(dist.Local(N), func(rank int, comm dist.Comm) error {
 				var d kernels.Device = kernels.CPU()
 				if rank == 0 {
-					c, d = recordComm{c, rec}, recordDev{d, rec}
+					comm, d = recordComm{comm, rec}, recordDev{d, rec}
 				}
-				m := NewSharded(d, cfg, true, c)
+				m := NewShardedGather(d, cfg, true, comm, c.gather)
 				m.SetFull(wHost)
 				outs, dxs, g, err := run(m, d, recompute)
 				got[rank] = res{outs, dxs, g}
@@ -140,7 +144,7 @@ func TestShardedDiTMatchesWhole(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			what := fmt.Sprintf("recompute %v, %d ranks", recompute, N)
+			what := fmt.Sprintf("recompute %v, gathered in %s, %d ranks", recompute, c.gather, N)
 			for q := range got {
 				for i := range cots {
 					sameBits(t, fmt.Sprintf("%s: rank %d: pass %d: output", what, q, i), outs0[i], got[q].outs[i])

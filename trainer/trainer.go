@@ -273,8 +273,12 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		r.W, r.Table = r.Net.W, r.Net.Table
 	} else {
 		switch {
-		case t.fullShard(): // blocks sharded over the ranks (models/fsdp.go)
-			r.Net = models.NewSharded(dev, t.opt.Model, s.Trainable, t.comm)
+		case t.fullShard(): // blocks sharded over the ranks (models/fsdp.go), gathered in bf16 where the GEMMs read bf16
+			gdt := kernels.F32
+			if bf16Weights(dev) {
+				gdt = kernels.BF16
+			}
+			r.Net = models.NewShardedGather(dev, t.opt.Model, s.Trainable, t.comm, gdt)
 		case s.Trainable && t.sharded() && bf16Weights(dev):
 			// train.shard optimizer on a device whose GEMMs read bf16 weights: the network computes
 			// from bf16 weights, the fp32 master weights are this rank's slice (r.master, dist.go)
@@ -344,7 +348,9 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 	if r.Net != nil && r.Net.Sharded() {
 		sw, _ := r.Net.Slots()
 		for _, w := range sw {
-			markWeights(dev, w) // the gathered blocks the GEMMs read
+			if w.DType == kernels.F32 {
+				markWeights(dev, w) // the gathered blocks the GEMMs read
+			}
 		}
 	}
 	if s.Trainable {

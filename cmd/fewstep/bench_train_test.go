@@ -172,9 +172,9 @@ func TestBenchTrainDryWorld(t *testing.T) {
 	}
 	whole, sharded := nets(opt), nets(full)
 	// expected: each role's local buffer (embeddings, 1/4 of each block, head), its two slots of
-	// one block each (N·s: block l and the prefetched l±1) and, with a gradient, the two gradient
-	// slots and their reduce-scatter scratches (s); W and G for the student and critic, W for the
-	// teacher and EMA. Whole (optimizer): bf16 W and fp32 G of the student and critic (their fp32
+	// one block each (N·s: block l and the prefetched l±1) with their send buffers (s) and, with a
+	// gradient, the two gradient slots and their reduce-scatter scratches (s); W and G for the
+	// student and critic, W for the teacher and EMA. Whole (optimizer): bf16 W and fp32 G of the student and critic (their fp32
 	// masters are the trainer's slices), fp32 W of the EMA, the teacher in bf16 (a bf16-GEMM
 	// device).
 	table, P := small.Params()
@@ -190,7 +190,11 @@ func TestBenchTrainDryWorld(t *testing.T) {
 	S := (head - b0) / small.Layers
 	sl := (S + 3) / 4
 	local := b0 + small.Layers*sl + P - head
-	want := float64(4*(2*(2*local+2*2*4*sl+2*sl)+2*(local+2*4*sl))) / (1 << 30)
+	// bytes: fp32 local W (and G), the two weight slots and their send buffers in bf16 (a bf16-GEMM
+	// device gathers bf16), the two gradient slots and scratches in fp32
+	trainable := 4*local + 2*2*4*sl + 2*2*sl + 4*local + 2*4*4*sl + 2*4*sl
+	frozen := 4*local + 2*2*4*sl + 2*2*sl
+	want := float64(2*trainable+2*frozen) / (1 << 30)
 	wantWhole := float64(2*(2*P+4*P)+4*P+2*P) / (1 << 30)
 	if math.Abs(sharded-want) > 1e-12 || math.Abs(whole-wantWhole) > 1e-12 {
 		t.Errorf("shard full on 4 ranks: the roles' weights and gradients take %.6g GiB, want %.6g (whole: %.6g, want %.6g)", sharded, want, whole, wantWhole)
