@@ -45,7 +45,7 @@ def main():
         c = dict(n=len(g), killed=0, lived=0, nv=0, unrun=0, gk=0, rk=0, ak=0)
         for k, st in g.items():
             res = r.get(k)
-            if st in ("KILLED", "TIMED OUT"):
+            if st == "KILLED" or (st == "TIMED OUT" and res is None):
                 c["killed"] += 1
                 c["gk"] += 1
             elif st == "NOT VIABLE":
