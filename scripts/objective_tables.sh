@@ -11,73 +11,26 @@
 # Usage: scripts/objective_tables.sh [OUT]   (from the repository root)
 # On a GPU machine without Go: FS=<prebuilt fewstep> FEWSTEP_DEVICE=cuda PAR=1 scripts/objective_tables.sh OUT
 # (FEWSTEP_DEVICE sets every job's device key; PAR=1 trains the seeds side by side).
+# Each group's table is made as soon as its students are trained (the groups run side by side with
+# PAR=1), so the causal chain (ode pairs → odeinit → selfforcing → streamed table), the longest, sets
+# the wall time. MORE=N (optional) trains the consistency, dmd + adversarial and dmd jobs on to step N
+# (checkpoints at STEPS and N: the schedules are constant, so the STEPS checkpoint is the STEPS-step
+# job) and adds a table of the step-N students: does training longer help, at every seed?
+# README_ONLY=1 only writes OUT/tables.md into the README (e.g. tables made on another machine).
 set -euo pipefail
 OUT=${1:-runs/tables}
-STEPS=${STEPS:-500}
+STEPS=${STEPS:-500}     # consistency, dmd + adversarial, dmd
+OSTEPS=${OSTEPS:-400}   # odeinit (configs/odeinit.yaml's train.steps)
+SSTEPS=${SSTEPS:-300}   # selfforcing from odeinit's checkpoint (configs/selfforcing.yaml's)
+MORE=${MORE:-}
 SEEDS=${SEEDS:-0 1 2}
 PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
 EVAL=${EVAL:---precise --fd-blocks --batch 256}
 README=${README:-README.md}
 T=configs/teacher/diffusion_pytorch_model.safetensors
 mkdir -p "$OUT"
-fs=${FS:-}
-if [ -z "$fs" ]; then # two lines: set -e ignores a failed go build on the left of &&
-	go build -o "$OUT/fewstep" ./cmd/fewstep
-	fs="$OUT/fewstep"
-fi
-bg() { if [ "${PAR:-0}" = 1 ]; then "$@" & else "$@"; fi; }
-train() { # name config [--set ...]
-	local name=$1 cfg=$2; shift 2
-	"$fs" train --config "$cfg" --set out_dir="$OUT/$name" --set train.steps="$STEPS" --set train.ckpt_every="$STEPS" \
-		--set train.sample_every=0 "$@" >"$OUT/$name.log" 2>&1 || { echo "train $name failed: $OUT/$name.log" >&2; return 1; }
-}
-causal() { # odeinit, then selfforcing from its checkpoint, at seed $1
-	train odeinit$1 configs/odeinit.yaml --set seed="$1" --set data.path="$OUT/odepairs/pairs.arrow" &&
-		train selfforcing$1 configs/selfforcing.yaml --set seed="$1" --set roles.student.weights="$(ck odeinit$1 student)"
-}
-ck() { echo "$OUT/$1/checkpoints/$(printf 'step-%06d' "${3:-$STEPS}")/$2.safetensors"; }
-table() { # name config sampler [eval flags...]: the table of the students named by --students
-	local name=$1 cfg=$2 sampler=$3; shift 3
-	"$fs" eval --config "$cfg" --teacher "$T" --heldout "$OUT/held/heldout.arrow" --student-sampler "$sampler" \
-		--out "$OUT/$name" $EVAL "$@" 2>"$OUT/$name.eval.log" | sed -n '/^distillation table/,/table.txt/p' | grep -v 'table.txt' >"$OUT/$name.table.txt"
-	cat "$OUT/$name.table.txt"
-}
-students() { # prefix role: --students PREFIX<seed>=checkpoint for every seed
-	for s in $SEEDS; do printf -- '--students %s%s=%s ' "$1" "$s" "$(ck "$1$s" "$2")"; done
-}
-
-"$fs" data synth --out "$OUT/held" --count 16 --heldout-count 1024 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
-"$fs" data synth --out "$OUT/prompts" --count "$PROMPTS" --heldout-count 16 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
-W=$(sed -n 's/^ *cfg: *\([0-9.]*\).*/\1/p' configs/selfforcing.yaml | head -1) # the causal student's guidance
-"$fs" data ode-pairs --config configs/odeinit.yaml --teacher "$T" --prompts "$OUT/prompts/train.arrow" \
-	--out "$OUT/odepairs/pairs.arrow" --steps 48 --cfg "$W" --timesteps 1000,750,500,250 --batch 64 >/dev/null 2>&1
-for s in $SEEDS; do
-	bg train consistency$s configs/consistency.yaml --set seed="$s"
-	bg train adv$s configs/dmd_adv.yaml --set seed="$s"
-	# dmd alone with dmd_adv's recipe (lrs, EMA, guidance) and no regression: the GAN's control, and
-	# the bidirectional student of the same guidance for the streamed one
-	bg train dmd$s configs/dmd.yaml --set seed="$s" --set params.cfg="$W" --set params.regression_weight=0 \
-		--set roles.student.lr=2e-4 --set roles.critic.lr=4e-4 --set roles.student.ema_decay=0.99 --set roles.student.ema_start=100
-	bg causal "$s"
-done
-wait
-
-{
-	echo "consistency (multistep consistency sampling), training seeds $SEEDS, ${STEPS} steps each:"
-	echo '```'
-	table consistency configs/consistency.yaml consistency $(students consistency student)
-	echo '```'
-	echo "dmd + adversarial (DMD2: the GAN head on the critic's features; the student's EMA) and dmd alone with the same recipe, training seeds $SEEDS:"
-	echo '```'
-	table adv configs/dmd_adv.yaml fewstep $(students adv ema) $(students dmd ema)
-	echo '```'
-	echo "odeinit → selfforcing (the causal student streamed chunk by chunk with the KV cache; EMA; the bidirectional dmd student at the same guidance is the table above's dmd rows), and (last rows) the streamed video 4× the training length; NFE counts every network call, cache refreshes included:"
-	echo '```'
-	table selfforcing configs/selfforcing.yaml stream --long-frames 32 $(students selfforcing ema)
-	echo '```'
-} >"$OUT/tables.md"
-
-if [ "$README" != none ]; then
+readme() {
+	[ "$README" = none ] && return 0
 	python3 - "$README" "$OUT/tables.md" <<'PY'
 import sys
 readme, tables = sys.argv[1], open(sys.argv[2]).read()
@@ -88,5 +41,101 @@ if b not in s or e not in s:
 i, j = s.index(b) + len(b), s.index(e)
 open(readme, "w").write(s[:i] + "\n" + tables + s[j:])
 PY
+}
+if [ "${README_ONLY:-0}" = 1 ]; then
+	readme
+	exit 0
 fi
+fs=${FS:-}
+if [ -z "$fs" ]; then # two lines: set -e ignores a failed go build on the left of &&
+	go build -o "$OUT/fewstep" ./cmd/fewstep
+	fs="$OUT/fewstep"
+fi
+t0=$(date +%s)
+say() { echo "[$(($(date +%s) - t0)) s] $*" >&2; }
+bg() { if [ "${PAR:-0}" = 1 ]; then "$@" & else "$@"; fi; }
+train() { # name config steps checkpoint-interval [--set ...]
+	local name=$1 cfg=$2 n=$3 every=$4; shift 4
+	"$fs" train --config "$cfg" --set out_dir="$OUT/$name" --set train.steps="$n" --set train.ckpt_every="$every" \
+		--set train.sample_every=0 "$@" >"$OUT/$name.log" 2>&1 || { echo "train $name failed: $OUT/$name.log" >&2; return 1; }
+	say "trained $name"
+}
+ck() { # job role [step]
+	echo "$OUT/$1/checkpoints/$(printf 'step-%06d' "${3:-$STEPS}")/$2.safetensors"
+}
+table() { # name config sampler [eval flags...]: the table of the students named by --students
+	local name=$1 cfg=$2 sampler=$3; shift 3
+	"$fs" eval --config "$cfg" --teacher "$T" --heldout "$OUT/held/heldout.arrow" --student-sampler "$sampler" \
+		--out "$OUT/$name" $EVAL "$@" 2>"$OUT/$name.eval.log" | sed -n '/^distillation table/,/table.txt/p' | grep -v 'table.txt' >"$OUT/$name.table.txt" ||
+		{ echo "eval $name failed: $OUT/$name.eval.log" >&2; return 1; }
+	say "table $name"
+}
+students() { # prefix role [step]: --students PREFIX<seed>=checkpoint for every seed
+	for s in $SEEDS; do printf -- '--students %s%s=%s ' "$1" "$s" "$(ck "$1$s" "$2" "${3:-}")"; done
+}
+n=${MORE:-$STEPS}
+
+"$fs" data synth --out "$OUT/held" --count 16 --heldout-count 1024 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+W=$(sed -n 's/^ *cfg: *\([0-9.]*\).*/\1/p' configs/selfforcing.yaml | head -1) # the causal student's guidance
+# dmd alone with dmd_adv's recipe (lrs, EMA, guidance) and no regression: the GAN's control, and
+# the bidirectional student of the same guidance for the streamed one
+DMD="--set params.cfg=$W --set params.regression_weight=0 --set roles.student.lr=2e-4 --set roles.critic.lr=4e-4 --set roles.student.ema_decay=0.99 --set roles.student.ema_start=100"
+
+causal1() { # odeinit, then selfforcing from its checkpoint, at seed $1
+	train odeinit$1 configs/odeinit.yaml "$OSTEPS" "$OSTEPS" --set seed="$1" --set data.path="$OUT/odepairs/pairs.arrow" &&
+		train selfforcing$1 configs/selfforcing.yaml "$SSTEPS" "$SSTEPS" --set seed="$1" --set roles.student.weights="$(ck odeinit$1 student "$OSTEPS")"
+}
+ready() { # prefix role: wait until every seed's STEPS checkpoint exists (written whole, then renamed) or no job runs
+	local s
+	for s in $SEEDS; do
+		until [ -f "$(ck "$1$s" "$2")" ] || [ -z "$(jobs -rp)" ]; do sleep 2; done
+	done
+}
+causal() { # ODE pairs, then per seed odeinit → selfforcing from its checkpoint, then the streamed table
+	"$fs" data synth --out "$OUT/prompts" --count "$PROMPTS" --heldout-count 16 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+	"$fs" data ode-pairs --config configs/odeinit.yaml --teacher "$T" --prompts "$OUT/prompts/train.arrow" \
+		--out "$OUT/odepairs/pairs.arrow" --steps 48 --cfg "$W" --timesteps 1000,750,500,250 --batch 64 >"$OUT/odepairs.log" 2>&1
+	say "ode pairs"
+	for s in $SEEDS; do bg causal1 "$s"; done
+	wait
+	table selfforcing configs/selfforcing.yaml stream --long-frames 32 $(students selfforcing ema "$SSTEPS")
+}
+consistency() {
+	for s in $SEEDS; do bg train consistency$s configs/consistency.yaml "$n" "$STEPS" --set seed="$s"; done
+	ready consistency student # with MORE, the table of the STEPS checkpoints while training goes on
+	table consistency configs/consistency.yaml consistency $(students consistency student)
+	wait
+	[ -z "$MORE" ] || table consistency_more configs/consistency.yaml consistency $(students consistency student "$MORE")
+}
+adversarial() {
+	for s in $SEEDS; do
+		bg train adv$s configs/dmd_adv.yaml "$n" "$STEPS" --set seed="$s"
+		bg train dmd$s configs/dmd.yaml "$n" "$STEPS" --set seed="$s" $DMD
+	done
+	ready adv ema
+	ready dmd ema
+	table adv configs/dmd_adv.yaml fewstep $(students adv ema) $(students dmd ema)
+	wait
+	[ -z "$MORE" ] || table adv_more configs/dmd_adv.yaml fewstep $(students adv ema "$MORE") $(students dmd ema "$MORE")
+}
+bg causal
+bg consistency
+bg adversarial
+wait
+
+section() { # title name
+	[ -s "$OUT/$2.table.txt" ] || return 0
+	echo "$1"
+	echo '```'
+	cat "$OUT/$2.table.txt"
+	echo '```'
+}
+{
+	section "consistency (multistep consistency sampling), training seeds $SEEDS, $STEPS steps each:" consistency
+	section "dmd + adversarial (DMD2: the GAN head on the critic's features; the student's EMA) and dmd alone with the same recipe, training seeds $SEEDS, $STEPS steps each:" adv
+	section "odeinit → selfforcing (the causal student streamed chunk by chunk with the KV cache; EMA; the bidirectional dmd student at the same guidance is the table above's dmd rows), training seeds $SEEDS, $OSTEPS + $SSTEPS steps, and (last rows) the streamed video 4× the training length; NFE counts every network call, cache refreshes included:" selfforcing
+	section "consistency trained on to $MORE steps (the same jobs):" consistency_more
+	section "dmd + adversarial and dmd alone trained on to $MORE steps (the same jobs):" adv_more
+} >"$OUT/tables.md"
+readme
 echo "tables: $OUT/tables.md"
