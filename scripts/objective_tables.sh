@@ -13,17 +13,20 @@
 # (FEWSTEP_DEVICE sets every job's device key; PAR=1 trains the seeds side by side).
 # Each group's table is made as soon as its students are trained (the groups run side by side with
 # PAR=1), so the causal chain (ode pairs → odeinit → selfforcing → streamed table), the longest, sets
-# the wall time. MORE=N (optional) trains the consistency, dmd + adversarial and dmd jobs on to step N
+# the wall time. MORE=N (1000) trains the consistency, dmd + adversarial and dmd jobs on to step N
 # (checkpoints at STEPS and N: the schedules are constant, so the STEPS checkpoint is the STEPS-step
 # job) and adds a table of the step-N students: does training longer help, at every seed?
-# README_ONLY=1 only writes OUT/tables.md into the README (e.g. tables made on another machine).
+# TABLES=causal (or consistency, adversarial) makes only that group's table; TABLES= (empty) makes
+# none and only gathers the OUT/*.table.txt there are (e.g. made on two machines) into OUT/tables.md
+# and the README.
 set -euo pipefail
 OUT=${1:-runs/tables}
 STEPS=${STEPS:-500}     # consistency, dmd + adversarial, dmd
 OSTEPS=${OSTEPS:-400}   # odeinit (configs/odeinit.yaml's train.steps)
 SSTEPS=${SSTEPS:-300}   # selfforcing from odeinit's checkpoint (configs/selfforcing.yaml's)
-MORE=${MORE:-}
+MORE=${MORE-1000}       # consistency's recipe (configs/consistency.yaml); MORE= (empty) stops at STEPS
 SEEDS=${SEEDS:-0 1 2}
+TABLES=${TABLES-causal consistency adversarial} # the tables to make (each group trains its own jobs)
 PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
 EVAL=${EVAL:---precise --fd-blocks --batch 256}
 README=${README:-README.md}
@@ -42,12 +45,11 @@ i, j = s.index(b) + len(b), s.index(e)
 open(readme, "w").write(s[:i] + "\n" + tables + s[j:])
 PY
 }
-if [ "${README_ONLY:-0}" = 1 ]; then
-	readme
-	exit 0
-fi
+for g in $TABLES; do
+	case $g in causal | consistency | adversarial) ;; *) echo "TABLES: unknown table $g (causal, consistency, adversarial)" >&2 && exit 2 ;; esac
+done
 fs=${FS:-}
-if [ -z "$fs" ]; then # two lines: set -e ignores a failed go build on the left of &&
+if [ -z "$fs" ] && [ -n "$TABLES" ]; then # two lines: set -e ignores a failed go build on the left of &&
 	go build -o "$OUT/fewstep" ./cmd/fewstep
 	fs="$OUT/fewstep"
 fi
@@ -75,7 +77,7 @@ students() { # prefix role [step]: --students PREFIX<seed>=checkpoint for every 
 }
 n=${MORE:-$STEPS}
 
-"$fs" data synth --out "$OUT/held" --count 16 --heldout-count 1024 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
+[ -z "$TABLES" ] || "$fs" data synth --out "$OUT/held" --count 16 --heldout-count 1024 --frames 8 --size 16 --text-dim 32 --seed 0 >/dev/null 2>&1
 W=$(sed -n 's/^ *cfg: *\([0-9.]*\).*/\1/p' configs/selfforcing.yaml | head -1) # the causal student's guidance
 # dmd alone with dmd_adv's recipe (lrs, EMA, guidance) and no regression: the GAN's control, and
 # the bidirectional student of the same guidance for the streamed one
@@ -118,9 +120,7 @@ adversarial() {
 	wait
 	[ -z "$MORE" ] || table adv_more configs/dmd_adv.yaml fewstep $(students adv ema "$MORE") $(students dmd ema "$MORE")
 }
-bg causal
-bg consistency
-bg adversarial
+for g in $TABLES; do bg "$g"; done
 wait
 
 section() { # title name
