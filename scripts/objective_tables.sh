@@ -123,19 +123,22 @@ adversarial() {
 for g in $TABLES; do bg "$g"; done
 wait
 
-section() { # title name
+section() { # title name [objective_verdict.py flags]: the table, then the must-show read off it
 	[ -s "$OUT/$2.table.txt" ] || return 0
-	echo "$1"
+	local title=$1 name=$2
+	shift 2
+	echo "$title"
 	echo '```'
-	cat "$OUT/$2.table.txt"
+	cat "$OUT/$name.table.txt"
+	python3 scripts/objective_verdict.py "$OUT/$name/table.json" "$@"
 	echo '```'
 }
 {
 	section "consistency (multistep consistency sampling), training seeds $SEEDS, $STEPS steps each:" consistency
-	section "dmd + adversarial (DMD2: the GAN head on the critic's features; the student's EMA) and dmd alone with the same recipe, training seeds $SEEDS, $STEPS steps each:" adv
+	section "dmd + adversarial (DMD2: the GAN head on the critic's features; the student's EMA) and dmd alone with the same recipe, training seeds $SEEDS, $STEPS steps each:" adv --vs adv:dmd
 	section "odeinit → selfforcing (the causal student streamed chunk by chunk with the KV cache; EMA; the bidirectional dmd student at the same guidance is the table above's dmd rows), training seeds $SEEDS, $OSTEPS + $SSTEPS steps, and (last rows) the streamed video 4× the training length; NFE counts every network call, cache refreshes included:" selfforcing
 	section "consistency trained on to $MORE steps (the same jobs):" consistency_more
-	section "dmd + adversarial and dmd alone trained on to $MORE steps (the same jobs):" adv_more
+	section "dmd + adversarial and dmd alone trained on to $MORE steps (the same jobs):" adv_more --vs adv:dmd
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
