@@ -134,11 +134,11 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	echo '```'
 }
 {
-	section "consistency (multistep consistency sampling), training seeds $SEEDS, $STEPS steps each:" consistency
-	section "dmd + adversarial (DMD2: the GAN head on the critic's features; the student's EMA) and dmd alone with the same recipe, training seeds $SEEDS, $STEPS steps each:" adv --vs adv:dmd
-	section "odeinit → selfforcing (the causal student streamed chunk by chunk with the KV cache; EMA; the bidirectional dmd student at the same guidance is the table above's dmd rows), training seeds $SEEDS, $OSTEPS + $SSTEPS steps, and (last rows) the streamed video 4× the training length; NFE counts every network call, cache refreshes included:" selfforcing
-	section "consistency trained on to $MORE steps (the same jobs):" consistency_more
-	section "dmd + adversarial and dmd alone trained on to $MORE steps (the same jobs):" adv_more --vs adv:dmd
+	section "**Table 1.** consistency (multistep consistency sampling), training seeds $SEEDS, $STEPS steps each:" consistency
+	section "**Table 2.** dmd + adversarial (DMD2: the GAN head on the critic's features; the student's EMA) and dmd alone with the same recipe, training seeds $SEEDS, $STEPS steps each:" adv --vs adv:dmd
+	section "**Table 3.** odeinit → selfforcing (the causal student streamed chunk by chunk with the KV cache; EMA; the bidirectional dmd student at the same guidance is the table above's dmd rows), training seeds $SEEDS, $OSTEPS + $SSTEPS steps, and (last rows) the streamed video 4× the training length; NFE counts every network call, cache refreshes included:" selfforcing
+	section "**Table 4.** consistency trained on to $MORE steps (the same jobs):" consistency_more
+	section "**Table 5.** dmd + adversarial and dmd alone trained on to $MORE steps (the same jobs):" adv_more --vs adv:dmd
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
