@@ -37,19 +37,10 @@ func TestDMDGradientHostFormula(t *testing.T) {
 	env.Dev.ToHost(x0r, d.x0Real)
 	env.Dev.ToHost(x0f, d.x0Fake)
 	env.Dev.ToHost(g, d.grad)
-	B := testShape.B
-	per, n := len(xh)/B, float64(len(xh))
+	want := dmdGradRef(xh, x0r, x0f, testShape.B)
 	var scale float64
-	want := make([]float64, len(xh))
-	for i := 0; i < B; i++ {
-		var sum float64
-		for j := i * per; j < (i+1)*per; j++ {
-			sum += math.Abs(float64(xh[j]) - float64(x0r[j]))
-		}
-		for j := i * per; j < (i+1)*per; j++ {
-			want[j] = (float64(x0f[j]) - float64(x0r[j])) * float64(per) / sum / n
-			scale = math.Max(scale, math.Abs(want[j]))
-		}
+	for _, w := range want {
+		scale = math.Max(scale, math.Abs(w))
 	}
 	if !(scale > 0) {
 		t.Fatalf("reference gradient is %v everywhere", scale)
@@ -57,6 +48,48 @@ func TestDMDGradientHostFormula(t *testing.T) {
 	for j := range want {
 		if d := math.Abs(float64(g[j]) - want[j]); d > 1e-4*scale {
 			t.Fatalf("dL/dx[%d] = %.6g, host formula %.6g (largest %.3g)", j, g[j], want[j], scale)
+		}
+	}
+}
+
+// dmdGradRef is DMD's gradient by the host formula, in float64: for each of the B samples of x
+// (flattened, per = len(x)/B values each), (x0Fake − x0Real) · per / Σ|x − x0Real| / len(x).
+func dmdGradRef(x, x0Real, x0Fake []float32, B int) []float64 {
+	per, n := len(x)/B, float64(len(x))
+	want := make([]float64, len(x))
+	for i := 0; i < B; i++ {
+		var sum float64
+		for j := i * per; j < (i+1)*per; j++ {
+			sum += math.Abs(float64(x[j]) - float64(x0Real[j]))
+		}
+		for j := i * per; j < (i+1)*per; j++ {
+			want[j] = (float64(x0Fake[j]) - float64(x0Real[j])) * float64(per) / sum / n
+		}
+	}
+	return want
+}
+
+// checkDMDGradSampleZeroed checks a DMD gradient g of B samples, sample bad of which was NaN: that
+// sample's gradient is 0, every other one is dmdGradRef's within 1e-4 of the largest reference
+// value of its sample seen so far, and no other sample's reference is 0 everywhere.
+func checkDMDGradSampleZeroed(t *testing.T, g, x, x0Real, x0Fake []float32, B, bad int) {
+	t.Helper()
+	ref, per := dmdGradRef(x, x0Real, x0Fake, B), len(x)/B
+	for i := 0; i < B; i++ {
+		var scale float64
+		for j := i * per; j < (i+1)*per; j++ {
+			want := ref[j]
+			if i == bad {
+				want = 0
+			} else {
+				scale = math.Max(scale, math.Abs(want))
+			}
+			if d := math.Abs(float64(g[j]) - want); !(d <= 1e-4*scale) {
+				t.Fatalf("sample %d (NaN: %v): dL/dx[%d] = %.6g, want %.6g", i, i == bad, j, g[j], want)
+			}
+		}
+		if i != bad && !(scale > 0) {
+			t.Fatalf("sample %d: reference gradient is 0 everywhere", i)
 		}
 	}
 }
