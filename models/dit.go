@@ -97,14 +97,7 @@ func NewWithWeights(dev kernels.Device, cfg Config, grads bool, dt kernels.DType
 }
 
 func newDiT(dev kernels.Device, cfg Config, grads bool, wdt kernels.DType) *DiT {
-	if err := cfg.Validate(); err != nil {
-		panic(err)
-	}
-	table, P := cfg.Params()
-	m := &DiT{Cfg: cfg, Dev: dev, Table: table, index: make(map[string]int, len(table))}
-	for i, p := range table {
-		m.index[p.Name] = i
-	}
+	m, P := newShell(dev, cfg)
 	m.W = dev.Alloc(wdt, P)
 	m.w = m.carve(m.W)
 	if grads {
@@ -114,6 +107,20 @@ func newDiT(dev kernels.Device, cfg Config, grads bool, wdt kernels.DType) *DiT 
 		m.g = weights{Blocks: make([]block, cfg.Layers)} // every gradient view nil: "not wanted"
 	}
 	return m
+}
+
+// newShell is a DiT of cfg (validated; panics on a bad config, as New does) with its parameter table
+// and name index but no buffers; P is the parameter count.
+func newShell(dev kernels.Device, cfg Config) (*DiT, int) {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	table, P := cfg.Params()
+	m := &DiT{Cfg: cfg, Dev: dev, Table: table, index: make(map[string]int, len(table))}
+	for i, p := range table {
+		m.index[p.Name] = i
+	}
+	return m, P
 }
 
 func (m *DiT) view(buf *kernels.Tensor, name string, shape ...int) *kernels.Tensor {

@@ -83,17 +83,10 @@ func NewSharded(dev kernels.Device, cfg Config, grads bool, comm dist.Comm) *DiT
 // are all-gathered into bf16 slots, which the block's ops read as they read a bf16-stored network
 // (half the bytes moved and held; the fp32 slices stay the master weights).
 func NewShardedGather(dev kernels.Device, cfg Config, grads bool, comm dist.Comm, dt kernels.DType) *DiT {
-	if err := cfg.Validate(); err != nil {
-		panic(err)
-	}
-	table, P := cfg.Params()
-	m := &DiT{Cfg: cfg, Dev: dev, Table: table, index: make(map[string]int, len(table))}
-	for i, p := range table {
-		m.index[p.Name] = i
-	}
+	m, P := newShell(dev, cfg)
 	f := &fsdp{comm: comm, N: comm.Size(), rank: comm.Rank(), P: P, layers: cfg.Layers}
-	f.b0 = table[m.index["blocks.0.self_attn.q.weight"]].Offset
-	f.head = table[m.index["head.head.weight"]].Offset
+	f.b0 = m.Table[m.index["blocks.0.self_attn.q.weight"]].Offset
+	f.head = m.Table[m.index["head.head.weight"]].Offset
 	f.S = (f.head - f.b0) / cfg.Layers
 	f.s = (f.S + f.N - 1) / f.N
 	f.local = f.b0 + cfg.Layers*f.s

@@ -136,13 +136,7 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 				t.Errorf("%v: %s shape %v, want %v", dt, w.Name, g.Shape, w.Shape)
 			}
 			for i, v := range w.Data {
-				want := v
-				switch dt {
-				case kernels.BF16:
-					want = BF16ToF32(F32ToBF16(v))
-				case kernels.F16:
-					want = F16ToF32(F32ToF16(v))
-				}
+				want := storedAs(dt, v)
 				if g.Data[i] != want {
 					t.Errorf("%v: %s[%d] = %g, want %g", dt, w.Name, i, g.Data[i], want)
 				}
@@ -407,17 +401,23 @@ func TestSafetensorsLargerThanChunk(t *testing.T) {
 		for _, w := range ts {
 			g := got[w.Name].Data
 			for i, v := range w.Data {
-				want := v
-				switch dt {
-				case kernels.BF16:
-					want = BF16ToF32(F32ToBF16(v))
-				case kernels.F16:
-					want = F16ToF32(F32ToF16(v))
-				}
+				want := storedAs(dt, v)
 				if g[i] != want {
 					t.Fatalf("%v: %s[%d] of %d = %g, wrote %g", dt, w.Name, i, len(w.Data), g[i], want)
 				}
 			}
 		}
 	}
+}
+
+// storedAs is v after a round trip through a file that stores dt (fp32 exact, bf16 and fp16 rounded
+// to nearest even).
+func storedAs(dt kernels.DType, v float32) float32 {
+	switch dt {
+	case kernels.BF16:
+		return BF16ToF32(F32ToBF16(v))
+	case kernels.F16:
+		return F16ToF32(F32ToF16(v))
+	}
+	return v
 }
