@@ -64,18 +64,7 @@ func runBenchAllReduce(cmd *cobra.Command, _ []string) error {
 	if mib < 1 || iters < 1 || warm < 0 {
 		return fmt.Errorf("--mib %d, --iters %d, --warmup %d: want --mib ≥ 1, --iters ≥ 1, --warmup ≥ 0", mib, iters, warm)
 	}
-	spec, err := dist.ParseDevices(devices)
-	if err != nil {
-		return fmt.Errorf("--devices: %w", err)
-	}
-	if spec.CPU {
-		return fmt.Errorf("--devices %q: bench allreduce times GPUs", devices)
-	}
-	gpus, err := cuda.DeviceCount()
-	if err != nil {
-		return fmt.Errorf("--devices %q: %w", devices, err)
-	}
-	ords, err := spec.Resolve(gpus)
+	ords, err := benchGPUs(devices, "bench allreduce")
 	if err != nil {
 		return err
 	}
@@ -185,4 +174,21 @@ func runBenchAllReduce(cmd *cobra.Command, _ []string) error {
 		"check": "first all-reduce equal to the host sum on every GPU, every element",
 		"note":  "mean wall time of back-to-back all-reduces between device syncs; GB = 1e9 bytes; busbw = algbw·2(n−1)/n (nccl-tests)"}
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// benchGPUs resolves a benchmark's --devices list to GPU ordinals of this machine; cmd names the
+// benchmark in the error for a CPU list.
+func benchGPUs(devices, cmd string) ([]int, error) {
+	spec, err := dist.ParseDevices(devices)
+	if err != nil {
+		return nil, fmt.Errorf("--devices: %w", err)
+	}
+	if spec.CPU {
+		return nil, fmt.Errorf("--devices %q: %s times GPUs", devices, cmd)
+	}
+	count, err := cuda.DeviceCount()
+	if err != nil {
+		return nil, fmt.Errorf("--devices %q: %w", devices, err)
+	}
+	return spec.Resolve(count)
 }

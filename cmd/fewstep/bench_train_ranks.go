@@ -19,7 +19,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels/cuda"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/trainer"
@@ -34,18 +33,7 @@ func benchTrainRanks(cmd *cobra.Command, res map[string]any, obj string, cfg mod
 	iters, _ := fl.GetInt("iters")
 	warm, _ := fl.GetInt("warmup")
 	gm, _ := fl.GetString("gemm")
-	spec, err := dist.ParseDevices(devices)
-	if err != nil {
-		return fmt.Errorf("--devices: %w", err)
-	}
-	if spec.CPU {
-		return fmt.Errorf("--devices %q: bench train times GPUs", devices)
-	}
-	count, err := cuda.DeviceCount()
-	if err != nil {
-		return fmt.Errorf("--devices %q: %w", devices, err)
-	}
-	ords, err := spec.Resolve(count)
+	ords, err := benchGPUs(devices, "bench train")
 	if err != nil {
 		return err
 	}
