@@ -172,6 +172,22 @@ func (r *Recipe) Options(k int) sampler.Options {
 	return o
 }
 
+// JobWindow sets o's KV-cache window (the stream sampler's LocalFrames and SinkFrames) to the job's
+// model.local_attn_frames and model.sink_frames when the job sets a window (local_attn_frames > 0).
+// A recipe records the training run's window, usually unbounded; a video longer than the training
+// length is streamed with a window of its own (docs/objectives-diagnosis.md: a window that keeps
+// frame distances within the training length removes the drift peaks of RoPE beyond it).
+func JobWindow(o *sampler.Options, job *config.Job) error {
+	if job.Model.LocalAttnFrames <= 0 {
+		return nil
+	}
+	if err := models.CheckWindow(job.Model.LocalAttnFrames, job.Model.SinkFrames); err != nil {
+		return err
+	}
+	o.LocalFrames, o.SinkFrames = job.Model.LocalAttnFrames, job.Model.SinkFrames
+	return nil
+}
+
 // SubLists picks, for each k, k levels of a denoising list spread evenly from its first entry
 // (list 1000,750,500,250: k=4 all, k=2 → 1000,500, k=1 → 1000); a k longer than the list is left out
 // (the sampler then uses DenoisingList(k)).

@@ -92,6 +92,31 @@ func TestRecipeOptions(t *testing.T) {
 	}
 }
 
+// A recipe carries the training run's KV window (here 8 + sink 2); the job's model.local_attn_frames
+// replaces it when set, is refused when not a window, and leaves it alone when 0.
+func TestJobWindow(t *testing.T) {
+	rec := &Recipe{Sampler: "stream", LocalFrames: 8, SinkFrames: 2, ChunkFrames: 2}
+	for _, c := range []struct {
+		local, sink       int
+		wantLocal, wantSk int
+		bad               bool
+	}{{0, 0, 8, 2, false}, {0, 3, 8, 2, false}, {6, 0, 6, 0, false}, {6, 2, 6, 2, false}, {4, 4, 0, 0, true}} {
+		j := config.Defaults()
+		j.Model.LocalAttnFrames, j.Model.SinkFrames = c.local, c.sink
+		o := rec.Options(0)
+		err := JobWindow(&o, &j)
+		if c.bad {
+			if err == nil || !strings.Contains(err.Error(), "sink_frames") {
+				t.Errorf("window %d+%d: err %v, want the sink refused", c.local, c.sink, err)
+			}
+			continue
+		}
+		if err != nil || o.LocalFrames != c.wantLocal || o.SinkFrames != c.wantSk || o.Method != sampler.Stream {
+			t.Errorf("window %d+%d: %+v, %v; want %d+%d", c.local, c.sink, o, err, c.wantLocal, c.wantSk)
+		}
+	}
+}
+
 func TestSubLists(t *testing.T) {
 	l := SubLists([]float64{1, 0.75, 0.5, 0.25}, []int{1, 2, 4, 8})
 	if len(l[1]) != 1 || l[1][0] != 1 || len(l[2]) != 2 || l[2][1] != 0.5 || len(l[4]) != 4 || l[8] != nil {

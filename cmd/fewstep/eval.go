@@ -285,6 +285,9 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 		}
 		spec.TeacherShift = rec.Shift
 		spec.Student = rec.Options(0)
+		if err := pipeline.JobWindow(&spec.Student, job); err != nil { // model.local_attn_frames over the recipe's
+			return fmt.Errorf("eval: %w", err)
+		}
 		spec.Student.Steps, spec.Student.Sigmas = 0, nil
 		spec.StudentCausal = rec.Causal
 		spec.StudentLists = pipeline.SubLists(rec.Sigmas(), spec.Steps)

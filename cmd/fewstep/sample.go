@@ -188,6 +188,9 @@ func sampleOptions(cmd *cobra.Command, job *config.Job, rec *pipeline.Recipe) (s
 		ChunkFrames: job.Model.ChunkFrames, LocalFrames: job.Model.LocalAttnFrames, SinkFrames: job.Model.SinkFrames}
 	if rec != nil {
 		o = rec.Options(0)
+		if err := pipeline.JobWindow(&o, job); err != nil { // model.local_attn_frames over the recipe's
+			return o, err
+		}
 	}
 	if s, _ := f.GetString("sampler"); s != "" && sampler.Method(s) != o.Method {
 		o.Method = sampler.Method(s)
