@@ -16,7 +16,12 @@
 # the wall time. MORE=N (1000) trains the consistency, dmd + adversarial and dmd jobs on to step N
 # (checkpoints at STEPS and N: the schedules are constant, so the STEPS checkpoint is the STEPS-step
 # job) and adds a table of the step-N students: does training longer help, at every seed?
-# TABLES=causal (or consistency, adversarial) makes only that group's table; TABLES= (empty) makes
+# CSTEPS and CMORE (default STEPS and MORE) set the consistency group's two checkpoints apart.
+# TABLES=gan2 is DMD2's two-stage schedule (its ImageNet model of FID 1.28: dmd alone first, then the
+# GAN added from that checkpoint at a learning rate 4× lower): per seed dmd alone for STEPS steps
+# (s1dmd), then from its student and critic G2STEPS more steps of dmd + GAN (g2adv) and, as the
+# control from the same checkpoint, of dmd alone (g2dmd), both at lr/4; the table has all three.
+# TABLES=causal (or consistency, adversarial, gan2) makes only that group's table; TABLES= (empty) makes
 # none and only gathers the OUT/*.table.txt there are (e.g. made on two machines) into OUT/tables.md
 # and the README.
 set -euo pipefail
@@ -26,6 +31,9 @@ OSTEPS=${OSTEPS:-400}   # odeinit (configs/odeinit.yaml's train.steps)
 SSTEPS=${SSTEPS:-300}   # selfforcing from odeinit's checkpoint (configs/selfforcing.yaml's)
 MORE=${MORE-1000}       # consistency's recipe (configs/consistency.yaml); MORE= (empty) stops at STEPS
 SEEDS=${SEEDS:-0 1 2}
+CSTEPS=${CSTEPS:-$STEPS} # consistency's first table
+CMORE=${CMORE-$MORE}     # and its second
+G2STEPS=${G2STEPS:-500}  # gan2's second stage
 TABLES=${TABLES-causal consistency adversarial} # the tables to make (each group trains its own jobs)
 PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
 EVAL=${EVAL:---precise --fd-blocks --batch 256}
@@ -46,7 +54,7 @@ open(readme, "w").write(s[:i] + "\n" + tables + s[j:])
 PY
 }
 for g in $TABLES; do
-	case $g in causal | consistency | adversarial) ;; *) echo "TABLES: unknown table $g (causal, consistency, adversarial)" >&2 && exit 2 ;; esac
+	case $g in causal | consistency | adversarial | gan2) ;; *) echo "TABLES: unknown table $g (causal, consistency, adversarial, gan2)" >&2 && exit 2 ;; esac
 done
 fs=${FS:-}
 if [ -z "$fs" ] && [ -n "$TABLES" ]; then # two lines: set -e ignores a failed go build on the left of &&
@@ -103,7 +111,8 @@ causal() { # ODE pairs, then per seed odeinit → selfforcing from its checkpoin
 	table selfforcing configs/selfforcing.yaml stream --long-frames 32 $(students selfforcing ema "$SSTEPS")
 }
 consistency() {
-	for s in $SEEDS; do bg train consistency$s configs/consistency.yaml "$n" "$STEPS" --set seed="$s"; done
+	local STEPS=$CSTEPS MORE=$CMORE s
+	for s in $SEEDS; do bg train consistency$s configs/consistency.yaml "${MORE:-$STEPS}" "$STEPS" --set seed="$s"; done
 	ready consistency student # with MORE, the table of the STEPS checkpoints while training goes on
 	table consistency configs/consistency.yaml consistency $(students consistency student)
 	wait
@@ -120,6 +129,19 @@ adversarial() {
 	wait
 	[ -z "$MORE" ] || table adv_more configs/dmd_adv.yaml fewstep $(students adv ema "$MORE") $(students dmd ema "$MORE")
 }
+gan2s() { # seed: stage 1 (dmd alone), then stage 2 from its student and critic, with and without the GAN
+	local s=$1 lr="--set roles.student.lr=5e-5 --set roles.critic.lr=1e-4 --set roles.student.ema_start=0"
+	train s1dmd$s configs/dmd.yaml "$STEPS" "$STEPS" --set seed="$s" $DMD || return 1
+	local w="--set roles.student.weights=$(ck s1dmd$s student) --set roles.critic.weights=$(ck s1dmd$s critic)"
+	bg train g2adv$s configs/dmd_adv.yaml "$G2STEPS" "$G2STEPS" --set seed="$s" $w $lr --set roles.discriminator.lr=1e-4
+	bg train g2dmd$s configs/dmd.yaml "$G2STEPS" "$G2STEPS" --set seed="$s" $DMD $w $lr
+	wait
+}
+gan2() {
+	for s in $SEEDS; do bg gan2s "$s"; done
+	wait
+	table gan2 configs/dmd_adv.yaml fewstep $(students s1dmd ema) $(students g2adv ema "$G2STEPS") $(students g2dmd ema "$G2STEPS")
+}
 for g in $TABLES; do bg "$g"; done
 wait
 
@@ -134,11 +156,14 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	echo '```'
 }
 {
-	section "**Table 1.** consistency (multistep consistency sampling), training seeds $SEEDS, $STEPS steps each:" consistency
+	section "**Table 1.** consistency (multistep consistency sampling), training seeds $SEEDS, $CSTEPS steps each:" consistency
 	section "**Table 2.** dmd + adversarial (DMD2: the GAN head on the critic's features; the student's EMA) and dmd alone with the same recipe, training seeds $SEEDS, $STEPS steps each:" adv --vs adv:dmd
 	section "**Table 3.** odeinit → selfforcing (the causal student streamed chunk by chunk with the KV cache; EMA; the bidirectional dmd student at the same guidance is the table above's dmd rows), training seeds $SEEDS, $OSTEPS + $SSTEPS steps, and (last rows) the streamed video 4× the training length; NFE counts every network call, cache refreshes included:" selfforcing
-	section "**Table 4.** consistency trained on to $MORE steps (the same jobs):" consistency_more
+	section "**Table 4.** consistency trained on to $CMORE steps (the same jobs):" consistency_more
 	section "**Table 5.** dmd + adversarial and dmd alone trained on to $MORE steps (the same jobs):" adv_more --vs adv:dmd
+	section "**Table 6.** DMD2's two-stage schedule: dmd alone for $STEPS steps (s1dmd), then $G2STEPS more steps from its student and critic at a 4× lower learning rate with the GAN (g2adv) and without (g2dmd, the control), training seeds $SEEDS:" gan2 --vs g2adv:g2dmd
+	# consistency_2000: the consistency_more table of a run with CSTEPS=1000 CMORE=2000, kept under this name
+	section "**Table 7.** consistency trained on to 2000 steps (a second run of the consistency jobs, CSTEPS=1000 CMORE=2000; its 1000-step students reproduce table 4 within the spreads):" consistency_2000
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
