@@ -1046,3 +1046,323 @@ BWD(128, 8, float, float, attn_bwd_hd128_f32_gf32)
 BWD(64, 8, bf16_t, float, attn_bwd_hd64_bf16_gf32)
 BWD(64, 8, bf16_t, bf16_t, attn_bwd_hd64_bf16_gbf16)
 BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)
+
+// ---------------------------------------------------------------------------------------------
+// Hopper backward, FA3-style (Shah et al. 2024, §3), hd 128, bf16 storage, sm_90a. Block: 3
+// warpgroups (384 threads) on one 128-key tile; query tiles of 64 (ATTENTION_NOTES v7).
+//   warpgroup 0, the producer (setmaxnreg 24): cp.async of K_j, V_j once, then of Q_i, dO_i, lse_i,
+//     D_i into a 2-stage ring (mbarriers full/empty, as the forward's);
+//   warpgroups 1, 2, the consumers (setmaxnreg 240): 64 keys each. Per query tile i:
+//     Sᵀ = K_c Q_iᵀ and dPᵀ = V_c dO_iᵀ (SS wgmma m64n64), Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e)
+//     (masked to 0) while dPᵀ runs, dV_c += Pᵀ dO_i (RS, Pᵀ as bf16 A fragments, dO MN-major),
+//     dSᵀ = Pᵀ∘(dPᵀ − D) while dV runs, dK_c += dSᵀ Q_i (RS); dSᵀ also goes to shared memory (bf16,
+//     swizzled, double-buffered), and after both consumers wrote it (named barrier 1) consumer c
+//     computes dQ_i[:, 64c..64c+63] = dS K_j[:, 64c..] (SS, A = dSᵀ read MN-major, K MN-major) into
+//     registers, stages them ×scale in shared memory in its accumulator order and adds the 16 KB to
+//     the fp32 dQ scratch with one bulk reduction (cp.reduce.async.bulk .add.f32); attn_dq_finish_sm90
+//     adds the scratch into dQ. dK, dV leave the registers once, at the end.
+// Shared memory (1024-aligned; 128-byte swizzle as the forward's): K, V 32 KB each; Q, dO 2 × 16 KB
+// each; dSᵀ 2 × 16 KB; dQ staging 2 × 16 KB (one per consumer); lse, D 2 × 512 B; 5 mbarriers.
+// The dQ scratch: per (b, h), ⌈Nq/64⌉ tiles of 8192 fp32 in the consumers' register order
+// (attn_dq_finish_sm90 has the map). qsplit as in attn_bwd_body (fp32 gradients only).
+// ---------------------------------------------------------------------------------------------
+#ifdef ATTN_WGMMA
+// D[64×64] (+)= A[64×16]·B[16×64], both by shared-memory descriptors; TA/TB 1: MN-major.
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_ss64(float (&d)[8][4], u64 da, u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+        : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
+}
+namespace fa3b {
+using namespace fa3;
+constexpr int BRQ = 64;                       // queries per tile
+constexpr int KT = 128 * 128 * 2;             // bytes of a K or V tile
+constexpr int QT = BRQ * 128 * 2;             // bytes of a Q or dO tile (two 64-row × 64-column blocks of 8 KB)
+constexpr int OFF_K = 0, OFF_V = KT, OFF_Q = 2 * KT, OFF_DO = OFF_Q + 2 * QT, OFF_DS = OFF_DO + 2 * QT,
+              OFF_DQ = OFF_DS + 2 * QT, OFF_LD = OFF_DQ + 2 * QT, OFF_BAR = OFF_LD + 2 * 512;
+constexpr int SMEM = 1024 + OFF_BAR + 8 * 5;  // attention.go attnBwdSm90Smem
+
+// Producer thread pt (0..127): ROWS rows (global rows g, stride ldg; rows at or past `valid` zero-filled)
+// into the swizzled tile at dst (two ROWS × 64-column blocks of ROWS·128 bytes).
+template <int ROWS>
+__device__ __forceinline__ void load_rows_sw(u32 dst, const bf16_t *g, ll ldg, int valid, int pt) {
+    const int r0 = pt >> 4, ch = pt & 15;
+    u32 d = dst + (ch >> 3) * (ROWS * 128) + r0 * 128 + (((ch & 7) ^ r0) << 4);
+    const bf16_t *s = g + r0 * ldg + ch * 8;
+    const ll step = 8 * ldg;
+    if (valid >= ROWS) {
+#pragma unroll 4
+        for (int i = 0; i < ROWS / 8; ++i, d += 1024, s += step) cp_async16s(d, s, 16);
+    } else {
+#pragma unroll 4
+        for (int i = 0; i < ROWS / 8; ++i, d += 1024, s += step) {
+            const bool ok = r0 + 8 * i < valid;
+            cp_async16s(d, ok ? s : g, ok ? 16 : 0);
+        }
+    }
+}
+__device__ __forceinline__ void cp_async4s(u32 dst, const void *src, int n) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+// k-step kk (16 of the 128 hd columns) of a K-major swizzled tile of R rows: +kk%4·32 bytes in the
+// swizzle row, +R·128 past column 64 (descriptor units of 16 bytes).
+template <int R> __device__ __forceinline__ u64 kstep(int kk) { return (u64)((((kk & 3) * 32) + (kk >> 2) * (R * 128)) >> 4); }
+}  // namespace fa3b
+#endif
+
+template <typename G>
+__device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__restrict__ dV, float *__restrict__ dQacc,
+                                                   const bf16_t *__restrict__ dO, const float *__restrict__ lse,
+                                                   const float *__restrict__ Dg, const bf16_t *__restrict__ q,
+                                                   const bf16_t *__restrict__ k, const bf16_t *__restrict__ v, int Nq,
+                                                   int Nk, int H, int ct, int qoff, float scale, int qsplit) {
+#ifdef ATTN_WGMMA
+    using namespace fa3b;
+    constexpr int HD = 128, BC = 128;
+    extern __shared__ U4 smem_u4[];
+    const u32 s0 = smem_u32(smem_u4), sb = (s0 + 1023) & ~1023u;
+    unsigned char *gb = (unsigned char *)smem_u4 + (sb - s0);  // generic pointer to sb
+    const u32 sK = sb + OFF_K, sV = sb + OFF_V, sQ = sb + OFF_Q, sdO = sb + OFF_DO, sdS = sb + OFF_DS;
+    const u32 bars = sb + OFF_BAR;  // fullKV, full[2], empty[2]
+    const u32 fullKV = bars, full = bars + 8, empty = bars + 24;
+
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int ntk = (Nk + BC - 1) / BC;
+    const int kt = blockIdx.x % ntk, sp = blockIdx.x / ntk, h = blockIdx.y, b = blockIdx.z;
+    const int j0 = kt * BC;
+    const ll ldg = (ll)H * HD;
+    // Queries that see some key of this tile: i >= istart. Rows i < imask may miss some key of it.
+    int istart = 0, imask = 0;
+    if (ct > 0) {
+        int jlast = imin(j0 + BC, Nk) - 1;
+        istart = imax(0, (j0 / ct) * ct - qoff);
+        imask = (jlast / ct) * ct - qoff;
+    }
+    if (istart >= Nq) return;  // no query sees these keys (uniform over the block)
+    const int nqt_all = (Nq + BRQ - 1) / BRQ;
+    int qt0 = istart / BRQ, nqt = nqt_all;
+    if (qsplit > 1) {
+        const int per = (nqt - qt0 + qsplit - 1) / qsplit;
+        qt0 += sp * per;
+        nqt = imin(nqt, qt0 + per);
+        if (qt0 >= nqt) return;
+    }
+    const int nit = nqt - qt0;
+
+    if (tid == 0) {
+        mbar_init(fullKV, 128);
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            mbar_init(full + 8 * s, 128);
+            mbar_init(empty + 8 * s, 8);  // one arrival per consumer warp
+        }
+    }
+    __syncthreads();
+
+    if (wg == 0) {  // producer
+        setmaxnreg_dec<24>();
+        const int pt = tid;
+        const bf16_t *qg = q + (ll)b * Nq * ldg + (ll)h * HD, *dOg = dO + (ll)b * Nq * ldg + (ll)h * HD;
+        const float *lg = pt < 64 ? lse + ((ll)b * H + h) * Nq : Dg + ((ll)b * H + h) * Nq;
+        load_rows_sw<128>(sK, k + ((ll)b * Nk + j0) * ldg + (ll)h * HD, ldg, Nk - j0, pt);
+        load_rows_sw<128>(sV, v + ((ll)b * Nk + j0) * ldg + (ll)h * HD, ldg, Nk - j0, pt);
+        cp_async_arrive(fullKV);
+        for (int it = 0; it < nit; ++it) {
+            const int s = it & 1, u = it >> 1, i0 = (qt0 + it) * BRQ;
+            if (u > 0) mbar_wait(empty + 8 * s, (u - 1) & 1);
+            load_rows_sw<BRQ>(sQ + s * QT, qg + (ll)i0 * ldg, ldg, Nq - i0, pt);
+            load_rows_sw<BRQ>(sdO + s * QT, dOg + (ll)i0 * ldg, ldg, Nq - i0, pt);
+            const int r = i0 + (pt & 63);  // lse (threads 0..63) or D (64..127) of query r
+            cp_async4s(sb + OFF_LD + s * 512 + pt * 4, r < Nq ? lg + r : lg, r < Nq ? 4 : 0);
+            cp_async_arrive(full + 8 * s);
+        }
+        asm volatile("cp.async.wait_all;" ::: "memory");
+    } else {  // consumers
+        setmaxnreg_inc<240>();
+        const int c = wg - 1, ct_ = tid & 127, warp = ct_ >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+        const int kr0 = j0 + c * 64 + warp * 16 + g;  // key rows of the accumulators' c0,c1 (kr0), c2,c3 (kr0 + 8)
+        const int kc0 = ct > 0 ? kr0 / ct : 0, kc1 = ct > 0 ? (kr0 + 8) / ct : 0;
+        const float sl2 = scale * LOG2E;
+        const int rel = lane == 0;
+        const u64 dKa = desc_sw128(sK + c * 64 * 128, 16, 1024);  // this consumer's 64 keys, K-major A
+        const u64 dVa = desc_sw128(sV + c * 64 * 128, 16, 1024);
+        const u64 dKb = desc_sw128(sK + c * (KT / 2), KT / 2, 1024);  // K[:, 64c..64c+63] as MN-major B (dQ)
+        const bool wantQ = dQacc != nullptr;
+        float *dqs = (float *)(gb + OFF_DQ + c * QT);  // this consumer's dQ staging (16 KB)
+        float dv[HD / 8][4], dk[HD / 8][4];
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dv[n][e] = dk[n][e] = 0.f;
+
+        mbar_wait(fullKV, 0);
+        for (int it = 0; it < nit; ++it) {
+            const int s = it & 1, qt = qt0 + it, i0 = qt * BRQ;
+            mbar_wait(full + 8 * s, (it >> 1) & 1);
+            fence_proxy_async();
+            const u32 sQs = sQ + s * QT, sdOs = sdO + s * QT;
+            const u64 dQb = desc_sw128(sQs, 16, 1024), dOb = desc_sw128(sdOs, 16, 1024);
+            float st[8][4], dp[8][4];
+            fence_regs(st);
+            fence_regs(dp);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss64<0, 0>(st, dKa + kstep<128>(kk), dQb + kstep<BRQ>(kk), kk > 0);
+            wgmma_commit();
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss64<0, 0>(dp, dVa + kstep<128>(kk), dOb + kstep<BRQ>(kk), kk > 0);
+            wgmma_commit();
+            wgmma_wait<1>();  // Sᵀ landed; dPᵀ may still run
+            fence_regs(st);
+            const float *Ls = (const float *)(gb + OFF_LD + s * 512), *Ds = Ls + 64;
+            const bool need_mask = i0 + BRQ > Nq || j0 + BC > Nk || (ct > 0 && i0 < imask);
+#pragma unroll
+            for (int n = 0; n < 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int qi = n * 8 + 2 * tq + e;
+                    const float L = Ls[qi] * LOG2E;
+                    float p0 = ex2(fmaf(st[n][e], sl2, -L)), p1 = ex2(fmaf(st[n][2 + e], sl2, -L));
+                    if (need_mask) {
+                        const int i = i0 + qi;
+                        const int cq = ct > 0 ? (qoff + i) / ct : 0;
+                        if (i >= Nq || kr0 >= Nk || kc0 > cq) p0 = 0.f;
+                        if (i >= Nq || kr0 + 8 >= Nk || kc1 > cq) p1 = 0.f;
+                    }
+                    st[n][e] = p0;
+                    st[n][2 + e] = p1;
+                }
+            u32 pa[4][4];
+#pragma unroll
+            for (int n = 0; n < 8; ++n) {
+                pa[n >> 1][(n & 1) * 2] = pack_bf16(st[n][0], st[n][1]);
+                pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(st[n][2], st[n][3]);
+            }
+            fence_regs(pa);
+            fence_regs(dv);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BRQ / 16; ++kk) wgmma_rs<1>(dv, pa[kk], desc_sw128(sdOs, QT / 2, 1024) + (u64)((kk * 2048) >> 4), 1);
+            wgmma_commit();
+            wgmma_wait<1>();  // dPᵀ landed; dV may still run
+            fence_regs(dp);
+            u32 da[4][4];
+            unsigned char *dsp = gb + OFF_DS + s * QT + (c * 64 + warp * 16 + g) * 128 + 4 * tq;
+#pragma unroll
+            for (int n = 0; n < 8; ++n) {
+                const float D0 = Ds[n * 8 + 2 * tq], D1 = Ds[n * 8 + 2 * tq + 1];
+                const u32 lo = pack_bf16(st[n][0] * (dp[n][0] - D0), st[n][1] * (dp[n][1] - D1));
+                const u32 hi = pack_bf16(st[n][2] * (dp[n][2] - D0), st[n][3] * (dp[n][3] - D1));
+                da[n >> 1][(n & 1) * 2] = lo;
+                da[n >> 1][(n & 1) * 2 + 1] = hi;
+                if (wantQ) {  // dSᵀ rows (keys) r and r + 8, queries 8n + 2tq, +1: chunk n of the swizzled row
+                    *(u32 *)(dsp + ((n ^ g) << 4)) = lo;
+                    *(u32 *)(dsp + 8 * 128 + ((n ^ g) << 4)) = hi;
+                }
+            }
+            fence_regs(da);
+            fence_regs(dk);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BRQ / 16; ++kk) wgmma_rs<1>(dk, da[kk], desc_sw128(sQs, QT / 2, 1024) + (u64)((kk * 2048) >> 4), 1);
+            wgmma_commit();
+            float dq[8][4];
+            if (wantQ) {
+                fence_proxy_async();  // the dSᵀ stores, for the wgmma's async proxy
+                bar_sync(1, 256);     // both consumers' halves of dSᵀ are in
+                fence_regs(dq);
+                wgmma_fence();
+                const u64 dSa = desc_sw128(sdS + s * QT, QT, 1024);
+#pragma unroll
+                for (int kk = 0; kk < BC / 16; ++kk)
+                    wgmma_ss64<1, 1>(dq, dSa + (u64)((kk * 2048) >> 4), dKb + (u64)((kk * 2048) >> 4), kk > 0);
+                wgmma_commit();
+            }
+            wgmma_wait<0>();
+            fence_regs(dv);
+            fence_regs(dk);
+            fence_regs(pa);
+            fence_regs(da);
+            mbar_arrive_if(empty + 8 * s, rel);  // Q_i, dO_i, lse_i, D_i are free
+            if (wantQ) {
+                fence_regs(dq);
+                if (ct_ == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // the last tile's reduction read its staging
+                bar_sync(2 + c, 128);
+#pragma unroll
+                for (int n = 0; n < 8; ++n)
+                    *(F4 *)(dqs + ((warp * 8 + n) * 32 + lane) * 4) = F4{dq[n][0] * scale, dq[n][1] * scale, dq[n][2] * scale, dq[n][3] * scale};
+                fence_proxy_async();
+                bar_sync(2 + c, 128);
+                if (ct_ == 0) {
+                    float *dst = dQacc + (((ll)b * H + h) * nqt_all + qt) * 8192 + c * 4096;
+                    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 16384;" ::"l"(dst),
+                                 "r"(sb + OFF_DQ + c * QT)
+                                 : "memory");
+                    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+                }
+            }
+        }
+        if (wantQ && ct_ == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+
+        // dK += scale·dK_c, dV += dV_c for this thread's two key rows
+        G *dkg = dK + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
+        G *dvg = dV + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            if (kr0 + 8 * r >= Nk) continue;
+            const ll off = 8 * r * ldg;
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n) {
+                if (qsplit > 1) {  // fp32 gradients (attention.go splits only those)
+                    if (dK) red_add2((float *)(dkg + off + n * 8), dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
+                    if (dV) red_add2((float *)(dvg + off + n * 8), dv[n][2 * r], dv[n][2 * r + 1]);
+                    continue;
+                }
+                if (dK) {
+                    F2 x = Elem<G>::ld2(dkg + off + n * 8);
+                    Elem<G>::st2(dkg + off + n * 8, x.x + dk[n][2 * r] * scale, x.y + dk[n][2 * r + 1] * scale);
+                }
+                if (dV) {
+                    F2 x = Elem<G>::ld2(dvg + off + n * 8);
+                    Elem<G>::st2(dvg + off + n * 8, x.x + dv[n][2 * r], x.y + dv[n][2 * r + 1]);
+                }
+            }
+        }
+    }
+#else
+    asm volatile("trap;");  // sm_90a only: attention.go launches it on compute capability 9.0 alone
+#endif
+}
+// 384 threads (a producer and two consumer warpgroups), one block per 128-key tile (× qsplit);
+// shared memory fa3b::SMEM = 1024 + 6·32 KB + 1 KB + 40 bytes (attention.go attnBwdSm90Smem).
+#define BWD3(G, NAME)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                                       \
+        NAME(G *dK, G *dV, float *dQacc, const bf16_t *dO, const float *lse, const float *D, const bf16_t *q, \
+             const bf16_t *k, const bf16_t *v, int Nq, int Nk, int H, int ct, int qoff, float scale, int qsplit) { \
+        attn_bwd_sm90_body<G>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit);        \
+    }
+BWD3(float, attn_bwd_hd128_bf16_gf32_sm90)
+BWD3(bf16_t, attn_bwd_hd128_bf16_gbf16_sm90)
+
+// dst [B,Nq,H,128] (storage dtype dt) += src, the sm_90a backward's dQ scratch: per (b, h), ⌈Nq/64⌉
+// tiles of 64 queries × 128 columns, each in the consumers' register order: consumer c (columns
+// 64c..), warp w (rows 16w..), n-block n (columns 8n..), lane 4g + tq, then the four accumulators
+// (row g or g + 8) × (column 2tq or 2tq + 1).
+extern "C" __global__ void attn_dq_finish_sm90(void *dst, int dt, const float *src, int Nq, int H, ll n) {
+    const ll nqt = (Nq + 63) / 64;
+    GRID_STRIDE(x, n) {
+        const int d = (int)(x & 127);
+        const ll row = x >> 7;
+        const int h = (int)(row % H);
+        const ll bi = row / H;
+        const int i = (int)(bi % Nq);
+        const ll b = bi / Nq;
+        const int ri = i & 63, w = ri >> 4, g = ri & 7, hi = (ri >> 3) & 1;
+        const int c = d >> 6, nb = (d >> 3) & 7, tq = (d >> 1) & 3, e = d & 1;
+        const ll idx = ((b * H + h) * nqt + (i >> 6)) * 8192 + ((((c * 4 + w) * 8 + nb) * 32 + g * 4 + tq) << 2) + hi * 2 + e;
+        st(dst, x, dt, ld(dst, x, dt) + src[idx]);
+    }
+}

@@ -39,8 +39,37 @@ const (
 	attnSm90Smem   = 1024 + 32768*(1+2*attnSm90Stages) + 8*(1+4*attnSm90Stages)
 )
 
-// attnForceFA2: FEWSTEP_ATTN=fa2 keeps the mma.sync (FA2-class) forward on Hopper too, for A/B runs.
-var attnForceFA2 = os.Getenv("FEWSTEP_ATTN") == "fa2"
+// attnForceFA2: FEWSTEP_ATTN=fa2 keeps the mma.sync (FA2-class) forward and backward on Hopper too,
+// for A/B runs; FEWSTEP_ATTN_BWD=fa2 keeps only the backward's.
+var (
+	attnForceFA2    = os.Getenv("FEWSTEP_ATTN") == "fa2"
+	attnBwdForceFA2 = attnForceFA2 || os.Getenv("FEWSTEP_ATTN_BWD") == "fa2"
+)
+
+// The Hopper backward (attention.cu attn_bwd_hd128_bf16_g*_sm90, FA3-style: wgmma, warp-specialized,
+// one block of 384 threads per 128-key tile, 64-query tiles through a 2-stage ring; ATTENTION_NOTES
+// v7) for hd 128 with bf16 storage on compute capability 9.0. Its shared memory: 1 KB of alignment
+// slack, K, V (32 KB each), Q, dO, dSᵀ and the dQ staging (2 × 16 KB each), lse and D (2 × 512 B),
+// 5 mbarriers. Its dQ goes through an fp32 scratch of ⌈Nq/64⌉ tiles of 64 × 128 per (b, h), in the
+// kernel's register order, that attn_dq_finish_sm90 adds into dQ.
+const (
+	attnBwdSm90Smem  = 1024 + 6*32768 + 2*512 + 8*5
+	attnBwdSm90Tile  = 64
+	attnBwdSm90Finis = "attn_dq_finish_sm90"
+)
+
+var attnBwdSm90Names = map[kernels.DType]string{
+	kernels.F32: "attn_bwd_hd128_bf16_gf32_sm90", kernels.BF16: "attn_bwd_hd128_bf16_gbf16_sm90",
+}
+
+// attnBwdSm90 reports whether the backward of this case goes to the sm_90a kernel.
+func (d *Device) attnBwdSm90(hd int, dt, g kernels.DType) (string, bool) {
+	name, ok := attnBwdSm90Names[g]
+	if !ok || hd != 128 || dt != kernels.BF16 || d.cc != 90 || attnBwdForceFA2 || d.smem < attnBwdSm90Smem {
+		return "", false
+	}
+	return name, true
+}
 
 const (
 	attnBwdThreads = 256
@@ -157,6 +186,13 @@ func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tenso
 	if dQ != nil && dQ.DType != kernels.F32 {
 		nQ = 4 * dQ.Numel()
 	}
+	sm90Name, sm90 := d.attnBwdSm90(hd, q.DType, g.DType)
+	if sm90 {
+		nQ = 0
+		if dQ != nil { // the kernel's dQ scratch: ⌈Nq/64⌉ tiles of 64 × 128 fp32 per (b, h)
+			nQ = 4 * B * H * ((Nq + attnBwdSm90Tile - 1) / attnBwdSm90Tile) * attnBwdSm90Tile * hd
+		}
+	}
 	d.reserve(nD + nQ + 512)
 	D := d.scratch(nD)
 	if D == 0 {
@@ -170,13 +206,22 @@ func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tenso
 		if dQacc = d.scratch(nQ); dQacc == 0 {
 			return true
 		}
-		d.fail(d.drv.call("cuMemsetD32Async(attention dQ accumulator)", d.drv.cuMemsetD32Async, dQacc, 0, uintptr(dQ.Numel()), d.stream))
+		d.fail(d.drv.call("cuMemsetD32Async(attention dQ accumulator)", d.drv.cuMemsetD32Async, dQacc, 0, uintptr(nQ/4), d.stream))
 	}
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	ntk := (Nk + attnBwdKeys - 1) / attnBwdKeys
 	qsplit := d.attnBwdSplit(ntk*H*B, Nq, g.DType)
 	d.Args().Ptr(ptrOf(dK)).Ptr(ptrOf(dV)).Ptr(dQacc).Ptr(dOut.Ptr).Ptr(lse.Ptr).Ptr(D).Ptr(q.Ptr).Ptr(k.Ptr).Ptr(v.Ptr).
 		I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale).I32(qsplit)
+	if sm90 {
+		d.Launch(sm90Name, [3]int{ntk * qsplit, H, B}, [3]int{384, 1, 1}, attnBwdSm90Smem)
+		if dQ != nil {
+			n := dQ.Numel()
+			d.Args().Ptr(dQ.Ptr).I32(int(dQ.DType)).Ptr(dQacc).I32(Nq).I32(H).I64(n)
+			d.Launch(attnBwdSm90Finis, [3]int{d.grid1(n), 1, 1}, [3]int{256, 1, 1}, 0)
+		}
+		return true
+	}
 	d.Launch(name, [3]int{ntk * qsplit, H, B}, [3]int{attnBwdThreads, 1, 1}, attnBwdSmem(hd))
 	if nQ > 0 {
 		n := dQ.Numel()
