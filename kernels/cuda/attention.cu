@@ -1050,9 +1050,9 @@ BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)
 // ---------------------------------------------------------------------------------------------
 // Hopper backward, FA3-style (Shah et al. 2024, §3), hd 128, bf16 storage, sm_90a. Block: 3
 // warpgroups (384 threads) on one 128-key tile; query tiles of 64 (ATTENTION_NOTES v7).
-//   warpgroup 0, the producer (setmaxnreg 24): cp.async of K_j, V_j once, then of Q_i, dO_i, lse_i,
+//   warpgroup 0, the producer (setmaxnreg 40): cp.async of K_j, V_j once, then of Q_i, dO_i, lse_i,
 //     D_i into a 2-stage ring (mbarriers full/empty, as the forward's);
-//   warpgroups 1, 2, the consumers (setmaxnreg 240): 64 keys each. Per query tile i:
+//   warpgroups 1, 2, the consumers (setmaxnreg 232): 64 keys each. Per query tile i:
 //     Sᵀ = K_c Q_iᵀ and dPᵀ = V_c dO_iᵀ (SS wgmma m64n64), Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e)
 //     (masked to 0) while dPᵀ runs, dV_c += Pᵀ dO_i (RS, Pᵀ as bf16 A fragments, dO MN-major),
 //     dSᵀ = Pᵀ∘(dPᵀ − D) while dV runs, dK_c += dSᵀ Q_i (RS); dSᵀ also goes to shared memory (bf16,
@@ -1083,7 +1083,7 @@ constexpr int KT = 128 * 128 * 2;             // bytes of a K or V tile
 constexpr int QT = BRQ * 128 * 2;             // bytes of a Q or dO tile (two 64-row × 64-column blocks of 8 KB)
 constexpr int OFF_K = 0, OFF_V = KT, OFF_Q = 2 * KT, OFF_DO = OFF_Q + 2 * QT, OFF_DS = OFF_DO + 2 * QT,
               OFF_DQ = OFF_DS + 2 * QT, OFF_LD = OFF_DQ + 2 * QT, OFF_BAR = OFF_LD + 2 * 512;
-constexpr int SMEM = 1024 + OFF_BAR + 8 * 5;  // attention.go attnBwdSm90Smem
+static_assert(1024 + OFF_BAR + 8 * 5 == 198696, "attention.go attnBwdSm90Smem");
 
 // Producer thread pt (0..127): ROWS rows (global rows g, stride ldg; rows at or past `valid` zero-filled)
 // into the swizzled tile at dst (two ROWS × 64-column blocks of ROWS·128 bytes).
@@ -1163,7 +1163,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
     __syncthreads();
 
     if (wg == 0) {  // producer
-        setmaxnreg_dec<24>();
+        setmaxnreg_dec<40>();
         const int pt = tid;
         const bf16_t *qg = q + (ll)b * Nq * ldg + (ll)h * HD, *dOg = dO + (ll)b * Nq * ldg + (ll)h * HD;
         const float *lg = pt < 64 ? lse + ((ll)b * H + h) * Nq : Dg + ((ll)b * H + h) * Nq;
@@ -1181,7 +1181,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         }
         asm volatile("cp.async.wait_all;" ::: "memory");
     } else {  // consumers
-        setmaxnreg_inc<240>();
+        setmaxnreg_inc<232>();
         const int c = wg - 1, ct_ = tid & 127, warp = ct_ >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
         const int kr0 = j0 + c * 64 + warp * 16 + g;  // key rows of the accumulators' c0,c1 (kr0), c2,c3 (kr0 + 8)
         const int kc0 = ct > 0 ? kr0 / ct : 0, kc1 = ct > 0 ? (kr0 + 8) / ct : 0;
@@ -1235,25 +1235,17 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                     st[n][e] = p0;
                     st[n][2 + e] = p1;
                 }
-            u32 pa[4][4];
-#pragma unroll
-            for (int n = 0; n < 8; ++n) {
-                pa[n >> 1][(n & 1) * 2] = pack_bf16(st[n][0], st[n][1]);
-                pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(st[n][2], st[n][3]);
-            }
-            fence_regs(pa);
-            fence_regs(dv);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < BRQ / 16; ++kk) wgmma_rs<1>(dv, pa[kk], desc_sw128(sdOs, QT / 2, 1024) + (u64)((kk * 2048) >> 4), 1);
-            wgmma_commit();
-            wgmma_wait<1>();  // dPᵀ landed; dV may still run
+            wgmma_wait<0>();  // dPᵀ landed
             fence_regs(dp);
-            u32 da[4][4];
+            // dSᵀ = Pᵀ∘(dPᵀ − D); Pᵀ and dSᵀ packed as bf16 A fragments (k = queries) as they are made, so
+            // that no more than Sᵀ, dPᵀ and the dK, dV accumulators are live at once (C7512 otherwise)
+            u32 pa[4][4], da[4][4];
             unsigned char *dsp = gb + OFF_DS + s * QT + (c * 64 + warp * 16 + g) * 128 + 4 * tq;
 #pragma unroll
             for (int n = 0; n < 8; ++n) {
                 const float D0 = Ds[n * 8 + 2 * tq], D1 = Ds[n * 8 + 2 * tq + 1];
+                pa[n >> 1][(n & 1) * 2] = pack_bf16(st[n][0], st[n][1]);
+                pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(st[n][2], st[n][3]);
                 const u32 lo = pack_bf16(st[n][0] * (dp[n][0] - D0), st[n][1] * (dp[n][1] - D1));
                 const u32 hi = pack_bf16(st[n][2] * (dp[n][2] - D0), st[n][3] * (dp[n][3] - D1));
                 da[n >> 1][(n & 1) * 2] = lo;
@@ -1263,9 +1255,14 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                     *(u32 *)(dsp + 8 * 128 + ((n ^ g) << 4)) = hi;
                 }
             }
+            // dV_c += Pᵀ dO_i, dK_c += dSᵀ Q_i (RS; dO and Q read MN-major: 16 queries = 2 KB)
+            fence_regs(pa);
             fence_regs(da);
+            fence_regs(dv);
             fence_regs(dk);
             wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BRQ / 16; ++kk) wgmma_rs<1>(dv, pa[kk], desc_sw128(sdOs, QT / 2, 1024) + (u64)((kk * 2048) >> 4), 1);
 #pragma unroll
             for (int kk = 0; kk < BRQ / 16; ++kk) wgmma_rs<1>(dk, da[kk], desc_sw128(sQs, QT / 2, 1024) + (u64)((kk * 2048) >> 4), 1);
             wgmma_commit();

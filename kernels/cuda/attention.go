@@ -156,7 +156,8 @@ func attentionFwd(d *Device, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOf
 }
 
 // attentionBack runs the fused backward, accumulating into dQ, dK, dV (nil ones skipped). Scratch:
-// D = rowsum(dOut∘out) [B,H,Nq] fp32, and an fp32 dQ accumulator when dQ is not fp32.
+// D = rowsum(dOut∘out) [B,H,Nq] fp32, and an fp32 dQ accumulator when dQ is not fp32 (always on the
+// sm_90a kernel, in its tiled layout).
 func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) bool {
 	B, Nq, H, hd := q.Shape[0], q.Shape[1], q.Shape[2], q.Shape[3]
 	Nk := k.Shape[1]

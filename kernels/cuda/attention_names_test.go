@@ -30,7 +30,7 @@ func TestAttentionLaunchShapes(t *testing.T) {
 		fwds[m[5]] = fwd{a(1), a(2), a(3), a(4)}
 	}
 	names := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^(?:FWD|FWD3|BWD)\([^)]*, (\w+)\)`).FindAllStringSubmatch(body, -1) {
+	for _, m := range regexp.MustCompile(`(?m)^(?:FWD|FWD3|BWD|BWD3)\([^)]*, (\w+)\)`).FindAllStringSubmatch(body, -1) {
 		names[m[1]] = true
 	}
 	stages := map[string]int{} // FWD3 (the sm_90a forward): name → K/V stages
@@ -43,8 +43,11 @@ func TestAttentionLaunchShapes(t *testing.T) {
 	if len(fwds) == 0 || len(names) == 0 {
 		t.Fatalf("no kernels parsed from attention.cu")
 	}
-	need := []string{"attn_add_f32_into"}
+	need := []string{"attn_add_f32_into", attnBwdSm90Finis}
 	for _, n := range attnBwdNames {
+		need = append(need, n)
+	}
+	for _, n := range attnBwdSm90Names {
 		need = append(need, n)
 	}
 	for _, n := range attnPrepNames {
@@ -83,6 +86,27 @@ func TestAttentionLaunchShapes(t *testing.T) {
 		ns, built := stages[cfg.name]
 		if !ok || !built || cfg.threads != 384 || cfg.rows != 128 || cfg.smem(128) != 1024+32768*(1+2*ns)+8*(1+4*ns) {
 			t.Errorf("sm_90, ct %d: picked %+v (built: %v, %d stages), want the FWD3 kernel with its shared memory", ct, cfg, built, ns)
+		}
+	}
+	// Hopper backward: hd 128 with bf16 storage (fp32 or bf16 gradients) goes to the sm_90a kernel,
+	// whose shared memory is the one attention.cu lays out (fa3b: 1 KB slack + K, V + 2 stages of Q,
+	// dO + 2 dSᵀ + 2 dQ staging tiles + lse/D + 5 mbarriers).
+	m := regexp.MustCompile(`constexpr int BRQ = (\d+);`).FindStringSubmatch(body)
+	if m == nil || m[1] != strconv.Itoa(attnBwdSm90Tile) {
+		t.Errorf("attention.cu's sm_90a backward query tile %v, attention.go's %d", m, attnBwdSm90Tile)
+	}
+	if want := 1024 + 2*128*128*2 + 8*attnBwdSm90Tile*128*2 + 2*2*attnBwdSm90Tile*4 + 8*5; attnBwdSm90Smem != want {
+		t.Errorf("attnBwdSm90Smem %d, want %d", attnBwdSm90Smem, want)
+	}
+	for _, c := range []struct {
+		hd     int
+		dt, g  kernels.DType
+		dev    *Device
+		want90 bool
+	}{{128, kernels.BF16, kernels.F32, h, true}, {128, kernels.BF16, kernels.BF16, h, true}, {128, kernels.F32, kernels.F32, h, false},
+		{64, kernels.BF16, kernels.F32, h, false}, {128, kernels.BF16, kernels.F32, d, false}} {
+		if name, ok := c.dev.attnBwdSm90(c.hd, c.dt, c.g); ok != (c.want90 && !attnBwdForceFA2) || ok && !names[name] {
+			t.Errorf("backward hd %d %v grads %v cc %d: sm_90a kernel %q %v, want %v", c.hd, c.dt, c.g, c.dev.cc, name, ok, c.want90)
 		}
 	}
 	if cfg, _ := h.attnFwdPick(1, 4680, 12, 128, kernels.F32, 0); cfg.name != "attn_fwd_hd128_f32" {

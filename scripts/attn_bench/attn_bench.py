@@ -105,6 +105,17 @@ def bwd_smem(hd, nw=BWD_NW):
     return (2 * bc * (hd + 8) + 4 * 64 * (hd + 8) + bc * 72) * 2 + 4 * 64 * 4
 
 
+# The sm_90a backward (attention.cu attn_bwd_hd128_bf16_g*_sm90; attention.go attnBwdSm90): 384
+# threads per 128-key tile, its dQ through a tiled fp32 scratch (⌈Nq/64⌉ × 8192 per (b, h)) that
+# attn_dq_finish_sm90 adds into dQ. Taken once it passed alone (BWD90_OK=1: a broken one may hang).
+BWD90_SMEM = 1024 + 6 * 32768 + 2 * 512 + 8 * 5
+
+
+def bwd90_pick(hd, dt):
+    return hd == 128 and dt == torch.bfloat16 and SM90 and os.environ.get("BWD90_OK") == "1" \
+        and os.environ.get("FEWSTEP_ATTN") != "fa2" and os.environ.get("FEWSTEP_ATTN_BWD") != "fa2"
+
+
 def fast_ok(hd, dt):
     return hd in (64, 128) and dt in (torch.bfloat16, torch.float32)
 
@@ -133,8 +144,9 @@ def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None, cfg=None):
     fn(name, sm)((((Nq + br - 1) // br), H, B), (nw * 32,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
 
 
-def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None):
-    """Accumulates into dQ, dK, dV (any may be None). ws: fp32 scratch dict (D, and dQ for bf16 grads)."""
+def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None, sm90=None, qsplit=1):
+    """Accumulates into dQ, dK, dV (any may be None). ws: fp32 scratch dict (D, and dQ for bf16 grads).
+    sm90: the sm_90a kernel (None: as bwd90_pick says); qsplit: blocks per key tile (fp32 grads)."""
     B, Nq, H, hd = q.shape
     Nk = k.shape[1]
     scale = F32(1.0 / math.sqrt(hd))
@@ -143,6 +155,24 @@ def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None)
     D = ws["D"] if ws else torch.empty(B, H, Nq, device=q.device, dtype=torch.float32)
     rows = B * Nq * H
     fn(f"attn_bwd_prep_{SUF[q.dtype]}")((((rows * 32 + 255) // 256),), (256,), (P(D), P(dO), P(out), I32(B), I32(Nq), I32(H), I32(hd)))
+    if sm90 is None:
+        sm90 = bwd90_pick(hd, q.dtype) and variant is None
+    if sm90:
+        nqt = (Nq + 63) // 64
+        acc = None
+        if dQ is not None:
+            acc = ws.get("dQ90") if ws else None
+            if acc is None or acc.numel() < B * H * nqt * 8192:
+                acc = torch.empty(B * H * nqt * 8192, device=q.device, dtype=torch.float32)
+                if ws is not None:
+                    ws["dQ90"] = acc
+            acc.zero_()
+        ntk = (Nk + 127) // 128
+        fn(f"attn_bwd_hd128_bf16_g{SUF[gdt]}_sm90", BWD90_SMEM)((ntk * qsplit, H, B), (384,), (P(dK), P(dV), P(acc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(qsplit)), shared_mem=BWD90_SMEM)
+        if dQ is not None:
+            n = dQ.numel()
+            fn("attn_dq_finish_sm90")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(acc), I32(Nq), I32(H), np.int64(n)))
+        return
     dQacc = dQ
     if dQ is not None and dQ.dtype != torch.float32:
         dQacc = ws["dQ"] if ws else torch.zeros(dQ.shape, device=q.device, dtype=torch.float32)
@@ -184,7 +214,7 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None, cfg=None):
+def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None, cfg=None, sm90=None, qsplit=1):
     dev = "cuda"
     q, k, v = (torch.randn(B, n, H, hd, device=dev).to(dt) for n in (Nq, Nk, Nk))
     dO = torch.randn(B, Nq, H, hd, device=dev).to(dt)
@@ -194,7 +224,7 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
     g0s = 1.0 if gdt == torch.float32 else 1e-3  # bf16 sums lose the small addend: keep the start small
     g0 = [(g0s * torch.randn(B, n, H, hd, device=dev)).to(gdt) for n in (Nq, Nk, Nk)]  # += onto these
     dQ, dK, dV = (t.clone() for t in g0)
-    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, variant=bwd_variant)
+    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, variant=bwd_variant, sm90=sm90, qsplit=qsplit)
     torch.cuda.synchronize()
     ro, rl, rq, rk, rv = reference(q, k, v, dO.float(), ct, qoff)
     # the backward is checked on its own: the reference gradient is taken at the kernel's own out
@@ -203,7 +233,8 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
                 dk=rel(dK.double() - g0[1].double(), rk), dv=rel(dV.double() - g0[2].double(), rv))
     ok = all(e <= tol for e in errs.values())
     fc = fwd_pick(B, Nq, H, hd, dt, ct) if cfg is None else cfg
-    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''}fwd{fc or '_r128'} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
+    b90 = bwd90_pick(hd, dt) and bwd_variant is None if sm90 is None else sm90
+    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''}fwd{fc or '_r128'} bwd{'_sm90' if b90 else ''}{f' qsplit={qsplit}' if qsplit > 1 else ''} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
           + " ".join(f"{k}={v:.2e}" for k, v in errs.items()), flush=True)
     return ok
 
@@ -256,7 +287,12 @@ def bench(N, ct, iters, H=12, hd=128):
     t_f = bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0), iters)
     t_b = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws), iters)
     pick = fwd_pick(B, N, H, hd, torch.bfloat16, ct)
-    rows = [(f"ours (fwd{pick or '_r128'})", t_f, t_b)]
+    b90 = bwd90_pick(hd, torch.bfloat16)
+    rows = [(f"ours (fwd{pick or '_r128'}, bwd{'_sm90' if b90 else ''})", t_f, t_b)]
+    if b90:  # the mma.sync backward, A/B
+        rows.append(("ours, bwd mma.sync (fa2)", float("nan"), bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, sm90=False), iters)))
+        gb = [torch.zeros(B, N, H, hd, device=dev, dtype=torch.bfloat16) for _ in range(3)]
+        rows.append(("ours, bwd_sm90, bf16 grads", float("nan"), bench_ms(lambda: attn_bwd(*gb, dO, out, lse, q, k, v, ct, 0, ws=ws), iters)))
     for other in fwd_alternatives(hd, torch.bfloat16):
         if other != pick:
             rows.append((f"ours, fwd{other or '_r128'}", bench_ms(lambda: attn_fwd(out, lse, q, k, v, ct, 0, cfg=other), iters), float("nan")))
@@ -320,9 +356,40 @@ VARIANT_CASES = [(2, 200, 200, 3, 0, 0), (1, 130, 390, 2, 130, 260), (1, 300, 30
                  (2, 1337, 1337, 2, 0, 0), (1, 1, 700, 2, 0, 0), (1, 4680, 4680, 1, 1560, 0)]
 
 
+# B, Nq, Nk, H, hd, ct, qoff for the sm_90a backward alone: one tile, block-causal with partial tiles,
+# KV cache, Nq != Nk both ways, one query, several ring rounds with B > 1, Wan chunks.
+BWD90_CASES = [(2, 200, 200, 3, 128, 0, 0), (1, 64, 128, 1, 128, 0, 0), (1, 300, 300, 2, 128, 64, 0), (1, 257, 257, 2, 128, 100, 0),
+               (1, 130, 390, 2, 128, 130, 260), (1, 100, 357, 2, 128, 50, 257), (1, 77, 500, 2, 128, 0, 0),
+               (1, 200, 70, 1, 128, 0, 0), (1, 1, 300, 2, 128, 100, 250), (2, 1337, 1337, 2, 128, 0, 0),
+               (1, 4680, 4680, 2, 128, 1560, 0), (1, 1560, 4680, 2, 128, 1560, 3120)]
+
+
 def main():
     if "--profile" in sys.argv:
         return profile()
+    if "--only-bwd90" in sys.argv:  # the sm_90a backward alone, in a process of its own (a bad one may hang)
+        torch.manual_seed(1)
+        ok = True
+        for c in BWD90_CASES:
+            ok &= check(*c, sm90=True)
+        for c in [(1, 300, 300, 2, 128, 64, 0), (1, 130, 390, 2, 128, 130, 260)]:
+            ok &= check(*c, gdt=torch.bfloat16, sm90=True)
+        ok &= check(1, 1000, 200, 2, 128, 0, 0, sm90=True, qsplit=4)
+        ok &= check(1, 1500, 1500, 1, 128, 500, 0, sm90=True, qsplit=3)
+        print("BWD90 ALL PASS" if ok else "BWD90 SOME FAILED", flush=True)
+        sys.exit(0 if ok else 1)
+    if "--bwd90-speed" in sys.argv:  # the sm_90a backward beside the mma.sync one, no peers (quick)
+        for N, ct in ((32760, 0), (4680, 0), (32760, 1560)):
+            q, k, v, dO = (torch.randn(1, N, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+            out, lse = torch.empty_like(q), torch.empty(1, 12, N, device="cuda")
+            dQ, dK, dV = (torch.zeros(1, N, 12, 128, device="cuda") for _ in range(3))
+            ws = dict(D=torch.empty(1, 12, N, device="cuda"))
+            attn_fwd(out, lse, q, k, v, ct, 0)
+            pairs = visible(N, N, ct, 0, "cuda").sum().item() if ct else N * N
+            for label, s90 in (("sm90", True), ("mma.sync", False)):
+                t = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, sm90=s90), 5)
+                print(f"  N={N} ct={ct} bwd {label:9s} {t:8.3f} ms {10.0 * pairs * 128 * 12 / t / 1e9:6.1f} TFLOP/s", flush=True)
+        return
     if "--only-variant" in sys.argv:  # checks one variant in a process of its own (a bad one may fault)
         name = sys.argv[sys.argv.index("--only-variant") + 1]
         ok = all([check_variant(name, *c) for c in VARIANT_CASES])

@@ -1,0 +1,48 @@
+#!/bin/bash
+# One device call for the sm_90a (FA3-style) backward (ATTENTION_NOTES v7): build attention.fatbin the
+# way scripts/build-kernels.sh does (its plain flags) with the ptxas report, the new backward checked
+# alone under a timeout (a broken one may hang on its mbarriers), a quick A/B against the mma.sync
+# backward, the Go attention tests and the DiT test on the fresh fatbin, then the harness's checks and
+# timings beside SDPA flash and cuDNN. From the repository root, with G (default gpubuild/attnbwd)
+# carried: cuda.test, gputest.test (built on the development machine with CGO_ENABLED=0 go test -c)
+# and, when the tree the device receives is not the one under test, src/attention.cu and
+# src/attn_bench.py (copied into place first).   Logs: $OUT/log.txt, ptxas.txt, gotest.txt, gputest.txt.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/bwd3_out}
+G=${G:-gpubuild/attnbwd}
+L=$OUT/log.txt
+mkdir -p "$OUT"
+log() { echo "$@" | tee -a "$L"; }
+if [ -d $G/src ]; then cp $G/src/attention.cu kernels/cuda/attention.cu; cp $G/src/attn_bench.py scripts/attn_bench/attn_bench.py; fi
+K=/tmp/kern
+mkdir -p $K /tmp/ab
+cp kernels/cuda/build/*.fatbin $K/
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$L"
+t0=$(date +%s)
+arch="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80"
+if ! nvcc -fatbin -O3 -std=c++17 $arch -Xptxas -v -o $K/attention.fatbin kernels/cuda/attention.cu 2> $OUT/ptxas.txt; then
+    log "BUILD FAILED"; grep -iE "error" $OUT/ptxas.txt | head -30 | tee -a "$L"; exit 1
+fi
+hash=$(cat kernels/cuda/attention.cu $(ls kernels/cuda/*.cuh | LC_ALL=C sort) | sha256sum | cut -d' ' -f1)
+log "built in $(( $(date +%s) - t0 )) s; MANIFEST line: attention.fatbin $hash nvcc-$(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+cp $K/attention.fatbin $OUT/
+cp $K/attention.fatbin /tmp/ab/attention.sm90a.cubin  # cuModuleLoad takes the fatbin
+log "== ptxas (C7514 = serialized wgmma; C7508/C7509 = setmaxnreg ignored)"
+grep -E "Compiling entry" -A4 $OUT/ptxas.txt | grep -E "sm90|finish" -A4 | grep -E "Compiling|registers|spill|stack" | sed 's/ptxas info *: //' | tee -a "$L"
+grep -iE "warning|C75" $OUT/ptxas.txt | sort | uniq -c | tee -a "$L"
+for f in attn_bwd_hd128_bf16_gf32_sm90 attn_fwd_hd128_bf16_sm90; do
+    cuobjdump -sass -fun $f /tmp/ab/attention.sm90a.cubin > /tmp/sass.txt 2>&1
+    log "SASS $f: HGMMA $(grep -c HGMMA /tmp/sass.txt) LDL/STL $(grep -cE 'LDL|STL' /tmp/sass.txt) UBLKRED $(grep -cE 'UBLKRED|BLKRED' /tmp/sass.txt)"
+done
+timeout 150 python3 scripts/attn_bench/attn_bench.py /tmp/ab --only-bwd90 2>&1 | tee -a "$L"
+rc=${PIPESTATUS[0]}
+log "bwd90 alone: exit $rc"
+timeout 90 python3 scripts/attn_bench/attn_bench.py /tmp/ab --bwd90-speed 2>&1 | tee -a "$L"
+if [ $rc != 0 ] && [ "${FORCE:-0}" != 1 ]; then exit 1; fi
+export FEWSTEP_CUDA_KERNELS=$K
+(cd kernels/cuda && timeout 150 ../../$G/cuda.test -test.run 'FusedAttention|AttentionLaunchShapes|OpsAgainstCPU/Attention' -test.v -test.count=1) > $OUT/gotest.txt 2>&1
+log "cuda.test exit $?"; grep -E "^(--- |ok|FAIL|PASS)|rel error" $OUT/gotest.txt | grep -E "^(--- |ok|FAIL|PASS)|^ *--- FAIL" | head -40 | tee -a "$L"
+(cd kernels/cuda/gputest && timeout 120 ../../../$G/gputest.test -test.run 'DiTAgainstCPU' -test.v -test.count=1) > $OUT/gputest.txt 2>&1
+log "gputest DiTAgainstCPU exit $?"; grep -E "^(--- |ok|FAIL|PASS)" $OUT/gputest.txt | head -20 | tee -a "$L"
+BWD90_OK=1 WGMMA_OK=attn_fwd_hd128_bf16_sm90 timeout 280 python3 scripts/attn_bench/attn_bench.py /tmp/ab ${BENCH_ARGS:---quick --no-flex} 2>&1 | grep -vE "^PASS" | tee -a "$L"
