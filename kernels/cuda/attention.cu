@@ -1050,9 +1050,9 @@ BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)
 // ---------------------------------------------------------------------------------------------
 // Hopper backward, FA3-style (Shah et al. 2024, §3), hd 128, bf16 storage, sm_90a. Block: 3
 // warpgroups (384 threads) on one 128-key tile; query tiles of 64 (ATTENTION_NOTES v7).
-//   warpgroup 0, the producer (setmaxnreg 40): cp.async of K_j, V_j once, then of Q_i, dO_i, lse_i,
+//   warpgroup 0, the producer (setmaxnreg 24): cp.async of K_j, V_j once, then of Q_i, dO_i, lse_i,
 //     D_i into a 2-stage ring (mbarriers full/empty, as the forward's);
-//   warpgroups 1, 2, the consumers (setmaxnreg 232): 64 keys each. Per query tile i:
+//   warpgroups 1, 2, the consumers (setmaxnreg 240): 64 keys each. Per query tile i:
 //     Sᵀ = K_c Q_iᵀ and dPᵀ = V_c dO_iᵀ (SS wgmma m64n64), Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e)
 //     (masked to 0) while dPᵀ runs, dV_c += Pᵀ dO_i (RS, Pᵀ as bf16 A fragments, dO MN-major),
 //     dSᵀ = Pᵀ∘(dPᵀ − D) while dV runs, dK_c += dSᵀ Q_i (RS); dSᵀ also goes to shared memory (bf16,
@@ -1113,7 +1113,10 @@ template <int R> __device__ __forceinline__ u64 kstep(int kk) { return (u64)((((
 }  // namespace fa3b
 #endif
 
-template <typename G>
+// PREG, CREG: setmaxnreg of the producer and of the consumers (PREG + 2·CREG <= 512); OPQ: the
+// consumers' A-operand descriptors pass an empty asm each query tile, so that the compiler does not
+// hoist all 24 k-step descriptors (48 registers) out of the loop.
+template <typename G, int PREG, int CREG, bool OPQ>
 __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__restrict__ dV, float *__restrict__ dQacc,
                                                    const bf16_t *__restrict__ dO, const float *__restrict__ lse,
                                                    const float *__restrict__ Dg, const bf16_t *__restrict__ q,
@@ -1163,7 +1166,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
     __syncthreads();
 
     if (wg == 0) {  // producer
-        setmaxnreg_dec<40>();
+        setmaxnreg_dec<PREG>();
         const int pt = tid;
         const bf16_t *qg = q + (ll)b * Nq * ldg + (ll)h * HD, *dOg = dO + (ll)b * Nq * ldg + (ll)h * HD;
         const float *lg = pt < 64 ? lse + ((ll)b * H + h) * Nq : Dg + ((ll)b * H + h) * Nq;
@@ -1181,15 +1184,15 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         }
         asm volatile("cp.async.wait_all;" ::: "memory");
     } else {  // consumers
-        setmaxnreg_inc<232>();
+        setmaxnreg_inc<CREG>();
         const int c = wg - 1, ct_ = tid & 127, warp = ct_ >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
         const int kr0 = j0 + c * 64 + warp * 16 + g;  // key rows of the accumulators' c0,c1 (kr0), c2,c3 (kr0 + 8)
         const int kc0 = ct > 0 ? kr0 / ct : 0, kc1 = ct > 0 ? (kr0 + 8) / ct : 0;
         const float sl2 = scale * LOG2E;
         const int rel = lane == 0;
-        const u64 dKa = desc_sw128(sK + c * 64 * 128, 16, 1024);  // this consumer's 64 keys, K-major A
-        const u64 dVa = desc_sw128(sV + c * 64 * 128, 16, 1024);
-        const u64 dKb = desc_sw128(sK + c * (KT / 2), KT / 2, 1024);  // K[:, 64c..64c+63] as MN-major B (dQ)
+        const u64 dKa0 = desc_sw128(sK + c * 64 * 128, 16, 1024);  // this consumer's 64 keys, K-major A
+        const u64 dVa0 = desc_sw128(sV + c * 64 * 128, 16, 1024);
+        const u64 dKb0 = desc_sw128(sK + c * (KT / 2), KT / 2, 1024);  // K[:, 64c..64c+63] as MN-major B (dQ)
         const bool wantQ = dQacc != nullptr;
         float *dqs = (float *)(gb + OFF_DQ + c * QT);  // this consumer's dQ staging (16 KB)
         float dv[HD / 8][4], dk[HD / 8][4];
@@ -1205,6 +1208,8 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
             fence_proxy_async();
             const u32 sQs = sQ + s * QT, sdOs = sdO + s * QT;
             const u64 dQb = desc_sw128(sQs, 16, 1024), dOb = desc_sw128(sdOs, 16, 1024);
+            u64 dKa = dKa0, dVa = dVa0, dKb = dKb0;
+            if (OPQ) asm volatile("" : "+l"(dKa), "+l"(dVa), "+l"(dKb));
             float st[8][4], dp[8][4];
             fence_regs(st);
             fence_regs(dp);
@@ -1335,14 +1340,14 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
 }
 // 384 threads (a producer and two consumer warpgroups), one block per 128-key tile (× qsplit);
 // shared memory fa3b::SMEM = 1024 + 6·32 KB + 1 KB + 40 bytes (attention.go attnBwdSm90Smem).
-#define BWD3(G, NAME)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(384, 1)                                                       \
-        NAME(G *dK, G *dV, float *dQacc, const bf16_t *dO, const float *lse, const float *D, const bf16_t *q, \
+#define BWD3(G, PREG, CREG, OPQ, NAME)                                                                            \
+    extern "C" __global__ void __launch_bounds__(384, 1)                                                           \
+        NAME(G *dK, G *dV, float *dQacc, const bf16_t *dO, const float *lse, const float *D, const bf16_t *q,     \
              const bf16_t *k, const bf16_t *v, int Nq, int Nk, int H, int ct, int qoff, float scale, int qsplit) { \
-        attn_bwd_sm90_body<G>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit);        \
+        attn_bwd_sm90_body<G, PREG, CREG, OPQ>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit); \
     }
-BWD3(float, attn_bwd_hd128_bf16_gf32_sm90)
-BWD3(bf16_t, attn_bwd_hd128_bf16_gbf16_sm90)
+BWD3(float, 24, 240, true, attn_bwd_hd128_bf16_gf32_sm90)
+BWD3(bf16_t, 24, 240, true, attn_bwd_hd128_bf16_gbf16_sm90)
 
 // dst [B,Nq,H,128] (storage dtype dt) += src, the sm_90a backward's dQ scratch: per (b, h), ⌈Nq/64⌉
 // tiles of 64 queries × 128 columns, each in the consumers' register order: consumer c (columns

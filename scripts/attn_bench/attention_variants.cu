@@ -374,3 +374,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 FWD3(2, false, false, attn_fwd3v_ns2)     // no ping-pong
 FWD3(3, true, false, attn_fwd3v_ns3pp)    // three stages
 FWD3(2, true, true, attn_fwd3v_ns2pp_vswap)  // V descriptor's byte offsets swapped (the other reading)
+
+// sm_90a backward variants (BWD3: gradient type, producer / consumer setmaxnreg, opaque descriptors).
+BWD3(float, 40, 232, true, attn_bwd3v_r40)      // 40 / 232 registers (the forward's split)
+BWD3(float, 24, 240, false, attn_bwd3v_hoist)   // descriptors left to the compiler (hoisted: 48 registers)

@@ -109,6 +109,7 @@ def bwd_smem(hd, nw=BWD_NW):
 # threads per 128-key tile, its dQ through a tiled fp32 scratch (⌈Nq/64⌉ × 8192 per (b, h)) that
 # attn_dq_finish_sm90 adds into dQ. Taken once it passed alone (BWD90_OK=1: a broken one may hang).
 BWD90_SMEM = 1024 + 6 * 32768 + 2 * 512 + 8 * 5
+BWD90_VARIANTS = [n for n in os.environ.get("BWD90_VARIANTS", "").split() if n]  # attention_variants.cu names
 
 
 def bwd90_pick(hd, dt):
@@ -144,7 +145,7 @@ def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None, cfg=None):
     fn(name, sm)((((Nq + br - 1) // br), H, B), (nw * 32,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
 
 
-def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None, sm90=None, qsplit=1):
+def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None, sm90=None, qsplit=1, name90=None):
     """Accumulates into dQ, dK, dV (any may be None). ws: fp32 scratch dict (D, and dQ for bf16 grads).
     sm90: the sm_90a kernel (None: as bwd90_pick says); qsplit: blocks per key tile (fp32 grads)."""
     B, Nq, H, hd = q.shape
@@ -168,7 +169,7 @@ def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None,
                     ws["dQ90"] = acc
             acc.zero_()
         ntk = (Nk + 127) // 128
-        fn(f"attn_bwd_hd128_bf16_g{SUF[gdt]}_sm90", BWD90_SMEM)((ntk * qsplit, H, B), (384,), (P(dK), P(dV), P(acc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(qsplit)), shared_mem=BWD90_SMEM)
+        fn(name90 or f"attn_bwd_hd128_bf16_g{SUF[gdt]}_sm90", BWD90_SMEM)((ntk * qsplit, H, B), (384,), (P(dK), P(dV), P(acc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(qsplit)), shared_mem=BWD90_SMEM)
         if dQ is not None:
             n = dQ.numel()
             fn("attn_dq_finish_sm90")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(acc), I32(Nq), I32(H), np.int64(n)))
@@ -214,7 +215,7 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None, cfg=None, sm90=None, qsplit=1):
+def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None, cfg=None, sm90=None, qsplit=1, name90=None):
     dev = "cuda"
     q, k, v = (torch.randn(B, n, H, hd, device=dev).to(dt) for n in (Nq, Nk, Nk))
     dO = torch.randn(B, Nq, H, hd, device=dev).to(dt)
@@ -224,7 +225,7 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
     g0s = 1.0 if gdt == torch.float32 else 1e-3  # bf16 sums lose the small addend: keep the start small
     g0 = [(g0s * torch.randn(B, n, H, hd, device=dev)).to(gdt) for n in (Nq, Nk, Nk)]  # += onto these
     dQ, dK, dV = (t.clone() for t in g0)
-    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, variant=bwd_variant, sm90=sm90, qsplit=qsplit)
+    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, variant=bwd_variant, sm90=sm90, qsplit=qsplit, name90=name90)
     torch.cuda.synchronize()
     ro, rl, rq, rk, rv = reference(q, k, v, dO.float(), ct, qoff)
     # the backward is checked on its own: the reference gradient is taken at the kernel's own out
@@ -234,7 +235,7 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
     ok = all(e <= tol for e in errs.values())
     fc = fwd_pick(B, Nq, H, hd, dt, ct) if cfg is None else cfg
     b90 = bwd90_pick(hd, dt) and bwd_variant is None if sm90 is None else sm90
-    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''}fwd{fc or '_r128'} bwd{'_sm90' if b90 else ''}{f' qsplit={qsplit}' if qsplit > 1 else ''} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
+    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''}fwd{fc or '_r128'} bwd{'_sm90' if b90 else ''}{f' {name90}' if name90 else ''}{f' qsplit={qsplit}' if qsplit > 1 else ''} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
           + " ".join(f"{k}={v:.2e}" for k, v in errs.items()), flush=True)
     return ok
 
@@ -376,6 +377,9 @@ def main():
             ok &= check(*c, gdt=torch.bfloat16, sm90=True)
         ok &= check(1, 1000, 200, 2, 128, 0, 0, sm90=True, qsplit=4)
         ok &= check(1, 1500, 1500, 1, 128, 500, 0, sm90=True, qsplit=3)
+        for n in BWD90_VARIANTS:  # the variants (attention_variants.cu) on three cases
+            for c in [(2, 1337, 1337, 2, 128, 0, 0), (1, 100, 357, 2, 128, 50, 257), (1, 4680, 4680, 2, 128, 1560, 0)]:
+                ok &= check(*c, sm90=True, name90=n)
         print("BWD90 ALL PASS" if ok else "BWD90 SOME FAILED", flush=True)
         sys.exit(0 if ok else 1)
     if "--bwd90-speed" in sys.argv:  # the sm_90a backward beside the mma.sync one, no peers (quick)
@@ -386,9 +390,10 @@ def main():
             ws = dict(D=torch.empty(1, 12, N, device="cuda"))
             attn_fwd(out, lse, q, k, v, ct, 0)
             pairs = visible(N, N, ct, 0, "cuda").sum().item() if ct else N * N
-            for label, s90 in (("sm90", True), ("mma.sync", False)):
-                t = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, sm90=s90), 5)
-                print(f"  N={N} ct={ct} bwd {label:9s} {t:8.3f} ms {10.0 * pairs * 128 * 12 / t / 1e9:6.1f} TFLOP/s", flush=True)
+            runs = [("sm90", True, None), ("mma.sync", False, None)] + [(n, True, n) for n in BWD90_VARIANTS]
+            for label, s90, n90 in runs:
+                t = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, sm90=s90, name90=n90), 5)
+                print(f"  N={N} ct={ct} bwd {label:18s} {t:8.3f} ms {10.0 * pairs * 128 * 12 / t / 1e9:6.1f} TFLOP/s", flush=True)
         return
     if "--only-variant" in sys.argv:  # checks one variant in a process of its own (a bad one may fault)
         name = sys.argv[sys.argv.index("--only-variant") + 1]
