@@ -29,21 +29,57 @@ const EnvPrefix = "FEWSTEP_"
 //
 // Every layer is checked against the schema: an unknown key is an error naming the key and where it
 // came from (the file, the variable, or --set). The result is validated.
+//
+// A relative path in the file (out_dir, model.config, data.path, data.heldout, train.resume,
+// roles.<role>.weights) is relative to the file's folder, so that a job file means the same from
+// any working directory; one from the environment or --set is relative to the working directory,
+// where it was typed.
 func Load(path string, sets []string) (*Job, error) {
 	return load(path, sets, os.Environ())
 }
 
 // LoadBytes is Load with the YAML file's contents given (a job built into the binary); name is
-// what errors call it.
-func LoadBytes(name string, yamlDoc []byte, sets []string) (*Job, error) {
-	return loadFrom(name, yamlDoc, sets, os.Environ())
+// what errors call it, and dir the folder the document's relative paths are relative to.
+func LoadBytes(name, dir string, yamlDoc []byte, sets []string) (*Job, error) {
+	return loadFrom(name, dir, yamlDoc, sets, os.Environ())
 }
 
 func load(path string, sets []string, environ []string) (*Job, error) {
-	return loadFrom(path, nil, sets, environ)
+	return loadFrom(path, filepath.Dir(path), nil, sets, environ)
 }
 
-func loadFrom(path string, doc []byte, sets []string, environ []string) (*Job, error) {
+// pathKeys are the job's keys that hold file paths (roles.*.weights: every role's).
+var pathKeys = []string{"out_dir", "model.config", "data.path", "data.heldout", "train.resume", "roles.*.weights"}
+
+// rebase joins dir before every relative path of a job file's settings m (pathKeys).
+func rebase(m map[string]any, dir string) {
+	var walk func(m map[string]any, key []string)
+	walk = func(m map[string]any, key []string) {
+		k := key[0]
+		if len(key) == 1 {
+			if p, ok := m[k].(string); ok && p != "" && !filepath.IsAbs(p) {
+				m[k] = filepath.Join(dir, p)
+			}
+			return
+		}
+		if k == "*" {
+			for _, v := range m {
+				if sub, ok := v.(map[string]any); ok {
+					walk(sub, key[1:])
+				}
+			}
+			return
+		}
+		if sub, ok := m[k].(map[string]any); ok {
+			walk(sub, key[1:])
+		}
+	}
+	for _, k := range pathKeys {
+		walk(m, strings.Split(k, "."))
+	}
+}
+
+func loadFrom(path, dir string, doc []byte, sets []string, environ []string) (*Job, error) {
 	merged, err := toMap(Defaults())
 	if err != nil {
 		return nil, err
@@ -68,6 +104,7 @@ func loadFrom(path string, doc []byte, sets []string, environ []string) (*Job, e
 		if k := nonFiniteIn(file, ""); k != "" {
 			return nil, fmt.Errorf("config: %s: %s: want a finite number (not NaN or Inf)", path, k)
 		}
+		rebase(file, dir)
 		deepMerge(merged, file)
 	}
 	// Environment, sorted so that the result does not depend on the order of os.Environ.
@@ -159,10 +196,9 @@ func Save(job *Job, path string) error {
 	return nil
 }
 
-// Abs returns a copy of the job with every file path made absolute against the working directory:
-// out_dir, model.config, data.path, data.heldout, train.resume and roles.<role>.weights. Paths in
-// a job file are relative to the working directory of the command that reads it; a saved job
-// (Save) holds absolute paths, so it loads the same files from anywhere.
+// Abs returns a copy of the job with every file path (the keys of Load's doc) made absolute against the working
+// directory. Load has already made a job file's relative paths relative to the file's folder; a
+// saved job (Save) holds absolute paths, so it loads the same files from anywhere.
 func (j *Job) Abs() (*Job, error) {
 	c := *j
 	c.Roles = make(map[string]Role, len(j.Roles))

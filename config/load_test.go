@@ -174,3 +174,67 @@ func TestEnvKey(t *testing.T) {
 		}
 	}
 }
+
+// A relative path in a job file is relative to the file's folder, whatever the working directory;
+// one from FEWSTEP_* or --set is relative to the working directory; an absolute one is kept.
+func TestJobFilePathsRelativeToFile(t *testing.T) {
+	jobs := filepath.Join(t.TempDir(), "project", "jobs")
+	if err := os.MkdirAll(jobs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(jobs, "job.yaml")
+	doc := `out_dir: ../runs/a
+model: {config: teacher/config.json}
+data: {path: ../data/train.arrow, heldout: ../data/heldout.arrow}
+train: {resume: ../runs/a/checkpoints/step-000010}
+objective: dmd
+roles:
+  teacher: {weights: teacher/model.safetensors}
+  critic: {weights: /abs/critic.safetensors, lr: 1.0e-4}
+  student: {lr: 1.0e-4}
+`
+	if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir()) // elsewhere
+	j, err := load(p, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	project := filepath.Dir(jobs)
+	for _, c := range []struct{ key, got, want string }{
+		{"out_dir", j.OutDir, filepath.Join(project, "runs", "a")},
+		{"model.config", j.Model.Config, filepath.Join(jobs, "teacher", "config.json")},
+		{"data.path", j.Data.Path, filepath.Join(project, "data", "train.arrow")},
+		{"data.heldout", j.Data.Heldout, filepath.Join(project, "data", "heldout.arrow")},
+		{"train.resume", j.Train.Resume, filepath.Join(project, "runs", "a", "checkpoints", "step-000010")},
+		{"roles.teacher.weights", j.Roles["teacher"].Weights, filepath.Join(jobs, "teacher", "model.safetensors")},
+		{"roles.critic.weights", j.Roles["critic"].Weights, "/abs/critic.safetensors"},
+		{"roles.student.weights", j.Roles["student"].Weights, ""},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", c.key, c.got, c.want)
+		}
+	}
+	// The same keys from the environment and --set stay relative to the working directory.
+	j, err = load(p, []string{"data.path=here/train.arrow", "roles.teacher.weights=t.safetensors"},
+		[]string{"FEWSTEP_OUT_DIR=runs/b", "FEWSTEP_MODEL_CONFIG=c.json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Data.Path != "here/train.arrow" || j.Roles["teacher"].Weights != "t.safetensors" || j.OutDir != "runs/b" || j.Model.Config != "c.json" {
+		t.Errorf("--set / FEWSTEP_* paths were moved: data.path %q, teacher %q, out_dir %q, model.config %q",
+			j.Data.Path, j.Roles["teacher"].Weights, j.OutDir, j.Model.Config)
+	}
+	if j.Data.Heldout != filepath.Join(project, "data", "heldout.arrow") {
+		t.Errorf("data.heldout from the file = %q", j.Data.Heldout)
+	}
+	// A built-in document resolves against the folder it is given.
+	j, err = LoadBytes("built-in", "configs", []byte(doc), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Model.Config != filepath.Join("configs", "teacher", "config.json") || j.OutDir != filepath.Join("runs", "a") {
+		t.Errorf("LoadBytes: model.config %q, out_dir %q", j.Model.Config, j.OutDir)
+	}
+}

@@ -63,7 +63,7 @@ func leaves(prefix string, v any, out map[string]any) {
 // loader resolves is documented.
 func TestReadmeDefaultsAreLoaded(t *testing.T) {
 	doc := readmeDefaults(t)
-	j, err := loadFrom("roles.yaml", []byte("roles:\n  a: {warmup: 7}\n  b: {lr: 0.5}\n"), nil, nil)
+	j, err := loadFrom("roles.yaml", ".", []byte("roles:\n  a: {warmup: 7}\n  b: {lr: 0.5}\n"), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

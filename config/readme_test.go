@@ -80,8 +80,22 @@ func TestShippedConfigsLoad(t *testing.T) {
 		t.Skip("no configs/*.yaml")
 	}
 	for _, f := range files {
-		if _, err := load(f, nil, nil); err != nil {
+		j, err := load(f, nil, nil)
+		if err != nil {
 			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		// Paths are relative to the job's folder: what it reads from configs/ (the teacher) is there.
+		paths := []string{j.Model.Config, j.Data.Path, j.Data.Heldout}
+		for _, r := range j.Roles {
+			paths = append(paths, r.Weights)
+		}
+		for _, p := range paths {
+			if strings.HasPrefix(p, "../configs/") {
+				if _, err := os.Stat(p); err != nil {
+					t.Errorf("%s names %s, which is not there (paths in a job file are relative to its folder)", f, p)
+				}
+			}
 		}
 	}
 }

@@ -142,7 +142,7 @@ func loadDemoJob(cmd *cobra.Command, out string) (*config.Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	job, err := config.LoadBytes(name+" (built in)", doc, sets)
+	job, err := config.LoadBytes(name+" (built in)", filepath.Dir(name), doc, sets)
 	if err != nil {
 		return nil, err
 	}
