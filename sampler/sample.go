@@ -55,6 +55,19 @@ const (
 	Stream Method = "stream"
 )
 
+// Methods are the samplers, in the order help texts list them.
+var Methods = []Method{Euler, FewStep, FewStepODE, Consistency, Stream}
+
+// ParseMethod is the sampler named s; an unknown name is an error that lists the known ones.
+func ParseMethod(s string) (Method, error) {
+	for _, m := range Methods {
+		if string(m) == s {
+			return m, nil
+		}
+	}
+	return "", fmt.Errorf("sampler %q is not one of euler | fewstep | fewstep-ode | consistency | stream", s)
+}
+
 // Options choose the sampler and its schedule.
 type Options struct {
 	Method Method

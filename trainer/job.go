@@ -160,7 +160,7 @@ func FromJobComm(job *config.Job, dev kernels.Device, comm dist.Comm, progress, 
 	}
 	ds, err := data.Open(job.Data.Path)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("data.path: %w", err)
 	}
 	lc, err := data.FromJob(job, rank, world)
 	if err != nil {

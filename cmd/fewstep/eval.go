@@ -19,6 +19,7 @@ import (
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // `fewstep eval`: docs/data.md's metrics of a samples file against the held-out split, or (with
@@ -83,11 +84,14 @@ func init() {
 }
 
 func runEval(cmd *cobra.Command, _ []string) error {
+	fl := cmd.Flags()
+	if err := checkEvalFlags(fl); err != nil {
+		return fmt.Errorf("eval: %w", err)
+	}
 	job, err := loadJob(cmd)
 	if err != nil {
 		return err
 	}
-	fl := cmd.Flags()
 	samples, _ := fl.GetString("samples")
 	teacher, _ := fl.GetString("teacher")
 	if (samples == "") == (teacher == "") {
@@ -98,7 +102,7 @@ func runEval(cmd *cobra.Command, _ []string) error {
 		heldPath = job.Data.Heldout
 	}
 	if heldPath == "" {
-		return fmt.Errorf("eval: no held-out split: --heldout PATH or data.heldout")
+		return fmt.Errorf("eval: no held-out split: give --heldout PATH (e.g. RUN/data/heldout.arrow) or a job whose data.heldout is set (e.g. --config RUN/job.yaml)")
 	}
 	held, err := eval.LoadSet(heldPath, job.Data.TextLen)
 	if err != nil {
@@ -138,8 +142,15 @@ func scoreSamples(cmd *cobra.Command, job *config.Job, samples string, held *eva
 	if err != nil {
 		return fmt.Errorf("eval: held-out: %w", err)
 	}
-	if real.F != gen.F || real.H != gen.H || real.W != gen.W {
-		fmt.Fprintf(cmd.ErrOrStderr(), "eval: samples are [F=%d, %d×%d], held-out [F=%d, %d×%d]: no FD\n", gen.F, gen.H, gen.W, real.F, real.H, real.W)
+	noFD := ""
+	switch {
+	case real.F != gen.F || real.H != gen.H || real.W != gen.W:
+		noFD = fmt.Sprintf("samples are [F=%d, %d×%d], held-out [F=%d, %d×%d]", gen.F, gen.H, gen.W, real.F, real.H, real.W)
+	case N < 2:
+		noFD = fmt.Sprintf("FD needs ≥ 2 videos, the samples have %d", N)
+	}
+	if noFD != "" {
+		fmt.Fprintf(cmd.ErrOrStderr(), "eval: %s: no FD\n", noFD)
 		real = eval.Videos{}
 	}
 	blocks, _ := fl.GetBool("fd-blocks")
@@ -157,7 +168,7 @@ func scoreSamples(cmd *cobra.Command, job *config.Job, samples string, held *eva
 	}
 	rec := map[string]any{"samples": samples, "heldout_n": held.N, "metrics": m, "sampler": meta}
 	if math.IsNaN(m.FD) {
-		rec["fd_note"] = "no FD: lengths differ"
+		rec["fd_note"] = "no FD: " + noFD
 		m.FD = -1
 		rec["metrics"] = m
 	}
@@ -168,14 +179,43 @@ func scoreSamples(cmd *cobra.Command, job *config.Job, samples string, held *eva
 	if err := config.Save(job, strings.TrimSuffix(out, ".json")+".job.yaml"); err != nil {
 		return err
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "eval: %d videos %s (steps %s, cfg %s): CondAcc %.3f (colour %.3f, direction %.3f)  FD %.3f  stability %.4f (size %.4f, colour %.4f)\n  %s\n",
-		N, meta["sampler"], meta["steps"], meta["cfg"], m.CondAcc, m.ColourAcc, m.DirAcc, m.FD, m.Stability, m.SizeDrift, m.ColourDrift, out)
+	fd := fmt.Sprintf("%.3f", m.FD)
+	if noFD != "" {
+		fd = "-"
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "eval: %d videos %s (steps %s, cfg %s): CondAcc %.3f (colour %.3f, direction %.3f)  FD %s  stability %.4f (size %.4f, colour %.4f)\n  %s\n",
+		N, meta["sampler"], meta["steps"], meta["cfg"], m.CondAcc, m.ColourAcc, m.DirAcc, fd, m.Stability, m.SizeDrift, m.ColourDrift, out)
 	if m.FDBlocks != nil {
 		fmt.Fprint(cmd.OutOrStdout(), "  FD by feature block:")
 		for i, b := range eval.FeatureBlocks(gen.F) {
 			fmt.Fprintf(cmd.OutOrStdout(), " %s %.3f", b.Name, m.FDBlocks[i])
 		}
 		fmt.Fprintln(cmd.OutOrStdout())
+	}
+	return nil
+}
+
+// checkEvalFlags refuses, before anything is loaded, flag values that eval cannot use: a negative
+// count (0 is the default), a batch below 1, an unknown student sampler, a guidance or shift that is
+// negative or not finite.
+func checkEvalFlags(f *pflag.FlagSet) error {
+	for _, name := range []string{"count", "seeds", "long-frames", "grid-n"} {
+		if v, _ := f.GetInt(name); v < 0 {
+			return fmt.Errorf("--%s %d: want ≥ 0 (0: the default)", name, v)
+		}
+	}
+	if v, _ := f.GetInt("batch"); v < 1 {
+		return fmt.Errorf("--batch %d: want ≥ 1", v)
+	}
+	for _, name := range []string{"teacher-cfg", "teacher-shift", "student-cfg", "student-shift"} {
+		if v, _ := f.GetFloat64(name); !(v >= 0) || math.IsInf(v, 0) {
+			return fmt.Errorf("--%s %g: want a finite number ≥ 0", name, v)
+		}
+	}
+	if s, _ := f.GetString("student-sampler"); s != "" {
+		if _, err := sampler.ParseMethod(s); err != nil {
+			return fmt.Errorf("--student-sampler: %w", err)
+		}
 	}
 	return nil
 }

@@ -180,8 +180,9 @@ func runExport(cmd *cobra.Command, _ []string) error {
 	} else if err := rec.Save(filepath.Join(out, pipeline.RecipeFile)); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "export: %s → %s (%s, %d parameters; dim %d, ffn %d, heads %d, layers %d, in/out %d/%d, text_dim %d)\n  %s\n",
-		src, out, strings.ToLower(dt.String()), cfg.NumParams(), cfg.Dim, cfg.FFNDim, cfg.Heads, cfg.Layers, cfg.InDim, cfg.OutDim, cfg.TextDim, cp)
+	fmt.Fprintf(cmd.OutOrStdout(), "export: %s → %s (%s, %d parameters; dim %d, ffn %d, heads %d, layers %d, in/out %d/%d, text_dim %d)\n  %s\n  %s\n  %s\n",
+		src, out, strings.ToLower(dt.String()), cfg.NumParams(), cfg.Dim, cfg.FFNDim, cfg.Heads, cfg.Layers, cfg.InDim, cfg.OutDim, cfg.TextDim,
+		wp, cp, filepath.Join(out, "fewstep_job.yaml"))
 	if rec != nil {
 		fmt.Fprintf(cmd.OutOrStdout(), "  %s (%s: %s)\n", filepath.Join(out, pipeline.RecipeFile), how, rec.Sampler)
 	}

@@ -60,6 +60,11 @@ func TestDemoSampleExportFromAnyDirectory(t *testing.T) {
 	if !fileExists(prev) {
 		t.Errorf("sample: no preview %s", prev)
 	}
+	// Scoring that one video: CondAcc and stability; FD needs ≥ 2 videos, so it is "-", not an error.
+	out = run(t, "eval", "--samples", filepath.Join(runDir, "samples", "samples.safetensors"), "--heldout", filepath.Join(runDir, "data", "heldout.arrow"))
+	if !strings.Contains(out, "eval: 1 videos fewstep") || !strings.Contains(out, "FD -  stability") {
+		t.Errorf("eval of one sample: %s", out)
+	}
 	out = run(t, "export", "--from", runDir)
 	exp := filepath.Join(runDir, "export")
 	for _, f := range []string{"diffusion_pytorch_model.safetensors", "config.json", "fewstep_job.yaml", "latent.json", "recipe.json"} {

@@ -63,8 +63,14 @@ func runODEPairs(cmd *cobra.Command, _ []string) error {
 	fl := cmd.Flags()
 	teacher, _ := fl.GetString("teacher")
 	out, _ := fl.GetString("out")
-	if teacher == "" || out == "" {
-		return fmt.Errorf("ode-pairs: --teacher and --out are required")
+	var missing []string
+	for _, f := range []struct{ name, v string }{{"--teacher", teacher}, {"--out", out}} {
+		if f.v == "" {
+			missing = append(missing, f.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("ode-pairs: missing %s (it needs --teacher CHECKPOINT and --out FILE)", strings.Join(missing, " and "))
 	}
 	prompts, _ := fl.GetString("prompts")
 	if prompts == "" {

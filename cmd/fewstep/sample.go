@@ -18,6 +18,7 @@ import (
 	"github.com/fewstep/fewstep/sampler"
 	"github.com/fewstep/fewstep/trainer"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // `fewstep sample`: videos from a checkpoint for held-out prompts (or --caption), written as a
@@ -248,6 +249,31 @@ func sampleOptions(cmd *cobra.Command, job *config.Job, rec *pipeline.Recipe) (s
 	return o, err
 }
 
+// checkSampleFlags refuses, before anything is loaded, flag values that no sampler takes: a
+// negative count (0 is the default), a batch or preview scale below 1, a σ outside [0, 1), an
+// unknown sampler.
+func checkSampleFlags(f *pflag.FlagSet) error {
+	for _, name := range []string{"steps", "count", "frames", "grid-n"} {
+		if v, _ := f.GetInt(name); v < 0 {
+			return fmt.Errorf("--%s %d: want ≥ 0 (0: the default)", name, v)
+		}
+	}
+	for _, name := range []string{"batch", "preview-scale"} {
+		if v, _ := f.GetInt(name); v < 1 {
+			return fmt.Errorf("--%s %d: want ≥ 1", name, v)
+		}
+	}
+	if v, _ := f.GetFloat64("context-noise"); !(v >= 0 && v < 1) {
+		return fmt.Errorf("--context-noise %g: want a σ in [0, 1)", v)
+	}
+	if s, _ := f.GetString("sampler"); s != "" {
+		if _, err := sampler.ParseMethod(s); err != nil {
+			return fmt.Errorf("--sampler: %w", err)
+		}
+	}
+	return nil
+}
+
 // manifestLine is one line of manifest.jsonl.
 type manifestLine struct {
 	Index   int     `json:"index"`
@@ -265,6 +291,9 @@ type manifestLine struct {
 
 func runSample(cmd *cobra.Command, _ []string) error {
 	fl := cmd.Flags()
+	if err := checkSampleFlags(fl); err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
 	weights, _ := fl.GetString("weights")
 	from, _ := fl.GetString("from")
 	var job *config.Job

@@ -155,3 +155,44 @@ func TestEvalTableCommand(t *testing.T) {
 		t.Fatalf("table.json: %v, %d rows\n%s", err, len(tab.Rows), b)
 	}
 }
+
+// Flag values no sampler takes are refused before anything is loaded (--from names nothing here),
+// each with an error naming the flag: they used to be dropped for the default (a negative count,
+// steps, frames, batch), fail only after sampling (--preview-scale 0), or be printed as the
+// sampler used (--sampler nope).
+func TestSampleBadFlags(t *testing.T) {
+	for _, c := range []struct{ flag, val, want string }{
+		{"--sampler", "nope", `--sampler: sampler "nope" is not one of`},
+		{"--steps", "-3", "--steps -3: want ≥ 0"},
+		{"--count", "-1", "--count -1: want ≥ 0"},
+		{"--frames", "-1", "--frames -1: want ≥ 0"},
+		{"--grid-n", "-1", "--grid-n -1: want ≥ 0"},
+		{"--batch", "0", "--batch 0: want ≥ 1"},
+		{"--preview-scale", "0", "--preview-scale 0: want ≥ 1"},
+		{"--context-noise", "5", "--context-noise 5: want a σ in [0, 1)"},
+		{"--context-noise", "-0.1", "--context-noise -0.1: want a σ in [0, 1)"},
+	} {
+		_, _, err := runCLI(t, "sample", "--from", filepath.Join(t.TempDir(), "none"), c.flag, c.val)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("sample %s %s: %v, want an error with %q", c.flag, c.val, err, c.want)
+		}
+	}
+}
+
+// The same for eval: each bad value is refused with the flag's name before any file is read.
+func TestEvalBadFlags(t *testing.T) {
+	for _, c := range []struct{ flag, val, want string }{
+		{"--student-sampler", "nope", `--student-sampler: sampler "nope" is not one of`},
+		{"--count", "-2", "--count -2: want ≥ 0"},
+		{"--seeds", "-1", "--seeds -1: want ≥ 0"},
+		{"--long-frames", "-4", "--long-frames -4: want ≥ 0"},
+		{"--batch", "0", "--batch 0: want ≥ 1"},
+		{"--teacher-cfg", "-1", "--teacher-cfg -1: want a finite number ≥ 0"},
+		{"--student-shift", "-0.5", "--student-shift -0.5: want a finite number ≥ 0"},
+	} {
+		_, _, err := runCLI(t, "eval", "--teacher", filepath.Join(t.TempDir(), "none.safetensors"), c.flag, c.val)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("eval %s %s: %v, want an error with %q", c.flag, c.val, err, c.want)
+		}
+	}
+}
