@@ -139,11 +139,7 @@ func OpenRanks(o LaunchOptions) (*Ranks, error) {
 		r.Comms, r.World = dist.Local(spec.N), spec.N
 		return r, nil
 	}
-	count, err := cuda.DeviceCount()
-	if err != nil {
-		return nil, fmt.Errorf("devices %q: %w", spec.Text, err)
-	}
-	ords, err := spec.Resolve(count)
+	ords, err := GPUOrdinals(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -187,6 +183,20 @@ func OpenRanks(o LaunchOptions) (*Ranks, error) {
 	}
 	r.setNCCL(rcs)
 	return r, nil
+}
+
+// GPUOrdinals resolves a device list (dist.ParseDevices) to the ordinals of this machine's GPUs:
+// it counts them (without a driver the error says why) and checks that every GPU named exists.
+// Errors start with the list: devices "cuda:0,7": GPU 7 does not exist: ...
+func GPUOrdinals(spec dist.Devices) ([]int, error) {
+	if spec.CPU {
+		return spec.Resolve(0) // CPU ranks have no GPUs
+	}
+	count, err := cuda.DeviceCount()
+	if err != nil {
+		return nil, fmt.Errorf("devices %q: %w", spec.Text, err)
+	}
+	return spec.Resolve(count)
 }
 
 func openGPU(spec dist.Devices, ord int) (*cuda.Device, error) {

@@ -11,6 +11,7 @@ import (
 	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/kernels/cuda"
+	"github.com/fewstep/fewstep/trainer"
 )
 
 // `fewstep bench allreduce`: NCCL's in-place all-reduce (sum) between the GPUs of this process,
@@ -186,9 +187,5 @@ func benchGPUs(devices, cmd string) ([]int, error) {
 	if spec.CPU {
 		return nil, fmt.Errorf("--devices %q: %s times GPUs", devices, cmd)
 	}
-	count, err := cuda.DeviceCount()
-	if err != nil {
-		return nil, fmt.Errorf("--devices %q: %w", devices, err)
-	}
-	return spec.Resolve(count)
+	return trainer.GPUOrdinals(spec)
 }
