@@ -10,20 +10,8 @@
 #   bash scripts/gpu-dist.sh
 # Logs go to $OUT (or gpubuild/dist/out): dist.txt (everything), bench.jsonl.
 set -uo pipefail
-G=gpubuild/dist
-OUT=${OUT:-$G/out}
-mkdir -p "$OUT"
-L=$OUT/dist.txt
-: > "$L"
-log() { echo "$@" | tee -a "$L"; }
-export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0} NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-[ -f $G/fewstep.gz ] && gunzip -f $G/fewstep.gz
-chmod +x $G/fewstep $G/cuda.test 2>/dev/null
-if [ -z "${FEWSTEP_NCCL:-}" ]; then # PyTorch's NCCL (nvidia-nccl-cu13) when python3 knows it
-    p=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null)
-    [ -n "$p" ] && [ -f "$p" ] && export FEWSTEP_NCCL=$p
-fi
-log "FEWSTEP_NCCL=${FEWSTEP_NCCL:-(unset)}"
+G=gpubuild/dist LOG=dist.txt
+source "${BASH_SOURCE%/*}/gpu-nccl-env.sh" # OUT, L, log, NCCL and the binary (that file says)
 
 # 1. RankComm on real NCCL (every collective vs the host) and the stand-in NCCL's plumbing tests
 #    (TESTS: other GPU tests of kernels/cuda too).
