@@ -11,6 +11,12 @@ package trainer
 //
 // so that `fewstep sample --from RUN` and `fewstep export --from RUN` need no other flag
 // (docs/README.md).
+//
+// recipe.json repeats latent.json's facts (shape, text context, normalisation, whether synthetic)
+// so that an export folder stands alone for pipeline.Open, and where it exists it is what sample,
+// eval and the library read. latent.json is written for every checkpoint, recipe or not: an
+// objective of one's own that declares no recipe (objectives.Sampled, docs/new-objective.md) gets
+// none, and `fewstep sample --from` takes the latent shape and text context from latent.json.
 
 import (
 	"encoding/json"
