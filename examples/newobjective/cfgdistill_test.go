@@ -3,12 +3,16 @@ package newobjective
 import (
 	"math"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/objectives"
+	"github.com/fewstep/fewstep/pipeline"
+	"github.com/fewstep/fewstep/trainer"
 )
 
 // setup builds the objective on a tiny DiT: the teacher with random weights, the student a copy.
@@ -85,5 +89,48 @@ func TestCFGDistillStep(t *testing.T) {
 	}
 	if _, err := objectives.New("cfgdistill", map[string]any{"cfgg": 3}); err == nil || !strings.Contains(err.Error(), "cfgg") {
 		t.Errorf("unknown param: %v", err)
+	}
+}
+
+// The example's job (cfgdistill.yaml, loaded from another working directory: its paths are relative
+// to its folder) trains through the trainer on the shipped teacher, shortened to 2 steps: the loss
+// is positive and finite (w = 3: the student starts as the conditional teacher), and the checkpoint
+// carries the objective's recipe (Euler, no guidance, teacher_cfg 3).
+func TestCFGDistillJob(t *testing.T) {
+	yaml, err := filepath.Abs("cfgdistill.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	t.Chdir(t.TempDir())
+	job, err := config.Load(yaml, []string{"out_dir=" + out, "train.steps=2", "train.ckpt_every=0", "train.sample_every=0",
+		"data.synth={count: 8, heldout_count: 4, frames: 4, size: 16, text_dim: 32, seed: 0}", "data.batch_size=2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, loader, err := trainer.FromJob(job, kernels.CPU(), nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loader.Close()
+	for i := 0; i < 2; i++ {
+		m, err := tr.TrainStep()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := m["loss"]; !(l > 0) || math.IsInf(l, 0) {
+			t.Fatalf("step %d: loss %g, want positive and finite", i+1, l)
+		}
+	}
+	dir, err := tr.Save()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := pipeline.LoadRecipe(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Objective != "cfgdistill" || rec.Sampler != "euler" || rec.CFG != 1 || rec.TeacherCFG != 3 {
+		t.Errorf("recipe.json %+v, want cfgdistill sampled by euler at cfg 1, teacher_cfg 3", rec)
 	}
 }
