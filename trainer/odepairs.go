@@ -250,8 +250,11 @@ func EnsureODEPairs(w io.Writer, job *config.Job, dev kernels.Device, comm dist.
 	if len(ts) == 0 {
 		return fmt.Errorf("data.ode_pairs: objective %s samples with %s, which has no denoising list to record pairs at", job.Objective, rec.Sampler)
 	}
-	meta := odePairsMeta{Count: op.Count, Steps: op.Steps, Timesteps: ts, Shift: shift,
-		Teacher: job.Roles["teacher"].Weights, Seed: job.Seed}
+	teacher := job.Roles["teacher"].Weights
+	if a, err := filepath.Abs(teacher); err == nil {
+		teacher = a // as the run's saved job.yaml names it, so that --resume finds the pairs made
+	}
+	meta := odePairsMeta{Count: op.Count, Steps: op.Steps, Timesteps: ts, Shift: shift, Teacher: teacher, Seed: job.Seed}
 	out := filepath.Join(job.OutDir, "data", "ode_pairs.arrow")
 	want, _ := json.Marshal(meta)
 	have := func() bool {
@@ -270,8 +273,11 @@ func EnsureODEPairs(w io.Writer, job *config.Job, dev kernels.Device, comm dist.
 		job.Data.Path = out
 		return nil
 	}
-	if job.Data.Path == "" || job.Data.Path == out {
-		return fmt.Errorf("data.ode_pairs: no prompts to make the pairs from (data.path %q)", job.Data.Path)
+	if job.Data.Path == out {
+		return fmt.Errorf("data.ode_pairs: %s was made with other settings than %s and data.path names it, not the prompts to make new pairs from", out, want)
+	}
+	if job.Data.Path == "" {
+		return fmt.Errorf("data.ode_pairs: no prompts to make the pairs from (data.path is empty)")
 	}
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/fewstep/fewstep/config"
@@ -185,5 +186,49 @@ func TestFromJobODEPairs(t *testing.T) {
 				t.Fatalf("pair %d element %d: 2 ranks %g, one rank %g", i, k, x02[i][k], x01[i][k])
 			}
 		}
+	}
+}
+
+// The demo names its teacher by a relative path (RUN/teacher/...) and its saved job.yaml by the
+// absolute one: `fewstep train --resume RUN` must find the pairs already made, not try to make
+// them again from data.path, which by then is the pairs file ("no prompts to make the pairs
+// from"). A job whose pairs settings did change says so, naming the file.
+func TestODEPairsReusedOnResume(t *testing.T) {
+	_, prompts, teacher := odePairsFixture(t)
+	t.Chdir(filepath.Dir(teacher))
+	out := t.TempDir()
+	j := config.Defaults()
+	j.Objective, j.OutDir, j.Seed = "dmd", out, 5
+	j.Model.Preset = "tiny"
+	j.Data.Path, j.Data.TextLen = prompts, 8
+	j.Data.ODEPairs = config.ODEPairs{Count: 2, Steps: 2}
+	j.Roles = map[string]config.Role{"teacher": {Weights: filepath.Base(teacher)}, "student": dpAdam(1e-4), "critic": dpAdam(1e-4)}
+	j.Params = map[string]any{"denoising_timesteps": []any{1000, 500}, "cfg": 1}
+	if err := EnsureODEPairs(nil, &j, kernels.CPU(), nil); err != nil {
+		t.Fatal(err)
+	}
+	pairs := filepath.Join(out, "data", "ode_pairs.arrow")
+	st, err := os.Stat(pairs)
+	if err != nil || j.Data.Path != pairs {
+		t.Fatalf("pairs %s: %v; data.path %s", pairs, err, j.Data.Path)
+	}
+	saved := filepath.Join(out, "job.yaml")
+	if err := config.Save(&j, saved); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(t.TempDir()) // the resume runs elsewhere, from the saved job (absolute paths)
+	resumed, err := config.Load(saved, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureODEPairs(nil, resumed, kernels.CPU(), nil); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	if st2, err := os.Stat(pairs); err != nil || resumed.Data.Path != pairs || !st2.ModTime().Equal(st.ModTime()) {
+		t.Errorf("resume: data.path %s, pairs %v (%v): want the same file, not made again", resumed.Data.Path, st2, err)
+	}
+	resumed.Data.ODEPairs.Steps = 3
+	if err := EnsureODEPairs(nil, resumed, kernels.CPU(), nil); err == nil || !strings.Contains(err.Error(), "made with other settings") {
+		t.Errorf("changed steps with data.path = the pairs: %v, want an error that says the settings differ", err)
 	}
 }
