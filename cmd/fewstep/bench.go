@@ -19,7 +19,7 @@ import (
 // `fewstep bench forward|attention`: GPU timings with CUDA events (median of --iters after --warmup),
 // one JSON line each, in the form shared/reference/wan_ref.py prints, so the two can be put side by side.
 
-var benchCmd = &cobra.Command{Use: "bench", Short: "Time the engine on the GPU: forward, stream, attention, sample, train, allreduce"}
+var benchCmd = &cobra.Command{Use: "bench", Short: "Time the engine on the GPU: forward, stream, attention, sample, train, allreduce (train and sample --dry count memory without one)"}
 
 var benchForwardCmd = &cobra.Command{
 	Use:   "forward",

@@ -44,7 +44,7 @@ func finiteFlags(cmd *cobra.Command, _ []string) error {
 }
 
 func init() {
-	rootCmd.PersistentFlags().BoolP("verbose", "v", false, "print the resolved job to stderr (every command also saves it as job.yaml beside its outputs)")
+	rootCmd.PersistentFlags().BoolP("verbose", "v", false, "print the resolved job to stderr (a command that runs a job also saves it as job.yaml beside its outputs)")
 }
 
 // Each command lives in its own file and registers itself with rootCmd in init().
