@@ -25,6 +25,20 @@ type LinearGELUer interface {
 	LinearGELU(out, pre, in, w, b *Tensor, keepPre bool) bool
 }
 
+// LinearGELUBacker is the backward of out = Linear(GELU(pre), w, b) down to pre (see
+// LinearGELUBack): dPre written (not accumulated), dW, dB and dPreBias (the bias gradient of the
+// layer that made pre, dPre's column sums; nil: not wanted) accumulated. dAct [M, K] is the plain
+// ops' scratch, which a fused device need not touch.
+type LinearGELUBacker interface {
+	LinearGELUBack(dPre, dPreBias, dAct, dW, dB, dOut, act, w, pre *Tensor) bool
+}
+
+// GELUPreBF16er is a device that wants the GELU's pre-activation and its gradient (LinearGELU's pre,
+// LinearGELUBack's pre and dPre) stored in bf16: its fused GEMM epilogues write and read them so.
+type GELUPreBF16er interface {
+	GELUPreBF16() bool
+}
+
 // LinearResidualer computes out = res + in·wᵀ + b (a residual added in the GEMM's epilogue).
 type LinearResidualer interface {
 	LinearResidual(out, in, w, b, res *Tensor) bool
@@ -88,6 +102,30 @@ func LinearGELU(d Device, out, pre, in, w, b *Tensor, keepPre bool) {
 	}
 	d.Linear(pre, in, w, b)
 	d.GELU(out, pre)
+}
+
+// LinearGELUBack is the backward of out = Linear(act, w, b) with act = GELU(pre), down to pre, on
+// any device: dW += dOutᵀ·act, dB += Σ_rows dOut, dPre = (dOut·w)·GELU'(pre) (written, not
+// accumulated). dAct [M, K] is the scratch of the plain ops (LinearBack into it, then GELUBack),
+// its contents afterwards unspecified. dPreBias, the bias gradient of the layer that made pre, is
+// accumulated with dPre's column sums when the device does that in the same pass: the result says
+// so (true: done; false: the caller still owes it, e.g. as the dB of that layer's LinearBack).
+func LinearGELUBack(d Device, dPre, dPreBias, dAct, dW, dB, dOut, act, w, pre *Tensor) bool {
+	if f, ok := d.(LinearGELUBacker); ok && f.LinearGELUBack(dPre, dPreBias, dAct, dW, dB, dOut, act, w, pre) {
+		return dPreBias != nil
+	}
+	ZeroLazy(d, dAct)
+	d.LinearBack(dAct, dW, dB, dOut, act, w)
+	ZeroLazy(d, dPre)
+	d.GELUBack(dPre, dAct, pre)
+	return false
+}
+
+// GELUPreBF16 reports whether d wants the GELU's pre-activation and its gradient in bf16
+// (GELUPreBF16er).
+func GELUPreBF16(d Device) bool {
+	f, ok := d.(GELUPreBF16er)
+	return ok && f.GELUPreBF16()
 }
 
 // LinearResidual is out = res + in·wᵀ + b on any device; tmp [M, N] is the plain ops' Linear

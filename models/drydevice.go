@@ -55,6 +55,10 @@ type DryDevice struct {
 // GEMMReadsBF16 reports the GEMM mode counted (trainer: a frozen teacher's weights in bf16 only).
 func (d *DryDevice) GEMMReadsBF16() bool { return !d.FP32GEMM }
 
+// GELUPreBF16 counts the bf16 GELU pre-activation and gradient kernels/cuda's fused GEMM epilogues
+// keep (kernels.GELUPreBF16er) in bf16 GEMM mode.
+func (d *DryDevice) GELUPreBF16() bool { return !d.FP32GEMM }
+
 type dryAlloc struct {
 	bytes int64
 	label string

@@ -80,14 +80,18 @@ func TestDryDeviceCounts(t *testing.T) {
 // TestBF16OperandsBytes: Shape.BF16Operands on a device whose GEMMs read bf16 (the counting device)
 // stores exactly the GEMM-only activations in bf16 — per block h1, att, n3, catt, h2 ([B·N, D]) and
 // f1g ([B·N, ffn]), and the head's input — 2 bytes an element fewer in the pass, and one forward and
-// backward keeps 2 bytes an element fewer of bf16 copies (those tensors need none); on the CPU it
-// changes nothing. A frozen model with bf16 weights holds 2 bytes a parameter and no gradients.
+// backward keeps 2 bytes an element fewer of bf16 copies (those tensors need none); with them, as
+// the device keeps the GELU's pre-activation in bf16 (kernels.GELUPreBF16, as kernels/cuda's GEMM
+// epilogues do), each block's f1 and the backward's dF1 and dF1g ([B·N, ffn]) are bf16 too, and
+// dF1 needs no copy. On the CPU it changes nothing. A frozen model with bf16 weights holds 2 bytes
+// a parameter and no gradients.
 func TestBF16OperandsBytes(t *testing.T) {
 	cfg, _ := Preset("tiny")
 	cfg.Layers, cfg.Heads = 3, 1 // head dim 64: the fused attention, which keeps copies of its operands
 	s := Shape{B: 2, F: 2, H: 4, W: 6, L: 5}
 	BN := s.B * s.F * (s.H / 2) * (s.W / 2)
 	ops := int64(cfg.Layers*(5*BN*cfg.Dim+BN*cfg.FFNDim) + BN*cfg.Dim) // bf16 elements
+	pre := int64((cfg.Layers + 2) * BN * cfg.FFNDim)                   // f1 per block, dF1g and dF1: bf16 too (GELUPreBF16)
 	held := func(dev kernels.Device, operands bool) (pass, copies int64) {
 		m := New(dev, cfg, true)
 		ss := s
@@ -110,11 +114,11 @@ func TestBF16OperandsBytes(t *testing.T) {
 	}
 	p32, c32 := held(NewDryDevice(), false)
 	p16, c16 := held(NewDryDevice(), true)
-	if p32-p16 != 2*ops {
-		t.Errorf("dry device: the pass holds %d bytes with bf16 operands, %d without: %d fewer, want 2·%d", p16, p32, p32-p16, ops)
+	if p32-p16 != 2*(ops+pre) {
+		t.Errorf("dry device: the pass holds %d bytes with bf16 operands, %d without: %d fewer, want 2·(%d + %d)", p16, p32, p32-p16, ops, pre)
 	}
-	if c32-c16 != 2*ops {
-		t.Errorf("dry device: bf16 copies of pass tensors %d bytes with bf16 operands, %d without: want %d fewer", c16, c32, 2*ops)
+	if dF1 := int64(2 * BN * cfg.FFNDim); c32-c16 != 2*ops+dF1 {
+		t.Errorf("dry device: bf16 copies of pass tensors %d bytes with bf16 operands, %d without: want %d fewer", c16, c32, 2*ops+dF1)
 	}
 	if a, b := func() int { p, _ := held(kernels.NewCPU(1), true); return int(p) }(), func() int { p, _ := held(kernels.NewCPU(1), false); return int(p) }(); a != b {
 		t.Errorf("CPU: the pass holds %d bytes with BF16Operands, %d without: want the same", a, b)

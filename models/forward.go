@@ -205,13 +205,13 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 
 		// feed-forward; g.dX, the gradient of x3, becomes that of x2
 		kernels.ZeroLazy(d, g.dF23)
-		d.GateAddBack(g.dF23, dMod, g.dX, a.f23, a.mod, 5, hw) // [B, N, D]
-		kernels.ZeroLazy(d, g.dF1g)
-		d.LinearBack(g.dF1g, gb.FFN2.W, gb.FFN2.B, g.dF2, a.f1g, bw.FFN2.W) // [B·N, ffn]
-		kernels.ZeroLazy(d, g.dF1)
-		d.GELUBack(g.dF1, g.dF1g, a.f1) // [B·N, ffn]
+		d.GateAddBack(g.dF23, dMod, g.dX, a.f23, a.mod, 5, hw)                                                 // [B, N, D]
+		b0 := gb.FFN0.B                                                                                        // ffn.0's bias gradient, unless taken with dF1
+		if kernels.LinearGELUBack(d, g.dF1, b0, g.dF1g, gb.FFN2.W, gb.FFN2.B, g.dF2, a.f1g, bw.FFN2.W, a.f1) { // [B·N, ffn]
+			b0 = nil
+		}
 		kernels.ZeroLazy(d, g.dH2)
-		d.LinearBack(g.dH2, gb.FFN0.W, gb.FFN0.B, g.dF1, a.h2F, bw.FFN0.W)                                           // [B·N, D]
+		d.LinearBack(g.dH2, gb.FFN0.W, b0, g.dF1, a.h2F, bw.FFN0.W)                                                  // [B·N, D]
 		kernels.ModulateLayerNormBack(d, g.dX, dMod, g.dH23, g.dLn2, a.ln2, a.x2, a.mean2, a.rstd2, a.mod, 3, 4, hw) // [B, N, D]
 
 		// cross-attention; g.dX becomes the gradient of x1

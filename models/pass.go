@@ -230,6 +230,10 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	if s.BF16Operands && GEMMReadsBF16(m.Dev) {
 		opDT = kernels.BF16
 	}
+	preDT := kernels.F32 // the FFN's GELU pre-activation and its gradient: bf16 where the device's GEMM epilogues write and read them
+	if opDT == kernels.BF16 && kernels.GELUPreBF16(m.Dev) {
+		preDT = kernels.BF16
+	}
 
 	p.tIn = p.alloc(BF)
 	p.ctxIn = p.alloc(BL, c.TextDim)
@@ -305,7 +309,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 		a.ln2, a.h2 = p.alloc(B, N, D), p.allocDT(opDT, B, N, D)
 		a.h2F = a.h2.Reshape(BN, D)
 		a.mean2, a.rstd2 = p.alloc(BN), p.alloc(BN)
-		a.f1, a.f1g = p.alloc(BN, Fd), p.allocDT(opDT, BN, Fd)
+		a.f1, a.f1g = p.allocDT(preDT, BN, Fd), p.allocDT(opDT, BN, Fd)
 		a.f2 = p.alloc(BN, D)
 		a.f23 = a.f2.Reshape(B, N, D)
 		a.x3 = p.alloc(B, N, D)
@@ -336,7 +340,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dModF = g.dMod.Reshape(BF, 6, D)
 	g.dF2 = lazy(BN, D)
 	g.dF23 = g.dF2.Reshape(B, N, D)
-	g.dF1g, g.dF1 = lazy(BN, Fd), lazy(BN, Fd)
+	g.dF1g, g.dF1 = p.allocDT(preDT, BN, Fd), p.allocDT(preDT, BN, Fd) // lazy
 	g.dH2 = lazy(BN, D)
 	g.dH23 = g.dH2.Reshape(B, N, D)
 	g.dLn2 = lazy(B, N, D)

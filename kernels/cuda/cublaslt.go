@@ -29,11 +29,17 @@ const (
 	descTransB     = 4
 	descEpilogue   = 7
 	descBiasPtr    = 8
+	descAuxPtr     = 11 // CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER
+	descAuxLD      = 12 // CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD
 	descBiasDType  = 26
 	epilogueDef    = 1
 	epilogueBias   = 4
-	epilogueGELU   = 32 // CUBLASLT_EPILOGUE_GELU (the tanh form, as PyTorch's _addmm_activation uses it)
-	epilogueGBias  = 36 // CUBLASLT_EPILOGUE_GELU_BIAS: GELU(x + bias)
+	epilogueGELU   = 32  // CUBLASLT_EPILOGUE_GELU (the tanh form, as PyTorch's _addmm_activation uses it)
+	epilogueGBias  = 36  // CUBLASLT_EPILOGUE_GELU_BIAS: GELU(x + bias)
+	epilogueGAux   = 160 // CUBLASLT_EPILOGUE_GELU_AUX: GELU(x), x stored in the aux matrix
+	epilogueGAuxB  = 164 // CUBLASLT_EPILOGUE_GELU_AUX_BIAS: GELU(x + bias), x + bias stored in the aux matrix
+	epilogueDGELU  = 192 // CUBLASLT_EPILOGUE_DGELU: x·GELU'(aux)
+	epilogueDGBias = 208 // CUBLASLT_EPILOGUE_DGELU_BGRAD: DGELU, and its row sums (over D's columns) into the bias pointer
 	prefMaxWSBytes = 1
 	opN            = 0
 	opT            = 1
@@ -79,13 +85,23 @@ func (b *blasLt) call(name string, fn uintptr, args ...uintptr) error {
 
 // gemmKey identifies one cached matmul plan (column-major, cuBLAS's view).
 type gemmKey struct {
-	transA, transB  int
-	m, n, k         int
-	lda, ldb, ldd   int
-	ta, tb, td      int // cudaDataType of A, B, C=D
-	compute         int
-	bias, biasDType int // bias epilogue on (1) and the bias's data type
-	gelu            int // GELU epilogue on (1), after the bias
+	transA, transB int
+	m, n, k        int
+	lda, ldb, ldd  int
+	ta, tb, td     int // cudaDataType of A, B, C=D
+	compute        int
+	epi            int // cublasLtEpilogue_t (0: the default)
+	biasDType      int // the bias's (or bias gradient's) data type, where epi has one
+	auxLD          int // the aux matrix's leading dimension, where epi has one
+}
+
+// epiHasBias reports whether epilogue ep reads a bias or writes a bias gradient (BIAS_POINTER).
+func epiHasBias(ep int) bool {
+	switch ep {
+	case epilogueBias, epilogueGBias, epilogueGAuxB, epilogueDGBias:
+		return true
+	}
+	return false
 }
 
 // gemmPlan is the descriptors and the chosen algorithm for one gemmKey.
@@ -108,21 +124,21 @@ func (b *blasLt) plan(k gemmKey) (*gemmPlan, error) {
 	if err := b.call("cublasLtMatmulDescSetAttribute(TRANSB)", b.descSetAttr, p.desc, descTransB, uintptr(unsafe.Pointer(&tb)), 4); err != nil {
 		return nil, err
 	}
-	if k.bias != 0 || k.gelu != 0 {
-		ep := int32(epilogueBias)
-		switch {
-		case k.gelu != 0 && k.bias != 0:
-			ep = epilogueGBias
-		case k.gelu != 0:
-			ep = epilogueGELU
-		}
+	if k.epi != 0 {
+		ep := int32(k.epi)
 		if err := b.call("cublasLtMatmulDescSetAttribute(EPILOGUE)", b.descSetAttr, p.desc, descEpilogue, uintptr(unsafe.Pointer(&ep)), 4); err != nil {
 			return nil, err
 		}
 	}
-	if k.bias != 0 {
+	if epiHasBias(k.epi) {
 		bt := int32(k.biasDType)
 		if err := b.call("cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)", b.descSetAttr, p.desc, descBiasDType, uintptr(unsafe.Pointer(&bt)), 4); err != nil {
+			return nil, err
+		}
+	}
+	if k.auxLD != 0 {
+		ld := int64(k.auxLD)
+		if err := b.call("cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_LD)", b.descSetAttr, p.desc, descAuxLD, uintptr(unsafe.Pointer(&ld)), 8); err != nil {
 			return nil, err
 		}
 	}

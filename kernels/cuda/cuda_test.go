@@ -594,21 +594,117 @@ func TestLinearGELU(t *testing.T) {
 	g.MarkWeights(Wg)
 	g.MarkWeights(Bg)
 	Pg, Yg, Y2 := g.Alloc(kernels.F32, M, N), g.Alloc(kernels.BF16, M, N), g.Alloc(kernels.BF16, M, N)
+	P3, Y3 := g.Alloc(kernels.BF16, M, N), g.Alloc(kernels.BF16, M, N) // a training pass's: the pre-activation kept in bf16
 	g.Fill(Yg, float32(math.NaN()))
+	g.Fill(Y3, float32(math.NaN()))
+	g.Fill(P3, float32(math.NaN()))
 	kernels.LinearGELU(g, Yg, Pg, Xg, Wg, Bg, false) // the epilogue
-	kernels.LinearGELU(g, Y2, Pg, Xg, Wg, Bg, true)  // declined: Linear, then GELU
+	kernels.LinearGELU(g, Y2, Pg, Xg, Wg, Bg, true)  // declined (fp32 pre kept): Linear, then GELU
+	kernels.LinearGELU(g, Y3, P3, Xg, Wg, Bg, true)  // GELU_AUX_BIAS: out and the bf16 pre-activation
 	if err := g.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	got, got2 := make([]float32, M*N), make([]float32, M*N)
+	got, got2, got3, pre3, wantPre := make([]float32, M*N), make([]float32, M*N), make([]float32, M*N), make([]float32, M*N), make([]float32, M*N)
 	g.ToHost(got, Yg)
 	g.ToHost(got2, Y2)
+	g.ToHost(got3, Y3)
+	g.ToHost(pre3, P3)
+	cpu.ToHost(wantPre, Pc)
 	if e := relErr(got, want); !(e <= tolBF16) {
 		t.Errorf("LinearGELU (epilogue) vs CPU: rel error %.3g > %.0e", e, tolBF16)
 	} else {
 		t.Logf("LinearGELU (epilogue) vs CPU: rel error %.3g; vs the GPU's Linear+GELU: %.3g; unfused vs CPU: %.3g", e, relErr(got, got2), relErr(got2, want))
 	}
-	for _, x := range []*kernels.Tensor{Xg, Wg, Bg, Pg, Yg, Y2} {
+	for _, c := range []struct {
+		what      string
+		got, want []float32
+	}{{"out", got3, want}, {"pre-activation", pre3, wantPre}} {
+		if e := relErr(c.got, c.want); !(e <= tolBF16) {
+			t.Errorf("LinearGELU keeping a bf16 pre-activation (GELU_AUX_BIAS), %s vs CPU: rel error %.3g > %.0e", c.what, e, tolBF16)
+		} else {
+			t.Logf("LinearGELU keeping a bf16 pre-activation (GELU_AUX_BIAS), %s vs CPU: rel error %.3g", c.what, e)
+		}
+	}
+	for _, x := range []*kernels.Tensor{Xg, Wg, Bg, Pg, Yg, Y2, P3, Y3} {
+		g.Free(x)
+	}
+}
+
+// TestLinearGELUBack: the backward of Linear(GELU(pre)) with the bf16 pre-activation (cuBLASLt's
+// DGELU / DGELU_BGRAD epilogues on the dIn GEMM) against the CPU's LinearBack, GELUBack and column
+// sums in fp32, on the same bf16-rounded pre and act; dW, dB and the bias gradient start from
+// random values (accumulated), dPre is NaN-poisoned (written).
+func TestLinearGELUBack(t *testing.T) {
+	g := gpu(t)
+	defer func() { g.GEMM = GEMMExact }()
+	r := seedRand(t)
+	cpu := kernels.NewCPU(2)
+	const M, K, N = 300, 520, 256 // act [M, K] (K: the FFN width, a multiple of 8), out [M, N]
+	pre, act, dy, w := randn(r, M*K), randn(r, M*K), randn(r, M*N), randn(r, N*K)
+	roundBF16(pre)
+	roundBF16(act)
+	for i := range w {
+		w[i] *= 0.1
+	}
+	dW0, dB0, dPB0 := randn(r, N*K), randn(r, N), randn(r, K)
+	up := func(d kernels.Device, dt kernels.DType, v []float32, shape ...int) *kernels.Tensor {
+		t := d.Alloc(dt, shape...)
+		d.FromHost(t, v)
+		return t
+	}
+	get := func(d kernels.Device, t *kernels.Tensor) []float32 {
+		v := make([]float32, t.Numel())
+		d.ToHost(v, t)
+		return v
+	}
+	// CPU: the plain ops in fp32.
+	Pc, Ac, Wc, dYc := up(cpu, kernels.F32, pre, M, K), up(cpu, kernels.F32, act, M, K), up(cpu, kernels.F32, w, N, K), up(cpu, kernels.F32, dy, M, N)
+	dWc, dBc := up(cpu, kernels.F32, dW0, N, K), up(cpu, kernels.F32, dB0, N)
+	dAc, dPc := cpu.Alloc(kernels.F32, M, K), cpu.Alloc(kernels.F32, M, K)
+	cpu.LinearBack(dAc, dWc, dBc, dYc, Ac, Wc)
+	cpu.GELUBack(dPc, dAc, Pc)
+	wantDPre := get(cpu, dPc)
+	wantDPB := append([]float32(nil), dPB0...)
+	for i := 0; i < M; i++ {
+		for j := 0; j < K; j++ {
+			wantDPB[j] += wantDPre[i*K+j]
+		}
+	}
+	// GPU: bf16 pre, act and dPre, as a training pass with the GELU epilogues holds them.
+	g.GEMM = GEMMBF16
+	Pg, Ag, Wg, dYg := up(g, kernels.BF16, pre, M, K), up(g, kernels.BF16, act, M, K), up(g, kernels.F32, w, N, K), up(g, kernels.F32, dy, M, N)
+	g.MarkWeights(Wg)
+	dWg, dBg, dPBg := up(g, kernels.F32, dW0, N, K), up(g, kernels.F32, dB0, N), up(g, kernels.F32, dPB0, K)
+	dAg, dPg := g.Alloc(kernels.BF16, M, K), g.Alloc(kernels.BF16, M, K)
+	g.Fill(dPg, float32(math.NaN()))
+	took := kernels.LinearGELUBack(g, dPg, dPBg, dAg, dWg, dBg, dYg, Ag, Wg, Pg)
+	if err := g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !took {
+		t.Errorf("LinearGELUBack: the GPU did not take the bias gradient (no DGELU epilogue algorithm, or declined)")
+	}
+	for key, p := range g.plans {
+		if (key.epi == epilogueDGBias || key.epi == epilogueDGELU) && key.m == K && key.n == M {
+			t.Logf("cuBLASLt plan epilogue %d, bias gradient type %d: algorithm found %v", key.epi, key.biasDType, p.ok)
+		}
+	}
+	for _, c := range []struct {
+		name      string
+		got, want []float32
+	}{
+		{"dPre", get(g, dPg), wantDPre},
+		{"dPreBias", get(g, dPBg), wantDPB},
+		{"dW", get(g, dWg), get(cpu, dWc)},
+		{"dB", get(g, dBg), get(cpu, dBc)},
+	} {
+		if e := relErr(c.got, c.want); !(e <= tolBF16) {
+			t.Errorf("LinearGELUBack %s vs CPU: rel error %.3g > %.0e", c.name, e, tolBF16)
+		} else {
+			t.Logf("LinearGELUBack %s vs CPU: rel error %.3g", c.name, e)
+		}
+	}
+	for _, x := range []*kernels.Tensor{Pg, Ag, Wg, dYg, dWg, dBg, dPBg, dAg, dPg} {
 		g.Free(x)
 	}
 }

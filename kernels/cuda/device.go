@@ -59,6 +59,8 @@ type Device struct {
 	scrUsed int
 	dbl     uintptr // device float64 accumulators of Dot / SumAbsGroups
 	dblCap  int
+	bgr     uintptr // bias gradients written by GEMM epilogues (bgradBuf)
+	bgrCap  int
 
 	weights []region            // MarkWeights: fp32 buffers whose bf16 shadows are cached
 	shadows map[uintptr]*shadow // by fp32 address
@@ -76,6 +78,7 @@ type Device struct {
 	refAttn   bool           // FEWSTEP_ATTENTION=ref: always the reference attention kernels
 	vec       bool           // float4 fp32 fast paths (FEWSTEP_VEC=0: off, for A/B timings)
 	fuse      bool           // fused ops and lazy zeroing (fused.go; FEWSTEP_FUSE=0: off, for A/B timings)
+	geluAux   bool           // with fuse: the training GELU epilogues, bf16 pre-activation (GELUPreBF16; FEWSTEP_GELU_AUX=0: off)
 	pz        kernels.Tensor // ZeroLazy's pending tensor (header copy), when pzOn
 	pzOn      bool
 	syncEach  bool // FEWSTEP_CUDA_SYNC=1: synchronize after every launch (debugging)
@@ -231,6 +234,7 @@ func New(ordinal int) (*Device, error) {
 	d.refAttn = os.Getenv("FEWSTEP_ATTENTION") == "ref"
 	d.vec = os.Getenv("FEWSTEP_VEC") != "0"
 	d.fuse = os.Getenv("FEWSTEP_FUSE") != "0"
+	d.geluAux = os.Getenv("FEWSTEP_GELU_AUX") != "0"
 	d.syncEach = os.Getenv("FEWSTEP_CUDA_SYNC") == "1"
 	d.Info = fmt.Sprintf("%s, sm_%d, %d SMs, driver %d, cuBLASLt %d", cstr(name[:]), d.cc, d.sms, d.driver, d.lt.version)
 	return d, nil
@@ -785,6 +789,11 @@ func F32ToF16(f float32) uint16 {
 	}
 	return sign | uint16(e+15)<<10 | uint16(m)
 }
+
+// SetGELUEpilogues turns the training passes' GELU epilogues (GELUPreBF16: a bf16 pre-activation
+// written by GELU_AUX_BIAS, read by DGELU) on or off for passes made afterwards (tests: the passes
+// without them compute exactly what fp32 activations with bf16 copies do).
+func SetGELUEpilogues(d *Device, on bool) { d.geluAux = on }
 
 // SetReferenceAttention switches d to the reference attention kernels (exact fp32; tests) or back
 // to the fused ones where they apply.

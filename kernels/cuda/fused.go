@@ -1,6 +1,8 @@
 package cuda
 
 import (
+	"unsafe"
+
 	"github.com/fewstep/fewstep/kernels"
 )
 
@@ -15,6 +17,8 @@ var (
 
 	_ kernels.LayerNormModulator      = (*Device)(nil)
 	_ kernels.LinearGELUer            = (*Device)(nil)
+	_ kernels.LinearGELUBacker        = (*Device)(nil)
+	_ kernels.GELUPreBF16er           = (*Device)(nil)
 	_ kernels.LinearResidualer        = (*Device)(nil)
 	_ kernels.RMSNormRoPEBacker       = (*Device)(nil)
 	_ kernels.ModulateLayerNormBacker = (*Device)(nil)
@@ -77,18 +81,27 @@ func (d *Device) RMSNormRoPE(out, rstd, in, w *kernels.Tensor, eps float32, fram
 	return true
 }
 
-// LinearGELU: out (bf16) = GELU(in·wᵀ + b) by cuBLASLt's GELU_BIAS epilogue, in bf16-GEMM mode
-// and when the pre-activation is not kept (inference passes): no fp32 pre-activation written, no
-// GELU pass. Elsewhere false.
+// LinearGELU: out (bf16) = GELU(in·wᵀ + b) by cuBLASLt's GELU_BIAS epilogue in bf16-GEMM mode: no
+// GELU pass. keepPre (a training pass): GELU_AUX_BIAS also stores the pre-activation into pre, which
+// must then be bf16 (the epilogue writes it in D's type; GELUPreBF16 has the models allocate it so):
+// no fp32 pre-activation written, read and converted. Elsewhere false.
 func (d *Device) LinearGELU(out, pre, in, w, b *kernels.Tensor, keepPre bool) bool {
-	if !d.fuse || keepPre || out.DType != kernels.BF16 || d.GEMM != GEMMBF16 {
+	if !d.fuse || out.DType != kernels.BF16 || d.GEMM != GEMMBF16 {
 		return false
 	}
 	N, K := w.Shape[0], w.Numel()/w.Shape[0]
 	must(len(w.Shape) == 2 && in.Numel()%K == 0, "LinearGELU: in %v w %v", in.Shape, w.Shape)
 	M := in.Numel() / K
 	must(out.Numel() == M*N && (b == nil || b.Numel() == N), "LinearGELU: out %v in %v w %v b %v", out.Shape, in.Shape, w.Shape, b)
-	if !d.begin(false, out) {
+	ep := gemmEpi{gelu: true}
+	if keepPre {
+		must(pre.Numel() == M*N, "LinearGELU: pre %v for out %v", pre.Shape, out.Shape)
+		if pre.DType != kernels.BF16 || N%8 != 0 || pre.Ptr%16 != 0 { // the aux matrix: D's type, ld a multiple of 8
+			return false
+		}
+		ep.aux, ep.auxLD = pre.Ptr, N
+	}
+	if !d.begin(false, out, pre) {
 		return true
 	}
 	defer d.leave()
@@ -98,11 +111,101 @@ func (d *Device) LinearGELU(out, pre, in, w, b *kernels.Tensor, keepPre bool) bo
 			bb = bf16View(d, b, p)
 		}
 	}
-	if !d.gemmX("Linear+GELU", opT, opN, N, M, K, w, K, in, K, out, N, 0, bb, 0, true) {
+	if !d.gemmX("Linear+GELU", opT, opN, N, M, K, w, K, in, K, out, N, 0, bb, 0, ep) {
 		d.Linear(pre, in, w, b) // no algorithm with the epilogue
 		d.GELU(out, pre)
 	}
 	return true
+}
+
+// GELUPreBF16: in bf16-GEMM mode with the fusions on, the models keep the FFN's pre-activation and
+// its gradient in bf16 (LinearGELU's GELU_AUX_BIAS writes it, LinearGELUBack's DGELU reads it).
+func (d *Device) GELUPreBF16() bool { return d.fuse && d.geluAux && d.GEMM == GEMMBF16 }
+
+// LinearGELUBack: the backward of out = Linear(GELU(pre)) down to pre, with bf16 pre and dPre (as
+// GELUPreBF16 has them allocated): the Linear's dW, dB (and dOut's bf16 copy) as LinearBack's, then
+// its dIn GEMM with cuBLASLt's DGELU epilogue writing dPre = (dOut·w)·GELU'(pre) directly, and
+// DGELU_BGRAD also the column sums of dPre, dPreBias's gradient: dAct is never stored, and neither
+// GELUBack's pass nor a reduction over [M, ffn] runs. Where cuBLASLt has no DGELU_BGRAD algorithm for
+// the bias gradient's dtype (fp32, then bf16 tried), DGELU and a column reduction of dPre; with no
+// DGELU algorithm, false (nothing queued).
+func (d *Device) LinearGELUBack(dPre, dPreBias, dAct, dW, dB, dOut, act, w, pre *kernels.Tensor) bool {
+	if !d.fuse || d.GEMM != GEMMBF16 || dPre.DType != kernels.BF16 || pre.DType != kernels.BF16 {
+		return false
+	}
+	N, K := w.Shape[0], w.Numel()/w.Shape[0] // the Linear: [M, K] → [M, N]
+	must(len(w.Shape) == 2 && act.Numel()%K == 0, "LinearGELUBack: act %v w %v", act.Shape, w.Shape)
+	M := act.Numel() / K
+	must(dOut.Numel() == M*N && dPre.Numel() == M*K && pre.Numel() == M*K, "LinearGELUBack: dOut %v dPre %v pre %v for act %v w %v",
+		dOut.Shape, dPre.Shape, pre.Shape, act.Shape, w.Shape)
+	must(dPreBias == nil || dPreBias.Numel() == K, "LinearGELUBack: dPreBias %v for %d columns", dPreBias, K)
+	if K%8 != 0 || pre.Ptr%16 != 0 || M == 0 || d.err != nil {
+		return false
+	}
+	if !d.begin(false, dPre, dPreBias, dW, dB) {
+		return true
+	}
+	defer d.leave()
+	// The epilogue, chosen before anything is queued (inside the op: the plans need the context).
+	ep := gemmEpi{dgelu: true, aux: pre.Ptr, auxLD: K, probe: true}
+	probe := func(e gemmEpi) bool {
+		return d.gemmX("LinearBack(dIn)+dGELU", opN, opN, K, M, N, w, K, dOut, N, dPre, K, 0, nil, 0, e)
+	}
+	var bg *kernels.Tensor // the bias gradient the epilogue writes, added into dPreBias after
+	if dPreBias != nil {
+		if p := d.bgradBuf(4 * K); p != 0 {
+			for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+				e := ep
+				e.bgrad, e.bgradDT = p, dt
+				if probe(e) {
+					ep, bg = e, &kernels.Tensor{Dev: d, DType: dt, Shape: []int{K}, Ptr: p}
+					break
+				}
+			}
+		}
+	}
+	if bg == nil && !probe(ep) {
+		return false
+	}
+	ep.probe = false
+	d.LinearBack(nil, dW, dB, dOut, act, w) // dW, dB; dOut's bf16 copy for the GEMM below
+	name := "LinearBack(dIn)+dGELU"
+	if bg != nil {
+		name += "+bgrad"
+	}
+	d.gemmX(name, opN, opN, K, M, N, w, K, dOut, N, dPre, K, 0, nil, 0, ep)
+	switch {
+	case dPreBias == nil:
+	case bg != nil:
+		d.args.reset().t(dPreBias).f32(1).t(bg).i64(K)
+		d.ew("ew_axpy", K)
+	default:
+		d.colReduce(dPreBias, 0, K, dPre, nil, nil, nil, 1, M, K, 0, 1, false)
+	}
+	return true
+}
+
+// bgradBuf returns the device buffer (at least bytes) that bias-gradient epilogues write into; 0
+// when it would have to grow during a graph capture.
+func (d *Device) bgradBuf(bytes int) uintptr {
+	if bytes <= d.bgrCap {
+		return d.bgr
+	}
+	if d.capturing {
+		return 0
+	}
+	if d.bgr != 0 {
+		d.fail(d.drv.call("cuStreamSynchronize", d.drv.cuStreamSynchronize, d.stream))
+		d.fail(d.drv.call("cuMemFree_v2(bias gradient buffer)", d.drv.cuMemFree, d.bgr))
+		d.bgr, d.bgrCap = 0, 0
+	}
+	c := max(bytes, 64<<10)
+	if err := d.drv.call("cuMemAlloc_v2(bias gradient buffer)", d.drv.cuMemAlloc, uintptr(unsafe.Pointer(&d.bgr)), uintptr(c)); err != nil {
+		d.fail(err)
+		return 0
+	}
+	d.bgrCap = c
+	return d.bgr
 }
 
 // LinearResidual: out = res + in·wᵀ + b, res read as the GEMM's C (fp32 out and res).
@@ -118,7 +221,7 @@ func (d *Device) LinearResidual(out, in, w, b, res *kernels.Tensor) bool {
 		return true
 	}
 	defer d.leave()
-	d.gemmX("Linear+residual", opT, opN, N, M, K, w, K, in, K, out, N, 1, b, res.Ptr, false)
+	d.gemmX("Linear+residual", opT, opN, N, M, K, w, K, in, K, out, N, 1, b, res.Ptr, gemmEpi{})
 	return true
 }
 

@@ -110,32 +110,103 @@ func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
 // anything else in bf16×bf16 with fp32 accumulation into D's dtype (fp32 or bf16).
 func (d *Device) gemm(op string, transA, transB, m, n, k int, A *kernels.Tensor, lda int, B *kernels.Tensor, ldb int,
 	D *kernels.Tensor, ldd int, beta float32, bias *kernels.Tensor) {
-	d.gemmX(op, transA, transB, m, n, k, A, lda, B, ldb, D, ldd, beta, bias, 0, false)
+	d.gemmX(op, transA, transB, m, n, k, A, lda, B, ldb, D, ldd, beta, bias, 0, gemmEpi{})
 }
 
-// gemmX is gemm with C ≠ D (c: C's address, laid out as D; 0: C = D) and the GELU epilogue (gelu:
-// D = GELU(op(A)·op(B) + bias)). It reports false, having queued nothing, when it asked for the GELU
-// epilogue and cuBLASLt has no algorithm with it (the caller then runs the plain ops).
+// gemmEpi asks gemmX for an epilogue beyond the bias (the zero value: none).
+type gemmEpi struct {
+	gelu    bool    // D = GELU(op(A)·op(B) + bias), the tanh form
+	dgelu   bool    // D = op(A)·op(B)·GELU'(aux) (beta 0, no bias): the GELU's backward
+	aux     uintptr // with gelu: where the pre-activation op(A)·op(B) + bias is stored (D's dtype, m×n, ld auxLD); with dgelu: read from
+	auxLD   int
+	bgrad   uintptr       // with dgelu: D's row sums (m values, over its n columns) written there
+	bgradDT kernels.DType // bgrad's dtype
+	probe   bool          // report only whether cuBLASLt has an algorithm (queue nothing)
+}
+
+// on reports whether e asks for an activation epilogue (the call then falls back to nothing).
+func (e gemmEpi) on() bool { return e.gelu || e.dgelu }
+
+// gemmX is gemm with C ≠ D (c: C's address, laid out as D; 0: C = D) and the epilogues of ep. It
+// reports false, having queued nothing, when ep asks for an activation epilogue and cuBLASLt has no
+// algorithm with it (the caller then runs the plain ops).
 func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor, lda int, B *kernels.Tensor, ldb int,
-	D *kernels.Tensor, ldd int, beta float32, bias *kernels.Tensor, c uintptr, gelu bool) bool {
+	D *kernels.Tensor, ldd int, beta float32, bias *kernels.Tensor, c uintptr, ep gemmEpi) bool {
 	if m == 0 || n == 0 {
 		return true
 	}
 	must(D.DType == kernels.F32 || D.DType == kernels.BF16, "%s: output %v must be float32 or bfloat16 on the GPU", op, D)
-	d.scratchReset()
+	must(!ep.dgelu || (bias == nil && beta == 0 && c == 0), "%s: the GELU backward epilogue takes no bias and no C", op)
+	if d.err != nil {
+		return true
+	}
 	key := gemmKey{transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldd: ldd, td: cudaType(D.DType)}
-	var pa, pb uintptr
-	if A.DType == kernels.F32 && B.DType == kernels.F32 && D.DType == kernels.F32 && d.GEMM != GEMMBF16 {
+	exact := A.DType == kernels.F32 && B.DType == kernels.F32 && D.DType == kernels.F32 && d.GEMM != GEMMBF16
+	bf16Bias := !exact && bias != nil && bias.DType == kernels.BF16 && D.DType == kernels.F32 // goes in as its fp32 copy
+	if exact {
 		key.ta, key.tb, key.compute = cudaR32F, cudaR32F, computeF32
 		if d.GEMM == GEMMTF32 {
 			key.compute = computeF32TF32
 		}
+	} else {
+		key.ta, key.tb, key.compute = cudaR16BF, cudaR16BF, computeF32
+	}
+	useBias := bias != nil && (bias.DType == D.DType || bias.DType == kernels.F32 || bf16Bias)
+	if ep.on() && bias != nil && !useBias {
+		return false // the bias must come before the GELU
+	}
+	if useBias {
+		key.biasDType = cudaType(bias.DType)
+		if bf16Bias {
+			key.biasDType = cudaR32F
+		}
+	}
+	switch {
+	case ep.dgelu && ep.bgrad != 0:
+		key.epi, key.biasDType = epilogueDGBias, cudaType(ep.bgradDT)
+	case ep.dgelu:
+		key.epi = epilogueDGELU
+	case ep.gelu && ep.aux != 0 && useBias:
+		key.epi = epilogueGAuxB
+	case ep.gelu && ep.aux != 0:
+		key.epi = epilogueGAux
+	case ep.gelu && useBias:
+		key.epi = epilogueGBias
+	case ep.gelu:
+		key.epi = epilogueGELU
+	case useBias:
+		key.epi = epilogueBias
+	}
+	if ep.aux != 0 {
+		key.auxLD = ep.auxLD
+	}
+	p := d.getPlan(key)
+	if ep.probe {
+		return p != nil && p.ok
+	}
+	if p != nil && !p.ok && ep.on() {
+		return false
+	}
+	if p != nil && !p.ok && useBias { // no algorithm with the bias epilogue: plain GEMM, then a bias kernel
+		key.epi, key.biasDType = 0, 0
+		useBias, bf16Bias = false, false
+		p = d.getPlan(key)
+	}
+	if p == nil {
+		return true
+	}
+	if !p.ok {
+		d.fail(fmt.Errorf("%s: cuBLASLt has no algorithm for m=%d n=%d k=%d (types %d×%d→%d, compute %d)", op, m, n, k, key.ta, key.tb, key.td, key.compute))
+		return true
+	}
+
+	d.scratchReset()
+	var pa, pb uintptr
+	if exact {
 		pa, pb = A.Ptr, B.Ptr
 	} else {
-		bf16Bias := bias != nil && bias.DType == kernels.BF16 && D.DType == kernels.F32
 		d.reserve(2*A.Numel()*btoi(A.DType != kernels.BF16 && !d.isWeight(A)) + 2*B.Numel()*btoi(B.DType != kernels.BF16 && !d.isWeight(B)) +
 			4*m*btoi(bf16Bias) + 768)
-		key.ta, key.tb, key.compute = cudaR16BF, cudaR16BF, computeF32
 		pa, pb = d.bf16Operand(A), d.bf16Operand(B)
 		if bf16Bias && d.err == nil {
 			// A bf16 bias (a network stored in bf16: the frozen teacher, a trainable one whose fp32
@@ -152,36 +223,20 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 	if d.err != nil {
 		return true
 	}
-	key.gelu = btoi(gelu)
-	useBias := bias != nil && (bias.DType == D.DType || bias.DType == kernels.F32)
-	if useBias {
-		key.bias, key.biasDType = 1, cudaType(bias.DType)
-	}
-	if gelu && bias != nil && !useBias {
-		return false // the bias must come before the GELU
-	}
-	p := d.getPlan(key)
-	if p != nil && !p.ok && gelu {
-		return false
-	}
-	if p != nil && !p.ok && useBias { // no algorithm with the bias epilogue: plain GEMM, then a bias kernel
-		key.bias, key.biasDType = 0, 0
-		useBias = false
-		p = d.getPlan(key)
-	}
-	if p == nil {
-		return true
-	}
-	if !p.ok {
-		d.fail(fmt.Errorf("%s: cuBLASLt has no algorithm for m=%d n=%d k=%d (types %d×%d→%d, compute %d)", op, m, n, k, key.ta, key.tb, key.td, key.compute))
-		return true
-	}
-	if useBias {
-		bp := bias.Ptr
-		if err := d.lt.call("cublasLtMatmulDescSetAttribute(BIAS_POINTER)", d.lt.descSetAttr, p.desc, descBiasPtr, uintptr(unsafe.Pointer(&bp)), 8); err != nil {
+	set := func(what string, attr int, v uintptr) bool {
+		if err := d.lt.call("cublasLtMatmulDescSetAttribute("+what+")", d.lt.descSetAttr, p.desc, uintptr(attr), uintptr(unsafe.Pointer(&v)), 8); err != nil {
 			d.fail(err)
-			return true
+			return false
 		}
+		return true
+	}
+	switch {
+	case useBias && !set("BIAS_POINTER", descBiasPtr, bias.Ptr):
+		return true
+	case ep.bgrad != 0 && !set("BIAS_POINTER", descBiasPtr, ep.bgrad):
+		return true
+	case ep.aux != 0 && !set("EPILOGUE_AUX_POINTER", descAuxPtr, ep.aux):
+		return true
 	}
 	if c == 0 {
 		c = D.Ptr
