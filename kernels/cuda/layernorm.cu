@@ -71,6 +71,31 @@ struct alignas(16) f32x4 { float x, y, z, w; };
 struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
 #define VEC_MAXV 4  // float4s per thread
 
+// ln_row_f32x4: the row statistics prologue of the fp32 float4 LayerNorm forwards: the block's row
+// (D4 float4s from in + o) into xv (zeros past the row), its mean mu and rstd rs = 1/√(var + eps).
+__device__ __forceinline__ void ln_row_f32x4(f32x4 (&xv)[VEC_MAXV], float &mu, float &rs, const f32x4 *in, ll o, int D4, int D,
+                                             float eps, float *sh) {
+    const int T = blockDim.x;
+    float s = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
+        s += xv[e].x + xv[e].y + xv[e].z + xv[e].w;
+    }
+    mu = block_sum(s, sh) / (float)D;
+    float q = 0.f;
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * T;
+        if (c < D4) {
+            float a = xv[e].x - mu, b = xv[e].y - mu, cc = xv[e].z - mu, d = xv[e].w - mu;
+            q += a * a + b * b + cc * cc + d * d;
+        }
+    }
+    rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+}
+
 // ln_fwd for fp32 rows: x, out fp32, 16-byte aligned; w, b fp32 or null; shw bf16 copy or null;
 // out null: only the bf16 copy (a bf16 output tensor).
 extern "C" __global__ void ln_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *mean, float *rstd, const f32x4 *in,
@@ -79,23 +104,8 @@ extern "C" __global__ void ln_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *mean, fl
     const int T = blockDim.x, D4 = D / 4;
     const ll o = (ll)blockIdx.x * D4;
     f32x4 xv[VEC_MAXV];
-    float s = 0.f;
-#pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
-        s += xv[e].x + xv[e].y + xv[e].z + xv[e].w;
-    }
-    float mu = block_sum(s, sh) / (float)D, q = 0.f;
-#pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        if (c < D4) {
-            float a = xv[e].x - mu, bb = xv[e].y - mu, cc = xv[e].z - mu, dd = xv[e].w - mu;
-            q += a * a + bb * bb + cc * cc + dd * dd;
-        }
-    }
-    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+    float mu, rs;
+    ln_row_f32x4(xv, mu, rs, in, o, D4, D, eps, sh);
 #pragma unroll
     for (int e = 0; e < VEC_MAXV; e++) {
         int c = threadIdx.x + e * T;
@@ -132,23 +142,8 @@ extern "C" __global__ void ln_mod_fwd_f32x4(f32x4 *ln, f32x4 *hout, bf16x4 *hsh,
     const int bb = blockIdx.x / N, ff = (blockIdx.x % N) / tpf;
     const f32x4 *m = (const f32x4 *)(mod + (ll)(bb * F + ff) * K * D);
     f32x4 xv[VEC_MAXV];
-    float s = 0.f;
-#pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
-        s += xv[e].x + xv[e].y + xv[e].z + xv[e].w;
-    }
-    float mu = block_sum(s, sh) / (float)D, q = 0.f;
-#pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        if (c < D4) {
-            float a = xv[e].x - mu, b2 = xv[e].y - mu, c2 = xv[e].z - mu, d2 = xv[e].w - mu;
-            q += a * a + b2 * b2 + c2 * c2 + d2 * d2;
-        }
-    }
-    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+    float mu, rs;
+    ln_row_f32x4(xv, mu, rs, in, o, D4, D, eps, sh);
 #pragma unroll
     for (int e = 0; e < VEC_MAXV; e++) {
         int c = threadIdx.x + e * T;

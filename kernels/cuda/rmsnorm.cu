@@ -53,12 +53,10 @@ struct alignas(16) f32x4 { float x, y, z, w; };
 struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
 #define VEC_MAXV 4  // float4s per thread
 
-// rms_fwd for fp32 rows (as ln_fwd_f32x4).
-extern "C" __global__ void rms_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, const f32x4 *in, const f32x4 *w, int D, float eps) {
-    __shared__ float sh[32];
-    const int T = blockDim.x, D4 = D / 4;
-    const ll o = (ll)blockIdx.x * D4;
-    f32x4 xv[VEC_MAXV];
+// rms_row_f32x4: the row prologue of the fp32 float4 RMSNorm forwards: the block's row (D4 float4s
+// from in + o) into xv (zeros past the row); returns rstd = 1/√(mean(x²) + eps).
+__device__ __forceinline__ float rms_row_f32x4(f32x4 (&xv)[VEC_MAXV], const f32x4 *in, ll o, int D4, int D, float eps, float *sh) {
+    const int T = blockDim.x;
     float q = 0.f;
 #pragma unroll
     for (int e = 0; e < VEC_MAXV; e++) {
@@ -66,16 +64,31 @@ extern "C" __global__ void rms_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, c
         xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
         q += xv[e].x * xv[e].x + xv[e].y * xv[e].y + xv[e].z * xv[e].z + xv[e].w * xv[e].w;
     }
-    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+    return rsqrtf(block_sum(q, sh) / (float)D + eps);
+}
+
+// rms_scale_f32x4: x·rs·w of one float4 of the row (w null: no weight).
+__device__ __forceinline__ f32x4 rms_scale_f32x4(f32x4 x, float rs, const f32x4 *w, int c) {
+    f32x4 y = {x.x * rs, x.y * rs, x.z * rs, x.w * rs};
+    if (w) {
+        f32x4 g = w[c];
+        y.x *= g.x; y.y *= g.y; y.z *= g.z; y.w *= g.w;
+    }
+    return y;
+}
+
+// rms_fwd for fp32 rows (as ln_fwd_f32x4).
+extern "C" __global__ void rms_fwd_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, const f32x4 *in, const f32x4 *w, int D, float eps) {
+    __shared__ float sh[32];
+    const int T = blockDim.x, D4 = D / 4;
+    const ll o = (ll)blockIdx.x * D4;
+    f32x4 xv[VEC_MAXV];
+    const float rs = rms_row_f32x4(xv, in, o, D4, D, eps, sh);
 #pragma unroll
     for (int e = 0; e < VEC_MAXV; e++) {
         int c = threadIdx.x + e * T;
         if (c < D4) {
-            f32x4 y = {xv[e].x * rs, xv[e].y * rs, xv[e].z * rs, xv[e].w * rs};
-            if (w) {
-                f32x4 g = w[c];
-                y.x *= g.x; y.y *= g.y; y.z *= g.z; y.w *= g.w;
-            }
+            f32x4 y = rms_scale_f32x4(xv[e], rs, w, c);
             out[o + c] = y;
             if (shw) shw[o + c] = bf16x4{f2bf(y.x), f2bf(y.y), f2bf(y.z), f2bf(y.w)};
         }
@@ -106,14 +119,7 @@ extern "C" __global__ void rms_rope_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, 
     const int T = blockDim.x, D4 = D / 4;
     const ll o = (ll)blockIdx.x * D4;
     f32x4 xv[VEC_MAXV];
-    float q = 0.f;
-#pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        xv[e] = c < D4 ? in[o + c] : f32x4{0.f, 0.f, 0.f, 0.f};
-        q += xv[e].x * xv[e].x + xv[e].y * xv[e].y + xv[e].z * xv[e].z + xv[e].w * xv[e].w;
-    }
-    float rs = rsqrtf(block_sum(q, sh) / (float)D + eps);
+    const float rs = rms_row_f32x4(xv, in, o, D4, D, eps, sh);
     const int nh = hd / 2 / 3, nf = hd / 2 - 2 * nh;
     const unsigned t = blockIdx.x % (unsigned)N, hw = (unsigned)rows * cols;
     const unsigned f = frame0 + t / hw, r = (t / cols) % rows, wc = t % cols;
@@ -121,11 +127,7 @@ extern "C" __global__ void rms_rope_f32x4(f32x4 *out, bf16x4 *shw, float *rstd, 
     for (int e = 0; e < VEC_MAXV; e++) {
         int c = threadIdx.x + e * T;
         if (c < D4) {
-            f32x4 y = {xv[e].x * rs, xv[e].y * rs, xv[e].z * rs, xv[e].w * rs};
-            if (w) {
-                f32x4 g = w[c];
-                y.x *= g.x; y.y *= g.y; y.z *= g.z; y.w *= g.w;
-            }
+            f32x4 y = rms_scale_f32x4(xv[e], rs, w, c);
             int j = ((4 * c) % hd) / 2;
             rope_pair(y.x, y.y, tf, th, j, nf, nh, f, r, wc);
             rope_pair(y.z, y.w, tf, th, j + 1, nf, nh, f, r, wc);
