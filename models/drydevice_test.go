@@ -79,7 +79,8 @@ func TestDryDeviceCounts(t *testing.T) {
 
 // TestBF16OperandsBytes: Shape.BF16Operands on a device whose GEMMs read bf16 (the counting device)
 // stores exactly the GEMM-only activations in bf16 — per block h1, att, n3, catt, h2 ([B·N, D]) and
-// f1g ([B·N, ffn]), and the head's input — 2 bytes an element fewer in the pass, and one forward and
+// f1g ([B·N, ffn]), the head's input, and the backward's gradients of both attentions' outputs
+// (dAtt, dCatt [B·N, D]) — 2 bytes an element fewer in the pass, and one forward and
 // backward keeps 2 bytes an element fewer of bf16 copies (those tensors need none); with them, as
 // the device keeps the GELU's pre-activation in bf16 (kernels.GELUPreBF16, as kernels/cuda's GEMM
 // epilogues do), each block's f1 and the backward's dF1 and dF1g ([B·N, ffn]) are bf16 too, and
@@ -90,8 +91,8 @@ func TestBF16OperandsBytes(t *testing.T) {
 	cfg.Layers, cfg.Heads = 3, 1 // head dim 64: the fused attention, which keeps copies of its operands
 	s := Shape{B: 2, F: 2, H: 4, W: 6, L: 5}
 	BN := s.B * s.F * (s.H / 2) * (s.W / 2)
-	ops := int64(cfg.Layers*(5*BN*cfg.Dim+BN*cfg.FFNDim) + BN*cfg.Dim) // bf16 elements
-	pre := int64((cfg.Layers + 2) * BN * cfg.FFNDim)                   // f1 per block, dF1g and dF1: bf16 too (GELUPreBF16)
+	ops := int64(cfg.Layers*(5*BN*cfg.Dim+BN*cfg.FFNDim) + 3*BN*cfg.Dim) // bf16 elements
+	pre := int64((cfg.Layers + 2) * BN * cfg.FFNDim)                     // f1 per block, dF1g and dF1: bf16 too (GELUPreBF16)
 	held := func(dev kernels.Device, operands bool) (pass, copies int64) {
 		m := New(dev, cfg, true)
 		ss := s

@@ -19,7 +19,10 @@ type Shape struct {
 	// (GEMMReadsBF16), the activations that only GEMMs and attention read (the modulated norms h1,
 	// h2 and the head's input, norm3's output, both attentions' outputs, the GELU output) are stored
 	// in bf16 instead of fp32 + a bf16 copy: the same numbers, 6 bytes an element fewer (at 32,760
-	// tokens 2.2 GiB a block's buffers). Elsewhere it changes nothing.
+	// tokens 2.2 GiB a block's buffers); so are the gradients of both attentions' outputs (only the
+	// attention backward reads them, as bf16: the output projection's dIn GEMM writes them so). On a
+	// device that also keeps the GELU's pre-activation in bf16 (kernels.GELUPreBF16), the FFN's
+	// pre-activation and its gradient too. Elsewhere it changes nothing.
 	BF16Operands bool
 }
 
@@ -344,7 +347,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dH2 = lazy(BN, D)
 	g.dH23 = g.dH2.Reshape(B, N, D)
 	g.dLn2 = lazy(B, N, D)
-	g.dCatt = lazy(BN, D)
+	g.dCatt = p.allocDT(opDT, BN, D) // lazy; read only by the attention backward (as bf16)
 	g.dCatt4 = g.dCatt.Reshape(B, N, H, Hd)
 	g.dCq = blk(BN, D)
 	g.dCq4 = g.dCq.Reshape(B, N, H, Hd)
@@ -358,7 +361,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dCv4 = g.dCv.Reshape(B, L, H, Hd)
 	g.dO = lazy(BN, D)
 	g.dO3 = g.dO.Reshape(B, N, D)
-	g.dAtt = lazy(BN, D)
+	g.dAtt = p.allocDT(opDT, BN, D) // lazy; read only by the attention backward (as bf16)
 	g.dAtt4 = g.dAtt.Reshape(B, N, H, Hd)
 	g.dQr = blk(BN, D)
 	g.dQr4 = g.dQr.Reshape(B, N, H, Hd)
