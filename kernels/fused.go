@@ -25,16 +25,15 @@ type LinearGELUer interface {
 	LinearGELU(out, pre, in, w, b *Tensor, keepPre bool) bool
 }
 
-// LinearGELUBacker is the backward of out = Linear(GELU(pre), w, b) down to pre (see
-// LinearGELUBack): dPre written (not accumulated), dW, dB and dPreBias (the bias gradient of the
-// layer that made pre, dPre's column sums; nil: not wanted) accumulated. dAct [M, K] is the plain
-// ops' scratch, which a fused device need not touch.
-type LinearGELUBacker interface {
-	LinearGELUBack(dPre, dPreBias, dAct, dW, dB, dOut, act, w, pre *Tensor) bool
+// GELUBackBiaser computes GELUBack (dIn += dOut·GELU'(in)) and, in the same pass, adds the column
+// sums of the new dIn into dBias (the bias gradient of the layer that made in; nil: none).
+type GELUBackBiaser interface {
+	GELUBackBias(dIn, dBias, dOut, in *Tensor) bool
 }
 
-// GELUPreBF16er is a device that wants the GELU's pre-activation and its gradient (LinearGELU's pre,
-// LinearGELUBack's pre and dPre) stored in bf16: its fused GEMM epilogues write and read them so.
+// GELUPreBF16er is a device that wants the GELU's pre-activation, its gradient and the gradient of
+// its output (LinearGELU's pre; GELUBackBias's in, dIn, dOut) stored in bf16: its GEMM epilogue
+// writes the pre-activation so, and its GELU backward reads and writes bf16.
 type GELUPreBF16er interface {
 	GELUPreBF16() bool
 }
@@ -104,20 +103,14 @@ func LinearGELU(d Device, out, pre, in, w, b *Tensor, keepPre bool) {
 	d.GELU(out, pre)
 }
 
-// LinearGELUBack is the backward of out = Linear(act, w, b) with act = GELU(pre), down to pre, on
-// any device: dW += dOutᵀ·act, dB += Σ_rows dOut, dPre = (dOut·w)·GELU'(pre) (written, not
-// accumulated). dAct [M, K] is the scratch of the plain ops (LinearBack into it, then GELUBack),
-// its contents afterwards unspecified. dPreBias, the bias gradient of the layer that made pre, is
-// accumulated with dPre's column sums when the device does that in the same pass: the result says
-// so (true: done; false: the caller still owes it, e.g. as the dB of that layer's LinearBack).
-func LinearGELUBack(d Device, dPre, dPreBias, dAct, dW, dB, dOut, act, w, pre *Tensor) bool {
-	if f, ok := d.(LinearGELUBacker); ok && f.LinearGELUBack(dPre, dPreBias, dAct, dW, dB, dOut, act, w, pre) {
-		return dPreBias != nil
+// GELUBackBias is GELUBack on any device, with dIn's column sums (the bias gradient of the layer
+// that made in) added into dBias in the same pass where the device does that: the result says so
+// (true: done; false: the caller still owes it, e.g. as the dB of that layer's LinearBack).
+func GELUBackBias(d Device, dIn, dBias, dOut, in *Tensor) bool {
+	if f, ok := d.(GELUBackBiaser); ok && f.GELUBackBias(dIn, dBias, dOut, in) {
+		return dBias != nil
 	}
-	ZeroLazy(d, dAct)
-	d.LinearBack(dAct, dW, dB, dOut, act, w)
-	ZeroLazy(d, dPre)
-	d.GELUBack(dPre, dAct, pre)
+	d.GELUBack(dIn, dOut, in)
 	return false
 }
 

@@ -205,9 +205,12 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 
 		// feed-forward; g.dX, the gradient of x3, becomes that of x2
 		kernels.ZeroLazy(d, g.dF23)
-		d.GateAddBack(g.dF23, dMod, g.dX, a.f23, a.mod, 5, hw)                                                 // [B, N, D]
-		b0 := gb.FFN0.B                                                                                        // ffn.0's bias gradient, unless taken with dF1
-		if kernels.LinearGELUBack(d, g.dF1, b0, g.dF1g, gb.FFN2.W, gb.FFN2.B, g.dF2, a.f1g, bw.FFN2.W, a.f1) { // [B·N, ffn]
+		d.GateAddBack(g.dF23, dMod, g.dX, a.f23, a.mod, 5, hw) // [B, N, D]
+		kernels.ZeroLazy(d, g.dF1g)
+		d.LinearBack(g.dF1g, gb.FFN2.W, gb.FFN2.B, g.dF2, a.f1g, bw.FFN2.W) // [B·N, ffn]
+		kernels.ZeroLazy(d, g.dF1)
+		b0 := gb.FFN0.B                                       // ffn.0's bias gradient, unless taken with dF1
+		if kernels.GELUBackBias(d, g.dF1, b0, g.dF1g, a.f1) { // [B·N, ffn]
 			b0 = nil
 		}
 		kernels.ZeroLazy(d, g.dH2)

@@ -233,7 +233,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	if s.BF16Operands && GEMMReadsBF16(m.Dev) {
 		opDT = kernels.BF16
 	}
-	preDT := kernels.F32 // the FFN's GELU pre-activation and its gradient: bf16 where the device's GEMM epilogues write and read them
+	preDT := kernels.F32 // the FFN's GELU pre-activation and the gradients around the GELU: bf16 where the device wants them so (kernels.GELUPreBF16)
 	if opDT == kernels.BF16 && kernels.GELUPreBF16(m.Dev) {
 		preDT = kernels.BF16
 	}
@@ -343,7 +343,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dModF = g.dMod.Reshape(BF, 6, D)
 	g.dF2 = lazy(BN, D)
 	g.dF23 = g.dF2.Reshape(B, N, D)
-	g.dF1g, g.dF1 = p.allocDT(preDT, BN, Fd), p.allocDT(preDT, BN, Fd) // lazy
+	g.dF1g, g.dF1 = p.allocDT(preDT, BN, Fd), p.allocDT(preDT, BN, Fd) // lazy; bf16 where the device's GELU backward reads and writes bf16
 	g.dH2 = lazy(BN, D)
 	g.dH23 = g.dH2.Reshape(B, N, D)
 	g.dLn2 = lazy(B, N, D)

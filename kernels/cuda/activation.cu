@@ -79,3 +79,55 @@ extern "C" __global__ void act_gelu_back_f32x4(f32x4 *dIn, bf16x4 *sh, const f32
         if (sh) sh[i] = bf16x4{f2bf(d.x), f2bf(d.y), f2bf(d.z), f2bf(d.w)};
     }
 }
+
+// The GELU backward of a bf16 pre-activation (a training pass whose GELU ran in the GEMM's epilogue,
+// which stored the pre-activation in bf16) with the bias gradient of the layer that made it, in one
+// pass over [rows, cols] (cols % 8 == 0, 16-byte aligned rows): dIn (+)= dOut·gelu'(in), bf16 in
+// and out (acc 0: written, a zeroing folded in); bias[c] += Σ_r dIn[r, c] (fp32 atomics, the fp32
+// values before their rounding to bf16; null: none). Block 32×8: 256 columns, 8 per thread in
+// 16-byte accesses, rowsPerBlock rows (a multiple of 8) with four rows in flight.
+struct alignas(16) bf16x8 { unsigned short v[8]; };
+
+__device__ __forceinline__ void gelu_back_bias8(bf16x8 *dIn, const bf16x8 *dOut, const bf16x8 *in, ll i, int acc, float (&s)[8]) {
+    bf16x8 g = dOut[i], x = in[i], d;
+    bf16x8 o;
+    if (acc) o = dIn[i];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        float v = bf2f(g.v[k]) * gelu_grad1(bf2f(x.v[k]));
+        if (acc) v += bf2f(o.v[k]);
+        s[k] += v;
+        d.v[k] = f2bf(v);
+    }
+    dIn[i] = d;
+}
+
+extern "C" __global__ void act_gelu_back_bias_bf16x8(bf16x8 *dIn, float *bias, const bf16x8 *dOut, const bf16x8 *in, int acc,
+                                                     ll rows, ll cols, int rowsPerBlock) {
+    __shared__ float part[8][256];
+    const ll C8 = cols / 8, c8 = (ll)blockIdx.x * 32 + threadIdx.x;  // this thread's eight columns
+    ll r0 = (ll)blockIdx.y * rowsPerBlock, r1 = r0 + rowsPerBlock;
+    if (r1 > rows) r1 = rows;
+    float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (c8 < C8) {
+        ll r = r0 + threadIdx.y;
+        for (; r + 24 < r1; r += 32) {
+            gelu_back_bias8(dIn, dOut, in, r * C8 + c8, acc, s);
+            gelu_back_bias8(dIn, dOut, in, (r + 8) * C8 + c8, acc, s);
+            gelu_back_bias8(dIn, dOut, in, (r + 16) * C8 + c8, acc, s);
+            gelu_back_bias8(dIn, dOut, in, (r + 24) * C8 + c8, acc, s);
+        }
+        for (; r < r1; r += 8) gelu_back_bias8(dIn, dOut, in, r * C8 + c8, acc, s);
+    }
+    if (!bias) return;
+#pragma unroll
+    for (int k = 0; k < 8; k++) part[threadIdx.y][8 * threadIdx.x + k] = s[k];
+    __syncthreads();
+    const int t = threadIdx.y * 32 + threadIdx.x;  // column t of the block's 256
+    const ll c = (ll)blockIdx.x * 256 + t;
+    if (c < cols) {
+        float v = 0.f;
+        for (int k = 0; k < 8; k++) v += part[k][t];
+        atomicAdd(&bias[c], v);
+    }
+}

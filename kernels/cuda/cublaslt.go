@@ -38,8 +38,6 @@ const (
 	epilogueGBias  = 36  // CUBLASLT_EPILOGUE_GELU_BIAS: GELU(x + bias)
 	epilogueGAux   = 160 // CUBLASLT_EPILOGUE_GELU_AUX: GELU(x), x stored in the aux matrix
 	epilogueGAuxB  = 164 // CUBLASLT_EPILOGUE_GELU_AUX_BIAS: GELU(x + bias), x + bias stored in the aux matrix
-	epilogueDGELU  = 192 // CUBLASLT_EPILOGUE_DGELU: x·GELU'(aux)
-	epilogueDGBias = 208 // CUBLASLT_EPILOGUE_DGELU_BGRAD: DGELU, and its row sums (over D's columns) into the bias pointer
 	prefMaxWSBytes = 1
 	opN            = 0
 	opT            = 1
@@ -95,10 +93,10 @@ type gemmKey struct {
 	auxLD          int // the aux matrix's leading dimension, where epi has one
 }
 
-// epiHasBias reports whether epilogue ep reads a bias or writes a bias gradient (BIAS_POINTER).
+// epiHasBias reports whether epilogue ep reads a bias (BIAS_POINTER).
 func epiHasBias(ep int) bool {
 	switch ep {
-	case epilogueBias, epilogueGBias, epilogueGAuxB, epilogueDGBias:
+	case epilogueBias, epilogueGBias, epilogueGAuxB:
 		return true
 	}
 	return false

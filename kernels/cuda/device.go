@@ -59,8 +59,6 @@ type Device struct {
 	scrUsed int
 	dbl     uintptr // device float64 accumulators of Dot / SumAbsGroups
 	dblCap  int
-	bgr     uintptr // bias gradients written by GEMM epilogues (bgradBuf)
-	bgrCap  int
 
 	weights []region            // MarkWeights: fp32 buffers whose bf16 shadows are cached
 	shadows map[uintptr]*shadow // by fp32 address

@@ -1,8 +1,6 @@
 package cuda
 
 import (
-	"unsafe"
-
 	"github.com/fewstep/fewstep/kernels"
 )
 
@@ -17,7 +15,7 @@ var (
 
 	_ kernels.LayerNormModulator      = (*Device)(nil)
 	_ kernels.LinearGELUer            = (*Device)(nil)
-	_ kernels.LinearGELUBacker        = (*Device)(nil)
+	_ kernels.GELUBackBiaser          = (*Device)(nil)
 	_ kernels.GELUPreBF16er           = (*Device)(nil)
 	_ kernels.LinearResidualer        = (*Device)(nil)
 	_ kernels.RMSNormRoPEBacker       = (*Device)(nil)
@@ -118,94 +116,39 @@ func (d *Device) LinearGELU(out, pre, in, w, b *kernels.Tensor, keepPre bool) bo
 	return true
 }
 
-// GELUPreBF16: in bf16-GEMM mode with the fusions on, the models keep the FFN's pre-activation and
-// its gradient in bf16 (LinearGELU's GELU_AUX_BIAS writes it, LinearGELUBack's DGELU reads it).
+// GELUPreBF16: in bf16-GEMM mode with the fusions on, the models keep the FFN's pre-activation (which
+// LinearGELU's GELU_AUX_BIAS writes) and the gradients around the GELU in bf16 (GELUBackBias).
 func (d *Device) GELUPreBF16() bool { return d.fuse && d.geluAux && d.GEMM == GEMMBF16 }
 
-// LinearGELUBack: the backward of out = Linear(GELU(pre)) down to pre, with bf16 pre and dPre (as
-// GELUPreBF16 has them allocated): the Linear's dW, dB (and dOut's bf16 copy) as LinearBack's, then
-// its dIn GEMM with cuBLASLt's DGELU epilogue writing dPre = (dOut·w)·GELU'(pre) directly, and
-// DGELU_BGRAD also the column sums of dPre, dPreBias's gradient: dAct is never stored, and neither
-// GELUBack's pass nor a reduction over [M, ffn] runs. Where cuBLASLt has no DGELU_BGRAD algorithm for
-// the bias gradient's dtype (fp32, then bf16 tried), DGELU and a column reduction of dPre; with no
-// DGELU algorithm, false (nothing queued).
-func (d *Device) LinearGELUBack(dPre, dPreBias, dAct, dW, dB, dOut, act, w, pre *kernels.Tensor) bool {
-	if !d.fuse || d.GEMM != GEMMBF16 || dPre.DType != kernels.BF16 || pre.DType != kernels.BF16 {
+// GELUBackBias: GELUBack of a bf16 pre-activation in (as GELUPreBF16 has the models keep it) with
+// bf16 dIn and dOut, and dIn's column sums into dBias (fp32; nil: none), in one pass
+// (act_gelu_back_bias_bf16x8): the GELU backward and the bias gradient's reduction over [M, ffn]
+// read the gradient once. Other dtypes or alignments: false.
+func (d *Device) GELUBackBias(dIn, dBias, dOut, in *kernels.Tensor) bool {
+	if !d.fuse || !d.vec || dIn.DType != kernels.BF16 || dOut.DType != kernels.BF16 || in.DType != kernels.BF16 ||
+		(dBias != nil && dBias.DType != kernels.F32) {
 		return false
 	}
-	N, K := w.Shape[0], w.Numel()/w.Shape[0] // the Linear: [M, K] → [M, N]
-	must(len(w.Shape) == 2 && act.Numel()%K == 0, "LinearGELUBack: act %v w %v", act.Shape, w.Shape)
-	M := act.Numel() / K
-	must(dOut.Numel() == M*N && dPre.Numel() == M*K && pre.Numel() == M*K, "LinearGELUBack: dOut %v dPre %v pre %v for act %v w %v",
-		dOut.Shape, dPre.Shape, pre.Shape, act.Shape, w.Shape)
-	must(dPreBias == nil || dPreBias.Numel() == K, "LinearGELUBack: dPreBias %v for %d columns", dPreBias, K)
-	if K%8 != 0 || pre.Ptr%16 != 0 || M == 0 || d.err != nil {
+	cols := lastDim(in)
+	n := sameNumel("GELUBackBias", dIn, dOut, in)
+	rows := n / cols
+	must(dBias == nil || dBias.Numel() == cols, "GELUBackBias: dBias %v for %d columns", dBias, cols)
+	if cols%8 != 0 || dIn.Ptr%16 != 0 || dOut.Ptr%16 != 0 || in.Ptr%16 != 0 {
 		return false
 	}
-	if !d.begin(false, dPre, dPreBias, dW, dB) {
+	fresh := d.claimZero(dIn) // ZeroLazy(dIn) just before: dIn = the gradient
+	if !d.begin(n == 0, dIn, dBias) {
 		return true
 	}
 	defer d.leave()
-	// The epilogue, chosen before anything is queued (inside the op: the plans need the context).
-	ep := gemmEpi{dgelu: true, aux: pre.Ptr, auxLD: K, probe: true}
-	probe := func(e gemmEpi) bool {
-		return d.gemmX("LinearBack(dIn)+dGELU", opN, opN, K, M, N, w, K, dOut, N, dPre, K, 0, nil, 0, e)
-	}
-	var bg *kernels.Tensor // the bias gradient the epilogue writes, added into dPreBias after
-	if dPreBias != nil {
-		if p := d.bgradBuf(4 * K); p != 0 {
-			for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
-				e := ep
-				e.bgrad, e.bgradDT = p, dt
-				if probe(e) {
-					ep, bg = e, &kernels.Tensor{Dev: d, DType: dt, Shape: []int{K}, Ptr: p}
-					break
-				}
-			}
-		}
-	}
-	if bg == nil && !probe(ep) {
-		return false
-	}
-	ep.probe = false
-	d.LinearBack(nil, dW, dB, dOut, act, w) // dW, dB; dOut's bf16 copy for the GEMM below
-	name := "LinearBack(dIn)+dGELU"
-	if bg != nil {
-		name += "+bgrad"
-	}
-	d.gemmX(name, opN, opN, K, M, N, w, K, dOut, N, dPre, K, 0, nil, 0, ep)
-	switch {
-	case dPreBias == nil:
-	case bg != nil:
-		d.args.reset().t(dPreBias).f32(1).t(bg).i64(K)
-		d.ew("ew_axpy", K)
-	default:
-		d.colReduce(dPreBias, 0, K, dPre, nil, nil, nil, 1, M, K, 0, 1, false)
-	}
+	// 256 columns a block (32 threads × 8), about 8 blocks per SM, rows split evenly.
+	gx := (cols + 255) / 256
+	gy := max(1, min((8*d.sms+gx-1)/gx, (rows+7)/8))
+	rpb := ((rows+gy-1)/gy + 7) &^ 7
+	gy = (rows + rpb - 1) / rpb
+	d.args.reset().ptr(dIn.Ptr).ptr(ptrOf(dBias)).ptr(dOut.Ptr).ptr(in.Ptr).i32(btoi(!fresh)).i64(rows).i64(cols).i32(rpb)
+	d.launch("act_gelu_back_bias_bf16x8", gx, gy, 1, 32, 8, 1, 0)
 	return true
-}
-
-// bgradBuf returns the device buffer (at least bytes) that bias-gradient epilogues write into; 0
-// when it would have to grow during a graph capture.
-func (d *Device) bgradBuf(bytes int) uintptr {
-	if bytes <= d.bgrCap {
-		return d.bgr
-	}
-	if d.capturing {
-		return 0
-	}
-	if d.bgr != 0 {
-		d.fail(d.drv.call("cuStreamSynchronize", d.drv.cuStreamSynchronize, d.stream))
-		d.fail(d.drv.call("cuMemFree_v2(bias gradient buffer)", d.drv.cuMemFree, d.bgr))
-		d.bgr, d.bgrCap = 0, 0
-	}
-	c := max(bytes, 64<<10)
-	if err := d.drv.call("cuMemAlloc_v2(bias gradient buffer)", d.drv.cuMemAlloc, uintptr(unsafe.Pointer(&d.bgr)), uintptr(c)); err != nil {
-		d.fail(err)
-		return 0
-	}
-	d.bgrCap = c
-	return d.bgr
 }
 
 // LinearResidual: out = res + in·wᵀ + b, res read as the GEMM's C (fp32 out and res).

@@ -115,20 +115,13 @@ func (d *Device) gemm(op string, transA, transB, m, n, k int, A *kernels.Tensor,
 
 // gemmEpi asks gemmX for an epilogue beyond the bias (the zero value: none).
 type gemmEpi struct {
-	gelu    bool    // D = GELU(op(A)·op(B) + bias), the tanh form
-	dgelu   bool    // D = op(A)·op(B)·GELU'(aux) (beta 0, no bias): the GELU's backward
-	aux     uintptr // with gelu: where the pre-activation op(A)·op(B) + bias is stored (D's dtype, m×n, ld auxLD); with dgelu: read from
-	auxLD   int
-	bgrad   uintptr       // with dgelu: D's row sums (m values, over its n columns) written there
-	bgradDT kernels.DType // bgrad's dtype
-	probe   bool          // report only whether cuBLASLt has an algorithm (queue nothing)
+	gelu  bool    // D = GELU(op(A)·op(B) + bias), the tanh form
+	aux   uintptr // with gelu: where the pre-activation op(A)·op(B) + bias is stored (D's dtype, m×n, ld auxLD)
+	auxLD int
 }
 
-// on reports whether e asks for an activation epilogue (the call then falls back to nothing).
-func (e gemmEpi) on() bool { return e.gelu || e.dgelu }
-
 // gemmX is gemm with C ≠ D (c: C's address, laid out as D; 0: C = D) and the epilogues of ep. It
-// reports false, having queued nothing, when ep asks for an activation epilogue and cuBLASLt has no
+// reports false, having queued nothing, when ep asks for the GELU epilogue and cuBLASLt has no
 // algorithm with it (the caller then runs the plain ops).
 func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor, lda int, B *kernels.Tensor, ldb int,
 	D *kernels.Tensor, ldd int, beta float32, bias *kernels.Tensor, c uintptr, ep gemmEpi) bool {
@@ -136,7 +129,6 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 		return true
 	}
 	must(D.DType == kernels.F32 || D.DType == kernels.BF16, "%s: output %v must be float32 or bfloat16 on the GPU", op, D)
-	must(!ep.dgelu || (bias == nil && beta == 0 && c == 0), "%s: the GELU backward epilogue takes no bias and no C", op)
 	if d.err != nil {
 		return true
 	}
@@ -152,7 +144,7 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 		key.ta, key.tb, key.compute = cudaR16BF, cudaR16BF, computeF32
 	}
 	useBias := bias != nil && (bias.DType == D.DType || bias.DType == kernels.F32 || bf16Bias)
-	if ep.on() && bias != nil && !useBias {
+	if ep.gelu && bias != nil && !useBias {
 		return false // the bias must come before the GELU
 	}
 	if useBias {
@@ -162,10 +154,6 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 		}
 	}
 	switch {
-	case ep.dgelu && ep.bgrad != 0:
-		key.epi, key.biasDType = epilogueDGBias, cudaType(ep.bgradDT)
-	case ep.dgelu:
-		key.epi = epilogueDGELU
 	case ep.gelu && ep.aux != 0 && useBias:
 		key.epi = epilogueGAuxB
 	case ep.gelu && ep.aux != 0:
@@ -181,10 +169,7 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 		key.auxLD = ep.auxLD
 	}
 	p := d.getPlan(key)
-	if ep.probe {
-		return p != nil && p.ok
-	}
-	if p != nil && !p.ok && ep.on() {
+	if p != nil && !p.ok && ep.gelu {
 		return false
 	}
 	if p != nil && !p.ok && useBias { // no algorithm with the bias epilogue: plain GEMM, then a bias kernel
@@ -232,8 +217,6 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 	}
 	switch {
 	case useBias && !set("BIAS_POINTER", descBiasPtr, bias.Ptr):
-		return true
-	case ep.bgrad != 0 && !set("BIAS_POINTER", descBiasPtr, ep.bgrad):
 		return true
 	case ep.aux != 0 && !set("EPILOGUE_AUX_POINTER", descAuxPtr, ep.aux):
 		return true
