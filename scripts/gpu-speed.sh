@@ -20,7 +20,8 @@
 #             forward 4,680 (graph, profile), train step, forward+backward profile; forward 32,760
 #     eager   wan_ref.py eager: forward and train step at 4,680, forward at 32,760
 #     ab12    ours: train step with everything, without the training GELU epilogues, without fusions;
-#             forward+backward profiles of the first two; forward 4,680 (graph)
+#             forward+backward profile (AB12_PROFILE_OFF=1: also without the GELU epilogues); forward
+#             4,680 (graph)
 # The call of session 5: bash $G/gpu-speed.sh peers-start build tests ab eager peers-wait
 set -uo pipefail
 G=${G:-gpubuild/speed}
@@ -161,7 +162,7 @@ ab12) # session 6 (stepfuse, kernels/cuda/NOTES.md v12): everything on; without 
     run 60 env FEWSTEP_GELU_AUX=0 $FS bench train $W --frames 3 --iters 5 --warmup 2
     run 60 $OFF $FS bench train $W --frames 3 --iters 5 --warmup 2
     run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
-    run 60 env FEWSTEP_GELU_AUX=0 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
+    [ -n "${AB12_PROFILE_OFF:-}" ] && run 60 env FEWSTEP_GELU_AUX=0 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
     run 60 $FS bench forward $W --frames 3 --graph --iters 10 ;;
 verify) # the lean second call: the fatbins of the first, ours only
     run 60 $FS bench forward $W --frames 3 --graph --iters 10
