@@ -1076,6 +1076,14 @@ __device__ __forceinline__ void wgmma_ss64(float (&d)[8][4], u64 da, u64 db, int
         : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
         : "l"(da), "l"(db), "r"(acc), "n"(TA), "n"(TB));
 }
+// D[64×32] (+)= A[64×16]·B[16×32], both K-major by shared-memory descriptors.
+__device__ __forceinline__ void wgmma_ss32(float (&d)[4][4], u64 da, u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+        : "l"(da), "l"(db), "r"(acc));
+}
 namespace fa3b {
 using namespace fa3;
 constexpr int BRQ = 64;                       // queries per tile
@@ -1110,13 +1118,69 @@ __device__ __forceinline__ void cp_async4s(u32 dst, const void *src, int n) {
 // k-step kk (16 of the 128 hd columns) of a K-major swizzled tile of R rows: +kk%4·32 bytes in the
 // swizzle row, +R·128 past column 64 (descriptor units of 16 bytes).
 template <int R> __device__ __forceinline__ u64 kstep(int kk) { return (u64)((((kk & 3) * 32) + (kk >> 2) * (R * 128)) >> 4); }
+// Shared-memory loads and stores by 32-bit address (no 64-bit generic pointers live in the loop).
+__device__ __forceinline__ float lds_f32(u32 a) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ void sts_u32(u32 a, u32 v) { asm volatile("st.shared.b32 [%0], %1;" ::"r"(a), "r"(v) : "memory"); }
+__device__ __forceinline__ void sts_v4(u32 a, float x, float y, float z, float w) {
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(a), "f"(x), "f"(y), "f"(z), "f"(w) : "memory");
+}
+// Pᵀ = exp2(Sᵀ·sl2 − lse·log2e) in place on NB column blocks of 8 queries from block nb0, masked to 0
+// (queries past Nq, keys past Nk, keys of later chunks than the query's). Rows kr0, kr0 + 8.
+template <int NB>
+__device__ __forceinline__ void bwd_p(float (&st)[NB][4], int nb0, u32 LDs, float sl2, bool need_mask, int i0, int kr0,
+                                      int Nq, int Nk, int ct, int qoff, int tq) {
+    int kc0 = 0, kc1 = 0;
+    if (need_mask && ct > 0) {
+        kc0 = kr0 / ct;
+        kc1 = (kr0 + 8) / ct;
+    }
+#pragma unroll
+    for (int n = 0; n < NB; ++n)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int qi = (nb0 + n) * 8 + 2 * tq + e;
+            const float L = lds_f32(LDs + qi * 4) * LOG2E;
+            float p0 = ex2(fmaf(st[n][e], sl2, -L)), p1 = ex2(fmaf(st[n][2 + e], sl2, -L));
+            if (need_mask) {
+                const int i = i0 + qi;
+                const int cq = ct > 0 ? (qoff + i) / ct : 0;
+                if (i >= Nq || kr0 >= Nk || kc0 > cq) p0 = 0.f;
+                if (i >= Nq || kr0 + 8 >= Nk || kc1 > cq) p1 = 0.f;
+            }
+            st[n][e] = p0;
+            st[n][2 + e] = p1;
+        }
+}
+// Column block n (queries 8n + 2tq, +1; rows r, r + 8): Pᵀ (p0..p3, the accumulator order) into the A
+// fragments pa, dSᵀ = Pᵀ∘(dPᵀ − D) into da and (wantQ) into the swizzled dSᵀ tile (chunk n of the row).
+__device__ __forceinline__ void bwd_ds(u32 (&pa)[4][4], u32 (&da)[4][4], int n, float p0, float p1, float p2, float p3,
+                                       const float (&dp)[4], u32 LDs, u32 dsrow, int g, int tq, bool wantQ) {
+    const float D0 = lds_f32(LDs + 256 + (n * 8 + 2 * tq) * 4), D1 = lds_f32(LDs + 256 + (n * 8 + 2 * tq + 1) * 4);
+    pa[n >> 1][(n & 1) * 2] = pack_bf16(p0, p1);
+    pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(p2, p3);
+    const u32 lo = pack_bf16(p0 * (dp[0] - D0), p1 * (dp[1] - D1)), hi = pack_bf16(p2 * (dp[2] - D0), p3 * (dp[3] - D1));
+    da[n >> 1][(n & 1) * 2] = lo;
+    da[n >> 1][(n & 1) * 2 + 1] = hi;
+    if (wantQ) {
+        sts_u32(dsrow + ((n ^ g) << 4), lo);
+        sts_u32(dsrow + 1024 + ((n ^ g) << 4), hi);
+    }
+}
 }  // namespace fa3b
 #endif
 
 // PREG, CREG: setmaxnreg of the producer and of the consumers (PREG + 2·CREG <= 512); OPQ: the
 // consumers' A-operand descriptors pass an empty asm each query tile, so that the compiler does not
-// hoist all 24 k-step descriptors (48 registers) out of the loop.
-template <typename G, int PREG, int CREG, bool OPQ>
+// hoist all 24 k-step descriptors (48 registers) out of the loop. MODE, how much is live at once
+// (ATTENTION_NOTES v7): 0 Sᵀ and dPᵀ issued together, dQ issued while dV, dK run (dK, dV + 64 fp32 in
+// both phases: ptxas serializes the wgmmas, C7512); 1 Sᵀ, then dPᵀ with Pᵀ packed to bf16 (dSᵀ from
+// the bf16 Pᵀ), dQ after dV, dK; 2 Sᵀ, dPᵀ in two halves of 32 queries (m64n32, fp32 Pᵀ), dQ after
+// dV, dK.
+template <typename G, int PREG, int CREG, bool OPQ, int MODE>
 __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__restrict__ dV, float *__restrict__ dQacc,
                                                    const bf16_t *__restrict__ dO, const float *__restrict__ lse,
                                                    const float *__restrict__ Dg, const bf16_t *__restrict__ q,
@@ -1127,7 +1191,6 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
     constexpr int HD = 128, BC = 128;
     extern __shared__ U4 smem_u4[];
     const u32 s0 = smem_u32(smem_u4), sb = (s0 + 1023) & ~1023u;
-    unsigned char *gb = (unsigned char *)smem_u4 + (sb - s0);  // generic pointer to sb
     const u32 sK = sb + OFF_K, sV = sb + OFF_V, sQ = sb + OFF_Q, sdO = sb + OFF_DO, sdS = sb + OFF_DS;
     const u32 bars = sb + OFF_BAR;  // fullKV, full[2], empty[2]
     const u32 fullKV = bars, full = bars + 8, empty = bars + 24;
@@ -1187,14 +1250,13 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         setmaxnreg_inc<CREG>();
         const int c = wg - 1, ct_ = tid & 127, warp = ct_ >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
         const int kr0 = j0 + c * 64 + warp * 16 + g;  // key rows of the accumulators' c0,c1 (kr0), c2,c3 (kr0 + 8)
-        const int kc0 = ct > 0 ? kr0 / ct : 0, kc1 = ct > 0 ? (kr0 + 8) / ct : 0;
         const float sl2 = scale * LOG2E;
         const int rel = lane == 0;
         const u64 dKa0 = desc_sw128(sK + c * 64 * 128, 16, 1024);  // this consumer's 64 keys, K-major A
         const u64 dVa0 = desc_sw128(sV + c * 64 * 128, 16, 1024);
         const u64 dKb0 = desc_sw128(sK + c * (KT / 2), KT / 2, 1024);  // K[:, 64c..64c+63] as MN-major B (dQ)
         const bool wantQ = dQacc != nullptr;
-        float *dqs = (float *)(gb + OFF_DQ + c * QT);  // this consumer's dQ staging (16 KB)
+        const u32 dqs = sb + OFF_DQ + c * QT;  // this consumer's dQ staging (16 KB)
         float dv[HD / 8][4], dk[HD / 8][4];
 #pragma unroll
         for (int n = 0; n < HD / 8; ++n)
@@ -1210,54 +1272,77 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
             const u64 dQb = desc_sw128(sQs, 16, 1024), dOb = desc_sw128(sdOs, 16, 1024);
             u64 dKa = dKa0, dVa = dVa0, dKb = dKb0;
             if (OPQ) asm volatile("" : "+l"(dKa), "+l"(dVa), "+l"(dKb));
-            float st[8][4], dp[8][4];
-            fence_regs(st);
-            fence_regs(dp);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss64<0, 0>(st, dKa + kstep<128>(kk), dQb + kstep<BRQ>(kk), kk > 0);
-            wgmma_commit();
-#pragma unroll
-            for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss64<0, 0>(dp, dVa + kstep<128>(kk), dOb + kstep<BRQ>(kk), kk > 0);
-            wgmma_commit();
-            wgmma_wait<1>();  // Sᵀ landed; dPᵀ may still run
-            fence_regs(st);
-            const float *Ls = (const float *)(gb + OFF_LD + s * 512), *Ds = Ls + 64;
+            const u32 LDs = sb + OFF_LD + s * 512;  // lse_i (64 fp32), then D_i
             const bool need_mask = i0 + BRQ > Nq || j0 + BC > Nk || (ct > 0 && i0 < imask);
+            const u32 dsrow = sdS + s * QT + (c * 64 + warp * 16 + g) * 128 + 4 * tq;  // dSᵀ row r; r + 8 is +1 KB
+            u32 pa[4][4], da[4][4];  // Pᵀ, dSᵀ as bf16 A fragments (k = the 64 queries)
+            if (MODE == 0) {  // Sᵀ and dPᵀ in flight together (Sᵀ, dPᵀ, dK, dV live: 192 fp32)
+                float st[8][4], dp[8][4];
+                fence_regs(st);
+                fence_regs(dp);
+                wgmma_fence();
 #pragma unroll
-            for (int n = 0; n < 8; ++n)
+                for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss64<0, 0>(st, dKa + kstep<128>(kk), dQb + kstep<BRQ>(kk), kk > 0);
+                wgmma_commit();
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int qi = n * 8 + 2 * tq + e;
-                    const float L = Ls[qi] * LOG2E;
-                    float p0 = ex2(fmaf(st[n][e], sl2, -L)), p1 = ex2(fmaf(st[n][2 + e], sl2, -L));
-                    if (need_mask) {
-                        const int i = i0 + qi;
-                        const int cq = ct > 0 ? (qoff + i) / ct : 0;
-                        if (i >= Nq || kr0 >= Nk || kc0 > cq) p0 = 0.f;
-                        if (i >= Nq || kr0 + 8 >= Nk || kc1 > cq) p1 = 0.f;
-                    }
-                    st[n][e] = p0;
-                    st[n][2 + e] = p1;
+                for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss64<0, 0>(dp, dVa + kstep<128>(kk), dOb + kstep<BRQ>(kk), kk > 0);
+                wgmma_commit();
+                wgmma_wait<1>();  // Sᵀ landed; dPᵀ may still run
+                fence_regs(st);
+                bwd_p<8>(st, 0, LDs, sl2, need_mask, i0, kr0, Nq, Nk, ct, qoff, tq);
+                wgmma_wait<0>();
+                fence_regs(dp);
+#pragma unroll
+                for (int n = 0; n < 8; ++n) bwd_ds(pa, da, n, st[n][0], st[n][1], st[n][2], st[n][3], dp[n], LDs, dsrow, g, tq, wantQ);
+            } else if (MODE == 1) {  // Sᵀ, then dPᵀ: Pᵀ is bf16 (16 registers) while dPᵀ runs
+                float st[8][4];
+                fence_regs(st);
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss64<0, 0>(st, dKa + kstep<128>(kk), dQb + kstep<BRQ>(kk), kk > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                fence_regs(st);
+                bwd_p<8>(st, 0, LDs, sl2, need_mask, i0, kr0, Nq, Nk, ct, qoff, tq);
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+                    pa[n >> 1][(n & 1) * 2] = pack_bf16(st[n][0], st[n][1]);
+                    pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(st[n][2], st[n][3]);
                 }
-            wgmma_wait<0>();  // dPᵀ landed
-            fence_regs(dp);
-            // dSᵀ = Pᵀ∘(dPᵀ − D); Pᵀ and dSᵀ packed as bf16 A fragments (k = queries) as they are made, so
-            // that no more than Sᵀ, dPᵀ and the dK, dV accumulators are live at once (C7512 otherwise)
-            u32 pa[4][4], da[4][4];
-            unsigned char *dsp = gb + OFF_DS + s * QT + (c * 64 + warp * 16 + g) * 128 + 4 * tq;
+                float dp[8][4];
+                fence_regs(dp);
+                wgmma_fence();
 #pragma unroll
-            for (int n = 0; n < 8; ++n) {
-                const float D0 = Ds[n * 8 + 2 * tq], D1 = Ds[n * 8 + 2 * tq + 1];
-                pa[n >> 1][(n & 1) * 2] = pack_bf16(st[n][0], st[n][1]);
-                pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16(st[n][2], st[n][3]);
-                const u32 lo = pack_bf16(st[n][0] * (dp[n][0] - D0), st[n][1] * (dp[n][1] - D1));
-                const u32 hi = pack_bf16(st[n][2] * (dp[n][2] - D0), st[n][3] * (dp[n][3] - D1));
-                da[n >> 1][(n & 1) * 2] = lo;
-                da[n >> 1][(n & 1) * 2 + 1] = hi;
-                if (wantQ) {  // dSᵀ rows (keys) r and r + 8, queries 8n + 2tq, +1: chunk n of the swizzled row
-                    *(u32 *)(dsp + ((n ^ g) << 4)) = lo;
-                    *(u32 *)(dsp + 8 * 128 + ((n ^ g) << 4)) = hi;
+                for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss64<0, 0>(dp, dVa + kstep<128>(kk), dOb + kstep<BRQ>(kk), kk > 0);
+                wgmma_commit();
+                wgmma_wait<0>();
+                fence_regs(dp);
+#pragma unroll
+                for (int n = 0; n < 8; ++n) {
+                    const u32 a = pa[n >> 1][(n & 1) * 2], b = pa[n >> 1][(n & 1) * 2 + 1];
+                    bwd_ds(pa, da, n, bf2f(a & 0xffff), bf2f(a >> 16), bf2f(b & 0xffff), bf2f(b >> 16), dp[n], LDs, dsrow, g, tq, wantQ);
+                }
+            } else {  // two halves of 32 queries (m64n32): Sᵀ, dPᵀ of one half live at a time, Pᵀ fp32
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    float sh[4][4], dh[4][4];
+                    const u64 hb = (u64)((hh * 32 * 128) >> 4);  // rows 32·hh.. of the Q, dO tiles
+                    fence_regs(sh);
+                    fence_regs(dh);
+                    wgmma_fence();
+#pragma unroll
+                    for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss32(sh, dKa + kstep<128>(kk), dQb + hb + kstep<BRQ>(kk), kk > 0);
+                    wgmma_commit();
+#pragma unroll
+                    for (int kk = 0; kk < HD / 16; ++kk) wgmma_ss32(dh, dVa + kstep<128>(kk), dOb + hb + kstep<BRQ>(kk), kk > 0);
+                    wgmma_commit();
+                    wgmma_wait<1>();
+                    fence_regs(sh);
+                    bwd_p<4>(sh, hh * 4, LDs, sl2, need_mask, i0, kr0, Nq, Nk, ct, qoff, tq);
+                    wgmma_wait<0>();
+                    fence_regs(dh);
+#pragma unroll
+                    for (int n = 0; n < 4; ++n) bwd_ds(pa, da, hh * 4 + n, sh[n][0], sh[n][1], sh[n][2], sh[n][3], dh[n], LDs, dsrow, g, tq, wantQ);
                 }
             }
             // dV_c += Pᵀ dO_i, dK_c += dSᵀ Q_i (RS; dO and Q read MN-major: 16 queries = 2 KB)
@@ -1274,6 +1359,13 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
             float dq[8][4];
             if (wantQ) {
                 fence_proxy_async();  // the dSᵀ stores, for the wgmma's async proxy
+                if (MODE != 0) {      // dV, dK done first: their A fragments free before dQ's accumulators
+                    wgmma_wait<0>();
+                    fence_regs(dv);
+                    fence_regs(dk);
+                    fence_regs(pa);
+                    fence_regs(da);
+                }
                 bar_sync(1, 256);     // both consumers' halves of dSᵀ are in
                 fence_regs(dq);
                 wgmma_fence();
@@ -1295,7 +1387,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                 bar_sync(2 + c, 128);
 #pragma unroll
                 for (int n = 0; n < 8; ++n)
-                    *(F4 *)(dqs + ((warp * 8 + n) * 32 + lane) * 4) = F4{dq[n][0] * scale, dq[n][1] * scale, dq[n][2] * scale, dq[n][3] * scale};
+                    sts_v4(dqs + ((warp * 8 + n) * 32 + lane) * 16, dq[n][0] * scale, dq[n][1] * scale, dq[n][2] * scale, dq[n][3] * scale);
                 fence_proxy_async();
                 bar_sync(2 + c, 128);
                 if (ct_ == 0) {
@@ -1340,14 +1432,14 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
 }
 // 384 threads (a producer and two consumer warpgroups), one block per 128-key tile (× qsplit);
 // shared memory fa3b::SMEM = 1024 + 6·32 KB + 1 KB + 40 bytes (attention.go attnBwdSm90Smem).
-#define BWD3(G, PREG, CREG, OPQ, NAME)                                                                            \
+#define BWD3(G, PREG, CREG, OPQ, MODE, NAME)                                                                            \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                           \
         NAME(G *dK, G *dV, float *dQacc, const bf16_t *dO, const float *lse, const float *D, const bf16_t *q,     \
              const bf16_t *k, const bf16_t *v, int Nq, int Nk, int H, int ct, int qoff, float scale, int qsplit) { \
-        attn_bwd_sm90_body<G, PREG, CREG, OPQ>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit); \
+        attn_bwd_sm90_body<G, PREG, CREG, OPQ, MODE>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit); \
     }
-BWD3(float, 24, 240, true, attn_bwd_hd128_bf16_gf32_sm90)
-BWD3(bf16_t, 24, 240, true, attn_bwd_hd128_bf16_gbf16_sm90)
+BWD3(float, 24, 240, true, 1, attn_bwd_hd128_bf16_gf32_sm90)
+BWD3(bf16_t, 24, 240, true, 1, attn_bwd_hd128_bf16_gbf16_sm90)
 
 // dst [B,Nq,H,128] (storage dtype dt) += src, the sm_90a backward's dQ scratch: per (b, h), ⌈Nq/64⌉
 // tiles of 64 queries × 128 columns, each in the consumers' register order: consumer c (columns

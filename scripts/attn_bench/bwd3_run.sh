@@ -21,7 +21,7 @@ cp kernels/cuda/build/*.fatbin $K/
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$L"
 t0=$(date +%s)
 arch="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80"
-V=(attn_bwd3v_r40 attn_bwd3v_hoist)  # the backward variants of attention_variants.cu (BWD3)
+V=(attn_bwd3v_m0 attn_bwd3v_m2 attn_bwd3v_m1r40)  # the backward variants of attention_variants.cu (BWD3)
 nvcc -cubin -O3 -std=c++17 -Ikernels/cuda -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/abv/attention_variants.sm90a.cubin \
     scripts/attn_bench/attention_variants.cu 2> $OUT/ptxas_variants.txt &
 vpid=$!
@@ -42,6 +42,11 @@ grep -E "C75" $OUT/ptxas_variants.txt | grep bwd3v | tee -a "$L"
 for f in attn_bwd_hd128_bf16_gf32_sm90 attn_fwd_hd128_bf16_sm90; do
     cuobjdump -sass -fun $f /tmp/ab/attention.sm90a.cubin > /tmp/sass.txt 2>&1
     log "SASS $f: HGMMA $(grep -c HGMMA /tmp/sass.txt) LDL/STL $(grep -cE 'LDL|STL' /tmp/sass.txt) UBLKRED $(grep -cE 'UBLKRED|BLKRED' /tmp/sass.txt)"
+done
+cuobjdump -sass -fun attn_bwd_hd128_bf16_gf32_sm90 /tmp/ab/attention.sm90a.cubin | gzip > $OUT/sass_bwd.txt.gz
+for f in "${V[@]}"; do
+    cuobjdump -sass -fun $f /tmp/abv/attention_variants.sm90a.cubin > /tmp/sass.txt 2>&1
+    log "SASS $f: HGMMA $(grep -c HGMMA /tmp/sass.txt) LDL/STL $(grep -cE 'LDL|STL' /tmp/sass.txt)"
 done
 export BWD90_VARIANTS="${V[*]}"
 timeout 150 python3 scripts/attn_bench/attn_bench.py /tmp/abv --only-bwd90 2>&1 | tee -a "$L"
