@@ -178,7 +178,8 @@ func FromJobComm(job *config.Job, dev kernels.Device, comm dist.Comm, progress, 
 		return nil, nil, err
 	}
 	// BF16Operands: on a bf16-GEMM GPU the GEMM-only activations are stored in bf16 (the same
-	// numbers, less memory, fewer bytes moved: models.Shape); nothing changes on the CPU.
+	// numbers, less memory, fewer bytes moved), and the FFN's GELU pre-activation (within bf16
+	// rounding: models.Shape); nothing changes on the CPU.
 	shape := models.Shape{B: job.Data.BatchSize, F: ls[1], H: ls[2], W: ls[3], L: job.Data.TextLen, Recompute: job.Model.Recompute,
 		BF16Operands: true}
 	if job.Model.Causal {
