@@ -89,7 +89,7 @@ type gemmKey struct {
 	ta, tb, td     int // cudaDataType of A, B, C=D
 	compute        int
 	epi            int // cublasLtEpilogue_t (0: the default)
-	biasDType      int // the bias's (or bias gradient's) data type, where epi has one
+	biasDType      int // the bias's data type, where epi has one
 	auxLD          int // the aux matrix's leading dimension, where epi has one
 }
 
