@@ -1,0 +1,91 @@
+package models
+
+import (
+	"math/rand"
+	"testing"
+
+	"github.com/fewstep/fewstep/kernels"
+)
+
+// geluBiasCPU is the CPU device as the GPU looks to the models in bf16-GEMM mode with the fusions
+// on: GEMMReadsBF16 and GELUPreBF16 (so a BF16Operands pass labels its GEMM-only activations, the
+// GELU's pre-activation and the gradients around it bf16; the CPU device computes in fp32 whatever
+// the label), and a GELUBackBias that takes the bias gradient (GELUBack, then dIn's column sums
+// added into dBias as the CPU's LinearBack adds its dB), counting its calls.
+type geluBiasCPU struct {
+	kernels.Device
+	calls, took int
+}
+
+func (*geluBiasCPU) GEMMReadsBF16() bool { return true }
+func (*geluBiasCPU) GELUPreBF16() bool   { return true }
+
+func (d *geluBiasCPU) GELUBackBias(dIn, dBias, dOut, in *kernels.Tensor) bool {
+	d.calls++
+	d.GELUBack(dIn, dOut, in)
+	if dBias == nil {
+		return true
+	}
+	d.took++
+	cols := dBias.Numel()
+	g, b := host(d, dIn), host(d, dBias)
+	for c := 0; c < cols; c++ {
+		var s float64
+		for r := 0; r < len(g)/cols; r++ {
+			s += float64(g[r*cols+c])
+		}
+		b[c] += float32(s)
+	}
+	d.FromHost(dBias, b)
+	return true
+}
+
+// TestGELUBackBiasWiring: a BF16Operands pass on a device that keeps the GELU's pre-activation in
+// bf16 and takes ffn.0's bias gradient with the GELU backward (as kernels/cuda does) computes the
+// same output, input gradient and parameter gradients, bit for bit, as the plain CPU pass: the bias
+// gradient is counted once (the following LinearBack gets no dB), and the pass holds f1, dF1 and
+// dF1g in bf16. A frozen network's backward passes no bias (and the device's op still runs).
+func TestGELUBackBiasWiring(t *testing.T) {
+	cfg, _ := Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, 3
+	B, F, H, W, L := 1, 2, 4, 4, 3
+	C := cfg.InDim
+	rng := rand.New(rand.NewSource(11))
+	xv, tv := randn(rng, B*C*F*H*W, 1), randTimesteps(rng, B*F)
+	cv, gv := randn(rng, B*L*cfg.TextDim, 1), randn(rng, B*C*F*H*W, 1)
+	run := func(dev kernels.Device, grads bool) (out, dx, g []float32, p *Pass) {
+		m := New(dev, cfg, grads)
+		randomize(m, 5)
+		p = m.NewPass(Shape{B: B, F: F, H: H, W: W, L: L, BF16Operands: true})
+		out = host(dev, m.Forward(p, devT(dev, xv, B, C, F, H, W), devT(dev, tv, B, F), devT(dev, cv, B, L, cfg.TextDim)))
+		dx = host(dev, m.Backward(p, devT(dev, gv, B, C, F, H, W)))
+		if grads {
+			g = host(dev, m.G)
+		}
+		return out, dx, g, p
+	}
+	o0, dx0, g0, _ := run(kernels.CPU(), true)
+	fd := &geluBiasCPU{Device: kernels.CPU()}
+	o1, dx1, g1, p := run(fd, true)
+	sameBits(t, "output", o0, o1)
+	sameBits(t, "dx", dx0, dx1)
+	sameBits(t, "parameter gradients", g0, g1)
+	if fd.calls != cfg.Layers || fd.took != cfg.Layers {
+		t.Errorf("GELUBackBias called %d times, took the bias %d times: want %d and %d", fd.calls, fd.took, cfg.Layers, cfg.Layers)
+	}
+	if a := p.blocks[0]; a.f1.DType != kernels.BF16 || p.g.dF1.DType != kernels.BF16 || p.g.dF1g.DType != kernels.BF16 {
+		t.Errorf("f1 %v, dF1 %v, dF1g %v: want bf16 on a device with GELUPreBF16", a.f1.DType, p.g.dF1.DType, p.g.dF1g.DType)
+	}
+	if _, _, _, pc := run(kernels.CPU(), true); pc.blocks[0].f1.DType != kernels.F32 {
+		t.Errorf("f1 %v on the CPU: want fp32", pc.blocks[0].f1.DType)
+	}
+
+	// Frozen (no gradients wanted): the input gradient only, no bias passed.
+	_, fdx0, _, _ := run(kernels.CPU(), false)
+	ff := &geluBiasCPU{Device: kernels.CPU()}
+	_, fdx1, _, _ := run(ff, false)
+	sameBits(t, "frozen dx", fdx0, fdx1)
+	if ff.calls != cfg.Layers || ff.took != 0 {
+		t.Errorf("frozen: GELUBackBias called %d times, took a bias %d times: want %d and 0", ff.calls, ff.took, cfg.Layers)
+	}
+}
