@@ -361,6 +361,18 @@ func (c *cpuDevice) Dot(a, b *Tensor) float64 {
 	return total
 }
 
+// SumSquares adds Dot(x, x)'s float64 sum (the same partial sums, added in the same order) into
+// the accumulator's bits.
+func (c *cpuDevice) SumSquares(acc, x *Tensor) {
+	if !(acc.DType == F32 && acc.Numel() == 2) {
+		panicf("SumSquares: accumulator %v is not an F64Acc pair", acc)
+	}
+	sq := c.Dot(x, x)
+	a := f32(acc)
+	lo, hi := f64Bits(f64Of(a[0], a[1]) + sq)
+	a[0], a[1] = lo, hi
+}
+
 func dotRows(a *opArgs, w, lo, hi int) {
 	x, y := a.s[0], a.s[1]
 	var s float64

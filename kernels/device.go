@@ -98,6 +98,11 @@ type Device interface {
 	// Reductions, returned to the host in float64 (they synchronize).
 	Dot(a, b *Tensor) float64              // Σ a·b
 	SumAbsGroups(dst []float64, x *Tensor) // dst[g] = Σ|x| over G = len(dst) equal groups
+	// SumSquares: acc += Σ x², accumulated in float64 on the device, without synchronizing. acc is
+	// a float64 accumulator (F64Acc): an F32 tensor of 2 elements, 8-byte aligned, whose 8 bytes
+	// hold one float64; read accumulators back with ReadF64. The sum is Dot(x, x)'s, term for term:
+	// after a Zero(acc), ReadF64 gives Dot(x, x) (bit for bit on the CPU).
+	SumSquares(acc, x *Tensor)
 
 	// Optimizer ops over parameter buffers (all fp32 master tensors of equal numel).
 	// AdamW with bias correction (step ≥ 1); decay is applied to w as w −= lr·wd·w (decoupled).

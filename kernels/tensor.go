@@ -4,7 +4,10 @@
 // gradient they write, inputs' and parameters' alike (llm.c's convention); callers zero them.
 package kernels
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // DType is a tensor's storage type. Compute is fp32 on every device.
 type DType uint8
@@ -88,4 +91,33 @@ func (t *Tensor) String() string {
 		dev = t.Dev.Name()
 	}
 	return fmt.Sprintf("Tensor(%s %s %v)", dev, t.DType, t.Shape)
+}
+
+// F64Acc allocates k float64 accumulators on dev for SumSquares, zeroed: an F32 tensor [2k] whose
+// element pair (2i, 2i+1) holds accumulator i's 8 bytes (little-endian). View(2i, 2) is
+// accumulator i.
+func F64Acc(dev Device, k int) *Tensor { return dev.Alloc(F32, 2*k) }
+
+// ReadF64 reads the float64 accumulators of acc (an F64Acc or a view of whole pairs) into dst
+// (len(dst) = acc.Numel()/2) with one ToHost: the one synchronization.
+func ReadF64(dst []float64, acc *Tensor) {
+	if acc.DType != F32 || acc.Numel() != 2*len(dst) {
+		panicf("ReadF64: %v into %d float64s", acc, len(dst))
+	}
+	h := make([]float32, acc.Numel())
+	acc.Dev.ToHost(h, acc)
+	for i := range dst {
+		dst[i] = f64Of(h[2*i], h[2*i+1])
+	}
+}
+
+// f64Of and f64Bits move a float64's bits through two float32 words (lo, hi) without arithmetic,
+// so NaN payloads and signs survive.
+func f64Of(lo, hi float32) float64 {
+	return math.Float64frombits(uint64(math.Float32bits(hi))<<32 | uint64(math.Float32bits(lo)))
+}
+
+func f64Bits(v float64) (lo, hi float32) {
+	b := math.Float64bits(v)
+	return math.Float32frombits(uint32(b)), math.Float32frombits(uint32(b >> 32))
 }

@@ -351,7 +351,8 @@ func (d *DryDevice) Scale(x *kernels.Tensor, alpha float32)                     
 func (d *DryDevice) Combine(out, x, y *kernels.Tensor, a, b []float32)           {}
 func (d *DryDevice) CombineFrames(out, x, y *kernels.Tensor, a, b []float32, B, C, F, HW int) {
 }
-func (d *DryDevice) Dot(a, b *kernels.Tensor) float64 { return 0 }
+func (d *DryDevice) Dot(a, b *kernels.Tensor) float64  { return 0 }
+func (d *DryDevice) SumSquares(acc, x *kernels.Tensor) {}
 func (d *DryDevice) SumAbsGroups(dst []float64, x *kernels.Tensor) {
 	clear(dst)
 	d.reserve(int64(8*len(dst) + 256))

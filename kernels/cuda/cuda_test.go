@@ -785,6 +785,20 @@ func TestReductionsCopyGraph(t *testing.T) {
 	if d, w := g.Dot(A, Bt), cpu.Dot(Ac, Bc); math.Abs(d-w) > 1e-9*math.Abs(w)+1e-9 {
 		t.Errorf("Dot %v, CPU %v", d, w)
 	}
+	// SumSquares into the second of two device accumulators (a view), twice, read back in one copy:
+	// 2·Σa² beside the CPU's; the first accumulator stays 0.
+	acc, accC := kernels.F64Acc(g, 2), kernels.F64Acc(cpu, 2)
+	for range 2 {
+		g.SumSquares(acc.View(2, 2), A)
+		cpu.SumSquares(accC.View(2, 2), Ac)
+	}
+	sq, sqC := make([]float64, 2), make([]float64, 2)
+	kernels.ReadF64(sq, acc)
+	kernels.ReadF64(sqC, accC)
+	if sq[0] != 0 || math.Abs(sq[1]-sqC[1]) > 1e-9*sqC[1] {
+		t.Errorf("SumSquares %v, CPU %v", sq, sqC)
+	}
+	g.Free(acc)
 	gs, cs := make([]float64, 3), make([]float64, 3)
 	g.SumAbsGroups(gs, A)
 	cpu.SumAbsGroups(cs, Ac)

@@ -1234,6 +1234,19 @@ func (d *Device) Dot(a, b *kernels.Tensor) float64 {
 	return r[0]
 }
 
+// SumSquares: acc += Σ x² by red_dot (Dot's kernel) into the accumulator's 8 bytes, queued on the
+// stream: no copy back, no synchronization.
+func (d *Device) SumSquares(acc, x *kernels.Tensor) {
+	must(acc.DType == kernels.F32 && acc.Numel() == 2 && acc.Ptr%8 == 0, "SumSquares: accumulator %v is not an 8-byte aligned F64Acc pair", acc)
+	n := x.Numel()
+	if !d.begin(n == 0, acc) {
+		return
+	}
+	defer d.leave()
+	d.args.reset().ptr(acc.Ptr).t(x).t(x).i64(n)
+	d.ew("red_dot", n)
+}
+
 func (d *Device) SumAbsGroups(dst []float64, x *kernels.Tensor) {
 	n := x.Numel()
 	G := len(dst)
