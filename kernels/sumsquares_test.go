@@ -31,7 +31,7 @@ func TestSumSquares(t *testing.T) {
 		dev.SumSquares(acc.View(2, 2), x)
 		dev.SumSquares(acc.View(2, 2), y)
 		got := make([]float64, 3)
-		kernels.ReadF64(got, acc)
+		kernels.ReadF64(dev, got, acc)
 		dx, dy := dev.Dot(x, x), dev.Dot(y, y)
 		if got[0] != dx || got[1] != dx+dy || got[2] != 0 {
 			t.Errorf("threads %d: accumulators %v, want [%v %v 0]", threads, got, dx, dx+dy)
@@ -50,7 +50,7 @@ func TestSumSquares(t *testing.T) {
 		dev.Zero(acc)
 		dev.SumSquares(acc.View(0, 2), x)
 		dev.SumSquares(acc.View(2, 2), y)
-		kernels.ReadF64(got, acc)
+		kernels.ReadF64(dev, got, acc)
 		if !math.IsNaN(got[0]) || !math.IsInf(got[1], 1) || got[2] != 0 {
 			t.Errorf("threads %d: with a NaN and an Inf: %v, want [NaN +Inf 0]", threads, got)
 		}

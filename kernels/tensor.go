@@ -99,13 +99,13 @@ func (t *Tensor) String() string {
 func F64Acc(dev Device, k int) *Tensor { return dev.Alloc(F32, 2*k) }
 
 // ReadF64 reads the float64 accumulators of acc (an F64Acc or a view of whole pairs) into dst
-// (len(dst) = acc.Numel()/2) with one ToHost: the one synchronization.
-func ReadF64(dst []float64, acc *Tensor) {
+// (len(dst) = acc.Numel()/2) with one dev.ToHost: the one synchronization.
+func ReadF64(dev Device, dst []float64, acc *Tensor) {
 	if acc.DType != F32 || acc.Numel() != 2*len(dst) {
 		panicf("ReadF64: %v into %d float64s", acc, len(dst))
 	}
 	h := make([]float32, acc.Numel())
-	acc.Dev.ToHost(h, acc)
+	dev.ToHost(h, acc)
 	for i := range dst {
 		dst[i] = f64Of(h[2*i], h[2*i+1])
 	}

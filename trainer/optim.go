@@ -5,6 +5,7 @@ import (
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/dist"
+	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 )
 
@@ -50,9 +51,12 @@ func lrAt(base float64, schedule string, warmup, n, total int) float64 {
 }
 
 // gradNorm makes a role's G, the sum over accum micro-batches, the mean gradient (G /= accum; on
-// several ranks the mean over ranks, dist.go) and sets r.gnorm to its global L2 norm: the one
-// scalar per role the step brings to the host, which the clip and the non-finite guard (TrainStep)
-// both read. Every rank gets the same norm (it is computed from the reduced gradient).
+// several ranks the mean over ranks, dist.go) and sets r.gnorm to its global L2 norm, which the clip
+// and the non-finite guard (TrainStep) both read. Every rank gets the same norm (it is computed
+// from the reduced gradient). With the whole gradient on this rank (no train.shard) the sum of
+// squares is queued into the role's device accumulator (Device.SumSquares) and r.gnorm is set by
+// readNorms, which brings every role's sum to the host in one copy: one synchronization per step
+// for all roles, not one per role.
 func (t *Trainer) gradNorm(r *role, accum int) error {
 	if r.sh != nil {
 		return t.gradNormSharded(r, accum)
@@ -73,8 +77,37 @@ func (t *Trainer) gradNorm(r *role, accum int) error {
 	if accum > 1 {
 		dev.Scale(r.G, float32(1/float64(accum)))
 	}
-	r.gnorm = math.Sqrt(dev.Dot(r.G, r.G))
+	if t.sq == nil {
+		t.sq = kernels.F64Acc(dev, len(t.roles))
+	}
+	acc := t.sq.View(2*t.slot(r), 2)
+	dev.Zero(acc)
+	dev.SumSquares(acc, r.G) // = Dot(G, G), term for term
+	t.sqPending = append(t.sqPending, r)
 	return nil
+}
+
+// slot is r's index in t.roles: its accumulator in t.sq.
+func (t *Trainer) slot(r *role) int {
+	for i, q := range t.roles {
+		if q == r {
+			return i
+		}
+	}
+	panic("trainer: role " + r.Spec.Name + " is not the trainer's")
+}
+
+// readNorms sets r.gnorm = √(Σ g²) of the roles gradNorm queued, from one copy of the accumulators.
+func (t *Trainer) readNorms() {
+	if len(t.sqPending) == 0 {
+		return
+	}
+	sq := make([]float64, len(t.roles))
+	kernels.ReadF64(t.opt.Dev, sq, t.sq)
+	for _, r := range t.sqPending {
+		r.gnorm = math.Sqrt(sq[t.slot(r)])
+	}
+	t.sqPending = t.sqPending[:0]
 }
 
 // update applies one optimizer step to a role after gradNorm: clip the global L2 norm to

@@ -133,6 +133,8 @@ type Trainer struct {
 	whole     map[string]*models.DiT // train.shard full: whole copies on rank 0 (validation, after Run)
 	wholeHost map[string][]float32   // train.shard full: rank 0's host copies after Run (keepWhole)
 	scalars   *kernels.Tensor        // device scratch of the metrics' all-reduce
+	sq        *kernels.Tensor        // [2·len(roles)] the roles' Σ g² accumulators (kernels.F64Acc; optim.go)
+	sqPending []*role                // roles whose gnorm waits in sq for readNorms
 }
 
 // role is a built network and its optimizer state.
@@ -594,11 +596,17 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			bad = append(bad, fmt.Sprintf("%s = %g", k, v))
 		}
 	}
+	t.sqPending = t.sqPending[:0]
 	for _, r := range t.roles {
 		if updated[r.Spec.Name] {
 			if err := t.gradNorm(r, accum); err != nil {
 				return nil, err
 			}
+		}
+	}
+	t.readNorms() // one copy to the host for every role's norm
+	for _, r := range t.roles {
+		if updated[r.Spec.Name] {
 			metrics["grad_norm/"+r.Spec.Name] = r.gnorm
 			if !finite(r.gnorm) {
 				bad = append(bad, fmt.Sprintf("gradient norm of role %s = %g", r.Spec.Name, r.gnorm))

@@ -793,8 +793,8 @@ func TestReductionsCopyGraph(t *testing.T) {
 		cpu.SumSquares(accC.View(2, 2), Ac)
 	}
 	sq, sqC := make([]float64, 2), make([]float64, 2)
-	kernels.ReadF64(sq, acc)
-	kernels.ReadF64(sqC, accC)
+	kernels.ReadF64(g, sq, acc)
+	kernels.ReadF64(cpu, sqC, accC)
 	if sq[0] != 0 || math.Abs(sq[1]-sqC[1]) > 1e-9*sqC[1] {
 		t.Errorf("SumSquares %v, CPU %v", sq, sqC)
 	}
