@@ -314,7 +314,16 @@ func TestGracefulShutdown(t *testing.T) {
 			codes[i] = r.StatusCode
 		}()
 	}
-	time.Sleep(5 * time.Millisecond) // some admitted, some maybe not yet
+	// Drain once a request is admitted (queued, or taken into a generation), some maybe not yet: a
+	// fixed sleep drained before any was admitted on a loaded machine.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		s.m.mu.Lock()
+		batches := s.m.batches
+		s.m.mu.Unlock()
+		if s.m.queued.Load() > 0 || batches > 0 {
+			break
+		}
+	}
 	s.Drain()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
