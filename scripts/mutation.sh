@@ -43,7 +43,7 @@ targets=(
 	"trainer/trainer.go;;$trskip"
 	"trainer/odepairs.go;;$trskip"
 	"trainer/job.go;;$trskip"
-	"trainer/launch.go;;$trskip"
+	"trainer/launch.go;TestGPUOrdinals|TestOpenRanksCPU|TestJobHash;"
 	"trainer/metrics.go;;$trskip"
 	"trainer/lock.go;;$trskip"
 	"trainer/memory.go;;$trskip"
