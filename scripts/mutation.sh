@@ -44,6 +44,7 @@ targets=(
 	"trainer/odepairs.go;;$trskip"
 	"trainer/job.go;;$trskip"
 	"trainer/launch.go;TestGPUOrdinals|TestOpenRanksCPU|TestJobHash;"
+	"trainer/dist.go;TestDataParallel|TestFullShard|TestLastBackward|TestOptimizerShard|TestLoaderCursor|TestSaveRefusesNonFiniteOnEveryRank;$trskip"
 	"trainer/metrics.go;;$trskip"
 	"trainer/lock.go;;$trskip"
 	"trainer/memory.go;;$trskip"

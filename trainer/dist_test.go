@@ -937,3 +937,48 @@ func TestDataParallelAdversarialBackbone(t *testing.T) {
 		}
 	}
 }
+
+// The optimizer shard's arithmetic against enumeration, for buffer sizes that N does and does not
+// divide: the ranks' slices [r·k, (r+1)·k) tile [0, N·k) without overlap; the tail [N·k, P) that
+// no slice holds is owned by every rank (each keeps its moments, updated alike); local maps a
+// rank's owned offsets one to one onto [0, size), slice first, then the tail.
+func TestShardRanges(t *testing.T) {
+	for _, P := range []int{1, 2, 7, 10, 12, 97} {
+		for world := 1; world <= 4; world++ {
+			held := make([]int, P) // ranks whose slice (not the tail) holds each offset
+			for rank := 0; rank < world; rank++ {
+				s := newShard(P, rank, world)
+				k := P / world
+				var offs []int
+				for _, rg := range s.owned() {
+					if rg[0] >= rg[1] {
+						t.Fatalf("P %d world %d rank %d: empty range %v in %v", P, world, rank, rg, s.owned())
+					}
+					for o := rg[0]; o < rg[1]; o++ {
+						offs = append(offs, o)
+						if o < world*k {
+							held[o]++
+							if o/k != rank {
+								t.Errorf("P %d world %d rank %d: owns %d of rank %d's slice", P, world, rank, o, o/k)
+							}
+						}
+					}
+				}
+				want := k + P - world*k // its slice and the whole tail
+				if len(offs) != want || s.size() != want {
+					t.Errorf("P %d world %d rank %d: owns %d offsets, size() %d, want %d", P, world, rank, len(offs), s.size(), want)
+				}
+				for i, o := range offs { // owned() lists the slice, then the tail: local is the position
+					if got := s.local(o); got != i {
+						t.Errorf("P %d world %d rank %d: local(%d) = %d, want %d", P, world, rank, o, got, i)
+					}
+				}
+			}
+			for o, n := range held {
+				if o < world*(P/world) && n != 1 {
+					t.Errorf("P %d world %d: offset %d in %d slices, want 1", P, world, o, n)
+				}
+			}
+		}
+	}
+}
