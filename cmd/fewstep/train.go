@@ -41,7 +41,7 @@ func init() {
 	addJobFlags(trainCmd)
 	f := trainCmd.Flags()
 	f.String("resume", "", "continue from a checkpoint folder or a run folder (its checkpoints/latest)")
-	f.Bool("dry-run", false, "validate the job (config, dataset rows and shapes against the model, roles) and exit")
+	f.Bool("dry-run", false, "validate the job (config, dataset rows and shapes against the model, roles) and exit; the synthetic set and data.ode_pairs are made first, as training would (kept in the run folder)")
 	f.String("device", "", "override the job's device (cpu, cuda, cuda:N)")
 	addLaunchFlags(trainCmd)
 	rootCmd.AddCommand(trainCmd)
