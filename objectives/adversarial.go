@@ -317,7 +317,7 @@ func (o *Adversarial) Step(st *Step, b *Batch) (Update, error) {
 	xf := o.student.Run(st, b.Ctx, st.RNG.IntN(len(o.student.Sigmas))) // no backward follows
 	if dmd2 {
 		o.law.DrawSigmas(o.sigma, st)
-		m["critic_loss"] = o.criticStep.Step(st, xf, b.Ctx, o.sigma)
+		o.criticStep.StepMetric(st, m, "critic_loss", xf, b.Ctx, o.sigma)
 	}
 	lf, pf := o.discSide(st, xf, b.Ctx, +1, false)
 	lr, pr := o.discSide(st, b.X0, b.Ctx, -1, o.P.R1Weight <= 0) // the last unless R1 follows

@@ -145,13 +145,20 @@ func CFG(dev kernels.Device, out, vu, vc *kernels.Tensor, w float32) {
 // MSE returns mean((pred − target)²) and, when dPred != nil, writes dPred = 2·(pred − target)/n
 // (overwrites). diff is scratch of pred's size.
 func MSE(dev kernels.Device, dPred, diff, pred, target *kernels.Tensor) float64 {
+	var loss float64
+	mse(dev, nil, dPred, diff, pred, target, func(l float64) { loss = l })
+	return loss
+}
+
+// mse is MSE with the loss given to set through s.SqNorm (s nil: at once; under the trainer:
+// after the step's one readback).
+func mse(dev kernels.Device, s *Step, dPred, diff, pred, target *kernels.Tensor, set func(loss float64)) {
 	dev.Combine(diff, pred, target, []float32{1}, []float32{-1})
 	n := float64(pred.Numel())
-	loss := dev.Dot(diff, diff) / n
+	s.SqNorm(dev, diff, func(sq float64) { set(sq / n) })
 	if dPred != nil {
 		dev.Combine(dPred, diff, diff, []float32{float32(2 / n)}, []float32{0})
 	}
-	return loss
 }
 
 // scratch is a set of device tensors shaped like one video batch, plus host buffers.
@@ -213,18 +220,30 @@ func NewFlowMatch(env *Env, net *models.DiT, s models.Shape) *FlowMatch {
 
 // Step runs forward and backward for x0 [B,C,F,H,W] at per-sample σ and returns the loss.
 func (f *FlowMatch) Step(s *Step, x0, ctx *kernels.Tensor, sigma []float32) float64 {
+	var loss float64
+	f.step(s, x0, ctx, sigma, nil, func(l float64) { loss = l })
+	return loss
+}
+
+// StepMetric is Step with the loss written to m[key] through s.SqNorm: under the trainer, after the
+// step's one readback (Step.Defer), so the loss costs no synchronization of its own.
+func (f *FlowMatch) StepMetric(s *Step, m map[string]float64, key string, x0, ctx *kernels.Tensor, sigma []float32) {
+	f.step(s, x0, ctx, sigma, s, func(l float64) { m[key] = l })
+}
+
+// step is Step with the loss given to set, through lossStep.SqNorm (nil: at once).
+func (f *FlowMatch) step(s *Step, x0, ctx *kernels.Tensor, sigma []float32, lossStep *Step, set func(loss float64)) {
 	dev := f.sc.dev
 	RandnSamples(dev, f.eps, f.sc.host, s)                        // ε     [B,C,F,H,W]
 	Noise(dev, f.xs, x0, f.eps, sigma)                            // x_σ   [B,C,F,H,W]
 	dev.Combine(f.target, f.eps, x0, []float32{1}, []float32{-1}) // ε−x0  [B,C,F,H,W]
 	SetTimesteps(dev, f.sc.t, f.sc.th, sigma)                     // t     [B,F]
 	v := f.Net.Forward(f.Pass, f.xs, f.sc.t, ctx)                 // v     [B,C,F,H,W]
-	loss := MSE(dev, f.dv, f.diff, v, f.target)                   // dL/dv [B,C,F,H,W]
+	mse(dev, lossStep, f.dv, f.diff, v, f.target, set)            // dL/dv [B,C,F,H,W]
 	if f.Last {
 		s.Last(f.Net)
 	}
 	f.Net.Backward(f.Pass, f.dv) // += net.G
-	return loss
 }
 
 // Rollout is the few-step generator's "backward simulation" (docs/objectives.md, dmd): start from pure

@@ -222,8 +222,10 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 			}
 		}
 		n := float64(x.Numel())
-		m["gen_loss"] = 0.5 * dev.Dot(o.grad, o.grad) / n // 0.5·mean((x − sg(x − grad))²)
-		m["loss"] = m["gen_loss"]
+		s.SqNorm(dev, o.grad, func(sq float64) { // 0.5·mean((x − sg(x − grad))²)
+			m["gen_loss"] = 0.5 * sq / n
+			m["loss"] = m["gen_loss"]
+		})
 		var g float64
 		for _, v := range o.gsum {
 			g += v
@@ -239,9 +241,9 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 			if err != nil {
 				return up, err
 			}
-			dev.Combine(o.diff, x0, b.X0, []float32{1}, []float32{-1}) // G − y    [B,C,F,H,W]
-			m["reg_loss"] = dev.Dot(o.diff, o.diff) / n                // mean((G − y)²)
-			dev.Scale(o.diff, float32(2*o.p.RegWeight/n))              // dL_reg/dG
+			dev.Combine(o.diff, x0, b.X0, []float32{1}, []float32{-1})         // G − y    [B,C,F,H,W]
+			s.SqNorm(dev, o.diff, func(sq float64) { m["reg_loss"] = sq / n }) // mean((G − y)²)
+			dev.Scale(o.diff, float32(2*o.p.RegWeight/n))                      // dL_reg/dG
 			s.Last(o.student.Net)
 			o.student.Backward(o.diff) // accumulates onto the DMD gradient
 		}
@@ -254,6 +256,6 @@ func (o *dmd) Step(s *Step, b *Batch) (Update, error) {
 		return up, err
 	}
 	o.law.DrawSigmas(o.sigma, s)
-	m["critic_loss"] = o.criticStep.Step(s, x, b.Ctx, o.sigma)
+	o.criticStep.StepMetric(s, m, "critic_loss", x, b.Ctx, o.sigma)
 	return up, nil
 }

@@ -73,6 +73,7 @@ func (o *flowmatch) Step(s *Step, b *Batch) (Update, error) {
 		}
 	}
 	o.p.SigmaLaw.DrawSigmas(o.sigma, s)
-	loss := o.fm.Step(s, b.X0, o.ctx, o.sigma)
-	return Update{Roles: []string{Student}, Metrics: map[string]float64{"loss": loss}}, nil
+	m := map[string]float64{}
+	o.fm.StepMetric(s, m, "loss", b.X0, o.ctx, o.sigma)
+	return Update{Roles: []string{Student}, Metrics: m}, nil
 }

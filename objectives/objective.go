@@ -179,6 +179,22 @@ type Step struct {
 	// docs/multi-gpu.md). An objective that does not call it is still right, only not overlapped;
 	// one that calls it and then runs another backward into the network gets an error.
 	LastBackward func(net *models.DiT)
+	// Defer, when set (the trainer), takes a squared norm SqNorm is asked for: it queues Σ x² on the
+	// device (Device.SumSquares, no synchronization) and calls set with it once the step's queued
+	// sums are on the host, all in one copy, before the trainer reads the step's metrics. false:
+	// not queued; SqNorm computes it at once. nil (objective tests): every SqNorm is at once.
+	Defer func(x *kernels.Tensor, set func(sq float64)) bool
+}
+
+// SqNorm calls set(Σ x²) (= dev.Dot(x, x), bit for bit): at once, or under the trainer after the
+// step's one readback (Defer). A loss only logged and guarded (not used by the step's math) is
+// set this way, so that it costs no synchronization of its own. x may be overwritten after the
+// call: the sum is taken in stream order.
+func (s *Step) SqNorm(dev kernels.Device, x *kernels.Tensor, set func(sq float64)) {
+	if s != nil && s.Defer != nil && s.Defer(x, set) {
+		return
+	}
+	set(dev.Dot(x, x))
 }
 
 // Last tells the trainer that the next backward into net is the micro-batch's last (LastBackward).

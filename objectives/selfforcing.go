@@ -155,7 +155,7 @@ func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
 	// ---- critic: flow matching on a fresh rollout without gradient ----
 	x := o.roll.Run(s, b.Ctx, o.drawExits(s.RNG), false)
 	o.dmd.Law.DrawSigmas(o.csigma, s)
-	m["critic_loss"] = o.critic.Step(s, x, b.Ctx, o.csigma)
+	o.critic.StepMetric(s, m, "critic_loss", x, b.Ctx, o.csigma)
 	return up, nil
 }
 

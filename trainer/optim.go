@@ -55,7 +55,7 @@ func lrAt(base float64, schedule string, warmup, n, total int) float64 {
 // and the non-finite guard (TrainStep) both read. Every rank gets the same norm (it is computed
 // from the reduced gradient). With the whole gradient on this rank (no train.shard) the sum of
 // squares is queued into the role's device accumulator (Device.SumSquares) and r.gnorm is set by
-// readNorms, which brings every role's sum to the host in one copy: one synchronization per step
+// readBack, which brings every role's sum (and the step's deferred losses) to the host in one copy: one synchronization per step
 // for all roles, not one per role.
 func (t *Trainer) gradNorm(r *role, accum int) error {
 	if r.sh != nil {
@@ -77,9 +77,6 @@ func (t *Trainer) gradNorm(r *role, accum int) error {
 	if accum > 1 {
 		dev.Scale(r.G, float32(1/float64(accum)))
 	}
-	if t.sq == nil {
-		t.sq = kernels.F64Acc(dev, len(t.roles))
-	}
 	acc := t.sq.View(2*t.slot(r), 2)
 	dev.Zero(acc)
 	dev.SumSquares(acc, r.G) // = Dot(G, G), term for term
@@ -97,17 +94,47 @@ func (t *Trainer) slot(r *role) int {
 	panic("trainer: role " + r.Spec.Name + " is not the trainer's")
 }
 
-// readNorms sets r.gnorm = √(Σ g²) of the roles gradNorm queued, from one copy of the accumulators.
-func (t *Trainer) readNorms() {
-	if len(t.sqPending) == 0 {
+// maxDeferred is how many losses a step may queue on the device (objectives.Step.Defer); more are
+// read at once.
+const maxDeferred = 32
+
+// startReadback begins a step's readback: no role norm or loss queued yet.
+func (t *Trainer) startReadback() {
+	if t.sq == nil {
+		t.sq = kernels.F64Acc(t.opt.Dev, len(t.roles)+maxDeferred)
+	}
+	t.sqPending, t.deferred = t.sqPending[:0], t.deferred[:0]
+}
+
+// deferSq is objectives.Step.Defer: Σ x² queued into the next free accumulator after the roles',
+// set called by readBack; false when maxDeferred are queued already.
+func (t *Trainer) deferSq(x *kernels.Tensor, set func(sq float64)) bool {
+	if len(t.deferred) >= maxDeferred {
+		return false
+	}
+	acc := t.sq.View(2*(len(t.roles)+len(t.deferred)), 2)
+	t.opt.Dev.Zero(acc)
+	t.opt.Dev.SumSquares(acc, x) // = Dot(x, x), term for term
+	t.deferred = append(t.deferred, set)
+	return true
+}
+
+// readBack brings the step's queued sums to the host in one copy: r.gnorm = √(Σ g²) of the roles
+// gradNorm queued, and the deferred losses to their setters (in the order they were queued).
+func (t *Trainer) readBack() {
+	if len(t.sqPending) == 0 && len(t.deferred) == 0 {
 		return
 	}
-	sq := make([]float64, len(t.roles))
-	kernels.ReadF64(t.opt.Dev, sq, t.sq)
+	k := len(t.roles) + len(t.deferred)
+	sq := make([]float64, k)
+	kernels.ReadF64(t.opt.Dev, sq, t.sq.View(0, 2*k))
 	for _, r := range t.sqPending {
 		r.gnorm = math.Sqrt(sq[t.slot(r)])
 	}
-	t.sqPending = t.sqPending[:0]
+	for i, set := range t.deferred {
+		set(sq[len(t.roles)+i])
+	}
+	t.sqPending, t.deferred = t.sqPending[:0], t.deferred[:0]
 }
 
 // update applies one optimizer step to a role after gradNorm: clip the global L2 norm to

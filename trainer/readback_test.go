@@ -5,6 +5,7 @@ import (
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/kernels"
+	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/objectives"
 )
 
@@ -55,6 +56,82 @@ func TestOneNormReadbackPerStep(t *testing.T) {
 		}
 		if n != 1 {
 			t.Errorf("step %d (%d roles stepped): %d synchronizing calls through the trainer's device, want 1", step, roles, n)
+		}
+	}
+}
+
+// syncCount is a syncDev that also counts SumAbsGroups apart: DMD's per-sample normalization,
+// which the step's math needs on the host (not a logged value).
+type syncCount struct {
+	syncDev
+	sumAbs *int
+}
+
+func (d syncCount) SumAbsGroups(dst []float64, x *kernels.Tensor) {
+	*d.sumAbs++
+	d.syncDev.SumAbsGroups(dst, x)
+}
+
+// TestDeferredLosses: with the losses queued on the device (objectives.Step.Defer) a flowmatch
+// step waits for the device once (its loss and the gradient norm in one copy; it was a Dot each),
+// and a dmd step (generator with regression, and critic) once besides DMD's per-sample
+// normalizations (was five: gen_loss, reg_loss, critic_loss and two norms); and the run gives the
+// same metrics and weights, bit for bit, as one whose objective reads each loss at once (on a
+// one-thread CPU device: with more, Dot's float64 sum varies in its last bits from run to run, as
+// the pool hands chunks to workers in varying order and each worker keeps one partial sum).
+func TestDeferredLosses(t *testing.T) {
+	for _, obj := range []string{"flowmatch", "dmd"} {
+		var runs [2]struct {
+			met []map[string]float64
+			w   map[string][]float32
+		}
+		for i, eager := range []bool{false, true} {
+			job := dpJob(obj, t.TempDir(), 3)
+			cfg, err := models.Preset("tiny")
+			if err != nil {
+				t.Fatal(err)
+			}
+			syncs, sumAbs := 0, 0
+			dev := syncCount{syncDev{kernels.NewCPU(1), &syncs}, &sumAbs} // one thread: Dot's partial sums are per worker, whose chunks vary run to run
+			tr, err := New(Options{Job: job, Dev: dev, Model: cfg, Shape: models.Shape{B: 2, F: dpF, H: dpH, W: dpW, L: dpL, Recompute: job.Model.Recompute},
+				Null: make([]float32, dpL*cfg.TextDim), RandomInit: true, Source: &globalSource{rank: 0, world: 1, B: 2, cfg: cfg}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr.eager = eager
+			for step := 1; step <= 3; step++ {
+				syncs, sumAbs = 0, 0
+				m, err := tr.TrainStep()
+				if err != nil {
+					t.Fatal(err)
+				}
+				runs[i].met = append(runs[i].met, m)
+				if !eager && syncs-sumAbs != 1 {
+					t.Errorf("%s step %d: %d synchronizing calls besides %d SumAbsGroups, want 1 (metrics %v)", obj, step, syncs-sumAbs, sumAbs, m)
+				}
+			}
+			runs[i].w = map[string][]float32{}
+			for _, r := range tr.roles {
+				runs[i].w[r.Spec.Name] = hostOf(r.W)
+			}
+		}
+		for step := range runs[0].met {
+			a, b := runs[0].met[step], runs[1].met[step]
+			if len(a) != len(b) {
+				t.Errorf("%s step %d: metrics %v deferred, %v at once", obj, step+1, a, b)
+			}
+			for k, v := range b {
+				if a[k] != v && k != "steps_per_s" {
+					t.Errorf("%s step %d: %s = %v deferred, %v at once", obj, step+1, k, a[k], v)
+				}
+			}
+		}
+		for name, w := range runs[1].w {
+			for j := range w {
+				if runs[0].w[name][j] != w[j] {
+					t.Fatalf("%s: %s weight %d = %v deferred, %v at once", obj, name, j, runs[0].w[name][j], w[j])
+				}
+			}
 		}
 	}
 }

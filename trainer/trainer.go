@@ -133,8 +133,10 @@ type Trainer struct {
 	whole     map[string]*models.DiT // train.shard full: whole copies on rank 0 (validation, after Run)
 	wholeHost map[string][]float32   // train.shard full: rank 0's host copies after Run (keepWhole)
 	scalars   *kernels.Tensor        // device scratch of the metrics' all-reduce
-	sq        *kernels.Tensor        // [2·len(roles)] the roles' Σ g² accumulators (kernels.F64Acc; optim.go)
-	sqPending []*role                // roles whose gnorm waits in sq for readNorms
+	sq        *kernels.Tensor        // the step's float64 accumulators (kernels.F64Acc): the roles' Σ g², then deferred losses (optim.go)
+	sqPending []*role                // roles whose gnorm waits in sq for readBack
+	deferred  []func(float64)        // setters of the losses queued in sq after the roles' slots (deferSq)
+	eager     bool                   // tests: the objective reads its losses at once (no Step.Defer)
 }
 
 // role is a built network and its optimizer state.
@@ -551,6 +553,8 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 	metrics := map[string]float64{}
 	counts := map[string]int{}
 	updated := map[string]bool{}
+	t.startReadback()
+	var micros []map[string]float64 // each micro-batch's metrics; deferred losses land in them at readBack
 	for micro := 0; micro < accum; micro++ {
 		if err := t.nextBatch(); err != nil {
 			return nil, err
@@ -559,6 +563,9 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			Samples: objectives.StepSamples(job.Seed, n, micro, t.opt.Shape.B, t.rank(), t.world())}
 		if micro == accum-1 && t.overlaps() {
 			s.LastBackward = t.lastBackward
+		}
+		if !t.eager {
+			s.Defer = t.deferSq
 		}
 		up, err := t.Obj.Step(s, &t.batch)
 		if err == nil {
@@ -574,7 +581,18 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			}
 			updated[name] = true
 		}
-		for k, v := range up.Metrics {
+		micros = append(micros, up.Metrics)
+	}
+	for _, r := range t.roles {
+		if updated[r.Spec.Name] {
+			if err := t.gradNorm(r, accum); err != nil {
+				return nil, err
+			}
+		}
+	}
+	t.readBack() // one copy to the host: every role's Σ g² and the losses the objective deferred
+	for _, um := range micros {
+		for k, v := range um {
 			metrics[k] += v
 			counts[k]++
 		}
@@ -588,7 +606,7 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 		}
 	}
 	// The non-finite guard: the losses and every updated role's gradient norm are on the host
-	// already (the norm for the clip). A step with a NaN or Inf among them updates nothing (no
+	// (readBack; the norm is the clip's too). A step with a NaN or Inf among them updates nothing (no
 	// AdamW, no EMA); it is counted, and one more than train.max_bad_steps ends the run.
 	var bad []string
 	for _, k := range sortedKeys(metrics) {
@@ -596,15 +614,6 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			bad = append(bad, fmt.Sprintf("%s = %g", k, v))
 		}
 	}
-	t.sqPending = t.sqPending[:0]
-	for _, r := range t.roles {
-		if updated[r.Spec.Name] {
-			if err := t.gradNorm(r, accum); err != nil {
-				return nil, err
-			}
-		}
-	}
-	t.readNorms() // one copy to the host for every role's norm
 	for _, r := range t.roles {
 		if updated[r.Spec.Name] {
 			metrics["grad_norm/"+r.Spec.Name] = r.gnorm
