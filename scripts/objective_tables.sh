@@ -16,7 +16,8 @@
 # the wall time. MORE=N (1000) trains the consistency, dmd + adversarial and dmd jobs on to step N
 # (checkpoints at STEPS and N: the schedules are constant, so the STEPS checkpoint is the STEPS-step
 # job) and adds a table of the step-N students: does training longer help, at every seed?
-# CSTEPS and CMORE (default STEPS and MORE) set the consistency group's two checkpoints apart.
+# CSTEPS and CMORE (default STEPS and MORE) set the consistency group's two checkpoints apart; CSET
+# adds --set flags to its jobs (e.g. CSET="--set params.cfg=5": the tables then show the teacher at w = 5).
 # TABLES=gan2 is DMD2's two-stage schedule (its ImageNet model of FID 1.28: dmd alone first, then the
 # GAN added from that checkpoint at a learning rate 4× lower): per seed dmd alone for STEPS steps
 # (s1dmd), then from its student and critic G2STEPS more steps of dmd + GAN (g2adv) and, as the
@@ -112,7 +113,7 @@ causal() { # ODE pairs, then per seed odeinit → selfforcing from its checkpoin
 }
 consistency() {
 	local STEPS=$CSTEPS MORE=$CMORE s
-	for s in $SEEDS; do bg train consistency$s configs/consistency.yaml "${MORE:-$STEPS}" "$STEPS" --set seed="$s"; done
+	for s in $SEEDS; do bg train consistency$s configs/consistency.yaml "${MORE:-$STEPS}" "$STEPS" --set seed="$s" ${CSET:-}; done
 	ready consistency student # with MORE, the table of the STEPS checkpoints while training goes on
 	table consistency configs/consistency.yaml consistency $(students consistency student)
 	wait
