@@ -146,9 +146,9 @@ func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
 		// ---- generator: graded rollout, DMD on the whole video ----
 		exits := o.drawExits(s.RNG)
 		x := o.roll.Run(s, b.Ctx, exits, true) // [B,C,F,H,W]
-		loss, gabs := o.dmd.Compute(s, x, b.Ctx, b.Null)
+		gabs := o.dmd.ComputeMetric(s, x, b.Ctx, b.Null, func(loss float64) { m["gen_loss"], m["loss"] = loss, loss })
 		o.roll.BackwardLast(s, o.dmd.Grad) // into the student's G, chunk by chunk
-		m["gen_loss"], m["loss"], m["dmd_grad_abs"], m["exit"] = loss, loss, gabs, float64(exits[0])
+		m["dmd_grad_abs"], m["exit"] = gabs, float64(exits[0])
 		up.Roles = append(up.Roles, Student)
 	}
 

@@ -62,6 +62,18 @@ func newDMDGrad(env *Env, teacher, critic *models.DiT, tPass, cPass *models.Pass
 // Compute writes dL/dx into g.Grad for the generator sample x [B,C,F,H,W] and returns the
 // generator loss 0.5·mean(grad²) and mean|grad| (before the 1/numel).
 func (g *DMDGrad) Compute(s *Step, x, ctx, null *kernels.Tensor) (loss, gradAbs float64) {
+	gradAbs = g.compute(s, x, ctx, null, nil, func(l float64) { loss = l })
+	return loss, gradAbs
+}
+
+// ComputeMetric is Compute with the loss given to set through s.SqNorm: under the trainer after the
+// step's one readback (Step.Defer), so the logged loss costs no synchronization of its own.
+func (g *DMDGrad) ComputeMetric(s *Step, x, ctx, null *kernels.Tensor, set func(loss float64)) (gradAbs float64) {
+	return g.compute(s, x, ctx, null, s, set)
+}
+
+// compute is Compute with the loss given to set through lossStep.SqNorm (nil: at once).
+func (g *DMDGrad) compute(s *Step, x, ctx, null *kernels.Tensor, lossStep *Step, set func(loss float64)) (gradAbs float64) {
 	dev := g.dev
 	B := len(g.sigma)
 	g.Law.DrawSigmas(g.sigma, s)
@@ -92,12 +104,12 @@ func (g *DMDGrad) Compute(s *Step, x, ctx, null *kernels.Tensor) (loss, gradAbs 
 		}
 	}
 	n := float64(x.Numel())
-	loss = 0.5 * dev.Dot(g.Grad, g.Grad) / n
+	lossStep.SqNorm(dev, g.Grad, func(sq float64) { set(0.5 * sq / n) })
 	for _, v := range g.gsum {
 		gradAbs += v / n
 	}
 	dev.Scale(g.Grad, float32(1/n)) // dL/dx = grad/numel
-	return loss, gradAbs
+	return gradAbs
 }
 
 // frameCopier moves frames [f0, f0+k) between videos [B,C,F,H,W] and chunks [B,C,k,H,W]: one

@@ -75,12 +75,13 @@ func (d syncCount) SumAbsGroups(dst []float64, x *kernels.Tensor) {
 // TestDeferredLosses: with the losses queued on the device (objectives.Step.Defer) a flowmatch
 // step waits for the device once (its loss and the gradient norm in one copy; it was a Dot each),
 // and a dmd step (generator with regression, and critic) once besides DMD's per-sample
-// normalizations (was five: gen_loss, reg_loss, critic_loss and two norms); and the run gives the
+// normalizations (was five: gen_loss, reg_loss, critic_loss and two norms), and so does a
+// selfforcing step (gen_loss and critic_loss deferred); and the run gives the
 // same metrics and weights, bit for bit, as one whose objective reads each loss at once (on a
 // one-thread CPU device: with more, Dot's float64 sum varies in its last bits from run to run, as
 // the pool hands chunks to workers in varying order and each worker keeps one partial sum).
 func TestDeferredLosses(t *testing.T) {
-	for _, obj := range []string{"flowmatch", "dmd"} {
+	for _, obj := range []string{"flowmatch", "dmd", "selfforcing"} {
 		var runs [2]struct {
 			met []map[string]float64
 			w   map[string][]float32
@@ -93,7 +94,11 @@ func TestDeferredLosses(t *testing.T) {
 			}
 			syncs, sumAbs := 0, 0
 			dev := syncCount{syncDev{kernels.NewCPU(1), &syncs}, &sumAbs} // one thread: Dot's partial sums are per worker, whose chunks vary run to run
-			tr, err := New(Options{Job: job, Dev: dev, Model: cfg, Shape: models.Shape{B: 2, F: dpF, H: dpH, W: dpW, L: dpL, Recompute: job.Model.Recompute},
+			shape := models.Shape{B: 2, F: dpF, H: dpH, W: dpW, L: dpL, Recompute: job.Model.Recompute}
+			if obj == "selfforcing" {
+				shape.ChunkFrames = 1
+			}
+			tr, err := New(Options{Job: job, Dev: dev, Model: cfg, Shape: shape,
 				Null: make([]float32, dpL*cfg.TextDim), RandomInit: true, Source: &globalSource{rank: 0, world: 1, B: 2, cfg: cfg}})
 			if err != nil {
 				t.Fatal(err)
@@ -106,6 +111,9 @@ func TestDeferredLosses(t *testing.T) {
 					t.Fatal(err)
 				}
 				runs[i].met = append(runs[i].met, m)
+				if obj != "flowmatch" && !(m["gen_loss"] > 0 && m["critic_loss"] > 0) {
+					t.Fatalf("%s step %d: a generator and a critic step each, with their losses: %v", obj, step, m)
+				}
 				if !eager && syncs-sumAbs != 1 {
 					t.Errorf("%s step %d: %d synchronizing calls besides %d SumAbsGroups, want 1 (metrics %v)", obj, step, syncs-sumAbs, sumAbs, m)
 				}
