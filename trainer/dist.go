@@ -450,20 +450,3 @@ func (t *Trainer) gatherSliced(r *role, src *kernels.Tensor, what string) ([]flo
 	}
 	return dst, nil
 }
-
-// RunRanks runs one trainer per rank of comms, each in its own goroutine: build(rank, comm) makes
-// rank's trainer (with Options.Comm = comm, its own device and loader shard), then Run. The first
-// error of any rank stops the others (its handle is closed, so their next collective fails at once)
-// and is returned, naming the rank. The trainers are returned (nil where build failed).
-func RunRanks(comms []dist.Comm, build func(rank int, c dist.Comm) (*Trainer, error)) ([]*Trainer, error) {
-	trs := make([]*Trainer, len(comms))
-	err := dist.Run(comms, func(rank int, c dist.Comm) error {
-		tr, err := build(rank, c)
-		if err != nil {
-			return err
-		}
-		trs[rank] = tr
-		return tr.Run()
-	})
-	return trs, err
-}

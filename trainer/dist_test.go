@@ -25,6 +25,7 @@ import (
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/kernels/cuda"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/objectives"
 )
 
 const dpF, dpH, dpW, dpL, dpS = 2, 4, 4, 2, 3
@@ -979,6 +980,43 @@ func TestShardRanges(t *testing.T) {
 					t.Errorf("P %d world %d: offset %d in %d slices, want 1", P, world, o, n)
 				}
 			}
+		}
+	}
+}
+
+// reduceScatterGrads (the gradients of a role whose last backward did not reduce them: a
+// non-DiT head) against the mean computed here, for buffer sizes with and without a tail and with
+// no slice at all (P < N): each rank's slice and the shared tail hold the ranks' mean. The
+// data-parallel runs reach it only for roles without that reduction, and never with a tail there:
+// mutants of the tail's all-reduce lived through them (docs/reliability.md).
+func TestReduceScatterGradsTail(t *testing.T) {
+	const world = 3
+	for _, P := range []int{12, 10, 2} {
+		err := dist.Run(dist.Local(world), func(rank int, c dist.Comm) error {
+			dev := kernels.NewCPU(1)
+			g := dev.Alloc(kernels.F32, P)
+			h := make([]float32, P)
+			for i := range h {
+				h[i] = float32(100*rank + i) // rank q's gradient
+			}
+			dev.FromHost(g, h)
+			tr := &Trainer{comm: c, opt: Options{Dev: dev}}
+			r := &role{Role: &objectives.Role{Spec: objectives.RoleSpec{Name: "head"}, G: g}, sh: newShard(P, rank, world)}
+			if err := tr.reduceScatterGrads(r); err != nil {
+				return err
+			}
+			dev.ToHost(h, g)
+			for _, o := range r.sh.owned() {
+				for i := o[0]; i < o[1]; i++ {
+					if want := float32(100*(world-1)/2 + i); h[i] != want {
+						return fmt.Errorf("P %d rank %d: G[%d] = %g, want the ranks' mean %g (owned %v)", P, rank, i, h[i], want, r.sh.owned())
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
 		}
 	}
 }

@@ -140,7 +140,7 @@ func FromJobComm(job *config.Job, dev kernels.Device, comm dist.Comm, progress, 
 	}
 	if rank == 0 {
 		if err := EnsureData(job, filepath.Join(job.OutDir, "data"), nil); err != nil {
-			return nil, nil, err // RunRanks closes the rank's handle: the others stop waiting
+			return nil, nil, err // dist.Run closes the rank's handle: the others stop waiting
 		}
 	}
 	if comm != nil {
