@@ -159,3 +159,21 @@ func TestBenchTrainDevicesErrors(t *testing.T) {
 		}
 	}
 }
+
+// An unknown objective or a bad parameter of one is an error before anything is written: no
+// synthetic set in the run folder (it was made first, then the objective refused).
+func TestTrainObjectiveCheckedFirst(t *testing.T) {
+	for _, c := range []struct{ set, want string }{
+		{"objective=nope", `objective: "nope" is not registered`},
+		{"params.nope=1", "nope"},
+	} {
+		out := filepath.Join(t.TempDir(), "run")
+		_, _, err := runCLI(t, "train", "--set", "objective=flowmatch", "--set", "roles.student.lr=1e-4", "--set", c.set, "--set", "out_dir="+out)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("--set %s: %v, want an error with %q", c.set, err, c.want)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("--set %s: the run folder %s was made before the objective was checked", c.set, out)
+		}
+	}
+}

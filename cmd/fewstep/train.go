@@ -91,6 +91,11 @@ func runTrain(cmd *cobra.Command, _ []string) error {
 // train runs (or with dry validates) a job on the ranks of lf (trainer/launch.go) and returns the
 // finished trainer of global rank 0, or nil in a process that does not hold it.
 func train(w io.Writer, job *config.Job, dry bool, lf launchFlags) (*trainer.Trainer, error) {
+	// The objective and its params first: an unknown name or a bad knob is an error before any
+	// device is opened or any data is written.
+	if _, err := objectives.New(job.Objective, job.Params); err != nil {
+		return nil, err
+	}
 	lo := lf.options(job)
 	lo.Log = w
 	ranks, err := trainer.OpenRanks(lo)
