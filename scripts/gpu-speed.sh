@@ -19,10 +19,13 @@
 #     ab      ours with the session-5 fusions (default) and without (FEWSTEP_FUSE=0 FEWSTEP_ATTN_SPLIT=0):
 #             forward 4,680 (graph, profile), train step, forward+backward profile; forward 32,760
 #     eager   wan_ref.py eager: forward and train step at 4,680, forward at 32,760
+#     s6      ours with the sm_90a attention backward and without (FEWSTEP_ATTN_BWD=fa2), profile after
+#     demo    the main job (fewstep demo) on the card, its table
 #     ab12    ours: train step with everything, without the training GELU epilogues, without fusions;
 #             forward+backward profile (AB12_PROFILE_OFF=1: also without the GELU epilogues); forward
 #             4,680 (graph)
 # The call of session 5: bash $G/gpu-speed.sh peers-start build tests ab eager peers-wait
+# The last call of session 6: bash $G/gpu-speed.sh peers-start build tests s6 sf demo peers-wait
 set -uo pipefail
 G=${G:-gpubuild/speed}
 OUT=${OUT:-$G/out}
@@ -164,6 +167,23 @@ ab12) # session 6 (stepfuse, kernels/cuda/NOTES.md v12): everything on; without 
     run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
     [ -n "${AB12_PROFILE_OFF:-}" ] && run 60 env FEWSTEP_GELU_AUX=0 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
     run 60 $FS bench forward $W --frames 3 --graph --iters 10 ;;
+s6) # session 6's last call (NOTES.md v13): the step and forwards with the sm_90a attention backward
+    # and the training GELU epilogues, the same without the new backward (FEWSTEP_ATTN_BWD=fa2),
+    # the profile after, the attention alone (new and old backward)
+    run 60 $FS bench forward $W --frames 3 --graph --iters 10
+    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2
+    run 60 env FEWSTEP_ATTN_BWD=fa2 $FS bench train $W --frames 3 --iters 5 --warmup 2
+    run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 90 $FS bench forward $W --frames 21 --iters 2 --warmup 1
+    run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run 40 env FEWSTEP_ATTN_BWD=fa2 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5
+    run 40 $FS bench attention --tokens 4680 --heads 12 --head-dim 128 --iters 10 ;;
+demo) # the main job on the card (README: the same table as the CPU's within noise)
+    t0=$(date +%s)
+    timeout 150 $PIN $FS demo --set device=cuda --out $G/demo_run > "$OUT/demo.txt" 2>&1
+    log "demo --set device=cuda exit $? in $(( $(date +%s) - t0 )) s"
+    cp $G/demo_run/eval/table.txt "$OUT/demo_table.txt" 2>/dev/null && cat "$OUT/demo_table.txt" | tee -a "$L" ;;
 verify) # the lean second call: the fatbins of the first, ours only
     run 60 $FS bench forward $W --frames 3 --graph --iters 10
     run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2

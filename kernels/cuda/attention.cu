@@ -1052,15 +1052,16 @@ BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)
 // warpgroups (384 threads) on one 128-key tile; query tiles of 64 (ATTENTION_NOTES v7).
 //   warpgroup 0, the producer (setmaxnreg 24): cp.async of K_j, V_j once, then of Q_i, dO_i, lse_i,
 //     D_i into a 2-stage ring (mbarriers full/empty, as the forward's);
-//   warpgroups 1, 2, the consumers (setmaxnreg 240): 64 keys each. Per query tile i:
-//     Sᵀ = K_c Q_iᵀ and dPᵀ = V_c dO_iᵀ (SS wgmma m64n64), Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e)
-//     (masked to 0) while dPᵀ runs, dV_c += Pᵀ dO_i (RS, Pᵀ as bf16 A fragments, dO MN-major),
-//     dSᵀ = Pᵀ∘(dPᵀ − D) while dV runs, dK_c += dSᵀ Q_i (RS); dSᵀ also goes to shared memory (bf16,
-//     swizzled, double-buffered), and after both consumers wrote it (named barrier 1) consumer c
-//     computes dQ_i[:, 64c..64c+63] = dS K_j[:, 64c..] (SS, A = dSᵀ read MN-major, K MN-major) into
-//     registers, stages them ×scale in shared memory in its accumulator order and adds the 16 KB to
-//     the fp32 dQ scratch with one bulk reduction (cp.reduce.async.bulk .add.f32); attn_dq_finish_sm90
-//     adds the scratch into dQ. dK, dV leave the registers once, at the end.
+//   warpgroups 1, 2, the consumers (setmaxnreg 240): 64 keys each. Per query tile i (MODE 2, the
+//     shipped one; attn_bwd_sm90_body has the others), in two halves of 32 queries: Sᵀ = K_c Q_iᵀ and
+//     dPᵀ = V_c dO_iᵀ (SS wgmma m64n32), Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e) (masked to 0) while dPᵀ
+//     runs, dSᵀ = Pᵀ∘(dPᵀ − D) from the fp32 Pᵀ; then dV_c += Pᵀ dO_i and dK_c += dSᵀ Q_i (RS, Pᵀ, dSᵀ
+//     as bf16 A fragments, dO, Q MN-major); dSᵀ also goes to shared memory (bf16, swizzled,
+//     double-buffered), and once dV, dK are done and both consumers wrote it (named barrier 1)
+//     consumer c computes dQ_i[:, 64c..64c+63] = dS K_j[:, 64c..] (SS, A = dSᵀ read MN-major, K
+//     MN-major) into registers, stages them ×scale in shared memory in its accumulator order and adds
+//     the 16 KB to the fp32 dQ scratch with one bulk reduction (cp.reduce.async.bulk .add.f32);
+//     attn_dq_finish_sm90 adds the scratch into dQ. dK, dV leave the registers once, at the end.
 // Shared memory (1024-aligned; 128-byte swizzle as the forward's): K, V 32 KB each; Q, dO 2 × 16 KB
 // each; dSᵀ 2 × 16 KB; dQ staging 2 × 16 KB (one per consumer); lse, D 2 × 512 B; 5 mbarriers.
 // The dQ scratch: per (b, h), ⌈Nq/64⌉ tiles of 8192 fp32 in the consumers' register order
@@ -1438,8 +1439,8 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
              const bf16_t *k, const bf16_t *v, int Nq, int Nk, int H, int ct, int qoff, float scale, int qsplit) { \
         attn_bwd_sm90_body<G, PREG, CREG, OPQ, MODE>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit); \
     }
-BWD3(float, 24, 240, true, 1, attn_bwd_hd128_bf16_gf32_sm90)
-BWD3(bf16_t, 24, 240, true, 1, attn_bwd_hd128_bf16_gbf16_sm90)
+BWD3(float, 24, 240, true, 2, attn_bwd_hd128_bf16_gf32_sm90)
+BWD3(bf16_t, 24, 240, true, 2, attn_bwd_hd128_bf16_gbf16_sm90)
 
 // dst [B,Nq,H,128] (storage dtype dt) += src, the sm_90a backward's dQ scratch: per (b, h), ⌈Nq/64⌉
 // tiles of 64 queries × 128 columns, each in the consumers' register order: consumer c (columns

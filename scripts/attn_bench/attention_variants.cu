@@ -378,5 +378,5 @@ FWD3(2, true, true, attn_fwd3v_ns2pp_vswap)  // V descriptor's byte offsets swap
 // sm_90a backward variants (BWD3: gradient type, producer / consumer setmaxnreg, opaque descriptors,
 // MODE: what is live at once, see attn_bwd_sm90_body).
 BWD3(float, 24, 240, true, 0, attn_bwd3v_m0)    // Sᵀ and dPᵀ together, dQ under dV, dK (calls 1-3: C7512)
-BWD3(float, 24, 240, true, 2, attn_bwd3v_m2)    // Sᵀ, dPᵀ in halves of 32 queries, fp32 Pᵀ
-BWD3(float, 40, 232, true, 1, attn_bwd3v_m1r40) // the shipped mode at the forward's 40 / 232 split
+BWD3(float, 24, 240, true, 1, attn_bwd3v_m1)    // Sᵀ, then dPᵀ with a bf16 Pᵀ (shipped in call 4 of v7; C7512)
+BWD3(float, 40, 232, true, 1, attn_bwd3v_m1r40) // MODE 1 at the forward's 40 / 232 split

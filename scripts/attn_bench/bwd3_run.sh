@@ -21,7 +21,7 @@ cp kernels/cuda/build/*.fatbin $K/
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee -a "$L"
 t0=$(date +%s)
 arch="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=compute_80"
-V=(attn_bwd3v_m0 attn_bwd3v_m2 attn_bwd3v_m1r40)  # the backward variants of attention_variants.cu (BWD3)
+V=(attn_bwd3v_m0 attn_bwd3v_m1 attn_bwd3v_m1r40)  # the backward variants of attention_variants.cu (BWD3)
 nvcc -cubin -O3 -std=c++17 -Ikernels/cuda -gencode=arch=compute_90a,code=sm_90a -Xptxas -v -o /tmp/abv/attention_variants.sm90a.cubin \
     scripts/attn_bench/attention_variants.cu 2> $OUT/ptxas_variants.txt &
 vpid=$!
