@@ -34,7 +34,7 @@ type cpuDevice struct {
 	kpack   []float32   // attention: every head's packed Kᵀ
 	vpack   []float32   // attention backward: every head's packed Vᵀ
 	dkv     []float32   // attention backward: per-worker partial dK, dV
-	part    []float64   // per-worker partial sums (Dot)
+	part    []float64   // per-chunk partial sums (Dot)
 	arg     opArgs      // the running op's arguments
 }
 
@@ -341,21 +341,25 @@ func combineFrameRows(a *opArgs, _, lo, hi int) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reductions (float64 accumulation; one partial per worker).
+// Reductions (float64 accumulation; one partial per chunk, added in chunk order, so that a sum
+// does not depend on which worker took which chunk).
 
 func (c *cpuDevice) Dot(a, b *Tensor) float64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := sameNumel("Dot", a, b)
-	if len(c.part) != c.pool.threads {
-		c.part = make([]float64, c.pool.threads)
+	chunk := c.pool.grain(n, 2)
+	tasks := (n + chunk - 1) / chunk
+	if len(c.part) < tasks {
+		c.part = make([]float64, tasks)
 	}
-	clear(c.part)
+	part := c.part[:tasks]
+	clear(part)
 	g := c.args()
-	g.s[0], g.s[1], g.d = f32(a), f32(b), c.part
-	c.pool.For(n, c.pool.grain(n, 2), dotRows, g)
+	g.s[0], g.s[1], g.d, g.i[0] = f32(a), f32(b), part, chunk
+	c.pool.For(n, chunk, dotRows, g)
 	var total float64
-	for _, s := range c.part {
+	for _, s := range part {
 		total += s
 	}
 	return total
@@ -373,13 +377,15 @@ func (c *cpuDevice) SumSquares(acc, x *Tensor) {
 	a[0], a[1] = lo, hi
 }
 
-func dotRows(a *opArgs, w, lo, hi int) {
+// dotRows sums chunk [lo, hi) into its own partial (a.i[0]: the chunk size; a single call over
+// [0, n) on one worker lands in partial 0).
+func dotRows(a *opArgs, _, lo, hi int) {
 	x, y := a.s[0], a.s[1]
 	var s float64
 	for i := lo; i < hi; i++ {
 		s += float64(x[i]) * float64(y[i])
 	}
-	a.d[w] += s
+	a.d[lo/a.i[0]] = s
 }
 
 func (c *cpuDevice) SumAbsGroups(dst []float64, x *Tensor) {

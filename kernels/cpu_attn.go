@@ -233,8 +233,9 @@ func packKTHeads(a *opArgs, _, lo, hi int) {
 // dV += Pᵀ·dO, dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O)), dQ += dS·K/√hd, dK += dSᵀ·Q/√hd, all as GEMMs
 // (Kᵀ and Vᵀ of a head packed once). With many heads per worker the tasks are heads (b, h), each
 // owning its rows of dQ, dK and dV. With few (B·H < 2·threads, e.g. the tiny preset on a laptop)
-// the tasks are (b, h, query block): each owns its rows of dQ, and dK, dV go to per-worker partial
-// sums that are added up at the end.
+// the tasks are (b, h, query block) in one contiguous run per worker: each owns its rows of dQ, and
+// dK, dV go to the run's partial sums, added up in run order at the end (so the result does not
+// depend on which worker took which run).
 func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, chunkTokens, qOffset int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -265,9 +266,11 @@ func (c *cpuDevice) AttentionBack(dQ, dK, dV, dOut, out, lse, q, k, v *Tensor, c
 		return
 	}
 	a.m[0], a.m[1] = mat{kp, 0, 0}, mat{vp, 0, 0}
-	a.i[6] = nk
-	c.pool.For(B*H*((Nq+attnQB-1)/attnQB), 1, attnBackBlocks, a)
-	// dK += Σ_w dK_w, dV += Σ_w dV_w
+	tasks := B * H * ((Nq + attnQB - 1) / attnQB)
+	run := (tasks + c.pool.threads - 1) / c.pool.threads // ≤ threads runs: one partial each
+	a.i[6], a.i[7] = nk, run
+	c.pool.For(tasks, run, attnBackBlocks, a)
+	// dK += Σ_r dK_r, dV += Σ_r dV_r
 	r := c.args()
 	r.s[0], r.s[1], r.s[2], r.i[0], r.i[1] = f32(dK), f32(dV), c.dkv, nk, c.pool.threads
 	c.pool.For(nk, c.pool.grain(nk, 2*c.pool.threads), sumPartials, r)
@@ -295,17 +298,19 @@ func attnBackHeads(a *opArgs, w, lo, hi int) {
 	}
 }
 
-// attnBackBlocks: tasks [lo, hi) are (b, h, query block); dK, dV into worker w's partial sums.
+// attnBackBlocks: tasks [lo, hi) are (b, h, query block), run lo/a.i[7]; dK, dV into that run's
+// partial sums (worker w's scratch for the rest).
 func attnBackBlocks(a *opArgs, w, lo, hi int) {
 	Nk, hd, nk := a.i[1], a.i[3], a.i[6]
 	nqb := (a.i[0] + attnQB - 1) / attnQB
 	pl := packedLen(hd, Nk)
+	r := lo / a.i[7]
 	var dk, dv []float32
 	if a.s[1] != nil {
-		dk = a.c.dkv[2*w*nk : (2*w+1)*nk]
+		dk = a.c.dkv[2*r*nk : (2*r+1)*nk]
 	}
 	if a.s[2] != nil {
-		dv = a.c.dkv[(2*w+1)*nk : (2*w+2)*nk]
+		dv = a.c.dkv[(2*r+1)*nk : (2*r+2)*nk]
 	}
 	for task := lo; task < hi; task++ {
 		bh, qb := task/nqb, task%nqb
@@ -376,7 +381,7 @@ func attnBackBlock(a *opArgs, w, bh, i0 int, kp, vp, dk, dv []float32) {
 	}
 }
 
-// sumPartials: dK[i] += Σ_w part[w].dK[i] and likewise dV, for i in [lo, hi).
+// sumPartials: dK[i] += Σ_r part[r].dK[i] and likewise dV, for i in [lo, hi), r in order.
 func sumPartials(a *opArgs, _, lo, hi int) {
 	dk, dv, part, nk, threads := a.s[0], a.s[1], a.s[2], a.i[0], a.i[1]
 	for w := 0; w < threads; w++ {
