@@ -33,7 +33,7 @@ type cpuDevice struct {
 	gb      []*gemmBuf  // per-worker GEMM packing buffers
 	kpack   []float32   // attention: every head's packed Kᵀ
 	vpack   []float32   // attention backward: every head's packed Vᵀ
-	dkv     []float32   // attention backward: per-worker partial dK, dV
+	dkv     []float32   // attention backward: per-run partial dK, dV (one run per worker)
 	part    []float64   // per-chunk partial sums (Dot)
 	arg     opArgs      // the running op's arguments
 }
