@@ -165,6 +165,8 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	section "**Table 6.** DMD2's two-stage schedule: dmd alone for $STEPS steps (s1dmd), then $G2STEPS more steps from its student and critic at a 4× lower learning rate with the GAN (g2adv) and without (g2dmd, the control), training seeds $SEEDS:" gan2 --vs g2adv:g2dmd
 	# consistency_2000: the consistency_more table of a run with CSTEPS=1000 CMORE=2000, kept under this name
 	section "**Table 7.** consistency trained on to 2000 steps (a second run of the consistency jobs, CSTEPS=1000 CMORE=2000; its 1000-step students reproduce table 4 within the spreads):" consistency_2000
+	# consistency_w5: the consistency table of a run with CSTEPS=500 CMORE= CSET="--set params.cfg=5" (configs/consistency_w5.yaml)
+	section "**Table 8.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml), training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
