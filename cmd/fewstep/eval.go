@@ -199,25 +199,18 @@ func scoreSamples(cmd *cobra.Command, job *config.Job, samples string, held *eva
 // count (0 is the default), a batch below 1, an unknown student sampler, a guidance or shift that is
 // negative or not finite.
 func checkEvalFlags(f *pflag.FlagSet) error {
-	for _, name := range []string{"count", "seeds", "long-frames", "grid-n"} {
-		if v, _ := f.GetInt(name); v < 0 {
-			return fmt.Errorf("--%s %d: want ≥ 0 (0: the default)", name, v)
-		}
+	if err := intFlagsAtLeast(f, 0, "count", "seeds", "long-frames", "grid-n"); err != nil {
+		return err
 	}
-	if v, _ := f.GetInt("batch"); v < 1 {
-		return fmt.Errorf("--batch %d: want ≥ 1", v)
+	if err := intFlagsAtLeast(f, 1, "batch"); err != nil {
+		return err
 	}
 	for _, name := range []string{"teacher-cfg", "teacher-shift", "student-cfg", "student-shift"} {
 		if v, _ := f.GetFloat64(name); !(v >= 0) || math.IsInf(v, 0) {
 			return fmt.Errorf("--%s %g: want a finite number ≥ 0", name, v)
 		}
 	}
-	if s, _ := f.GetString("student-sampler"); s != "" {
-		if _, err := sampler.ParseMethod(s); err != nil {
-			return fmt.Errorf("--student-sampler: %w", err)
-		}
-	}
-	return nil
+	return samplerFlag(f, "student-sampler")
 }
 
 // readManifest returns the captions of manifest.jsonl lines 0..n−1 (by their index field).

@@ -253,22 +253,36 @@ func sampleOptions(cmd *cobra.Command, job *config.Job, rec *pipeline.Recipe) (s
 // negative count (0 is the default), a batch or preview scale below 1, a σ outside [0, 1), an
 // unknown sampler.
 func checkSampleFlags(f *pflag.FlagSet) error {
-	for _, name := range []string{"steps", "count", "frames", "grid-n"} {
-		if v, _ := f.GetInt(name); v < 0 {
-			return fmt.Errorf("--%s %d: want ≥ 0 (0: the default)", name, v)
-		}
+	if err := intFlagsAtLeast(f, 0, "steps", "count", "frames", "grid-n"); err != nil {
+		return err
 	}
-	for _, name := range []string{"batch", "preview-scale"} {
-		if v, _ := f.GetInt(name); v < 1 {
-			return fmt.Errorf("--%s %d: want ≥ 1", name, v)
-		}
+	if err := intFlagsAtLeast(f, 1, "batch", "preview-scale"); err != nil {
+		return err
 	}
 	if v, _ := f.GetFloat64("context-noise"); !(v >= 0 && v < 1) {
 		return fmt.Errorf("--context-noise %g: want a σ in [0, 1)", v)
 	}
-	if s, _ := f.GetString("sampler"); s != "" {
+	return samplerFlag(f, "sampler")
+}
+
+// intFlagsAtLeast refuses an int flag of names below lo, naming it (lo 0: its 0 is the default).
+func intFlagsAtLeast(f *pflag.FlagSet, lo int, names ...string) error {
+	for _, name := range names {
+		if v, _ := f.GetInt(name); v < lo {
+			if lo == 0 {
+				return fmt.Errorf("--%s %d: want ≥ 0 (0: the default)", name, v)
+			}
+			return fmt.Errorf("--%s %d: want ≥ %d", name, v, lo)
+		}
+	}
+	return nil
+}
+
+// samplerFlag refuses a sampler flag (name) that names no sampler; empty is the default.
+func samplerFlag(f *pflag.FlagSet, name string) error {
+	if s, _ := f.GetString(name); s != "" {
 		if _, err := sampler.ParseMethod(s); err != nil {
-			return fmt.Errorf("--sampler: %w", err)
+			return fmt.Errorf("--%s: %w", name, err)
 		}
 	}
 	return nil
