@@ -66,16 +66,14 @@ type Recipe struct {
 	Std  []float64 `json:"std,omitempty"`
 }
 
-var methods = []string{string(sampler.Euler), string(sampler.FewStep), string(sampler.FewStepODE), string(sampler.Consistency), string(sampler.Stream)}
-
 // Validate checks every field; errors name the field.
 func (r *Recipe) Validate() error {
 	bad := func(format string, a ...any) error { return fmt.Errorf("recipe: "+format, a...) }
 	switch {
 	case r.Format != RecipeFormat:
 		return bad("format %d, this fewstep reads format %d", r.Format, RecipeFormat)
-	case !slices.Contains(methods, r.Sampler):
-		return bad("sampler %q is not one of %v", r.Sampler, methods)
+	case !slices.Contains(sampler.Methods, sampler.Method(r.Sampler)):
+		return bad("sampler %q is not one of %v", r.Sampler, sampler.Methods)
 	case !(r.Shift > 0) || math.IsInf(r.Shift, 0):
 		return bad("shift %g, must be > 0", r.Shift)
 	case !(r.CFG >= 0) || math.IsInf(r.CFG, 0):

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/fewstep/fewstep/kernels"
@@ -65,7 +66,11 @@ func ParseMethod(s string) (Method, error) {
 			return m, nil
 		}
 	}
-	return "", fmt.Errorf("sampler %q is not one of euler | fewstep | fewstep-ode | consistency | stream", s)
+	names := make([]string, len(Methods))
+	for i, m := range Methods {
+		names[i] = string(m)
+	}
+	return "", fmt.Errorf("sampler %q is not one of %s", s, strings.Join(names, " | "))
 }
 
 // Options choose the sampler and its schedule.
