@@ -245,13 +245,19 @@ func Register(name string, c Constructor) {
 	registry[name] = c
 }
 
+// howToRegister is what New's error for an unknown name tells: an objective registers itself from its
+// package's init(), so the binary must import that package (docs/new-objective.md, section 8).
+const howToRegister = `a custom objective registers itself in its package's init() once the binary imports that package: ` +
+	`add import _ "example.com/you/yourobjective" to a file of cmd/fewstep (or of your own main package); ` +
+	`docs/new-objective.md, section 8`
+
 // New builds the objective named in a job.
 func New(name string, params map[string]any) (Objective, error) {
 	regMu.Lock()
 	c, ok := registry[name]
 	regMu.Unlock()
 	if !ok {
-		return nil, fmt.Errorf("objective: %q is not registered (have %s)", name, strings.Join(Names(), ", "))
+		return nil, fmt.Errorf("objective: %q is not registered (have %s); %s", name, strings.Join(Names(), ", "), howToRegister)
 	}
 	o, err := c(params)
 	if err != nil {
