@@ -90,6 +90,9 @@ func runSynth(cmd *cobra.Command, _ []string) error {
 		progressbar.OptionThrottle(trainer.BarThrottle(cmd.ErrOrStderr(), 100*time.Millisecond)),
 		progressbar.OptionClearOnFinish(),
 	)
+	// The bar's clock starts at its first render unless started: the first update (a block of 64
+	// videos) would then show 64 videos over ~0 s, millions of videos/s.
+	bar.StartWithoutRender()
 	t0 := time.Now()
 	files, err := data.WriteSynth(out, o, func(done int) { bar.Set(done) })
 	bar.Finish()

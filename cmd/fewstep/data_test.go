@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -210,5 +211,25 @@ func TestJobFlags(t *testing.T) {
 	_, _, err = runCLI(t, "data", "synth", "--config", job, "--out", out)
 	if err == nil || !strings.Contains(err.Error(), "data.synth.cuont") || !strings.Contains(err.Error(), job) {
 		t.Fatalf("unknown key: %v", err)
+	}
+}
+
+// The synth bar's first update (after the first block of 64 videos) shows the rate since the command
+// started writing, not 64 videos over the ~0 s since the bar's first render (millions of videos/s).
+func TestSynthBarFirstRate(t *testing.T) {
+	out, stderr, err := runCLI(t, "data", "synth", "--out", t.TempDir(), "--count", "128", "--heldout-count", "64", "--frames", "8", "--size", "16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`in [0-9.]+s: ([0-9]+) videos/s`).FindStringSubmatch(out)
+	first := regexp.MustCompile(`\(64/192, ([0-9]+) videos/s\)`).FindStringSubmatch(stderr)
+	if m == nil || first == nil {
+		t.Fatalf("no overall rate in %q or no first update (64 of 192 videos) with a rate in %q", out, stderr)
+	}
+	all, _ := strconv.ParseFloat(m[1], 64)
+	rate, _ := strconv.ParseFloat(first[1], 64)
+	t.Logf("first update %g videos/s, the whole command %g videos/s", rate, all)
+	if rate > 10*all+100 { // the first block may run faster than the average, not 10× (+100: a tiny all)
+		t.Errorf("first update shows %g videos/s, the whole command ran at %g videos/s", rate, all)
 	}
 }

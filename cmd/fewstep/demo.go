@@ -82,6 +82,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	bar := progressbar.NewOptions(job.Data.Synth.Count+job.Data.Synth.HeldoutCount, progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription("data synth"), progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(w, 100*time.Millisecond)),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
+	bar.StartWithoutRender() // the clock starts now, not at the first block's update (runSynth)
 	if err := trainer.EnsureData(job, dir, func(done, _ int) { bar.Set(done) }); err != nil {
 		return err
 	}
