@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/data"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/kernels/cuda"
@@ -125,6 +126,21 @@ func (p *Pipeline) UseGraphs() {
 		}
 		return gr.Launch, gr.Destroy, nil
 	}
+}
+
+// UseJobWindow streams every later Generate and Stream with the job's KV-cache window where the job
+// sets one (model.local_attn_frames > 0, with model.sink_frames), over the recipe's, as fewstep sample
+// and eval do (JobWindow); p.Recipe becomes a copy that records the window. Call it before the first
+// Generate or Stream.
+func (p *Pipeline) UseJobWindow(job *config.Job) error {
+	o := p.Recipe.Options(0)
+	if err := JobWindow(&o, job); err != nil {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	r := *p.Recipe
+	r.LocalFrames, r.SinkFrames = o.LocalFrames, o.SinkFrames
+	p.Recipe = &r
+	return nil
 }
 
 // Close releases the device memory of the passes and the cache (the model's weights stay with Model).

@@ -170,3 +170,60 @@ func caption(t *testing.T, p *Pipeline, c string) []float32 {
 	}
 	return e
 }
+
+// UseJobWindow: a causal student trained with an unbounded cache (the recipe's window 0) streams an
+// 8-frame video with the job's 4-frame window (model.local_attn_frames), as the sampler does with
+// that window, and not as it does without one; a job without a window leaves the recipe's, and a
+// window CheckWindow refuses is an error.
+func TestUseJobWindow(t *testing.T) {
+	p, err := Open(fixture(t, "selfforcing", nil), "cpu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.Recipe.LocalFrames != 0 || !p.Recipe.Causal {
+		t.Fatalf("fixture recipe: window %d, causal %v", p.Recipe.LocalFrames, p.Recipe.Causal)
+	}
+	a := caption(t, p, "a green cross moving down")
+	req := Request{Prompts: [][]float32{a}, Seeds: []int64{4}, Frames: 8}
+	unbounded, err := p.Generate(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := jobFor("selfforcing", nil)
+	if err := p.UseJobWindow(job); err != nil || p.Recipe.LocalFrames != 0 { // no window in the job
+		t.Fatalf("job without a window: %v, recipe window %d", err, p.Recipe.LocalFrames)
+	}
+	job.Model.LocalAttnFrames, job.Model.SinkFrames = 4, 4
+	if err := p.UseJobWindow(job); err == nil || !strings.Contains(err.Error(), "sink_frames") {
+		t.Fatalf("sink 4 in a 4-frame window: %v", err)
+	}
+	job.Model.SinkFrames = 0
+	if err := p.UseJobWindow(job); err != nil || p.Recipe.LocalFrames != 4 || p.Recipe.SinkFrames != 0 {
+		t.Fatalf("UseJobWindow: %v, recipe window %d + %d", err, p.Recipe.LocalFrames, p.Recipe.SinkFrames)
+	}
+	windowed, err := p.Generate(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	net := sampler.NewDiTNet(p.Model, p.Recipe.ChunkFrames)
+	defer net.Free()
+	o := p.Recipe.Options(0)
+	o.LocalFrames = 4
+	text := make([]float32, 4*8)
+	copy(text, a)
+	res, err := sampler.Sample(net, &sampler.Batch{C: 48, F: 8, H: 4, W: 4, L: 4, TextDim: 8, Text: text, Null: make([]float32, 4*8), Seeds: []int64{4}}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	differ := false
+	for i, v := range res.Latents {
+		if windowed.Latents[i] != v {
+			t.Fatalf("latent %d: pipeline %g, sampler with the 4-frame window %g", i, windowed.Latents[i], v)
+		}
+		differ = differ || unbounded.Latents[i] != v
+	}
+	if !differ {
+		t.Fatal("the 4-frame window gave the unbounded cache's video: the test cannot tell them apart")
+	}
+}

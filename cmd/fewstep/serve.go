@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
+	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/serve"
 	"github.com/spf13/cobra"
@@ -31,12 +33,18 @@ var serveCmd = &cobra.Command{
   GET  /healthz       ok (503 while shutting down)
   GET  /metrics       Prometheus text: requests by status, queue length, batches, videos, latency
 
+How to sample is the model folder's recipe.json. A causal student streams with the KV-cache window
+of the job where it sets one (model.local_attn_frames, model.sink_frames), as sample and eval do:
+the job is --config, else the folder's fewstep_job.yaml (an export) or job.yaml (a checkpoint),
+with --set on top (e.g. --set model.local_attn_frames=6).
+
 Concurrent requests of one kind (frames, steps, stream or not) wait in a bounded queue and run as
 one batched generation of up to --max-batch prompts. SIGINT/SIGTERM: stop admitting (503), finish
 every admitted request, exit.`,
-	Example: `  fewstep serve --model runs/demo-.../export --addr 127.0.0.1:8080`,
-	Args:    cobra.NoArgs,
-	RunE:    runServe,
+	Example: `  fewstep serve --model runs/demo-.../export --addr 127.0.0.1:8080
+  fewstep serve --model runs/selfforcing/export --set model.local_attn_frames=6`,
+	Args: cobra.NoArgs,
+	RunE: runServe,
 }
 
 func init() {
@@ -51,6 +59,7 @@ func init() {
 	f.Int64("max-body", 8<<20, "request body bytes; more get 413")
 	f.Duration("batch-wait", 2*time.Millisecond, "how long a batch waits for more requests")
 	f.Int("scale", 1, "PNG frames: pixel upscaling")
+	addJobFlags(serveCmd)
 	rootCmd.AddCommand(serveCmd)
 }
 
@@ -60,10 +69,9 @@ func runServe(cmd *cobra.Command, _ []string) error {
 	if model == "" {
 		return fmt.Errorf("serve: --model EXPORT_DIR is required")
 	}
-	dev, _ := fl.GetString("device")
-	p, err := pipeline.Open(model, dev)
+	p, err := openServe(cmd, model)
 	if err != nil {
-		return fmt.Errorf("serve: %w", err)
+		return err
 	}
 	defer p.Close()
 	var o serve.Options
@@ -83,8 +91,12 @@ func runServe(cmd *cobra.Command, _ []string) error {
 	}
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	r := p.Recipe
-	fmt.Fprintf(cmd.OutOrStdout(), "serve: %s (%s, %s, latents [%d, %d, %d, %d]) on %s at http://%s/\n",
-		model, r.Objective, r.Sampler, r.LatentChannels, r.Frames, r.Height, r.Width, p.Dev.Name(), ln.Addr())
+	window := ""
+	if r.Causal {
+		window = fmt.Sprintf(", KV window %d frames + %d sink (0: unbounded)", r.LocalFrames, r.SinkFrames)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "serve: %s (%s, %s, latents [%d, %d, %d, %d]%s) on %s at http://%s/\n",
+		model, r.Objective, r.Sampler, r.LatentChannels, r.Frames, r.Height, r.Width, window, p.Dev.Name(), ln.Addr())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	errc := make(chan error, 1)
@@ -105,4 +117,49 @@ func runServe(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	return nil
+}
+
+// serveJobFiles are the job files a model folder may hold: an export's, then a checkpoint's.
+var serveJobFiles = []string{"fewstep_job.yaml", "job.yaml"}
+
+// openServe opens --model on --device and applies the job's KV-cache window (pipeline.JobWindow,
+// as sample and eval): the job is --config, else the model folder's job file, each with --set;
+// without either and without --set the recipe's window stands.
+func openServe(cmd *cobra.Command, model string) (*pipeline.Pipeline, error) {
+	fl := cmd.Flags()
+	dev, _ := fl.GetString("device")
+	p, err := pipeline.Open(model, dev)
+	if err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	dir := model
+	if st, err := os.Stat(model); err == nil && !st.IsDir() {
+		dir = filepath.Dir(model)
+	}
+	sets, _ := fl.GetStringArray("set")
+	var job *config.Job
+	switch {
+	case fl.Changed("config"):
+		job, err = loadJob(cmd)
+	default:
+		for _, n := range serveJobFiles {
+			if jp := filepath.Join(dir, n); fileExists(jp) {
+				if job, err = config.Load(jp, sets); err == nil {
+					err = printJob(cmd, job, jp)
+				}
+				break
+			}
+		}
+		if job == nil && err == nil && len(sets) > 0 { // no job file: the defaults and --set
+			job, err = loadJob(cmd)
+		}
+	}
+	if err == nil && job != nil {
+		err = p.UseJobWindow(job)
+	}
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	return p, nil
 }
