@@ -21,7 +21,7 @@ grep -E "^(--- |ok|FAIL|PASS|panic)" "$L" | tail -8
 
 # 2. Wan-1.3B DMD through NCCL on GPU 0 with train.shard none, optimizer and full.
 for sh in ${SHARDS:-none optimizer full}; do
-    res=$(timeout -k 5 ${T_BENCH:-90} $G/fewstep bench train --objective dmd --preset wan2.1-1.3b --frames 3 --height 60 --width 104 \
+    res=$(timeout -k 5 ${T_BENCH:-90} $G/fewstep bench train --json --objective dmd --preset wan2.1-1.3b --frames 3 --height 60 --width 104 \
         --recompute --devices cuda:0 --shard $sh --warmup 1 --iters ${ITERS:-3} 2>>"$L")
     log "bench train dmd --shard $sh exit $?"
     echo "$res" | grep '^{' >> "$OUT/bench.jsonl"

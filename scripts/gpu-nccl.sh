@@ -21,7 +21,7 @@ grep -E "^(--- |ok|FAIL|PASS|panic)|nccl_test.go:|cuda_test.go:|nccl: NCCL|NCCL 
 # 2. the bench: 1 GiB fp32 between GPUs 0 and 1, then 256 MiB bf16
 for args in "--mib 1024" "--mib 256 --dtype bf16"; do
     log "+ fewstep bench allreduce --devices 2 $args"
-    res=$(timeout -k 10 120 $G/fewstep bench allreduce --devices 2 $args 2>&1)   # NCCL warnings too
+    res=$(timeout -k 10 120 $G/fewstep bench allreduce --json --devices 2 $args 2>&1)   # NCCL warnings too
     rc=$?
     echo "$res" >> "$L"
     echo "$res" | grep '^{' >> "$OUT/allreduce.jsonl"

@@ -50,14 +50,14 @@ if [ "$mode" != tests ]; then
     B=$OUT/bench.jsonl
     : > "$B"
     run() { log "+ $*"; timeout 240 "$@" 2>>"$L" | tee -a "$B"; }
-    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --graph --iters 10 --profile
-    run $G/fewstep bench forward --preset small --frames 2 --height 64 --width 64 --graph --iters 20
-    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 1 --height 16 --width 32 --graph --iters 20
-    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 21 --height 60 --width 104 --iters 3 --warmup 1
-    run $G/fewstep bench forward --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --train --iters 5
-    run $G/fewstep bench stream --preset wan2.1-1.3b --height 60 --width 104 --chunk-frames 3 --chunks 7 --steps 4 --warmup 1
-    run $G/fewstep bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
-    run $G/fewstep bench attention --tokens 4680 --heads 12 --head-dim 128 --iters 10
+    run $G/fewstep bench forward --json --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --graph --iters 10 --profile
+    run $G/fewstep bench forward --json --preset small --frames 2 --height 64 --width 64 --graph --iters 20
+    run $G/fewstep bench forward --json --preset wan2.1-1.3b --frames 1 --height 16 --width 32 --graph --iters 20
+    run $G/fewstep bench forward --json --preset wan2.1-1.3b --frames 21 --height 60 --width 104 --iters 3 --warmup 1
+    run $G/fewstep bench forward --json --preset wan2.1-1.3b --frames 3 --height 60 --width 104 --train --iters 5
+    run $G/fewstep bench stream --json --preset wan2.1-1.3b --height 60 --width 104 --chunk-frames 3 --chunks 7 --steps 4 --warmup 1
+    run $G/fewstep bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run $G/fewstep bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10
     if [ -f $G/wan_ref.py ]; then
         run python3 $G/wan_ref.py --preset wan1.3b --frames 3
         run python3 $G/wan_ref.py --preset small --frames 2 --height 64 --width 64

@@ -48,7 +48,7 @@ peak sample timeout 150 $F sample --weights $T/wan/diffusion_pytorch_model.safet
 log "+ wan_ref.py, the same sampling"
 peak wan_ref timeout 150 python3 scripts/ref_sample.py --wan-ref $G/wan_ref.py --weights $T/wan/diffusion_pytorch_model.safetensors --emb $T/emb.safetensors 2>>"$L" | tee -a "$L"
 log "+ bench stream (pipeline.Stream)"
-peak stream timeout 90 $F bench stream --preset wan2.1-1.3b --height 60 --width 104 --chunk-frames 3 --chunks 7 --steps 4 --warmup 1 2>>"$L" | tee -a "$L"
+peak stream timeout 90 $F bench stream --json --preset wan2.1-1.3b --height 60 --width 104 --chunk-frames 3 --chunks 7 --steps 4 --warmup 1 2>>"$L" | tee -a "$L"
 log "+ Diffusers layout: the demo teacher and a random small preset, exported with --layout diffusers"
 $F export --weights configs/teacher/diffusion_pytorch_model.safetensors --model-config configs/teacher/config.json --layout diffusers \
     --out $T/td --set data.text_len=8 > /dev/null 2>>"$L"
@@ -56,8 +56,8 @@ python3 scripts/diffusers_wan.py --export $T/td --fewstep $F --device cuda 2>>"$
 $F model init --preset small --text-len 64 --dtype float32 --layout diffusers --out $T/sd > /dev/null 2>>"$L"
 python3 scripts/diffusers_wan.py --export $T/sd --fewstep $F --device cuda --frames 3 --size 16 2>>"$L" | tee -a "$L"
 log "+ bench sample (pipeline.Generate, warm)"
-peak bench_sample timeout 90 $F bench sample --preset wan2.1-1.3b --frames 21 --height 60 --width 104 --steps 4 --iters 2 --warmup 1 2>>"$L" | tee -a "$L"
+peak bench_sample timeout 90 $F bench sample --json --preset wan2.1-1.3b --frames 21 --height 60 --width 104 --steps 4 --iters 2 --warmup 1 2>>"$L" | tee -a "$L"
 log "+ CUDA graphs (pipeline.UseGraphs): small preset, short video, eager vs graph"
-timeout 60 $F bench sample --preset small --frames 2 --height 32 --width 32 --ctx 64 --steps 4 --iters 5 --warmup 1 2>>"$L" | tee -a "$L"
-timeout 60 $F bench sample --preset small --frames 2 --height 32 --width 32 --ctx 64 --steps 4 --iters 5 --warmup 1 --graph 2>>"$L" | tee -a "$L"
+timeout 60 $F bench sample --json --preset small --frames 2 --height 32 --width 32 --ctx 64 --steps 4 --iters 5 --warmup 1 2>>"$L" | tee -a "$L"
+timeout 60 $F bench sample --json --preset small --frames 2 --height 32 --width 32 --ctx 64 --steps 4 --iters 5 --warmup 1 --graph 2>>"$L" | tee -a "$L"
 rm -rf $T

@@ -106,16 +106,16 @@ missing = [k for k in want if k not in got]
 print("model vjp --device cuda vs PyTorch golden %s: %d tensors, worst rel error %.3g (%s)%s" % (sys.argv[2].split("/")[-1], len(want), worst[0], worst[1], ", MISSING %s" % missing if missing else ""))
 PY
     done ;;
-sf)  run 200 $FS bench train $W --frames 21 --objective selfforcing --chunk-frames 3 --recompute --mem-limit-gib 79.6 --iters ${SF_ITERS:-2} --warmup 1 ;;
+sf)  run 200 $FS bench train --json $W --frames 21 --objective selfforcing --chunk-frames 3 --recompute --mem-limit-gib 79.6 --iters ${SF_ITERS:-2} --warmup 1 ;;
 ours)
-    run 60 $FS bench forward $W --frames 3 --graph --iters 10 --profile
-    run 60 $FS bench forward $W --frames 3 --graph --iters 10 --bf16-operands=false
-    run 90 $FS bench forward $W --frames 21 --iters 3 --warmup 1
-    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2 --bf16-operands=false
-    run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
-    run 60 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
-    run 60 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5 ;;
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10 --profile
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10 --bf16-operands=false
+    run 90 $FS bench forward --json $W --frames 21 --iters 3 --warmup 1
+    run 60 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 $FS bench train --json $W --frames 3 --iters 5 --warmup 2 --bf16-operands=false
+    run 60 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 60 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run 60 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5 ;;
 peer) # --train times the forward (no grad) first, then the train step
     run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 3 --train
     run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;
@@ -124,10 +124,10 @@ compile)
 compile21)
     run ${COMPILE_TO:-200} python3 $G/wan_ref.py --preset wan1.3b --frames 21 --compile ;;
 final) # the lean set of the last call: ours and the peers (eager, compiled forward) side by side
-    run 60 $FS bench forward $W --frames 3 --graph --iters 10
-    run 60 $FS bench forward $W --frames 21 --iters 2 --warmup 1
-    run 150 $FS bench train $W --frames 3 --iters 5 --warmup 2 --peer $G/wan_ref.py
-    run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10
+    run 60 $FS bench forward --json $W --frames 21 --iters 2 --warmup 1
+    run 150 $FS bench train --json $W --frames 3 --iters 5 --warmup 2 --peer $G/wan_ref.py
+    run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
     run ${COMPILE_TO:-150} python3 $G/wan_ref.py --preset wan1.3b --frames 3 --compile ;;
 peers-start)
     rm -f "$BARRIER"
@@ -151,44 +151,44 @@ peers-wait)
     cat "$OUT/peer_fwd.json" "$OUT/peer_train.json" 2>/dev/null | tee -a "$L" "$J"
     rm -f "$OUT/peer_fwd.json" "$OUT/peer_train.json" ;;
 ab)
-    run 60 $FS bench forward $W --frames 3 --graph --iters 10 --profile
-    run 60 $OFF $FS bench forward $W --frames 3 --graph --iters 10 --profile
-    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 $OFF $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
-    run 60 $OFF $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
-    run 90 $FS bench forward $W --frames 21 --iters 3 --warmup 1
-    run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5 ;;
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10 --profile
+    run 60 $OFF $FS bench forward --json $W --frames 3 --graph --iters 10 --profile
+    run 60 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 $OFF $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 60 $OFF $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 90 $FS bench forward --json $W --frames 21 --iters 3 --warmup 1
+    run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5 ;;
 ab12) # session 6 (stepfuse, kernels/cuda/NOTES.md v12): everything on; without the training GELU
       # epilogues (FEWSTEP_GELU_AUX=0); without any fusion (the code before session 5's)
-    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 env FEWSTEP_GELU_AUX=0 $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 $OFF $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
-    [ -n "${AB12_PROFILE_OFF:-}" ] && run 60 env FEWSTEP_GELU_AUX=0 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
-    run 60 $FS bench forward $W --frames 3 --graph --iters 10 ;;
+    run 60 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 env FEWSTEP_GELU_AUX=0 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 $OFF $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    [ -n "${AB12_PROFILE_OFF:-}" ] && run 60 env FEWSTEP_GELU_AUX=0 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10 ;;
 s6) # session 6's last call (NOTES.md v13): the step and forwards with the sm_90a attention backward
     # and the training GELU epilogues, the same without the new backward (FEWSTEP_ATTN_BWD=fa2),
     # the profile after, the attention alone (new and old backward)
-    run 60 $FS bench forward $W --frames 3 --graph --iters 10
-    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 env FEWSTEP_ATTN_BWD=fa2 $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 $FS bench forward $W --frames 3 --train --profile --iters 3 --warmup 1
-    run 90 $FS bench forward $W --frames 21 --iters 2 --warmup 1
-    run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
-    run 40 env FEWSTEP_ATTN_BWD=fa2 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --iters 5
-    run 40 $FS bench attention --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5
-    run 40 $FS bench attention --tokens 4680 --heads 12 --head-dim 128 --iters 10 ;;
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10
+    run 60 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 env FEWSTEP_ATTN_BWD=fa2 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 90 $FS bench forward --json $W --frames 21 --iters 2 --warmup 1
+    run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run 40 env FEWSTEP_ATTN_BWD=fa2 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5
+    run 40 $FS bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10 ;;
 demo) # the main job on the card (README: the same table as the CPU's within noise)
     t0=$(date +%s)
     timeout 150 $PIN $FS demo --set device=cuda --out $G/demo_run > "$OUT/demo.txt" 2>&1
     log "demo --set device=cuda exit $? in $(( $(date +%s) - t0 )) s"
     cp $G/demo_run/eval/table.txt "$OUT/demo_table.txt" 2>/dev/null && cat "$OUT/demo_table.txt" | tee -a "$L" ;;
 verify) # the lean second call: the fatbins of the first, ours only
-    run 60 $FS bench forward $W --frames 3 --graph --iters 10
-    run 60 $FS bench train $W --frames 3 --iters 5 --warmup 2
-    run 60 $FS bench forward $W --frames 21 --iters 2 --warmup 1
-    run 60 $OFF $FS bench forward $W --frames 21 --iters 2 --warmup 1 ;;
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10
+    run 60 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 60 $FS bench forward --json $W --frames 21 --iters 2 --warmup 1
+    run 60 $OFF $FS bench forward --json $W --frames 21 --iters 2 --warmup 1 ;;
 eager)
     run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 3 --train
     run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;

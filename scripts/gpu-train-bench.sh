@@ -68,7 +68,7 @@ bench() { # name timeout args...
     shift 2
     log "+ [$name] fewstep bench train $*"
     local t0=$(date +%s)
-    timeout "$to" $G/fewstep bench train "$@" 2>>"$L" | tee -a "$J"
+    timeout "$to" $G/fewstep bench train --json "$@" 2>>"$L" | tee -a "$J"
     log "  [$name] exit ${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s"
 }
 W480="--preset wan2.1-1.3b --frames 3 --height 60 --width 104 --ctx 512"
@@ -87,7 +87,7 @@ for s in $steps; do
     dmd78)          bench dmd78 150 $W480 --objective dmd --recompute --mem-limit-gib 78 --iters 5 --warmup 1 ;;
     profile) # per-kernel times of one forward and one backward (stderr → the log)
         log "+ [profile] fewstep bench forward $W480 --train --profile"
-        timeout 120 $G/fewstep bench forward $W480 --train --profile --iters 3 --warmup 1 >> "$J" 2>> "$L"
+        timeout 120 $G/fewstep bench forward --json $W480 --train --profile --iters 3 --warmup 1 >> "$J" 2>> "$L"
         log "  [profile] exit $?" ;;
     sf6|sf9|sf12)   f=${s#sf}
                     bench $s 240 --preset wan2.1-1.3b --frames $f --height 60 --width 104 --ctx 512 \

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand"
 	"os"
@@ -17,9 +16,10 @@ import (
 )
 
 // `fewstep bench forward|attention`: GPU timings with CUDA events (median of --iters after --warmup),
-// one JSON line each, in the form shared/reference/wan_ref.py prints, so the two can be put side by side.
+// a table each (bench_report.go), or with --json one JSON line each, in the form
+// shared/reference/wan_ref.py prints, so the two can be put side by side.
 
-var benchCmd = &cobra.Command{Use: "bench", Short: "Time the engine on the GPU: forward, stream, attention, sample, train, allreduce (train and sample --dry count memory without one)"}
+var benchCmd = &cobra.Command{Use: "bench", Short: "Time the engine on the GPU: forward, stream, attention, sample, train, allreduce (train and sample --dry count memory without one); a table, or --json"}
 
 var benchForwardCmd = &cobra.Command{
 	Use:   "forward",
@@ -270,7 +270,7 @@ func runBenchForward(cmd *cobra.Command, _ []string) error {
 		}
 		res["fwd_bwd_ms"] = ms
 	}
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return benchReport(cmd, res)
 }
 
 // benchDType reads a benchmark's --dtype: bf16 or fp32.
@@ -339,5 +339,5 @@ func runBenchAttention(cmd *cobra.Command, _ []string) error {
 		}
 		res["bwd_ms"], res["bwd_TFLOPs"] = bms, 2.5*flops/bms/1e9
 	}
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return benchReport(cmd, res)
 }

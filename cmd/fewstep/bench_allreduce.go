@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"time"
@@ -174,7 +173,7 @@ func runBenchAllReduce(cmd *cobra.Command, _ []string) error {
 		"iters": iters, "warmup": warm, "time_ms": sec * 1e3, "algbw_GBps": algbw, "busbw_GBps": busbw,
 		"check": "first all-reduce equal to the host sum on every GPU, every element",
 		"note":  "mean wall time of back-to-back all-reduces between device syncs; GB = 1e9 bytes; busbw = algbw·2(n−1)/n (nccl-tests)"}
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return benchReport(cmd, res)
 }
 
 // benchGPUs resolves a benchmark's --devices list to GPU ordinals of this machine; cmd names the

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"time"
 
 	"github.com/fewstep/fewstep/kernels"
@@ -114,7 +112,7 @@ func runBenchSample(cmd *cobra.Command, _ []string) error {
 		m.NewPass(models.Shape{B: B, F: F, H: H, W: W, L: L})
 		res["training_pass_GiB"] = float64(t.Peak()) / gib
 		res["note"] = "counted by models.DryDevice: allocations, bf16 weight/activation copies, op scratch; not the CUDA context (~0.5 GiB) nor allocator slack. training_pass_GiB: weights + a NewPass of the same shape (what sampling held before forward-only passes), before any op runs"
-		return json.NewEncoder(os.Stdout).Encode(res)
+		return benchReport(cmd, res)
 	}
 	name, _ := fl.GetString("device")
 	g, err := pipeline.OpenCUDA(name)
@@ -164,7 +162,7 @@ func runBenchSample(cmd *cobra.Command, _ []string) error {
 	free, total, _ := g.MemInfo()
 	res["device"], res["ms_per_video"], res["mem_used_GiB"] = g.Info, median(ms), float64(total-free)/gib
 	res["note"] = "pipeline.Generate end to end (host noise, forwards, latents to the host); mem_used_GiB: the card's used memory after (cuMemGetInfo: our allocations, the CUDA context and other processes)"
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return benchReport(cmd, res)
 }
 
 func median(v []float64) float64 {
@@ -226,5 +224,5 @@ func runBenchStream(cmd *cobra.Command, _ []string) error {
 		"total_ms": tot, "first_chunk_ms": float64(first.Microseconds()) / 1e3, "chunk_ms": chunkMs,
 		"latent_fps": float64(frames) / tot * 1000, "video_fps": float64(1+4*(frames-1)) / tot * 1000, "local_frames": local, "sink_frames": sink,
 		"note": "the library's stream end to end (host noise, steps forwards + 1 cache forward per chunk, each chunk's latents to the host); DiT only (no text encoder, no VAE decode)"}
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return benchReport(cmd, res)
 }

@@ -178,7 +178,7 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		}
 		res["dry"] = dr
 		if dry, _ := fl.GetBool("dry"); dry {
-			return json.NewEncoder(os.Stdout).Encode(res)
+			return benchReport(cmd, res)
 		}
 	}
 
@@ -292,7 +292,7 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		if err != nil { // e.g. out of memory: the JSON line still says what the step needs (res["dry"])
 			res["error"] = "building the roles: " + err.Error()
 			res["mem_used_GiB"] = used()
-			json.NewEncoder(os.Stdout).Encode(res)
+			benchReport(cmd, res)
 			return fmt.Errorf("building the roles: %w", err)
 		}
 		res["roles"] = tr.RoleNames()
@@ -312,7 +312,7 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		res["error"] = err.Error()
 		res["mem_used_GiB"] = used()
-		json.NewEncoder(os.Stdout).Encode(res)
+		benchReport(cmd, res)
 		return err
 	}
 	res["step_ms"] = ms
@@ -349,7 +349,7 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		res["mem_used_GiB"] = used()
 		res["last_metrics"] = metrics()
 	}
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return benchReport(cmd, res)
 }
 
 // benchBatch is the benchmarks' fixed micro-batch on the host (seed 3): text embeddings [nText] and

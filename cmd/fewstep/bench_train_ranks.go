@@ -124,7 +124,7 @@ func benchTrainRanks(cmd *cobra.Command, res map[string]any, obj string, cfg mod
 	}
 	if _, err := collect("building the roles"); err != nil {
 		res["error"] = err.Error()
-		json.NewEncoder(os.Stdout).Encode(res)
+		benchReport(cmd, res)
 		return err
 	}
 	used := func() []float64 {
@@ -146,7 +146,7 @@ func benchTrainRanks(cmd *cobra.Command, res map[string]any, obj string, cfg mod
 		ms, err := collect(fmt.Sprintf("step %d", k+1))
 		if err != nil {
 			res["error"] = err.Error()
-			json.NewEncoder(os.Stdout).Encode(res)
+			benchReport(cmd, res)
 			return err
 		}
 		metrics = append(metrics, ms[0])
@@ -168,7 +168,7 @@ func benchTrainRanks(cmd *cobra.Command, res map[string]any, obj string, cfg mod
 			res["speedup"] = float64(n) * oms / ms
 		}
 	}
-	return json.NewEncoder(os.Stdout).Encode(res)
+	return benchReport(cmd, res)
 }
 
 // benchOneGPU runs this command again on GPU ord alone (no scaling) and returns its JSON.
@@ -185,7 +185,7 @@ func benchOneGPU(ord int) (map[string]any, error) {
 		}
 		args = append(args, a)
 	}
-	args = append(args, "--devices", fmt.Sprintf("cuda:%d", ord), "--scaling=false")
+	args = append(args, "--devices", fmt.Sprintf("cuda:%d", ord), "--scaling=false", "--json") // its result as a JSON line
 	c := exec.Command(os.Args[0], args...)
 	var stdout, stderr bytes.Buffer
 	c.Stdout, c.Stderr = &stdout, &stderr
