@@ -200,9 +200,7 @@ func demoTable(w io.Writer, job *config.Job, tr *trainer.Trainer) (*eval.Table, 
 		Student:      sampler.Options{Method: method, Shift: shift, CFG: rec.CFG},
 		StudentLists: pipeline.SubLists(list, job.Eval.Steps)}
 	spec.Mean, spec.Std = pipeline.NormStats(job, held.C)
-	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("eval"),
-		progressbar.OptionShowCount(), progressbar.OptionThrottle(trainer.BarThrottle(w, 100*time.Millisecond)),
-		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
+	bar := tableBar(w, progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }))
 	spec.Progress = func(done, total int, row string) {
 		bar.ChangeMax(total)
 		bar.Describe("eval: " + row)

@@ -9,14 +9,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/eval"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/pipeline"
 	"github.com/fewstep/fewstep/sampler"
-	"github.com/fewstep/fewstep/trainer"
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -391,8 +389,7 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	spec.FDBlocks, _ = fl.GetBool("fd-blocks")
 	spec.Batch, _ = fl.GetInt("batch")
 	spec.LongFrames, _ = fl.GetInt("long-frames")
-	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(cmd.ErrOrStderr()), progressbar.OptionSetDescription("eval"),
-		progressbar.OptionThrottle(trainer.BarThrottle(cmd.ErrOrStderr(), 100*time.Millisecond)), progressbar.OptionClearOnFinish())
+	bar := tableBar(cmd.ErrOrStderr(), progressbar.OptionClearOnFinish())
 	spec.Progress = func(done, total int, row string) {
 		bar.ChangeMax(total)
 		bar.Describe("eval: " + row)
