@@ -118,9 +118,10 @@ func BarThrottle(w io.Writer, tty time.Duration) time.Duration {
 
 // bar is the progress bar: step count, steps/s, the last loss and the student's lr.
 type bar struct {
-	pb   *progressbar.ProgressBar
-	loss float64
-	lr   float64
+	pb        *progressbar.ProgressBar
+	loss      float64
+	lr        float64
+	studentLR bool // lr is the student's
 }
 
 func newBar(w io.Writer, total, done int, name string) *bar {
@@ -147,11 +148,12 @@ func (b *bar) update(step int, m map[string]float64, rate float64) {
 	if v, ok := m["loss"]; ok {
 		b.loss = v
 	}
-	for _, k := range []string{"lr/student", "lr/critic"} {
-		if v, ok := m[k]; ok {
-			b.lr = v
-			break
-		}
+	// the student's lr; the critic's only until the student has one (on a step where only the critic
+	// steps, dmd's generator_update_ratio > 1, the bar showed the critic's lr in its place)
+	if v, ok := m["lr/student"]; ok {
+		b.lr, b.studentLR = v, true
+	} else if v, ok := m["lr/critic"]; ok && !b.studentLR {
+		b.lr = v
 	}
 	b.pb.Describe(fmt.Sprintf("loss %.4f lr %.2e %.2f steps/s", b.loss, b.lr, rate))
 	b.pb.Set(step)

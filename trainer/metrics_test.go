@@ -39,3 +39,19 @@ func TestBarThrottle(t *testing.T) {
 		}
 	}
 }
+
+// The bar's lr is the student's: a step where only the critic steps (dmd with generator_update_ratio
+// 2) carries lr/critic alone and left the critic's lr on the bar every other step; a run whose
+// student has not stepped yet shows the critic's.
+func TestBarShowsStudentLR(t *testing.T) {
+	b := newBar(&bytes.Buffer{}, 10, 0, "test")
+	b.update(1, map[string]float64{"lr/critic": 2e-4, "critic_loss": 0.3}, 1)
+	if b.lr != 2e-4 {
+		t.Errorf("before the student steps: lr %g, want the critic's 2e-4", b.lr)
+	}
+	b.update(2, map[string]float64{"lr/student": 1e-4, "lr/critic": 2e-4, "loss": 1.2}, 1)
+	b.update(3, map[string]float64{"lr/critic": 2e-4, "critic_loss": 0.2}, 1)
+	if b.lr != 1e-4 || b.loss != 1.2 {
+		t.Errorf("after a critic-only step: lr %g, loss %g; want the student's 1e-4 and the last loss 1.2", b.lr, b.loss)
+	}
+}
