@@ -116,9 +116,12 @@ func BarThrottle(w io.Writer, tty time.Duration) time.Duration {
 	return 5 * time.Second
 }
 
-// bar is the progress bar: step count, steps/s, the last loss and the student's lr.
+// bar is the progress bar: step count, the last loss, the student's lr, steps/s and the time left at
+// that rate (the trainer's rate over this run's steps: the bar's own prediction counted the steps of
+// a resumed run as done in no time, and read 0s left at the first steps).
 type bar struct {
 	pb        *progressbar.ProgressBar
+	total     int
 	loss      float64
 	lr        float64
 	studentLR bool // lr is the student's
@@ -134,11 +137,12 @@ func newBar(w io.Writer, total, done int, name string) *bar {
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetWidth(24),
 		progressbar.OptionThrottle(BarThrottle(w, 200*time.Millisecond)),
-		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionSetPredictTime(false),
+		progressbar.OptionSetElapsedTime(true),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
 	)
 	pb.Set(done)
-	return &bar{pb: pb, loss: math.NaN()}
+	return &bar{pb: pb, total: total, loss: math.NaN()}
 }
 
 func (b *bar) update(step int, m map[string]float64, rate float64) {
@@ -155,8 +159,17 @@ func (b *bar) update(step int, m map[string]float64, rate float64) {
 	} else if v, ok := m["lr/critic"]; ok && !b.studentLR {
 		b.lr = v
 	}
-	b.pb.Describe(fmt.Sprintf("loss %.4f lr %.2e %.2f steps/s", b.loss, b.lr, rate))
+	b.pb.Describe(b.describe(step, rate))
 	b.pb.Set(step)
+}
+
+// describe is the bar's text at step, rate steps/s: loss, lr, rate and the time left at that rate.
+func (b *bar) describe(step int, rate float64) string {
+	left := ""
+	if rate > 0 && step < b.total {
+		left = fmt.Sprintf(", %s left", (time.Duration(float64(b.total-step)/rate) * time.Second).String())
+	}
+	return fmt.Sprintf("loss %.4f lr %.2e %.2f steps/s%s", b.loss, b.lr, rate, left)
 }
 
 func (b *bar) finish() {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -53,5 +55,22 @@ func TestBarShowsStudentLR(t *testing.T) {
 	b.update(3, map[string]float64{"lr/critic": 2e-4, "critic_loss": 0.2}, 1)
 	if b.lr != 1e-4 || b.loss != 1.2 {
 		t.Errorf("after a critic-only step: lr %g, loss %g; want the student's 1e-4 and the last loss 1.2", b.lr, b.loss)
+	}
+}
+
+// A run resumed at step 100 of 300: the bar predicts nothing itself (it counted the 100 steps as done
+// in no time: [0s:0s]) and says the time left at the trainer's rate over this run's steps.
+func TestBarResumedTimeLeft(t *testing.T) {
+	var w bytes.Buffer
+	b := newBar(&w, 300, 100, "test")
+	if out := w.String(); !strings.Contains(out, "(100/300)") || regexp.MustCompile(`\[[^\]]*:[^\]]*\]`).MatchString(out) {
+		t.Errorf("resumed bar %q: want (100/300) and the time elapsed alone", out)
+	}
+	b.loss, b.lr = 0.5, 1e-4
+	if got, want := b.describe(101, 1.5), "loss 0.5000 lr 1.00e-04 1.50 steps/s, 2m12s left"; got != want {
+		t.Errorf("describe: %q, want %q", got, want)
+	}
+	if got := b.describe(300, 1.5); strings.Contains(got, "left") {
+		t.Errorf("at the last step: %q", got)
 	}
 }
