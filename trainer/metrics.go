@@ -169,7 +169,11 @@ func (b *bar) describe(step int, rate float64) string {
 	if rate > 0 && step < b.total {
 		left = fmt.Sprintf(", %s left", (time.Duration(float64(b.total-step)/rate) * time.Second).String())
 	}
-	return fmt.Sprintf("loss %.4f lr %.2e %.2f steps/s%s", b.loss, b.lr, rate, left)
+	loss := "-" // no loss yet: dmd's first step trains the critic alone
+	if !math.IsNaN(b.loss) {
+		loss = fmt.Sprintf("%.4f", b.loss)
+	}
+	return fmt.Sprintf("loss %s lr %.2e %.2f steps/s%s", loss, b.lr, rate, left)
 }
 
 func (b *bar) finish() {

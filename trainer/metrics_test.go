@@ -66,7 +66,11 @@ func TestBarResumedTimeLeft(t *testing.T) {
 	if out := w.String(); !strings.Contains(out, "(100/300)") || regexp.MustCompile(`\[[^\]]*:[^\]]*\]`).MatchString(out) {
 		t.Errorf("resumed bar %q: want (100/300) and the time elapsed alone", out)
 	}
-	b.loss, b.lr = 0.5, 1e-4
+	b.lr = 1e-4
+	if got := b.describe(101, 1.5); !strings.HasPrefix(got, "loss - lr") { // no loss yet (a critic-only first step)
+		t.Errorf("before any loss: %q", got)
+	}
+	b.loss = 0.5
 	if got, want := b.describe(101, 1.5), "loss 0.5000 lr 1.00e-04 1.50 steps/s, 2m12s left"; got != want {
 		t.Errorf("describe: %q, want %q", got, want)
 	}

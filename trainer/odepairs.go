@@ -135,6 +135,7 @@ func WriteODEPairs(w io.Writer, job *config.Job, dev kernels.Device, comm dist.C
 	defer net.Free()
 	bar := progressbar.NewOptions(count, progressbar.OptionSetWriter(w), progressbar.OptionSetDescription("ode-pairs"),
 		progressbar.OptionShowCount(), progressbar.OptionThrottle(BarThrottle(w, 100*time.Millisecond)), progressbar.OptionClearOnFinish())
+	bar.StartWithoutRender() // its clock starts now, not at the first batch's update (that read [0s:0s])
 	so := sampler.Options{Method: sampler.Euler, Sigmas: grid, CFG: o.CFG, Record: record}
 	times := make([]float32, len(record))
 	for i, s := range record {
