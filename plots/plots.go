@@ -248,6 +248,15 @@ func panel(key string, pts []Point) (*plot.Plot, error) {
 			p.Add(l)
 		}
 	}
+	// A constant series (a constant lr): the axis spans ±5% of the value. Autoscaled, it spanned the
+	// moving average's rounding (1e-19 around 0.0002), drawn as a wiggle under ticks that all read 0.0002.
+	if scale := math.Max(math.Abs(lo), math.Abs(hi)); !math.IsInf(scale, 0) && !math.IsNaN(scale) && hi-lo <= 1e-9*scale {
+		d := 0.05 * scale
+		if d == 0 {
+			d = 1
+		}
+		p.Y.Min, p.Y.Max = lo-d, hi+d
+	}
 	last := pts[len(pts)-1]
 	p.Legend.Add(fmt.Sprintf("last %.4g at step %d", last.Value, last.Step))
 	p.Legend.Top = true

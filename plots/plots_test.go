@@ -117,3 +117,29 @@ func TestDivergedMetricsDoNotPanic(t *testing.T) {
 		t.Logf("error (allowed): %v", err)
 	}
 }
+
+// A constant lr over 30 logged steps: its panel's y axis spans ±5% of the value, not the moving
+// average's float rounding (old: a range of ~1e-19, every tick labelled 0.0002, the line a wiggle).
+func TestConstantSeriesAxis(t *testing.T) {
+	var pts []Point
+	for s := 10; s <= 300; s += 10 {
+		pts = append(pts, Point{Step: s, Value: 0.0002})
+	}
+	for _, c := range []struct {
+		pts  []Point
+		want float64
+	}{{pts, 0.0002 * 0.1}, {[]Point{{Step: 1, Value: 0}, {Step: 2, Value: 0}}, 2}} {
+		p, err := panel("lr/critic", c.pts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := c.pts[0].Value
+		if span := p.Y.Max - p.Y.Min; math.Abs(span-c.want) > 1e-12 || p.Y.Min >= v || p.Y.Max <= v {
+			t.Errorf("constant %g: y axis [%g, %g], want a span of %g around it", v, p.Y.Min, p.Y.Max, c.want)
+		}
+	}
+	p, err := panel("loss", []Point{{Step: 1, Value: 1}, {Step: 2, Value: 2}})
+	if err != nil || p.Y.Min > 1 || p.Y.Max < 2 || p.Y.Max-p.Y.Min > 1.5 {
+		t.Errorf("a varying series: y axis [%g, %g], %v", p.Y.Min, p.Y.Max, err)
+	}
+}
