@@ -799,6 +799,38 @@ template <int HD, int NW> struct BwdCfg {
     static constexpr int SMEM = (2 * BC * LD + 4 * BR * LD + BC * LDS) * 2 + 4 * BR * 4;
 };
 
+// dK += scale·dk, dV += dv for a thread's two key rows kr0, kr0 + 8 from its fp32 sums (the mma.sync
+// C layout, which wgmma's accumulators share: dk[n][2r], dk[n][2r + 1] are columns 8n + 2tq, +1 of row
+// kr0 + 8r); null gradients skipped. Both backward kernels end with it. qsplit > 1: other blocks add
+// to the same rows, by fp32 atomics (attention.go splits only fp32 gradients).
+template <int HD, typename G>
+__device__ __forceinline__ void bwd_store_dkdv(G *dK, G *dV, const float (&dk)[HD / 8][4], const float (&dv)[HD / 8][4],
+                                               int b, int h, int kr0, int Nk, ll ldg, int tq, float scale, int qsplit) {
+    G *dkg = dK + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
+    G *dvg = dV + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (kr0 + 8 * r >= Nk) continue;
+        const ll off = 8 * r * ldg;
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            if (qsplit > 1) {
+                if (dK) red_add2((float *)(dkg + off + n * 8), dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
+                if (dV) red_add2((float *)(dvg + off + n * 8), dv[n][2 * r], dv[n][2 * r + 1]);
+                continue;
+            }
+            if (dK) {
+                F2 x = Elem<G>::ld2(dkg + off + n * 8);
+                Elem<G>::st2(dkg + off + n * 8, x.x + dk[n][2 * r] * scale, x.y + dk[n][2 * r + 1] * scale);
+            }
+            if (dV) {
+                F2 x = Elem<G>::ld2(dvg + off + n * 8);
+                Elem<G>::st2(dvg + off + n * 8, x.x + dv[n][2 * r], x.y + dv[n][2 * r + 1]);
+            }
+        }
+    }
+}
+
 template <int HD, int NW, typename T, typename G>
 __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict__ dV, float *__restrict__ dQacc,
                                               const T *__restrict__ dO, const float *__restrict__ lse,
@@ -1008,29 +1040,7 @@ __device__ __forceinline__ void attn_bwd_body(G *__restrict__ dK, G *__restrict_
     }
 
     // dK += scale·dK_w, dV += dV_w for this warp's 16 keys
-    G *dkg = dK + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
-    G *dvg = dV + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (kr0 + 8 * r >= Nk) continue;
-        const ll off = 8 * r * ldg;
-#pragma unroll
-        for (int n = 0; n < HD / 8; ++n) {
-            if (qsplit > 1) {  // fp32 gradients (attention.go splits only those)
-                if (dK) red_add2((float *)(dkg + off + n * 8), dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
-                if (dV) red_add2((float *)(dvg + off + n * 8), dv[n][2 * r], dv[n][2 * r + 1]);
-                continue;
-            }
-            if (dK) {
-                F2 x = Elem<G>::ld2(dkg + off + n * 8);
-                Elem<G>::st2(dkg + off + n * 8, x.x + dk[n][2 * r] * scale, x.y + dk[n][2 * r + 1] * scale);
-            }
-            if (dV) {
-                F2 x = Elem<G>::ld2(dvg + off + n * 8);
-                Elem<G>::st2(dvg + off + n * 8, x.x + dv[n][2 * r], x.y + dv[n][2 * r + 1]);
-            }
-        }
-    }
+    bwd_store_dkdv<HD, G>(dK, dV, dk, dv, b, h, kr0, Nk, ldg, tq, scale, qsplit);
 }
 
 // Launch configuration (attention.go mirrors it): 8 warps, 128 keys per block.
@@ -1049,7 +1059,7 @@ BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)
 
 // ---------------------------------------------------------------------------------------------
 // Hopper backward, FA3-style (Shah et al. 2024, §3), hd 128, bf16 storage, sm_90a. Block: 3
-// warpgroups (384 threads) on one 128-key tile; query tiles of 64 (ATTENTION_NOTES v7).
+// warpgroups (384 threads) on one 128-key tile; query tiles of 64 (ATTENTION_NOTES v7, v8).
 //   warpgroup 0, the producer (setmaxnreg 24): cp.async of K_j, V_j once, then of Q_i, dO_i, lse_i,
 //     D_i into a 2-stage ring (mbarriers full/empty, as the forward's);
 //   warpgroups 1, 2, the consumers (setmaxnreg 240): 64 keys each. Per query tile i (MODE 2, the
@@ -1059,13 +1069,13 @@ BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)
 //     as bf16 A fragments, dO, Q MN-major); dSᵀ also goes to shared memory (bf16, swizzled,
 //     double-buffered), and once dV, dK are done and both consumers wrote it (named barrier 1)
 //     consumer c computes dQ_i[:, 64c..64c+63] = dS K_j[:, 64c..] (SS, A = dSᵀ read MN-major, K
-//     MN-major) into registers, stages them ×scale in shared memory in its accumulator order and adds
-//     the 16 KB to the fp32 dQ scratch with one bulk reduction (cp.reduce.async.bulk .add.f32);
-//     attn_dq_finish_sm90 adds the scratch into dQ. dK, dV leave the registers once, at the end.
+//     MN-major) into registers, stages them ×scale in shared memory row by row and adds each query's
+//     256 bytes to the fp32 dQ accumulator [B,Nq,H,128] (dQ itself when it is fp32) with a bulk
+//     reduction (cp.reduce.async.bulk .add.f32, bwd_dq_out). dK, dV leave the registers once, at the
+//     end (bwd_store_dkdv, as the mma.sync kernel's).
 // Shared memory (1024-aligned; 128-byte swizzle as the forward's): K, V 32 KB each; Q, dO 2 × 16 KB
-// each; dSᵀ 2 × 16 KB; dQ staging 2 × 16 KB (one per consumer); lse, D 2 × 512 B; 5 mbarriers.
-// The dQ scratch: per (b, h), ⌈Nq/64⌉ tiles of 8192 fp32 in the consumers' register order
-// (attn_dq_finish_sm90 has the map). qsplit as in attn_bwd_body (fp32 gradients only).
+// each; dSᵀ 2 × 16 KB; dQ staging 2 × 64 rows × 288 bytes (one per consumer); lse, D 2 × 512 B;
+// 5 mbarriers. qsplit as in attn_bwd_body (fp32 gradients only).
 // ---------------------------------------------------------------------------------------------
 #ifdef ATTN_WGMMA
 // D[64×64] (+)= A[64×16]·B[16×64], both by shared-memory descriptors; TA/TB 1: MN-major.
@@ -1090,9 +1100,11 @@ using namespace fa3;
 constexpr int BRQ = 64;                       // queries per tile
 constexpr int KT = 128 * 128 * 2;             // bytes of a K or V tile
 constexpr int QT = BRQ * 128 * 2;             // bytes of a Q or dO tile (two 64-row × 64-column blocks of 8 KB)
+constexpr int DQP = 288;                      // dQ staging: bytes per query row (256 + 32: no bank conflicts)
+constexpr int DQS = BRQ * DQP;                // dQ staging of one consumer
 constexpr int OFF_K = 0, OFF_V = KT, OFF_Q = 2 * KT, OFF_DO = OFF_Q + 2 * QT, OFF_DS = OFF_DO + 2 * QT,
-              OFF_DQ = OFF_DS + 2 * QT, OFF_LD = OFF_DQ + 2 * QT, OFF_BAR = OFF_LD + 2 * 512;
-static_assert(1024 + OFF_BAR + 8 * 5 == 198696, "attention.go attnBwdSm90Smem");
+              OFF_DQ = OFF_DS + 2 * QT, OFF_LD = OFF_DQ + 2 * DQS, OFF_BAR = OFF_LD + 2 * 512;
+static_assert(1024 + OFF_BAR + 8 * 5 == 202792, "attention.go attnBwdSm90Smem");
 
 // Producer thread pt (0..127): ROWS rows (global rows g, stride ldg; rows at or past `valid` zero-filled)
 // into the swizzled tile at dst (two ROWS × 64-column blocks of ROWS·128 bytes).
@@ -1128,6 +1140,34 @@ __device__ __forceinline__ float lds_f32(u32 a) {
 __device__ __forceinline__ void sts_u32(u32 a, u32 v) { asm volatile("st.shared.b32 [%0], %1;" ::"r"(a), "r"(v) : "memory"); }
 __device__ __forceinline__ void sts_v4(u32 a, float x, float y, float z, float w) {
     asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(a), "f"(x), "f"(y), "f"(z), "f"(w) : "memory");
+}
+__device__ __forceinline__ void sts_v2(u32 a, float x, float y) {
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(a), "f"(x), "f"(y) : "memory");
+}
+// dQ[i0 + r, col0 + 0..63] += scale·dq for the consumer's 64 × 64 accumulators dq (the wgmma C
+// layout: warp w holds rows 16w + g and 16w + g + 8, columns 8n + 2tq, +1), dst = the fp32 dQ
+// accumulator at (i0, col0), rows ldg apart, `rows` of them valid. Staged row by row in shared memory
+// (stage: DQS bytes, rows DQP apart), then one 256-byte bulk reduction per row, issued by thread r
+// (0..63) of the consumer, which first waits until its previous one has read the staging. barid: the
+// consumer's named barrier (128 threads).
+__device__ __forceinline__ void bwd_dq_out(const float (&dq)[8][4], u32 stage, float *dst, ll ldg, int rows, float scale,
+                                           int ct_, int warp, int g, int tq, int barid) {
+    if (ct_ < BRQ) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+    bar_sync(barid, 128);
+    const u32 r = stage + (warp * 16 + g) * DQP + tq * 8;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+        sts_v2(r + n * 32, dq[n][0] * scale, dq[n][1] * scale);
+        sts_v2(r + 8 * DQP + n * 32, dq[n][2] * scale, dq[n][3] * scale);
+    }
+    fence_proxy_async();  // the staging stores, for the bulk copy's async proxy
+    bar_sync(barid, 128);
+    if (ct_ < rows) {
+        asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 256;" ::"l"(dst + ct_ * ldg),
+                     "r"(stage + ct_ * DQP)
+                     : "memory");
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
 }
 // Pᵀ = exp2(Sᵀ·sl2 − lse·log2e) in place on NB column blocks of 8 queries from block nb0, masked to 0
 // (queries past Nq, keys past Nk, keys of later chunks than the query's). Rows kr0, kr0 + 8.
@@ -1176,12 +1216,20 @@ __device__ __forceinline__ void bwd_ds(u32 (&pa)[4][4], u32 (&da)[4][4], int n, 
 
 // PREG, CREG: setmaxnreg of the producer and of the consumers (PREG + 2·CREG <= 512); OPQ: the
 // consumers' A-operand descriptors pass an empty asm each query tile, so that the compiler does not
-// hoist all 24 k-step descriptors (48 registers) out of the loop. MODE, how much is live at once
-// (ATTENTION_NOTES v7): 0 Sᵀ and dPᵀ issued together, dQ issued while dV, dK run (dK, dV + 64 fp32 in
-// both phases: ptxas serializes the wgmmas, C7512); 1 Sᵀ, then dPᵀ with Pᵀ packed to bf16 (dSᵀ from
-// the bf16 Pᵀ), dQ after dV, dK; 2 Sᵀ, dPᵀ in two halves of 32 queries (m64n32, fp32 Pᵀ), dQ after
-// dV, dK.
-template <typename G, int PREG, int CREG, bool OPQ, int MODE>
+// hoist all 24 k-step descriptors (48 registers) out of the loop. ROT: block kt takes its query tiles
+// from the (kt mod count)-th on, round, so that the blocks of one head do not all add into the same
+// dQ rows at once. MODE, how much is live at once and how the wgmmas follow each other
+// (ATTENTION_NOTES v7, v8):
+//   0 Sᵀ and dPᵀ (m64n64) issued together, dQ issued while dV, dK run (dK, dV + 64 fp32 in both
+//     phases: ptxas serializes the wgmmas, C7512);
+//   1 Sᵀ, then dPᵀ with Pᵀ packed to bf16 (dSᵀ from the bf16 Pᵀ), dQ after dV, dK;
+//   2 Sᵀ, dPᵀ in two halves of 32 queries (m64n32, fp32 Pᵀ), dQ after dV, dK (shipped);
+//   4 as 2, then FA3's order: dV, dK as two groups; once dV is done the meeting (named barrier 1) and
+//     dQ, which runs while dK finishes; the Q/dO stage released once dK is done;
+//   5 as 4 with MODE 0's Sᵀ and dPᵀ (m64n64, issued together);
+//   6 as 2, but each consumer adds its own 64 keys' part of dQ (all 128 columns, two m64n64 halves,
+//     k = 64 keys) from its own dSᵀ rows: no meeting of the consumers, twice the dQ reductions.
+template <typename G, int PREG, int CREG, bool OPQ, int MODE, bool ROT>
 __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__restrict__ dV, float *__restrict__ dQacc,
                                                    const bf16_t *__restrict__ dO, const float *__restrict__ lse,
                                                    const float *__restrict__ Dg, const bf16_t *__restrict__ q,
@@ -1209,8 +1257,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         imask = (jlast / ct) * ct - qoff;
     }
     if (istart >= Nq) return;  // no query sees these keys (uniform over the block)
-    const int nqt_all = (Nq + BRQ - 1) / BRQ;
-    int qt0 = istart / BRQ, nqt = nqt_all;
+    int qt0 = istart / BRQ, nqt = (Nq + BRQ - 1) / BRQ;
     if (qsplit > 1) {
         const int per = (nqt - qt0 + qsplit - 1) / qsplit;
         qt0 += sp * per;
@@ -1218,6 +1265,11 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         if (qt0 >= nqt) return;
     }
     const int nit = nqt - qt0;
+    const int rot = ROT ? kt % nit : 0;
+    auto qtile = [&](int it) {  // the query tile of iteration it
+        const int x = it + rot;
+        return qt0 + (x >= nit ? x - nit : x);
+    };
 
     if (tid == 0) {
         mbar_init(fullKV, 128);
@@ -1238,7 +1290,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         load_rows_sw<128>(sV, v + ((ll)b * Nk + j0) * ldg + (ll)h * HD, ldg, Nk - j0, pt);
         cp_async_arrive(fullKV);
         for (int it = 0; it < nit; ++it) {
-            const int s = it & 1, u = it >> 1, i0 = (qt0 + it) * BRQ;
+            const int s = it & 1, u = it >> 1, i0 = qtile(it) * BRQ;
             if (u > 0) mbar_wait(empty + 8 * s, (u - 1) & 1);
             load_rows_sw<BRQ>(sQ + s * QT, qg + (ll)i0 * ldg, ldg, Nq - i0, pt);
             load_rows_sw<BRQ>(sdO + s * QT, dOg + (ll)i0 * ldg, ldg, Nq - i0, pt);
@@ -1255,9 +1307,11 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         const int rel = lane == 0;
         const u64 dKa0 = desc_sw128(sK + c * 64 * 128, 16, 1024);  // this consumer's 64 keys, K-major A
         const u64 dVa0 = desc_sw128(sV + c * 64 * 128, 16, 1024);
-        const u64 dKb0 = desc_sw128(sK + c * (KT / 2), KT / 2, 1024);  // K[:, 64c..64c+63] as MN-major B (dQ)
+        // dQ's B, K read MN-major: all 128 keys of columns 64c.. (MODE 6: keys 64c.. of columns 0..63;
+        // columns 64.. are KT/2 bytes on)
+        const u64 dKb0 = MODE == 6 ? desc_sw128(sK + c * 64 * 128, KT / 2, 1024) : desc_sw128(sK + c * (KT / 2), KT / 2, 1024);
         const bool wantQ = dQacc != nullptr;
-        const u32 dqs = sb + OFF_DQ + c * QT;  // this consumer's dQ staging (16 KB)
+        const u32 dqs = sb + OFF_DQ + c * DQS;  // this consumer's dQ staging
         float dv[HD / 8][4], dk[HD / 8][4];
 #pragma unroll
         for (int n = 0; n < HD / 8; ++n)
@@ -1266,7 +1320,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
 
         mbar_wait(fullKV, 0);
         for (int it = 0; it < nit; ++it) {
-            const int s = it & 1, qt = qt0 + it, i0 = qt * BRQ;
+            const int s = it & 1, i0 = qtile(it) * BRQ;
             mbar_wait(full + 8 * s, (it >> 1) & 1);
             fence_proxy_async();
             const u32 sQs = sQ + s * QT, sdOs = sdO + s * QT;
@@ -1277,7 +1331,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
             const bool need_mask = i0 + BRQ > Nq || j0 + BC > Nk || (ct > 0 && i0 < imask);
             const u32 dsrow = sdS + s * QT + (c * 64 + warp * 16 + g) * 128 + 4 * tq;  // dSᵀ row r; r + 8 is +1 KB
             u32 pa[4][4], da[4][4];  // Pᵀ, dSᵀ as bf16 A fragments (k = the 64 queries)
-            if (MODE == 0) {  // Sᵀ and dPᵀ in flight together (Sᵀ, dPᵀ, dK, dV live: 192 fp32)
+            if (MODE == 0 || MODE == 5) {  // Sᵀ and dPᵀ in flight together (Sᵀ, dPᵀ, dK, dV live: 192 fp32)
                 float st[8][4], dp[8][4];
                 fence_regs(st);
                 fence_regs(dp);
@@ -1347,6 +1401,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                 }
             }
             // dV_c += Pᵀ dO_i, dK_c += dSᵀ Q_i (RS; dO and Q read MN-major: 16 queries = 2 KB)
+            constexpr bool FA3ORDER = MODE == 4 || MODE == 5;
             fence_regs(pa);
             fence_regs(da);
             fence_regs(dv);
@@ -1354,110 +1409,112 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < BRQ / 16; ++kk) wgmma_rs<1>(dv, pa[kk], desc_sw128(sdOs, QT / 2, 1024) + (u64)((kk * 2048) >> 4), 1);
+            if (FA3ORDER) wgmma_commit();
 #pragma unroll
             for (int kk = 0; kk < BRQ / 16; ++kk) wgmma_rs<1>(dk, da[kk], desc_sw128(sQs, QT / 2, 1024) + (u64)((kk * 2048) >> 4), 1);
             wgmma_commit();
+            const int rows = imin(BRQ, Nq - i0);  // valid queries of the tile
+            float *dQt = wantQ ? dQacc + ((ll)b * Nq + i0) * ldg + (ll)h * HD : dQacc;  // dQ[b, i0, h, :]
             float dq[8][4];
-            if (wantQ) {
-                fence_proxy_async();  // the dSᵀ stores, for the wgmma's async proxy
-                if (MODE != 0) {      // dV, dK done first: their A fragments free before dQ's accumulators
+            if (FA3ORDER) {
+                if (wantQ) {
+                    fence_proxy_async();  // the dSᵀ stores, for the wgmma's async proxy
+                    wgmma_wait<1>();      // dV done: Pᵀ's fragments free before dQ's accumulators
+                    fence_regs(dv);
+                    fence_regs(pa);
+                    bar_sync(1, 256);  // both consumers' halves of dSᵀ are in
+                    fence_regs(dq);
+                    wgmma_fence();
+                    const u64 dSa = desc_sw128(sdS + s * QT, QT, 1024);
+#pragma unroll
+                    for (int kk = 0; kk < BC / 16; ++kk)
+                        wgmma_ss64<1, 1>(dq, dSa + (u64)((kk * 2048) >> 4), dKb + (u64)((kk * 2048) >> 4), kk > 0);
+                    wgmma_commit();
+                    wgmma_wait<1>();  // dK done; dQ may still run
+                    fence_regs(dk);
+                    fence_regs(da);
+                    mbar_arrive_if(empty + 8 * s, rel);  // Q_i, dO_i, lse_i, D_i are free
+                    wgmma_wait<0>();
+                    fence_regs(dq);
+                    bwd_dq_out(dq, dqs, dQt + c * 64, ldg, rows, scale, ct_, warp, g, tq, 2 + c);
+                } else {
                     wgmma_wait<0>();
                     fence_regs(dv);
                     fence_regs(dk);
                     fence_regs(pa);
                     fence_regs(da);
+                    mbar_arrive_if(empty + 8 * s, rel);
                 }
-                bar_sync(1, 256);     // both consumers' halves of dSᵀ are in
-                fence_regs(dq);
-                wgmma_fence();
-                const u64 dSa = desc_sw128(sdS + s * QT, QT, 1024);
+            } else if (MODE == 6) {
+                wgmma_wait<0>();
+                fence_regs(dv);
+                fence_regs(dk);
+                fence_regs(pa);
+                fence_regs(da);
+                mbar_arrive_if(empty + 8 * s, rel);  // Q_i, dO_i, lse_i, D_i are free
+                if (wantQ) {
+                    fence_proxy_async();
+                    bar_sync(2 + c, 128);  // this consumer's dSᵀ rows are in
+                    const u64 dSa = desc_sw128(sdS + s * QT + c * 64 * 128, QT, 1024);
 #pragma unroll
-                for (int kk = 0; kk < BC / 16; ++kk)
-                    wgmma_ss64<1, 1>(dq, dSa + (u64)((kk * 2048) >> 4), dKb + (u64)((kk * 2048) >> 4), kk > 0);
-                wgmma_commit();
-            }
-            wgmma_wait<0>();
-            fence_regs(dv);
-            fence_regs(dk);
-            fence_regs(pa);
-            fence_regs(da);
-            mbar_arrive_if(empty + 8 * s, rel);  // Q_i, dO_i, lse_i, D_i are free
-            if (wantQ) {
-                fence_regs(dq);
-                if (ct_ == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // the last tile's reduction read its staging
-                bar_sync(2 + c, 128);
+                    for (int hh = 0; hh < 2; ++hh) {
+                        fence_regs(dq);
+                        wgmma_fence();
 #pragma unroll
-                for (int n = 0; n < 8; ++n)
-                    sts_v4(dqs + ((warp * 8 + n) * 32 + lane) * 16, dq[n][0] * scale, dq[n][1] * scale, dq[n][2] * scale, dq[n][3] * scale);
-                fence_proxy_async();
-                bar_sync(2 + c, 128);
-                if (ct_ == 0) {
-                    float *dst = dQacc + (((ll)b * H + h) * nqt_all + qt) * 8192 + c * 4096;
-                    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 16384;" ::"l"(dst),
-                                 "r"(sb + OFF_DQ + c * QT)
-                                 : "memory");
-                    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+                        for (int kk = 0; kk < 4; ++kk)
+                            wgmma_ss64<1, 1>(dq, dSa + (u64)((kk * 2048) >> 4), dKb + (u64)((hh * (KT / 2) + kk * 2048) >> 4), kk > 0);
+                        wgmma_commit();
+                        wgmma_wait<0>();
+                        fence_regs(dq);
+                        bwd_dq_out(dq, dqs, dQt + hh * 64, ldg, rows, scale, ct_, warp, g, tq, 2 + c);
+                    }
                 }
-            }
-        }
-        if (wantQ && ct_ == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
-
-        // dK += scale·dK_c, dV += dV_c for this thread's two key rows
-        G *dkg = dK + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
-        G *dvg = dV + ((ll)b * Nk + kr0) * ldg + (ll)h * HD + 2 * tq;
+            } else {
+                if (wantQ) {
+                    fence_proxy_async();  // the dSᵀ stores, for the wgmma's async proxy
+                    if (MODE != 0) {      // dV, dK done first: their A fragments free before dQ's accumulators
+                        wgmma_wait<0>();
+                        fence_regs(dv);
+                        fence_regs(dk);
+                        fence_regs(pa);
+                        fence_regs(da);
+                    }
+                    bar_sync(1, 256);  // both consumers' halves of dSᵀ are in
+                    fence_regs(dq);
+                    wgmma_fence();
+                    const u64 dSa = desc_sw128(sdS + s * QT, QT, 1024);
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            if (kr0 + 8 * r >= Nk) continue;
-            const ll off = 8 * r * ldg;
-#pragma unroll
-            for (int n = 0; n < HD / 8; ++n) {
-                if (qsplit > 1) {  // fp32 gradients (attention.go splits only those)
-                    if (dK) red_add2((float *)(dkg + off + n * 8), dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
-                    if (dV) red_add2((float *)(dvg + off + n * 8), dv[n][2 * r], dv[n][2 * r + 1]);
-                    continue;
+                    for (int kk = 0; kk < BC / 16; ++kk)
+                        wgmma_ss64<1, 1>(dq, dSa + (u64)((kk * 2048) >> 4), dKb + (u64)((kk * 2048) >> 4), kk > 0);
+                    wgmma_commit();
                 }
-                if (dK) {
-                    F2 x = Elem<G>::ld2(dkg + off + n * 8);
-                    Elem<G>::st2(dkg + off + n * 8, x.x + dk[n][2 * r] * scale, x.y + dk[n][2 * r + 1] * scale);
-                }
-                if (dV) {
-                    F2 x = Elem<G>::ld2(dvg + off + n * 8);
-                    Elem<G>::st2(dvg + off + n * 8, x.x + dv[n][2 * r], x.y + dv[n][2 * r + 1]);
+                wgmma_wait<0>();
+                fence_regs(dv);
+                fence_regs(dk);
+                fence_regs(pa);
+                fence_regs(da);
+                mbar_arrive_if(empty + 8 * s, rel);  // Q_i, dO_i, lse_i, D_i are free
+                if (wantQ) {
+                    fence_regs(dq);
+                    bwd_dq_out(dq, dqs, dQt + c * 64, ldg, rows, scale, ct_, warp, g, tq, 2 + c);
                 }
             }
         }
+        if (wantQ && ct_ < BRQ) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // the staging outlives its reads
+        bwd_store_dkdv<HD, G>(dK, dV, dk, dv, b, h, kr0, Nk, ldg, tq, scale, qsplit);
     }
 #else
     asm volatile("trap;");  // sm_90a only: attention.go launches it on compute capability 9.0 alone
 #endif
 }
 // 384 threads (a producer and two consumer warpgroups), one block per 128-key tile (× qsplit);
-// shared memory fa3b::SMEM = 1024 + 6·32 KB + 1 KB + 40 bytes (attention.go attnBwdSm90Smem).
-#define BWD3(G, PREG, CREG, OPQ, MODE, NAME)                                                                            \
+// shared memory 1024 + 5·32 KB + 2·18 KB + 1 KB + 40 bytes (attention.go attnBwdSm90Smem). dQacc: the
+// fp32 dQ accumulator [B,Nq,H,128] (dQ itself when fp32; attention.go adds a scratch into a bf16 dQ).
+#define BWD3(G, PREG, CREG, OPQ, MODE, ROT, NAME)                                                                       \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                           \
         NAME(G *dK, G *dV, float *dQacc, const bf16_t *dO, const float *lse, const float *D, const bf16_t *q,     \
              const bf16_t *k, const bf16_t *v, int Nq, int Nk, int H, int ct, int qoff, float scale, int qsplit) { \
-        attn_bwd_sm90_body<G, PREG, CREG, OPQ, MODE>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit); \
+        attn_bwd_sm90_body<G, PREG, CREG, OPQ, MODE, ROT>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit); \
     }
-BWD3(float, 24, 240, true, 2, attn_bwd_hd128_bf16_gf32_sm90)
-BWD3(bf16_t, 24, 240, true, 2, attn_bwd_hd128_bf16_gbf16_sm90)
-
-// dst [B,Nq,H,128] (storage dtype dt) += src, the sm_90a backward's dQ scratch: per (b, h), ⌈Nq/64⌉
-// tiles of 64 queries × 128 columns, each in the consumers' register order: consumer c (columns
-// 64c..), warp w (rows 16w..), n-block n (columns 8n..), lane 4g + tq, then the four accumulators
-// (row g or g + 8) × (column 2tq or 2tq + 1).
-extern "C" __global__ void attn_dq_finish_sm90(void *dst, int dt, const float *src, int Nq, int H, ll n) {
-    const ll nqt = (Nq + 63) / 64;
-    GRID_STRIDE(x, n) {
-        const int d = (int)(x & 127);
-        const ll row = x >> 7;
-        const int h = (int)(row % H);
-        const ll bi = row / H;
-        const int i = (int)(bi % Nq);
-        const ll b = bi / Nq;
-        const int ri = i & 63, w = ri >> 4, g = ri & 7, hi = (ri >> 3) & 1;
-        const int c = d >> 6, nb = (d >> 3) & 7, tq = (d >> 1) & 3, e = d & 1;
-        const ll idx = ((b * H + h) * nqt + (i >> 6)) * 8192 + ((((c * 4 + w) * 8 + nb) * 32 + g * 4 + tq) << 2) + hi * 2 + e;
-        st(dst, x, dt, ld(dst, x, dt) + src[idx]);
-    }
-}
+BWD3(float, 24, 240, true, 2, false, attn_bwd_hd128_bf16_gf32_sm90)
+BWD3(bf16_t, 24, 240, true, 2, false, attn_bwd_hd128_bf16_gbf16_sm90)

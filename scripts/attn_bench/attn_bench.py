@@ -31,13 +31,24 @@ BENCH = "--no-bench" not in sys.argv
 VARIANT_CUBIN = os.path.join(BUILD, "attention_variants.sm90a.cubin")
 HAVE_VARIANTS = os.path.exists(VARIANT_CUBIN)
 mod = cp.RawModule(path=VARIANT_CUBIN if HAVE_VARIANTS else os.path.join(BUILD, "attention.sm90a.cubin"))
+# bwd3_variants.cu candidates, one cubin each (bwd3v_<name>.cubin: kernel attn_bwd3v_<name>), and the
+# previous attention.fatbin (OLD_ATTN: its kernels as "old:<name>") for same-call A/B runs.
+_mods = {}
+for f in sorted(os.listdir(BUILD)) if os.path.isdir(BUILD) else []:
+    if f.startswith("bwd3v_") and f.endswith(".cubin"):
+        _mods["attn_" + f[:-len(".cubin")]] = os.path.join(BUILD, f)
 _fns = {}
 
 
 def fn(name, smem=0):
     f = _fns.get(name)
     if f is None:
-        f = mod.get_function(name)
+        if name.startswith("old:"):
+            f = cp.RawModule(path=os.environ["OLD_ATTN"]).get_function(name[4:])
+        elif name in _mods:
+            f = cp.RawModule(path=_mods[name]).get_function(name)
+        else:
+            f = mod.get_function(name)
         if smem > 48 * 1024:
             f.max_dynamic_shared_size_bytes = smem
         _fns[name] = f
@@ -106,9 +117,12 @@ def bwd_smem(hd, nw=BWD_NW):
 
 
 # The sm_90a backward (attention.cu attn_bwd_hd128_bf16_g*_sm90; attention.go attnBwdSm90): 384
-# threads per 128-key tile, its dQ through a tiled fp32 scratch (⌈Nq/64⌉ × 8192 per (b, h)) that
-# attn_dq_finish_sm90 adds into dQ. Taken once it passed alone (BWD90_OK=1: a broken one may hang).
-BWD90_SMEM = 1024 + 6 * 32768 + 2 * 512 + 8 * 5
+# threads per 128-key tile, its dQ added by bulk reductions into an fp32 [B,Nq,H,hd] accumulator (dQ
+# itself when fp32, else a scratch that attn_add_f32_into adds into dQ, as for the mma.sync kernel).
+# Taken once it passed alone (BWD90_OK=1: a broken one may hang). The previous kernel ("old:", v7):
+# a tiled scratch (⌈Nq/64⌉ × 8192 per (b, h)) that attn_dq_finish_sm90 added into dQ.
+BWD90_SMEM = 1024 + 5 * 32768 + 2 * 64 * 288 + 2 * 512 + 8 * 5
+BWD90_SMEM_OLD = 1024 + 6 * 32768 + 2 * 512 + 8 * 5
 BWD90_VARIANTS = [n for n in os.environ.get("BWD90_VARIANTS", "").split() if n]  # attention_variants.cu names
 
 
@@ -159,20 +173,33 @@ def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None,
     if sm90 is None:
         sm90 = bwd90_pick(hd, q.dtype) and variant is None
     if sm90:
-        nqt = (Nq + 63) // 64
-        acc = None
-        if dQ is not None:
-            acc = ws.get("dQ90") if ws else None
-            if acc is None or acc.numel() < B * H * nqt * 8192:
-                acc = torch.empty(B * H * nqt * 8192, device=q.device, dtype=torch.float32)
-                if ws is not None:
-                    ws["dQ90"] = acc
-            acc.zero_()
+        name = name90 or f"attn_bwd_hd128_bf16_g{SUF[gdt]}_sm90"
         ntk = (Nk + 127) // 128
-        fn(name90 or f"attn_bwd_hd128_bf16_g{SUF[gdt]}_sm90", BWD90_SMEM)((ntk * qsplit, H, B), (384,), (P(dK), P(dV), P(acc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(qsplit)), shared_mem=BWD90_SMEM)
-        if dQ is not None:
+        if name.startswith("old:"):  # v7: the tiled scratch and its finishing pass
+            nqt = (Nq + 63) // 64
+            acc = None
+            if dQ is not None:
+                acc = ws.get("dQ90") if ws else None
+                if acc is None or acc.numel() < B * H * nqt * 8192:
+                    acc = torch.empty(B * H * nqt * 8192, device=q.device, dtype=torch.float32)
+                    if ws is not None:
+                        ws["dQ90"] = acc
+                acc.zero_()
+            fn(name, BWD90_SMEM_OLD)((ntk * qsplit, H, B), (384,), (P(dK), P(dV), P(acc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(qsplit)), shared_mem=BWD90_SMEM_OLD)
+            if dQ is not None:
+                n = dQ.numel()
+                fn("old:attn_dq_finish_sm90")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(acc), I32(Nq), I32(H), np.int64(n)))
+            return
+        acc = dQ
+        if dQ is not None and dQ.dtype != torch.float32:
+            acc = ws.get("dQ") if ws else None
+            if acc is None or acc.shape != dQ.shape:
+                acc = torch.empty(dQ.shape, device=q.device, dtype=torch.float32)
+            acc.zero_()
+        fn(name, BWD90_SMEM)((ntk * qsplit, H, B), (384,), (P(dK), P(dV), P(acc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(qsplit)), shared_mem=BWD90_SMEM)
+        if dQ is not None and acc is not dQ:
             n = dQ.numel()
-            fn("attn_dq_finish_sm90")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(acc), I32(Nq), I32(H), np.int64(n)))
+            fn("attn_add_f32_into")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(acc), np.int64(n)))
         return
     dQacc = dQ
     if dQ is not None and dQ.dtype != torch.float32:
@@ -371,29 +398,52 @@ def main():
     if "--only-bwd90" in sys.argv:  # the sm_90a backward alone, in a process of its own (a bad one may hang)
         torch.manual_seed(1)
         ok = True
-        for c in BWD90_CASES:
-            ok &= check(*c, sm90=True)
-        for c in [(1, 300, 300, 2, 128, 64, 0), (1, 130, 390, 2, 128, 130, 260)]:
-            ok &= check(*c, gdt=torch.bfloat16, sm90=True)
-        ok &= check(1, 1000, 200, 2, 128, 0, 0, sm90=True, qsplit=4)
-        ok &= check(1, 1500, 1500, 1, 128, 500, 0, sm90=True, qsplit=3)
-        for n in BWD90_VARIANTS:  # the variants (attention_variants.cu) on three cases
-            for c in [(2, 1337, 1337, 2, 128, 0, 0), (1, 100, 357, 2, 128, 50, 257), (1, 4680, 4680, 2, 128, 1560, 0)]:
+        if os.environ.get("BWD90_SKIP_SHIPPED") != "1":
+            for c in BWD90_CASES:
+                ok &= check(*c, sm90=True)
+            for c in [(1, 300, 300, 2, 128, 64, 0), (1, 130, 390, 2, 128, 130, 260)]:
+                ok &= check(*c, gdt=torch.bfloat16, sm90=True)
+            ok &= check(1, 1000, 200, 2, 128, 0, 0, sm90=True, qsplit=4)
+            ok &= check(1, 1500, 1500, 1, 128, 500, 0, sm90=True, qsplit=3)
+        for n in BWD90_VARIANTS:  # the variants (bwd3_variants.cu) on five cases, bf16 grads and a query split
+            for c in [(2, 1337, 1337, 2, 128, 0, 0), (1, 100, 357, 2, 128, 50, 257), (1, 4680, 4680, 2, 128, 1560, 0),
+                      (1, 200, 70, 1, 128, 0, 0), (1, 1, 300, 2, 128, 100, 250)]:
                 ok &= check(*c, sm90=True, name90=n)
+            ok &= check(1, 130, 390, 2, 128, 130, 260, gdt=torch.bfloat16, sm90=True, name90=n)
+            ok &= check(1, 1500, 1500, 1, 128, 500, 0, sm90=True, qsplit=3, name90=n)
         print("BWD90 ALL PASS" if ok else "BWD90 SOME FAILED", flush=True)
         sys.exit(0 if ok else 1)
-    if "--bwd90-speed" in sys.argv:  # the sm_90a backward beside the mma.sync one, no peers (quick)
-        for N, ct in ((32760, 0), (4680, 0), (32760, 1560)):
-            q, k, v, dO = (torch.randn(1, N, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    if "--bwd90-speed" in sys.argv:  # the sm_90a backward beside the mma.sync one and SDPA
+        # Wan-1.3B shapes: self-attention at 32,760 and 4,680 tokens (block-causal by 1,560 at 32,760),
+        # and the cross-attention of the training step: 4,680 queries × 512 keys, 11 blocks per key tile
+        # (attention.go attnBwdSplit: 48 key-tile blocks on 132 SMs)
+        for N, Nk, ct, split in ((32760, 32760, 0, 1), (4680, 4680, 0, 1), (32760, 32760, 1560, 1), (4680, 512, 0, 11)):
+            q, dO = (torch.randn(1, N, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+            k, v = (torch.randn(1, Nk, 12, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
             out, lse = torch.empty_like(q), torch.empty(1, 12, N, device="cuda")
-            dQ, dK, dV = (torch.zeros(1, N, 12, 128, device="cuda") for _ in range(3))
+            dQ = torch.zeros(1, N, 12, 128, device="cuda")
+            dK, dV = (torch.zeros(1, Nk, 12, 128, device="cuda") for _ in range(2))
             ws = dict(D=torch.empty(1, 12, N, device="cuda"))
             attn_fwd(out, lse, q, k, v, ct, 0)
-            pairs = visible(N, N, ct, 0, "cuda").sum().item() if ct else N * N
+            pairs = visible(N, Nk, ct, 0, "cuda").sum().item() if ct else N * Nk
             runs = [("sm90", True, None), ("mma.sync", False, None)] + [(n, True, n) for n in BWD90_VARIANTS]
-            for label, s90, n90 in runs:
-                t = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, sm90=s90, name90=n90), 5)
-                print(f"  N={N} ct={ct} bwd {label:18s} {t:8.3f} ms {10.0 * pairs * 128 * 12 / t / 1e9:6.1f} TFLOP/s", flush=True)
+            if os.environ.get("OLD_ATTN"):
+                runs.insert(1, ("old sm90 (v7)", True, "old:attn_bwd_hd128_bf16_gf32_sm90"))
+            its = int(os.environ.get("SPEED_ITERS", "5"))
+            for rep in range(int(os.environ.get("SPEED_REPS", "1"))):  # repeated rounds: the spread
+                for label, s90, n90 in runs:
+                    t = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, sm90=s90, name90=n90, qsplit=split), its)
+                    print(f"  N={N} Nk={Nk} ct={ct} bwd {label:34s} {t:8.3f} ms {10.0 * pairs * 128 * 12 / t / 1e9:6.1f} TFLOP/s", flush=True)
+            if ct == 0 and N == Nk:  # the peers, same call: PyTorch SDPA's flash and cuDNN backward
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+                qt, kt, vt = (t.transpose(1, 2).contiguous().requires_grad_(True) for t in (q, k, v))
+                dOt = dO.transpose(1, 2).contiguous()
+                for label, be in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+                    with sdpa_kernel(be):
+                        o = F.scaled_dot_product_attention(qt, kt, vt)
+                        t = bench_ms(lambda: torch.autograd.grad(o, (qt, kt, vt), dOt, retain_graph=True), int(os.environ.get("SPEED_ITERS", "5")))
+                    print(f"  N={N} Nk={Nk} ct={ct} bwd {label:34s} {t:8.3f} ms {10.0 * pairs * 128 * 12 / t / 1e9:6.1f} TFLOP/s", flush=True)
+                del qt, kt, vt, dOt, o
         return
     if "--only-variant" in sys.argv:  # checks one variant in a process of its own (a bad one may fault)
         name = sys.argv[sys.argv.index("--only-variant") + 1]
