@@ -1062,20 +1062,20 @@ BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)
 // warpgroups (384 threads) on one 128-key tile; query tiles of 64 (ATTENTION_NOTES v7, v8).
 //   warpgroup 0, the producer (setmaxnreg 24): cp.async of K_j, V_j once, then of Q_i, dO_i, lse_i,
 //     D_i into a 2-stage ring (mbarriers full/empty, as the forward's);
-//   warpgroups 1, 2, the consumers (setmaxnreg 240): 64 keys each. Per query tile i (MODE 2, the
-//     shipped one; attn_bwd_sm90_body has the others), in two halves of 32 queries: Sᵀ = K_c Q_iᵀ and
-//     dPᵀ = V_c dO_iᵀ (SS wgmma m64n32), Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e) (masked to 0) while dPᵀ
-//     runs, dSᵀ = Pᵀ∘(dPᵀ − D) from the fp32 Pᵀ; then dV_c += Pᵀ dO_i and dK_c += dSᵀ Q_i (RS, Pᵀ, dSᵀ
-//     as bf16 A fragments, dO, Q MN-major); dSᵀ also goes to shared memory (bf16, swizzled,
-//     double-buffered), and once dV, dK are done and both consumers wrote it (named barrier 1)
-//     consumer c computes dQ_i[:, 64c..64c+63] = dS K_j[:, 64c..] (SS, A = dSᵀ read MN-major, K
-//     MN-major) into registers, stages them ×scale in shared memory row by row and adds each query's
-//     256 bytes to the fp32 dQ accumulator [B,Nq,H,128] (dQ itself when it is fp32) with a bulk
-//     reduction (cp.reduce.async.bulk .add.f32, bwd_dq_out). dK, dV leave the registers once, at the
-//     end (bwd_store_dkdv, as the mma.sync kernel's).
+//   warpgroups 1, 2, the consumers (setmaxnreg 240): 64 keys each. Per query tile i (MODE 5, the
+//     shipped one; attn_bwd_sm90_body has the others): Sᵀ = K_c Q_iᵀ and dPᵀ = V_c dO_iᵀ issued
+//     together (SS wgmma m64n64), Pᵀ = exp2(Sᵀ·scale·log2e − lse·log2e) (masked to 0) while dPᵀ runs,
+//     dSᵀ = Pᵀ∘(dPᵀ − D); Pᵀ, dSᵀ as bf16 A fragments and dSᵀ also into shared memory (bf16, swizzled,
+//     double-buffered); dV_c += Pᵀ dO_i, then dK_c += dSᵀ Q_i (RS, dO, Q read MN-major), two wgmma
+//     groups; once dV is done and both consumers wrote dSᵀ (named barrier 1), consumer c issues
+//     dQ_i[:, 64c..64c+63] = dS K_j[:, 64c..] (SS, A = dSᵀ read MN-major, K MN-major), which runs while
+//     dK finishes; the stage is released once dK is done; dQ is staged ×scale in shared memory in
+//     register order and added to the fp32 dQ scratch with one bulk reduction (bwd_dq_tile);
+//     attn_dq_finish_sm90 adds the scratch into dQ. dK, dV leave the registers once, at the end
+//     (bwd_store_dkdv, as the mma.sync kernel's).
 // Shared memory (1024-aligned; 128-byte swizzle as the forward's): K, V 32 KB each; Q, dO 2 × 16 KB
-// each; dSᵀ 2 × 16 KB; dQ staging 2 × 64 rows × 288 bytes (one per consumer); lse, D 2 × 512 B;
-// 5 mbarriers. qsplit as in attn_bwd_body (fp32 gradients only).
+// each; dSᵀ 2 × 16 KB; dQ staging 2 × 64 rows × 288 bytes (one per consumer; DQT 0 uses 16 KB of
+// it); lse, D 2 × 512 B; 5 mbarriers. qsplit as in attn_bwd_body (fp32 gradients only).
 // ---------------------------------------------------------------------------------------------
 #ifdef ATTN_WGMMA
 // D[64×64] (+)= A[64×16]·B[16×64], both by shared-memory descriptors; TA/TB 1: MN-major.
@@ -1143,6 +1143,54 @@ __device__ __forceinline__ void sts_v4(u32 a, float x, float y, float z, float w
 }
 __device__ __forceinline__ void sts_v2(u32 a, float x, float y) {
     asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(a), "f"(x), "f"(y) : "memory");
+}
+__device__ __forceinline__ F4 lds_v4(u32 a) {
+    F4 v;
+    asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(a) : "memory");
+    return v;
+}
+__device__ __forceinline__ void red_add4(float *p, F4 v) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+}
+// The consumer's 64 × 64 dQ accumulators dq (the wgmma C layout: warp w holds rows 16w + g and
+// 16w + g + 8, columns 8n + 2tq, +1) ×scale, added to dQ; barid: the consumer's named barrier (128
+// threads); stage: its DQS bytes of shared memory. Three ways (DQT of attn_bwd_sm90_body):
+// 0 bwd_dq_tile: staged in register order, one 16 KB bulk reduction by thread 0 into a tile of the
+//   fp32 scratch (⌈Nq/64⌉ tiles of 64 × 128 per (b, h); attn_dq_finish_sm90 adds it into dQ);
+// 1 bwd_dq_out: staged row by row, one 256-byte bulk reduction per query row straight into an fp32
+//   dQ [B,Nq,H,128];
+// 2 bwd_dq_red: staged row by row, then 16-byte red.global.add.v4.f32 by all 128 threads into it.
+__device__ __forceinline__ void bwd_dq_tile(const float (&dq)[8][4], u32 stage, float *dst, float scale, int ct_, int warp,
+                                            int lane, int barid) {
+    if (ct_ == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // the last tile's reduction read its staging
+    bar_sync(barid, 128);
+#pragma unroll
+    for (int n = 0; n < 8; ++n)
+        sts_v4(stage + ((warp * 8 + n) * 32 + lane) * 16, dq[n][0] * scale, dq[n][1] * scale, dq[n][2] * scale, dq[n][3] * scale);
+    fence_proxy_async();  // the staging stores, for the bulk copy's async proxy
+    bar_sync(barid, 128);
+    if (ct_ == 0) {
+        asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], 16384;" ::"l"(dst), "r"(stage)
+                     : "memory");
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
+}
+__device__ __forceinline__ void bwd_dq_red(const float (&dq)[8][4], u32 stage, float *dst, ll ldg, int rows, float scale,
+                                           int ct_, int warp, int g, int tq, int barid) {
+    bar_sync(barid, 128);  // the last tile's staging is read
+    const u32 r = stage + (warp * 16 + g) * DQP + tq * 8;
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+        sts_v2(r + n * 32, dq[n][0] * scale, dq[n][1] * scale);
+        sts_v2(r + 8 * DQP + n * 32, dq[n][2] * scale, dq[n][3] * scale);
+    }
+    bar_sync(barid, 128);
+    const int ch = ct_ & 15;  // 16-byte chunk of a row; rows ct_/16 + 8j
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int row = j * 8 + (ct_ >> 4);
+        if (row < rows) red_add4(dst + row * ldg + ch * 4, lds_v4(stage + row * DQP + ch * 16));
+    }
 }
 // dQ[i0 + r, col0 + 0..63] += scale·dq for the consumer's 64 × 64 accumulators dq (the wgmma C
 // layout: warp w holds rows 16w + g and 16w + g + 8, columns 8n + 2tq, +1), dst = the fp32 dQ
@@ -1219,7 +1267,7 @@ __device__ __forceinline__ void bwd_ds(u32 (&pa)[4][4], u32 (&da)[4][4], int n, 
 // hoist all 24 k-step descriptors (48 registers) out of the loop. ROT: block kt takes its query tiles
 // from the (kt mod count)-th on, round, so that the blocks of one head do not all add into the same
 // dQ rows at once. MODE, how much is live at once and how the wgmmas follow each other
-// (ATTENTION_NOTES v7, v8):
+// (ATTENTION_NOTES v7, v8), and DQT, the way dQ leaves (bwd_dq_tile, bwd_dq_out, bwd_dq_red):
 //   0 Sᵀ and dPᵀ (m64n64) issued together, dQ issued while dV, dK run (dK, dV + 64 fp32 in both
 //     phases: ptxas serializes the wgmmas, C7512);
 //   1 Sᵀ, then dPᵀ with Pᵀ packed to bf16 (dSᵀ from the bf16 Pᵀ), dQ after dV, dK;
@@ -1227,9 +1275,10 @@ __device__ __forceinline__ void bwd_ds(u32 (&pa)[4][4], u32 (&da)[4][4], int n, 
 //   4 as 2, then FA3's order: dV, dK as two groups; once dV is done the meeting (named barrier 1) and
 //     dQ, which runs while dK finishes; the Q/dO stage released once dK is done;
 //   5 as 4 with MODE 0's Sᵀ and dPᵀ (m64n64, issued together);
-//   6 as 2, but each consumer adds its own 64 keys' part of dQ (all 128 columns, two m64n64 halves,
-//     k = 64 keys) from its own dSᵀ rows: no meeting of the consumers, twice the dQ reductions.
-template <typename G, int PREG, int CREG, bool OPQ, int MODE, bool ROT>
+//   6 as 2, but each consumer adds its own 64 keys' share of dQ (all 128 columns, two m64n64 halves,
+//     k = 64 keys) from its own dSᵀ rows: no meeting of the consumers, twice the dQ reductions;
+//   7 MODE 5's Sᵀ, dPᵀ with MODE 6's dQ.
+template <typename G, int PREG, int CREG, bool OPQ, int MODE, bool ROT, int DQT>
 __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__restrict__ dV, float *__restrict__ dQacc,
                                                    const bf16_t *__restrict__ dO, const float *__restrict__ lse,
                                                    const float *__restrict__ Dg, const bf16_t *__restrict__ q,
@@ -1257,7 +1306,8 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         imask = (jlast / ct) * ct - qoff;
     }
     if (istart >= Nq) return;  // no query sees these keys (uniform over the block)
-    int qt0 = istart / BRQ, nqt = (Nq + BRQ - 1) / BRQ;
+    const int nqt_all = (Nq + BRQ - 1) / BRQ;
+    int qt0 = istart / BRQ, nqt = nqt_all;
     if (qsplit > 1) {
         const int per = (nqt - qt0 + qsplit - 1) / qsplit;
         qt0 += sp * per;
@@ -1309,7 +1359,8 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
         const u64 dVa0 = desc_sw128(sV + c * 64 * 128, 16, 1024);
         // dQ's B, K read MN-major: all 128 keys of columns 64c.. (MODE 6: keys 64c.. of columns 0..63;
         // columns 64.. are KT/2 bytes on)
-        const u64 dKb0 = MODE == 6 ? desc_sw128(sK + c * 64 * 128, KT / 2, 1024) : desc_sw128(sK + c * (KT / 2), KT / 2, 1024);
+        constexpr bool OWNQ = MODE == 6 || MODE == 7;  // each consumer its own keys' dQ
+        const u64 dKb0 = OWNQ ? desc_sw128(sK + c * 64 * 128, KT / 2, 1024) : desc_sw128(sK + c * (KT / 2), KT / 2, 1024);
         const bool wantQ = dQacc != nullptr;
         const u32 dqs = sb + OFF_DQ + c * DQS;  // this consumer's dQ staging
         float dv[HD / 8][4], dk[HD / 8][4];
@@ -1320,7 +1371,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
 
         mbar_wait(fullKV, 0);
         for (int it = 0; it < nit; ++it) {
-            const int s = it & 1, i0 = qtile(it) * BRQ;
+            const int s = it & 1, qt = qtile(it), i0 = qt * BRQ;
             mbar_wait(full + 8 * s, (it >> 1) & 1);
             fence_proxy_async();
             const u32 sQs = sQ + s * QT, sdOs = sdO + s * QT;
@@ -1331,7 +1382,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
             const bool need_mask = i0 + BRQ > Nq || j0 + BC > Nk || (ct > 0 && i0 < imask);
             const u32 dsrow = sdS + s * QT + (c * 64 + warp * 16 + g) * 128 + 4 * tq;  // dSᵀ row r; r + 8 is +1 KB
             u32 pa[4][4], da[4][4];  // Pᵀ, dSᵀ as bf16 A fragments (k = the 64 queries)
-            if (MODE == 0 || MODE == 5) {  // Sᵀ and dPᵀ in flight together (Sᵀ, dPᵀ, dK, dV live: 192 fp32)
+            if (MODE == 0 || MODE == 5 || MODE == 7) {  // Sᵀ and dPᵀ in flight together (Sᵀ, dPᵀ, dK, dV live: 192 fp32)
                 float st[8][4], dp[8][4];
                 fence_regs(st);
                 fence_regs(dp);
@@ -1413,8 +1464,16 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
 #pragma unroll
             for (int kk = 0; kk < BRQ / 16; ++kk) wgmma_rs<1>(dk, da[kk], desc_sw128(sQs, QT / 2, 1024) + (u64)((kk * 2048) >> 4), 1);
             wgmma_commit();
-            const int rows = imin(BRQ, Nq - i0);  // valid queries of the tile
-            float *dQt = wantQ ? dQacc + ((ll)b * Nq + i0) * ldg + (ll)h * HD : dQacc;  // dQ[b, i0, h, :]
+            // dQ[:, 64·half..] of this tile from the accumulators dq, the way DQT says
+            auto dq_out = [&](const float (&dq)[8][4], int half) {
+                if (DQT == 0) {
+                    bwd_dq_tile(dq, dqs, dQacc + (((ll)b * H + h) * nqt_all + qt) * 8192 + half * 4096, scale, ct_, warp, lane, 2 + c);
+                } else {
+                    float *dst = dQacc + ((ll)b * Nq + i0) * ldg + (ll)h * HD + half * 64;  // dQ[b, i0, h, 64·half]
+                    if (DQT == 1) bwd_dq_out(dq, dqs, dst, ldg, imin(BRQ, Nq - i0), scale, ct_, warp, g, tq, 2 + c);
+                    else bwd_dq_red(dq, dqs, dst, ldg, imin(BRQ, Nq - i0), scale, ct_, warp, g, tq, 2 + c);
+                }
+            };
             float dq[8][4];
             if (FA3ORDER) {
                 if (wantQ) {
@@ -1436,7 +1495,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                     mbar_arrive_if(empty + 8 * s, rel);  // Q_i, dO_i, lse_i, D_i are free
                     wgmma_wait<0>();
                     fence_regs(dq);
-                    bwd_dq_out(dq, dqs, dQt + c * 64, ldg, rows, scale, ct_, warp, g, tq, 2 + c);
+                    dq_out(dq, c);
                 } else {
                     wgmma_wait<0>();
                     fence_regs(dv);
@@ -1445,7 +1504,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                     fence_regs(da);
                     mbar_arrive_if(empty + 8 * s, rel);
                 }
-            } else if (MODE == 6) {
+            } else if (OWNQ) {
                 wgmma_wait<0>();
                 fence_regs(dv);
                 fence_regs(dk);
@@ -1466,7 +1525,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                         wgmma_commit();
                         wgmma_wait<0>();
                         fence_regs(dq);
-                        bwd_dq_out(dq, dqs, dQt + hh * 64, ldg, rows, scale, ct_, warp, g, tq, 2 + c);
+                        dq_out(dq, hh);
                     }
                 }
             } else {
@@ -1496,11 +1555,12 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                 mbar_arrive_if(empty + 8 * s, rel);  // Q_i, dO_i, lse_i, D_i are free
                 if (wantQ) {
                     fence_regs(dq);
-                    bwd_dq_out(dq, dqs, dQt + c * 64, ldg, rows, scale, ct_, warp, g, tq, 2 + c);
+                    dq_out(dq, c);
                 }
             }
         }
-        if (wantQ && ct_ < BRQ) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // the staging outlives its reads
+        if (wantQ && (DQT == 0 ? ct_ == 0 : DQT == 1 && ct_ < BRQ))
+            asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // the staging outlives its reads
         bwd_store_dkdv<HD, G>(dK, dV, dk, dv, b, h, kr0, Nk, ldg, tq, scale, qsplit);
     }
 #else
@@ -1509,12 +1569,32 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
 }
 // 384 threads (a producer and two consumer warpgroups), one block per 128-key tile (× qsplit);
 // shared memory 1024 + 5·32 KB + 2·18 KB + 1 KB + 40 bytes (attention.go attnBwdSm90Smem). dQacc: the
-// fp32 dQ accumulator [B,Nq,H,128] (dQ itself when fp32; attention.go adds a scratch into a bf16 dQ).
-#define BWD3(G, PREG, CREG, OPQ, MODE, ROT, NAME)                                                                       \
+// fp32 dQ scratch of bwd_dq_tile (DQT 0), or an fp32 dQ [B,Nq,H,128] (DQT 1, 2).
+#define BWD3(G, PREG, CREG, OPQ, MODE, ROT, DQT, NAME)                                                                  \
     extern "C" __global__ void __launch_bounds__(384, 1)                                                           \
         NAME(G *dK, G *dV, float *dQacc, const bf16_t *dO, const float *lse, const float *D, const bf16_t *q,     \
              const bf16_t *k, const bf16_t *v, int Nq, int Nk, int H, int ct, int qoff, float scale, int qsplit) { \
-        attn_bwd_sm90_body<G, PREG, CREG, OPQ, MODE, ROT>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit); \
+        attn_bwd_sm90_body<G, PREG, CREG, OPQ, MODE, ROT, DQT>(dK, dV, dQacc, dO, lse, D, q, k, v, Nq, Nk, H, ct, qoff, scale, qsplit); \
     }
-BWD3(float, 24, 240, true, 2, false, attn_bwd_hd128_bf16_gf32_sm90)
-BWD3(bf16_t, 24, 240, true, 2, false, attn_bwd_hd128_bf16_gbf16_sm90)
+BWD3(float, 24, 240, true, 5, false, 0, attn_bwd_hd128_bf16_gf32_sm90)
+BWD3(bf16_t, 24, 240, true, 5, false, 0, attn_bwd_hd128_bf16_gbf16_sm90)
+
+// dst [B,Nq,H,128] (storage dtype dt) += src, the sm_90a backward's dQ scratch: per (b, h), ⌈Nq/64⌉
+// tiles of 64 queries × 128 columns, each in the consumers' register order: consumer c (columns
+// 64c..), warp w (rows 16w..), n-block n (columns 8n..), lane 4g + tq, then the four accumulators
+// (row g or g + 8) × (column 2tq or 2tq + 1).
+extern "C" __global__ void attn_dq_finish_sm90(void *dst, int dt, const float *src, int Nq, int H, ll n) {
+    const ll nqt = (Nq + 63) / 64;
+    GRID_STRIDE(x, n) {
+        const int d = (int)(x & 127);
+        const ll row = x >> 7;
+        const int h = (int)(row % H);
+        const ll bi = row / H;
+        const int i = (int)(bi % Nq);
+        const ll b = bi / Nq;
+        const int ri = i & 63, w = ri >> 4, g = ri & 7, hi = (ri >> 3) & 1;
+        const int c = d >> 6, nb = (d >> 3) & 7, tq = (d >> 1) & 3, e = d & 1;
+        const ll idx = ((b * H + h) * nqt + (i >> 6)) * 8192 + ((((c * 4 + w) * 8 + nb) * 32 + g * 4 + tq) << 2) + hi * 2 + e;
+        st(dst, x, dt, ld(dst, x, dt) + src[idx]);
+    }
+}

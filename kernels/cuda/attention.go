@@ -50,12 +50,12 @@ var (
 // one block of 384 threads per 128-key tile, 64-query tiles through a 2-stage ring; ATTENTION_NOTES
 // v7, v8) for hd 128 with bf16 storage on compute capability 9.0. Its shared memory: 1 KB of alignment
 // slack, K, V (32 KB each), Q, dO, dSᵀ (2 × 16 KB each), the dQ staging (2 × 64 rows of 288 bytes),
-// lse and D (2 × 512 B), 5 mbarriers. It adds dQ by bulk reductions into an fp32 [B,Nq,H,128]
-// accumulator: dQ itself when fp32, else a scratch that attn_add_f32_into adds into dQ (as the
-// mma.sync kernel's).
+// lse and D (2 × 512 B), 5 mbarriers. Its dQ goes through an fp32 scratch of ⌈Nq/64⌉ tiles of
+// 64 × 128 per (b, h), in the kernel's register order, that attn_dq_finish_sm90 adds into dQ.
 const (
-	attnBwdSm90Smem = 1024 + 5*32768 + 2*attnBwdSm90Tile*288 + 2*512 + 8*5
-	attnBwdSm90Tile = 64
+	attnBwdSm90Smem  = 1024 + 5*32768 + 2*attnBwdSm90Tile*288 + 2*512 + 8*5
+	attnBwdSm90Tile  = 64
+	attnBwdSm90Finis = "attn_dq_finish_sm90"
 )
 
 var attnBwdSm90Names = map[kernels.DType]string{
@@ -156,7 +156,8 @@ func attentionFwd(d *Device, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOf
 }
 
 // attentionBack runs the fused backward, accumulating into dQ, dK, dV (nil ones skipped). Scratch:
-// D = rowsum(dOut∘out) [B,H,Nq] fp32, and an fp32 dQ accumulator when dQ is not fp32.
+// D = rowsum(dOut∘out) [B,H,Nq] fp32, and an fp32 dQ accumulator when dQ is not fp32 (always on the
+// sm_90a kernel, in its tiled layout).
 func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tensor, chunkTokens, qOffset int) bool {
 	B, Nq, H, hd := q.Shape[0], q.Shape[1], q.Shape[2], q.Shape[3]
 	Nk := k.Shape[1]
@@ -187,6 +188,12 @@ func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tenso
 		nQ = 4 * dQ.Numel()
 	}
 	sm90Name, sm90 := d.attnBwdSm90(hd, q.DType, g.DType)
+	if sm90 {
+		nQ = 0
+		if dQ != nil { // the kernel's dQ scratch: ⌈Nq/64⌉ tiles of 64 × 128 fp32 per (b, h)
+			nQ = 4 * B * H * ((Nq + attnBwdSm90Tile - 1) / attnBwdSm90Tile) * attnBwdSm90Tile * hd
+		}
+	}
 	d.reserve(nD + nQ + 512)
 	D := d.scratch(nD)
 	if D == 0 {
@@ -209,9 +216,14 @@ func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tenso
 		I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale).I32(qsplit)
 	if sm90 {
 		d.Launch(sm90Name, [3]int{ntk * qsplit, H, B}, [3]int{384, 1, 1}, attnBwdSm90Smem)
-	} else {
-		d.Launch(name, [3]int{ntk * qsplit, H, B}, [3]int{attnBwdThreads, 1, 1}, attnBwdSmem(hd))
+		if dQ != nil {
+			n := dQ.Numel()
+			d.Args().Ptr(dQ.Ptr).I32(int(dQ.DType)).Ptr(dQacc).I32(Nq).I32(H).I64(n)
+			d.Launch(attnBwdSm90Finis, [3]int{d.grid1(n), 1, 1}, [3]int{256, 1, 1}, 0)
+		}
+		return true
 	}
+	d.Launch(name, [3]int{ntk * qsplit, H, B}, [3]int{attnBwdThreads, 1, 1}, attnBwdSmem(hd))
 	if nQ > 0 {
 		n := dQ.Numel()
 		d.Args().Ptr(dQ.Ptr).I32(int(dQ.DType)).Ptr(dQacc).I64(n)

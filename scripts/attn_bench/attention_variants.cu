@@ -378,6 +378,6 @@ FWD3(2, true, true, attn_fwd3v_ns2pp_vswap)  // V descriptor's byte offsets swap
 // sm_90a backward variants (BWD3: gradient type, producer / consumer setmaxnreg, opaque descriptors,
 // MODE: what is live at once, see attn_bwd_sm90_body; ROT: rotated query order). The candidates of v8
 // (MODE 4, 5, 6, ROT) are in bwd3_variants.cu, one build each.
-BWD3(float, 24, 240, true, 0, false, attn_bwd3v_m0)    // Sᵀ and dPᵀ together, dQ under dV, dK (calls 1-3: C7512)
-BWD3(float, 24, 240, true, 1, false, attn_bwd3v_m1)    // Sᵀ, then dPᵀ with a bf16 Pᵀ (shipped in call 4 of v7; C7512)
-BWD3(float, 40, 232, true, 1, false, attn_bwd3v_m1r40) // MODE 1 at the forward's 40 / 232 split
+BWD3(float, 24, 240, true, 0, false, 0, attn_bwd3v_m0)   // Sᵀ and dPᵀ together, dQ under dV, dK (calls 1-3: C7512)
+BWD3(float, 24, 240, true, 1, false, 0, attn_bwd3v_m1)   // Sᵀ, then dPᵀ with a bf16 Pᵀ (shipped in call 4 of v7; C7512)
+BWD3(float, 40, 232, true, 1, false, 0, attn_bwd3v_m1r40) // MODE 1 at the forward's 40 / 232 split
