@@ -147,13 +147,13 @@ if [ $rc = 0 ]; then
     if [ -x $G/fewstep ]; then
         for a in "--tokens 32760" "--tokens 32760 --chunk-tokens 4680" "--tokens 4680"; do
             log "+ fewstep bench attention $a"
-            timeout 60 $G/fewstep bench attention $a --heads 12 --head-dim 128 --iters 10 2>&1 | tail -2 | tee -a "$L"
+            timeout 60 $G/fewstep bench attention $a --heads 12 --head-dim 128 --iters 10 --json 2>&1 | tail -2 | tee -a "$L"
         done
         if [ "${STEP:-1}" = 1 ]; then
             S="--preset wan2.1-1.3b --height 60 --width 104 --ctx 512 --frames 3"
             for kd in $K $KOLD $K; do
                 log "+ FEWSTEP_CUDA_KERNELS=$kd fewstep bench train $S --iters 5 --warmup 2"
-                FEWSTEP_CUDA_KERNELS=$kd timeout 90 $G/fewstep bench train $S --iters 5 --warmup 2 2>&1 | tail -2 | tee -a "$L"
+                FEWSTEP_CUDA_KERNELS=$kd timeout 90 $G/fewstep bench train $S --iters 5 --warmup 2 --json 2>&1 | tail -2 | tee -a "$L"
             done
             log "+ fewstep bench forward $S --train --profile --iters 3 --warmup 1"
             timeout 90 $G/fewstep bench forward $S --train --profile --iters 3 --warmup 1 > $W/profile.txt 2>&1
