@@ -22,7 +22,11 @@
 # GAN added from that checkpoint at a learning rate 4× lower): per seed dmd alone for STEPS steps
 # (s1dmd), then from its student and critic G2STEPS more steps of dmd + GAN (g2adv) and, as the
 # control from the same checkpoint, of dmd alone (g2dmd), both at lr/4; the table has all three.
-# TABLES=causal (or consistency, adversarial, gan2) makes only that group's table; TABLES= (empty) makes
+# TABLES=sft is Self-Forcing without the ODE initialisation: per seed selfforcing.yaml started from the
+# teacher's weights instead of odeinit's checkpoint (sft<seed>), streamed as the causal table (is the
+# initialisation what holds the causal student back?). LONG (32) is the causal table's long video in
+# latent frames (LONG=0: none).
+# TABLES=causal (or consistency, adversarial, gan2, sft) makes only that group's table; TABLES= (empty) makes
 # none and only gathers the OUT/*.table.txt there are (e.g. made on two machines) into OUT/tables.md
 # and the README.
 set -euo pipefail
@@ -37,25 +41,37 @@ CMORE=${CMORE-$MORE}     # and its second
 G2STEPS=${G2STEPS:-500}  # gan2's second stage
 TABLES=${TABLES-causal consistency adversarial} # the tables to make (each group trains its own jobs)
 PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
+LONG=${LONG:-32}        # the causal table's long video, latent frames (0: none)
 EVAL=${EVAL:---precise --fd-blocks --batch 256}
 README=${README:-README.md}
 T=configs/teacher/diffusion_pytorch_model.safetensors
 mkdir -p "$OUT"
-readme() {
-	[ "$README" = none ] && return 0
+readme() { # OUT/tables.md into the README's block; "@@keep **Table N.**" lines take that table from the block as it was
 	python3 - "$README" "$OUT/tables.md" <<'PY'
-import sys
-readme, tables = sys.argv[1], open(sys.argv[2]).read()
-s = open(readme).read()
+import re, sys
+readme, tables = sys.argv[1], sys.argv[2]
+t = open(tables).read()
+s = open(readme).read() if readme != "none" else ""
 b, e = "<!-- objective-tables:begin -->", "<!-- objective-tables:end -->"
-if b not in s or e not in s:
+if readme != "none" and (b not in s or e not in s):
     sys.exit(f"{readme}: no {b} … {e} block")
-i, j = s.index(b) + len(b), s.index(e)
-open(readme, "w").write(s[:i] + "\n" + tables + s[j:])
+old = {}
+if b in s and e in s:
+    block = s[s.index(b) + len(b):s.index(e)]
+    parts = re.split(r"(?m)^(?=\*\*Table \d+\.\*\*)", block)
+    for p in parts:
+        m = re.match(r"\*\*Table \d+\.\*\*", p)
+        if m:
+            old[m.group(0)] = p.rstrip("\n") + "\n"
+t = re.sub(r"(?m)^@@keep (.*)\n", lambda m: old.get(m.group(1), ""), t)
+open(tables, "w").write(t)
+if readme != "none":
+    i, j = s.index(b) + len(b), s.index(e)
+    open(readme, "w").write(s[:i] + "\n" + t + s[j:])
 PY
 }
 for g in $TABLES; do
-	case $g in causal | consistency | adversarial | gan2) ;; *) echo "TABLES: unknown table $g (causal, consistency, adversarial, gan2)" >&2 && exit 2 ;; esac
+	case $g in causal | consistency | adversarial | gan2 | sft) ;; *) echo "TABLES: unknown table $g (causal, consistency, adversarial, gan2, sft)" >&2 && exit 2 ;; esac
 done
 fs=${FS:-}
 if [ -z "$fs" ] && [ -n "$TABLES" ]; then # two lines: set -e ignores a failed go build on the left of &&
@@ -109,7 +125,13 @@ causal() { # ODE pairs, then per seed odeinit → selfforcing from its checkpoin
 	say "ode pairs"
 	for s in $SEEDS; do bg causal1 "$s"; done
 	wait
-	table selfforcing configs/selfforcing.yaml stream --long-frames 32 $(students selfforcing ema "$SSTEPS")
+	table selfforcing configs/selfforcing.yaml stream --long-frames "$LONG" $(students selfforcing ema "$SSTEPS")
+}
+sft() { # selfforcing from the teacher's weights (no odeinit), then its streamed table
+	local s
+	for s in $SEEDS; do bg train sft$s configs/selfforcing.yaml "$SSTEPS" "$SSTEPS" --set seed="$s" --set roles.student.weights="$T"; done
+	wait
+	table sft configs/selfforcing.yaml stream $(students sft ema "$SSTEPS")
 }
 consistency() {
 	local STEPS=$CSTEPS MORE=$CMORE s
@@ -147,7 +169,8 @@ for g in $TABLES; do bg "$g"; done
 wait
 
 section() { # title name [objective_verdict.py flags]: the table, then the must-show read off it
-	[ -s "$OUT/$2.table.txt" ] || return 0
+	# (a table not in OUT is kept from the README as it is there: readme)
+	[ -s "$OUT/$2.table.txt" ] || { echo "@@keep ${1%%\*\* *}**" && return 0; }
 	local title=$1 name=$2
 	shift 2
 	echo "$title"
@@ -167,6 +190,13 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	section "**Table 7.** consistency trained on to 2000 steps (a second run of the consistency jobs, CSTEPS=1000 CMORE=2000; its 1000-step students reproduce table 4 within the spreads):" consistency_2000
 	# consistency_w5: the consistency table of a run with CSTEPS=500 CMORE= CSET="--set params.cfg=5" (configs/consistency_w5.yaml)
 	section "**Table 8.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml), training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5
+	# sft, selfforcing_r3, consistency_w4, consistency_w4_1000: the sft, selfforcing, consistency and
+	# consistency_more tables of one call (TABLES="causal sft consistency" LONG=0 CSTEPS=500 CMORE=1000
+	# CSET="--set params.cfg=4"), kept under these names
+	section "**Table 9.** Self-Forcing without the ODE initialisation: selfforcing.yaml started from the teacher's weights (sft), streamed, training seeds 0 1 2, 300 steps each (the same call as table 10):" sft
+	section "**Table 10.** odeinit → selfforcing again (configs/, 400 + 300 steps, training seeds 0 1 2), the same H200 call as table 9, 4 evaluation seeds:" selfforcing_r3
+	section "**Table 11.** consistency distilled from the teacher at w = 4, training seeds 0 1 2, 500 steps each:" consistency_w4
+	section "**Table 12.** the same consistency jobs (w = 4) trained on to 1000 steps:" consistency_w4_1000
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
