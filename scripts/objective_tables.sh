@@ -25,7 +25,9 @@
 # TABLES=sft is Self-Forcing without the ODE initialisation: per seed selfforcing.yaml started from the
 # teacher's weights instead of odeinit's checkpoint (sft<seed>), streamed as the causal table (is the
 # initialisation what holds the causal student back?). LONG (32) is the causal table's long video in
-# latent frames (LONG=0: none).
+# latent frames (LONG=0: none). SF2STEPS=N adds to the causal group DMD2's second stage for the causal
+# student: per seed N more selfforcing steps from the SSTEPS student and critic at a 4× lower learning
+# rate, the EMA anew (sf2<seed>; the schedule that lowered every dmd student's 4-step FD, table 6).
 # TABLES=causal (or consistency, adversarial, gan2, sft) makes only that group's table; TABLES= (empty) makes
 # none and only gathers the OUT/*.table.txt there are (e.g. made on two machines) into OUT/tables.md
 # and the README.
@@ -42,6 +44,7 @@ G2STEPS=${G2STEPS:-500}  # gan2's second stage
 TABLES=${TABLES-causal consistency adversarial} # the tables to make (each group trains its own jobs)
 PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
 LONG=${LONG:-32}        # the causal table's long video, latent frames (0: none)
+SF2STEPS=${SF2STEPS:-}  # N: the causal students' second stage at lr/4 (sf2<seed>)
 EVAL=${EVAL:---precise --fd-blocks --batch 256}
 README=${README:-README.md}
 T=configs/teacher/diffusion_pytorch_model.safetensors
@@ -110,7 +113,10 @@ DMD="--set params.cfg=$W --set params.regression_weight=0 --set roles.student.lr
 
 causal1() { # odeinit, then selfforcing from its checkpoint, at seed $1
 	train odeinit$1 configs/odeinit.yaml "$OSTEPS" "$OSTEPS" --set seed="$1" --set data.path="$OUT/odepairs/pairs.arrow" &&
-		train selfforcing$1 configs/selfforcing.yaml "$SSTEPS" "$SSTEPS" --set seed="$1" --set roles.student.weights="$(ck odeinit$1 student "$OSTEPS")"
+		train selfforcing$1 configs/selfforcing.yaml "$SSTEPS" "$SSTEPS" --set seed="$1" --set roles.student.weights="$(ck odeinit$1 student "$OSTEPS")" || return 1
+	[ -z "$SF2STEPS" ] || train sf2$1 configs/selfforcing.yaml "$SF2STEPS" "$SF2STEPS" --set seed="$1" \
+		--set roles.student.weights="$(ck selfforcing$1 student "$SSTEPS")" --set roles.critic.weights="$(ck selfforcing$1 critic "$SSTEPS")" \
+		--set roles.student.lr=5e-5 --set roles.critic.lr=1e-4 --set roles.student.ema_start=0
 }
 ready() { # prefix role: wait until every seed's STEPS checkpoint exists (written whole, then renamed) or no job runs
 	local s
@@ -125,7 +131,8 @@ causal() { # ODE pairs, then per seed odeinit → selfforcing from its checkpoin
 	say "ode pairs"
 	for s in $SEEDS; do bg causal1 "$s"; done
 	wait
-	table selfforcing configs/selfforcing.yaml stream --long-frames "$LONG" $(students selfforcing ema "$SSTEPS")
+	table selfforcing configs/selfforcing.yaml stream --long-frames "$LONG" $(students selfforcing ema "$SSTEPS") \
+		$([ -z "$SF2STEPS" ] || students sf2 ema "$SF2STEPS")
 }
 sft() { # selfforcing from the teacher's weights (no odeinit), then its streamed table
 	local s
@@ -153,11 +160,13 @@ adversarial() {
 	[ -z "$MORE" ] || table adv_more configs/dmd_adv.yaml fewstep $(students adv ema "$MORE") $(students dmd ema "$MORE")
 }
 gan2s() { # seed: stage 1 (dmd alone), then stage 2 from its student and critic, with and without the GAN
+	# (configs/dmd_adv_stage1.yaml and dmd_adv_stage2.yaml are these jobs: the same resolved job as
+	# dmd.yaml with $DMD, and dmd_adv.yaml with stage 2's learning rates, EMA and weights)
 	local s=$1 lr="--set roles.student.lr=5e-5 --set roles.critic.lr=1e-4 --set roles.student.ema_start=0"
-	train s1dmd$s configs/dmd.yaml "$STEPS" "$STEPS" --set seed="$s" $DMD || return 1
+	train s1dmd$s configs/dmd_adv_stage1.yaml "$STEPS" "$STEPS" --set seed="$s" || return 1
 	local w="--set roles.student.weights=$(ck s1dmd$s student) --set roles.critic.weights=$(ck s1dmd$s critic)"
-	bg train g2adv$s configs/dmd_adv.yaml "$G2STEPS" "$G2STEPS" --set seed="$s" $w $lr --set roles.discriminator.lr=1e-4
-	bg train g2dmd$s configs/dmd.yaml "$G2STEPS" "$G2STEPS" --set seed="$s" $DMD $w $lr
+	bg train g2adv$s configs/dmd_adv_stage2.yaml "$G2STEPS" "$G2STEPS" --set seed="$s" $w
+	bg train g2dmd$s configs/dmd.yaml "$G2STEPS" "$G2STEPS" --set seed="$s" $DMD $w $lr # the control: no GAN
 	wait
 }
 gan2() {
