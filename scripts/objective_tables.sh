@@ -199,13 +199,12 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	section "**Table 7.** consistency trained on to 2000 steps (a second run of the consistency jobs, CSTEPS=1000 CMORE=2000; its 1000-step students reproduce table 4 within the spreads):" consistency_2000
 	# consistency_w5: the consistency table of a run with CSTEPS=500 CMORE= CSET="--set params.cfg=5" (configs/consistency_w5.yaml)
 	section "**Table 8.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml), training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5
-	# sft, selfforcing_r3, consistency_w4, consistency_w4_1000: the sft, selfforcing, consistency and
-	# consistency_more tables of one call (TABLES="causal sft consistency" LONG=0 CSTEPS=500 CMORE=1000
-	# CSET="--set params.cfg=4"), kept under these names
-	section "**Table 9.** Self-Forcing without the ODE initialisation: selfforcing.yaml started from the teacher's weights (sft), streamed, training seeds 0 1 2, 300 steps each (the same call as table 10):" sft
-	section "**Table 10.** odeinit → selfforcing again (configs/, 400 + 300 steps, training seeds 0 1 2), the same H200 call as table 9, 4 evaluation seeds:" selfforcing_r3
-	section "**Table 11.** consistency distilled from the teacher at w = 4, training seeds 0 1 2, 500 steps each:" consistency_w4
-	section "**Table 12.** the same consistency jobs (w = 4) trained on to 1000 steps:" consistency_w4_1000
+	# consistency_w4, consistency_w4_1000: the consistency and consistency_more tables of a CPU run with
+	# CSTEPS=500 CMORE=1000 CSET="--set params.cfg=4"; selfforcing_sf2: the causal table of a CPU run with
+	# SEEDS=0 SF2STEPS=300 LONG=0 (eval.steps [2, 4]); kept under these names
+	section "**Table 9.** consistency distilled from the teacher at w = 4, training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w4
+	section "**Table 10.** the same consistency jobs (w = 4) trained on to 1000 steps:" consistency_w4_1000
+	section "**Table 11.** odeinit → selfforcing at training seed 0 (table 3's job, reproduced exactly on the CPU) and DMD2's second stage for it (sf2: 300 more steps from its student and critic at lr/4, the EMA anew), k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_sf2
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
