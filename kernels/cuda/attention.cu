@@ -1578,6 +1578,9 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
     }
 BWD3(float, 24, 240, true, 5, false, 0, attn_bwd_hd128_bf16_gf32_sm90)
 BWD3(bf16_t, 24, 240, true, 5, false, 0, attn_bwd_hd128_bf16_gbf16_sm90)
+// Split key tiles (attention.go attnBwdSplit > 1: the cross-attention, fp32 gradients): dQ straight
+// into dQ by red.global.add.v4 (DQT 2), no scratch, memset or finishing pass (ATTENTION_NOTES v8).
+BWD3(float, 24, 240, true, 5, false, 2, attn_bwd_hd128_bf16_gf32_sm90_rq)
 
 // dst [B,Nq,H,128] (storage dtype dt) += src, the sm_90a backward's dQ scratch: per (b, h), ⌈Nq/64⌉
 // tiles of 64 queries × 128 columns, each in the consumers' register order: consumer c (columns

@@ -43,7 +43,7 @@ func TestAttentionLaunchShapes(t *testing.T) {
 	if len(fwds) == 0 || len(names) == 0 {
 		t.Fatalf("no kernels parsed from attention.cu")
 	}
-	need := []string{"attn_add_f32_into", attnBwdSm90Finis}
+	need := []string{"attn_add_f32_into", attnBwdSm90Finis, attnBwdSm90Direct}
 	for _, n := range attnBwdNames {
 		need = append(need, n)
 	}

@@ -119,7 +119,8 @@ def bwd_smem(hd, nw=BWD_NW):
 # The sm_90a backward (attention.cu attn_bwd_hd128_bf16_g*_sm90; attention.go attnBwdSm90): 384
 # threads per 128-key tile, its dQ through a tiled fp32 scratch (⌈Nq/64⌉ × 8192 per (b, h)) that
 # attn_dq_finish_sm90 adds into dQ. Taken once it passed alone (BWD90_OK=1: a broken one may hang).
-# Candidates named *_d, *_v (bwd3_variants.cu, DQT 1, 2) add dQ straight into an fp32 [B,Nq,H,hd]
+# The _rq kernel (split key tiles, as attention.go) and candidates named *_d, *_v (bwd3_variants.cu,
+# DQT 1, 2) add dQ straight into an fp32 [B,Nq,H,hd]
 # (dQ itself when fp32, else a scratch that attn_add_f32_into adds). "old:<name>": the kernels of the
 # previous attention.fatbin (OLD_ATTN), v7's layout.
 BWD90_SMEM = 1024 + 5 * 32768 + 2 * 64 * 288 + 2 * 512 + 8 * 5
@@ -174,11 +175,12 @@ def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None,
     if sm90 is None:
         sm90 = bwd90_pick(hd, q.dtype) and variant is None
     if sm90:
-        name = name90 or f"attn_bwd_hd128_bf16_g{SUF[gdt]}_sm90"
+        # attention.go: split key tiles (fp32 gradients) go to the _rq kernel, dQ straight into dQ
+        name = name90 or f"attn_bwd_hd128_bf16_g{SUF[gdt]}_sm90" + ("_rq" if qsplit > 1 and not os.environ.get("OLD_SPLIT") else "")
         ntk = (Nk + 127) // 128
         old = name.startswith("old:")
         smem = BWD90_SMEM_OLD if old else BWD90_SMEM
-        if not name.endswith(("_d", "_v")):  # the tiled scratch and its finishing pass
+        if not name.endswith(("_d", "_v", "_rq")):  # the tiled scratch and its finishing pass
             nqt = (Nq + 63) // 64
             acc = None
             if dQ is not None:

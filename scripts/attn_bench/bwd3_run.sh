@@ -3,7 +3,7 @@
 # root, with G (default gpubuild/attnbwd) carried: cuda.test, gputest.test, fewstep (built on the
 # development machine with CGO_ENABLED=0, xz-compressed or not). Steps:
 #   1. all kernel families with scripts/build-kernels.sh (into /tmp/kern) and, beside it, each
-#      candidate of bwd3_variants.cu in its own nvcc (BWD3V: the numbers to build, default all);
+#      candidate of bwd3_variants.cu in its own nvcc (BWD3V: the numbers to build, default all, empty none);
 #      ptxas lines and SASS counts;
 #   2. the shipped backward alone on the harness's sm_90a cases (attn_bench.py --only-bwd90: fp64
 #      torch reference, block-causal, KV-cache offsets, Nq != Nk, one query, bf16 grads, query
@@ -40,7 +40,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader |
 t0=$(date +%s)
 NAMES=(x m2t m4t m5tr m6t m7t m5_d m5_v m7_v)  # BWD3V number → name (bwd3_variants.cu)
 pids=()
-for n in ${BWD3V:-1 2 3 4 5 6 7 8}; do
+for n in ${BWD3V-1 2 3 4 5 6 7 8}; do
     v=${NAMES[$n]}
     nvcc -cubin -O3 -std=c++17 -Ikernels/cuda -gencode=arch=compute_90a,code=sm_90a -DBWD3V=$n -Xptxas -v \
         -o $AB/bwd3v_$v.cubin scripts/attn_bench/bwd3_variants.cu 2> $W/ptxas_$v.txt &
@@ -63,7 +63,7 @@ log "== ptxas (C7512/C7514 = serialized wgmma; C7508/C7509 = setmaxnreg ignored)
 sed -n '/== attention/,/^==/p' $K/resource-usage.txt | grep -E "_sm90'" -A3 | grep -E "Compiling|registers|spill|stack" | sed 's/ptxas info *: //' | tee -a "$L"
 grep -hE "C75" $W/ptxas_*.txt | grep -E "_sm90'" | sort | uniq -c | tee -a "$L"  # each variant build holds the shipped kernels too
 ok=""
-for n in ${BWD3V:-1 2 3 4 5 6 7 8}; do
+for n in ${BWD3V-1 2 3 4 5 6 7 8}; do
     v=${NAMES[$n]}
     if [ ! -s $AB/bwd3v_$v.cubin ]; then log "variant $v: BUILD FAILED"; grep -i error $W/ptxas_$v.txt | head -5 | tee -a "$L"; continue; fi
     grep -E "Compiling entry function 'attn_bwd3v_$v'" -A4 $W/ptxas_$v.txt | grep -E "registers|spill|stack" | sed 's/ptxas info *: //' | tr '\n' ' ' | sed "s/^/$v: /" | tee -a "$L"; echo | tee -a "$L"
