@@ -64,6 +64,17 @@ type ModulateLayerNormBacker interface {
 	ModulateLayerNormBack(dX, dMod, dH, ln, x, mean, rstd, mod *Tensor, iShift, iScale, tokensPerFrame int) bool
 }
 
+// BackBiaser is a device whose backward row ops also add the column sums of the gradient they write
+// (dIn, dY, dX after the op) into dBias: the bias gradient of the Linear whose output that gradient
+// belongs to (its LinearBack then gets no dB), taken from the values in registers instead of another
+// read. Each method reports whether it did the whole op (false: nothing queued).
+type BackBiaser interface {
+	RMSNormBackBias(dIn, dW, dBias, dOut, in, rstd, w *Tensor) bool
+	RMSNormRoPEBackBias(dIn, dW, dBias, dOut, in, rstd, w *Tensor, frames, rows, cols, frame0 int) bool
+	GateAddBackBias(dY, dMod, dBias, dX, y, mod *Tensor, iGate, tokensPerFrame int) bool
+	ModulateLayerNormBackBias(dX, dMod, dBias, dH, ln, x, mean, rstd, mod *Tensor, iShift, iScale, tokensPerFrame int) bool
+}
+
 // LazyZeroer zeroes t like Zero, but may fold the zeroing into the next op when that op
 // accumulates into the whole of t (it then writes instead of adding: no memset, no read of the
 // zeros). Any other next op sees t zeroed as after Zero.
@@ -160,6 +171,48 @@ func ModulateLayerNormBack(d Device, dX, dMod, dH, dLn, ln, x, mean, rstd, mod *
 	ZeroLazy(d, dLn)
 	d.ModulateBack(dLn, dMod, dH, ln, mod, iShift, iScale, tokensPerFrame)
 	d.LayerNormBack(dX, nil, nil, dLn, x, mean, rstd, nil)
+}
+
+// RMSNormBackBias is RMSNormBack on any device, with dIn's column sums (after the op) added into
+// dBias in the same pass where the device does that: true: done; false: the caller still owes them
+// (as GELUBackBias), e.g. as the dB of the LinearBack that reads dIn next.
+func RMSNormBackBias(d Device, dIn, dW, dBias, dOut, in, rstd, w *Tensor) bool {
+	if f, ok := d.(BackBiaser); ok && dBias != nil && f.RMSNormBackBias(dIn, dW, dBias, dOut, in, rstd, w) {
+		return true
+	}
+	d.RMSNormBack(dIn, dW, dOut, in, rstd, w)
+	return false
+}
+
+// RMSNormRoPEBackBias is RMSNormRoPEBack on any device, with dIn's column sums added into dBias
+// where the device does that (the result says so, as RMSNormBackBias).
+func RMSNormRoPEBackBias(d Device, dIn, dW, dBias, dOut, in, rstd, w *Tensor, frames, rows, cols, frame0 int) bool {
+	if f, ok := d.(BackBiaser); ok && dBias != nil && f.RMSNormRoPEBackBias(dIn, dW, dBias, dOut, in, rstd, w, frames, rows, cols, frame0) {
+		return true
+	}
+	RMSNormRoPEBack(d, dIn, dW, dOut, in, rstd, w, frames, rows, cols, frame0)
+	return false
+}
+
+// GateAddBackBias is GateAddBack on any device, with dY's column sums (after the op) added into
+// dBias where the device does that (the result says so, as RMSNormBackBias).
+func GateAddBackBias(d Device, dY, dMod, dBias, dX, y, mod *Tensor, iGate, tokensPerFrame int) bool {
+	if f, ok := d.(BackBiaser); ok && dBias != nil && f.GateAddBackBias(dY, dMod, dBias, dX, y, mod, iGate, tokensPerFrame) {
+		return true
+	}
+	d.GateAddBack(dY, dMod, dX, y, mod, iGate, tokensPerFrame)
+	return false
+}
+
+// ModulateLayerNormBackBias is ModulateLayerNormBack on any device, with dX's column sums (after the
+// op) added into dBias where the device does that (the result says so, as RMSNormBackBias).
+func ModulateLayerNormBackBias(d Device, dX, dMod, dBias, dH, dLn, ln, x, mean, rstd, mod *Tensor, iShift, iScale, tokensPerFrame int) bool {
+	if f, ok := d.(BackBiaser); ok && dBias != nil &&
+		f.ModulateLayerNormBackBias(dX, dMod, dBias, dH, ln, x, mean, rstd, mod, iShift, iScale, tokensPerFrame) {
+		return true
+	}
+	ModulateLayerNormBack(d, dX, dMod, dH, dLn, ln, x, mean, rstd, mod, iShift, iScale, tokensPerFrame)
+	return false
 }
 
 // ZeroLazy zeroes t (lazily where d is a LazyZeroer: see there).

@@ -204,52 +204,74 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		}
 
 		// feed-forward; g.dX, the gradient of x3, becomes that of x2
+		// A bias gradient whose sums the op before took (kernels.BackBiaser: the gradient's column
+		// sums from the kernel that wrote it) is not passed to the LinearBack again (nil).
 		kernels.ZeroLazy(d, g.dF23)
-		d.GateAddBack(g.dF23, dMod, g.dX, a.f23, a.mod, 5, hw) // [B, N, D]
+		b2 := gb.FFN2.B
+		if kernels.GateAddBackBias(d, g.dF23, dMod, b2, g.dX, a.f23, a.mod, 5, hw) { // [B, N, D]
+			b2 = nil
+		}
 		kernels.ZeroLazy(d, g.dF1g)
-		d.LinearBack(g.dF1g, gb.FFN2.W, gb.FFN2.B, g.dF2, a.f1g, bw.FFN2.W) // [B·N, ffn]
+		d.LinearBack(g.dF1g, gb.FFN2.W, b2, g.dF2, a.f1g, bw.FFN2.W) // [B·N, ffn]
 		kernels.ZeroLazy(d, g.dF1)
 		b0 := gb.FFN0.B                                       // ffn.0's bias gradient, unless taken with dF1
 		if kernels.GELUBackBias(d, g.dF1, b0, g.dF1g, a.f1) { // [B·N, ffn]
 			b0 = nil
 		}
 		kernels.ZeroLazy(d, g.dH2)
-		d.LinearBack(g.dH2, gb.FFN0.W, b0, g.dF1, a.h2F, bw.FFN0.W)                                                  // [B·N, D]
-		kernels.ModulateLayerNormBack(d, g.dX, dMod, g.dH23, g.dLn2, a.ln2, a.x2, a.mean2, a.rstd2, a.mod, 3, 4, hw) // [B, N, D]
+		d.LinearBack(g.dH2, gb.FFN0.W, b0, g.dF1, a.h2F, bw.FFN0.W) // [B·N, D]
+		bco := gb.Cross.O.B
+		if kernels.ModulateLayerNormBackBias(d, g.dX, dMod, bco, g.dH23, g.dLn2, a.ln2, a.x2, a.mean2, a.rstd2, a.mod, 3, 4, hw) { // [B, N, D]
+			bco = nil
+		}
 
 		// cross-attention; g.dX becomes the gradient of x1
 		kernels.ZeroLazy(d, g.dCatt)
-		d.LinearBack(g.dCatt, gb.Cross.O.W, gb.Cross.O.B, g.dXF, a.catt, bw.Cross.O.W)                  // [B·N, D]
+		d.LinearBack(g.dCatt, gb.Cross.O.W, bco, g.dXF, a.catt, bw.Cross.O.W)                           // [B·N, D]
 		d.AttentionBack(g.dCq4, g.dCk4, g.dCv4, g.dCatt4, a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0) // [B, N|L, H, hd]
 		kernels.ZeroLazy(d, g.dCqPre)
-		d.RMSNormBack(g.dCqPre, gb.Cross.NormQ, g.dCq, a.cq, a.rstdCq, bw.Cross.NormQ) // [B·N, D]
+		bcq := gb.Cross.Q.B
+		if kernels.RMSNormBackBias(d, g.dCqPre, gb.Cross.NormQ, bcq, g.dCq, a.cq, a.rstdCq, bw.Cross.NormQ) { // [B·N, D]
+			bcq = nil
+		}
 		kernels.ZeroLazy(d, g.dN3)
-		d.LinearBack(g.dN3, gb.Cross.Q.W, gb.Cross.Q.B, g.dCqPre, a.n3F, bw.Cross.Q.W) // [B·N, D]
-		if train {                                                                     // the context's path only carries parameter gradients
+		d.LinearBack(g.dN3, gb.Cross.Q.W, bcq, g.dCqPre, a.n3F, bw.Cross.Q.W) // [B·N, D]
+		if train {                                                            // the context's path only carries parameter gradients
 			kernels.ZeroLazy(d, g.dCkPre)
-			d.RMSNormBack(g.dCkPre, gb.Cross.NormK, g.dCk, a.ck, a.rstdCk, bw.Cross.NormK)  // [B·L, D]
-			d.LinearBack(g.dCtx, gb.Cross.K.W, gb.Cross.K.B, g.dCkPre, p.ctx, bw.Cross.K.W) // [B·L, D]
-			d.LinearBack(g.dCtx, gb.Cross.V.W, gb.Cross.V.B, g.dCv, p.ctx, bw.Cross.V.W)    // [B·L, D]
+			bck := gb.Cross.K.B
+			if kernels.RMSNormBackBias(d, g.dCkPre, gb.Cross.NormK, bck, g.dCk, a.ck, a.rstdCk, bw.Cross.NormK) { // [B·L, D]
+				bck = nil
+			}
+			d.LinearBack(g.dCtx, gb.Cross.K.W, bck, g.dCkPre, p.ctx, bw.Cross.K.W)       // [B·L, D]
+			d.LinearBack(g.dCtx, gb.Cross.V.W, gb.Cross.V.B, g.dCv, p.ctx, bw.Cross.V.W) // [B·L, D]
 		}
 		d.LayerNormBack(g.dX, gb.Norm3W, gb.Norm3B, g.dN33, a.x1, a.mean3, a.rstd3, bw.Norm3W) // [B, N, D]
 
 		// self-attention; g.dX becomes the gradient of the block input x
 		kernels.ZeroLazy(d, g.dO3)
-		d.GateAddBack(g.dO3, dMod, g.dX, a.o3, a.mod, 2, hw) // [B, N, D]
+		bo := gb.Self.O.B
+		if kernels.GateAddBackBias(d, g.dO3, dMod, bo, g.dX, a.o3, a.mod, 2, hw) { // [B, N, D]
+			bo = nil
+		}
 		kernels.ZeroLazy(d, g.dAtt)
-		d.LinearBack(g.dAtt, gb.Self.O.W, gb.Self.O.B, g.dO, a.att, bw.Self.O.W) // [B·N, D]
+		d.LinearBack(g.dAtt, gb.Self.O.W, bo, g.dO, a.att, bw.Self.O.W) // [B·N, D]
 		if p.chunk.active {
 			p.chunk.attentionBack(d, l, a, g) // [B, N, H, hd] through the cache + chunk keys
 		} else {
 			d.AttentionBack(g.dQr4, g.dKr4, g.dV4, g.dAtt4, a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
 		}
 		kernels.ZeroLazy(d, g.dQ)
-		kernels.RMSNormRoPEBack(d, g.dQ, gb.Self.NormQ, g.dQr4, a.q, a.rstdQ, bw.Self.NormQ, F, p.h, p.w, frame0) // [B·N, D]
+		bq, bk := gb.Self.Q.B, gb.Self.K.B
+		if kernels.RMSNormRoPEBackBias(d, g.dQ, gb.Self.NormQ, bq, g.dQr4, a.q, a.rstdQ, bw.Self.NormQ, F, p.h, p.w, frame0) { // [B·N, D]
+			bq = nil
+		}
 		kernels.ZeroLazy(d, g.dK)
-		kernels.RMSNormRoPEBack(d, g.dK, gb.Self.NormK, g.dKr4, a.k, a.rstdK, bw.Self.NormK, F, p.h, p.w, frame0) // [B·N, D]
+		if kernels.RMSNormRoPEBackBias(d, g.dK, gb.Self.NormK, bk, g.dKr4, a.k, a.rstdK, bw.Self.NormK, F, p.h, p.w, frame0) { // [B·N, D]
+			bk = nil
+		}
 		kernels.ZeroLazy(d, g.dH1)
-		d.LinearBack(g.dH1, gb.Self.Q.W, gb.Self.Q.B, g.dQ, a.h1F, bw.Self.Q.W)                                     // [B·N, D]
-		d.LinearBack(g.dH1, gb.Self.K.W, gb.Self.K.B, g.dK, a.h1F, bw.Self.K.W)                                     // [B·N, D]
+		d.LinearBack(g.dH1, gb.Self.Q.W, bq, g.dQ, a.h1F, bw.Self.Q.W)                                              // [B·N, D]
+		d.LinearBack(g.dH1, gb.Self.K.W, bk, g.dK, a.h1F, bw.Self.K.W)                                              // [B·N, D]
 		d.LinearBack(g.dH1, gb.Self.V.W, gb.Self.V.B, g.dV, a.h1F, bw.Self.V.W)                                     // [B·N, D]
 		kernels.ModulateLayerNormBack(d, g.dX, dMod, g.dH13, g.dLn1, a.ln1, a.x, a.mean1, a.rstd1, a.mod, 0, 1, hw) // [B, N, D]
 

@@ -89,3 +89,93 @@ func TestGELUBackBiasWiring(t *testing.T) {
 		t.Errorf("frozen: GELUBackBias called %d times, took a bias %d times: want %d and 0", ff.calls, ff.took, cfg.Layers)
 	}
 }
+
+// backBiasCPU is the CPU device with the backward row ops of kernels.BackBiaser (as kernels/cuda
+// has them): each runs the plain op, then adds the column sums of the gradient it wrote into
+// dBias as the CPU's LinearBack adds its dB, counting the biases it took.
+type backBiasCPU struct {
+	kernels.Device
+	took int
+}
+
+func (d *backBiasCPU) addCols(dBias, g *kernels.Tensor) bool {
+	if dBias == nil {
+		return true
+	}
+	d.took++
+	cols := dBias.Numel()
+	v, b := host(d, g), host(d, dBias)
+	for c := 0; c < cols; c++ {
+		var s float64
+		for r := 0; r < len(v)/cols; r++ {
+			s += float64(v[r*cols+c])
+		}
+		b[c] += float32(s)
+	}
+	d.FromHost(dBias, b)
+	return true
+}
+
+func (d *backBiasCPU) RMSNormBackBias(dIn, dW, dBias, dOut, in, rstd, w *kernels.Tensor) bool {
+	d.RMSNormBack(dIn, dW, dOut, in, rstd, w)
+	return d.addCols(dBias, dIn)
+}
+
+func (d *backBiasCPU) RMSNormRoPEBackBias(dIn, dW, dBias, dOut, in, rstd, w *kernels.Tensor, frames, rows, cols, frame0 int) bool {
+	kernels.RMSNormRoPEBack(d.Device, dIn, dW, dOut, in, rstd, w, frames, rows, cols, frame0)
+	return d.addCols(dBias, dIn)
+}
+
+func (d *backBiasCPU) GateAddBackBias(dY, dMod, dBias, dX, y, mod *kernels.Tensor, iGate, tpf int) bool {
+	d.GateAddBack(dY, dMod, dX, y, mod, iGate, tpf)
+	return d.addCols(dBias, dY)
+}
+
+func (d *backBiasCPU) ModulateLayerNormBackBias(dX, dMod, dBias, dH, ln, x, mean, rstd, mod *kernels.Tensor, iShift, iScale, tpf int) bool {
+	dLn := d.Alloc(kernels.F32, dH.Shape...)
+	defer d.Free(dLn)
+	kernels.ModulateLayerNormBack(d.Device, dX, dMod, dH, dLn, ln, x, mean, rstd, mod, iShift, iScale, tpf)
+	return d.addCols(dBias, dX)
+}
+
+// TestBackBiasWiring: on a device whose norm and gate backwards take the next Linear's bias
+// gradient (kernels.BackBiaser: q, k, cross q, cross k, ffn.2, both output projections), the
+// training pass computes the same output, input gradient and parameter gradients, bit for bit, as
+// the plain CPU pass (each bias counted once: its LinearBack gets no dB); a frozen network's
+// backward takes none.
+func TestBackBiasWiring(t *testing.T) {
+	cfg, _ := Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, 3
+	B, F, H, W, L := 1, 2, 4, 4, 3
+	C := cfg.InDim
+	rng := rand.New(rand.NewSource(12))
+	xv, tv := randn(rng, B*C*F*H*W, 1), randTimesteps(rng, B*F)
+	cv, gv := randn(rng, B*L*cfg.TextDim, 1), randn(rng, B*C*F*H*W, 1)
+	run := func(dev kernels.Device, grads bool) (out, dx, g []float32) {
+		m := New(dev, cfg, grads)
+		randomize(m, 6)
+		p := m.NewPass(Shape{B: B, F: F, H: H, W: W, L: L})
+		out = host(dev, m.Forward(p, devT(dev, xv, B, C, F, H, W), devT(dev, tv, B, F), devT(dev, cv, B, L, cfg.TextDim)))
+		dx = host(dev, m.Backward(p, devT(dev, gv, B, C, F, H, W)))
+		if grads {
+			g = host(dev, m.G)
+		}
+		return out, dx, g
+	}
+	o0, dx0, g0 := run(kernels.CPU(), true)
+	fd := &backBiasCPU{Device: kernels.CPU()}
+	o1, dx1, g1 := run(fd, true)
+	sameBits(t, "output", o0, o1)
+	sameBits(t, "dx", dx0, dx1)
+	sameBits(t, "parameter gradients", g0, g1)
+	if want := 7 * cfg.Layers; fd.took != want {
+		t.Errorf("took %d biases, want %d (7 a block)", fd.took, want)
+	}
+	_, fdx0, _ := run(kernels.CPU(), false)
+	ff := &backBiasCPU{Device: kernels.CPU()}
+	_, fdx1, _ := run(ff, false)
+	sameBits(t, "frozen dx", fdx0, fdx1)
+	if ff.took != 0 {
+		t.Errorf("frozen: took %d biases, want 0", ff.took)
+	}
+}

@@ -21,6 +21,9 @@
 #     eager   wan_ref.py eager: forward and train step at 4,680, forward at 32,760
 #     s6      ours with the sm_90a attention backward and without (FEWSTEP_ATTN_BWD=fa2), profile after
 #     demo    the main job (fewstep demo) on the card, its table
+#     ab14    ours: train step and forward+backward profile with and without the column sums in the
+#             row kernels (FEWSTEP_COLFUSE=0, FEWSTEP_COLFUSE_BIAS=0); quicktests: cuda.test's ops
+#             (TESTS); ditests: gputest; follow: objectives' GPU-vs-CPU training tests
 #     ab12    ours: train step with everything, without the training GELU epilogues, without fusions;
 #             forward+backward profile (AB12_PROFILE_OFF=1: also without the GELU epilogues); forward
 #             4,680 (graph)
@@ -73,7 +76,21 @@ for s in ${*:-build tests sf ours}; do
 case $s in
 build)
     t0=$(date +%s)
-    if (cd $G/src && sh scripts/build-kernels.sh kernels/cuda/build) > "$OUT/build.txt" 2>&1; then
+    if [ -n "${BUILD_ONLY:-}" ]; then # BUILD_ONLY="layernorm rmsnorm": only these families; the others stay the committed fatbins
+        b=$G/buildonly
+        rm -rf $b && mkdir -p $b/kernels/cuda $b/scripts
+        cp $G/src/kernels/cuda/*.cuh $b/kernels/cuda/ && cp $G/src/scripts/build-kernels.sh $b/scripts/
+        for f in $BUILD_ONLY; do cp $G/src/kernels/cuda/$f.cu $b/kernels/cuda/; done
+        if (cd $b && OUT= sh scripts/build-kernels.sh out) > "$OUT/build.txt" 2>&1; then
+            M=$G/src/kernels/cuda/build/MANIFEST
+            { head -1 $M; { tail -n +2 $M; tail -n +2 $b/out/MANIFEST; } | awk '{l[$1] = $0} END {for (k in l) print l[k]}' | LC_ALL=C sort; } > $b/MANIFEST
+            cp $b/out/*.fatbin $G/src/kernels/cuda/build/ && cp $b/MANIFEST $M
+            cp $b/out/resource-usage.txt "$OUT/resource-usage.txt"
+            log "kernels built ($BUILD_ONLY) in $(( $(date +%s) - t0 )) s"
+        else
+            log "KERNEL BUILD FAILED in $(( $(date +%s) - t0 )) s"; tail -30 "$OUT/build.txt" | tee -a "$L"
+        fi
+    elif (cd $G/src && sh scripts/build-kernels.sh kernels/cuda/build) > "$OUT/build.txt" 2>&1; then
         log "kernels built in $(( $(date +%s) - t0 )) s"
     else
         log "KERNEL BUILD FAILED in $(( $(date +%s) - t0 )) s"; tail -30 "$OUT/build.txt" | tee -a "$L"
@@ -179,6 +196,30 @@ s6) # session 6's last call (NOTES.md v13): the step and forwards with the sm_90
     run 40 env FEWSTEP_ATTN_BWD=fa2 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
     run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5
     run 40 $FS bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10 ;;
+ab14) # session 7 (colfuse, kernels/cuda/NOTES.md v14): the train step and the forward+backward
+      # profile with the column sums folded into the norm and gate backwards (default), without the
+      # bias gradients taken there (FEWSTEP_COLFUSE_BIAS=0), and without any (FEWSTEP_COLFUSE=0: the
+      # row kernels and colreduce as in v13)
+    run 45 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 45 env FEWSTEP_COLFUSE=0 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 45 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 45 env FEWSTEP_COLFUSE=0 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 45 env FEWSTEP_COLFUSE_BIAS=0 $FS bench train --json $W --frames 3 --iters 5 --warmup 2 ;;
+quicktests) # cuda.test's ops against the CPU (TESTS: the -test.run pattern)
+    t0=$(date +%s)
+    (cd $G/src/kernels/cuda && timeout 90 ../../../cuda.test -test.v -test.count=1 -test.run "${TESTS:-TestOpsAgainstCPU|TestColumnSums|TestArtifactsFresh}") > "$OUT/tests.txt" 2>&1
+    log "cuda.test exit $? in $(( $(date +%s) - t0 )) s"
+    grep -E "^(--- FAIL|FAIL|ok|PASS)|rel error .* >|panic" "$OUT/tests.txt" | head -40 | tee -a "$L" ;;
+ditests) # gputest: the whole DiT against the CPU
+    t0=$(date +%s)
+    (cd kernels/cuda/gputest && timeout 90 ../../../$G/gputest.test -test.v -test.count=1) > "$OUT/ditests.txt" 2>&1
+    log "gputest.test exit $? in $(( $(date +%s) - t0 )) s"
+    grep -E "^(--- FAIL|FAIL|ok|PASS)|rel error .* >|panic" "$OUT/ditests.txt" | head -40 | tee -a "$L" ;;
+follow) # objectives' GPU-vs-CPU training tests
+    t0=$(date +%s)
+    (cd objectives && timeout ${FOLLOW_TO:-150} ../$G/objectives.test -test.run 'TestGPUTrainingFollowsCPU' -test.v -test.count=1) > "$OUT/follow.txt" 2>&1
+    log "objectives.test GPU-vs-CPU exit $? in $(( $(date +%s) - t0 )) s"
+    grep -E -- "--- (PASS|FAIL|SKIP)|panic" "$OUT/follow.txt" | head -30 | tee -a "$L" ;;
 demo) # the main job on the card (README: the same table as the CPU's within noise)
     t0=$(date +%s)
     timeout 150 $PIN $FS demo --set device=cuda --out $G/demo_run > "$OUT/demo.txt" 2>&1

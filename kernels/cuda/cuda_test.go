@@ -525,6 +525,127 @@ func TestLinearMixedAndTF32(t *testing.T) {
 	}
 }
 
+// colSumCases: the backward ops whose column sums colsums.go folds into the row kernels, on tall
+// tensors: several rows a block (2,082 and 1,200 rows: 4 and 5 a block on 132 SMs), frames of 347
+// rows that blocks straddle (the per-frame modulation and gate sums), 130 float4s a row over 64
+// threads (a partial last float4 slot), gradients that accumulate (random start) and one written
+// after ZeroLazy; the bias gradients of kernels.BackBiaser (against the CPU's plain op and its
+// LinearBack's dB), and the bf16 copies they leave for the LinearBack's GEMMs in bf16-GEMM mode.
+func colSumCases() []opCase {
+	const B, F, tpf, D = 2, 3, 347, 520
+	const N = F * tpf
+	const fr, rows, cols, H, hd = 5, 10, 12, 2, 128
+	const T = fr * rows * cols
+	return []opCase{{name: "column sums, LayerNorm and modulation",
+		ts: []spec{S("x", in, B, N, D), S("w", in, D), S("b", in, D), S("y", out, B, N, D), SF("mean", saved, B*N), SF("rstd", saved, B*N),
+			S("dy", in, B, N, D), S("dx", acc, B, N, D), S("dw", acc, D), S("db", acc, D), S("dx1", acc, B, N, D), S("dw1", acc, D),
+			S("ln", saved, B, N, D), S("mod", in, B, F, 6, D), S("dh", in, B, N, D), S("dln", in, B, N, D), S("mdx", acc, B, N, D), S("dmod", acc, B, F, 6, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.LayerNorm(t["y"], t["mean"], t["rstd"], t["x"], t["w"], t["b"], 1e-6)
+			d.LayerNormBack(t["dx"], t["dw"], t["db"], t["dy"], t["x"], t["mean"], t["rstd"], t["w"])
+			d.LayerNormBack(t["dx1"], t["dw1"], nil, t["dy"], t["x"], t["mean"], t["rstd"], nil) // weight gradient only, no affine
+			d.LayerNorm(t["ln"], t["mean"], t["rstd"], t["x"], nil, nil, 1e-6)
+			kernels.ModulateLayerNormBack(d, t["mdx"], t["dmod"], t["dh"], t["dln"], t["ln"], t["x"], t["mean"], t["rstd"], t["mod"], 3, 4, tpf)
+		}}, {name: "column sums, RMSNorm and gate",
+		ts: []spec{S("x", in, B*N, D), S("w", in, D), S("y", out, B*N, D), SF("rstd", saved, B*N),
+			S("dy", in, B*N, D), S("dx", acc, B*N, D), S("dw", acc, D), S("dx0", out, B*N, D), S("dw0", acc, D),
+			S("gy", in, B, N, D), S("mod", in, B, F, 6, D), S("gd", in, B, N, D), S("dgy", acc, B, N, D), S("dgy0", out, B, N, D), S("dmod", acc, B, F, 6, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			d.RMSNorm(t["y"], t["rstd"], t["x"], t["w"], 1e-6)
+			d.RMSNormBack(t["dx"], t["dw"], t["dy"], t["x"], t["rstd"], t["w"])
+			kernels.ZeroLazy(d, t["dx0"]) // written (fresh)
+			d.RMSNormBack(t["dx0"], t["dw0"], t["dy"], t["x"], t["rstd"], t["w"])
+			d.GateAddBack(t["dgy"], t["dmod"], t["gd"], t["gy"], t["mod"], 5, tpf)
+			kernels.ZeroLazy(d, t["dgy0"]) // written (fresh)
+			d.GateAddBack(t["dgy0"], t["dmod"], t["gd"], t["gy"], t["mod"], 2, tpf)
+		}}, {name: "column sums, RMSNormRoPEBack",
+		ts: []spec{S("x", in, 2*T, H*hd), S("w", in, H*hd), S("y", out, 2, T, H, hd), SF("rstd", saved, 2*T),
+			S("dy", inout, 2, T, H, hd), S("dx", out, 2*T, H*hd), S("dw", acc, H*hd),
+			S("dy2", inout, 2, T, H, hd), S("dx2", acc, 2*T, H*hd), S("dw2", acc, H*hd), S("db2", acc, H*hd), S("lin", in, 2*T, 1), S("lw", in, H*hd, 1)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			kernels.RMSNormRoPE(d, t["y"], t["rstd"], t["x"], t["w"], 1e-6, fr, rows, cols, 3)
+			kernels.ZeroLazy(d, t["dx"])
+			kernels.RMSNormRoPEBack(d, t["dx"], t["dw"], t["dy"], t["x"], t["rstd"], t["w"], fr, rows, cols, 3)
+			if !kernels.RMSNormRoPEBackBias(d, t["dx2"], t["dw2"], t["db2"], t["dy2"], t["x"], t["rstd"], t["w"], fr, rows, cols, 3) {
+				d.LinearBack(nil, nil, t["db2"], t["dx2"], t["lin"], t["lw"]) // the bias as the model's LinearBack would take it
+			}
+		}}, {name: "column sums, biases",
+		ts: []spec{S("x", in, B*N, D), S("w", in, D), S("y", out, B*N, D), SF("rstd", saved, B*N), S("lin", in, B*N, 1), S("lw", in, D, 1),
+			S("dy", in, B*N, D), S("dx", out, B*N, D), S("dw", acc, D), S("db", acc, D),
+			S("gy", in, B, N, D), S("mod", in, B, F, 6, D), S("gd", in, B, N, D), S("dgy", acc, B, N, D), S("dmod", acc, B, F, 6, D), S("gdb", acc, D),
+			S("mx", in, B, N, D), S("ln", saved, B, N, D), SF("mean", saved, B*N), SF("rstd2", saved, B*N),
+			S("dh", in, B, N, D), S("dln", in, B, N, D), S("mdx", acc, B, N, D), S("mdb", acc, D)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			bias := func(took bool, db, g *kernels.Tensor) { // the bias as the model's LinearBack would take it
+				if !took {
+					d.LinearBack(nil, nil, db, g.Reshape(B*N, D), t["lin"], t["lw"])
+				}
+			}
+			d.RMSNorm(t["y"], t["rstd"], t["x"], t["w"], 1e-6)
+			kernels.ZeroLazy(d, t["dx"]) // written (fresh)
+			bias(kernels.RMSNormBackBias(d, t["dx"], t["dw"], t["db"], t["dy"], t["x"], t["rstd"], t["w"]), t["db"], t["dx"])
+			bias(kernels.GateAddBackBias(d, t["dgy"], t["dmod"], t["gdb"], t["gd"], t["gy"], t["mod"], 5, tpf), t["gdb"], t["dgy"])
+			d.LayerNorm(t["ln"], t["mean"], t["rstd2"], t["mx"], nil, nil, 1e-6)
+			bias(kernels.ModulateLayerNormBackBias(d, t["mdx"], nil, t["mdb"], t["dh"], t["dln"], t["ln"], t["mx"], t["mean"], t["rstd2"], t["mod"], 0, 1, tpf),
+				t["mdb"], t["mdx"])
+		}}, {name: "column sums, bias copies read by bf16 GEMMs", tolF: tolBF16,
+		ts: []spec{S("x", in, B*N, D), S("w", in, D), S("y", out, B*N, D), SF("rstd", saved, B*N),
+			S("dy", in, B*N, D), S("dx", out, B*N, D), S("dw", acc, D), S("db", acc, D),
+			S("gy", in, B, N, D), S("mod", in, B, F, 6, D), S("gd", in, B, N, D), S("dgy", out, B, N, D), S("dmod", acc, B, F, 6, D), S("gdb", acc, D),
+			S("mx", in, B, N, D), S("ln", saved, B, N, D), SF("mean", saved, B*N), SF("rstd2", saved, B*N),
+			S("dh", in, B, N, D), S("dln", in, B, N, D), S("mdx", acc, B, N, D), S("mdb", acc, D),
+			S("lx", in, B*N, 24), S("lw", in, D, 24), S("lw2", acc, D, 24), S("lx1", out, B*N, 24), S("lx2", out, B*N, 24), S("lx3", out, B*N, 24)},
+		run: func(d kernels.Device, t map[string]*kernels.Tensor) {
+			if g, ok := d.(*Device); ok { // the LinearBacks' GEMMs read the bf16 copies the fused ops wrote
+				g.GEMM = GEMMBF16
+				defer func() { g.GEMM = GEMMExact }()
+			}
+			lin := func(took bool, db, g, dIn *kernels.Tensor) {
+				if took {
+					db = nil
+				}
+				kernels.ZeroLazy(d, dIn)
+				d.LinearBack(dIn, t["lw2"], db, g.Reshape(B*N, D), t["lx"], t["lw"])
+			}
+			d.RMSNorm(t["y"], t["rstd"], t["x"], t["w"], 1e-6)
+			kernels.ZeroLazy(d, t["dx"])
+			lin(kernels.RMSNormBackBias(d, t["dx"], t["dw"], t["db"], t["dy"], t["x"], t["rstd"], t["w"]), t["db"], t["dx"], t["lx1"])
+			kernels.ZeroLazy(d, t["dgy"])
+			lin(kernels.GateAddBackBias(d, t["dgy"], t["dmod"], t["gdb"], t["gd"], t["gy"], t["mod"], 2, tpf), t["gdb"], t["dgy"], t["lx2"])
+			d.LayerNorm(t["ln"], t["mean"], t["rstd2"], t["mx"], nil, nil, 1e-6)
+			lin(kernels.ModulateLayerNormBackBias(d, t["mdx"], t["dmod"], t["mdb"], t["dh"], t["dln"], t["ln"], t["mx"], t["mean"], t["rstd2"], t["mod"], 3, 4, tpf),
+				t["mdb"], t["mdx"], t["lx3"])
+		}}}
+}
+
+// TestColumnSums: colSumCases and the small backward cases of TestOpsAgainstCPU with the column
+// sums folded into the row kernels (colsums.go; the default) and without (FEWSTEP_COLFUSE=0: the
+// plain row kernels and colreduce), each against the CPU.
+func TestColumnSums(t *testing.T) {
+	g := gpu(t)
+	defer SetColumnFusion(g, true)
+	cs := colSumCases()
+	for _, c := range cases() {
+		switch c.name {
+		case "LayerNorm+affine", "RMSNorm", "GateAdd", "RMSNormRoPEBack hd=128", "RMSNormRoPEBack hd=12", "ModulateLayerNormBack", "ZeroLazy":
+			cs = append(cs, c)
+		}
+	}
+	if len(cs) != 12 {
+		t.Fatalf("%d cases, want 12: a case of cases() was renamed", len(cs))
+	}
+	for _, on := range []bool{true, false} {
+		for _, c := range cs {
+			for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+				t.Run(fmt.Sprintf("%s/%s/fused=%v", c.name, dt, on), func(t *testing.T) {
+					SetColumnFusion(g, on)
+					runCase(t, g, c, dt)
+				})
+			}
+		}
+	}
+}
+
 // LinearBack with bf16 GEMM operands: the bias gradient and dOut's bf16 copy come from one pass
 // (colreduce_f32x4 with a copy), the GEMMs then read the copy. Twice, with a new dOut uploaded
 // in between: the second must not read the first's copy.

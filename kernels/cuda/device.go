@@ -77,6 +77,8 @@ type Device struct {
 	vec       bool           // float4 fp32 fast paths (FEWSTEP_VEC=0: off, for A/B timings)
 	fuse      bool           // fused ops and lazy zeroing (fused.go; FEWSTEP_FUSE=0: off, for A/B timings)
 	geluAux   bool           // with fuse: the training GELU epilogues, bf16 pre-activation (GELUPreBF16; FEWSTEP_GELU_AUX=0: off)
+	colFuse   int            // with fuse: blocks per SM of the norm and gate backwards that also sum columns (colsums.go; FEWSTEP_COLFUSE=0: off)
+	colBias   bool           // with colFuse: they also take the next Linear's bias gradient (kernels.BackBiaser; FEWSTEP_COLFUSE_BIAS=0: off)
 	pz        kernels.Tensor // ZeroLazy's pending tensor (header copy), when pzOn
 	pzOn      bool
 	syncEach  bool // FEWSTEP_CUDA_SYNC=1: synchronize after every launch (debugging)
@@ -233,6 +235,8 @@ func New(ordinal int) (*Device, error) {
 	d.vec = os.Getenv("FEWSTEP_VEC") != "0"
 	d.fuse = os.Getenv("FEWSTEP_FUSE") != "0"
 	d.geluAux = os.Getenv("FEWSTEP_GELU_AUX") != "0"
+	d.colFuse = colFuseEnv(os.Getenv("FEWSTEP_COLFUSE"))
+	d.colBias = os.Getenv("FEWSTEP_COLFUSE_BIAS") != "0"
 	d.syncEach = os.Getenv("FEWSTEP_CUDA_SYNC") == "1"
 	d.Info = fmt.Sprintf("%s, sm_%d, %d SMs, driver %d, cuBLASLt %d", cstr(name[:]), d.cc, d.sms, d.driver, d.lt.version)
 	return d, nil
@@ -792,6 +796,16 @@ func F32ToF16(f float32) uint16 {
 // written by GELU_AUX_BIAS, read by DGELU) on or off for passes made afterwards (tests: the passes
 // without them compute exactly what fp32 activations with bf16 copies do).
 func SetGELUEpilogues(d *Device, on bool) { d.geluAux = on }
+
+// SetColumnFusion turns the column sums folded into the norm and gate backwards (colsums.go) on
+// or off for ops queued afterwards, the bias gradients they take (kernels.BackBiaser) with them
+// (tests: both against the CPU).
+func SetColumnFusion(d *Device, on bool) {
+	d.colFuse, d.colBias = 0, on
+	if on {
+		d.colFuse = colFuseEnv("")
+	}
+}
 
 // SetReferenceAttention switches d to the reference attention kernels (exact fp32; tests) or back
 // to the fused ones where they apply.

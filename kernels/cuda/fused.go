@@ -207,6 +207,12 @@ func (d *Device) LayerNormModulate(ln, h, mean, rstd, x, mod *kernels.Tensor, iS
 // (written when a ZeroLazy(dIn) came just before) in one pass (rms_bwd_f32x4 with the RoPE
 // tables), then dW from the rotated-back dOut as RMSNormBack.
 func (d *Device) RMSNormRoPEBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor, frames, rows, cols, frame0 int) bool {
+	return d.rmsRoPEBack(dIn, dW, nil, dOut, in, rstd, w, frames, rows, cols, frame0)
+}
+
+// rmsRoPEBack is RMSNormRoPEBack, with dIn's column sums into dB (RMSNormRoPEBackBias) when dB is
+// not nil; false: nothing queued.
+func (d *Device) rmsRoPEBack(dIn, dW, dB, dOut, in, rstd, w *kernels.Tensor, frames, rows, cols, frame0 int) bool {
 	if !d.fuse || len(dOut.Shape) != 4 || dIn == nil {
 		return false
 	}
@@ -221,8 +227,12 @@ func (d *Device) RMSNormRoPEBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor, fra
 	if hd%4 != 0 || T == 0 || n == 0 || n >= 1<<31 {
 		return false
 	}
+	sums := d.colSums() && (dW != nil || dB != nil) && sumDst(dW, 0)
+	if dB != nil && !(sums && d.biasSums(dB, D)) {
+		return false
+	}
 	fresh := d.claimZero(dIn)
-	if !d.begin(false, dIn, dW, dOut) {
+	if !d.begin(false, dIn, dW, dOut, dB) {
 		return true
 	}
 	defer d.leave()
@@ -233,6 +243,16 @@ func (d *Device) RMSNormRoPEBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor, fra
 		}
 		d.RoPEBack(dOut, frames, rows, cols, frame0)
 		d.RMSNormBack(dIn, dW, dOut, in, rstd, w)
+		if dB != nil {
+			d.colReduce(dB, 0, D, dIn, nil, nil, nil, 1, nrows, D, 0, 1, false)
+		}
+		return true
+	}
+	if sums { // dW (and dB += Σ dIn) from the same reads (colsums.go)
+		must(dW == nil || dW.Numel() == D, "RMSNormRoPEBack: dW %v for D=%d", dW, D)
+		sh := d.biasCopy(dIn, dB)
+		d.rmsBackSums(T, nrows, D, dIn, dW, dB, sh, dOut, in, rstd, w, fresh, tf, th, N, hd, rows, cols, frame0)
+		d.actSet(dIn, sh)
 		return true
 	}
 	d.rmsBackVec(T, nrows, D, dIn, dOut, in, rstd, w, fresh, tf, th, N, hd, rows, cols, frame0)
@@ -246,6 +266,12 @@ func (d *Device) RMSNormRoPEBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor, fra
 // ModulateLayerNormBack: dX += the LayerNorm gradient of dH·(1 + scale) in one pass (ln_bwd_f32x4
 // with mod; dLn is never stored), and dMod's shift and scale slices as ModulateBack.
 func (d *Device) ModulateLayerNormBack(dX, dMod, dH, ln, x, mean, rstd, mod *kernels.Tensor, iShift, iScale, tpf int) bool {
+	return d.modLnBack(dX, dMod, nil, dH, ln, x, mean, rstd, mod, iShift, iScale, tpf)
+}
+
+// modLnBack is ModulateLayerNormBack, with dX's column sums into dB (ModulateLayerNormBackBias)
+// when dB is not nil; false: nothing queued.
+func (d *Device) modLnBack(dX, dMod, dB, dH, ln, x, mean, rstd, mod *kernels.Tensor, iShift, iScale, tpf int) bool {
 	if !d.fuse || dX == nil {
 		return false
 	}
@@ -257,10 +283,23 @@ func (d *Device) ModulateLayerNormBack(dX, dMod, dH, ln, x, mean, rstd, mod *ker
 	if T == 0 || n == 0 || mod.Numel() >= 1<<31 {
 		return false
 	}
-	if !d.begin(false, dX, dMod) {
+	sums := d.colSums() && (dMod != nil || dB != nil) && sumDst(dMod, iScale*D) && sumDst(dMod, iShift*D)
+	if dB != nil && !(sums && d.biasSums(dB, D)) {
+		return false
+	}
+	if !d.begin(false, dX, dMod, dB) {
 		return true
 	}
 	defer d.leave()
+	if sums {
+		// the scale and shift gradients from the same reads (colsums.go): Σ dH·x̂, Σ dH per frame
+		// (and dB += Σ dX)
+		must(dMod == nil || dMod.Numel() == mod.Numel(), "ModulateLayerNormBack: dMod %v for mod %v", dMod, mod)
+		sh := d.biasCopy(dX, dB)
+		d.lnBackSums(T, rows, D, dX, dH, x, mean, rstd, nil, mod, iScale, N, F, K, tpf, addr(dMod, iScale*D), addr(dMod, iShift*D), K*D, tpf, dB, sh)
+		d.actSet(dX, sh)
+		return true
+	}
 	d.lnBackVec(T, rows, D, dX, dH, x, mean, rstd, nil, mod, iScale, N, F, K, tpf)
 	if dMod != nil {
 		mustNumel("ModulateLayerNormBack dMod", mod.Numel(), dMod)

@@ -187,57 +187,147 @@ extern "C" __global__ void ln_bwd(void *dIn, int dtdi, const void *dOut, int dtd
     }
 }
 
+// red_add4: p[0..3] += v with one 16-byte reduction on sm_90 (p 16-byte aligned), else four
+// (the same helper is in rmsnorm.cu and modulate.cu: a shared header would change every family's
+// hash, attention.fatbin's included).
+__device__ __forceinline__ void red_add4(float *p, f32x4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(NO_RED_V4)
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+#else
+    atomicAdd(p, v.x);
+    atomicAdd(p + 1, v.y);
+    atomicAdd(p + 2, v.z);
+    atomicAdd(p + 3, v.w);
+#endif
+}
+
+// ln_flush_sums: a thread's column sums (sa into accXh, sb into acc1; either may be null) added at
+// offset off, then zeroed.
+__device__ __forceinline__ void ln_flush_sums(f32x4 (&sa)[VEC_MAXV], f32x4 (&sb)[VEC_MAXV], float *accXh, float *acc1, ll off,
+                                              int D4) {
+#pragma unroll
+    for (int e = 0; e < VEC_MAXV; e++) {
+        int c = threadIdx.x + e * blockDim.x;
+        if (c < D4) {
+            if (accXh) red_add4(accXh + off + 4 * c, sa[e]);
+            if (acc1) red_add4(acc1 + off + 4 * c, sb[e]);
+        }
+        sa[e] = sb[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+    }
+}
+
 // ln_bwd for fp32 rows in registers (D % 4 == 0, D ≤ 4·VEC_MAXV·blockDim.x): dX += rs·(g − mean(g) −
 // x̂·mean(g·x̂)), x̂ = (x − μ)·rs, g = dOut·w (w may be null), or, with mod (ModulateBack folded in:
 // dOut is the gradient of the modulated norm x̂·(1 + scale) + shift, row = b·N + n of frame
 // f = n / tpf), g = dOut·(1 + mod[b, f, iScale]). Each of dOut, x read once.
-extern "C" __global__ void ln_bwd_f32x4(f32x4 *dX, const f32x4 *dOut, const f32x4 *in, const float *mean, const float *rstd,
-                                        const f32x4 *w, const float *mod, int iScale, int N, int F, int K, int tpf, int D) {
+// SUMS (ln_bwd_sums_f32x4): the block takes rows [blockIdx.x·rowsPerBlock, + rowsPerBlock) and also
+// sums the columns of the same reads: accXh[seg·accStride + c] += Σ dOut·x̂ (LayerNorm's weight
+// gradient, Modulate's scale gradient) and acc1[seg·accStride + c] += Σ dOut (the bias, the shift),
+// seg = row / segRows (one segment a frame for the modulation, one in all for LayerNorm), and of what
+// it writes, dB[c] += Σ dX over all rows (the bias gradient of the Linear that reads dX as its dOut
+// next) with dX's bf16 copy into shb (that Linear's GEMM operand); each thread sums its own columns
+// in registers, added atomically when the segment or the block's rows end; any of them may be null.
+template <bool SUMS>
+__device__ __forceinline__ void ln_bwd_f32x4_t(f32x4 *dX, const f32x4 *dOut, const f32x4 *in, const float *mean,
+                                               const float *rstd, const f32x4 *w, const float *mod, int iScale, int N,
+                                               int F, int K, int tpf, int D, float *accXh, float *acc1, ll accStride,
+                                               int segRows, float *dB, bf16x4 *shb, int rows,
+                                               int rowsPerBlock) {
     __shared__ float sh[32];
     const int T = blockDim.x, D4 = D / 4;
-    const ll o = (ll)blockIdx.x * D4;
-    const float mu = mean[blockIdx.x], rs = rstd[blockIdx.x];
-    const f32x4 *sc = nullptr;
-    if (mod) {
-        const int b = blockIdx.x / N, f = (blockIdx.x % N) / tpf;
-        sc = (const f32x4 *)(mod + ((ll)(b * F + f) * K + iScale) * D);
+    int r0 = blockIdx.x, r1 = r0 + 1;
+    if (SUMS) {
+        r0 = blockIdx.x * rowsPerBlock;
+        r1 = r0 + rowsPerBlock;
+        if (r1 > rows) r1 = rows;
     }
-    f32x4 gv[VEC_MAXV], xv[VEC_MAXV];
-    float s1 = 0.f, s2 = 0.f;
+    f32x4 sa[VEC_MAXV], sb[VEC_MAXV];  // SUMS: this thread's columns' Σ dOut·x̂, Σ dOut in the segment
+    f32x4 sx[VEC_MAXV];                 // SUMS: and Σ dX over the block's rows
+    int seg = SUMS ? r0 / segRows : 0;
+    if (SUMS) {
 #pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        gv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
-        xv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
-        if (c < D4) {
-            f32x4 g = dOut[o + c], x = in[o + c];
-            if (w) {
-                f32x4 a = w[c];
-                g.x *= a.x; g.y *= a.y; g.z *= a.z; g.w *= a.w;
+        for (int e = 0; e < VEC_MAXV; e++) sa[e] = sb[e] = sx[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+    }
+    for (int row = r0; row < r1; row++) {
+        if (SUMS && row / segRows != seg) {
+            ln_flush_sums(sa, sb, accXh, acc1, seg * accStride, D4);
+            seg = row / segRows;
+        }
+        const ll o = (ll)row * D4;
+        const float mu = mean[row], rs = rstd[row];
+        const f32x4 *sc = nullptr;
+        if (mod) {
+            const int b = row / N, f = (row % N) / tpf;
+            sc = (const f32x4 *)(mod + ((ll)(b * F + f) * K + iScale) * D);
+        }
+        f32x4 gv[VEC_MAXV], xv[VEC_MAXV];
+        float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+        for (int e = 0; e < VEC_MAXV; e++) {
+            int c = threadIdx.x + e * T;
+            gv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+            xv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+            if (c < D4) {
+                f32x4 g = dOut[o + c], x = in[o + c];
+                f32x4 xh = {(x.x - mu) * rs, (x.y - mu) * rs, (x.z - mu) * rs, (x.w - mu) * rs};
+                if (SUMS) {
+                    sa[e].x += g.x * xh.x; sa[e].y += g.y * xh.y; sa[e].z += g.z * xh.z; sa[e].w += g.w * xh.w;
+                    sb[e].x += g.x; sb[e].y += g.y; sb[e].z += g.z; sb[e].w += g.w;
+                }
+                if (w) {
+                    f32x4 a = w[c];
+                    g.x *= a.x; g.y *= a.y; g.z *= a.z; g.w *= a.w;
+                }
+                if (sc) {
+                    f32x4 a = sc[c];
+                    g.x *= 1.f + a.x; g.y *= 1.f + a.y; g.z *= 1.f + a.z; g.w *= 1.f + a.w;
+                }
+                s1 += g.x + g.y + g.z + g.w;
+                s2 += g.x * xh.x + g.y * xh.y + g.z * xh.z + g.w * xh.w;
+                gv[e] = g;
+                xv[e] = xh;
             }
-            if (sc) {
-                f32x4 a = sc[c];
-                g.x *= 1.f + a.x; g.y *= 1.f + a.y; g.z *= 1.f + a.z; g.w *= 1.f + a.w;
+        }
+        const float m1 = block_sum(s1, sh) / (float)D;
+        const float m2 = block_sum(s2, sh) / (float)D;
+#pragma unroll
+        for (int e = 0; e < VEC_MAXV; e++) {
+            int c = threadIdx.x + e * T;
+            if (c < D4) {
+                f32x4 d = dX[o + c], g = gv[e], xh = xv[e];
+                d.x += rs * (g.x - m1 - xh.x * m2);
+                d.y += rs * (g.y - m1 - xh.y * m2);
+                d.z += rs * (g.z - m1 - xh.z * m2);
+                d.w += rs * (g.w - m1 - xh.w * m2);
+                dX[o + c] = d;
+                if (SUMS) {
+                    if (shb) shb[o + c] = bf16x4{f2bf(d.x), f2bf(d.y), f2bf(d.z), f2bf(d.w)};
+                    sx[e].x += d.x; sx[e].y += d.y; sx[e].z += d.z; sx[e].w += d.w;
+                }
             }
-            f32x4 xh = {(x.x - mu) * rs, (x.y - mu) * rs, (x.z - mu) * rs, (x.w - mu) * rs};
-            s1 += g.x + g.y + g.z + g.w;
-            s2 += g.x * xh.x + g.y * xh.y + g.z * xh.z + g.w * xh.w;
-            gv[e] = g;
-            xv[e] = xh;
         }
     }
-    const float m1 = block_sum(s1, sh) / (float)D;
-    const float m2 = block_sum(s2, sh) / (float)D;
+    if (SUMS && r0 < r1) {
+        ln_flush_sums(sa, sb, accXh, acc1, seg * accStride, D4);
+        if (dB) {
 #pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        if (c < D4) {
-            f32x4 d = dX[o + c], g = gv[e], xh = xv[e];
-            d.x += rs * (g.x - m1 - xh.x * m2);
-            d.y += rs * (g.y - m1 - xh.y * m2);
-            d.z += rs * (g.z - m1 - xh.z * m2);
-            d.w += rs * (g.w - m1 - xh.w * m2);
-            dX[o + c] = d;
+            for (int e = 0; e < VEC_MAXV; e++) {
+                int c = threadIdx.x + e * T;
+                if (c < D4) red_add4(dB + 4 * c, sx[e]);
+            }
         }
     }
+}
+
+extern "C" __global__ void ln_bwd_f32x4(f32x4 *dX, const f32x4 *dOut, const f32x4 *in, const float *mean, const float *rstd,
+                                        const f32x4 *w, const float *mod, int iScale, int N, int F, int K, int tpf, int D) {
+    ln_bwd_f32x4_t<false>(dX, dOut, in, mean, rstd, w, mod, iScale, N, F, K, tpf, D, nullptr, nullptr, 0, 1, nullptr, nullptr, 0, 1);
+}
+
+extern "C" __global__ void ln_bwd_sums_f32x4(f32x4 *dX, const f32x4 *dOut, const f32x4 *in, const float *mean,
+                                             const float *rstd, const f32x4 *w, const float *mod, int iScale, int N, int F,
+                                             int K, int tpf, int D, float *accXh, float *acc1, ll accStride, int segRows,
+                                             float *dB, bf16x4 *shb, int rows, int rowsPerBlock) {
+    ln_bwd_f32x4_t<true>(dX, dOut, in, mean, rstd, w, mod, iScale, N, F, K, tpf, D, accXh, acc1, accStride, segRows, dB, shb,
+                         rows, rowsPerBlock);
 }

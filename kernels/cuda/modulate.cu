@@ -90,3 +90,70 @@ extern "C" __global__ void gate_add_f32x4(f32x4 *x, const f32x4 *xin, const f32x
         x[i] = f32x4{v.x + u.x * g.x, v.y + u.y * g.y, v.z + u.z * g.z, v.w + u.w * g.w};
     }
 }
+
+// red_add4: p[0..3] += v with one 16-byte reduction on sm_90 (p 16-byte aligned), else four (as
+// in layernorm.cu).
+__device__ __forceinline__ void red_add4(float *p, f32x4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(NO_RED_V4)
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+#else
+    atomicAdd(p, v.x);
+    atomicAdd(p + 1, v.y);
+    atomicAdd(p + 2, v.z);
+    atomicAdd(p + 3, v.w);
+#endif
+}
+
+// gate_add_back_f32x4: GateAddBack of fp32 [B·N, D] rows in one pass: dY = dYin + dX·gate (dYin null:
+// dY = dX·gate, a folded zeroing; dYin == dY: accumulated) and the gate's gradient
+// dMod[b, f, iGate] += Σ_rows dX·y over the frame's tpf rows. Segment blockIdx.z = b·F + f (segRows =
+// tpf rows, mod and dMod rows at (seg·K + iGate)·D); block 32×8 covers 128 columns (four a thread)
+// and rowsPerBlock rows (a multiple of 8) of the segment, as colreduce_f32x4: each of dX, y read once.
+// dB, when not null, also takes Σ dY over all rows (the bias gradient of the Linear whose output was
+// gated), and shb, when not null, dY's bf16 copy (that Linear's GEMM operand).
+__device__ __forceinline__ void gab_row(f32x4 &s, f32x4 &sy, f32x4 *dY, bf16x4 *shb, const f32x4 *dYin, const f32x4 *dX,
+                                        const f32x4 *y, f32x4 g, ll i) {
+    f32x4 u = dX[i], v = y[i];
+    f32x4 a = dYin ? dYin[i] : f32x4{0.f, 0.f, 0.f, 0.f};
+    f32x4 o = {a.x + u.x * g.x, a.y + u.y * g.y, a.z + u.z * g.z, a.w + u.w * g.w};
+    dY[i] = o;
+    if (shb) shb[i] = bf16x4{f2bf(o.x), f2bf(o.y), f2bf(o.z), f2bf(o.w)};
+    s.x += u.x * v.x; s.y += u.y * v.y; s.z += u.z * v.z; s.w += u.w * v.w;
+    sy.x += o.x; sy.y += o.y; sy.z += o.z; sy.w += o.w;
+}
+extern "C" __global__ void gate_add_back_f32x4(f32x4 *dY, const f32x4 *dYin, const f32x4 *dX, const f32x4 *y, const float *mod,
+                                               float *dMod, int iGate, int K, ll segRows, int D, int rowsPerBlock, float *dB,
+                                               bf16x4 *shb) {
+    __shared__ f32x4 part[2][8][32];
+    const int D4 = D / 4, c4 = blockIdx.x * 32 + threadIdx.x;  // this thread's float4 column
+    const ll seg = blockIdx.z, gi = (seg * K + iGate) * D;
+    ll r0 = (ll)blockIdx.y * rowsPerBlock, r1 = r0 + rowsPerBlock;
+    if (r1 > segRows) r1 = segRows;
+    f32x4 s = {0.f, 0.f, 0.f, 0.f}, sy = {0.f, 0.f, 0.f, 0.f};
+    if (c4 < D4) {
+        const f32x4 g = ((const f32x4 *)(mod + gi))[c4];
+        ll r = r0 + threadIdx.y;
+        for (; r + 24 < r1; r += 32) {  // four rows per step, their loads independent
+            ll i = (seg * segRows + r) * D4 + c4;
+            gab_row(s, sy, dY, shb, dYin, dX, y, g, i);
+            gab_row(s, sy, dY, shb, dYin, dX, y, g, i + 8 * D4);
+            gab_row(s, sy, dY, shb, dYin, dX, y, g, i + 16 * D4);
+            gab_row(s, sy, dY, shb, dYin, dX, y, g, i + 24 * D4);
+        }
+        for (; r < r1; r += 8) gab_row(s, sy, dY, shb, dYin, dX, y, g, (seg * segRows + r) * D4 + c4);
+    }
+    part[0][threadIdx.y][threadIdx.x] = s;
+    part[1][threadIdx.y][threadIdx.x] = sy;
+    __syncthreads();
+    // Warp 0 finishes the gate's sums (into the segment's row of dMod), warp 1 dY's (into dB).
+    const int which = threadIdx.y;
+    float *dst = which == 0 ? (dMod ? dMod + gi : nullptr) : which == 1 ? dB : nullptr;
+    if (dst && c4 < D4) {
+        f32x4 t = part[which][0][threadIdx.x];
+        for (int k = 1; k < 8; k++) {
+            f32x4 q = part[which][k][threadIdx.x];
+            t.x += q.x; t.y += q.y; t.z += q.z; t.w += q.w;
+        }
+        red_add4(dst + 4 * c4, t);
+    }
+}

@@ -476,7 +476,15 @@ func (d *Device) LayerNormBack(dIn, dW, dB, dOut, in, mean, rstd, w *kernels.Ten
 	defer d.leave()
 	if dIn != nil {
 		mustNumel("LayerNormBack dIn", n, dIn)
-		if T := d.vecRow(D, dIn, dOut, in, w, mean, rstd); T > 0 && d.fuse {
+		T := d.vecRow(D, dIn, dOut, in, w, mean, rstd)
+		if T > 0 && d.colSums() && (dW != nil || dB != nil) && sumDst(dW, 0) && sumDst(dB, 0) {
+			// dW += Σ dOut·x̂ and dB += Σ dOut from the rows ln_bwd reads (colsums.go)
+			must(dW == nil || dW.Numel() == D, "LayerNormBack: dW %v for D=%d", dW, D)
+			must(dB == nil || dB.Numel() == D, "LayerNormBack: dB %v for D=%d", dB, D)
+			d.lnBackSums(T, rows, D, dIn, dOut, in, mean, rstd, w, nil, 0, 1, 1, 1, 1, ptrOf(dW), ptrOf(dB), 0, rows, nil, 0)
+			return
+		}
+		if T > 0 && d.fuse {
 			d.lnBackVec(T, rows, D, dIn, dOut, in, mean, rstd, w, nil, 0, 1, 1, 1, 1)
 		} else {
 			d.lnBackGeneric(rows, D, dIn, dOut, in, mean, rstd, w)
@@ -544,18 +552,39 @@ func (d *Device) RMSNorm(out, rstd, in, w *kernels.Tensor, eps float32) {
 }
 
 func (d *Device) RMSNormBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor) {
+	d.rmsNormBack(dIn, dW, nil, dOut, in, rstd, w)
+}
+
+// rmsNormBack is RMSNormBack, with dIn's column sums into dB (RMSNormBackBias) when dB is not nil;
+// then it reports whether it took the op (false: nothing queued).
+func (d *Device) rmsNormBack(dIn, dW, dB, dOut, in, rstd, w *kernels.Tensor) bool {
 	D := lastDim(in)
 	n := sameNumel("RMSNormBack", in, dOut)
 	rows := n / D
 	must(rstd.Numel() == rows, "RMSNormBack: rstd %v for %d rows", rstd, rows)
-	fresh := d.claimZero(dIn) // ZeroLazy(dIn) just before: dIn = the gradient
-	if !d.begin(rows == 0, dIn, dW) {
-		return
-	}
-	defer d.leave()
+	T := 0
 	if dIn != nil {
 		mustNumel("RMSNormBack dIn", n, dIn)
-		if T := d.vecRow(D, dIn, dOut, in, w, rstd); T > 0 && d.fuse {
+		T = d.vecRow(D, dIn, dOut, in, w, rstd)
+	}
+	sums := T > 0 && d.colSums() && (dW != nil || dB != nil) && sumDst(dW, 0)
+	if dB != nil && !(sums && d.biasSums(dB, D)) {
+		return false
+	}
+	fresh := d.claimZero(dIn) // ZeroLazy(dIn) just before: dIn = the gradient
+	if !d.begin(rows == 0, dIn, dW, dB) {
+		return true
+	}
+	defer d.leave()
+	if sums { // dW += Σ dOut·x̂ (and dB += Σ dIn) from the rows rms_bwd reads (colsums.go)
+		must(dW == nil || dW.Numel() == D, "RMSNormBack: dW %v for D=%d", dW, D)
+		sh := d.biasCopy(dIn, dB)
+		d.rmsBackSums(T, rows, D, dIn, dW, dB, sh, dOut, in, rstd, w, fresh, 0, 0, 1, 1, 1, 1, 0)
+		d.actSet(dIn, sh)
+		return true
+	}
+	if dIn != nil {
+		if T > 0 && d.fuse {
 			d.rmsBackVec(T, rows, D, dIn, dOut, in, rstd, w, fresh, 0, 0, 1, 1, 1, 1, 0)
 		} else {
 			if fresh {
@@ -573,6 +602,7 @@ func (d *Device) RMSNormBack(dIn, dW, dOut, in, rstd, w *kernels.Tensor) {
 		mustNumel("RMSNormBack dW", D, dW)
 		d.colReduce(dW, 0, D, dOut, in, nil, rstd, 1, rows, D, 3, 1, false)
 	}
+	return true
 }
 
 // rmsBackVec queues rms_bwd_f32x4 (operands checked by vecRow, T its block size): dIn (+)= the
@@ -647,13 +677,31 @@ func (d *Device) GateAdd(x, y, mod *kernels.Tensor, iGate, tpf int) {
 }
 
 func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf int) {
+	d.gateAddBack(dY, dMod, nil, dX, y, mod, iGate, tpf)
+}
+
+// gateAddBack is GateAddBack, with dY's column sums into dB (GateAddBackBias) when dB is not nil;
+// then it reports whether it took the op (false: nothing queued).
+func (d *Device) gateAddBack(dY, dMod, dB, dX, y, mod *kernels.Tensor, iGate, tpf int) bool {
 	B, N, D, F, K := modDims("GateAddBack", y, mod, []int{iGate}, tpf)
 	n := sameNumel("GateAddBack", dX, y)
+	sums := dY != nil && d.colSums() && (dMod != nil || dB != nil) && sumDst(dMod, iGate*D) && d.vecEW(D, n, mod.Numel(), dY, dX, y, mod)
+	if dB != nil && !(sums && d.biasSums(dB, D)) {
+		return false
+	}
 	fresh := d.claimZero(dY) // ZeroLazy(dY) just before: dY = dX·gate
-	if !d.begin(n == 0, dY, dMod) {
-		return
+	if !d.begin(n == 0, dY, dMod, dB) {
+		return true
 	}
 	defer d.leave()
+	if sums { // dY and the gate's gradient (and dB += Σ dY) from one read of dX (colsums.go)
+		mustNumel("GateAddBack dY", n, dY)
+		must(dMod == nil || dMod.Numel() == mod.Numel(), "GateAddBack: dMod %v for mod %v", dMod, mod)
+		sh := d.biasCopy(dY, dB)
+		d.gateAddBackSums(dY, dMod, dB, sh, dX, y, mod, iGate, B*F, tpf, D, K, fresh)
+		d.actSet(dY, sh)
+		return true
+	}
 	if dY != nil { // dY += dX·gate: the forward's form
 		mustNumel("GateAddBack dY", n, dY)
 		d.gateAdd(dY, dX, mod, iGate, N, D, F, K, tpf, n, fresh)
@@ -662,6 +710,7 @@ func (d *Device) GateAddBack(dY, dMod, dX, y, mod *kernels.Tensor, iGate, tpf in
 		mustNumel("GateAddBack dMod", mod.Numel(), dMod)
 		d.colReduce(dMod, iGate*D, K*D, dX, y, nil, nil, B*F, tpf, D, 1, 1, false)
 	}
+	return true
 }
 
 // gateAdd queues x += y·mod[b,f,iGate] (fresh: x = y·mod[b,f,iGate], x's zeroing folded in).

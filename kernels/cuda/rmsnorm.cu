@@ -160,63 +160,126 @@ extern "C" __global__ void rms_bwd(void *dIn, int dtdi, const void *dOut, int dt
     }
 }
 
+// red_add4: p[0..3] += v with one 16-byte reduction on sm_90 (p 16-byte aligned), else four (as
+// in layernorm.cu).
+__device__ __forceinline__ void red_add4(float *p, f32x4 v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(NO_RED_V4)
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
+#else
+    atomicAdd(p, v.x);
+    atomicAdd(p + 1, v.y);
+    atomicAdd(p + 2, v.z);
+    atomicAdd(p + 3, v.w);
+#endif
+}
+
 // rms_bwd for fp32 rows in registers: dIn (+)= rs·(g − x̂·mean(g·x̂)), g = dOut·w, x̂ = x·rs; acc 0:
 // dIn = (a zeroing folded in, kernels.LazyZeroer). With tf (RoPEBack folded in): dOut [B·N, D] is
 // the gradient of the rotated output; it is first rotated back (sign −1, as rope_apply_tab) and
 // stored back in place (the weight gradient's column reduction reads it), as RoPEBack leaves it.
-extern "C" __global__ void rms_bwd_f32x4(f32x4 *dIn, f32x4 *dOut, const f32x4 *in, const float *rstd, const f32x4 *w, int D,
-                                         int acc, const float *tf, const float *th, int N, int hd, int rows, int cols,
-                                         int frame0) {
+// SUMS (rms_bwd_sums_f32x4): the block takes rows [blockIdx.x·rowsPerBlock, + rowsPerBlock) and
+// also sums the columns of the same reads, dW[c] += Σ dOut·x̂ (the weight gradient, dOut rotated
+// back), and of what it writes, dB[c] += Σ dIn (the bias gradient of the Linear whose output was
+// normalized), with dIn's bf16 copy into shb (the operand of that Linear's backward GEMMs); each
+// thread sums its own columns in registers, added atomically at the end; dW, dB, shb may be null.
+template <bool SUMS>
+__device__ __forceinline__ void rms_bwd_f32x4_t(f32x4 *dIn, f32x4 *dOut, const f32x4 *in, const float *rstd, const f32x4 *w,
+                                                int D, int acc, const float *tf, const float *th, int N, int hd, int rows,
+                                                int cols, int frame0, float *dW, float *dB, bf16x4 *shb, int nrows, int rowsPerBlock) {
     __shared__ float sh[32];
     const int T = blockDim.x, D4 = D / 4;
-    const ll o = (ll)blockIdx.x * D4;
-    const float rs = rstd[blockIdx.x];
+    int r0 = blockIdx.x, r1 = r0 + 1;
+    if (SUMS) {
+        r0 = blockIdx.x * rowsPerBlock;
+        r1 = r0 + rowsPerBlock;
+        if (r1 > nrows) r1 = nrows;
+    }
     int nh = 0, nf = 0;
-    unsigned f = 0, r = 0, wc = 0;
     if (tf) {
         nh = hd / 2 / 3;
         nf = hd / 2 - 2 * nh;
-        const unsigned t = blockIdx.x % (unsigned)N, hw = (unsigned)rows * cols;
-        f = frame0 + t / hw;
-        r = (t / cols) % rows;
-        wc = t % cols;
     }
-    f32x4 gv[VEC_MAXV], xv[VEC_MAXV];
-    float s = 0.f;
+    f32x4 sw[VEC_MAXV], sb[VEC_MAXV];  // SUMS: this thread's columns' Σ dOut·x̂, Σ dIn
+    if (SUMS) {
 #pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        gv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
-        xv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
-        if (c < D4) {
-            f32x4 g = dOut[o + c], x = in[o + c];
-            if (tf) {
-                int j = ((4 * c) % hd) / 2;
-                rope_pair(g.x, g.y, tf, th, j, nf, nh, f, r, wc, -1.f);
-                rope_pair(g.z, g.w, tf, th, j + 1, nf, nh, f, r, wc, -1.f);
-                dOut[o + c] = g;
+        for (int e = 0; e < VEC_MAXV; e++) sw[e] = sb[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+    }
+    for (int row = r0; row < r1; row++) {
+        const ll o = (ll)row * D4;
+        const float rs = rstd[row];
+        unsigned f = 0, r = 0, wc = 0;
+        if (tf) {
+            const unsigned t = row % (unsigned)N, hw = (unsigned)rows * cols;
+            f = frame0 + t / hw;
+            r = (t / cols) % rows;
+            wc = t % cols;
+        }
+        f32x4 gv[VEC_MAXV], xv[VEC_MAXV];
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < VEC_MAXV; e++) {
+            int c = threadIdx.x + e * T;
+            gv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+            xv[e] = f32x4{0.f, 0.f, 0.f, 0.f};
+            if (c < D4) {
+                f32x4 g = dOut[o + c], x = in[o + c];
+                if (tf) {
+                    int j = ((4 * c) % hd) / 2;
+                    rope_pair(g.x, g.y, tf, th, j, nf, nh, f, r, wc, -1.f);
+                    rope_pair(g.z, g.w, tf, th, j + 1, nf, nh, f, r, wc, -1.f);
+                    dOut[o + c] = g;
+                }
+                f32x4 xh = {x.x * rs, x.y * rs, x.z * rs, x.w * rs};
+                if (SUMS) {
+                    sw[e].x += g.x * xh.x; sw[e].y += g.y * xh.y; sw[e].z += g.z * xh.z; sw[e].w += g.w * xh.w;
+                }
+                if (w) {
+                    f32x4 a = w[c];
+                    g.x *= a.x; g.y *= a.y; g.z *= a.z; g.w *= a.w;
+                }
+                s += g.x * xh.x + g.y * xh.y + g.z * xh.z + g.w * xh.w;
+                gv[e] = g;
+                xv[e] = xh;
             }
-            if (w) {
-                f32x4 a = w[c];
-                g.x *= a.x; g.y *= a.y; g.z *= a.z; g.w *= a.w;
+        }
+        const float m = block_sum(s, sh) / (float)D;
+#pragma unroll
+        for (int e = 0; e < VEC_MAXV; e++) {
+            int c = threadIdx.x + e * T;
+            if (c < D4) {
+                f32x4 d = acc ? dIn[o + c] : f32x4{0.f, 0.f, 0.f, 0.f}, g = gv[e], xh = xv[e];
+                d.x += rs * (g.x - xh.x * m);
+                d.y += rs * (g.y - xh.y * m);
+                d.z += rs * (g.z - xh.z * m);
+                d.w += rs * (g.w - xh.w * m);
+                dIn[o + c] = d;
+                if (SUMS) {
+                    if (shb) shb[o + c] = bf16x4{f2bf(d.x), f2bf(d.y), f2bf(d.z), f2bf(d.w)};
+                    sb[e].x += d.x; sb[e].y += d.y; sb[e].z += d.z; sb[e].w += d.w;
+                }
             }
-            f32x4 xh = {x.x * rs, x.y * rs, x.z * rs, x.w * rs};
-            s += g.x * xh.x + g.y * xh.y + g.z * xh.z + g.w * xh.w;
-            gv[e] = g;
-            xv[e] = xh;
         }
     }
-    const float m = block_sum(s, sh) / (float)D;
+    if (SUMS && r0 < r1) {
 #pragma unroll
-    for (int e = 0; e < VEC_MAXV; e++) {
-        int c = threadIdx.x + e * T;
-        if (c < D4) {
-            f32x4 d = acc ? dIn[o + c] : f32x4{0.f, 0.f, 0.f, 0.f}, g = gv[e], xh = xv[e];
-            d.x += rs * (g.x - xh.x * m);
-            d.y += rs * (g.y - xh.y * m);
-            d.z += rs * (g.z - xh.z * m);
-            d.w += rs * (g.w - xh.w * m);
-            dIn[o + c] = d;
+        for (int e = 0; e < VEC_MAXV; e++) {
+            int c = threadIdx.x + e * T;
+            if (c < D4) {
+                if (dW) red_add4(dW + 4 * c, sw[e]);
+                if (dB) red_add4(dB + 4 * c, sb[e]);
+            }
         }
     }
+}
+
+extern "C" __global__ void rms_bwd_f32x4(f32x4 *dIn, f32x4 *dOut, const f32x4 *in, const float *rstd, const f32x4 *w, int D,
+                                         int acc, const float *tf, const float *th, int N, int hd, int rows, int cols,
+                                         int frame0) {
+    rms_bwd_f32x4_t<false>(dIn, dOut, in, rstd, w, D, acc, tf, th, N, hd, rows, cols, frame0, nullptr, nullptr, nullptr, 0, 1);
+}
+
+extern "C" __global__ void rms_bwd_sums_f32x4(f32x4 *dIn, f32x4 *dOut, const f32x4 *in, const float *rstd, const f32x4 *w,
+                                              int D, int acc, const float *tf, const float *th, int N, int hd, int rows,
+                                              int cols, int frame0, float *dW, float *dB, bf16x4 *shb, int nrows, int rowsPerBlock) {
+    rms_bwd_f32x4_t<true>(dIn, dOut, in, rstd, w, D, acc, tf, th, N, hd, rows, cols, frame0, dW, dB, shb, nrows, rowsPerBlock);
 }
