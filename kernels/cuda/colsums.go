@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"strconv"
+	"unsafe"
 
 	"github.com/fewstep/fewstep/kernels"
 )
@@ -26,7 +27,8 @@ import (
 
 // colFuseDefault is the blocks per SM of the summing row kernels: at 4,680 rows of 1,536 columns
 // on 132 SMs, 9 rows a block, four rows in flight per SM (enough for the bandwidth; each block adds
-// its sums once, so fewer blocks are fewer atomics).
+// its sums once, so fewer blocks are fewer atomics). Fewer where fewer fit on an SM at once
+// (sumRows): the blocks' rows are equal, so a second, partial wave would take as long as the first.
 const colFuseDefault = 4
 
 // colFuseEnv reads FEWSTEP_COLFUSE: "0" off (0), n > 0 blocks per SM, anything else the default.
@@ -46,12 +48,35 @@ func sumDst(t *kernels.Tensor, off int) bool {
 	return t == nil || (t.DType == kernels.F32 && (t.Ptr+uintptr(4*off))%16 == 0)
 }
 
-// sumRows returns the rows a block of a summing row kernel takes and the blocks: about d.colFuse
-// blocks per SM, at least 4 rows a block.
-func (d *Device) sumRows(rows int) (rpb, blocks int) {
-	g := max(1, min(d.colFuse*d.sms, (rows+3)/4))
+// sumRows returns the rows a block of the summing row kernel name (T threads) takes and the blocks:
+// about d.colFuse blocks per SM, no more than fit on the SMs at once, at least 4 rows a block.
+func (d *Device) sumRows(name string, T, rows int) (rpb, blocks int) {
+	g := max(1, min(d.fitBlocks(name, T)*d.sms, (rows+3)/4))
 	rpb = (rows + g - 1) / g
 	return rpb, (rows + rpb - 1) / rpb
+}
+
+// fitBlocks returns min(d.colFuse, the blocks of kernel name at T threads that fit on an SM at once)
+// (cuOccupancyMaxActiveBlocksPerMultiprocessor, once per kernel and size).
+func (d *Device) fitBlocks(name string, T int) int {
+	key := name + "/" + strconv.Itoa(T)
+	if n, ok := d.occ[key]; ok {
+		return min(n, d.colFuse)
+	}
+	f := d.fn(name)
+	if f == 0 {
+		return d.colFuse
+	}
+	var n int32
+	if err := d.drv.call("cuOccupancyMaxActiveBlocksPerMultiprocessor("+name+")", d.drv.cuOccupancyMaxActiveBlocksPerMultiprocessor,
+		uintptr(unsafe.Pointer(&n)), f, uintptr(T), 0); err != nil || n < 1 {
+		n = int32(d.colFuse)
+	}
+	if d.occ == nil {
+		d.occ = map[string]int{}
+	}
+	d.occ[key] = int(n)
+	return min(int(n), d.colFuse)
 }
 
 // addr is t's address at element off (0 for nil t).
@@ -83,7 +108,7 @@ func (d *Device) biasCopy(t, dB *kernels.Tensor) uintptr {
 // segRows; dB (nil: none) += Σ dIn over all rows, sh (0: none) dIn's bf16 copy.
 func (d *Device) lnBackSums(T, rows, D int, dIn, dOut, in, mean, rstd, w, mod *kernels.Tensor, iScale, N, F, K, tpf int,
 	accXh, acc1 uintptr, accStride, segRows int, dB *kernels.Tensor, sh uintptr) {
-	rpb, g := d.sumRows(rows)
+	rpb, g := d.sumRows("ln_bwd_sums_f32x4", T, rows)
 	d.args.reset().ptr(dIn.Ptr).ptr(dOut.Ptr).ptr(in.Ptr).ptr(mean.Ptr).ptr(rstd.Ptr).ptr(ptrOf(w)).ptr(ptrOf(mod)).
 		i32(iScale).i32(N).i32(F).i32(K).i32(tpf).i32(D).ptr(accXh).ptr(acc1).i64(accStride).i32(segRows).
 		ptr(ptrOf(dB)).ptr(sh).i32(rows).i32(rpb)
@@ -95,7 +120,7 @@ func (d *Device) lnBackSums(T, rows, D int, dIn, dOut, in, mean, rstd, w, mod *k
 // none) dIn's bf16 copy.
 func (d *Device) rmsBackSums(T, nrows, D int, dIn, dW, dB *kernels.Tensor, sh uintptr, dOut, in, rstd, w *kernels.Tensor, fresh bool,
 	tf, th uintptr, N, hd, rows, cols, frame0 int) {
-	rpb, g := d.sumRows(nrows)
+	rpb, g := d.sumRows("rms_bwd_sums_f32x4", T, nrows)
 	d.args.reset().ptr(dIn.Ptr).ptr(dOut.Ptr).ptr(in.Ptr).ptr(rstd.Ptr).ptr(ptrOf(w)).i32(D).i32(btoi(!fresh)).
 		ptr(tf).ptr(th).i32(N).i32(hd).i32(rows).i32(cols).i32(frame0).ptr(ptrOf(dW)).ptr(ptrOf(dB)).ptr(sh).i32(nrows).i32(rpb)
 	d.launch("rms_bwd_sums_f32x4", g, 1, 1, T, 1, 1, 0)

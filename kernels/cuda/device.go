@@ -49,6 +49,7 @@ type Device struct {
 	mods   []uintptr
 	images [][]byte // the modules' images, kept alive for the driver's lazy loading
 	fns    map[string]uintptr
+	occ    map[string]int // blocks per SM that fit, by kernel and block size (colsums.go)
 
 	args    argBuf
 	err     error

@@ -29,6 +29,7 @@ type drv struct {
 	cuStreamCreate, cuStreamDestroy, cuStreamSynchronize,
 	cuEventCreate, cuEventDestroy, cuEventRecord, cuEventSynchronize, cuEventElapsedTime, cuEventQuery, cuStreamWaitEvent,
 	cuModuleLoadData, cuModuleUnload, cuModuleGetFunction, cuFuncSetAttribute, cuLaunchKernel,
+	cuOccupancyMaxActiveBlocksPerMultiprocessor,
 	cuStreamBeginCapture, cuStreamEndCapture, cuGraphInstantiateWithFlags, cuGraphLaunch,
 	cuGraphExecDestroy, cuGraphDestroy, cuGetErrorName, cuGetErrorString uintptr
 }
@@ -124,6 +125,7 @@ func loadDriver() (*drv, error) {
 			{&d.cuModuleGetFunction, []string{"cuModuleGetFunction"}},
 			{&d.cuFuncSetAttribute, []string{"cuFuncSetAttribute"}},
 			{&d.cuLaunchKernel, []string{"cuLaunchKernel"}},
+			{&d.cuOccupancyMaxActiveBlocksPerMultiprocessor, []string{"cuOccupancyMaxActiveBlocksPerMultiprocessor"}},
 			{&d.cuStreamBeginCapture, []string{"cuStreamBeginCapture_v2"}},
 			{&d.cuStreamEndCapture, []string{"cuStreamEndCapture"}},
 			{&d.cuGraphInstantiateWithFlags, []string{"cuGraphInstantiateWithFlags"}},

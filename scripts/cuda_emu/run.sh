@@ -1,0 +1,16 @@
+#!/bin/sh
+# Host emulation of the summing row kernels of colsums.go (kernels/cuda/NOTES.md v14), for a machine
+# without a GPU: layernorm.cu, rmsnorm.cu and modulate.cu compiled as C++ (shim.h: one std::thread
+# per CUDA thread, blocks one after another, __syncthreads a std::barrier, warp shuffles through a
+# per-warp buffer, atomics under a mutex; the sm_90 red.v4 path is not compiled, its atomicAdd
+# fallback is). Each test runs the summing kernel on random inputs with Go's grid (sumRows,
+# gateAddBackSums) and checks it against the plain kernel (bit for bit) and double sums. This checks
+# the kernels' logic only: cuda_test.go TestColumnSums is the test on the GPU.
+set -e
+cd "$(dirname "$0")"
+out=${TMPDIR:-/tmp}/cuda_emu
+mkdir -p "$out"
+for t in t_ln t_rms t_gate; do
+    g++ -std=c++20 -O2 -w -pthread -o "$out/$t" $t.cpp
+    "$out/$t"
+done
