@@ -2,6 +2,8 @@
 // One block per row; mean and rstd saved for the backward.
 #include "common.cuh"
 
+// build-fallback: -DNO_RED_V4
+
 #define ROW_MAXE 16  // row elements a thread keeps in registers (D ≤ 16·blockDim.x: one read of x)
 
 // shw (sh in the other kernels), when not null, gets a bf16 copy of out (the next GEMM's operand).

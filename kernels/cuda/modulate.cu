@@ -2,6 +2,8 @@
 // f = n / tokensPerFrame and takes its (shift, scale, gate) rows from mod [B,F,K,D].
 #include "common.cuh"
 
+// build-fallback: -DNO_RED_V4
+
 // out = x·(1 + mod[b,f,iScale]) + mod[b,f,iShift]
 // sh, when not null, gets a bf16 copy of out (the bf16 operand of the GEMM that reads out next).
 template <typename I>

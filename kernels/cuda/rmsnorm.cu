@@ -1,6 +1,8 @@
 // RMSNorm over the last dim D (Wan's norm_q / norm_k run over all D channels, not per head).
 #include "common.cuh"
 
+// build-fallback: -DNO_RED_V4
+
 #define ROW_MAXE 16  // row elements a thread keeps in registers (D ≤ 16·blockDim.x: one read of x)
 
 // out = x·rsqrt(mean(x²) + eps)·w; rstd [rows] saved; shw, when not null, gets a bf16 copy of out.
