@@ -29,6 +29,8 @@
 #             4,680 (graph)
 # The call of session 5: bash $G/gpu-speed.sh peers-start build tests ab eager peers-wait
 # The last call of session 6: bash $G/gpu-speed.sh peers-start build tests s6 sf demo peers-wait
+# The last call of session 7: BUILD_ONLY="attention layernorm modulate rmsnorm" bash $G/gpu-speed.sh build sf peers-start tests ab14 s7 demo peers-wait
+#   (the Self-Forcing step before the peers start: waiting at their barrier they hold ~13 GiB of the card)
 set -uo pipefail
 G=${G:-gpubuild/speed}
 OUT=${OUT:-$G/out}
@@ -220,6 +222,12 @@ follow) # objectives' GPU-vs-CPU training tests
     (cd objectives && timeout ${FOLLOW_TO:-150} ../$G/objectives.test -test.run 'TestGPUTrainingFollowsCPU' -test.v -test.count=1) > "$OUT/follow.txt" 2>&1
     log "objectives.test GPU-vs-CPU exit $? in $(( $(date +%s) - t0 )) s"
     grep -E -- "--- (PASS|FAIL|SKIP)|panic" "$OUT/follow.txt" | head -30 | tee -a "$L" ;;
+s7) # session 7's last call (NOTES.md v14): the forwards and the attention alone beside ab14's steps
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10
+    run 90 $FS bench forward --json $W --frames 21 --iters 2 --warmup 1
+    run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
+    run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5
+    run 40 $FS bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10 ;;
 demo) # the main job on the card (README: the same table as the CPU's within noise)
     t0=$(date +%s)
     timeout 150 $PIN $FS demo --set device=cuda --out $G/demo_run > "$OUT/demo.txt" 2>&1
