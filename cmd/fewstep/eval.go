@@ -44,6 +44,13 @@ fewstep eval --teacher T.safetensors [--student S.safetensors] [--heldout PATH]
   flags override. Prints the table and writes OUT_DIR/eval/table.txt and table.json (or --out DIR).
   --students LABEL=PATH (repeatable) adds students sampled the same way (e.g. one per training seed).
 
+fewstep eval --merge A/table.json --merge B/table.json --out DIR
+  One table from the tables of separate runs of the same evaluation (e.g. the students of training
+  seed 0 from one run, of seeds 1 and 2 from another): the rows they share (data, teacher) must
+  have measured the same in each (the CPU evaluation is deterministic), else it refuses; the other
+  rows join in the order one run of all the students writes them (eval.MergeTables). Writes
+  DIR/table.txt and table.json; the first table's wall times are kept for the shared rows.
+
 A measurement that can tell a win from noise: --precise samples 512 prompts per row (at most half
 the held-out split) against the other held-out videos as FD reference, at 4 evaluation seeds
 (--seeds N), and reports mean ± sample std over the seeds; give it a held-out split of ≥ 1024
@@ -77,6 +84,7 @@ func init() {
 	f.Bool("fd-blocks", false, "also the FD of each feature block apart (the diagnosis tool)")
 	f.Int("batch", 8, "batch size: videos per sampler call")
 	f.String("device", "", "cpu | cuda | cuda:N (default: the job's device)")
+	f.StringArray("merge", nil, "table.json of a run of the same evaluation (repeatable; merge mode: --out DIR)")
 	addJobFlags(evalCmd)
 	rootCmd.AddCommand(evalCmd)
 }
@@ -85,6 +93,9 @@ func runEval(cmd *cobra.Command, _ []string) error {
 	fl := cmd.Flags()
 	if err := checkEvalFlags(fl); err != nil {
 		return fmt.Errorf("eval: %w", err)
+	}
+	if merge, _ := fl.GetStringArray("merge"); len(merge) > 0 {
+		return mergeTables(cmd, merge)
 	}
 	job, err := loadJob(cmd)
 	if err != nil {
@@ -190,6 +201,50 @@ func scoreSamples(cmd *cobra.Command, job *config.Job, samples string, held *eva
 		}
 		fmt.Fprintln(cmd.OutOrStdout())
 	}
+	return nil
+}
+
+// mergeTables is --merge: eval.MergeTables of the table.json files into --out's table.txt and
+// table.json.
+func mergeTables(cmd *cobra.Command, paths []string) error {
+	fl := cmd.Flags()
+	out, _ := fl.GetString("out")
+	if out == "" {
+		return fmt.Errorf("eval: --merge: give --out DIR")
+	}
+	for _, name := range []string{"samples", "teacher", "student"} {
+		if v, _ := fl.GetString(name); v != "" {
+			return fmt.Errorf("eval: --merge joins tables already made: --%s has no use with it", name)
+		}
+	}
+	var ts []*eval.Table
+	for _, p := range paths {
+		t, err := eval.ReadTable(p)
+		if err != nil {
+			return fmt.Errorf("eval: --merge: %w", err)
+		}
+		ts = append(ts, t)
+	}
+	tab, err := eval.MergeTables(ts...)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	js, err := tab.JSON()
+	if err != nil {
+		return err
+	}
+	txt := tab.Text()
+	if err := os.WriteFile(filepath.Join(out, "table.txt"), []byte(txt), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "table.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprint(cmd.OutOrStdout(), txt)
+	fmt.Fprintf(cmd.OutOrStdout(), "  %s/table.txt, table.json\n", out)
 	return nil
 }
 

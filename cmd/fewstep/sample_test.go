@@ -154,6 +154,20 @@ func TestEvalTableCommand(t *testing.T) {
 	if err := json.Unmarshal(b, &tab); err != nil || len(tab.Rows) != 6 {
 		t.Fatalf("table.json: %v, %d rows\n%s", err, len(tab.Rows), b)
 	}
+	// --merge: a second run with another student label joins the first; the teacher rows once
+	out2 := filepath.Join(dir, "table2")
+	run(t, "eval", "--teacher", weights, "--students", "s1="+weights, "--heldout", held, "--count", "2", "--out", out2,
+		"--student-sampler", "fewstep", "--student-timesteps", "1000,750,500,250", "--device", "cpu",
+		"--set", "data.text_len=8", "--set", "eval.teacher_steps=3", "--set", "eval.steps=[1,2]", "--set", "out_dir="+dir)
+	merged := filepath.Join(dir, "merged")
+	txt = run(t, "eval", "--merge", filepath.Join(out, "table.json"), "--merge", filepath.Join(out2, "table.json"), "--out", merged)
+	b, _ = os.ReadFile(filepath.Join(merged, "table.json"))
+	if err := json.Unmarshal(b, &tab); err != nil || len(tab.Rows) != 8 || tab.Rows[4].Model != "s1" || tab.Rows[7].Model != "s1" {
+		t.Fatalf("merged table.json: %v, %d rows\n%s", err, len(tab.Rows), txt)
+	}
+	if _, _, err := runCLI(t, "eval", "--merge", filepath.Join(out, "table.json")); err == nil || !strings.Contains(err.Error(), "--out") {
+		t.Fatalf("--merge without --out: %v", err)
+	}
 }
 
 // Flag values no sampler takes are refused before anything is loaded (--from names nothing here),
