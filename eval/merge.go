@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strings"
 )
 
 // ReadTable reads a table written by Table.JSON (null FD, FD std and frames/s → NaN).
@@ -79,8 +80,10 @@ func sameMeasure(a, b Row) bool {
 // data row, the teacher rows) must have measured the same in each (the CPU evaluation is
 // deterministic: it recomputes the same videos), else it is an error: the runs did not evaluate
 // the same thing. Its first table's wall times are kept. Every other row is placed after the last
-// merged row of its k and length, so the students of the later tables follow those of the first,
-// as DistillTable orders its --students.
+// merged row of its k and length with the same label but the trailing digits (sf20, sf21: one job
+// at two training seeds), else after the last of its k and length: students labelled PREFIX<seed>
+// come out in the order of one run of all of them (objective_tables.sh's --students, prefix by
+// prefix, seed by seed).
 func MergeTables(ts ...*Table) (*Table, error) {
 	if len(ts) == 0 {
 		return nil, fmt.Errorf("eval: merge: no tables")
@@ -102,12 +105,22 @@ func MergeTables(ts ...*Table) (*Table, error) {
 				}
 				continue
 			}
-			at := len(m.Rows)
+			at, same := len(m.Rows), -1 // after the last row of its k and length; of its label prefix if any
 			for k := len(m.Rows) - 1; k >= 0; k-- {
-				if m.Rows[k].Steps == r.Steps && m.Rows[k].Frames == r.Frames && m.Rows[k].Model != "data" {
+				o := m.Rows[k]
+				if o.Steps != r.Steps || o.Frames != r.Frames || o.Model == "data" {
+					continue
+				}
+				if at == len(m.Rows) {
 					at = k + 1
+				}
+				if strings.TrimRight(o.Model, "0123456789") == strings.TrimRight(r.Model, "0123456789") {
+					same = k + 1
 					break
 				}
+			}
+			if same >= 0 {
+				at = same
 			}
 			m.Rows = slices.Insert(m.Rows, at, r)
 		}

@@ -11,7 +11,7 @@ import (
 	"github.com/fewstep/fewstep/sampler"
 )
 
-// Two runs of the same evaluation, one per student, merged through their JSON files: the same
+// Two runs of the same evaluation, one per training seed, merged through their JSON files: the same
 // rows, in the same order, measuring the same as one run of both students; and a run of another
 // teacher is refused.
 func TestMergeTables(t *testing.T) {
@@ -57,8 +57,10 @@ func TestMergeTables(t *testing.T) {
 		}
 		return r
 	}
-	joint := run(teacher, Labeled{"s0", a}, Labeled{"s1", b})
-	ta, tb := roundTrip("a", run(teacher, Labeled{"s0", a})), roundTrip("b", run(teacher, Labeled{"s1", b}))
+	// two jobs (p, q) at two training seeds, seed 0 in one run, seed 1 in another
+	joint := run(teacher, Labeled{"p0", a}, Labeled{"p1", b}, Labeled{"q0", b}, Labeled{"q1", a})
+	ta := roundTrip("a", run(teacher, Labeled{"p0", a}, Labeled{"q0", b}))
+	tb := roundTrip("b", run(teacher, Labeled{"p1", b}, Labeled{"q1", a}))
 	m, err := MergeTables(ta, tb)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +91,7 @@ func TestMergeTables(t *testing.T) {
 	if cut(m.Text()) != cut(joint.Text()) {
 		t.Fatalf("merged text\n%s\njoint\n%s", m.Text(), joint.Text())
 	}
-	if _, err := MergeTables(ta, run(net(4), Labeled{"s1", b})); err == nil || !strings.Contains(err.Error(), "teacher") {
+	if _, err := MergeTables(ta, run(net(4), Labeled{"p1", b})); err == nil || !strings.Contains(err.Error(), "teacher") {
 		t.Fatalf("another teacher's rows merged: %v", err)
 	}
 	other := *tb
