@@ -105,13 +105,13 @@ func MergeTables(ts ...*Table) (*Table, error) {
 				}
 				continue
 			}
-			at, same := len(m.Rows), -1 // after the last row of its k and length; of its label prefix if any
+			at, same := -1, -1 // after the last row of its k and length; of its label prefix if any
 			for k := len(m.Rows) - 1; k >= 0; k-- {
 				o := m.Rows[k]
 				if o.Steps != r.Steps || o.Frames != r.Frames || o.Model == "data" {
 					continue
 				}
-				if at == len(m.Rows) {
+				if at < 0 {
 					at = k + 1
 				}
 				if strings.TrimRight(o.Model, "0123456789") == strings.TrimRight(r.Model, "0123456789") {
@@ -121,6 +121,8 @@ func MergeTables(ts ...*Table) (*Table, error) {
 			}
 			if same >= 0 {
 				at = same
+			} else if at < 0 {
+				at = len(m.Rows)
 			}
 			m.Rows = slices.Insert(m.Rows, at, r)
 		}
