@@ -200,11 +200,13 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	# consistency_w5: the consistency table of a run with CSTEPS=500 CMORE= CSET="--set params.cfg=5" (configs/consistency_w5.yaml)
 	section "**Table 8.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml), training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5
 	# consistency_w4, consistency_w4_1000: the consistency and consistency_more tables of a CPU run with
-	# CSTEPS=500 CMORE=1000 CSET="--set params.cfg=4"; selfforcing_sf2: the causal table of a CPU run with
-	# SEEDS=0 SF2STEPS=300 LONG=0 (eval.steps [2, 4]); kept under these names
+	# CSTEPS=500 CMORE=1000 CSET="--set params.cfg=4"; selfforcing_sf2: the causal tables of two CPU runs with
+	# SF2STEPS=300 LONG=0 (eval.steps [2, 4]), SEEDS=0 in one and SEEDS="1 2" in the other, joined by
+	# `fewstep eval --merge A/selfforcing/table.json --merge B/selfforcing/table.json --out OUT/selfforcing_sf2`
+	# (its table.txt is OUT/selfforcing_sf2.table.txt; the merge refuses teacher rows that differ); kept under these names
 	section "**Table 9.** consistency distilled from the teacher at w = 4, training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w4
 	section "**Table 10.** the same consistency jobs (w = 4) trained on to 1000 steps:" consistency_w4_1000
-	section "**Table 11.** odeinit → selfforcing at training seed 0 (table 3's job, reproduced exactly on the CPU) and DMD2's second stage for it (sf2: 300 more steps from its student and critic at lr/4, the EMA anew), k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_sf2
+	section "**Table 11.** odeinit → selfforcing (table 3's jobs, reproduced exactly on the CPU) and DMD2's second stage for it (sf2: 300 more steps from its student and critic at lr/4, the EMA anew), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_sf2 --vs sf2:selfforcing
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
