@@ -80,6 +80,7 @@ var flagTable = map[string]struct {
 	"count":             {"int", []string{"videos", "prompts"}},
 	"frames":            {"int", []string{"frames"}},
 	"long-frames":       {"int", []string{"latent frames"}},
+	"merge":             {"stringArray", []string{"table.json"}},
 	"batch":             {"int", []string{"batch"}},
 	"seed":              {"int64", []string{"seed"}},
 	"preview-scale":     {"int", []string{"upscaling"}},
