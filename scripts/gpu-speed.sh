@@ -149,22 +149,24 @@ final) # the lean set of the last call: ours and the peers (eager, compiled forw
     run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
     run ${COMPILE_TO:-150} python3 $G/wan_ref.py --preset wan1.3b --frames 3 --compile ;;
 peers-start)
-    rm -f "$BARRIER"
     PP=""
     command -v taskset > /dev/null && PP="taskset -c 4-15"
-    export BARRIER
-    ( t0=$(date +%s); timeout ${PEER_TO:-520} $PP python3 $G/wan_ref_barrier.py $G/wan_ref.py --preset wan1.3b --frames 3 --compile > "$OUT/peer_fwd.json" 2>> "$OUT/peers.txt"
+    rm -f "$BARRIER.fwd" "$BARRIER.train"
+    # one barrier file each: peers-wait releases them one after the other, so neither times beside the other
+    ( t0=$(date +%s); BARRIER=$BARRIER.fwd timeout ${PEER_TO:-520} $PP python3 $G/wan_ref_barrier.py $G/wan_ref.py --preset wan1.3b --frames 3 --compile > "$OUT/peer_fwd.json" 2>> "$OUT/peers.txt"
       echo "compiled forward peer exit $? in $(( $(date +%s) - t0 )) s" >> "$OUT/peers.txt" ) &
     PEER1=$!
-    ( t0=$(date +%s); timeout ${PEER_TO:-520} $PP python3 $G/wan_ref_barrier.py $G/wan_ref.py --skip-fwd --preset wan1.3b --frames 3 --train --compile > "$OUT/peer_train.json" 2>> "$OUT/peers.txt"
+    ( t0=$(date +%s); BARRIER=$BARRIER.train timeout ${PEER_TO:-520} $PP python3 $G/wan_ref_barrier.py $G/wan_ref.py --skip-fwd --preset wan1.3b --frames 3 --train --compile > "$OUT/peer_train.json" 2>> "$OUT/peers.txt"
       echo "compiled train-step peer exit $? in $(( $(date +%s) - t0 )) s" >> "$OUT/peers.txt" ) &
     PEER2=$!
     log "compiled peers started (pids $PEER1 $PEER2) $PP" ;;
 peers-wait)
     log "$(date -u) releasing the compiled peers"
     grep -h "wan_ref_barrier" "$OUT/peers.txt" | tee -a "$L"
-    touch "$BARRIER"
-    wait ${PEER1:-} ${PEER2:-} 2>/dev/null
+    touch "$BARRIER.fwd"
+    wait ${PEER1:-} 2>/dev/null
+    touch "$BARRIER.train"
+    wait ${PEER2:-} 2>/dev/null
     log "$(date -u) peers done"
     grep -v "^ *warnings.warn\|UserWarning" "$OUT/peers.txt" | tail -12 | tee -a "$L"
     cat "$OUT/peer_fwd.json" "$OUT/peer_train.json" 2>/dev/null | tee -a "$L" "$J"
