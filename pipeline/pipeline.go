@@ -60,8 +60,11 @@ func OpenOn(dir string, dev kernels.Device) (*Pipeline, error) {
 				break
 			}
 		}
+		if weights == "" && hasWeights(filepath.Join(dir, "export")) { // a run folder: its export (fewstep export --from RUN's default)
+			return OpenOn(filepath.Join(dir, "export"), dev)
+		}
 		if weights == "" {
-			return nil, fmt.Errorf("pipeline: %s holds none of %v", dir, weightFiles)
+			return nil, fmt.Errorf("pipeline: %s holds none of %v (a run folder: export it first, fewstep export --from %s, and give RUN or RUN/export)", dir, weightFiles, dir)
 		}
 	}
 	rec, err := LoadRecipe(filepath.Join(dir, RecipeFile))
@@ -334,4 +337,14 @@ func (p *Pipeline) EncodeCaption(caption string) ([]float32, error) {
 		emb = emb[:r.TextLen*r.TextDim]
 	}
 	return emb, nil
+}
+
+// hasWeights reports whether folder dir holds one of weightFiles.
+func hasWeights(dir string) bool {
+	for _, n := range weightFiles {
+		if fileExists(filepath.Join(dir, n)) {
+			return true
+		}
+	}
+	return false
 }

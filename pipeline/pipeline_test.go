@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -225,5 +226,25 @@ func TestUseJobWindow(t *testing.T) {
 	}
 	if !differ {
 		t.Fatal("the 4-frame window gave the unbounded cache's video: the test cannot tell them apart")
+	}
+}
+
+// A run folder opens as its export (RUN/export, fewstep export --from RUN's default), as sample
+// --from RUN takes a run folder; a run folder not yet exported says how to export it.
+func TestOpenRunFolder(t *testing.T) {
+	run := t.TempDir()
+	if err := os.Rename(fixture(t, "dmd", nil), filepath.Join(run, "export")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Open(run, "cpu")
+	if err != nil {
+		t.Fatalf("a run folder with its export: %v", err)
+	}
+	if p.Recipe.Objective != "dmd" {
+		t.Errorf("opened recipe %+v, want the export's (dmd)", p.Recipe)
+	}
+	bare := t.TempDir()
+	if _, err := Open(bare, "cpu"); err == nil || !strings.Contains(err.Error(), "fewstep export --from "+bare) {
+		t.Errorf("a run folder without its export: %v, want how to export it", err)
 	}
 }

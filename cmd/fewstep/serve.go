@@ -49,7 +49,7 @@ every admitted request, exit.`,
 
 func init() {
 	f := serveCmd.Flags()
-	f.String("model", "", "exported student folder (required)")
+	f.String("model", "", "exported student folder, or a run folder holding its export (RUN/export) (required)")
 	f.String("device", "cpu", "cpu | cuda | cuda:N")
 	f.String("addr", "127.0.0.1:8080", "listen address")
 	f.Int("max-frames", 0, "latent frames a request may ask for (0: 4 × the recipe's)")
@@ -132,10 +132,7 @@ func openServe(cmd *cobra.Command, model string) (*pipeline.Pipeline, error) {
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
 	}
-	dir := model
-	if st, err := os.Stat(model); err == nil && !st.IsDir() {
-		dir = filepath.Dir(model)
-	}
+	dir := filepath.Dir(p.Weights) // the folder opened: --model, a weights file's, or a run folder's export
 	sets, _ := fl.GetStringArray("set")
 	var job *config.Job
 	switch {
