@@ -207,6 +207,8 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	section "**Table 9.** consistency distilled from the teacher at w = 4, training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w4
 	section "**Table 10.** the same consistency jobs (w = 4) trained on to 1000 steps:" consistency_w4_1000
 	section "**Table 11.** odeinit → selfforcing (table 3's jobs, reproduced exactly on the CPU) and DMD2's second stage for it (sf2: 300 more steps from its student and critic at lr/4, the EMA anew), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_sf2 --vs sf2:selfforcing
+	# consistency_w5_1000: the consistency table of a CPU run with CSTEPS=1000 CMORE= CSET="--set params.cfg=5" (table 8's jobs trained straight to 1000 steps), kept under this name
+	section "**Table 12.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml) trained on to 1000 steps, training seeds 0 1 2, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5_1000
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
