@@ -27,17 +27,23 @@ func (d *geluBiasCPU) GELUBackBias(dIn, dBias, dOut, in *kernels.Tensor) bool {
 		return true
 	}
 	d.took++
+	addColumnSums(d, dBias, dIn)
+	return true
+}
+
+// addColumnSums adds g's column sums (float64, rows in order) into dBias, as the CPU's LinearBack
+// adds its dB: what the fake devices below do in place of a fused kernel.
+func addColumnSums(d kernels.Device, dBias, g *kernels.Tensor) {
 	cols := dBias.Numel()
-	g, b := host(d, dIn), host(d, dBias)
+	v, b := host(d, g), host(d, dBias)
 	for c := 0; c < cols; c++ {
 		var s float64
-		for r := 0; r < len(g)/cols; r++ {
-			s += float64(g[r*cols+c])
+		for r := 0; r < len(v)/cols; r++ {
+			s += float64(v[r*cols+c])
 		}
 		b[c] += float32(s)
 	}
 	d.FromHost(dBias, b)
-	return true
 }
 
 // TestGELUBackBiasWiring: a BF16Operands pass on a device that keeps the GELU's pre-activation in
@@ -103,16 +109,7 @@ func (d *backBiasCPU) addCols(dBias, g *kernels.Tensor) bool {
 		return true
 	}
 	d.took++
-	cols := dBias.Numel()
-	v, b := host(d, g), host(d, dBias)
-	for c := 0; c < cols; c++ {
-		var s float64
-		for r := 0; r < len(v)/cols; r++ {
-			s += float64(v[r*cols+c])
-		}
-		b[c] += float32(s)
-	}
-	d.FromHost(dBias, b)
+	addColumnSums(d, dBias, g)
 	return true
 }
 
