@@ -232,6 +232,11 @@ func mergeTables(cmd *cobra.Command, paths []string) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
+	return writeTable(cmd, tab, out)
+}
+
+// writeTable writes tab as out/table.txt and out/table.json and prints the text.
+func writeTable(cmd *cobra.Command, tab *eval.Table, out string) error {
 	js, err := tab.JSON()
 	if err != nil {
 		return err
@@ -462,19 +467,9 @@ func distillTable(cmd *cobra.Command, job *config.Job, held *eval.Set) error {
 	if _, err := saveJob(job, out); err != nil {
 		return err
 	}
-	js, err := tab.JSON()
-	if err != nil {
+	if err := writeTable(cmd, tab, out); err != nil {
 		return err
 	}
-	txt := tab.Text()
-	if err := os.WriteFile(filepath.Join(out, "table.txt"), []byte(txt), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(out, "table.json"), append(js, '\n'), 0o644); err != nil {
-		return err
-	}
-	fmt.Fprint(cmd.OutOrStdout(), txt)
-	fmt.Fprintf(cmd.OutOrStdout(), "  %s/table.txt, table.json\n", out)
 	var names []string
 	var drifts []eval.FrameDrift
 	for _, r := range tab.Rows {
