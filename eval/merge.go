@@ -38,8 +38,29 @@ func ReadTable(path string) (*Table, error) {
 	for i, r := range t.Rows {
 		out.Rows[i] = r.Row
 		out.Rows[i].FD, out.Rows[i].FDStd, out.Rows[i].FPS = nan(r.FD), nan(r.FDStd), nan(r.FPS)
+		if err := checkRowShape(out.Rows[i], len(out.Blocks)); err != nil {
+			return nil, fmt.Errorf("%s: row %d (%s %s %d steps): %w", path, i, r.Model, r.Sampler, r.Steps, err)
+		}
 	}
 	return &out, nil
+}
+
+// checkRowShape refuses what Table.Text cannot lay out: FD blocks other than the table's, a frame
+// drift whose reference frame is not among its frames or whose series differ in length.
+func checkRowShape(r Row, blocks int) error {
+	if len(r.FDBlocks) != 0 && len(r.FDBlocks) != blocks {
+		return fmt.Errorf("%d FD blocks, the table names %d", len(r.FDBlocks), blocks)
+	}
+	if d := r.Drift; d != nil {
+		F := len(d.Size)
+		if len(d.Colour) != F || len(d.ColourAcc) != F {
+			return fmt.Errorf("frame drift of %d / %d / %d frames (size, colour, colour accuracy)", F, len(d.Colour), len(d.ColourAcc))
+		}
+		if d.Ref < 1 || d.Ref > F {
+			return fmt.Errorf("frame drift against its first %d of %d frames", d.Ref, F)
+		}
+	}
+	return nil
 }
 
 // rowKey names a row within one table: DistillTable writes one row per model, sampler, k, length

@@ -20,6 +20,7 @@ targets=(
 	./data:FuzzParquet
 	./data:FuzzLoaderCursor
 	./trainer:FuzzStateJSON
+	./eval:FuzzReadTable
 )
 fail=0
 for pt in "${targets[@]}"; do
