@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
 	"github.com/fewstep/fewstep/sampler"
 )
@@ -17,14 +16,7 @@ import (
 func TestMergeTables(t *testing.T) {
 	const textDim, textLen = 8, 6
 	s := synthSet(t, 8, 4, 16, textDim, textLen)
-	cfg, _ := models.Preset("tiny")
-	cfg.InDim, cfg.OutDim, cfg.TextDim, cfg.TextLen = 48, 48, textDim, textLen
-	net := func(seed int64) *models.DiT {
-		m := models.New(kernels.CPU(), cfg, false)
-		m.InitRandom(seed, 0.02)
-		return m
-	}
-	teacher, a, b := net(1), net(2), net(3)
+	teacher, a, b := tinyDiT(1, textDim, textLen), tinyDiT(2, textDim, textLen), tinyDiT(3, textDim, textLen)
 	spec := TableSpec{
 		Steps: []int{1, 2}, TeacherCFG: 3, TeacherShift: 2,
 		Student: sampler.Options{Method: sampler.Stream, ChunkFrames: 2},
@@ -91,7 +83,7 @@ func TestMergeTables(t *testing.T) {
 	if cut(m.Text()) != cut(joint.Text()) {
 		t.Fatalf("merged text\n%s\njoint\n%s", m.Text(), joint.Text())
 	}
-	if _, err := MergeTables(ta, run(net(4), Labeled{"p1", b})); err == nil || !strings.Contains(err.Error(), "teacher") {
+	if _, err := MergeTables(ta, run(tinyDiT(4, textDim, textLen), Labeled{"p1", b})); err == nil || !strings.Contains(err.Error(), "teacher") {
 		t.Fatalf("another teacher's rows merged: %v", err)
 	}
 	other := *tb

@@ -69,16 +69,21 @@ func TestLoadSet(t *testing.T) {
 	}
 }
 
+// tinyDiT is an untrained tiny-preset DiT for the synthetic latents (48 channels) and these text
+// sizes, its weights drawn from seed.
+func tinyDiT(seed int64, textDim, textLen int) *models.DiT {
+	cfg, _ := models.Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.TextDim, cfg.TextLen = 48, 48, textDim, textLen
+	m := models.New(kernels.CPU(), cfg, false)
+	m.InitRandom(seed, 0.02)
+	return m
+}
+
 // The whole table on tiny untrained models: its rows, NFE accounting, real-data row, JSON.
 func TestDistillTableRuns(t *testing.T) {
 	const textDim, textLen = 8, 6
 	s := synthSet(t, 6, 4, 16, textDim, textLen)
-	cfg, _ := models.Preset("tiny")
-	cfg.InDim, cfg.OutDim, cfg.TextDim, cfg.TextLen = 48, 48, textDim, textLen
-	teacher := models.New(kernels.CPU(), cfg, false)
-	teacher.InitRandom(1, 0.02)
-	student := models.New(kernels.CPU(), cfg, false)
-	student.InitRandom(2, 0.02)
+	teacher, student := tinyDiT(1, textDim, textLen), tinyDiT(2, textDim, textLen)
 	spec := TableSpec{
 		Steps: []int{1, 2}, TeacherSteps: 3, TeacherCFG: 3, TeacherShift: 2,
 		Student: sampler.Options{Method: sampler.Stream, ChunkFrames: 2},
@@ -140,14 +145,7 @@ func TestDistillTableRuns(t *testing.T) {
 func TestDistillTableSeeds(t *testing.T) {
 	const textDim, textLen = 8, 6
 	s := synthSet(t, 24, 4, 16, textDim, textLen)
-	cfg, _ := models.Preset("tiny")
-	cfg.InDim, cfg.OutDim, cfg.TextDim, cfg.TextLen = 48, 48, textDim, textLen
-	net := func(seed int64) *models.DiT {
-		m := models.New(kernels.CPU(), cfg, false)
-		m.InitRandom(seed, 0.02)
-		return m
-	}
-	teacher, s1, s2 := net(1), net(2), net(3)
+	teacher, s1, s2 := tinyDiT(1, textDim, textLen), tinyDiT(2, textDim, textLen), tinyDiT(3, textDim, textLen)
 	spec := TableSpec{Steps: []int{1}, TeacherCFG: 2, Student: sampler.Options{Method: sampler.FewStep},
 		Students: []Labeled{{"other", s2}}, Count: 6, Batch: 4, FDBlocks: true}
 	seeds := []int64{3, 8, 21}
