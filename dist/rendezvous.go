@@ -521,14 +521,18 @@ func (s *Session) arrive(n int) {
 		return
 	}
 	delete(s.barrier, n)
-	close(s.releaseLocked(n))
 	s.mu.Unlock()
-	// Sent before process 0's Barrier returns, so before a goodbye that follows it.
+	// The others are told before process 0 is released: its Barrier may return into Close, which
+	// would cut the connections under a release still to be sent (when the last arrival is counted
+	// here on a reader goroutine, not in process 0's own Barrier).
 	for _, p := range s.peers {
 		if p != nil {
 			p.send(msg{Type: "barrier", N: n}, s.r.Timeout)
 		}
 	}
+	s.mu.Lock()
+	close(s.releaseLocked(n))
+	s.mu.Unlock()
 }
 
 // Watch arms the bounded exit: when a process is lost, abort(err) is called at once (abort the

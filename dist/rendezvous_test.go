@@ -461,3 +461,43 @@ func TestRendezvousProcesses(t *testing.T) {
 		})
 	}
 }
+
+// TestBarrierThenClose: process 0 reaches the barrier first and closes the session the moment it
+// passes, as a job's last barrier does; the last arrival is counted by process 0's reader. Every
+// other process must still be released (CI once saw one time out: process 0 released itself,
+// closed the connections, and only then tried to release the others).
+func TestBarrierThenClose(t *testing.T) {
+	for round := 0; round < 10; round++ {
+		addr := freeAddr(t)
+		var rs []Rendezvous
+		for k := 0; k < 3; k++ {
+			r := rdzv(addr, k, 3, 1)
+			r.Timeout = 2 * time.Second
+			rs = append(rs, r)
+		}
+		ss, errs := joinAll(rs, 0)
+		for k, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d process %d: %v", round, k, err)
+			}
+		}
+		var wg sync.WaitGroup
+		for k, s := range ss {
+			wg.Add(1)
+			go func(k int, s *Session) {
+				defer wg.Done()
+				if k > 0 {
+					time.Sleep(time.Duration(k) * 5 * time.Millisecond) // process 0 waits first
+				}
+				if err := s.Barrier(); err != nil {
+					t.Errorf("round %d process %d: %v", round, k, err)
+				}
+				s.Close()
+			}(k, s)
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+	}
+}
