@@ -35,16 +35,7 @@ type odeInitParams struct {
 type ODEInit struct {
 	P odeInitParams
 
-	env               *Env
-	net               *models.DiT
-	pass              *models.Pass
-	s                 models.Shape
-	k                 int
-	x, x0, dx0, dv    *kernels.Tensor // [B,C,F,H,W]
-	diff              *kernels.Tensor
-	t                 *kernels.Tensor // [B,F]
-	th, sigF, negSigF []float32       // [B·F]
-	onesF, zerosF     []float32
+	reg *odeRegression
 }
 
 func newODEInit(params map[string]any) (Objective, error) {
@@ -73,30 +64,64 @@ func (o *ODEInit) Setup(env *Env) error {
 	if err != nil {
 		return fmt.Errorf("odeinit: %w", err)
 	}
-	o.env, o.net, o.k = env, nets[0], k
-	o.s = env.Shape
-	o.s.ChunkFrames = k // block-causal
-	o.pass = o.net.NewPass(o.s)
-	C, dev := env.Cfg.InDim, env.Dev
-	for _, t := range []**kernels.Tensor{&o.x, &o.x0, &o.dx0, &o.dv, &o.diff} {
-		*t = video(dev, o.s, C)
-	}
-	BF := o.s.B * o.s.F
-	o.t = dev.Alloc(kernels.F32, o.s.B, o.s.F)
-	o.th, o.sigF, o.negSigF = make([]float32, BF), make([]float32, BF), make([]float32, BF)
-	o.onesF, o.zerosF = ones(BF), make([]float32, BF)
+	o.reg = newODERegression(env, nets[0], k, o.P.CleanContext)
 	return nil
 }
 
 func (o *ODEInit) Step(st *Step, b *Batch) (Update, error) {
-	if b.TrajX == nil || b.X0 == nil {
-		return Update{}, fmt.Errorf("odeinit: the batch has no trajectory_latents/vae_latent (make the dataset with `fewstep data ode-pairs`)")
+	loss, sMean, err := o.reg.step(st, b, 1, true)
+	if err != nil {
+		return Update{}, fmt.Errorf("odeinit: %w", err)
 	}
-	dev, s := o.env.Dev, o.s
-	B, C, F, HW := s.B, o.env.Cfg.InDim, s.F, s.H*s.W
+	return Update{Roles: []string{Student}, Metrics: map[string]float64{"loss": loss, "sigma": sMean}}, nil
+}
+
+// odeRegression is the ODE regression of a block-causal student on teacher trajectories (the file
+// comment): odeinit's whole loss, and selfforcing's regression term (DMD's regression for the
+// causal student, params.regression_weight).
+type odeRegression struct {
+	env               *Env
+	net               *models.DiT
+	pass              *models.Pass
+	s                 models.Shape
+	k                 int
+	clean             bool
+	x, x0, dx0, dv    *kernels.Tensor // [B,C,F,H,W]
+	diff              *kernels.Tensor
+	t                 *kernels.Tensor // [B,F]
+	th, sigF, negSigF []float32       // [B·F]
+	onesF, zerosF     []float32
+}
+
+// newODERegression allocates the regression of net (block-causal in chunks of k frames) on a
+// training pass of its own; clean draws the clean level σ = 0 as well (clean_context).
+func newODERegression(env *Env, net *models.DiT, k int, clean bool) *odeRegression {
+	r := &odeRegression{env: env, net: net, k: k, clean: clean, s: env.Shape}
+	r.s.ChunkFrames = k // block-causal
+	r.pass = net.NewPass(r.s)
+	C, dev := env.Cfg.InDim, env.Dev
+	for _, t := range []**kernels.Tensor{&r.x, &r.x0, &r.dx0, &r.dv, &r.diff} {
+		*t = video(dev, r.s, C)
+	}
+	BF := r.s.B * r.s.F
+	r.t = dev.Alloc(kernels.F32, r.s.B, r.s.F)
+	r.th, r.sigF, r.negSigF = make([]float32, BF), make([]float32, BF), make([]float32, BF)
+	r.onesF, r.zerosF = ones(BF), make([]float32, BF)
+	return r
+}
+
+// step draws each chunk's level from the sample's stream, runs the student and accumulates
+// weight·dL/dW into its G (last: this is the micro-batch's last backward into it). It returns
+// the loss (unweighted) and the mean σ of the chunks.
+func (r *odeRegression) step(st *Step, b *Batch, weight float64, last bool) (loss, sigmaMean float64, err error) {
+	if b.TrajX == nil || b.X0 == nil {
+		return 0, 0, fmt.Errorf("the batch has no trajectory_latents/vae_latent (make the dataset with `fewstep data ode-pairs`)")
+	}
+	dev, s := r.env.Dev, r.s
+	B, C, F, HW := s.B, r.env.Cfg.InDim, s.F, s.H*s.W
 	S := len(b.TrajSigma)
 	if want := []int{B, S, C, F, s.H, s.W}; !slices.Equal(b.TrajX.Shape, want) {
-		return Update{}, fmt.Errorf("odeinit: trajectory_latents %v, want %v (B, S, C, F, H, W) with S = len(trajectory_timesteps) = %d", b.TrajX.Shape, want, S)
+		return 0, 0, fmt.Errorf("trajectory_latents %v, want %v (B, S, C, F, H, W) with S = len(trajectory_timesteps) = %d", b.TrajX.Shape, want, S)
 	}
 	var levels []int // the noisy levels a chunk may start from
 	for i, sg := range b.TrajSigma {
@@ -105,60 +130,59 @@ func (o *ODEInit) Step(st *Step, b *Batch) (Update, error) {
 		}
 	}
 	if len(levels) == 0 {
-		return Update{}, fmt.Errorf("odeinit: trajectory_timesteps %v has no level with σ > 0", b.TrajSigma)
+		return 0, 0, fmt.Errorf("trajectory_timesteps %v has no level with σ > 0", b.TrajSigma)
 	}
 
 	choices := len(levels)
-	if o.P.CleanContext {
+	if r.clean {
 		choices++ // the last choice: the clean end x0 at σ = 0
 	}
 
 	// Input video: chunk j of sample b from trajectory level s(b, j).
-	run := o.k * HW
+	run := r.k * HW
 	var sMean float64
 	for bi := 0; bi < B; bi++ {
-		for j := 0; j < F/o.k; j++ {
+		for j := 0; j < F/r.k; j++ {
 			ch := st.Sample(bi).IntN(choices)
 			var sg float32
 			if ch < len(levels) {
 				lv := levels[ch]
 				sg = b.TrajSigma[lv]
 				for c := 0; c < C; c++ {
-					src := (((bi*S+lv)*C+c)*F + j*o.k) * HW
-					dst := ((bi*C+c)*F + j*o.k) * HW
-					dev.Copy(o.x.View(dst, run), b.TrajX.View(src, run)) // [k,H,W]
+					src := (((bi*S+lv)*C+c)*F + j*r.k) * HW
+					dst := ((bi*C+c)*F + j*r.k) * HW
+					dev.Copy(r.x.View(dst, run), b.TrajX.View(src, run)) // [k,H,W]
 				}
 			} else {
 				for c := 0; c < C; c++ {
-					off := ((bi*C+c)*F + j*o.k) * HW
-					dev.Copy(o.x.View(off, run), b.X0.View(off, run)) // [k,H,W] clean context
+					off := ((bi*C+c)*F + j*r.k) * HW
+					dev.Copy(r.x.View(off, run), b.X0.View(off, run)) // [k,H,W] clean context
 				}
 			}
 			sMean += float64(sg)
-			for f := j * o.k; f < (j+1)*o.k; f++ {
-				o.sigF[bi*F+f], o.negSigF[bi*F+f], o.th[bi*F+f] = sg, -sg, 1000*sg
+			for f := j * r.k; f < (j+1)*r.k; f++ {
+				r.sigF[bi*F+f], r.negSigF[bi*F+f], r.th[bi*F+f] = sg, -sg, 1000*sg
 			}
 		}
 	}
-	dev.FromHost(o.t, o.th) // t [B,F] per frame
+	dev.FromHost(r.t, r.th) // t [B,F] per frame
 
-	v := o.net.Forward(o.pass, o.x, o.t, b.Ctx)                      // v  [B,C,F,H,W], block-causal
-	dev.CombineFrames(o.x0, o.x, v, o.onesF, o.negSigF, B, C, F, HW) // x0 = x − σ_f·v
-	loss := MSE(dev, o.dx0, o.diff, o.x0, b.X0)                      // dL/dx0, mean over every chunk
+	v := r.net.Forward(r.pass, r.x, r.t, b.Ctx)                      // v  [B,C,F,H,W], block-causal
+	dev.CombineFrames(r.x0, r.x, v, r.onesF, r.negSigF, B, C, F, HW) // x0 = x − σ_f·v
+	loss = MSE(dev, r.dx0, r.diff, r.x0, b.X0)                       // dL/dx0, mean over every chunk
 	// A clean chunk's x0 is its input (error 0); to weigh the noisy chunks as a mean over them, the
 	// loss and gradient are scaled by choices/noisy levels, the inverse of the expected noisy share
 	// (a constant, so N ranks of B/N samples average to what one rank of B gives); −σ_f·(…) below
 	// is 0 on the clean chunks.
 	scale := float32(choices) / float32(len(levels))
 	loss *= float64(scale)
-	for i := range o.negSigF {
-		o.negSigF[i] *= scale
+	for i := range r.negSigF {
+		r.negSigF[i] *= scale * float32(weight)
 	}
-	dev.CombineFrames(o.dv, o.dx0, o.dx0, o.negSigF, o.zerosF, B, C, F, HW) // dL/dv = −σ_f·dL/dx0 (scaled)
-	st.Last(o.net)                                                          // the student's only backward
-	o.net.Backward(o.pass, o.dv)
-
-	return Update{Roles: []string{Student}, Metrics: map[string]float64{
-		"loss": loss, "sigma": sMean / float64(B*(F/o.k)),
-	}}, nil
+	dev.CombineFrames(r.dv, r.dx0, r.dx0, r.negSigF, r.zerosF, B, C, F, HW) // dL/dv = −weight·σ_f·dL/dx0 (scaled)
+	if last {
+		st.Last(r.net)
+	}
+	r.net.Backward(r.pass, r.dv)
+	return loss, sMean / float64(B*(F/r.k)), nil
 }

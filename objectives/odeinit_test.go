@@ -97,14 +97,14 @@ func TestODEInitCleanContext(t *testing.T) {
 				t.Fatal(err)
 			}
 			x, x0, X0 := make([]float32, s.B*per), make([]float32, s.B*per), make([]float32, s.B*per)
-			dev.ToHost(x, oi.x)
-			dev.ToHost(x0, oi.x0)
+			dev.ToHost(x, oi.reg.x)
+			dev.ToHost(x0, oi.reg.x0)
 			dev.ToHost(X0, b.X0)
 			var sum float64
 			n, noisy := 0, 0
 			for bi := 0; bi < s.B; bi++ {
 				for f := 0; f < s.F; f++ {
-					tf := oi.th[bi*s.F+f]
+					tf := oi.reg.th[bi*s.F+f]
 					for c := 0; c < C; c++ {
 						off := ((bi*C+c)*s.F + f) * HW
 						for i := off; i < off+HW; i++ {

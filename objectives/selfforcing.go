@@ -13,13 +13,16 @@ package objectives
 // No gradient crosses chunks (the cache holds values, not a graph). The video x = [x0_0, x0_1, …]
 // gets DMD's gradient from the bidirectional teacher (CFG) and critic; it flows back into each
 // chunk's graded step. The critic then takes a flow-matching step on a fresh no-grad rollout, every
-// step; the generator is updated every generator_update_ratio steps.
+// step; the generator is updated every generator_update_ratio steps. With regression_weight λ > 0 the
+// generator step adds λ times odeinit's ODE regression on the batch's teacher trajectories (DMD's
+// regression loss, as dmd's regression: ode; the job's data are then `fewstep data ode-pairs`).
 //
 // Roles: student (trainable, block-causal; starts as the teacher unless roles.student.weights names
 // the odeinit checkpoint), teacher (frozen), critic (trainable, starts as the teacher).
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 
 	"github.com/fewstep/fewstep/kernels"
@@ -34,6 +37,7 @@ type selfForcingParams struct {
 	SameStep     bool                     `mapstructure:"same_step_across_chunks"` // one exit step for every chunk (true)
 	ChunkFrames  int                      `mapstructure:"chunk_frames"`            // 0 = the model's chunk_frames
 	KVDType      string                   `mapstructure:"kv_cache_dtype"`          // fp32, or bf16 (half the cache; the same numbers where attention reads bf16)
+	RegWeight    float64                  `mapstructure:"regression_weight"`       // λ of DMD's regression on teacher ODE pairs (0 = off)
 }
 
 // SelfForcing is the objective.
@@ -45,7 +49,8 @@ type SelfForcing struct {
 	roll   *CausalRollout
 	dmd    *DMDGrad
 	critic *FlowMatch
-	csigma []float32 // [B] critic σ
+	reg    *odeRegression // params.regression_weight > 0
+	csigma []float32      // [B] critic σ
 	exits  []int
 }
 
@@ -65,6 +70,8 @@ func newSelfForcing(params map[string]any) (Objective, error) {
 		return nil, fmt.Errorf("params.chunk_frames: %d, must be ≥ 0", p.ChunkFrames)
 	case p.KVDType != "fp32" && p.KVDType != "bf16":
 		return nil, fmt.Errorf("params.kv_cache_dtype: %q, want fp32 or bf16", p.KVDType)
+	case !(p.RegWeight >= 0) || math.IsInf(p.RegWeight, 0):
+		return nil, fmt.Errorf("params.regression_weight: %v, must be finite and >= 0", p.RegWeight)
 	}
 	o.sigmas = DenoisingList(p.Timesteps, p.Shift)
 	return o, nil
@@ -122,6 +129,9 @@ func (o *SelfForcing) Setup(env *Env) error {
 	o.dmd = NewDMDGradOn(env, nets[1], nets[2], o.critic.Pass, law, o.P.CFG)
 	o.csigma = make([]float32, full.B)
 	o.exits = make([]int, full.F/k)
+	if o.P.RegWeight > 0 { // odeinit's loss on the ODE pairs, with clean context chunks as odeinit's default
+		o.reg = newODERegression(env, nets[0], k, true)
+	}
 	return nil
 }
 
@@ -147,7 +157,19 @@ func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
 		exits := o.drawExits(s.RNG)
 		x := o.roll.Run(s, b.Ctx, exits, true) // [B,C,F,H,W]
 		gabs := o.dmd.ComputeMetric(s, x, b.Ctx, b.Null, func(loss float64) { m["gen_loss"], m["loss"] = loss, loss })
-		o.roll.BackwardLast(s, o.dmd.Grad) // into the student's G, chunk by chunk
+		if o.reg == nil {
+			o.roll.BackwardLast(s, o.dmd.Grad) // into the student's G, chunk by chunk
+		} else {
+			o.roll.BackwardLast(nil, o.dmd.Grad)
+			// DMD's regression (dmd's regression: ode) for the causal student: odeinit's loss on the
+			// batch's teacher trajectories, weighted by λ, accumulated onto the DMD gradient. Drawn
+			// after the rollout, so the DMD part is the same at every λ.
+			reg, _, err := o.reg.step(s, b, o.P.RegWeight, true)
+			if err != nil {
+				return up, fmt.Errorf("selfforcing: params.regression_weight: %w", err)
+			}
+			m["reg_loss"] = reg
+		}
 		m["dmd_grad_abs"], m["exit"] = gabs, float64(exits[0])
 		up.Roles = append(up.Roles, Student)
 	}

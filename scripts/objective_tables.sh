@@ -28,6 +28,9 @@
 # latent frames (LONG=0: none). SF2STEPS=N adds to the causal group DMD2's second stage for the causal
 # student: per seed N more selfforcing steps from the SSTEPS student and critic at a 4× lower learning
 # rate, the EMA anew (sf2<seed>; the schedule that lowered every dmd student's 4-step FD, table 6).
+# SSET adds --set flags to the causal group's selfforcing jobs and SNAME (selfforcing) names them, e.g.
+# SNAME=sfreg SSET="--set params.regression_weight=4 --set data.path=OUT/odepairs/pairs.arrow" (DMD's
+# regression on the ODE pairs, which the jobs then read as their data; OUT/ is replaced by the output folder).
 # TABLES=causal (or consistency, adversarial, gan2, sft) makes only that group's table; TABLES= (empty) makes
 # none and only gathers the OUT/*.table.txt there are (e.g. made on two machines) into OUT/tables.md
 # and the README.
@@ -45,6 +48,8 @@ TABLES=${TABLES-causal consistency adversarial} # the tables to make (each group
 PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
 LONG=${LONG:-32}        # the causal table's long video, latent frames (0: none)
 SF2STEPS=${SF2STEPS:-}  # N: the causal students' second stage at lr/4 (sf2<seed>)
+SNAME=${SNAME:-selfforcing} # the causal students' job prefix
+SSET=${SSET:-}          # more --set flags for them
 EVAL=${EVAL:---precise --fd-blocks --batch 256}
 README=${README:-README.md}
 T=configs/teacher/diffusion_pytorch_model.safetensors
@@ -113,9 +118,10 @@ DMD="--set params.cfg=$W --set params.regression_weight=0 --set roles.student.lr
 
 causal1() { # odeinit, then selfforcing from its checkpoint, at seed $1
 	train odeinit$1 configs/odeinit.yaml "$OSTEPS" "$OSTEPS" --set seed="$1" --set data.path="$OUT/odepairs/pairs.arrow" &&
-		train selfforcing$1 configs/selfforcing.yaml "$SSTEPS" "$SSTEPS" --set seed="$1" --set roles.student.weights="$(ck odeinit$1 student "$OSTEPS")" || return 1
+		train $SNAME$1 configs/selfforcing.yaml "$SSTEPS" "$SSTEPS" --set seed="$1" --set roles.student.weights="$(ck odeinit$1 student "$OSTEPS")" \
+			${SSET//OUT\//$OUT/} || return 1
 	[ -z "$SF2STEPS" ] || train sf2$1 configs/selfforcing.yaml "$SF2STEPS" "$SF2STEPS" --set seed="$1" \
-		--set roles.student.weights="$(ck selfforcing$1 student "$SSTEPS")" --set roles.critic.weights="$(ck selfforcing$1 critic "$SSTEPS")" \
+		--set roles.student.weights="$(ck $SNAME$1 student "$SSTEPS")" --set roles.critic.weights="$(ck $SNAME$1 critic "$SSTEPS")" \
 		--set roles.student.lr=5e-5 --set roles.critic.lr=1e-4 --set roles.student.ema_start=0
 }
 ready() { # prefix role: wait until every seed's STEPS checkpoint exists (written whole, then renamed) or no job runs
@@ -131,7 +137,7 @@ causal() { # ODE pairs, then per seed odeinit → selfforcing from its checkpoin
 	say "ode pairs"
 	for s in $SEEDS; do bg causal1 "$s"; done
 	wait
-	table selfforcing configs/selfforcing.yaml stream --long-frames "$LONG" $(students selfforcing ema "$SSTEPS") \
+	table $SNAME configs/selfforcing.yaml stream --long-frames "$LONG" $(students $SNAME ema "$SSTEPS") \
 		$([ -z "$SF2STEPS" ] || students sf2 ema "$SF2STEPS")
 }
 sft() { # selfforcing from the teacher's weights (no odeinit), then its streamed table
