@@ -8,6 +8,8 @@ package objectives
 //	n ~ U{1..N}, m = max(n − k, 0)
 //	x_n = (1−σ_n)·x0 + σ_n·ε                                     data noised to level n
 //	x_m = x_n + (σ_m − σ_n)·v_teacher^w(x_n, σ_n)                  one teacher Euler step with CFG w
+//	      (solver: heun — x̃ that Euler step, x_m = x_n + (σ_m − σ_n)·(v^w(x_n, σ_n) + v^w(x̃, σ_m))/2
+//	      where σ_m > 0, the Consistency Models paper's solver for CD; Euler into σ = 0, as EDM)
 //	f(x, σ) = c_skip(σ)·x + c_out(σ)·(x − σ·v(x, σ))               LCM's boundary: f(x, 0) = x
 //	loss = d(f_student(x_n, σ_n), stopgrad f_ema(x_m, σ_m))        pseudo-Huber (c) or L2
 //
@@ -40,6 +42,7 @@ type consistencyParams struct {
 	CFG    float64 `mapstructure:"cfg"`     // fixed teacher guidance w (used when cfg_min = cfg_max = 0)
 	CFGMin float64 `mapstructure:"cfg_min"` // else w ~ U[cfg_min, cfg_max] per sample
 	CFGMax float64 `mapstructure:"cfg_max"`
+	Solver string  `mapstructure:"solver"`  // the teacher's step n → m: euler (LCM's DDIM) | heun
 	Loss   string  `mapstructure:"loss"`    // huber | l2
 	HuberC float64 `mapstructure:"huber_c"` // pseudo-Huber c (LCM: 0.001)
 }
@@ -54,12 +57,14 @@ type Consistency struct {
 	sc                    scratch
 	eps, xn, xm, vt, diff *kernels.Tensor // [B,C,F,H,W]
 	target, fs, dF, dv    *kernels.Tensor
-	grid                  []float64 // σ(n), n = 0..N
-	diffH, gradH          []float32 // host copies for the pseudo-Huber
+	v2                    *kernels.Tensor // [B,C,F,H,W] Heun's second velocity (solver: heun)
+	sn, sm                []float32       // [B] σ_n, σ_m of the last step
+	grid                  []float64       // σ(n), n = 0..N
+	diffH, gradH          []float32       // host copies for the pseudo-Huber
 }
 
 func newConsistency(params map[string]any) (Objective, error) {
-	o := &Consistency{P: consistencyParams{GridN: 50, Skip: 1, Shift: 1, CFG: 1, Loss: "huber", HuberC: 0.001}}
+	o := &Consistency{P: consistencyParams{GridN: 50, Skip: 1, Shift: 1, CFG: 1, Solver: "euler", Loss: "huber", HuberC: 0.001}}
 	if err := DecodeParams(params, &o.P); err != nil {
 		return nil, err
 	}
@@ -73,6 +78,8 @@ func newConsistency(params map[string]any) (Objective, error) {
 		return nil, fmt.Errorf("params.shift: %g, must be > 0", p.Shift)
 	case p.CFGMin > p.CFGMax || p.CFGMin < 0:
 		return nil, fmt.Errorf("params.cfg_min/cfg_max: [%g, %g] is not a range of guidance weights ≥ 0", p.CFGMin, p.CFGMax)
+	case p.Solver != "euler" && p.Solver != "heun":
+		return nil, fmt.Errorf("params.solver: %q is not euler or heun", p.Solver)
 	case p.Loss != "huber" && p.Loss != "l2":
 		return nil, fmt.Errorf("params.loss: %q is not huber or l2", p.Loss)
 	case p.Loss == "huber" && p.HuberC <= 0:
@@ -109,6 +116,9 @@ func (o *Consistency) Setup(env *Env) error {
 	for _, t := range []**kernels.Tensor{&o.eps, &o.xn, &o.xm, &o.vt, &o.diff, &o.target, &o.fs, &o.dF, &o.dv} {
 		*t = video(env.Dev, s, C)
 	}
+	if o.P.Solver == "heun" {
+		o.v2 = video(env.Dev, s, C)
+	}
 	n := o.xn.Numel()
 	o.diffH, o.gradH = make([]float32, n), make([]float32, n)
 	return nil
@@ -139,7 +149,8 @@ func (o *Consistency) Step(st *Step, b *Batch) (Update, error) {
 	N := p.GridN
 
 	// Per-sample levels, guidance and coefficients.
-	sn, sm := make([]float32, B), make([]float32, B)
+	o.sn, o.sm = make([]float32, B), make([]float32, B)
+	sn, sm := o.sn, o.sm
 	one, zero := ones(B), make([]float32, B)
 	uW, cW := make([]float32, B), make([]float32, B) // CFG: (1−w), w
 	eulA := make([]float32, B)                       // σ_m − σ_n
@@ -166,18 +177,24 @@ func (o *Consistency) Step(st *Step, b *Batch) (Update, error) {
 		guided = guided || cW[i] != 1
 	}
 
-	RandnSamples(dev, o.eps, o.sc.host, st)            // ε   [B,C,F,H,W]
-	Noise(dev, o.xn, b.X0, o.eps, sn)                  // x_n [B,C,F,H,W]
-	SetTimesteps(dev, o.sc.t, o.sc.th, sn)             // t_n [B,F]
-	vc := o.teacher.Forward(o.pt, o.xn, o.sc.t, b.Ctx) // v_c [B,C,F,H,W]
-	if guided {
-		dev.Copy(o.vt, vc)
-		vu := o.teacher.Forward(o.pt, o.xn, o.sc.t, b.Null) // v_u [B,C,F,H,W]
-		dev.Combine(o.vt, vu, o.vt, uW, cW)                 // v = (1−w)·v_u + w·v_c
-	} else {
-		dev.Copy(o.vt, vc)
+	RandnSamples(dev, o.eps, o.sc.host, st)   // ε   [B,C,F,H,W]
+	Noise(dev, o.xn, b.X0, o.eps, sn)         // x_n [B,C,F,H,W]
+	SetTimesteps(dev, o.sc.t, o.sc.th, sn)    // t_n [B,F]
+	o.teacherV(o.vt, o.xn, b, guided, uW, cW) // v = v^w(x_n, σ_n) [B,C,F,H,W]
+	dev.Combine(o.xm, o.xn, o.vt, one, eulA)  // x_m = x_n + (σ_m − σ_n)·v  [B,C,F,H,W]
+	if p.Solver == "heun" {
+		heunA, heunB := make([]float32, B), make([]float32, B) // x_m = x_n + a·v1 + b·v2
+		for i := range heunA {
+			heunA[i] = eulA[i]
+			if sm[i] > 0 {
+				heunA[i], heunB[i] = eulA[i]/2, eulA[i]/2
+			}
+		}
+		SetTimesteps(dev, o.sc.t, o.sc.th, sm)    // t_m [B,F]
+		o.teacherV(o.v2, o.xm, b, guided, uW, cW) // v2 = v^w(x̃, σ_m) at the Euler point
+		dev.Combine(o.xm, o.xn, o.vt, one, heunA) // x_n + a·v1
+		dev.Combine(o.xm, o.xm, o.v2, one, heunB) // + b·v2  [B,C,F,H,W]
 	}
-	dev.Combine(o.xm, o.xn, o.vt, one, eulA) // x_m = x_n + (σ_m − σ_n)·v  [B,C,F,H,W]
 
 	// Target: f_ema(x_m, σ_m), no gradient.
 	SetTimesteps(dev, o.sc.t, o.sc.th, sm)
@@ -207,6 +224,18 @@ func (o *Consistency) Step(st *Step, b *Batch) (Update, error) {
 		sMean += float64(s) / float64(B)
 	}
 	return Update{Roles: []string{Student}, Metrics: map[string]float64{"loss": loss, "sigma": sMean}}, nil
+}
+
+// teacherV writes the teacher's velocity with CFG per sample, (1−w)·v_u + w·v_c, at x and the
+// timesteps in o.sc.t into out [B,C,F,H,W] (v_c alone when no sample is guided).
+func (o *Consistency) teacherV(out, x *kernels.Tensor, b *Batch, guided bool, uW, cW []float32) {
+	dev := o.env.Dev
+	vc := o.teacher.Forward(o.pt, x, o.sc.t, b.Ctx) // v_c [B,C,F,H,W]
+	dev.Copy(out, vc)
+	if guided {
+		vu := o.teacher.Forward(o.pt, x, o.sc.t, b.Null) // v_u [B,C,F,H,W]
+		dev.Combine(out, vu, out, uW, cW)                // (1−w)·v_u + w·v_c
+	}
 }
 
 // PseudoHuber returns mean(√(d² + c²) − c) over d and writes its gradient grad = d/√(d² + c²)/n.

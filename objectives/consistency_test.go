@@ -204,3 +204,76 @@ func TestConsistencyParamErrors(t *testing.T) {
 		}
 	}
 }
+
+// solver: heun — the teacher's step n → m is Heun's (the Euler point x̃, then the mean of the guided
+// velocities at x_n and x̃) where σ_m > 0 and Euler into σ_m = 0: x_m against a host reference from
+// plain teacher forwards, for samples of both kinds.
+func TestConsistencyHeun(t *testing.T) {
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	s := testShape
+	s.B = 4
+	const w = 2.5
+	o, err := New("consistency", map[string]any{"solver": "heun", "grid_n": 8, "skip": 3, "shift": 3, "cfg": w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := testEnv(t, o, s, seed)
+	c := o.(*Consistency)
+	dev, C := env.Dev, env.Cfg.InDim
+	b := testBatch(env, s, rand.New(rand.NewPCG(uint64(seed), 2)))
+	teacher := env.Roles[Teacher].Net
+	pass := teacher.NewPass(s)
+	tt := dev.Alloc(kernels.F32, s.B, s.F)
+	th := make([]float32, s.B*s.F)
+	per := C * s.F * s.H * s.W
+	// v^w(x, σ) on the host: (1−w)·v_u + w·v_c.
+	guidedV := func(x []float32, sig []float32) []float32 {
+		xd := dev.Alloc(kernels.F32, s.B, C, s.F, s.H, s.W)
+		dev.FromHost(xd, x)
+		SetTimesteps(dev, tt, th, sig)
+		vc := hostOf(dev, teacher.Forward(pass, xd, tt, b.Ctx))
+		vu := hostOf(dev, teacher.Forward(pass, xd, tt, b.Null))
+		out := make([]float32, len(x))
+		for i := range out {
+			out[i] = (1-w)*vu[i] + w*vc[i]
+		}
+		return out
+	}
+	kinds := map[bool]bool{}
+	for step := 1; step <= 30 && len(kinds) < 2; step++ {
+		if _, err := o.Step(&Step{Step: step, Accum: 1, RNG: StepRNG(seed, step, 0)}, b); err != nil {
+			t.Fatal(err)
+		}
+		xn, xm := hostOf(dev, c.xn), hostOf(dev, c.xm)
+		v1 := guidedV(xn, c.sn)
+		xe := make([]float32, len(xn)) // the Euler point
+		for i := range xe {
+			bi := i / per
+			xe[i] = xn[i] + (c.sm[bi]-c.sn[bi])*v1[i]
+		}
+		v2 := guidedV(xe, c.sm)
+		var maxErr, maxRef float64
+		for i := range xm {
+			bi := i / per
+			ref := xe[i]
+			if c.sm[bi] > 0 {
+				ref = xn[i] + (c.sm[bi]-c.sn[bi])*(v1[i]+v2[i])/2
+			}
+			maxErr = math.Max(maxErr, math.Abs(float64(xm[i]-ref)))
+			maxRef = math.Max(maxRef, math.Abs(float64(ref)))
+		}
+		if maxErr > 1e-5*maxRef {
+			t.Fatalf("step %d (σ_n %v → σ_m %v): x_m off the Heun reference by %g (max |x_m| %g)", step, c.sn, c.sm, maxErr, maxRef)
+		}
+		for _, sg := range c.sm {
+			kinds[sg > 0] = true
+		}
+	}
+	if len(kinds) < 2 {
+		t.Fatalf("30 steps drew only σ_m > 0 = %v", kinds)
+	}
+	if _, err := New("consistency", map[string]any{"solver": "rk4"}); err == nil {
+		t.Fatal("solver rk4: no error")
+	}
+}
