@@ -204,7 +204,7 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	# consistency_2000: the consistency_more table of a run with CSTEPS=1000 CMORE=2000, kept under this name
 	section "**Table 7.** consistency trained on to 2000 steps (a second run of the consistency jobs, CSTEPS=1000 CMORE=2000; its 1000-step students reproduce table 4 within the spreads):" consistency_2000
 	# consistency_w5: the consistency table of a run with CSTEPS=500 CMORE= CSET="--set params.cfg=5" (configs/consistency_w5.yaml)
-	section "**Table 8.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml), training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5
+	section "**Table 8.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml with Euler's teacher step, \`solver: euler\`), training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5
 	# consistency_w4, consistency_w4_1000: the consistency and consistency_more tables of a CPU run with
 	# CSTEPS=500 CMORE=1000 CSET="--set params.cfg=4"; selfforcing_sf2: the causal tables of two CPU runs with
 	# SF2STEPS=300 LONG=0 (eval.steps [2, 4]), SEEDS=0 in one and SEEDS="1 2" in the other, joined by
@@ -214,7 +214,13 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	section "**Table 10.** the same consistency jobs (w = 4) trained on to 1000 steps:" consistency_w4_1000
 	section "**Table 11.** odeinit → selfforcing (table 3's jobs, reproduced exactly on the CPU) and DMD2's second stage for it (sf2: 300 more steps from its student and critic at lr/4, the EMA anew), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_sf2 --vs sf2:selfforcing
 	# consistency_w5_1000: the consistency table of a CPU run with CSTEPS=1000 CMORE= CSET="--set params.cfg=5" (table 8's jobs trained straight to 1000 steps), kept under this name
-	section "**Table 12.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml) trained on to 1000 steps, training seeds 0 1 2, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5_1000
+	section "**Table 12.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml with Euler's teacher step) trained on to 1000 steps, training seeds 0 1 2, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5_1000
+	# consistency_w5_heun: the consistency table of `fewstep train --config configs/consistency_w5.yaml --set params.solver=heun`
+	# at seeds 0 1 2 (= TABLES=consistency CSTEPS=500 CMORE= CSET="--set params.cfg=5 --set params.solver=heun"), kept under this name
+	section "**Table 13.** consistency distilled from the teacher at w = 5 with Heun's teacher step (configs/consistency_w5.yaml, \`solver: heun\`), training seeds 0 1 2, 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5_heun
+	# selfforcing_reg: the causal table of SNAME=sfreg SSET="--set params.regression_weight=1 --set data.path=OUT/odepairs/pairs.arrow"
+	# (LONG=0, eval.steps [2, 4]), kept under this name
+	section "**Table 14.** odeinit → selfforcing with DMD's regression on the teacher's ODE pairs (\`regression_weight: 1\`, the jobs reading their prompts from the ODE pairs; table 3's jobs otherwise), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_reg
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
