@@ -28,8 +28,8 @@
 # latent frames (LONG=0: none). SF2STEPS=N adds to the causal group DMD2's second stage for the causal
 # student: per seed N more selfforcing steps from the SSTEPS student and critic at a 4× lower learning
 # rate, the EMA anew (sf2<seed>; the schedule that lowered every dmd student's 4-step FD, table 6).
-# SSET adds --set flags to the causal group's selfforcing jobs and SNAME (selfforcing) names them, e.g.
-# SNAME=sfreg SSET="--set params.regression_weight=4 --set data.path=OUT/odepairs/pairs.arrow" (DMD's
+# SSET adds --set flags to the causal group's selfforcing jobs (and their second stage, SF2STEPS) and SNAME (selfforcing) names them, e.g.
+# SNAME=sfreg SSET="--set params.regression_weight=1 --set data.path=OUT/odepairs/pairs.arrow" (DMD's
 # regression on the ODE pairs, which the jobs then read as their data; OUT/ is replaced by the output folder).
 # TABLES=causal (or consistency, adversarial, gan2, sft) makes only that group's table; TABLES= (empty) makes
 # none and only gathers the OUT/*.table.txt there are (e.g. made on two machines) into OUT/tables.md
@@ -122,7 +122,7 @@ causal1() { # odeinit, then selfforcing from its checkpoint, at seed $1
 			${SSET//OUT\//$OUT/} || return 1
 	[ -z "$SF2STEPS" ] || train sf2$1 configs/selfforcing.yaml "$SF2STEPS" "$SF2STEPS" --set seed="$1" \
 		--set roles.student.weights="$(ck $SNAME$1 student "$SSTEPS")" --set roles.critic.weights="$(ck $SNAME$1 critic "$SSTEPS")" \
-		--set roles.student.lr=5e-5 --set roles.critic.lr=1e-4 --set roles.student.ema_start=0
+		--set roles.student.lr=5e-5 --set roles.critic.lr=1e-4 --set roles.student.ema_start=0 ${SSET//OUT\//$OUT/}
 }
 ready() { # prefix role: wait until every seed's STEPS checkpoint exists (written whole, then renamed) or no job runs
 	local s
@@ -221,6 +221,9 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	# selfforcing_reg: the causal table of SNAME=sfreg SSET="--set params.regression_weight=1 --set data.path=OUT/odepairs/pairs.arrow"
 	# (LONG=0, eval.steps [2, 4]), kept under this name
 	section "**Table 14.** odeinit → selfforcing with DMD's regression on the teacher's ODE pairs (\`regression_weight: 1\`, the jobs reading their prompts from the ODE pairs; table 3's jobs otherwise), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_reg
+	# selfforcing_reg2: the sf2 rows of a causal run with SNAME=sfreg SSET as table 14's and SF2STEPS=300, the sf2 jobs given
+	# the same SSET (configs/selfforcing_reg_stage2.yaml), evaluated alone (eval.steps [2, 4]), kept under this name
+	section "**Table 15.** DMD2's second stage for table 14's students (configs/selfforcing_reg_stage2.yaml: 300 more steps from their student and critic at lr/4, the EMA anew, the regression kept), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_reg2
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
