@@ -224,6 +224,8 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	# selfforcing_reg2: the sf2 rows of a causal run with SNAME=sfreg SSET as table 14's and SF2STEPS=300, the sf2 jobs given
 	# the same SSET (configs/selfforcing_reg_stage2.yaml), evaluated alone (eval.steps [2, 4]), kept under this name
 	section "**Table 15.** DMD2's second stage for table 14's students (configs/selfforcing_reg_stage2.yaml: 300 more steps from their student and critic at lr/4, the EMA anew, the regression kept), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_reg2
+	# selfforcing_reg2_600: table 15's jobs resumed to 600 steps (configs/selfforcing_reg_stage2.yaml), kept under this name
+	section "**Table 16.** table 15's second stage trained on to 600 steps (configs/selfforcing_reg_stage2.yaml), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_reg2_600
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
