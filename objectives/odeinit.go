@@ -69,11 +69,13 @@ func (o *ODEInit) Setup(env *Env) error {
 }
 
 func (o *ODEInit) Step(st *Step, b *Batch) (Update, error) {
-	loss, sMean, err := o.reg.step(st, b, 1, true)
+	m := map[string]float64{}
+	sMean, err := o.reg.step(st, b, 1, func(loss float64) { m["loss"] = loss })
 	if err != nil {
 		return Update{}, fmt.Errorf("odeinit: %w", err)
 	}
-	return Update{Roles: []string{Student}, Metrics: map[string]float64{"loss": loss, "sigma": sMean}}, nil
+	m["sigma"] = sMean
+	return Update{Roles: []string{Student}, Metrics: m}, nil
 }
 
 // odeRegression is the ODE regression of a block-causal student on teacher trajectories (the file
@@ -111,17 +113,18 @@ func newODERegression(env *Env, net *models.DiT, k int, clean bool) *odeRegressi
 }
 
 // step draws each chunk's level from the sample's stream, runs the student and accumulates
-// weight·dL/dW into its G (last: this is the micro-batch's last backward into it). It returns
-// the loss (unweighted) and the mean σ of the chunks.
-func (r *odeRegression) step(st *Step, b *Batch, weight float64, last bool) (loss, sigmaMean float64, err error) {
+// weight·dL/dW into its G, the micro-batch's last backward into it. The loss (unweighted) goes to
+// set through st.SqNorm (after the step's one readback under the trainer); it returns the mean σ
+// of the chunks.
+func (r *odeRegression) step(st *Step, b *Batch, weight float64, set func(loss float64)) (sigmaMean float64, err error) {
 	if b.TrajX == nil || b.X0 == nil {
-		return 0, 0, fmt.Errorf("the batch has no trajectory_latents/vae_latent (make the dataset with `fewstep data ode-pairs`)")
+		return 0, fmt.Errorf("the batch has no trajectory_latents/vae_latent (make the dataset with `fewstep data ode-pairs`)")
 	}
 	dev, s := r.env.Dev, r.s
 	B, C, F, HW := s.B, r.env.Cfg.InDim, s.F, s.H*s.W
 	S := len(b.TrajSigma)
 	if want := []int{B, S, C, F, s.H, s.W}; !slices.Equal(b.TrajX.Shape, want) {
-		return 0, 0, fmt.Errorf("trajectory_latents %v, want %v (B, S, C, F, H, W) with S = len(trajectory_timesteps) = %d", b.TrajX.Shape, want, S)
+		return 0, fmt.Errorf("trajectory_latents %v, want %v (B, S, C, F, H, W) with S = len(trajectory_timesteps) = %d", b.TrajX.Shape, want, S)
 	}
 	var levels []int // the noisy levels a chunk may start from
 	for i, sg := range b.TrajSigma {
@@ -130,7 +133,7 @@ func (r *odeRegression) step(st *Step, b *Batch, weight float64, last bool) (los
 		}
 	}
 	if len(levels) == 0 {
-		return 0, 0, fmt.Errorf("trajectory_timesteps %v has no level with σ > 0", b.TrajSigma)
+		return 0, fmt.Errorf("trajectory_timesteps %v has no level with σ > 0", b.TrajSigma)
 	}
 
 	choices := len(levels)
@@ -169,20 +172,17 @@ func (r *odeRegression) step(st *Step, b *Batch, weight float64, last bool) (los
 
 	v := r.net.Forward(r.pass, r.x, r.t, b.Ctx)                      // v  [B,C,F,H,W], block-causal
 	dev.CombineFrames(r.x0, r.x, v, r.onesF, r.negSigF, B, C, F, HW) // x0 = x − σ_f·v
-	loss = MSE(dev, r.dx0, r.diff, r.x0, b.X0)                       // dL/dx0, mean over every chunk
 	// A clean chunk's x0 is its input (error 0); to weigh the noisy chunks as a mean over them, the
 	// loss and gradient are scaled by choices/noisy levels, the inverse of the expected noisy share
 	// (a constant, so N ranks of B/N samples average to what one rank of B gives); −σ_f·(…) below
 	// is 0 on the clean chunks.
 	scale := float32(choices) / float32(len(levels))
-	loss *= float64(scale)
+	mse(dev, st, r.dx0, r.diff, r.x0, b.X0, func(l float64) { set(l * float64(scale)) }) // dL/dx0, mean over every chunk
 	for i := range r.negSigF {
 		r.negSigF[i] *= scale * float32(weight)
 	}
 	dev.CombineFrames(r.dv, r.dx0, r.dx0, r.negSigF, r.zerosF, B, C, F, HW) // dL/dv = −weight·σ_f·dL/dx0 (scaled)
-	if last {
-		st.Last(r.net)
-	}
+	st.Last(r.net)
 	r.net.Backward(r.pass, r.dv)
-	return loss, sMean / float64(B*(F/r.k)), nil
+	return sMean / float64(B*(F/r.k)), nil
 }

@@ -164,11 +164,9 @@ func (o *SelfForcing) Step(s *Step, b *Batch) (Update, error) {
 			// DMD's regression (dmd's regression: ode) for the causal student: odeinit's loss on the
 			// batch's teacher trajectories, weighted by λ, accumulated onto the DMD gradient. Drawn
 			// after the rollout, so the DMD part is the same at every λ.
-			reg, _, err := o.reg.step(s, b, o.P.RegWeight, true)
-			if err != nil {
+			if _, err := o.reg.step(s, b, o.P.RegWeight, func(l float64) { m["reg_loss"] = l }); err != nil {
 				return up, fmt.Errorf("selfforcing: params.regression_weight: %w", err)
 			}
-			m["reg_loss"] = reg
 		}
 		m["dmd_grad_abs"], m["exit"] = gabs, float64(exits[0])
 		up.Roles = append(up.Roles, Student)
