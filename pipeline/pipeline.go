@@ -54,13 +54,8 @@ func OpenOn(dir string, dev kernels.Device) (*Pipeline, error) {
 	if !st.IsDir() { // a weights file: its folder holds the rest
 		weights, dir = dir, filepath.Dir(dir)
 	} else {
-		for _, n := range weightFiles {
-			if p := filepath.Join(dir, n); fileExists(p) {
-				weights = p
-				break
-			}
-		}
-		if weights == "" && hasWeights(filepath.Join(dir, "export")) { // a run folder: its export (fewstep export --from RUN's default)
+		weights = findWeights(dir)
+		if weights == "" && findWeights(filepath.Join(dir, "export")) != "" { // a run folder: its export (fewstep export --from RUN's default)
 			return OpenOn(filepath.Join(dir, "export"), dev)
 		}
 		if weights == "" {
@@ -339,12 +334,12 @@ func (p *Pipeline) EncodeCaption(caption string) ([]float32, error) {
 	return emb, nil
 }
 
-// hasWeights reports whether folder dir holds one of weightFiles.
-func hasWeights(dir string) bool {
+// findWeights is the path of the first of weightFiles that folder dir holds, "" if none.
+func findWeights(dir string) string {
 	for _, n := range weightFiles {
-		if fileExists(filepath.Join(dir, n)) {
-			return true
+		if p := filepath.Join(dir, n); fileExists(p) {
+			return p
 		}
 	}
-	return false
+	return ""
 }
