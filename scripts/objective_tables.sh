@@ -49,7 +49,8 @@ PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
 LONG=${LONG:-32}        # the causal table's long video, latent frames (0: none)
 SF2STEPS=${SF2STEPS:-}  # N: the causal students' second stage at lr/4 (sf2<seed>)
 SNAME=${SNAME:-selfforcing} # the causal students' job prefix
-SSET=${SSET:-}          # more --set flags for them
+SSET=${SSET:-}          # more --set flags for them; OUT/ in them is read as the output folder
+SSET=${SSET//OUT\//$OUT/}
 EVAL=${EVAL:---precise --fd-blocks --batch 256}
 README=${README:-README.md}
 T=configs/teacher/diffusion_pytorch_model.safetensors
@@ -119,10 +120,10 @@ DMD="--set params.cfg=$W --set params.regression_weight=0 --set roles.student.lr
 causal1() { # odeinit, then selfforcing from its checkpoint, at seed $1
 	train odeinit$1 configs/odeinit.yaml "$OSTEPS" "$OSTEPS" --set seed="$1" --set data.path="$OUT/odepairs/pairs.arrow" &&
 		train $SNAME$1 configs/selfforcing.yaml "$SSTEPS" "$SSTEPS" --set seed="$1" --set roles.student.weights="$(ck odeinit$1 student "$OSTEPS")" \
-			${SSET//OUT\//$OUT/} || return 1
+			$SSET || return 1
 	[ -z "$SF2STEPS" ] || train sf2$1 configs/selfforcing.yaml "$SF2STEPS" "$SF2STEPS" --set seed="$1" \
 		--set roles.student.weights="$(ck $SNAME$1 student "$SSTEPS")" --set roles.critic.weights="$(ck $SNAME$1 critic "$SSTEPS")" \
-		--set roles.student.lr=5e-5 --set roles.critic.lr=1e-4 --set roles.student.ema_start=0 ${SSET//OUT\//$OUT/}
+		--set roles.student.lr=5e-5 --set roles.critic.lr=1e-4 --set roles.student.ema_start=0 $SSET
 }
 ready() { # prefix role: wait until every seed's STEPS checkpoint exists (written whole, then renamed) or no job runs
 	local s
