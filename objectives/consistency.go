@@ -13,7 +13,10 @@ package objectives
 //	f(x, σ) = c_skip(σ)·x + c_out(σ)·(x − σ·v(x, σ))               LCM's boundary: f(x, 0) = x
 //	loss = d(f_student(x_n, σ_n), stopgrad f_ema(x_m, σ_m))        pseudo-Huber (c) or L2
 //
-// The target network is the trainer's EMA of the student (roles.student.ema_decay, LCM: 0.95).
+// The target network f_ema is the trainer's EMA of the student (roles.student.ema_decay, LCM: 0.95),
+// or, with params.target_decay μ > 0, a role "target" of its own that follows the student at μ,
+// so that the "ema" the samplers read can average more slowly (the Consistency Models paper's
+// separate target μ = 0.95 and evaluated EMA 0.9999).
 
 import (
 	"fmt"
@@ -45,7 +48,12 @@ type consistencyParams struct {
 	Solver string  `mapstructure:"solver"`  // the teacher's step n → m: euler (LCM's DDIM) | heun
 	Loss   string  `mapstructure:"loss"`    // huber | l2
 	HuberC float64 `mapstructure:"huber_c"` // pseudo-Huber c (LCM: 0.001)
+	// TargetDecay μ > 0: the target is role "target", an EMA of the student at μ (0: the "ema" role)
+	TargetDecay float64 `mapstructure:"target_decay"`
 }
+
+// Target is consistency's own target network (params.target_decay > 0).
+const Target = "target"
 
 // Consistency is the objective.
 type Consistency struct {
@@ -82,6 +90,8 @@ func newConsistency(params map[string]any) (Objective, error) {
 		return nil, fmt.Errorf("params.solver: %q is not euler or heun", p.Solver)
 	case p.Loss != "huber" && p.Loss != "l2":
 		return nil, fmt.Errorf("params.loss: %q is not huber or l2", p.Loss)
+	case !(p.TargetDecay >= 0 && p.TargetDecay < 1):
+		return nil, fmt.Errorf("params.target_decay: %g, need 0 ≤ μ < 1 (0: the target is the ema role)", p.TargetDecay)
 	case p.Loss == "huber" && p.HuberC <= 0:
 		return nil, fmt.Errorf("params.huber_c: %g, must be > 0", p.HuberC)
 	}
@@ -95,15 +105,23 @@ func newConsistency(params map[string]any) (Objective, error) {
 func (o *Consistency) Name() string { return "consistency" }
 
 func (o *Consistency) Roles() []RoleSpec {
+	target := RoleSpec{Name: EMA, Init: InitStudent} // the consistency target f_ema
+	if o.P.TargetDecay > 0 {
+		target = RoleSpec{Name: Target, Init: InitStudent, Follow: o.P.TargetDecay}
+	}
 	return []RoleSpec{
 		{Name: Student, Trainable: true, Init: InitTeacher},
 		{Name: Teacher, Init: InitWeights},
-		{Name: EMA, Init: InitStudent}, // the consistency target f_ema
+		target,
 	}
 }
 
 func (o *Consistency) Setup(env *Env) error {
-	nets, err := dits(env, Student, Teacher, EMA)
+	target := EMA
+	if o.P.TargetDecay > 0 {
+		target = Target
+	}
+	nets, err := dits(env, Student, Teacher, target)
 	if err != nil {
 		return err
 	}

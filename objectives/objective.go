@@ -40,7 +40,9 @@
 //  5. EMA. If the job sets roles.student.ema_decay > 0 (or the objective declares an "ema" role),
 //     the trainer keeps an "ema" role: a frozen copy of the student updated after each optimizer
 //     step of the student, ema = d·ema + (1−d)·w, copied straight from the student before
-//     roles.student.ema_start. Objectives read it (consistency's target) and never write it.
+//     roles.student.ema_start. Objectives read it (consistency's target) and never write it. A role
+//     declared with RoleSpec.Follow = d is kept the same way at its own decay d (consistency's
+//     target at params.target_decay, beside a slower "ema" that is evaluated).
 //
 // Objectives never import data/ (docs/architecture.md: cmd → trainer → objectives → models → kernels):
 // the trainer converts the loader's batches into a Batch of device tensors.
@@ -87,6 +89,9 @@ type RoleSpec struct {
 	// Causal makes the role's DiT block-causal with the job's model.chunk_frames (selfforcing's and
 	// odeinit's student); the teacher and critic stay bidirectional.
 	Causal bool
+	// Follow > 0 makes the role (Init InitStudent, not trainable) an EMA of the student at decay
+	// Follow, updated by the trainer as the "ema" role is (rule 5).
+	Follow float64
 	// Custom, when non-nil, makes the role a network of the objective's own (e.g. a discriminator
 	// head) instead of a DiT; the trainer optimizes and checkpoints it through its table.
 	Custom *CustomNet

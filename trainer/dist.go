@@ -37,6 +37,7 @@ import (
 	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/objectives"
 )
 
 // bucketElems is the size of one gradient all-reduce (64 MiB of fp32).
@@ -285,34 +286,43 @@ func (t *Trainer) copyMaster(dst *kernels.Tensor, src *role, wait bool) error {
 	return nil
 }
 
-// updateEMA makes the EMA follow the student r after its update (copy: before ema_start). With
-// the student's master weights in slices (train.shard optimizer) each rank updates the EMA's part
+// follower is an EMA of the student: the "ema" role, or a role declared with RoleSpec.Follow.
+type follower struct {
+	r     *role
+	decay float32
+}
+
+// follows says whether a role is an EMA of the student (fp32 weights that the trainer writes).
+func follows(s objectives.RoleSpec) bool { return s.Name == objectives.EMA || s.Follow > 0 }
+
+// updateEMA makes the follower f follow the student r after its update (copy: before ema_start).
+// With the student's master weights in slices (train.shard optimizer) each rank updates f's part
 // of its slice from its master and the slices are all-gathered: the EMA of the fp32 weights, as
 // without sharding, not of their bf16 compute copy.
-func (t *Trainer) updateEMA(r *role, copy bool) error {
-	dev, decay := t.opt.Dev, float32(t.Job.Roles[r.Spec.Name].EMADecay)
+func (t *Trainer) updateEMA(f follower, r *role, copy bool) error {
+	dev, dst := t.opt.Dev, f.r.W
 	if r.master == nil {
 		if copy {
-			dev.Copy(t.ema.W, r.W)
+			dev.Copy(dst, r.W)
 		} else {
-			dev.EMA(t.ema.W, r.W, decay)
+			dev.EMA(dst, r.W, f.decay)
 		}
 		return nil
 	}
 	s := r.sh
 	for _, o := range s.owned() {
-		e, w := t.ema.W.View(o[0], o[1]-o[0]), r.master.View(s.local(o[0]), o[1]-o[0])
+		e, w := dst.View(o[0], o[1]-o[0]), r.master.View(s.local(o[0]), o[1]-o[0])
 		if copy {
 			dev.Copy(e, w)
 		} else {
-			dev.EMA(e, w, decay)
+			dev.EMA(e, w, f.decay)
 		}
 	}
 	if s.k == 0 {
 		return nil
 	}
-	if err := t.comm.AllGather(t.ema.W.View(0, s.even), t.ema.W.View(s.lo, s.k)); err != nil {
-		return t.commErr("all-gather of the ema's slices", err)
+	if err := t.comm.AllGather(dst.View(0, s.even), dst.View(s.lo, s.k)); err != nil {
+		return t.commErr("all-gather of the "+f.r.Spec.Name+"'s slices", err)
 	}
 	return t.comm.Wait()
 }

@@ -125,7 +125,8 @@ type Trainer struct {
 	x0        *kernels.Tensor // [B,C,F,H,W] the latents' device buffer (batch.X0 is nil for text-only batches)
 	trajX     *kernels.Tensor // [B,S,C,F,H,W] ODE pairs' device buffer (odeinit), made by the first such batch
 	ema       *role           // nil without EMA
-	emaOf     *role
+	emaOf     *role           // the student, when any role follows it
+	followers []follower      // the EMAs of the student: ema (roles.student.ema_decay) and RoleSpec.Follow roles
 	metrics   *metricsLog
 	last      map[string]float64     // the last logged values (progress bar)
 	started   time.Time              // start of Run
@@ -208,11 +209,21 @@ func New(opt Options) (*Trainer, error) {
 		t.byName[s.Name] = r
 		t.Env.Roles[s.Name] = r.Role
 	}
-	if r := t.byName[objectives.EMA]; r != nil {
-		t.ema, t.emaOf = r, t.byName[objectives.Student]
-		if t.emaOf == nil || t.emaOf.G == nil {
-			return nil, fmt.Errorf("objective %s: an ema role needs a trainable student", obj.Name())
+	for _, r := range t.roles {
+		d := r.Spec.Follow
+		if r.Spec.Name == objectives.EMA {
+			t.ema, d = r, job.Roles[objectives.Student].EMADecay
+		} else if d == 0 {
+			continue
 		}
+		t.emaOf = t.byName[objectives.Student]
+		if t.emaOf == nil || t.emaOf.G == nil {
+			return nil, fmt.Errorf("objective %s: its %s role follows the student, which it needs trainable", obj.Name(), r.Spec.Name)
+		}
+		if r.Spec.Name != objectives.EMA && (r.Spec.Trainable || r.Spec.Init != objectives.InitStudent || !(d > 0 && d < 1)) {
+			return nil, fmt.Errorf("objective %s: role %s follows the student at decay %g; it must start as the student, not be trained, and 0 < decay < 1", obj.Name(), r.Spec.Name, d)
+		}
+		t.followers = append(t.followers, follower{r, float32(d)})
 	}
 
 	// Device tensors of one micro-batch.
@@ -268,7 +279,7 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 		if s.Trainable {
 			r.G = dev.Alloc(kernels.F32, s.Custom.Numel)
 		}
-	} else if !s.Trainable && s.Name != objectives.EMA && bf16Weights(dev) && !t.fullShard() {
+	} else if !s.Trainable && !follows(s) && bf16Weights(dev) && !t.fullShard() {
 		// A frozen network (the teacher) on a device whose GEMMs read bf16 copies of the weights
 		// anyway: its weights in bf16 only, no fp32 master (gpu_device.go). Under train.shard full
 		// it is sharded instead, as every DiT role (1/N of its blocks in fp32: less than the whole
@@ -339,7 +350,7 @@ func (t *Trainer) build(s objectives.RoleSpec) (*role, error) {
 			r.Net.Init(seed)
 		}
 	}
-	if r.Net != nil && r.Net.Sharded() && !s.Trainable && s.Name != objectives.EMA && bf16Weights(dev) {
+	if r.Net != nil && r.Net.Sharded() && !s.Trainable && !follows(s) && bf16Weights(dev) {
 		// The frozen teacher under train.shard full keeps fp32 slices; without sharding it is a
 		// bf16-only NewFrozen copy. Its values are rounded to bf16 here so that both modes compute
 		// with the same teacher, and the roles that start as its copy (dmd's student and critic)
@@ -641,12 +652,14 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			return nil, err
 		}
 		metrics["lr/"+r.Spec.Name] = r.lr
-		if r == t.emaOf && t.ema != nil {
-			if err := t.updateEMA(r, n < job.Roles[objectives.Student].EMAStart); err != nil {
-				return nil, err
-			}
-			if t.ema.Net != nil {
-				t.ema.Net.Invalidate()
+		if r == t.emaOf {
+			for _, f := range t.followers {
+				if err := t.updateEMA(f, r, n < job.Roles[objectives.Student].EMAStart); err != nil {
+					return nil, err
+				}
+				if f.r.Net != nil {
+					f.r.Net.Invalidate()
+				}
 			}
 		}
 	}
