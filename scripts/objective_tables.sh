@@ -43,6 +43,7 @@ MORE=${MORE-1000}       # consistency's recipe (configs/consistency.yaml); MORE=
 SEEDS=${SEEDS:-0 1 2}
 CSTEPS=${CSTEPS:-$STEPS} # consistency's first table
 CMORE=${CMORE-$MORE}     # and its second
+CROLE=${CROLE:-student}  # the consistency students' weights the tables sample: student, or ema (with params.target_decay)
 G2STEPS=${G2STEPS:-500}  # gan2's second stage
 TABLES=${TABLES-causal consistency adversarial} # the tables to make (each group trains its own jobs)
 PROMPTS=${PROMPTS:-512} # prompts of the causal student's ODE pairs
@@ -151,9 +152,9 @@ consistency() {
 	local STEPS=$CSTEPS MORE=$CMORE s
 	for s in $SEEDS; do bg train consistency$s configs/consistency.yaml "${MORE:-$STEPS}" "$STEPS" --set seed="$s" ${CSET:-}; done
 	ready consistency student # with MORE, the table of the STEPS checkpoints while training goes on
-	table consistency configs/consistency.yaml consistency $(students consistency student)
+	table consistency configs/consistency.yaml consistency $(students consistency "$CROLE")
 	wait
-	[ -z "$MORE" ] || table consistency_more configs/consistency.yaml consistency $(students consistency student "$MORE")
+	[ -z "$MORE" ] || table consistency_more configs/consistency.yaml consistency $(students consistency "$CROLE" "$MORE")
 }
 adversarial() {
 	for s in $SEEDS; do
@@ -227,6 +228,9 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	section "**Table 15.** DMD2's second stage for table 14's students (configs/selfforcing_reg_stage2.yaml: 300 more steps from their student and critic at lr/4, the EMA anew, the regression kept), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_reg2
 	# selfforcing_reg2_600: table 15's jobs resumed to 600 steps (configs/selfforcing_reg_stage2.yaml), kept under this name
 	section "**Table 16.** table 15's second stage trained on to 600 steps (configs/selfforcing_reg_stage2.yaml), training seeds 0 1 2, k = 2 and 4, CPU, 2 evaluation seeds:" selfforcing_reg2_600
+	# consistency_w5_target: the consistency table of table 13's jobs with params.target_decay=0.95 and
+	# roles.student.ema_decay=0.99 (configs/consistency_w5.yaml now), their ema sampled (CROLE=ema), kept under this name
+	section "**Table 17.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml: Heun's teacher step, the target an EMA of its own at 0.95, the sampled EMA at 0.99; ctd_S: training seed S), 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5_target
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
