@@ -27,9 +27,15 @@
 #     ab12    ours: train step with everything, without the training GELU epilogues, without fusions;
 #             forward+backward profile (AB12_PROFILE_OFF=1: also without the GELU epilogues); forward
 #             4,680 (graph)
+#     ab9     the tail split on and off, alternated, attention at 32,760 tokens
+#     s9      ours with the backward's tail split and without (FEWSTEP_ATTN_TAIL=0): train step, attention
+#             at 32,760 / chunks of 4,680 / 4,680 tokens; forwards and profiles; wan_ref.py eager at 32,760
 # The call of session 5: bash $G/gpu-speed.sh peers-start build tests ab eager peers-wait
 # The last call of session 6: bash $G/gpu-speed.sh peers-start build tests s6 sf demo peers-wait
 # The last call of session 7: BUILD_ONLY="attention layernorm modulate rmsnorm" bash $G/gpu-speed.sh build sf peers-start tests ab14 s7 demo peers-wait
+# The calls of session 9: BUILD_ONLY=attention bash $G/gpu-speed.sh build sf peers-start tests s9 demo peers-wait
+#   (its tests' output did not come back: more than 8 files in $OUT), then with the built fatbin
+#   committed: bash $G/gpu-speed.sh tests ab9
 #   (the Self-Forcing step before the peers start: waiting at their barrier they hold ~13 GiB of the card)
 set -uo pipefail
 G=${G:-gpubuild/speed}
@@ -230,6 +236,24 @@ s7) # session 7's last call (NOTES.md v14): the forwards and the attention alone
     run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 5
     run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 5
     run 40 $FS bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10 ;;
+s9) # session 9 (ATTENTION_NOTES.md v9, the backward's tail split): the train step and the attention with
+    # the split (default) and without (FEWSTEP_ATTN_TAIL=0), the forwards, the profiles, the eager
+    # peer's forward at 32,760 tokens
+    run 45 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 45 env FEWSTEP_ATTN_TAIL=0 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 45 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10 --profile
+    run 90 $FS bench forward --json $W --frames 21 --iters 2 --warmup 1
+    for a in "--tokens 32760" "--tokens 32760 --chunk-tokens 4680" "--tokens 4680"; do
+        run 40 $FS bench attention --json $a --heads 12 --head-dim 128 --iters 10
+        run 40 env FEWSTEP_ATTN_TAIL=0 $FS bench attention --json $a --heads 12 --head-dim 128 --iters 10
+    done
+    run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;
+ab9) # the tail split's A/B at 32,760 tokens, alternated (a card's clocks drift between runs)
+    for i in 1 2 3; do
+        run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 10
+        run 40 env FEWSTEP_ATTN_TAIL=0 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 10
+    done ;;
 demo) # the main job on the card (README: the same table as the CPU's within noise)
     t0=$(date +%s)
     timeout 150 $PIN $FS demo --set device=cuda --out $G/demo_run > "$OUT/demo.txt" 2>&1

@@ -110,6 +110,15 @@ __device__ __forceinline__ void red_add2(float *p, float a, float b) {
     red_add(p + 1, b);
 #endif
 }
+// bf16 gradients: (a, b) rounded to bf16 and added by one bf16x2 atomic (sm_90; the sm_90a backward's
+// tail split alone uses it, attention.go attnBwdTail).
+__device__ __forceinline__ void red_add2(bf16_t *p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.noftz.bf16x2 [%0], %1;" ::"l"(p), "r"(pack_bf16(a, b)) : "memory");
+#else
+    asm volatile("trap;");
+#endif
+}
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // D[64×128] (+)= A[64×16]·B[16×128], A and B by shared-memory descriptors; B K-major (TB 0) or
@@ -802,7 +811,7 @@ template <int HD, int NW> struct BwdCfg {
 // dK += scale·dk, dV += dv for a thread's two key rows kr0, kr0 + 8 from its fp32 sums (the mma.sync
 // C layout, which wgmma's accumulators share: dk[n][2r], dk[n][2r + 1] are columns 8n + 2tq, +1 of row
 // kr0 + 8r); null gradients skipped. Both backward kernels end with it. qsplit > 1: other blocks add
-// to the same rows, by fp32 atomics (attention.go splits only fp32 gradients).
+// to the same rows, by atomics (fp32; bf16x2 for the sm_90a kernel's tail split).
 template <int HD, typename G>
 __device__ __forceinline__ void bwd_store_dkdv(G *dK, G *dV, const float (&dk)[HD / 8][4], const float (&dv)[HD / 8][4],
                                                int b, int h, int kr0, int Nk, ll ldg, int tq, float scale, int qsplit) {
@@ -815,8 +824,8 @@ __device__ __forceinline__ void bwd_store_dkdv(G *dK, G *dV, const float (&dk)[H
 #pragma unroll
         for (int n = 0; n < HD / 8; ++n) {
             if (qsplit > 1) {
-                if (dK) red_add2((float *)(dkg + off + n * 8), dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
-                if (dV) red_add2((float *)(dvg + off + n * 8), dv[n][2 * r], dv[n][2 * r + 1]);
+                if (dK) red_add2(dkg + off + n * 8, dk[n][2 * r] * scale, dk[n][2 * r + 1] * scale);
+                if (dV) red_add2(dvg + off + n * 8, dv[n][2 * r], dv[n][2 * r + 1]);
                 continue;
             }
             if (dK) {
@@ -1075,7 +1084,9 @@ BWD(64, 8, float, float, attn_bwd_hd64_f32_gf32)
 //     (bwd_store_dkdv, as the mma.sync kernel's).
 // Shared memory (1024-aligned; 128-byte swizzle as the forward's): K, V 32 KB each; Q, dO 2 × 16 KB
 // each; dSᵀ 2 × 16 KB; dQ staging 2 × 64 rows × 288 bytes (one per consumer; DQT 0 uses 16 KB of
-// it); lse, D 2 × 512 B; 5 mbarriers. qsplit as in attn_bwd_body (fp32 gradients only).
+// it); lse, D 2 × 512 B; 5 mbarriers. qsplit as in attn_bwd_body (fp32 gradients only), or < 0: the tail
+// split (attention.go attnBwdTail; both gradient types): only the grid's last R key tiles are split, in s
+// blocks each, so that the last wave fills the SMs (3,072 tiles on 132 SMs: 23.3 waves of equal blocks).
 // ---------------------------------------------------------------------------------------------
 #ifdef ATTN_WGMMA
 // D[64×64] (+)= A[64×16]·B[16×64], both by shared-memory descriptors; TA/TB 1: MN-major.
@@ -1295,7 +1306,23 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
 
     const int tid = threadIdx.x, wg = tid >> 7;
     const int ntk = (Nk + BC - 1) / BC;
-    const int kt = blockIdx.x % ntk, sp = blockIdx.x / ntk, h = blockIdx.y, b = blockIdx.z;
+    int kt = blockIdx.x % ntk, sp = blockIdx.x / ntk, h = blockIdx.y, b = blockIdx.z;
+    if (qsplit < 0) {  // tail split (attention.go attnBwdTail): a 1-D grid over the units u = kt + ntk·(h + H·b);
+        // the last R units (qsplit = −(R·256 + s)) in s blocks each, which share their query tiles:
+        // the grid's last wave no longer leaves most SMs idle
+        const int ns = -qsplit & 255, R = -qsplit >> 8, F = gridDim.x - R * ns;  // F whole units first
+        int u = blockIdx.x;
+        sp = 0;
+        qsplit = 1;
+        if (u >= F) {
+            sp = (u - F) % ns;
+            u = F + (u - F) / ns;
+            qsplit = ns;
+        }
+        kt = u % ntk;
+        h = (u / ntk) % H;
+        b = u / ntk / H;
+    }
     const int j0 = kt * BC;
     const ll ldg = (ll)H * HD;
     // Queries that see some key of this tile: i >= istart. Rows i < imask may miss some key of it.

@@ -221,10 +221,17 @@ func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tenso
 		d.fail(d.drv.call("cuMemsetD32Async(attention dQ accumulator)", d.drv.cuMemsetD32Async, dQacc, 0, uintptr(nQ/4), d.stream))
 	}
 	scale := float32(1 / math.Sqrt(float64(hd)))
+	grid, qarg := [3]int{ntk * qsplit, H, B}, qsplit
+	if sm90 && qsplit == 1 {
+		if R, s := d.attnBwdTail(ntk*H*B, (Nq+attnBwdSm90Tile-1)/attnBwdSm90Tile); s > 1 {
+			grid = [3]int{ntk*H*B + R*(s-1), 1, 1} // 1-D: the whole units, then the last R units in s blocks each
+			qarg = -(R<<8 | s)                     // the kernel's qsplit < 0: the tail split
+		}
+	}
 	d.Args().Ptr(ptrOf(dK)).Ptr(ptrOf(dV)).Ptr(dQacc).Ptr(dOut.Ptr).Ptr(lse.Ptr).Ptr(D).Ptr(q.Ptr).Ptr(k.Ptr).Ptr(v.Ptr).
-		I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale).I32(qsplit)
+		I32(Nq).I32(Nk).I32(H).I32(chunkTokens).I32(qOffset).F32(scale).I32(qarg)
 	if sm90 {
-		d.Launch(sm90Name, [3]int{ntk * qsplit, H, B}, [3]int{384, 1, 1}, attnBwdSm90Smem)
+		d.Launch(sm90Name, grid, [3]int{384, 1, 1}, attnBwdSm90Smem)
 		if dQ != nil && !direct {
 			n := dQ.Numel()
 			d.Args().Ptr(dQ.Ptr).I32(int(dQ.DType)).Ptr(dQacc).I32(Nq).I32(H).I64(n)
@@ -239,6 +246,31 @@ func attentionBack(d *Device, dQ, dK, dV, dOut, out, lse, q, k, v *kernels.Tenso
 		d.Launch("attn_add_f32_into", [3]int{d.grid1(n), 1, 1}, [3]int{256, 1, 1}, 0)
 	}
 	return true
+}
+
+// attnBwdNoTail: FEWSTEP_ATTN_TAIL=0 launches the sm_90a backward without the tail split (A/B runs).
+var attnBwdNoTail = os.Getenv("FEWSTEP_ATTN_TAIL") == "0"
+
+// attnBwdTail splits the last wave of the sm_90a backward: its blocks (one per key tile, units of
+// them, all about as long when there is no mask) run one per SM, so units%SMs blocks make the last
+// wave while the other SMs idle: 3,072 units (32,760 tokens, 12 heads) on 132 SMs are 23.3 waves
+// run as 24, 444 units (4,680 tokens) 3.4 as 4. The last R = units%SMs units go in s blocks each
+// (s·R <= SMs), each block a run of about nqt/s of the query tiles, dK and dV added by atomics
+// (attention.cu attn_bwd_sm90_body, qsplit < 0): 24 → 23.33 and 4 → 3.5 waves. s = 1: no split (no
+// remainder, more than half a wave, fewer than 8 query tiles, or FEWSTEP_ATTN_TAIL=0).
+func (d *Device) attnBwdTail(units, nqt int) (R, s int) {
+	if attnBwdNoTail || d.sms <= 0 {
+		return 0, 1
+	}
+	R = units % d.sms
+	if R == 0 {
+		return 0, 1
+	}
+	s = min(d.sms/R, nqt/4, 255) // at least 4 query tiles a block; s fits the kernel's 8 bits
+	if s < 2 {
+		return 0, 1
+	}
+	return R, s
 }
 
 // attnBwdNoSplit: FEWSTEP_ATTN_SPLIT=0 keeps one backward block per key tile (A/B runs).

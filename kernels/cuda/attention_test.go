@@ -29,6 +29,8 @@ func TestFusedAttentionTiles(t *testing.T) {
 		{"one query", 1, 1, 300, 2, 128, 100, 250},
 		{"cross, query split", 1, 1000, 200, 2, 128, 0, 0}, // fp32 gradients: attnBwdSplit 4
 		{"causal, query split", 1, 1500, 1500, 1, 64, 500, 0},
+		{"tail split", 2, 700, 700, 2, 128, 0, 0},           // sm_90a, 132 SMs: 24 key tiles, each in 2 blocks (attnBwdTail)
+		{"causal, tail split", 1, 900, 900, 3, 128, 300, 0}, // 24 key tiles in 3 blocks each; bf16 atomics with bf16 gradients
 	} {
 		for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
 			t.Run(a.name+"/"+dt.String(), func(t *testing.T) {
@@ -92,5 +94,33 @@ func TestFusedAttentionTiles(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestAttnBwdTail: the tail split of the sm_90a backward's grid (no GPU) fills the last wave without
+// going past it, and leaves whole waves, short query runs and FEWSTEP_ATTN_TAIL=0 alone.
+func TestAttnBwdTail(t *testing.T) {
+	d := &Device{sms: 132}
+	for _, c := range []struct{ units, nqt, R, s int }{
+		{3072, 512, 36, 3}, // 32,760 tokens, 12 heads: 24 waves → 23 + 108 blocks of a third
+		{444, 74, 48, 2},   // 4,680 tokens: 4 → 3.5 waves
+		{24, 11, 24, 2},    // TestFusedAttentionTiles "tail split"
+		{264, 512, 0, 1},   // whole waves
+		{200, 512, 0, 1},   // 68 left: more than half a wave
+		{22, 5, 0, 1},      // 5 query tiles: pieces of fewer than 4
+		{1, 4096, 1, 132},  // one unit: its query tiles over every SM
+	} {
+		R, s := d.attnBwdTail(c.units, c.nqt)
+		if R != c.R || s != c.s {
+			t.Errorf("attnBwdTail(%d, %d) = %d, %d; want %d, %d", c.units, c.nqt, R, s, c.R, c.s)
+		}
+		if s > 1 && (R*s > d.sms || R != c.units%d.sms || c.nqt/s < 4) {
+			t.Errorf("attnBwdTail(%d, %d) = %d, %d: past the last wave or runs under 4 tiles", c.units, c.nqt, R, s)
+		}
+	}
+	defer func(v bool) { attnBwdNoTail = v }(attnBwdNoTail)
+	attnBwdNoTail = true
+	if R, s := d.attnBwdTail(3072, 512); R != 0 || s != 1 {
+		t.Errorf("FEWSTEP_ATTN_TAIL=0: %d, %d; want 0, 1", R, s)
 	}
 }

@@ -161,9 +161,19 @@ def attn_fwd(out, lse, q, k, v, ct, qoff, variant=None, cfg=None):
     fn(name, sm)((((Nq + br - 1) // br), H, B), (nw * 32,), (P(q), P(k), P(v), P(out), P(lse), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale), shared_mem=sm)
 
 
-def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None, sm90=None, qsplit=1, name90=None):
+def bwd90_tail(units, nqt):  # attention.go attnBwdTail: the last units % SMs key tiles in s blocks each
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    R = units % sms
+    if R == 0 or os.environ.get("FEWSTEP_ATTN_TAIL") == "0":
+        return 0, 1
+    s = min(sms // R, nqt // 4, 255)
+    return (R, s) if s >= 2 else (0, 1)
+
+
+def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None, sm90=None, qsplit=1, name90=None, tail=None):
     """Accumulates into dQ, dK, dV (any may be None). ws: fp32 scratch dict (D, and dQ for bf16 grads).
-    sm90: the sm_90a kernel (None: as bwd90_pick says); qsplit: blocks per key tile (fp32 grads)."""
+    sm90: the sm_90a kernel (None: as bwd90_pick says); qsplit: blocks per key tile (fp32 grads);
+    tail (sm_90a, qsplit 1, not the old fatbin): (R, s) the tail split, None as attention.go, False none."""
     B, Nq, H, hd = q.shape
     Nk = k.shape[1]
     scale = F32(1.0 / math.sqrt(hd))
@@ -179,7 +189,7 @@ def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None,
         name = name90 or f"attn_bwd_hd128_bf16_g{SUF[gdt]}_sm90" + ("_rq" if qsplit > 1 and not os.environ.get("OLD_SPLIT") else "")
         ntk = (Nk + 127) // 128
         old = name.startswith("old:")
-        smem = BWD90_SMEM_OLD if old else BWD90_SMEM
+        smem = BWD90_SMEM_OLD if old and os.environ.get("OLD_V7") else BWD90_SMEM  # OLD_ATTN of v7's layout, or v8's
         if not name.endswith(("_d", "_v", "_rq")):  # the tiled scratch and its finishing pass
             nqt = (Nq + 63) // 64
             acc = None
@@ -190,7 +200,13 @@ def attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, ws=None, variant=None,
                     if ws is not None:
                         ws["dQ90"] = acc
                 acc.zero_()
-            fn(name, smem)((ntk * qsplit, H, B), (384,), (P(dK), P(dV), P(acc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(qsplit)), shared_mem=smem)
+            grid, qarg = (ntk * qsplit, H, B), qsplit
+            if tail is None:
+                tail = bwd90_tail(ntk * H * B, (Nq + 63) // 64) if not old else False
+            if tail and qsplit == 1 and tail[1] > 1:
+                R, s = tail
+                grid, qarg = (ntk * H * B + R * (s - 1), 1, 1), -(R << 8 | s)
+            fn(name, smem)(grid, (384,), (P(dK), P(dV), P(acc), P(dO), P(lse), P(D), P(q), P(k), P(v), I32(Nq), I32(Nk), I32(H), I32(ct), I32(qoff), scale, I32(qarg)), shared_mem=smem)
             if dQ is not None:
                 n = dQ.numel()
                 fn("old:attn_dq_finish_sm90" if old else "attn_dq_finish_sm90")((min((n + 255) // 256, 65535),), (256,), (P(dQ), I32(DT[dQ.dtype]), P(acc), I32(Nq), I32(H), np.int64(n)))
@@ -247,7 +263,7 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None, cfg=None, sm90=None, qsplit=1, name90=None):
+def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=1e-2, bwd_variant=None, cfg=None, sm90=None, qsplit=1, name90=None, tail=None):
     dev = "cuda"
     q, k, v = (torch.randn(B, n, H, hd, device=dev).to(dt) for n in (Nq, Nk, Nk))
     dO = torch.randn(B, Nq, H, hd, device=dev).to(dt)
@@ -257,7 +273,7 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
     g0s = 1.0 if gdt == torch.float32 else 1e-3  # bf16 sums lose the small addend: keep the start small
     g0 = [(g0s * torch.randn(B, n, H, hd, device=dev)).to(gdt) for n in (Nq, Nk, Nk)]  # += onto these
     dQ, dK, dV = (t.clone() for t in g0)
-    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, variant=bwd_variant, sm90=sm90, qsplit=qsplit, name90=name90)
+    attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, qoff, variant=bwd_variant, sm90=sm90, qsplit=qsplit, name90=name90, tail=tail)
     torch.cuda.synchronize()
     ro, rl, rq, rk, rv = reference(q, k, v, dO.float(), ct, qoff)
     # the backward is checked on its own: the reference gradient is taken at the kernel's own out
@@ -267,7 +283,7 @@ def check(B, Nq, Nk, H, hd, ct, qoff, dt=torch.bfloat16, gdt=torch.float32, tol=
     ok = all(e <= tol for e in errs.values())
     fc = fwd_pick(B, Nq, H, hd, dt, ct) if cfg is None else cfg
     b90 = bwd90_pick(hd, dt) and bwd_variant is None if sm90 is None else sm90
-    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''}fwd{fc or '_r128'} bwd{'_sm90' if b90 else ''}{f' {name90}' if name90 else ''}{f' qsplit={qsplit}' if qsplit > 1 else ''} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
+    print(f"{'PASS' if ok else 'FAIL'} {bwd_variant or ''}fwd{fc or '_r128'} bwd{'_sm90' if b90 else ''}{f' {name90}' if name90 else ''}{f' qsplit={qsplit}' if qsplit > 1 else ''}{f' tail={tail}' if tail else ''} B={B} Nq={Nq} Nk={Nk} H={H} hd={hd} ct={ct} qoff={qoff} {SUF.get(dt, dt)} grad={SUF.get(gdt, gdt)} "
           + " ".join(f"{k}={v:.2e}" for k, v in errs.items()), flush=True)
     return ok
 
@@ -410,6 +426,13 @@ def main():
                 ok &= check(*c, gdt=torch.bfloat16, sm90=True)
             ok &= check(1, 1000, 200, 2, 128, 0, 0, sm90=True, qsplit=4)
             ok &= check(1, 1500, 1500, 1, 128, 500, 0, sm90=True, qsplit=3)
+            # the tail split (attnBwdTail), fp32 and bf16 gradients: explicit (R, s), incl. more blocks
+            # than a unit has query tiles (empty runs), a masked KV cache, B > 1 and the last units of a head
+            for c, t in [((2, 1337, 1337, 2, 128, 0, 0), (44, 3)), ((2, 1337, 1337, 2, 128, 0, 0), (5, 7)),
+                         ((1, 4680, 4680, 2, 128, 1560, 0), (10, 3)), ((1, 100, 357, 2, 128, 50, 257), (6, 4)),
+                         ((1, 1560, 4680, 2, 128, 1560, 3120), (30, 2)), ((1, 77, 500, 2, 128, 0, 0), (3, 2))]:
+                for gdt in (torch.float32, torch.bfloat16):
+                    ok &= check(*c, gdt=gdt, sm90=True, tail=t)
         for n in BWD90_VARIANTS:  # the candidates (bwd3_variants.cu, fp32 gradients) on five cases and a query split
             for c in [(2, 1337, 1337, 2, 128, 0, 0), (1, 100, 357, 2, 128, 50, 257), (1, 4680, 4680, 2, 128, 1560, 0),
                       (1, 200, 70, 1, 128, 0, 0), (1, 1, 300, 2, 128, 100, 250)]:
@@ -430,13 +453,14 @@ def main():
             ws = dict(D=torch.empty(1, 12, N, device="cuda"))
             attn_fwd(out, lse, q, k, v, ct, 0)
             pairs = visible(N, Nk, ct, 0, "cuda").sum().item() if ct else N * Nk
-            runs = [("sm90", True, None), ("mma.sync", False, None)] + [(n, True, n) for n in BWD90_VARIANTS]
+            runs = [("sm90", True, None), ("sm90 no tail", True, None), ("mma.sync", False, None)] + [(n, True, n) for n in BWD90_VARIANTS]
             if os.environ.get("OLD_ATTN"):
-                runs.insert(1, ("old sm90 (v7)", True, "old:attn_bwd_hd128_bf16_gf32_sm90"))
+                runs.insert(2, ("old sm90 (committed)", True, "old:attn_bwd_hd128_bf16_gf32_sm90"))
             its = int(os.environ.get("SPEED_ITERS", "5"))
             for rep in range(int(os.environ.get("SPEED_REPS", "1"))):  # repeated rounds: the spread
                 for label, s90, n90 in runs:
-                    t = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, sm90=s90, name90=n90, qsplit=split), its)
+                    tl = False if label.endswith("no tail") else None
+                    t = bench_ms(lambda: attn_bwd(dQ, dK, dV, dO, out, lse, q, k, v, ct, 0, ws=ws, sm90=s90, name90=n90, qsplit=split, tail=tl), its)
                     print(f"  N={N} Nk={Nk} ct={ct} bwd {label:34s} {t:8.3f} ms {10.0 * pairs * 128 * 12 / t / 1e9:6.1f} TFLOP/s", flush=True)
             if ct == 0 and N == Nk:  # the peers, same call: PyTorch SDPA's flash and cuDNN backward
                 from torch.nn.attention import SDPBackend, sdpa_kernel
