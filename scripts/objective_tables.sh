@@ -231,6 +231,10 @@ section() { # title name [objective_verdict.py flags]: the table, then the must-
 	# consistency_w5_target: the consistency table of table 13's jobs with params.target_decay=0.95 and
 	# roles.student.ema_decay=0.99 (configs/consistency_w5.yaml now), their ema sampled (CROLE=ema), kept under this name
 	section "**Table 17.** consistency distilled from the teacher at w = 5 (configs/consistency_w5.yaml: Heun's teacher step, the target an EMA of its own at 0.95, the sampled EMA at 0.99; ctd_S: training seed S), 500 steps each, trained and evaluated on the CPU (2 evaluation seeds):" consistency_w5_target
+	# selfforcing_reg2_750, selfforcing_reg2_750_s4: table 16's jobs resumed to 750 steps (configs/selfforcing_reg_stage2.yaml
+	# now), evaluated at k = 1, 2, 4 with 2 and with 4 evaluation seeds, kept under these names
+	section "**Table 18.** table 16's second stage trained on to 750 steps (configs/selfforcing_reg_stage2.yaml, the recipe), training seeds 0 1 2, k = 1, 2 and 4, CPU, 2 evaluation seeds:" selfforcing_reg2_750
+	section "**Table 19.** table 18's students at 4 evaluation seeds (the two of table 18 and two more):" selfforcing_reg2_750_s4
 } >"$OUT/tables.md"
 readme
 echo "tables: $OUT/tables.md"
