@@ -34,7 +34,7 @@
 # The last call of session 6: bash $G/gpu-speed.sh peers-start build tests s6 sf demo peers-wait
 # The last call of session 7: BUILD_ONLY="attention layernorm modulate rmsnorm" bash $G/gpu-speed.sh build sf peers-start tests ab14 s7 demo peers-wait
 # The calls of session 9: BUILD_ONLY=attention bash $G/gpu-speed.sh build sf peers-start tests s9 demo peers-wait
-#   (its tests' output did not come back: more than 8 files in $OUT), then with the built fatbin
+#   (its tests' output did not come back: more than 8 files in $OUT; the script now ends by packing all but log.txt, bench.jsonl and kernels.tgz into side.tgz), then with the built fatbin
 #   committed: bash $G/gpu-speed.sh tests ab9
 #   (the Self-Forcing step before the peers start: waiting at their barrier they hold ~13 GiB of the card)
 set -uo pipefail
@@ -271,3 +271,11 @@ eager)
 esac
 done
 log "$(date -u) done"
+# The device tool returns at most 8 files from $OUT: log.txt, bench.jsonl and kernels.tgz stay as
+# they are, every other file goes into side.tgz (tests.txt, follow.txt, demo tables, build output, ...);
+# the peers' barrier files are spent by now.
+rm -f "$BARRIER".*
+side=$(cd "$OUT" && find . -maxdepth 1 -type f ! -name log.txt ! -name bench.jsonl ! -name kernels.tgz ! -name side.tgz -printf '%P\n')
+if [ -n "$side" ]; then
+    (cd "$OUT" && tar czf side.tgz $side && rm -f $side)
+fi
