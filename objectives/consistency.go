@@ -104,24 +104,25 @@ func newConsistency(params map[string]any) (Objective, error) {
 
 func (o *Consistency) Name() string { return "consistency" }
 
-func (o *Consistency) Roles() []RoleSpec {
-	target := RoleSpec{Name: EMA, Init: InitStudent} // the consistency target f_ema
+// targetRole is the role of the consistency target f_ema: the trainer's "ema", or with
+// params.target_decay its own "target" (the trainer keeps it at that decay, RoleSpec.Follow).
+func (o *Consistency) targetRole() string {
 	if o.P.TargetDecay > 0 {
-		target = RoleSpec{Name: Target, Init: InitStudent, Follow: o.P.TargetDecay}
+		return Target
 	}
+	return EMA
+}
+
+func (o *Consistency) Roles() []RoleSpec {
 	return []RoleSpec{
 		{Name: Student, Trainable: true, Init: InitTeacher},
 		{Name: Teacher, Init: InitWeights},
-		target,
+		{Name: o.targetRole(), Init: InitStudent, Follow: o.P.TargetDecay}, // Follow 0 for "ema": roles.student.ema_decay
 	}
 }
 
 func (o *Consistency) Setup(env *Env) error {
-	target := EMA
-	if o.P.TargetDecay > 0 {
-		target = Target
-	}
-	nets, err := dits(env, Student, Teacher, target)
+	nets, err := dits(env, Student, Teacher, o.targetRole())
 	if err != nil {
 		return err
 	}
