@@ -44,8 +44,6 @@ extern "C" __global__ void act_silu_back(void *dIn, int dti, const void *dOut, i
 }
 
 // The all-fp32 GELU, four elements per thread in 16-byte accesses (n4 = n/4; 16-byte aligned).
-struct alignas(16) f32x4 { float x, y, z, w; };
-struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
 
 __device__ __forceinline__ float gelu1(float x) {
     return 0.5f * x * (1.f + tanhf(GELU_C * (x + 0.044715f * x * x * x)));

@@ -28,7 +28,7 @@ typedef unsigned long long u64;
 // PTX helpers
 // ---------------------------------------------------------------------------------------------
 struct alignas(16) U4 { u32 x, y, z, w; };
-struct alignas(16) F4 { float x, y, z, w; };
+typedef f32x4 F4;
 struct alignas(8) F2 { float x, y; };
 
 #if defined(__clang__) && !defined(__NVCC__)  // the syntax check of common.cuh
@@ -1160,9 +1160,6 @@ __device__ __forceinline__ F4 lds_v4(u32 a) {
     asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(a) : "memory");
     return v;
 }
-__device__ __forceinline__ void red_add4(float *p, F4 v) {
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
-}
 // The consumer's 64 × 64 dQ accumulators dq (the wgmma C layout: warp w holds rows 16w + g and
 // 16w + g + 8, columns 8n + 2tq, +1) ×scale, added to dQ; barid: the consumer's named barrier (128
 // threads); stage: its DQS bytes of shared memory. Three ways (DQT of attn_bwd_sm90_body):
@@ -1501,6 +1498,17 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                     else bwd_dq_red(dq, dqs, dst, ldg, imin(BRQ, Nq - i0), scale, ct_, warp, g, tq, 2 + c);
                 }
             };
+            // dQ_i[:, 64c..] = dS_i K_c over all 128 keys (SS: dSᵀ of both consumers, K read MN-major),
+            // issued and committed, not waited for
+            auto issue_dq = [&](float (&dq)[8][4]) {
+                fence_regs(dq);
+                wgmma_fence();
+                const u64 dSa = desc_sw128(sdS + s * QT, QT, 1024);
+#pragma unroll
+                for (int kk = 0; kk < BC / 16; ++kk)
+                    wgmma_ss64<1, 1>(dq, dSa + (u64)((kk * 2048) >> 4), dKb + (u64)((kk * 2048) >> 4), kk > 0);
+                wgmma_commit();
+            };
             float dq[8][4];
             if (FA3ORDER) {
                 if (wantQ) {
@@ -1509,13 +1517,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                     fence_regs(dv);
                     fence_regs(pa);
                     bar_sync(1, 256);  // both consumers' halves of dSᵀ are in
-                    fence_regs(dq);
-                    wgmma_fence();
-                    const u64 dSa = desc_sw128(sdS + s * QT, QT, 1024);
-#pragma unroll
-                    for (int kk = 0; kk < BC / 16; ++kk)
-                        wgmma_ss64<1, 1>(dq, dSa + (u64)((kk * 2048) >> 4), dKb + (u64)((kk * 2048) >> 4), kk > 0);
-                    wgmma_commit();
+                    issue_dq(dq);
                     wgmma_wait<1>();  // dK done; dQ may still run
                     fence_regs(dk);
                     fence_regs(da);
@@ -1566,13 +1568,7 @@ __device__ __forceinline__ void attn_bwd_sm90_body(G *__restrict__ dK, G *__rest
                         fence_regs(da);
                     }
                     bar_sync(1, 256);  // both consumers' halves of dSᵀ are in
-                    fence_regs(dq);
-                    wgmma_fence();
-                    const u64 dSa = desc_sw128(sdS + s * QT, QT, 1024);
-#pragma unroll
-                    for (int kk = 0; kk < BC / 16; ++kk)
-                        wgmma_ss64<1, 1>(dq, dSa + (u64)((kk * 2048) >> 4), dKb + (u64)((kk * 2048) >> 4), kk > 0);
-                    wgmma_commit();
+                    issue_dq(dq);
                 }
                 wgmma_wait<0>();
                 fence_regs(dv);

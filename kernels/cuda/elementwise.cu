@@ -7,8 +7,6 @@ extern "C" __global__ void ew_convert(void *out, int dto, const void *in, int dt
 }
 
 // fp32 ↔ bf16 four elements per thread (n4 = n/4; 16-byte aligned fp32, 8-byte aligned bf16).
-struct alignas(16) f32x4 { float x, y, z, w; };
-struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
 extern "C" __global__ void ew_f32_to_bf16x4(bf16x4 *out, const f32x4 *in, ll n4) {
     GRID_STRIDE(i, n4) {
         f32x4 v = in[i];

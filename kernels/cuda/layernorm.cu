@@ -69,8 +69,6 @@ extern "C" __global__ void ln_fwd(void *out, int dto, void *shw, void *mean, voi
 }
 
 // ---- fp32 fast paths: 16-byte accesses, the row in registers (D % 4 == 0, D ≤ 4·VEC_MAXV·blockDim.x) ----
-struct alignas(16) f32x4 { float x, y, z, w; };
-struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
 #define VEC_MAXV 4  // float4s per thread
 
 // ln_row_f32x4: the row statistics prologue of the fp32 float4 LayerNorm forwards: the block's row
@@ -189,19 +187,6 @@ extern "C" __global__ void ln_bwd(void *dIn, int dtdi, const void *dOut, int dtd
     }
 }
 
-// red_add4: p[0..3] += v with one 16-byte reduction on sm_90 (p 16-byte aligned), else four
-// (the same helper is in rmsnorm.cu and modulate.cu: a shared header would change every family's
-// hash, attention.fatbin's included).
-__device__ __forceinline__ void red_add4(float *p, f32x4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(NO_RED_V4)
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
-#else
-    atomicAdd(p, v.x);
-    atomicAdd(p + 1, v.y);
-    atomicAdd(p + 2, v.z);
-    atomicAdd(p + 3, v.w);
-#endif
-}
 
 // ln_flush_sums: a thread's column sums (sa into accXh, sb into acc1; either may be null) added at
 // offset off, then zeroed.

@@ -62,8 +62,6 @@ extern "C" __global__ void gate_add(void *x, int dtx, const void *y, int dty, co
 }
 
 // ---- fp32 fast paths: four elements per thread in 16-byte accesses (D % 4 == 0, aligned) ----
-struct alignas(16) f32x4 { float x, y, z, w; };
-struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
 
 // mod_fwd for fp32: i over n/4 groups of 4 consecutive channels; out null: only the bf16 copy sh
 // (a bf16 output tensor).
@@ -93,18 +91,6 @@ extern "C" __global__ void gate_add_f32x4(f32x4 *x, const f32x4 *xin, const f32x
     }
 }
 
-// red_add4: p[0..3] += v with one 16-byte reduction on sm_90 (p 16-byte aligned), else four (as
-// in layernorm.cu).
-__device__ __forceinline__ void red_add4(float *p, f32x4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(NO_RED_V4)
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
-#else
-    atomicAdd(p, v.x);
-    atomicAdd(p + 1, v.y);
-    atomicAdd(p + 2, v.z);
-    atomicAdd(p + 3, v.w);
-#endif
-}
 
 // gate_add_back_f32x4: GateAddBack of fp32 [B·N, D] rows in one pass: dY = dYin + dX·gate (dYin null:
 // dY = dX·gate, a folded zeroing; dYin == dY: accumulated) and the gate's gradient

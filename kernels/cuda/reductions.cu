@@ -46,18 +46,16 @@ extern "C" __global__ void colreduce(float *acc, ll accStride, const void *a, in
 // gradient of a modulation. mean and rstd are fp32 (or null when the mode does not read them).
 // sh, when not null, gets a bf16 copy of a (same layout; the grid covers every element once): the
 // bias gradient and the bf16 operand of the GEMMs of a Linear's backward from one read of dOut.
-struct alignas(16) cr_f4 { float x, y, z, w; };
-struct alignas(8) cr_bf4 { unsigned short x, y, z, w; };
 
-__device__ __forceinline__ void cr_add(cr_f4 &s, cr_f4 &s0, const float *a, const float *b, const float *mean,
+__device__ __forceinline__ void cr_add(f32x4 &s, f32x4 &s0, const float *a, const float *b, const float *mean,
                                        const float *rstd, unsigned short *sh, ll i, ll row, int mode, bool two) {
-    cr_f4 v = *(const cr_f4 *)(a + i);
-    if (sh) *(cr_bf4 *)(sh + i) = cr_bf4{f2bf(v.x), f2bf(v.y), f2bf(v.z), f2bf(v.w)};
+    f32x4 v = *(const f32x4 *)(a + i);
+    if (sh) *(bf16x4 *)(sh + i) = bf16x4{f2bf(v.x), f2bf(v.y), f2bf(v.z), f2bf(v.w)};
     if (two) {
         s0.x += v.x; s0.y += v.y; s0.z += v.z; s0.w += v.w;
     }
     if (mode != 0) {
-        cr_f4 u = *(const cr_f4 *)(b + i);
+        f32x4 u = *(const f32x4 *)(b + i);
         float m = mode == 2 ? mean[row] : 0.f;
         float r = mode >= 2 ? rstd[row] : 1.f;
         v.x *= (u.x - m) * r; v.y *= (u.y - m) * r; v.z *= (u.z - m) * r; v.w *= (u.w - m) * r;
@@ -75,7 +73,7 @@ extern "C" __global__ void colreduce_f32x4(float *acc, float *acc0, unsigned sho
     ll r0 = (ll)blockIdx.y * rowsPerBlock;
     ll r1 = r0 + rowsPerBlock;
     if (r1 > segRows) r1 = segRows;
-    cr_f4 s = {0.f, 0.f, 0.f, 0.f}, s0 = {0.f, 0.f, 0.f, 0.f};
+    f32x4 s = {0.f, 0.f, 0.f, 0.f}, s0 = {0.f, 0.f, 0.f, 0.f};
     if (c < cols) {
         ll r = r0 + threadIdx.y;
         for (; r + 24 < r1; r += 32) {  // four rows per step, their loads independent

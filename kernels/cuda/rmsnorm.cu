@@ -51,8 +51,6 @@ extern "C" __global__ void rms_fwd(void *out, int dto, void *shw, void *rstd, in
 }
 
 // ---- fp32 fast paths: 16-byte accesses, the row in registers (D % 4 == 0, D ≤ 4·VEC_MAXV·blockDim.x) ----
-struct alignas(16) f32x4 { float x, y, z, w; };
-struct alignas(8) bf16x4 { unsigned short x, y, z, w; };
 #define VEC_MAXV 4  // float4s per thread
 
 // rms_row_f32x4: the row prologue of the fp32 float4 RMSNorm forwards: the block's row (D4 float4s
@@ -162,18 +160,6 @@ extern "C" __global__ void rms_bwd(void *dIn, int dtdi, const void *dOut, int dt
     }
 }
 
-// red_add4: p[0..3] += v with one 16-byte reduction on sm_90 (p 16-byte aligned), else four (as
-// in layernorm.cu).
-__device__ __forceinline__ void red_add4(float *p, f32x4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(NO_RED_V4)
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w) : "memory");
-#else
-    atomicAdd(p, v.x);
-    atomicAdd(p + 1, v.y);
-    atomicAdd(p + 2, v.z);
-    atomicAdd(p + 3, v.w);
-#endif
-}
 
 // rms_bwd for fp32 rows in registers: dIn (+)= rs·(g − x̂·mean(g·x̂)), g = dOut·w, x̂ = x·rs; acc 0:
 // dIn = (a zeroing folded in, kernels.LazyZeroer). With tf (RoPEBack folded in): dOut [B·N, D] is
