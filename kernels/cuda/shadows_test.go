@@ -129,6 +129,11 @@ func TestBF16CopiesCapture(t *testing.T) {
 		// After: the capture's copies are gone (they exist only in replays); the weight's from
 		// before is valid again (the capture wrote no weights).
 		wantCopy(t, c, "activation copy made in the capture, after it", a, 64, frozen, 0)
+		for _, e := range c.acts {
+			if e.epoch%2 == 1 {
+				t.Errorf("frozen %v: a copy made in the capture is still kept after it: %+v", frozen, e)
+			}
+		}
 		wantCopy(t, c, "weight copy from before the capture, after it", q, 64, frozen, 0xc0)
 		if n := len(c.weights[q]); n != 1 {
 			t.Errorf("frozen %v: %d copies of the weight after the capture, want 1 (the one made before it)", frozen, n)
