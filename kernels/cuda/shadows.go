@@ -70,6 +70,7 @@ type bf16Copies struct {
 	weights map[uintptr][]bf16Copy // valid copies of marked sources, by fp32 address
 	acts    []bf16Copy             // valid copies of other sources, oldest first
 	bufs    map[uintptr]copyBuf    // persistent buffers, by fp32 address
+	retired map[uintptr][]uintptr  // weights' buffers replaced by larger ones, freed with the weights
 	epoch   int                    // bumped when a capture starts and when it ends
 	capW    []region               // during a capture: the marked ranges its ops declared writing
 }
@@ -280,6 +281,15 @@ func (c *bf16Copies) setBuf(src uintptr, p uintptr, n int) (old uintptr) {
 	return old
 }
 
+// retire keeps a marked source's replaced buffer until the source is freed (forget): a graph
+// captured before may still read it.
+func (c *bf16Copies) retire(src, old uintptr) {
+	if c.retired == nil {
+		c.retired = map[uintptr][]uintptr{}
+	}
+	c.retired[src] = append(c.retired[src], old)
+}
+
 // dropIn forgets the copies held in the buffer at sh.
 func (c *bf16Copies) dropIn(sh uintptr) {
 	k := 0
@@ -325,6 +335,12 @@ func (c *bf16Copies) forget(lo, hi uintptr) (free []uintptr) {
 			delete(c.bufs, p)
 		}
 	}
+	for p, olds := range c.retired {
+		if p >= lo && p < hi {
+			free = append(free, olds...)
+			delete(c.retired, p)
+		}
+	}
 	for p := range c.weights {
 		if p >= lo && p < hi {
 			delete(c.weights, p)
@@ -362,7 +378,11 @@ func (d *Device) persistentBuf(t *kernels.Tensor) uintptr {
 		d.fail(err)
 		return 0
 	}
-	if old := d.copies.setBuf(t.Ptr, p, n); old != 0 { // a smaller view's buffer: its copies go with it
+	old := d.copies.setBuf(t.Ptr, p, n) // a smaller view's buffer: its copies go with it
+	switch {
+	case old != 0 && d.isWeight(t): // a graph may read it (FrozenWeights): freed with the weights
+		d.copies.retire(t.Ptr, old)
+	case old != 0:
 		d.fail(d.drv.call("cuStreamSynchronize", d.drv.cuStreamSynchronize, d.stream))
 		d.fail(d.drv.call("cuMemFree_v2(bf16 copy)", d.drv.cuMemFree, old))
 	}

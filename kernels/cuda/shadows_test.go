@@ -197,13 +197,17 @@ func TestBF16CopiesBuffers(t *testing.T) {
 	}
 	wantCopy(t, c, "copy in a replaced buffer", a, 50, false, 0)
 	wantCopy(t, c, "copy in a replaced buffer", a, 100, false, 0)
-	c.setBuf(q, 0xc0, 64)
+	c.setBuf(q, 0xb8, 32)
+	if old := c.setBuf(q, 0xc0, 64); old != 0xb8 {
+		t.Errorf("grown weight buffer replaced %#x, want 0xb8", old)
+	}
+	c.retire(q, 0xb8) // a graph may still read it
 	c.record(q, 64, 0xc0)
 	c.record(a, 200, 0xa8)
 	// Free of the weights: their mark, buffer and copies go; activation copies go too.
 	free := c.forget(wLo, wHi)
-	if len(free) != 1 || free[0] != 0xc0 {
-		t.Errorf("forget freed %#x, want [0xc0]", free)
+	if len(free) != 2 || free[0] != 0xc0 || free[1] != 0xb8 {
+		t.Errorf("forget freed %#x, want [0xc0 0xb8] (the weight's buffer and the one it replaced)", free)
 	}
 	if c.isMarked(q) {
 		t.Error("the freed region is still marked")
