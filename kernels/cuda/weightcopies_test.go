@@ -199,18 +199,19 @@ func TestWeightCopiesGraph(t *testing.T) {
 	launch(fwd2)
 	compare("its replay")
 
-	// A graph whose forward is followed by an update, and an eager forward between its capture and
-	// its replay: after the replay the weights have changed on the device (the buffer of their copies
-	// holds the replay's conversion from before the update), so the eager forward must convert them
-	// again.
-	stepG := capture(func() { gn.forward(); gn.adamW(true) }) // AdamW's step number is taken now (gn.step)
+	// A graph whose forward is followed by an update of the weights (Axpy: P += 0.1·G, a declared
+	// write like an optimizer step's), and an eager forward between its capture and its replay:
+	// after the replay the weights have changed on the device (the buffer of their copies holds the
+	// replay's conversion from before the update), so the eager forward must convert them again.
+	update := func(n *weightNet) { n.d.Axpy(n.P, 0.1, n.G) }
+	stepG := capture(func() { gn.forward(); update(gn) })
 	defer stepG.Destroy()
 	gn.forward()
 	cn.forward()
-	compare("eager forward after capturing forward+AdamW")
+	compare("eager forward after capturing forward+update")
 	launch(stepG)
 	compare("the replay's forward (before its update)")
-	cn.adamW(true) // the replay's AdamW: the same step number
+	update(cn) // the replay's update
 	gn.forward()
 	cn.forward()
 	compare("eager forward after a replay that updated the weights")
