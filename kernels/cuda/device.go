@@ -20,8 +20,8 @@ import (
 // Storage follows each tensor's DType (fp32, bf16, fp16); arithmetic is fp32. GEMMs: all-fp32
 // operands run as GEMM says (exact fp32 by default; TF32, rel. error ≈ 3e-4; or bf16 tensor cores);
 // otherwise both operands go to the tensor cores in bf16 (an fp32 operand is converted into a bf16
-// shadow first) with fp32 accumulation. Weights marked with MarkWeights keep their bf16 shadows
-// between calls until something writes to them.
+// copy first: shadows.go) with fp32 accumulation. Weights marked with MarkWeights keep their bf16
+// copies between calls until something writes to them.
 //
 // Errors: shape mismatches are programming errors and panic with the op and the shapes, like the CPU
 // device. A failed CUDA call (launch, out of memory, …) is recorded; every later op is skipped and
@@ -61,15 +61,10 @@ type Device struct {
 	dbl     uintptr // device float64 accumulators of Dot / SumAbsGroups
 	dblCap  int
 
-	weights []region            // MarkWeights: fp32 buffers whose bf16 shadows are cached
-	shadows map[uintptr]*shadow // by fp32 address
-	wgen    int                 // bumped by every write into a marked region
+	copies bf16Copies // the valid bf16 copies of fp32 tensors, weights and activations (shadows.go)
 
-	acts      []actEntry         // valid bf16 copies of fp32 activations (shadows.go)
-	actBufs   map[uintptr]actBuf // their persistent buffers, by fp32 address
-	keep      bool               // the op being entered declares its writes
-	depth     int                // enter nesting
-	capEpoch  int
+	keep      bool // the op being entered declares its writes
+	depth     int  // enter nesting
 	ropeTabs  map[int]*ropeTab
 	prof      profiler
 	smemSet   map[uintptr]int // dynamic shared memory limit set per function
@@ -96,49 +91,28 @@ const (
 	GEMMBF16                  // operands converted to bf16, fp32 accumulate: rel. error 1e-3…1e-2, fastest
 )
 
-type region struct{ lo, hi uintptr }
-
-type shadow struct {
-	p     uintptr // bf16 copy
-	n     int
-	gen   int
-	epoch int // capture epoch of the conversion
-}
-
 // GEMMReadsBF16 reports whether the GEMMs read bf16 copies of fp32 operands (GEMMBF16): the models
 // then keep frozen weights and GEMM-only activations in bf16 (models.Shape.BF16Operands).
 func (d *Device) GEMMReadsBF16() bool { return d.GEMM == GEMMBF16 }
 
 // MarkWeights declares t (an fp32 buffer, e.g. a model's parameter buffer) as weights: in GEMMBF16
-// mode the bf16 shadows of its views are kept between GEMMs, and remade only after a write into t
-// through this device (FromHost, Copy, AdamW, EMA, Axpy, Scale, Fill, Zero, …).
+// mode the bf16 copies of its views are kept between GEMMs, and remade only after a write into
+// them through this device (FromHost, Copy, AdamW, EMA, Axpy, Scale, Fill, Zero, …): every write
+// into t must go through an op that declares it (shadows.go).
 func (d *Device) MarkWeights(t *kernels.Tensor) {
-	d.weights = append(d.weights, region{t.Ptr, t.Ptr + uintptr(t.Numel()*t.DType.Size())})
+	d.copies.mark(t.Ptr, t.Ptr+uintptr(t.Numel()*t.DType.Size()))
 }
 
-// touch notes a write into t: the shadows of marked weights it overlaps go stale.
+// touch notes a write into t: the bf16 copies of marked weights it overlaps go stale (an op that
+// declares t as written has already dropped them; this is for one that does not).
 func (d *Device) touch(t *kernels.Tensor) {
-	if t == nil || len(d.weights) == 0 {
-		return
-	}
-	lo, hi := t.Ptr, t.Ptr+uintptr(t.Numel()*t.DType.Size())
-	for _, r := range d.weights {
-		if lo < r.hi && r.lo < hi {
-			d.wgen++
-			return
-		}
+	if t != nil {
+		d.copies.wroteMarked(t.Ptr, t.Ptr+uintptr(t.Numel()*t.DType.Size()))
 	}
 }
 
 // isWeight reports whether t lies in a marked region.
-func (d *Device) isWeight(t *kernels.Tensor) bool {
-	for _, r := range d.weights {
-		if t.Ptr >= r.lo && t.Ptr < r.hi {
-			return true
-		}
-	}
-	return false
-}
+func (d *Device) isWeight(t *kernels.Tensor) bool { return d.copies.isMarked(t.Ptr) }
 
 // DeviceCount is the number of CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies), or an
 // error that says why there are none (no driver, driver too old).
@@ -166,7 +140,7 @@ func New(ordinal int) (*Device, error) {
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	d := &Device{drv: d0, Ordinal: ordinal, fns: map[string]uintptr{}, plans: map[gemmKey]*gemmPlan{}, shadows: map[uintptr]*shadow{}}
+	d := &Device{drv: d0, Ordinal: ordinal, fns: map[string]uintptr{}, plans: map[gemmKey]*gemmPlan{}}
 	// Eager module loading: every kernel is loaded with its module, at New, so a broken module
 	// shows at start. (The random CUDA_ERROR_INVALID_HANDLE from cuModuleGetFunction that led here
 	// was a module handle lost to a stack move; drv.call says how.) The driver reads the variable
@@ -263,7 +237,7 @@ func (d *Device) enter() bool {
 	}
 	runtime.LockOSThread()
 	if d.depth == 0 && !d.keep {
-		d.acts = d.acts[:0] // an op that does not declare its writes: no bf16 copy stays valid
+		d.copies.undeclared() // an op that does not declare its writes: no bf16 copy of an unmarked tensor stays valid
 	}
 	d.keep = false
 	d.depth++
@@ -581,30 +555,12 @@ func (d *Device) Free(t *kernels.Tensor) {
 }
 
 // forget drops what the device keeps about the memory of t (about to be freed): its weight mark,
-// the bf16 copies of weights and activations in it. A later tensor at the same address starts fresh.
+// the bf16 copies of weights and activations in it (shadows.go). A later tensor at the same address
+// starts fresh.
 func (d *Device) forget(t *kernels.Tensor) {
-	lo, hi := t.Ptr, t.Ptr+uintptr(t.Numel()*t.DType.Size())
-	k := 0
-	for _, r := range d.weights {
-		if !(r.lo < hi && lo < r.hi) {
-			d.weights[k] = r
-			k++
-		}
+	for _, p := range d.copies.forget(t.Ptr, t.Ptr+uintptr(t.Numel()*t.DType.Size())) {
+		d.drv.call("cuMemFree_v2(bf16 copy)", d.drv.cuMemFree, p)
 	}
-	d.weights = d.weights[:k]
-	for p, s := range d.shadows {
-		if p >= lo && p < hi {
-			d.drv.call("cuMemFree_v2(bf16 weight shadow)", d.drv.cuMemFree, s.p)
-			delete(d.shadows, p)
-		}
-	}
-	for p, b := range d.actBufs {
-		if p >= lo && p < hi {
-			d.drv.call("cuMemFree_v2(bf16 shadow)", d.drv.cuMemFree, b.p)
-			delete(d.actBufs, p)
-		}
-	}
-	d.acts = d.acts[:0]
 }
 
 // MemInfo returns free and total device memory in bytes.

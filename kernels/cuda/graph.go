@@ -10,6 +10,7 @@ import (
 type Graph struct {
 	d           *Device
 	graph, exec uintptr
+	writesW     []region // the marked (weight) ranges its ops declared writing: a replay drops their bf16 copies
 }
 
 const captureModeRelaxed = 2 // CU_STREAM_CAPTURE_MODE_RELAXED: goroutines may change OS threads
@@ -33,13 +34,13 @@ func (d *Device) Capture(fn func()) (*Graph, error) {
 		return nil, err
 	}
 	d.capturing = true
-	d.capEpoch++
+	d.copies.beginCapture()
 	fn() // at depth 0: its ops clear and keep bf16 copies as they do outside a capture
 	d.capturing = false
-	d.capEpoch++
+	writesW := d.copies.endCapture()
 	d.enter()
 	defer d.leave()
-	g := &Graph{d: d}
+	g := &Graph{d: d, writesW: writesW}
 	if err := d.drv.call("cuStreamEndCapture", d.drv.cuStreamEndCapture, d.stream, uintptr(unsafe.Pointer(&g.graph))); err != nil {
 		d.fail(err)
 	}
@@ -60,6 +61,7 @@ func (g *Graph) Launch() error {
 		return d.err
 	}
 	defer d.leave()
+	d.copies.replayed(g.writesW)
 	d.fail(d.drv.call("cuGraphLaunch", d.drv.cuGraphLaunch, g.exec, d.stream))
 	return d.err
 }

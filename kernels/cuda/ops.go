@@ -65,46 +65,6 @@ func (d *Device) convert(dp uintptr, ddt kernels.DType, src *kernels.Tensor) {
 	d.ew("ew_convert", n)
 }
 
-// bf16Operand returns t's address as bf16: t itself, the cached shadow of a marked weight, or a
-// bf16 copy in scratch.
-func (d *Device) bf16Operand(t *kernels.Tensor) uintptr {
-	if t.DType == kernels.BF16 {
-		return t.Ptr
-	}
-	n := t.Numel()
-	if t.DType == kernels.F32 && d.isWeight(t) {
-		s := d.shadows[t.Ptr]
-		if s == nil || s.n != n {
-			if d.capturing {
-				d.fail(fmt.Errorf("cuda: new bf16 weight shadow during graph capture: run the work once before capturing"))
-				return 0
-			}
-			s = &shadow{n: n, gen: -1, epoch: -1}
-			if err := d.drv.call("cuMemAlloc_v2(bf16 weight shadow)", d.drv.cuMemAlloc, uintptr(unsafe.Pointer(&s.p)), uintptr(2*n)); err != nil {
-				d.fail(err)
-				return 0
-			}
-			d.shadows[t.Ptr] = s
-		}
-		// Inside a capture the graph converts for itself (a replay must not read a copy made before
-		// it, e.g. by weights an optimizer step has changed since).
-		if s.gen != d.wgen || (d.capturing && !d.FrozenWeights && s.epoch != d.capEpoch) {
-			d.convert(s.p, kernels.BF16, t)
-			s.gen, s.epoch = d.wgen, d.capEpoch
-		}
-		return s.p
-	}
-	if p := d.actLookup(t); p != 0 { // a valid bf16 copy made by the op that produced t
-		return p
-	}
-	p := d.scratch(2 * n)
-	if p == 0 {
-		return 0
-	}
-	d.convert(p, kernels.BF16, t)
-	return p
-}
-
 // gemm: D (m×n, column-major, ld ldd) = op(A)·op(B) + beta·D (+ bias[m] per column when bias != nil),
 // A, B, D given as tensors holding the column-major matrices. All-fp32 runs in fp32 (or TF32);
 // anything else in bf16×bf16 with fp32 accumulation into D's dtype (fp32 or bf16).
