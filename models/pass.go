@@ -122,35 +122,37 @@ type Pass struct {
 
 // blockActs are one block's saved activations.
 type blockActs struct {
-	x                *kernels.Tensor // [B, N, D] block input (a view of the previous block's x3 or of tok)
-	mod, modF        *kernels.Tensor // [B, F, 6, D] modulation + e0; [B·F, 6, D]
-	ln1, h1          *kernels.Tensor // [B, N, D] LN(x), modulated
-	h1F              *kernels.Tensor // [B·N, D]
-	mean1, rstd1     *kernels.Tensor // [B·N]
-	q, k             *kernels.Tensor // [B·N, D] before RMSNorm
-	v, v4            *kernels.Tensor // [B·N, D]; [B, N, H, hd]
-	qr, qr4, kr, kr4 *kernels.Tensor // RMSNorm·w then RoPE: [B·N, D]; [B, N, H, hd]
-	rstdQ, rstdK     *kernels.Tensor // [B·N]
-	att, att4        *kernels.Tensor // [B·N, D]; [B, N, H, hd]
-	lse              *kernels.Tensor // [B, H, N]
-	o, o3            *kernels.Tensor // [B·N, D]; [B, N, D]
-	x1               *kernels.Tensor // [B, N, D] after self-attention
-	n3, n3F          *kernels.Tensor // [B, N, D] norm3(x1); [B·N, D]
-	mean3, rstd3     *kernels.Tensor // [B·N]
-	cq, cqr, cqr4    *kernels.Tensor // [B·N, D] cross q; normed [B·N, D] / [B, N, H, hd]
-	rstdCq           *kernels.Tensor // [B·N]
-	ck, ckr, ckr4    *kernels.Tensor // [B·L, D] cross k; normed [B·L, D] / [B, L, H, hd]
-	rstdCk           *kernels.Tensor // [B·L]
-	cv, cv4          *kernels.Tensor // [B·L, D]; [B, L, H, hd]
-	catt, catt4      *kernels.Tensor // [B·N, D]; [B, N, H, hd]
-	clse             *kernels.Tensor // [B, H, N]
-	co, co3          *kernels.Tensor // [B·N, D]; [B, N, D]
-	x2               *kernels.Tensor // [B, N, D] after cross-attention
-	ln2, h2, h2F     *kernels.Tensor // [B, N, D] LN(x2), modulated; [B·N, D]
-	mean2, rstd2     *kernels.Tensor // [B·N]
-	f1, f1g          *kernels.Tensor // [B·N, ffn] ffn.0 out, after GELU
-	f2, f23          *kernels.Tensor // [B·N, D]; [B, N, D]
-	x3               *kernels.Tensor // [B, N, D] block output
+	x                *kernels.Tensor   // [B, N, D] block input (a view of the previous block's x3 or of tok)
+	mod, modF        *kernels.Tensor   // [B, F, 6, D] modulation + e0; [B·F, 6, D]
+	ln1, h1          *kernels.Tensor   // [B, N, D] LN(x), modulated
+	h1F              *kernels.Tensor   // [B·N, D]
+	mean1, rstd1     *kernels.Tensor   // [B·N]
+	q, k             *kernels.Tensor   // [B·N, D] before RMSNorm
+	v, v4            *kernels.Tensor   // [B·N, D]; [B, N, H, hd]
+	qkv              []*kernels.Tensor // {q, k, v}: one buffer [3, B·N, D] (one batched GEMM, kernels.LinearBatched)
+	qr, qr4, kr, kr4 *kernels.Tensor   // RMSNorm·w then RoPE: [B·N, D]; [B, N, H, hd]
+	rstdQ, rstdK     *kernels.Tensor   // [B·N]
+	att, att4        *kernels.Tensor   // [B·N, D]; [B, N, H, hd]
+	lse              *kernels.Tensor   // [B, H, N]
+	o, o3            *kernels.Tensor   // [B·N, D]; [B, N, D]
+	x1               *kernels.Tensor   // [B, N, D] after self-attention
+	n3, n3F          *kernels.Tensor   // [B, N, D] norm3(x1); [B·N, D]
+	mean3, rstd3     *kernels.Tensor   // [B·N]
+	cq, cqr, cqr4    *kernels.Tensor   // [B·N, D] cross q; normed [B·N, D] / [B, N, H, hd]
+	rstdCq           *kernels.Tensor   // [B·N]
+	ck, ckr, ckr4    *kernels.Tensor   // [B·L, D] cross k; normed [B·L, D] / [B, L, H, hd]
+	rstdCk           *kernels.Tensor   // [B·L]
+	cv, cv4          *kernels.Tensor   // [B·L, D]; [B, L, H, hd]
+	ckv              []*kernels.Tensor // {ck, cv}: one buffer [2, B·L, D]
+	catt, catt4      *kernels.Tensor   // [B·N, D]; [B, N, H, hd]
+	clse             *kernels.Tensor   // [B, H, N]
+	co, co3          *kernels.Tensor   // [B·N, D]; [B, N, D]
+	x2               *kernels.Tensor   // [B, N, D] after cross-attention
+	ln2, h2, h2F     *kernels.Tensor   // [B, N, D] LN(x2), modulated; [B·N, D]
+	mean2, rstd2     *kernels.Tensor   // [B·N]
+	f1, f1g          *kernels.Tensor   // [B·N, ffn] ffn.0 out, after GELU
+	f2, f23          *kernels.Tensor   // [B·N, D]; [B, N, D]
+	x3               *kernels.Tensor   // [B, N, D] block output
 }
 
 // passGrads is the backward scratch: the running residual gradient, one block's worth of
@@ -171,9 +173,12 @@ type passGrads struct {
 	dQr, dQr4         *kernels.Tensor // [B·N, D]; [B, N, H, hd]
 	dKr, dKr4         *kernels.Tensor
 	dV, dV4           *kernels.Tensor
-	dQ, dK            *kernels.Tensor   // [B·N, D] before RMSNorm
-	dH1, dH13, dLn1   *kernels.Tensor   // [B·N, D]; [B, N, D]; [B, N, D]
-	block             []*kernels.Tensor // zeroed at the start of each block's backward (the others: ZeroLazy before their first write)
+	dQ, dK            *kernels.Tensor    // [B·N, D] before RMSNorm
+	dQKV              []*kernels.Tensor  // {dQ, dK, dV}: one buffer [3, B·N, D] (kernels.LinearBatchedBack)
+	dCKV              []*kernels.Tensor  // {dCkPre, dCv}: one buffer [2, B·L, D]
+	dBQKV, dBCKV      [3]*kernels.Tensor // the bias gradients of one LinearBatchedBack
+	dH1, dH13, dLn1   *kernels.Tensor    // [B·N, D]; [B, N, D]; [B, N, D]
+	block             []*kernels.Tensor  // zeroed at the start of each block's backward (the others: ZeroLazy before their first write)
 
 	dE0, dE0F     *kernels.Tensor // [B·F, 6, D]; [B·F, 6·D]
 	de, dEs       *kernels.Tensor // [B·F, D]
@@ -272,6 +277,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 			if !shareKV {
 				a.v, a.kr = p.alloc(BN, D), p.alloc(BN, D)
 				a.v4, a.kr4 = a.v.Reshape(B, N, H, Hd), a.kr.Reshape(B, N, H, Hd)
+				a.qkv = []*kernels.Tensor{a.q, a.k, a.v} // not at one stride: three GEMMs (kernels.LinearBatched falls back)
 			}
 			p.blocks = append(p.blocks, a)
 			continue
@@ -282,8 +288,9 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 		a.ln1, a.h1 = p.alloc(B, N, D), p.allocDT(opDT, B, N, D)
 		a.h1F = a.h1.Reshape(BN, D)
 		a.mean1, a.rstd1 = p.alloc(BN), p.alloc(BN)
-		a.q, a.k = p.alloc(BN, D), p.alloc(BN, D)
-		a.v = p.alloc(BN, D)
+		qkv := p.alloc(3, BN, D) // q, k, v at a constant stride: one batched GEMM (kernels.LinearBatched)
+		a.q, a.k, a.v = qkv.View(0, BN, D), qkv.View(BN*D, BN, D), qkv.View(2*BN*D, BN, D)
+		a.qkv = []*kernels.Tensor{a.q, a.k, a.v}
 		a.v4 = a.v.Reshape(B, N, H, Hd)
 		a.qr, a.kr = p.alloc(BN, D), p.alloc(BN, D)
 		a.qr4, a.kr4 = a.qr.Reshape(B, N, H, Hd), a.kr.Reshape(B, N, H, Hd)
@@ -300,10 +307,12 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 		a.cq, a.cqr = p.alloc(BN, D), p.alloc(BN, D)
 		a.cqr4 = a.cqr.Reshape(B, N, H, Hd)
 		a.rstdCq = p.alloc(BN)
-		a.ck, a.ckr = p.alloc(BL, D), p.alloc(BL, D)
+		ckv := p.alloc(2, BL, D) // cross k, v at a constant stride
+		a.ck, a.cv = ckv.View(0, BL, D), ckv.View(BL*D, BL, D)
+		a.ckv = []*kernels.Tensor{a.ck, a.cv}
+		a.ckr = p.alloc(BL, D)
 		a.ckr4 = a.ckr.Reshape(B, L, H, Hd)
 		a.rstdCk = p.alloc(BL)
-		a.cv = p.alloc(BL, D)
 		a.cv4 = a.cv.Reshape(B, L, H, Hd)
 		a.catt = p.allocDT(opDT, BN, D)
 		a.catt4 = a.catt.Reshape(B, N, H, Hd)
@@ -358,8 +367,10 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dN33 = g.dN3.Reshape(B, N, D)
 	g.dCk = blk(BL, D)
 	g.dCk4 = g.dCk.Reshape(B, L, H, Hd)
-	g.dCkPre = lazy(BL, D)
-	g.dCv = blk(BL, D)
+	dckv := p.alloc(2, BL, D) // dCkPre (lazy) and dCv (zeroed per block) at a constant stride
+	g.dCkPre, g.dCv = dckv.View(0, BL, D), dckv.View(BL*D, BL, D)
+	g.block = append(g.block, g.dCv)
+	g.dCKV = []*kernels.Tensor{g.dCkPre, g.dCv}
 	g.dCv4 = g.dCv.Reshape(B, L, H, Hd)
 	g.dO = lazy(BN, D)
 	g.dO3 = g.dO.Reshape(B, N, D)
@@ -369,9 +380,11 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dQr4 = g.dQr.Reshape(B, N, H, Hd)
 	g.dKr = blk(BN, D)
 	g.dKr4 = g.dKr.Reshape(B, N, H, Hd)
-	g.dV = blk(BN, D)
+	dqkv := p.alloc(3, BN, D) // dQ, dK (lazy) and dV (zeroed per block) at a constant stride
+	g.dQ, g.dK, g.dV = dqkv.View(0, BN, D), dqkv.View(BN*D, BN, D), dqkv.View(2*BN*D, BN, D)
+	g.block = append(g.block, g.dV)
+	g.dQKV = []*kernels.Tensor{g.dQ, g.dK, g.dV}
 	g.dV4 = g.dV.Reshape(B, N, H, Hd)
-	g.dQ, g.dK = lazy(BN, D), lazy(BN, D)
 	g.dH1 = lazy(BN, D)
 	g.dH13 = g.dH1.Reshape(B, N, D)
 	g.dLn1 = lazy(B, N, D)
