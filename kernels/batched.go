@@ -70,9 +70,9 @@ func at(ts []*Tensor, i int) *Tensor {
 	return ts[i]
 }
 
-// BatchStride reports whether ts are views at a constant stride of one another: the same dtype and
-// size, ts[i] starting stride·i elements after ts[0] (stride > 0, so they do not overlap unless
-// stride < numel, which is refused too). Every entry nil: (0, false); some nil: (0, false).
+// BatchStride reports whether ts (two or more) are views at a constant stride of one another: the
+// same dtype and size, ts[i] starting stride·i elements after ts[0], stride ≥ their size (no
+// overlap). Otherwise, or with a nil entry, (0, false).
 func BatchStride(ts []*Tensor) (stride int, ok bool) {
 	if len(ts) < 2 {
 		return 0, false
@@ -103,7 +103,10 @@ func BatchStride(ts []*Tensor) (stride int, ok bool) {
 			return 0, false
 		}
 	}
-	return stride, stride >= n
+	if stride < n {
+		return 0, false
+	}
+	return stride, true
 }
 
 // addr is the address of t's element 0 (device or host storage).
