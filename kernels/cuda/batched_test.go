@@ -99,7 +99,7 @@ func linearBatchedCase(t *testing.T, g *Device, cpu kernels.Device, r interface{
 			g.Free(a)
 		}
 	}()
-	params := func(dt kernels.DType) (ws, bs []*kernels.Tensor) {
+	params := func(dt kernels.DType, weights bool) (ws, bs []*kernels.Tensor) {
 		if lay == "weights apart" {
 			for i := 0; i < n; i++ {
 				ws = append(ws, alloc(dt, N, K))
@@ -108,7 +108,7 @@ func linearBatchedCase(t *testing.T, g *Device, cpu kernels.Device, r interface{
 			return
 		}
 		buf := alloc(dt, n*S)
-		if dt == wdt && mode == "bf16 operands" {
+		if weights && mode == "bf16 operands" { // fp32 weights whose bf16 copy the device caches (as models' W)
 			g.MarkWeights(buf)
 		}
 		for i := 0; i < n; i++ {
@@ -117,8 +117,8 @@ func linearBatchedCase(t *testing.T, g *Device, cpu kernels.Device, r interface{
 		}
 		return
 	}
-	Wg, Bg := params(wdt)
-	dWg, dBg := params(kernels.F32)
+	Wg, Bg := params(wdt, true)
+	dWg, dBg := params(kernels.F32, false)
 	acts := func(rows int) []*kernels.Tensor {
 		var ts []*kernels.Tensor
 		if lay == "table" {
