@@ -61,6 +61,8 @@ func TestLinearBatched(t *testing.T) {
 
 func linearBatchedCase(t *testing.T, g *Device, cpu kernels.Device, r interface{ NormFloat64() float64 }, M, K, N, n int, mode string, bias bool,
 	lay string, pad func(int) int, get func(kernels.Device, *kernels.Tensor) []float32) {
+	var wc worstCheck
+	defer func() { t.Logf("worst: %s rel error %.3g (tol %.0e)", wc.what, wc.err, wc.tol) }()
 	S := pad(N*K) + pad(N) // one Linear of the parameter table
 	wdt := kernels.F32
 	g.GEMM = GEMMExact
@@ -166,7 +168,7 @@ func linearBatchedCase(t *testing.T, g *Device, cpu kernels.Device, r interface{
 			b = Bc[i]
 		}
 		cpu.Linear(Oc, Xc, Wc[i], b)
-		check(t, g, fmt.Sprintf("out %d", i), get(g, Og[i]), get(cpu, Oc), tol)
+		wc.check(t, fmt.Sprintf("out %d", i), get(g, Og[i]), get(cpu, Oc), tol)
 	}
 
 	// backward, twice: gradients from a random start (accumulated), then dIn after ZeroLazy; the
@@ -214,10 +216,10 @@ func linearBatchedCase(t *testing.T, g *Device, cpu kernels.Device, r interface{
 		if err := g.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		check(t, g, fmt.Sprintf("round %d dIn", round), get(g, dXg), get(cpu, dXc), tol)
+		wc.check(t, fmt.Sprintf("round %d dIn", round), get(g, dXg), get(cpu, dXc), tol)
 		for i := 0; i < n; i++ {
-			check(t, g, fmt.Sprintf("round %d dW %d", round, i), get(g, dWg[i]), get(cpu, dWc[i]), tol)
-			check(t, g, fmt.Sprintf("round %d dB %d", round, i), get(g, dBg[i]), get(cpu, dBc[i]), tolF32) // fp32 sums of fp32 gradients
+			wc.check(t, fmt.Sprintf("round %d dW %d", round, i), get(g, dWg[i]), get(cpu, dWc[i]), tol)
+			wc.check(t, fmt.Sprintf("round %d dB %d", round, i), get(g, dBg[i]), get(cpu, dBc[i]), tolF32) // fp32 sums of fp32 gradients
 		}
 	}
 	if err := g.Sync(); err != nil {
@@ -225,9 +227,20 @@ func linearBatchedCase(t *testing.T, g *Device, cpu kernels.Device, r interface{
 	}
 }
 
-func check(t *testing.T, g *Device, what string, got, want []float32, tol float64) {
+// worstCheck compares got with want (relative L2 error ≤ tol) and keeps the worst error seen
+// relative to its tolerance, for one log line a case.
+type worstCheck struct {
+	what     string
+	err, tol float64
+}
+
+func (w *worstCheck) check(t *testing.T, what string, got, want []float32, tol float64) {
 	t.Helper()
-	if e := relErr(got, want); !(e <= tol) {
+	e := relErr(got, want)
+	if !(e <= tol) {
 		t.Errorf("%s: rel error %.3g > %.0e", what, e, tol)
+	}
+	if w.what == "" || e/tol > w.err/w.tol || math.IsNaN(e) {
+		*w = worstCheck{what, e, tol}
 	}
 }
