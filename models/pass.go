@@ -122,37 +122,38 @@ type Pass struct {
 
 // blockActs are one block's saved activations.
 type blockActs struct {
-	x                *kernels.Tensor   // [B, N, D] block input (a view of the previous block's x3 or of tok)
-	mod, modF        *kernels.Tensor   // [B, F, 6, D] modulation + e0; [B·F, 6, D]
-	ln1, h1          *kernels.Tensor   // [B, N, D] LN(x), modulated
-	h1F              *kernels.Tensor   // [B·N, D]
-	mean1, rstd1     *kernels.Tensor   // [B·N]
-	q, k             *kernels.Tensor   // [B·N, D] before RMSNorm
-	v, v4            *kernels.Tensor   // [B·N, D]; [B, N, H, hd]
-	qkv              []*kernels.Tensor // {q, k, v}: one buffer [3, B·N, D] (one batched GEMM, kernels.LinearBatched)
-	qr, qr4, kr, kr4 *kernels.Tensor   // RMSNorm·w then RoPE: [B·N, D]; [B, N, H, hd]
-	rstdQ, rstdK     *kernels.Tensor   // [B·N]
-	att, att4        *kernels.Tensor   // [B·N, D]; [B, N, H, hd]
-	lse              *kernels.Tensor   // [B, H, N]
-	o, o3            *kernels.Tensor   // [B·N, D]; [B, N, D]
-	x1               *kernels.Tensor   // [B, N, D] after self-attention
-	n3, n3F          *kernels.Tensor   // [B, N, D] norm3(x1); [B·N, D]
-	mean3, rstd3     *kernels.Tensor   // [B·N]
-	cq, cqr, cqr4    *kernels.Tensor   // [B·N, D] cross q; normed [B·N, D] / [B, N, H, hd]
-	rstdCq           *kernels.Tensor   // [B·N]
-	ck, ckr, ckr4    *kernels.Tensor   // [B·L, D] cross k; normed [B·L, D] / [B, L, H, hd]
-	rstdCk           *kernels.Tensor   // [B·L]
-	cv, cv4          *kernels.Tensor   // [B·L, D]; [B, L, H, hd]
-	ckv              []*kernels.Tensor // {ck, cv}: one buffer [2, B·L, D]
-	catt, catt4      *kernels.Tensor   // [B·N, D]; [B, N, H, hd]
-	clse             *kernels.Tensor   // [B, H, N]
-	co, co3          *kernels.Tensor   // [B·N, D]; [B, N, D]
-	x2               *kernels.Tensor   // [B, N, D] after cross-attention
-	ln2, h2, h2F     *kernels.Tensor   // [B, N, D] LN(x2), modulated; [B·N, D]
-	mean2, rstd2     *kernels.Tensor   // [B·N]
-	f1, f1g          *kernels.Tensor   // [B·N, ffn] ffn.0 out, after GELU
-	f2, f23          *kernels.Tensor   // [B·N, D]; [B, N, D]
-	x3               *kernels.Tensor   // [B, N, D] block output
+	x                *kernels.Tensor // [B, N, D] block input (a view of the previous block's x3 or of tok)
+	mod, modF        *kernels.Tensor // [B, F, 6, D] modulation + e0; [B·F, 6, D]
+	ln1, h1          *kernels.Tensor // [B, N, D] LN(x), modulated
+	h1F              *kernels.Tensor // [B·N, D]
+	mean1, rstd1     *kernels.Tensor // [B·N]
+	q, k             *kernels.Tensor // [B·N, D] before RMSNorm
+	v, v4            *kernels.Tensor // [B·N, D]; [B, N, H, hd]
+	qr, qr4, kr, kr4 *kernels.Tensor // RMSNorm·w then RoPE: [B·N, D]; [B, N, H, hd]
+	rstdQ, rstdK     *kernels.Tensor // [B·N]
+	att, att4        *kernels.Tensor // [B·N, D]; [B, N, H, hd]
+	lse              *kernels.Tensor // [B, H, N]
+	o, o3            *kernels.Tensor // [B·N, D]; [B, N, D]
+	x1               *kernels.Tensor // [B, N, D] after self-attention
+	n3, n3F          *kernels.Tensor // [B, N, D] norm3(x1); [B·N, D]
+	mean3, rstd3     *kernels.Tensor // [B·N]
+	cq, cqr, cqr4    *kernels.Tensor // [B·N, D] cross q; normed [B·N, D] / [B, N, H, hd]
+	rstdCq           *kernels.Tensor // [B·N]
+	ck, ckr, ckr4    *kernels.Tensor // [B·L, D] cross k; normed [B·L, D] / [B, L, H, hd]
+	rstdCk           *kernels.Tensor // [B·L]
+	cv, cv4          *kernels.Tensor // [B·L, D]; [B, L, H, hd]
+	catt, catt4      *kernels.Tensor // [B·N, D]; [B, N, H, hd]
+	clse             *kernels.Tensor // [B, H, N]
+	co, co3          *kernels.Tensor // [B·N, D]; [B, N, D]
+	x2               *kernels.Tensor // [B, N, D] after cross-attention
+	ln2, h2, h2F     *kernels.Tensor // [B, N, D] LN(x2), modulated; [B·N, D]
+	mean2, rstd2     *kernels.Tensor // [B·N]
+	f1, f1g          *kernels.Tensor // [B·N, ffn] ffn.0 out, after GELU
+	f2, f23          *kernels.Tensor // [B·N, D]; [B, N, D]
+	x3               *kernels.Tensor // [B, N, D] block output
+
+	qkv []*kernels.Tensor // {q, k, v}: one buffer [3, B·N, D] (one batched GEMM, kernels.LinearBatched)
+	ckv []*kernels.Tensor // {ck, cv}: one buffer [2, B·L, D]
 }
 
 // passGrads is the backward scratch: the running residual gradient, one block's worth of
@@ -173,12 +174,9 @@ type passGrads struct {
 	dQr, dQr4         *kernels.Tensor // [B·N, D]; [B, N, H, hd]
 	dKr, dKr4         *kernels.Tensor
 	dV, dV4           *kernels.Tensor
-	dQ, dK            *kernels.Tensor    // [B·N, D] before RMSNorm
-	dQKV              []*kernels.Tensor  // {dQ, dK, dV}: one buffer [3, B·N, D] (kernels.LinearBatchedBack)
-	dCKV              []*kernels.Tensor  // {dCkPre, dCv}: one buffer [2, B·L, D]
-	dBQKV, dBCKV      [3]*kernels.Tensor // the bias gradients of one LinearBatchedBack
-	dH1, dH13, dLn1   *kernels.Tensor    // [B·N, D]; [B, N, D]; [B, N, D]
-	block             []*kernels.Tensor  // zeroed at the start of each block's backward (the others: ZeroLazy before their first write)
+	dQ, dK            *kernels.Tensor   // [B·N, D] before RMSNorm
+	dH1, dH13, dLn1   *kernels.Tensor   // [B·N, D]; [B, N, D]; [B, N, D]
+	block             []*kernels.Tensor // zeroed at the start of each block's backward (the others: ZeroLazy before their first write)
 
 	dE0, dE0F     *kernels.Tensor // [B·F, 6, D]; [B·F, 6·D]
 	de, dEs       *kernels.Tensor // [B·F, D]
@@ -195,6 +193,10 @@ type passGrads struct {
 	dXp, dXpF     *kernels.Tensor // [B, N, 4C]; [B·N, 4C]
 	dx            *kernels.Tensor // [B, C, F, H, W]
 	global        []*kernels.Tensor
+
+	dQKV         []*kernels.Tensor  // {dQ, dK, dV}: one buffer [3, B·N, D] (kernels.LinearBatchedBack)
+	dCKV         []*kernels.Tensor  // {dCkPre, dCv}: one buffer [2, B·L, D]
+	dBQKV, dBCKV [3]*kernels.Tensor // the bias gradients of one LinearBatchedBack
 }
 
 func (p *Pass) alloc(shape ...int) *kernels.Tensor { return p.allocDT(kernels.F32, shape...) }
