@@ -414,7 +414,7 @@ func (p *Pass) ShareChunkKV() {
 		if a.kr != b0.kr {
 			drop[a.kr], drop[a.v] = true, true
 		}
-		a.kr, a.kr4, a.v, a.v4 = b0.kr, b0.kr4, b0.v, b0.v4
+		a.kr, a.kr4, a.v, a.v4, a.qkv = b0.kr, b0.kr4, b0.v, b0.v4, b0.qkv
 	}
 	keep := p.allocated[:0]
 	for _, t := range p.allocated {

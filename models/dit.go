@@ -64,6 +64,9 @@ type block struct {
 	Norm3B      *kernels.Tensor // [D]
 	FFN0, FFN2  linear
 	Modulation  *kernels.Tensor // [6·D]
+	// self-attention's {Q, K, V} and cross-attention's {K, V} weights and biases: one Linear apart
+	// in the table (Config.Params), so each set is one strided-batched GEMM (kernels.LinearBatched)
+	SelfQKVW, SelfQKVB, CrossKVW, CrossKVB []*kernels.Tensor
 }
 
 // weights are views of a parameter buffer shaped for the ops.
@@ -160,10 +163,15 @@ func (m *DiT) carveWith(view func(name string, shape []int) *kernels.Tensor) wei
 			return attn{Q: lin(b+a+".q", D, D), K: lin(b+a+".k", D, D), V: lin(b+a+".v", D, D), O: lin(b+a+".o", D, D),
 				NormQ: v(b + a + ".norm_q.weight"), NormK: v(b + a + ".norm_k.weight")}
 		}
-		w.Blocks = append(w.Blocks, block{Self: at("self_attn"), Cross: at("cross_attn"),
+		bl := block{Self: at("self_attn"), Cross: at("cross_attn"),
 			Norm3W: v(b + "norm3.weight"), Norm3B: v(b + "norm3.bias"),
 			FFN0: lin(b+"ffn.0", c.FFNDim, D), FFN2: lin(b+"ffn.2", D, c.FFNDim),
-			Modulation: v(b+"modulation", 6*D)})
+			Modulation: v(b+"modulation", 6*D)}
+		bl.SelfQKVW = []*kernels.Tensor{bl.Self.Q.W, bl.Self.K.W, bl.Self.V.W}
+		bl.SelfQKVB = []*kernels.Tensor{bl.Self.Q.B, bl.Self.K.B, bl.Self.V.B}
+		bl.CrossKVW = []*kernels.Tensor{bl.Cross.K.W, bl.Cross.V.W}
+		bl.CrossKVB = []*kernels.Tensor{bl.Cross.K.B, bl.Cross.V.B}
+		w.Blocks = append(w.Blocks, bl)
 	}
 	w.Head = lin("head.head", 4*c.OutDim, D)
 	w.HeadModulation = v("head.modulation", 2*D)

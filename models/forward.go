@@ -90,9 +90,7 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 
 	// self-attention
 	kernels.LayerNormModulate(d, a.ln1, a.h1, a.mean1, a.rstd1, a.x, a.mod, 0, 1, hw, cfg.Eps, !p.inference) // [B, N, D] LN·(1+scale1)+shift1
-	d.Linear(a.q, a.h1F, bw.Self.Q.W, bw.Self.Q.B)                                                           // [B·N, D]
-	d.Linear(a.k, a.h1F, bw.Self.K.W, bw.Self.K.B)                                                           // [B·N, D]
-	d.Linear(a.v, a.h1F, bw.Self.V.W, bw.Self.V.B)                                                           // [B·N, D]
+	kernels.LinearBatched(d, a.qkv, a.h1F, bw.SelfQKVW, bw.SelfQKVB)                                         // [3][B·N, D] q, k, v
 	kernels.RMSNormRoPE(d, a.qr4, a.rstdQ, a.q, bw.Self.NormQ, cfg.Eps, F, p.h, p.w, frame0)                 // [B, N, H, hd]
 	kernels.RMSNormRoPE(d, a.kr4, a.rstdK, a.k, bw.Self.NormK, cfg.Eps, F, p.h, p.w, frame0)                 // [B, N, H, hd]
 	switch {
@@ -118,9 +116,8 @@ func (m *DiT) block(p *Pass, l int, c *Cache, frame0 int, replay bool) {
 	d.LayerNorm(a.n3, a.mean3, a.rstd3, a.x1, bw.Norm3W, bw.Norm3B, cfg.Eps)         // [B, N, D]
 	d.Linear(a.cq, a.n3F, bw.Cross.Q.W, bw.Cross.Q.B)                                // [B·N, D]
 	d.RMSNorm(a.cqr, a.rstdCq, a.cq, bw.Cross.NormQ, cfg.Eps)                        // [B·N, D]
-	d.Linear(a.ck, p.ctx, bw.Cross.K.W, bw.Cross.K.B)                                // [B·L, D]
+	kernels.LinearBatched(d, a.ckv, p.ctx, bw.CrossKVW, bw.CrossKVB)                 // [2][B·L, D] k, v
 	d.RMSNorm(a.ckr, a.rstdCk, a.ck, bw.Cross.NormK, cfg.Eps)                        // [B·L, D]
-	d.Linear(a.cv, p.ctx, bw.Cross.V.W, bw.Cross.V.B)                                // [B·L, D]
 	d.Attention(a.catt4, a.clse, a.cqr4, a.ckr4, a.cv4, 0, 0)                        // [B, N, H, hd]
 	kernels.LinearResidual(d, a.x2, a.co3, a.catt, bw.Cross.O.W, bw.Cross.O.B, a.x1) // [B, N, D] x2 = x1 + o
 
@@ -162,7 +159,8 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 	if p.chunk.active {
 		frame0 = p.chunk.frame0
 	}
-	var dMod, dHmod *kernels.Tensor // modulation gradients, only wanted for the parameters
+	batched := kernels.BatchesLinears(d) // LinearBatchedBack takes the bias gradients of q, k, v and of cross k, v
+	var dMod, dHmod *kernels.Tensor      // modulation gradients, only wanted for the parameters
 	if train {
 		dMod, dHmod = g.dMod, g.dHmod
 	}
@@ -238,12 +236,13 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		d.LinearBack(g.dN3, gb.Cross.Q.W, bcq, g.dCqPre, a.n3F, bw.Cross.Q.W) // [B·N, D]
 		if train {                                                            // the context's path only carries parameter gradients
 			kernels.ZeroLazy(d, g.dCkPre)
+			// k's bias gradient: with the norm's backward, or with v's in the batched backward
 			bck := gb.Cross.K.B
-			if kernels.RMSNormBackBias(d, g.dCkPre, gb.Cross.NormK, bck, g.dCk, a.ck, a.rstdCk, bw.Cross.NormK) { // [B·L, D]
+			if kernels.RMSNormBackBias(d, g.dCkPre, gb.Cross.NormK, biasUnless(batched, bck), g.dCk, a.ck, a.rstdCk, bw.Cross.NormK) { // [B·L, D]
 				bck = nil
 			}
-			d.LinearBack(g.dCtx, gb.Cross.K.W, bck, g.dCkPre, p.ctx, bw.Cross.K.W)       // [B·L, D]
-			d.LinearBack(g.dCtx, gb.Cross.V.W, gb.Cross.V.B, g.dCv, p.ctx, bw.Cross.V.W) // [B·L, D]
+			g.dBCKV[0], g.dBCKV[1] = bck, gb.Cross.V.B
+			kernels.LinearBatchedBack(d, g.dCtx, gb.CrossKVW, g.dBCKV[:2], g.dCKV, p.ctx, bw.CrossKVW) // [B·L, D]
 		}
 		d.LayerNormBack(g.dX, gb.Norm3W, gb.Norm3B, g.dN33, a.x1, a.mean3, a.rstd3, bw.Norm3W) // [B, N, D]
 
@@ -260,19 +259,20 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		} else {
 			d.AttentionBack(g.dQr4, g.dKr4, g.dV4, g.dAtt4, a.att4, a.lse, a.qr4, a.kr4, a.v4, s.ChunkFrames*hw, 0) // [B, N, H, hd]
 		}
+		// q's and k's bias gradients: with the norms' backwards, or with v's in the batched backward
+		// (one pass over dQ, dK, dV that also makes their bf16 copy for its GEMMs)
 		kernels.ZeroLazy(d, g.dQ)
 		bq, bk := gb.Self.Q.B, gb.Self.K.B
-		if kernels.RMSNormRoPEBackBias(d, g.dQ, gb.Self.NormQ, bq, g.dQr4, a.q, a.rstdQ, bw.Self.NormQ, F, p.h, p.w, frame0) { // [B·N, D]
+		if kernels.RMSNormRoPEBackBias(d, g.dQ, gb.Self.NormQ, biasUnless(batched, bq), g.dQr4, a.q, a.rstdQ, bw.Self.NormQ, F, p.h, p.w, frame0) { // [B·N, D]
 			bq = nil
 		}
 		kernels.ZeroLazy(d, g.dK)
-		if kernels.RMSNormRoPEBackBias(d, g.dK, gb.Self.NormK, bk, g.dKr4, a.k, a.rstdK, bw.Self.NormK, F, p.h, p.w, frame0) { // [B·N, D]
+		if kernels.RMSNormRoPEBackBias(d, g.dK, gb.Self.NormK, biasUnless(batched, bk), g.dKr4, a.k, a.rstdK, bw.Self.NormK, F, p.h, p.w, frame0) { // [B·N, D]
 			bk = nil
 		}
 		kernels.ZeroLazy(d, g.dH1)
-		d.LinearBack(g.dH1, gb.Self.Q.W, bq, g.dQ, a.h1F, bw.Self.Q.W)                                              // [B·N, D]
-		d.LinearBack(g.dH1, gb.Self.K.W, bk, g.dK, a.h1F, bw.Self.K.W)                                              // [B·N, D]
-		d.LinearBack(g.dH1, gb.Self.V.W, gb.Self.V.B, g.dV, a.h1F, bw.Self.V.W)                                     // [B·N, D]
+		g.dBQKV = [3]*kernels.Tensor{bq, bk, gb.Self.V.B}
+		kernels.LinearBatchedBack(d, g.dH1, gb.SelfQKVW, g.dBQKV[:], g.dQKV, a.h1F, bw.SelfQKVW)                    // [B·N, D] dH1 = Σ dQ·Wq + dK·Wk + dV·Wv
 		kernels.ModulateLayerNormBack(d, g.dX, dMod, g.dH13, g.dLn1, a.ln1, a.x, a.mean1, a.rstd1, a.mod, 0, 1, hw) // [B, N, D]
 
 		if train {
@@ -311,4 +311,12 @@ func (m *DiT) BackwardHidden(p *Pass, dOut *kernels.Tensor, layer int, dHidden *
 		done(head, m.G.Numel()) // the head
 	}
 	return g.dx
+}
+
+// biasUnless is b, or nil when batched (the bias gradient is left to kernels.LinearBatchedBack).
+func biasUnless(batched bool, b *kernels.Tensor) *kernels.Tensor {
+	if batched {
+		return nil
+	}
+	return b
 }

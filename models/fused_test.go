@@ -176,3 +176,90 @@ func TestBackBiasWiring(t *testing.T) {
 		t.Errorf("frozen: took %d biases, want 0", ff.took)
 	}
 }
+
+// batchCPU is backBiasCPU with the batched Linears of kernels.LinearBatcher (as kernels/cuda has
+// them): each runs the plain ops in order, counting the batches, the bias gradients it got, and the
+// batches whose weights, outputs (gradients) and parameter gradients are not at one stride.
+type batchCPU struct {
+	backBiasCPU
+	fwd, back, biases, uneven int
+}
+
+func (d *batchCPU) BatchesLinears() bool { return true }
+
+func (d *batchCPU) strided(ts ...[]*kernels.Tensor) {
+	for _, s := range ts {
+		if _, ok := kernels.BatchStride(s); !ok && !kernels.AllNil(s) {
+			d.uneven++
+		}
+	}
+}
+
+func (d *batchCPU) LinearBatched(outs []*kernels.Tensor, in *kernels.Tensor, ws, bs []*kernels.Tensor) bool {
+	d.fwd++
+	d.strided(outs, ws, bs)
+	for i := range outs {
+		d.Linear(outs[i], in, ws[i], bs[i])
+	}
+	return true
+}
+
+func (d *batchCPU) LinearBatchedBack(dIn *kernels.Tensor, dWs, dBs, dOuts []*kernels.Tensor, in *kernels.Tensor, ws []*kernels.Tensor) bool {
+	d.back++
+	d.strided(dOuts, ws, dWs)
+	for i := range dOuts {
+		var dW *kernels.Tensor
+		if dWs != nil {
+			dW = dWs[i]
+		}
+		if dBs[i] != nil {
+			d.biases++
+		}
+		d.LinearBack(dIn, dW, dBs[i], dOuts[i], in, ws[i])
+	}
+	return true
+}
+
+// TestBatchedLinearWiring: on a device that batches Linears (kernels.LinearBatcher) the block's
+// q, k, v and cross k, v go to it, their weights, outputs and gradients each at one stride (the
+// parameter table, the pass's buffers), and it gets all five bias gradients (the norm backwards no
+// longer take q's, k's and cross k's: 4 of BackBiaser's 7 a block); the results equal the plain
+// CPU pass's bit for bit. A frozen network's backward passes no weight or bias gradient.
+func TestBatchedLinearWiring(t *testing.T) {
+	cfg, _ := Preset("tiny")
+	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, 3
+	B, F, H, W, L := 1, 2, 4, 4, 3
+	C := cfg.InDim
+	rng := rand.New(rand.NewSource(13))
+	xv, tv := randn(rng, B*C*F*H*W, 1), randTimesteps(rng, B*F)
+	cv, gv := randn(rng, B*L*cfg.TextDim, 1), randn(rng, B*C*F*H*W, 1)
+	run := func(dev kernels.Device, grads bool) (out, dx, g []float32) {
+		m := New(dev, cfg, grads)
+		randomize(m, 7)
+		p := m.NewPass(Shape{B: B, F: F, H: H, W: W, L: L})
+		out = host(dev, m.Forward(p, devT(dev, xv, B, C, F, H, W), devT(dev, tv, B, F), devT(dev, cv, B, L, cfg.TextDim)))
+		dx = host(dev, m.Backward(p, devT(dev, gv, B, C, F, H, W)))
+		if grads {
+			g = host(dev, m.G)
+		}
+		return out, dx, g
+	}
+	o0, dx0, g0 := run(kernels.CPU(), true)
+	fd := &batchCPU{backBiasCPU: backBiasCPU{Device: kernels.CPU()}}
+	o1, dx1, g1 := run(fd, true)
+	sameBits(t, "output", o0, o1)
+	sameBits(t, "dx", dx0, dx1)
+	sameBits(t, "parameter gradients", g0, g1)
+	n := cfg.Layers
+	if fd.fwd != 2*n || fd.back != 2*n || fd.biases != 5*n || fd.took != 4*n || fd.uneven != 0 {
+		t.Errorf("batched forwards %d, backwards %d, bias gradients %d, BackBiaser's %d, not at one stride %d: want %d, %d, %d, %d, 0",
+			fd.fwd, fd.back, fd.biases, fd.took, fd.uneven, 2*n, 2*n, 5*n, 4*n)
+	}
+	_, fdx0, _ := run(kernels.CPU(), false)
+	ff := &batchCPU{backBiasCPU: backBiasCPU{Device: kernels.CPU()}}
+	_, fdx1, _ := run(ff, false)
+	sameBits(t, "frozen dx", fdx0, fdx1)
+	if ff.biases != 0 || ff.took != 0 || ff.back != n { // the context's path (cross k, v) only carries parameter gradients
+		t.Errorf("frozen: %d batched backwards, %d bias gradients, BackBiaser's %d: want %d, 0, 0", ff.back, ff.biases, ff.took, n)
+	}
+}

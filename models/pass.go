@@ -151,6 +151,9 @@ type blockActs struct {
 	f1, f1g          *kernels.Tensor // [B·N, ffn] ffn.0 out, after GELU
 	f2, f23          *kernels.Tensor // [B·N, D]; [B, N, D]
 	x3               *kernels.Tensor // [B, N, D] block output
+
+	qkv []*kernels.Tensor // {q, k, v}: one buffer [3, B·N, D] (one batched GEMM, kernels.LinearBatched)
+	ckv []*kernels.Tensor // {ck, cv}: one buffer [2, B·L, D]
 }
 
 // passGrads is the backward scratch: the running residual gradient, one block's worth of
@@ -190,6 +193,10 @@ type passGrads struct {
 	dXp, dXpF     *kernels.Tensor // [B, N, 4C]; [B·N, 4C]
 	dx            *kernels.Tensor // [B, C, F, H, W]
 	global        []*kernels.Tensor
+
+	dQKV         []*kernels.Tensor  // {dQ, dK, dV}: one buffer [3, B·N, D] (kernels.LinearBatchedBack)
+	dCKV         []*kernels.Tensor  // {dCkPre, dCv}: one buffer [2, B·L, D]
+	dBQKV, dBCKV [3]*kernels.Tensor // the bias gradients of one LinearBatchedBack
 }
 
 func (p *Pass) alloc(shape ...int) *kernels.Tensor { return p.allocDT(kernels.F32, shape...) }
@@ -272,6 +279,7 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 			if !shareKV {
 				a.v, a.kr = p.alloc(BN, D), p.alloc(BN, D)
 				a.v4, a.kr4 = a.v.Reshape(B, N, H, Hd), a.kr.Reshape(B, N, H, Hd)
+				a.qkv = []*kernels.Tensor{a.q, a.k, a.v} // not at one stride: three GEMMs (kernels.LinearBatched falls back)
 			}
 			p.blocks = append(p.blocks, a)
 			continue
@@ -282,8 +290,9 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 		a.ln1, a.h1 = p.alloc(B, N, D), p.allocDT(opDT, B, N, D)
 		a.h1F = a.h1.Reshape(BN, D)
 		a.mean1, a.rstd1 = p.alloc(BN), p.alloc(BN)
-		a.q, a.k = p.alloc(BN, D), p.alloc(BN, D)
-		a.v = p.alloc(BN, D)
+		qkv := p.alloc(3, BN, D) // q, k, v at a constant stride: one batched GEMM (kernels.LinearBatched)
+		a.q, a.k, a.v = qkv.View(0, BN, D), qkv.View(BN*D, BN, D), qkv.View(2*BN*D, BN, D)
+		a.qkv = []*kernels.Tensor{a.q, a.k, a.v}
 		a.v4 = a.v.Reshape(B, N, H, Hd)
 		a.qr, a.kr = p.alloc(BN, D), p.alloc(BN, D)
 		a.qr4, a.kr4 = a.qr.Reshape(B, N, H, Hd), a.kr.Reshape(B, N, H, Hd)
@@ -300,10 +309,12 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 		a.cq, a.cqr = p.alloc(BN, D), p.alloc(BN, D)
 		a.cqr4 = a.cqr.Reshape(B, N, H, Hd)
 		a.rstdCq = p.alloc(BN)
-		a.ck, a.ckr = p.alloc(BL, D), p.alloc(BL, D)
+		ckv := p.alloc(2, BL, D) // cross k, v at a constant stride
+		a.ck, a.cv = ckv.View(0, BL, D), ckv.View(BL*D, BL, D)
+		a.ckv = []*kernels.Tensor{a.ck, a.cv}
+		a.ckr = p.alloc(BL, D)
 		a.ckr4 = a.ckr.Reshape(B, L, H, Hd)
 		a.rstdCk = p.alloc(BL)
-		a.cv = p.alloc(BL, D)
 		a.cv4 = a.cv.Reshape(B, L, H, Hd)
 		a.catt = p.allocDT(opDT, BN, D)
 		a.catt4 = a.catt.Reshape(B, N, H, Hd)
@@ -358,8 +369,10 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dN33 = g.dN3.Reshape(B, N, D)
 	g.dCk = blk(BL, D)
 	g.dCk4 = g.dCk.Reshape(B, L, H, Hd)
-	g.dCkPre = lazy(BL, D)
-	g.dCv = blk(BL, D)
+	dckv := p.alloc(2, BL, D) // dCkPre (lazy) and dCv (zeroed per block) at a constant stride
+	g.dCkPre, g.dCv = dckv.View(0, BL, D), dckv.View(BL*D, BL, D)
+	g.block = append(g.block, g.dCv)
+	g.dCKV = []*kernels.Tensor{g.dCkPre, g.dCv}
 	g.dCv4 = g.dCv.Reshape(B, L, H, Hd)
 	g.dO = lazy(BN, D)
 	g.dO3 = g.dO.Reshape(B, N, D)
@@ -369,9 +382,11 @@ func (m *DiT) newPassKV(s Shape, inference, shareKV bool) *Pass {
 	g.dQr4 = g.dQr.Reshape(B, N, H, Hd)
 	g.dKr = blk(BN, D)
 	g.dKr4 = g.dKr.Reshape(B, N, H, Hd)
-	g.dV = blk(BN, D)
+	dqkv := p.alloc(3, BN, D) // dQ, dK (lazy) and dV (zeroed per block) at a constant stride
+	g.dQ, g.dK, g.dV = dqkv.View(0, BN, D), dqkv.View(BN*D, BN, D), dqkv.View(2*BN*D, BN, D)
+	g.block = append(g.block, g.dV)
+	g.dQKV = []*kernels.Tensor{g.dQ, g.dK, g.dV}
 	g.dV4 = g.dV.Reshape(B, N, H, Hd)
-	g.dQ, g.dK = lazy(BN, D), lazy(BN, D)
 	g.dH1 = lazy(BN, D)
 	g.dH13 = g.dH1.Reshape(B, N, D)
 	g.dLn1 = lazy(B, N, D)

@@ -35,6 +35,7 @@ func (p *Pass) recomputeBlock(x *kernels.Tensor, B, N, D, H, Hd int) *kernels.Te
 		p.ownKV = true
 		a.v, a.kr = p.alloc(B*N, D), p.alloc(B*N, D)
 		a.v4, a.kr4 = a.v.Reshape(B, N, H, Hd), a.kr.Reshape(B, N, H, Hd)
+		a.qkv = []*kernels.Tensor{a.q, a.k, a.v} // not at one stride: three GEMMs (kernels.LinearBatched falls back)
 	}
 	p.blocks = append(p.blocks, a)
 	return a.x3

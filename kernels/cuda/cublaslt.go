@@ -14,6 +14,7 @@ type blasLt struct {
 
 	create, getVersion, descCreate, descSetAttr, descDestroy, layoutCreate, layoutDestroy,
 	prefCreate, prefSetAttr, prefDestroy, heuristic, matmul uintptr
+	layoutSetAttr uintptr // cublasLtMatrixLayoutSetAttribute (strided batches)
 }
 
 // cuBLASLt / CUDA enums used here (cublasLt.h, library_types.h).
@@ -32,6 +33,9 @@ const (
 	descAuxPtr     = 11 // CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER
 	descAuxLD      = 12 // CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD
 	descBiasDType  = 26
+	descBiasBatch  = 10 // CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE (int64): elements between the batch's bias vectors
+	layoutBatch    = 5  // CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT (int32)
+	layoutBatchOff = 6  // CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET (int64): elements between the batch's matrices
 	epilogueDef    = 1
 	epilogueBias   = 4
 	epilogueGELU   = 32  // CUBLASLT_EPILOGUE_GELU (the tanh form, as PyTorch's _addmm_activation uses it)
@@ -39,6 +43,7 @@ const (
 	epilogueGAux   = 160 // CUBLASLT_EPILOGUE_GELU_AUX: GELU(x), x stored in the aux matrix
 	epilogueGAuxB  = 164 // CUBLASLT_EPILOGUE_GELU_AUX_BIAS: GELU(x + bias), x + bias stored in the aux matrix
 	prefMaxWSBytes = 1
+	prefMinAlignA  = 5 // CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES (uint32; B, C, D follow)
 	opN            = 0
 	opT            = 1
 
@@ -59,6 +64,7 @@ func loadBlasLt() (*blasLt, error) {
 		{&b.layoutDestroy, "cublasLtMatrixLayoutDestroy"}, {&b.prefCreate, "cublasLtMatmulPreferenceCreate"},
 		{&b.prefSetAttr, "cublasLtMatmulPreferenceSetAttribute"}, {&b.prefDestroy, "cublasLtMatmulPreferenceDestroy"},
 		{&b.heuristic, "cublasLtMatmulAlgoGetHeuristic"}, {&b.matmul, "cublasLtMatmul"},
+		{&b.layoutSetAttr, "cublasLtMatrixLayoutSetAttribute"},
 	}); miss != "" {
 		return nil, fmt.Errorf("%s lacks %s", name, miss)
 	}
@@ -91,6 +97,11 @@ type gemmKey struct {
 	epi            int // cublasLtEpilogue_t (0: the default)
 	biasDType      int // the bias's data type, where epi has one
 	auxLD          int // the aux matrix's leading dimension, where epi has one
+	// a strided batch (batch > 1): A, B, D and the bias advance by sa, sb, sd, sbias elements from
+	// one GEMM of the batch to the next (0: the same matrix for all, e.g. a shared input)
+	batch             int
+	sa, sb, sd, sbias int
+	align             int // with batch: the bytes every matrix of the batch is aligned to (≤ 256)
 }
 
 // epiHasBias reports whether epilogue ep reads a bias (BIAS_POINTER).
@@ -158,6 +169,11 @@ func (b *blasLt) plan(k gemmKey) (*gemmPlan, error) {
 	if err := b.call("cublasLtMatrixLayoutCreate(D)", b.layoutCreate, uintptr(unsafe.Pointer(&p.ld)), uintptr(k.td), uintptr(k.m), uintptr(k.n), uintptr(k.ldd)); err != nil {
 		return nil, err
 	}
+	if k.batch > 1 {
+		if err := b.batched(p, k); err != nil {
+			return nil, err
+		}
+	}
 	var pref uintptr
 	if err := b.call("cublasLtMatmulPreferenceCreate", b.prefCreate, uintptr(unsafe.Pointer(&pref))); err != nil {
 		return nil, err
@@ -166,6 +182,14 @@ func (b *blasLt) plan(k gemmKey) (*gemmPlan, error) {
 	ws := uint64(ltWorkspace)
 	if err := b.call("cublasLtMatmulPreferenceSetAttribute", b.prefSetAttr, pref, prefMaxWSBytes, uintptr(unsafe.Pointer(&ws)), 8); err != nil {
 		return nil, err
+	}
+	if k.batch > 1 && k.align > 0 { // the batch's later matrices may be less aligned than the default's 256 bytes
+		al := uint32(k.align)
+		for a := prefMinAlignA; a < prefMinAlignA+4; a++ {
+			if err := b.call("cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)", b.prefSetAttr, pref, uintptr(a), uintptr(unsafe.Pointer(&al)), 4); err != nil {
+				return nil, err
+			}
+		}
 	}
 	var res [heurResultSize]byte
 	var n int32
@@ -176,4 +200,31 @@ func (b *blasLt) plan(k gemmKey) (*gemmPlan, error) {
 	copy(p.algo[:], res[:64])
 	p.ok = true
 	return p, nil
+}
+
+// batched sets the strided-batch attributes of k on p's layouts (and the bias's batch stride).
+func (b *blasLt) batched(p *gemmPlan, k gemmKey) error {
+	count := int32(k.batch)
+	for _, l := range []struct {
+		what   string
+		layout uintptr
+		stride int
+	}{{"A", p.la, k.sa}, {"B", p.lb, k.sb}, {"D", p.ld, k.sd}} {
+		off := int64(l.stride)
+		if err := b.call("cublasLtMatrixLayoutSetAttribute("+l.what+" BATCH_COUNT)", b.layoutSetAttr, l.layout, layoutBatch,
+			uintptr(unsafe.Pointer(&count)), 4); err != nil {
+			return err
+		}
+		if err := b.call("cublasLtMatrixLayoutSetAttribute("+l.what+" STRIDED_BATCH_OFFSET)", b.layoutSetAttr, l.layout, layoutBatchOff,
+			uintptr(unsafe.Pointer(&off)), 8); err != nil {
+			return err
+		}
+	}
+	if epiHasBias(k.epi) {
+		bs := int64(k.sbias)
+		if err := b.call("cublasLtMatmulDescSetAttribute(BIAS_BATCH_STRIDE)", b.descSetAttr, p.desc, descBiasBatch, uintptr(unsafe.Pointer(&bs)), 8); err != nil {
+			return err
+		}
+	}
+	return nil
 }

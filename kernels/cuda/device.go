@@ -75,6 +75,7 @@ type Device struct {
 	geluAux   bool           // with fuse: the training GELU epilogues, bf16 pre-activation (GELUPreBF16; FEWSTEP_GELU_AUX=0: off)
 	colFuse   int            // with fuse: blocks per SM of the norm and gate backwards that also sum columns (colsums.go; FEWSTEP_COLFUSE=0: off)
 	colBias   bool           // with colFuse: they also take the next Linear's bias gradient (kernels.BackBiaser; FEWSTEP_COLFUSE_BIAS=0: off)
+	qkv       bool           // with fuse: Linears of one input as one strided-batched GEMM (batched.go; FEWSTEP_QKV=0: off)
 	pz        kernels.Tensor // ZeroLazy's pending tensor (header copy), when pzOn
 	pzOn      bool
 	syncEach  bool // FEWSTEP_CUDA_SYNC=1: synchronize after every launch (debugging)
@@ -212,6 +213,7 @@ func New(ordinal int) (*Device, error) {
 	d.geluAux = os.Getenv("FEWSTEP_GELU_AUX") != "0"
 	d.colFuse = colFuseEnv(os.Getenv("FEWSTEP_COLFUSE"))
 	d.colBias = os.Getenv("FEWSTEP_COLFUSE_BIAS") != "0"
+	d.qkv = os.Getenv("FEWSTEP_QKV") != "0"
 	d.syncEach = os.Getenv("FEWSTEP_CUDA_SYNC") == "1"
 	d.Info = fmt.Sprintf("%s, sm_%d, %d SMs, driver %d, cuBLASLt %d", cstr(name[:]), d.cc, d.sms, d.driver, d.lt.version)
 	return d, nil

@@ -78,11 +78,17 @@ type gemmEpi struct {
 	gelu  bool    // D = GELU(op(A)·op(B) + bias), the tanh form
 	aux   uintptr // with gelu: where the pre-activation op(A)·op(B) + bias is stored (D's dtype, m×n, ld auxLD)
 	auxLD int
+	// batch > 1: a strided batch of that many GEMMs (batched.go), A, B, D and the bias of GEMM i
+	// at i·strideA, i·strideB, i·strideD, i·strideBias elements from the tensors' starts (0: shared);
+	// gemmX then reports false, having queued nothing, when cuBLASLt has no algorithm for it
+	batch                                 int
+	strideA, strideB, strideD, strideBias int
 }
 
 // gemmX is gemm with C ≠ D (c: C's address, laid out as D; 0: C = D) and the epilogues of ep. It
 // reports false, having queued nothing, when ep asks for the GELU epilogue and cuBLASLt has no
-// algorithm with it (the caller then runs the plain ops).
+// algorithm with it (the caller then runs the plain ops), or when ep asks for a batch that it cannot
+// run as one (no algorithm, matrices less than 16-byte aligned: the caller runs them one by one).
 func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor, lda int, B *kernels.Tensor, ldb int,
 	D *kernels.Tensor, ldd int, beta float32, bias *kernels.Tensor, c uintptr, ep gemmEpi) bool {
 	if m == 0 || n == 0 {
@@ -95,6 +101,28 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 	key := gemmKey{transA: transA, transB: transB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldd: ldd, td: cudaType(D.DType)}
 	exact := A.DType == kernels.F32 && B.DType == kernels.F32 && D.DType == kernels.F32 && d.GEMM != GEMMBF16
 	bf16Bias := !exact && bias != nil && bias.DType == kernels.BF16 && D.DType == kernels.F32 // goes in as its fp32 copy
+	nb := max(1, ep.batch)
+	if nb > 1 {
+		key.batch, key.sa, key.sb, key.sd, key.sbias = nb, ep.strideA, ep.strideB, ep.strideD, ep.strideBias
+		opSize := 2 // the operands' element size as the GEMM reads them (converted copies start 256-byte aligned)
+		if exact {
+			opSize = 4
+		}
+		key.align = lowAlign(A.Ptr, B.Ptr, D.Ptr, uintptr(ep.strideA*opSize), uintptr(ep.strideB*opSize), uintptr(ep.strideD*D.DType.Size()))
+		if bias != nil {
+			bp, bs := bias.Ptr, ep.strideBias*bias.DType.Size()
+			if bf16Bias {
+				key.sbias = m // the fp32 copies, one after another in scratch
+				bp, bs = 0, 4*m
+			}
+			if lowAlign(bp, uintptr(bs)) < 16 {
+				return false
+			}
+		}
+		if key.align < 16 {
+			return false // the caller runs the batch's GEMMs one by one
+		}
+	}
 	if exact {
 		key.ta, key.tb, key.compute = cudaR32F, cudaR32F, computeF32
 		if d.GEMM == GEMMTF32 {
@@ -133,12 +161,15 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 		return false
 	}
 	if p != nil && !p.ok && useBias { // no algorithm with the bias epilogue: plain GEMM, then a bias kernel
-		key.epi, key.biasDType = 0, 0
+		key.epi, key.biasDType, key.sbias = 0, 0, 0
 		useBias, bf16Bias = false, false
 		p = d.getPlan(key)
 	}
 	if p == nil {
 		return true
+	}
+	if !p.ok && nb > 1 {
+		return false // the caller runs the batch's GEMMs one by one
 	}
 	if !p.ok {
 		d.fail(fmt.Errorf("%s: cuBLASLt has no algorithm for m=%d n=%d k=%d (types %d×%d→%d, compute %d)", op, m, n, k, key.ta, key.tb, key.td, key.compute))
@@ -151,18 +182,20 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 		pa, pb = A.Ptr, B.Ptr
 	} else {
 		d.reserve(2*A.Numel()*btoi(A.DType != kernels.BF16 && !d.isWeight(A)) + 2*B.Numel()*btoi(B.DType != kernels.BF16 && !d.isWeight(B)) +
-			4*m*btoi(bf16Bias) + 768)
+			4*m*nb*btoi(bf16Bias) + 1024)
 		pa, pb = d.bf16Operand(A), d.bf16Operand(B)
 		if bf16Bias && d.err == nil {
 			// A bf16 bias (a network stored in bf16: the frozen teacher, a trainable one whose fp32
-			// masters are sharded) and an fp32 output: its fp32 copy (m values) goes into the
-			// epilogue, instead of a separate pass over D after the GEMM.
-			bp := d.scratch(4 * m)
+			// masters are sharded) and an fp32 output: its fp32 copy (m values; a batch's one after
+			// another) goes into the epilogue, instead of a separate pass over D after the GEMM.
+			bp := d.scratch(4 * m * nb)
 			if bp == 0 {
 				return true
 			}
-			d.convert(bp, kernels.F32, bias)
-			bias = &kernels.Tensor{Dev: d, DType: kernels.F32, Shape: []int{m}, Ptr: bp}
+			for i := 0; i < nb; i++ {
+				d.convert(bp+uintptr(4*m*i), kernels.F32, batchView(bias, i, ep.strideBias, m))
+			}
+			bias = &kernels.Tensor{Dev: d, DType: kernels.F32, Shape: []int{m * nb}, Ptr: bp}
 		}
 	}
 	if d.err != nil {
@@ -195,11 +228,21 @@ func (d *Device) gemmX(op string, transA, transB, m, n, k int, A *kernels.Tensor
 	if pr != 0 {
 		d.profEnd(fmt.Sprintf("gemm %s %d×%d×%d", op, m, n, k), pr)
 	}
-	if bias != nil && !useBias { // out[c, :] += bias (D is m×n column-major: bias over the m rows)
-		d.args.reset().t(D).t(bias).t(D).i64(m).i64(m * n)
+	for i := 0; i < nb && bias != nil && !useBias; i++ { // out[c, :] += bias (D is m×n column-major: bias over the m rows)
+		Di, bi := batchView(D, i, ep.strideD, m*n), batchView(bias, i, ep.strideBias, m)
+		d.args.reset().t(Di).t(bi).t(Di).i64(m).i64(m * n)
 		d.ew("ew_add_broadcast", m*n)
 	}
 	return true
+}
+
+// batchView is the n elements of GEMM i of a strided batch over t (stride elements apart; the
+// whole of t when not a batch).
+func batchView(t *kernels.Tensor, i, stride, n int) *kernels.Tensor {
+	if stride == 0 && i == 0 && t.Numel() == n {
+		return t
+	}
+	return &kernels.Tensor{Dev: t.Dev, DType: t.DType, Shape: []int{n}, Ptr: t.Ptr + uintptr(i*stride*t.DType.Size())}
 }
 
 // getPlan returns the cached cuBLASLt plan of key, making it on first use (nil after an error).
@@ -1342,4 +1385,16 @@ func (d *Device) EMA(ema, w *kernels.Tensor, decay float32) {
 	d.touch(ema)
 	d.args.reset().t(ema).t(w).f32(decay).i64(n)
 	d.ew("ema", n)
+}
+
+// lowAlign is the largest power of two ≤ 256 that divides every x (addresses and byte strides).
+func lowAlign(xs ...uintptr) int {
+	var v uintptr
+	for _, x := range xs {
+		v |= x
+	}
+	if v == 0 {
+		return 256
+	}
+	return int(min(v&-v, 256))
 }

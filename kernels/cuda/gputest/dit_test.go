@@ -114,9 +114,25 @@ func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v varia
 	cot := randn(r, oc.Numel(), 0, 0)
 	dxc := mc.Backward(pc, upload(cpu, cot, xs...))
 	dxg := mg.Backward(pg, upload(g, cot, xs...))
-	check(t, g, "grad.x", host(g, dxg), host(cpu, dxc), v.tol)
+	dxB := host(g, dxg) // the pass's dx (the next backward on pg overwrites it)
+	check(t, g, "grad.x", dxB, host(cpu, dxc), v.tol)
 	gc, gg := host(cpu, mc.G), host(g, mg.G)
 	check(t, g, "grad (all parameters)", gg, gc, v.tol)
+	{
+		// the batched Linears (q, k, v and cross k, v as strided-batched GEMMs, kernels/cuda/batched.go)
+		// against one GEMM each (FEWSTEP_QKV=0): the same function
+		cuda.SetBatchedLinears(g, false)
+		gSave := host(g, mg.G)
+		mg.ZeroGrad()
+		o1 := host(g, mg.Forward(pg, upload(g, x, xs...), upload(g, ts, s.B, s.F), upload(g, ctx, s.B, s.L, cfg.TextDim)))
+		dx1 := host(g, mg.Backward(pg, upload(g, cot, xs...)))
+		g1 := host(g, mg.G)
+		cuda.SetBatchedLinears(g, true)
+		g.FromHost(mg.G, gSave)
+		check(t, g, "out, one GEMM each vs batched Linears (GPU)", o1, full, v.tol/10)
+		check(t, g, "grad.x, one GEMM each vs batched Linears (GPU)", dx1, dxB, v.tol/10)
+		check(t, g, "grad (all parameters), one GEMM each vs batched Linears (GPU)", g1, gg, v.tol/10)
+	}
 	if v.operands {
 		// Without the GELU epilogues (their bf16 pre-activation), the same numbers as fp32
 		// activations with bf16 copies (bf16-gemm); with them (pg above), within bf16 rounding.
@@ -139,7 +155,7 @@ func testDiT(t *testing.T, g *cuda.Device, cfg models.Config, chunk int, v varia
 		check(t, g, "grad.x vs fp32 activations (GPU, no GELU epilogues)", dxo, dxf, 1e-5)
 		check(t, g, "grad (all parameters) vs fp32 activations (GPU, no GELU epilogues)", go_, gf, 1e-5)
 		check(t, g, "out, GELU epilogues vs none (GPU)", full, oo, v.tol/3)
-		check(t, g, "grad.x, GELU epilogues vs none (GPU)", host(g, dxg), dxo, v.tol/3)
+		check(t, g, "grad.x, GELU epilogues vs none (GPU)", dxB, dxo, v.tol/3)
 		check(t, g, "grad (all parameters), GELU epilogues vs none (GPU)", gg, go_, v.tol/3)
 		po.Free()
 		pf.Free()
