@@ -400,6 +400,7 @@ func (t *Trainer) Restore(path string) error {
 			return fmt.Errorf("resume: %s: no adamw_steps for role %s", filepath.Join(dir, "state.json"), name)
 		}
 		r.updates = u
+		t.gateHost = true // the device's step counts (optim.go) follow at the next launch
 	}
 	if err := t.opt.Source.Restore(st.Loader); err != nil {
 		return fmt.Errorf("resume: loader cursor: %w", err)

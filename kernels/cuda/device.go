@@ -60,6 +60,7 @@ type Device struct {
 	scrUsed int
 	dbl     uintptr // device float64 accumulators of Dot / SumAbsGroups
 	dblCap  int
+	pins    []*pinnedRead // ReadAsync's pinned host buffers and their events (gate.go)
 
 	weights []region            // MarkWeights: fp32 buffers whose bf16 shadows are cached
 	shadows map[uintptr]*shadow // by fp32 address
