@@ -40,7 +40,9 @@ func (r countedReadback) Wait(dst []float32) error { *r.n++; return r.Readback.W
 // non-finite guard, clip, AdamW) waits for the device once, however many roles it steps: the
 // "test-adamw" objective steps one role on odd steps and two on even ones (its own readbacks go
 // to the tensors' device, not through the counting one), and each step makes exactly one
-// synchronizing call through the trainer's device. With a Dot per role it made two on even steps.
+// synchronizing call through the trainer's device: TrainStep's wait for the step's readback
+// (optim.go; Run takes it a step later, TestRunPipelined). With a Dot per role it made two on
+// even steps.
 // The norms are the exact ones (TestAdamWAgainstFloat64 checks them and the clip against float64).
 func TestOneNormReadbackPerStep(t *testing.T) {
 	job := toyJob(t.TempDir(), 4)
