@@ -56,9 +56,10 @@ func lrAt(base float64, schedule string, warmup, n, total int) float64 {
 // several ranks the mean over ranks, dist.go) and sets r.gnorm to its global L2 norm, which the clip
 // and the non-finite guard (TrainStep) both read. Every rank gets the same norm (it is computed
 // from the reduced gradient). With the whole gradient on this rank (no train.shard) the sum of
-// squares is queued into the role's device accumulator (Device.SumSquares) and r.gnorm is set by
-// readBack, which brings every role's sum (and the step's deferred losses) to the host in one copy: one synchronization per step
-// for all roles, not one per role.
+// squares is queued into the role's device accumulator (Device.SumSquares); on one rank the gate
+// (launchGated) reads it on the device and r.gnorm is set when the step settles (settleGated), on
+// several by readBack, which brings every role's sum (and the step's deferred losses) to the host
+// in one copy: one synchronization per step for all roles, not one per role.
 func (t *Trainer) gradNorm(r *role, accum int) error {
 	if r.sh != nil {
 		return t.gradNormSharded(r, accum)

@@ -790,7 +790,7 @@ func (t *Trainer) Run() error {
 		}
 		return m, nil
 	}
-	// The pipeline (docs/reliability.md): step n is launched before step n−1 is settled, so the
+	// The pipeline (trainer/GPU_NOTES.md, optim.go launchGated): step n is launched before step n−1 is settled, so the
 	// host never waits for the step it just queued; n−1's readback finished long before. A step
 	// that checkpoints, validates, stops or ends the run is settled at once, before all of that.
 	var prev *pendingStep
