@@ -10,7 +10,7 @@ set -e
 cd "$(dirname "$0")"
 out=${TMPDIR:-/tmp}/cuda_emu
 mkdir -p "$out"
-for t in t_ln t_rms t_gate; do
+for t in t_ln t_rms t_gate t_optim; do
     g++ -std=c++20 -O2 -w -pthread -o "$out/$t" $t.cpp
     "$out/$t"
 done
