@@ -210,6 +210,9 @@ func TestNonFiniteSkippedOnDevice(t *testing.T) {
 	if count() != 3 {
 		t.Fatalf("the skipped step moved the device's step count to %d", count())
 	}
+	if _, err := tr.Save(); err == nil || !strings.Contains(err.Error(), "not settled") {
+		t.Fatalf("Save with step 4 in flight: %v, want a refusal", err)
+	}
 	met, err := tr.settle(p)
 	if err != nil || !tr.skipped || tr.BadSteps != 1 || st.updates != 3 || !math.IsNaN(met["loss"]) {
 		t.Fatalf("step 4 settled: %v, skipped %v, bad steps %d, updates %d, loss %v", err, tr.skipped, tr.BadSteps, st.updates, met["loss"])
