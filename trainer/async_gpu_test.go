@@ -13,8 +13,9 @@ import (
 // TestGatedRunGPU: the toy job with a NaN planted in step 4 (nanSource) and the clip active, run
 // by Run (pipelined, the gate on the device) on the GPU and on the CPU: both skip step 4 and only
 // it (bad_steps 1, 5 AdamW steps on the host and in the GPU's gate), and the GPU's weights, AdamW
-// moments and EMA follow the CPU's (fp32 GEMMs; relative L2 error ≤ 1e-3: AdamW's m/√v amplifies the last bits of tiny gradients; a gate that failed to skip, clip or count gives O(1) or NaN), all finite. Skips
-// without a GPU.
+// moments and EMA follow the CPU's (fp32 GEMMs; relative L2 error ≤ 1e-3: AdamW's m/√v amplifies
+// the last bits of tiny gradients, while a gate that failed to skip, clip or count gives O(1) or
+// NaN), all finite. Skips without a GPU.
 //
 //	go test ./trainer -run TestGatedRunGPU
 func TestGatedRunGPU(t *testing.T) {
