@@ -790,9 +790,10 @@ func (t *Trainer) Run() error {
 		}
 		return m, nil
 	}
-	// The pipeline (trainer/GPU_NOTES.md, optim.go launchGated): step n is launched before step n−1 is settled, so the
-	// host never waits for the step it just queued; n−1's readback finished long before. A step
-	// that checkpoints, validates, stops or ends the run is settled at once, before all of that.
+	// The pipeline (trainer/GPU_NOTES.md, optim.go launchGated): step n is launched before step
+	// n−1 is settled, so the host never waits for the step it just queued; n−1's readback finished
+	// long before. So the bad-step count and ErrDiverged come one step late. A step that
+	// checkpoints, validates, stops or ends the run is settled at once, before all of that.
 	var prev *pendingStep
 	for t.Step < job.Train.Steps {
 		p, err := t.launch()
