@@ -76,7 +76,8 @@ type Options struct {
 var ErrInterrupted = errors.New("interrupted")
 
 // ErrDiverged is wrapped by TrainStep's and Run's error when more than train.max_bad_steps steps had
-// a NaN or Inf loss or gradient norm.
+// a NaN or Inf loss or gradient norm (Run finds it when it settles the step, after launching the
+// next one: optim.go launchGated).
 var ErrDiverged = errors.New("training diverged")
 
 // ErrNonFinite is wrapped by Save's error when a weight or optimizer moment is NaN or Inf: such a
