@@ -109,4 +109,7 @@ type Device interface {
 	AdamW(w, g, m, v *Tensor, lr, beta1, beta2, eps, wd float32, step int)
 	// EMA: ema = decay·ema + (1−decay)·w.
 	EMA(ema, w *Tensor, decay float32)
+
+	// The optimizer step gated on the device, and reading back without waiting (gate.go).
+	Gater
 }

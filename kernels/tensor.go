@@ -111,6 +111,16 @@ func ReadF64(dev Device, dst []float64, acc *Tensor) {
 	}
 }
 
+// ReadF64Host is ReadF64 on a host copy h of accumulators (2 float32 words each).
+func ReadF64Host(dst []float64, h []float32) {
+	if len(h) != 2*len(dst) {
+		panicf("ReadF64Host: %d words into %d float64s", len(h), len(dst))
+	}
+	for i := range dst {
+		dst[i] = f64Of(h[2*i], h[2*i+1])
+	}
+}
+
 // f64Of and f64Bits move a float64's bits through two float32 words (lo, hi) without arithmetic,
 // so NaN payloads and signs survive.
 func f64Of(lo, hi float32) float64 {

@@ -359,5 +359,18 @@ func (d *DryDevice) SumAbsGroups(dst []float64, x *kernels.Tensor) {
 }
 func (d *DryDevice) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd float32, step int) {}
 func (d *DryDevice) EMA(ema, w *kernels.Tensor, decay float32)                                     {}
+func (d *DryDevice) StepGate(gate, acc *kernels.Tensor, mask uint32, roles, deferred int, clip float64, hostOK bool) {
+}
+func (d *DryDevice) AdamWGated(w, g, m, v, gate *kernels.Tensor, role int, lr, beta1, beta2, eps, wd float32) {
+}
+func (d *DryDevice) EMAGated(ema, w, gate *kernels.Tensor, decay float32) {}
+
+// ReadAsync: zeros, as the reductions (the gate reads ok = 0: a dry step updates nothing, as no
+// op runs anyway). The CUDA device's pinned buffer is a few hundred bytes, not counted.
+func (d *DryDevice) ReadAsync(src *kernels.Tensor) kernels.Readback { return dryReadback{} }
+
+type dryReadback struct{}
+
+func (dryReadback) Wait(dst []float32) error { clear(dst); return nil }
 
 var _ kernels.Device = (*DryDevice)(nil)

@@ -95,6 +95,9 @@ func (t *Trainer) CheckpointDir(n int) string {
 // Save writes the checkpoint of the current step and points checkpoints/latest at it.
 func (t *Trainer) Save() (string, error) {
 	final := t.CheckpointDir(t.Step)
+	if t.inflight > 0 { // Run settles a step before it checkpoints (optim.go launchGated)
+		return "", fmt.Errorf("checkpoint %s: %d launched step(s) not settled: their bad-step count and AdamW steps are not known yet (internal)", final, t.inflight)
+	}
 	gathered := map[string][2][]float32{} // sharded roles' whole moments (every rank takes part)
 	weights := map[string][]float32{}     // sharded DiTs' whole weights (train.shard full)
 	for _, r := range t.roles {
@@ -400,6 +403,7 @@ func (t *Trainer) Restore(path string) error {
 			return fmt.Errorf("resume: %s: no adamw_steps for role %s", filepath.Join(dir, "state.json"), name)
 		}
 		r.updates = u
+		t.gateHost = true // the device's step counts (optim.go) follow at the next launch
 	}
 	if err := t.opt.Source.Restore(st.Loader); err != nil {
 		return fmt.Errorf("resume: loader cursor: %w", err)

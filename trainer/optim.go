@@ -1,12 +1,14 @@
 package trainer
 
 import (
+	"fmt"
 	"math"
 
 	"github.com/fewstep/fewstep/config"
 	"github.com/fewstep/fewstep/dist"
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/objectives"
 )
 
 // run is a contiguous range [Off, Off+N) of a parameter buffer with one weight-decay setting.
@@ -54,9 +56,10 @@ func lrAt(base float64, schedule string, warmup, n, total int) float64 {
 // several ranks the mean over ranks, dist.go) and sets r.gnorm to its global L2 norm, which the clip
 // and the non-finite guard (TrainStep) both read. Every rank gets the same norm (it is computed
 // from the reduced gradient). With the whole gradient on this rank (no train.shard) the sum of
-// squares is queued into the role's device accumulator (Device.SumSquares) and r.gnorm is set by
-// readBack, which brings every role's sum (and the step's deferred losses) to the host in one copy: one synchronization per step
-// for all roles, not one per role.
+// squares is queued into the role's device accumulator (Device.SumSquares); on one rank the gate
+// (launchGated) reads it on the device and r.gnorm is set when the step settles (settleGated), on
+// several by readBack, which brings every role's sum (and the step's deferred losses) to the host
+// in one copy: one synchronization per step for all roles, not one per role.
 func (t *Trainer) gradNorm(r *role, accum int) error {
 	if r.sh != nil {
 		return t.gradNormSharded(r, accum)
@@ -98,10 +101,14 @@ func (t *Trainer) slot(r *role) int {
 // read at once.
 const maxDeferred = 32
 
-// startReadback begins a step's readback: no role norm or loss queued yet.
+// startReadback begins a step's readback: no role norm or loss queued yet. The accumulators and
+// the gate are one device buffer, so that one copy brings both back.
 func (t *Trainer) startReadback() {
 	if t.sq == nil {
-		t.sq = kernels.F64Acc(t.opt.Dev, len(t.roles)+maxDeferred)
+		R := len(t.roles)
+		t.sqBuf = t.opt.Dev.Alloc(kernels.F32, 2*(R+maxDeferred)+kernels.GateLen(R)) // zeroed: every step count 0
+		t.sq, t.gate = t.sqBuf.View(0, 2*(R+maxDeferred)), t.sqBuf.View(2*(R+maxDeferred), kernels.GateLen(R))
+		t.gateHost = true
 	}
 	t.sqPending, t.deferred = t.sqPending[:0], t.deferred[:0]
 }
@@ -119,7 +126,7 @@ func (t *Trainer) deferSq(x *kernels.Tensor, set func(sq float64)) bool {
 	return true
 }
 
-// readBack brings the step's queued sums to the host in one copy: r.gnorm = √(Σ g²) of the roles
+// readBack (several ranks: the host path of launch) brings the step's queued sums to the host in one copy: r.gnorm = √(Σ g²) of the roles
 // gradNorm queued, and the deferred losses to their setters (in the order they were queued).
 func (t *Trainer) readBack() {
 	if len(t.sqPending) == 0 && len(t.deferred) == 0 {
@@ -150,7 +157,7 @@ func (t *Trainer) update(r *role, n int) error {
 	}
 	r.lr = lrAt(r.cfg.LR, r.cfg.Schedule, r.cfg.Warmup, n, t.Job.Train.Steps)
 	r.updates++
-	t.adamW(r, 0, r.W.Numel(), func(o int) int { return o })
+	t.adamW(r, 0, r.W.Numel(), func(o int) int { return o }, nil)
 	if r.Net != nil {
 		r.Net.Invalidate() // a sharded DiT gathers its blocks again
 	}
@@ -158,8 +165,8 @@ func (t *Trainer) update(r *role, n int) error {
 }
 
 // adamW steps the parameters [lo, hi) of r (moments at local(offset)), per decay run, at r.lr and
-// step count r.updates.
-func (t *Trainer) adamW(r *role, lo, hi int, local func(int) int) {
+// step count r.updates; with a gate (launchGated) at the gate's count and clip, when it says ok.
+func (t *Trainer) adamW(r *role, lo, hi int, local func(int) int, gate *kernels.Tensor) {
 	dev := t.opt.Dev
 	b1, b2 := float32(r.cfg.Betas[0]), float32(r.cfg.Betas[1])
 	for _, ru := range r.runs {
@@ -179,6 +186,11 @@ func (t *Trainer) adamW(r *role, lo, hi int, local func(int) int) {
 		w := r.W.View(a, b-a)
 		if r.master != nil { // the fp32 master weights of the slice (train.shard optimizer)
 			w = r.master.View(mo, b-a)
+		}
+		if gate != nil {
+			dev.AdamWGated(w, r.G.View(a, b-a), mv, r.v.View(mo, b-a), gate, t.slot(r),
+				float32(r.lr), b1, b2, float32(r.cfg.Eps), wd)
+			continue
 		}
 		dev.AdamW(w, r.G.View(a, b-a), mv, r.v.View(mo, b-a),
 			float32(r.lr), b1, b2, float32(r.cfg.Eps), wd, r.updates)
@@ -230,7 +242,7 @@ func (t *Trainer) updateSharded(r *role, n int) error {
 	r.lr = lrAt(r.cfg.LR, r.cfg.Schedule, r.cfg.Warmup, n, t.Job.Train.Steps)
 	r.updates++
 	for _, o := range owned {
-		t.adamW(r, o[0], o[1], s.local)
+		t.adamW(r, o[0], o[1], s.local, nil)
 		if r.master != nil { // the compute copy of the slice (bf16 on a GPU)
 			dev.Copy(r.W.View(o[0], o[1]-o[0]), r.master.View(s.local(o[0]), o[1]-o[0]))
 		}
@@ -298,5 +310,134 @@ func (t *Trainer) gradNormFSDP(r *role, accum int) error {
 		return t.commErr("all-reduce of "+r.Spec.Name+"'s gradient norm", err)
 	}
 	r.gnorm = math.Sqrt(sq[0])
+	return nil
+}
+
+// The optimizer step gated on the device (issue 14: no host round trip in the step). With a
+// single rank, launch queues, after the roles' Σ g² and the deferred losses:
+//
+//	StepGate   ok = every updated role's Σ g² and every deferred loss finite (and the losses the
+//	           host already has); per role the clip factor and, when ok, its AdamW step count + 1
+//	AdamWGated per decay run of every updated role: nothing when not ok, else AdamW on g·clip at
+//	           the gate's count (no Scale pass over G)
+//	EMAGated   the followers of the student, when ok
+//	ReadAsync  the accumulators and the gate, into pinned host memory behind the step
+//
+// and returns without waiting. settle (TrainStep at once; Run one step later, when the readback
+// has long arrived) takes the values: gradient norms and losses for the metrics, the bad-step
+// count and ErrDiverged. The host repeats the gate's test on the same values (badOf), and the two
+// must agree. On several ranks (the metrics are all-reduced on the host, and train.shard keeps
+// its norm on the host: gradNormSharded, gradNormFSDP) the step reads back and updates from the
+// host as before (launch).
+
+// pendingStep is a launched step whose metrics are not yet settled.
+type pendingStep struct {
+	n        int
+	micros   []map[string]float64 // each micro-batch's metrics; deferred losses land in them at settle
+	updated  map[string]bool
+	lr       map[string]float64 // the updated roles' learning rates (r.lr moves on with the next launch)
+	sqRoles  []*role            // roles whose Σ g² waits in the readback
+	deferred []func(float64)    // setters of the deferred losses, in queue order
+	rb       kernels.Readback   // nil: settled on the host (several ranks)
+	metrics  map[string]float64
+	skipped  bool
+	err      error // ErrDiverged of a skipped step
+}
+
+// gated reports whether the optimizer step runs gated on the device: a single rank.
+func (t *Trainer) gated() bool { return t.comm == nil }
+
+// launchGated queues the gate, the gated updates and the readback of a step (the block comment
+// above).
+func (t *Trainer) launchGated(p *pendingStep) {
+	dev, job := t.opt.Dev, t.Job
+	R := len(t.roles)
+	if t.gateHost { // the counts of a resumed run (or the zeros of a new one)
+		h := make([]float32, kernels.GateLen(R))
+		for i, r := range t.roles {
+			kernels.SetGateCount(h, i, r.updates)
+		}
+		dev.FromHost(t.gate, h)
+		t.gateHost = false
+	}
+	hostOK := true // the losses the objective read at once
+	for _, um := range p.micros {
+		for _, v := range um {
+			hostOK = hostOK && finite(v)
+		}
+	}
+	var mask uint32
+	for _, r := range t.sqPending {
+		mask |= 1 << t.slot(r)
+	}
+	dev.StepGate(t.gate, t.sq, mask, R, len(t.deferred), job.Train.ClipNorm, hostOK)
+	for _, r := range t.roles { // build order: deterministic
+		if !p.updated[r.Spec.Name] {
+			continue
+		}
+		r.lr = lrAt(r.cfg.LR, r.cfg.Schedule, r.cfg.Warmup, p.n, job.Train.Steps)
+		p.lr[r.Spec.Name] = r.lr
+		t.adamW(r, 0, r.W.Numel(), func(o int) int { return o }, t.gate)
+		if r.Net != nil {
+			r.Net.Invalidate()
+		}
+		if r == t.emaOf {
+			for _, f := range t.followers {
+				decay := f.decay
+				if p.n < job.Roles[objectives.Student].EMAStart {
+					decay = 0 // a copy before ema_start
+				}
+				dev.EMAGated(f.r.W, r.W, t.gate, decay)
+				if f.r.Net != nil {
+					f.r.Net.Invalidate()
+				}
+			}
+		}
+	}
+	p.sqRoles = append([]*role(nil), t.sqPending...)
+	p.deferred = append([]func(float64){}, t.deferred...)
+	t.sqPending, t.deferred = t.sqPending[:0], t.deferred[:0]
+	p.rb = dev.ReadAsync(t.sqBuf)
+	t.inflight++
+}
+
+// settleGated waits for a gated step's readback (long arrived when Run settles it a step late),
+// sets the norms and deferred losses, and counts the step: AdamW's step count of each updated role
+// when the gate said ok, a bad step when not.
+func (t *Trainer) settleGated(p *pendingStep) error {
+	R := len(t.roles)
+	h := make([]float32, t.sqBuf.Numel())
+	err := p.rb.Wait(h)
+	p.rb = nil
+	t.inflight--
+	if err != nil {
+		return fmt.Errorf("step %d: reading back its losses and gradient norms: %w", p.n, err)
+	}
+	sq := make([]float64, R+len(p.deferred))
+	kernels.ReadF64Host(sq, h[:2*len(sq)])
+	for _, r := range p.sqRoles {
+		r.gnorm = math.Sqrt(sq[t.slot(r)])
+	}
+	for i, set := range p.deferred {
+		set(sq[R+i])
+	}
+	p.metrics = meanMetrics(p.micros)
+	bad := t.badOf(p.metrics, p)
+	gate := h[2*(R+maxDeferred):]
+	if _, dry := t.opt.Dev.(*models.DryDevice); !dry && kernels.GateOK(gate) != (len(bad) == 0) {
+		return fmt.Errorf("step %d: the device's gate (ok = %v) and the host's guard (%d values not finite: %v) disagree (internal)",
+			p.n, kernels.GateOK(gate), len(bad), bad)
+	}
+	p.skipped = len(bad) > 0
+	if p.skipped {
+		p.err = t.countBad(p, bad)
+		return nil
+	}
+	for _, r := range t.roles {
+		if p.updated[r.Spec.Name] {
+			r.updates++ // the device's count, gate[3+2i], took the same step
+			p.metrics["lr/"+r.Spec.Name] = p.lr[r.Spec.Name]
+		}
+	}
 	return nil
 }

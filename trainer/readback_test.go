@@ -10,7 +10,7 @@ import (
 )
 
 // syncDev counts the calls that bring values to the host (and so wait for the device) that go
-// through it: ToHost, Dot, SumAbsGroups, Sync.
+// through it: ToHost, Dot, SumAbsGroups, Sync, and the Wait of a ReadAsync.
 type syncDev struct {
 	kernels.Device
 	n *int
@@ -24,11 +24,25 @@ func (d syncDev) SumAbsGroups(dst []float64, x *kernels.Tensor) {
 }
 func (d syncDev) Sync() error { *d.n++; return d.Device.Sync() }
 
+// ReadAsync's Wait waits for the device too (for the copy only, not what was queued after it).
+func (d syncDev) ReadAsync(src *kernels.Tensor) kernels.Readback {
+	return countedReadback{d.Device.ReadAsync(src), d.n}
+}
+
+type countedReadback struct {
+	kernels.Readback
+	n *int
+}
+
+func (r countedReadback) Wait(dst []float32) error { *r.n++; return r.Readback.Wait(dst) }
+
 // TestOneNormReadbackPerStep: the optimizer part of a step (gradient norms for the clip and the
 // non-finite guard, clip, AdamW) waits for the device once, however many roles it steps: the
 // "test-adamw" objective steps one role on odd steps and two on even ones (its own readbacks go
 // to the tensors' device, not through the counting one), and each step makes exactly one
-// synchronizing call through the trainer's device. With a Dot per role it made two on even steps.
+// synchronizing call through the trainer's device: TrainStep's wait for the step's readback
+// (optim.go; Run takes it a step later, TestRunPipelined). With a Dot per role it made two on
+// even steps.
 // The norms are the exact ones (TestAdamWAgainstFloat64 checks them and the clip against float64).
 func TestOneNormReadbackPerStep(t *testing.T) {
 	job := toyJob(t.TempDir(), 4)

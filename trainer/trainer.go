@@ -76,7 +76,8 @@ type Options struct {
 var ErrInterrupted = errors.New("interrupted")
 
 // ErrDiverged is wrapped by TrainStep's and Run's error when more than train.max_bad_steps steps had
-// a NaN or Inf loss or gradient norm.
+// a NaN or Inf loss or gradient norm (Run finds it when it settles the step, after launching the
+// next one: optim.go launchGated).
 var ErrDiverged = errors.New("training diverged")
 
 // ErrNonFinite is wrapped by Save's error when a weight or optimizer moment is NaN or Inf: such a
@@ -116,7 +117,8 @@ type Trainer struct {
 	// norm (metrics.jsonl: bad_steps).
 	BadSteps int
 
-	skipped bool // the last TrainStep was skipped
+	skipped  bool // the last settled step was skipped
+	inflight int  // steps launched and not settled (optim.go launchGated, settle)
 
 	opt       Options
 	roles     []*role // build order
@@ -138,6 +140,9 @@ type Trainer struct {
 	sqPending []*role                // roles whose gnorm waits in sq for readBack
 	deferred  []func(float64)        // setters of the losses queued in sq after the roles' slots (deferSq)
 	eager     bool                   // tests: the objective reads its losses at once (no Step.Defer)
+	gate      *kernels.Tensor        // the step's gate (kernels.GateLen(len(roles)) F32, after sq's accumulators in one buffer; optim.go)
+	sqBuf     *kernels.Tensor        // sq and gate, one buffer: one readback
+	gateHost  bool                   // the roles' AdamW step counts must be written into gate (New, Restore)
 }
 
 // role is a built network and its optimizer state.
@@ -543,8 +548,25 @@ func (t *Trainer) nextBatch() error {
 	return nil
 }
 
-// TrainStep runs one optimizer step (all micro-batches) and returns its metrics.
+// TrainStep runs one optimizer step (all micro-batches) and returns its metrics: it launches the
+// step and waits for its readback (launch and settle, optim.go).
 func (t *Trainer) TrainStep() (map[string]float64, error) {
+	p, err := t.launch()
+	if err != nil {
+		return nil, err
+	}
+	return t.settle(p)
+}
+
+// launch runs one optimizer step's micro-batches and queues its optimizer updates; the step's
+// metrics come with settle. With the gate on the device (t.gated) nothing here waits for the
+// device (but what the objective itself reads back): the gradient norms, the deferred losses and
+// the gate stay on the device and one asynchronous readback of them is started. Otherwise (several
+// ranks) they are read back and the guard and the updates run from the host, as before the gate.
+func (t *Trainer) launch() (*pendingStep, error) {
+	if t.inflight > 0 && !t.gated() {
+		return nil, fmt.Errorf("trainer: step %d launched while a step is in flight on several ranks (internal)", t.Step+1)
+	}
 	n := t.Step + 1
 	job := t.Job
 	accum := max(job.Train.GradAccum, 1)
@@ -561,11 +583,8 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			t.opt.Dev.Zero(r.G)
 		}
 	}
-	metrics := map[string]float64{}
-	counts := map[string]int{}
-	updated := map[string]bool{}
+	p := &pendingStep{n: n, updated: map[string]bool{}, lr: map[string]float64{}}
 	t.startReadback()
-	var micros []map[string]float64 // each micro-batch's metrics; deferred losses land in them at readBack
 	for micro := 0; micro < accum; micro++ {
 		if err := t.nextBatch(); err != nil {
 			return nil, err
@@ -590,62 +609,38 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			if r == nil || r.G == nil {
 				return nil, fmt.Errorf("step %d: %s reported gradients for %q, which is not a trainable role", n, t.Obj.Name(), name)
 			}
-			updated[name] = true
+			p.updated[name] = true
 		}
-		micros = append(micros, up.Metrics)
+		p.micros = append(p.micros, up.Metrics) // deferred losses land in them at the readback
 	}
 	for _, r := range t.roles {
-		if updated[r.Spec.Name] {
+		if p.updated[r.Spec.Name] {
 			if err := t.gradNorm(r, accum); err != nil {
 				return nil, err
 			}
 		}
 	}
+	if t.gated() {
+		t.launchGated(p)
+		t.Step = n // the batch and the step's RNG are used up, whatever the gate decides
+		return p, nil
+	}
 	t.readBack() // one copy to the host: every role's Σ g² and the losses the objective deferred
-	for _, um := range micros {
-		for k, v := range um {
-			metrics[k] += v
-			counts[k]++
-		}
-	}
-	for k := range metrics {
-		metrics[k] /= float64(counts[k])
-	}
+	metrics := meanMetrics(p.micros)
 	if t.comm != nil {
 		if err := t.reduceMetrics(metrics); err != nil {
 			return nil, err
 		}
 	}
-	// The non-finite guard: the losses and every updated role's gradient norm are on the host
-	// (readBack; the norm is the clip's too). A step with a NaN or Inf among them updates nothing (no
-	// AdamW, no EMA); it is counted, and one more than train.max_bad_steps ends the run.
-	var bad []string
-	for _, k := range sortedKeys(metrics) {
-		if v := metrics[k]; !finite(v) {
-			bad = append(bad, fmt.Sprintf("%s = %g", k, v))
-		}
-	}
-	for _, r := range t.roles {
-		if updated[r.Spec.Name] {
-			metrics["grad_norm/"+r.Spec.Name] = r.gnorm
-			if !finite(r.gnorm) {
-				bad = append(bad, fmt.Sprintf("gradient norm of role %s = %g", r.Spec.Name, r.gnorm))
-			}
-		}
-	}
-	t.skipped = len(bad) > 0
-	if t.skipped {
-		t.Step = n // the batch and the step's RNG are used up: a resumed run skips them too
-		t.BadSteps++
-		msg := fmt.Sprintf("step %d: not finite: %s (this step: %s)", n, strings.Join(bad, ", "), lossesOf(metrics))
-		if t.BadSteps > job.Train.MaxBadSteps {
-			return metrics, fmt.Errorf("%s; %d non-finite steps, more than train.max_bad_steps = %d: %w", msg, t.BadSteps, job.Train.MaxBadSteps, ErrDiverged)
-		}
-		t.logf("%s: skipped (no update; %d of train.max_bad_steps = %d)", msg, t.BadSteps, job.Train.MaxBadSteps)
-		return metrics, nil
+	bad := t.badOf(metrics, p)
+	p.metrics, p.skipped = metrics, len(bad) > 0
+	t.Step = n // the batch and the step's RNG are used up: a resumed run skips them too
+	if p.skipped {
+		p.err = t.countBad(p, bad)
+		return p, nil
 	}
 	for _, r := range t.roles { // build order: deterministic
-		if !updated[r.Spec.Name] {
+		if !p.updated[r.Spec.Name] {
 			continue
 		}
 		if err := t.update(r, n); err != nil {
@@ -663,8 +658,69 @@ func (t *Trainer) TrainStep() (map[string]float64, error) {
 			}
 		}
 	}
-	t.Step = n
-	return metrics, nil
+	return p, nil
+}
+
+// meanMetrics is a step's metrics once its losses are on the host: the mean over the
+// micro-batches.
+func meanMetrics(micros []map[string]float64) map[string]float64 {
+	metrics := map[string]float64{}
+	counts := map[string]int{}
+	for _, um := range micros {
+		for k, v := range um {
+			metrics[k] += v
+			counts[k]++
+		}
+	}
+	for k := range metrics {
+		metrics[k] /= float64(counts[k])
+	}
+	return metrics
+}
+
+// badOf is the non-finite guard's test: the step's losses (every metric) and every updated role's
+// gradient norm (the norm is the clip's too), which it also records in metrics.
+func (t *Trainer) badOf(metrics map[string]float64, p *pendingStep) []string {
+	var bad []string
+	for _, k := range sortedKeys(metrics) {
+		if v := metrics[k]; !finite(v) {
+			bad = append(bad, fmt.Sprintf("%s = %g", k, v))
+		}
+	}
+	for _, r := range t.roles {
+		if p.updated[r.Spec.Name] {
+			metrics["grad_norm/"+r.Spec.Name] = r.gnorm
+			if !finite(r.gnorm) {
+				bad = append(bad, fmt.Sprintf("gradient norm of role %s = %g", r.Spec.Name, r.gnorm))
+			}
+		}
+	}
+	return bad
+}
+
+// countBad counts a skipped step (the non-finite guard: a step with a NaN or Inf loss or gradient
+// norm updates nothing, no AdamW, no EMA); one more than train.max_bad_steps is ErrDiverged.
+func (t *Trainer) countBad(p *pendingStep, bad []string) error {
+	t.BadSteps++
+	job := t.Job
+	msg := fmt.Sprintf("step %d: not finite: %s (this step: %s)", p.n, strings.Join(bad, ", "), lossesOf(p.metrics))
+	if t.BadSteps > job.Train.MaxBadSteps {
+		return fmt.Errorf("%s; %d non-finite steps, more than train.max_bad_steps = %d: %w", msg, t.BadSteps, job.Train.MaxBadSteps, ErrDiverged)
+	}
+	t.logf("%s: skipped (no update; %d of train.max_bad_steps = %d)", msg, t.BadSteps, job.Train.MaxBadSteps)
+	return nil
+}
+
+// settle waits for a launched step's readback (gated) and returns its metrics, counting it when
+// it was skipped; steps settle in launch order.
+func (t *Trainer) settle(p *pendingStep) (map[string]float64, error) {
+	if p.rb != nil {
+		if err := t.settleGated(p); err != nil {
+			return nil, err
+		}
+	}
+	t.skipped = p.skipped
+	return p.metrics, p.err
 }
 
 // Run trains to train.steps, logging, validating and checkpointing on schedule; the last step is
@@ -706,18 +762,19 @@ func (t *Trainer) Run() error {
 	t.started = start
 	logEvery := max(job.Train.LogEvery, 1)
 	var acc meanAcc
-	for t.Step < job.Train.Steps {
-		m, err := t.TrainStep()
+	// record settles a launched step and logs it: progress bar, metrics.jsonl, the bad-step count.
+	record := func(p *pendingStep) (map[string]float64, error) {
+		m, err := t.settle(p)
 		if err != nil {
 			if errors.Is(err, ErrDiverged) {
 				err = fmt.Errorf("%w; checkpoints/latest is the last finite checkpoint (%s)", err, t.latestName())
 			}
-			return err
+			return nil, err
 		}
-		if !t.skipped {
+		if !p.skipped {
 			acc.add(m)
 		}
-		n := t.Step
+		n := p.n
 		rate := float64(n-startStep) / time.Since(start).Seconds()
 		bar.update(n, m, rate)
 		if n%logEvery == 0 || n == job.Train.Steps {
@@ -727,14 +784,50 @@ func (t *Trainer) Run() error {
 			rec["bad_steps"] = float64(t.BadSteps)
 			if ml != nil {
 				if err := ml.write(n, time.Since(start).Seconds(), rec); err != nil {
-					return err
+					return nil, err
 				}
 			}
 			acc = meanAcc{}
 		}
+		return m, nil
+	}
+	// The pipeline (trainer/GPU_NOTES.md, optim.go launchGated): step n is launched before step
+	// n−1 is settled, so the host never waits for the step it just queued; n−1's readback finished
+	// long before. So the bad-step count and ErrDiverged come one step late. A step that
+	// checkpoints, validates, stops or ends the run is settled at once, before all of that.
+	var prev *pendingStep
+	for t.Step < job.Train.Steps {
+		p, err := t.launch()
+		if err != nil {
+			if prev != nil {
+				t.settle(prev) // its metrics are lost with the run; the error is launch's
+			}
+			return err
+		}
+		if prev != nil {
+			if _, err := record(prev); err != nil {
+				return err
+			}
+			prev = nil
+		}
+		n := p.n
 		last := n == job.Train.Steps
+		ckpt := (job.Train.CkptEvery > 0 && n%job.Train.CkptEvery == 0) || last
+		val := (t.opt.Validate != nil || t.fullShard()) && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last)
+		stop, err := t.anyStopped()
+		if err != nil {
+			return err
+		}
+		if !ckpt && !val && !stop {
+			prev = p
+			continue
+		}
+		m, err := record(p)
+		if err != nil {
+			return err
+		}
 		saved := ""
-		if (job.Train.CkptEvery > 0 && n%job.Train.CkptEvery == 0) || last {
+		if ckpt {
 			if saved, err = t.Save(); err != nil {
 				if errors.Is(err, ErrNonFinite) { // the step's update overflowed the weights
 					return fmt.Errorf("step %d (%s): the update made the weights not finite: %w; no checkpoint written, checkpoints/latest is the last finite one (%s): %w",
@@ -745,10 +838,6 @@ func (t *Trainer) Run() error {
 			t.logf("step %d: checkpoint %s", n, saved)
 			t.plot() // RUN/plots/*.png (plots.go)
 		}
-		stop, err := t.anyStopped()
-		if err != nil {
-			return err
-		}
 		if stop {
 			if saved == "" {
 				if saved, err = t.Save(); err != nil {
@@ -758,11 +847,16 @@ func (t *Trainer) Run() error {
 			bar.stop()
 			return fmt.Errorf("step %d: %w; checkpoint %s (continue with --resume %s)", n, ErrInterrupted, saved, t.Dir)
 		}
-		if (t.opt.Validate != nil || t.fullShard()) && ((job.Train.SampleEvery > 0 && n%job.Train.SampleEvery == 0) || last) {
+		if val {
 			if err := t.validate(n); err != nil {
 				return fmt.Errorf("step %d: validation: %w", n, err)
 			}
 			t.plot()
+		}
+	}
+	if prev != nil { // not reached: the last step settles at once
+		if _, err := record(prev); err != nil {
+			return err
 		}
 	}
 	bar.finish()

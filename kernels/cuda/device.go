@@ -60,6 +60,7 @@ type Device struct {
 	scrUsed int
 	dbl     uintptr // device float64 accumulators of Dot / SumAbsGroups
 	dblCap  int
+	pins    []*pinnedRead // ReadAsync's pinned host buffers and their events (gate.go)
 
 	copies bf16Copies // the valid bf16 copies of fp32 tensors, weights and activations (shadows.go)
 

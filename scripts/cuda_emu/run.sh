@@ -6,11 +6,13 @@
 # fallback is). Each test runs the summing kernel on random inputs with Go's grid (sumRows,
 # gateAddBackSums) and checks it against the plain kernel (bit for bit) and double sums. This checks
 # the kernels' logic only: cuda_test.go TestColumnSums is the test on the GPU.
+# t_optim runs optim.cu's gated optimizer step (step_gate, adamw_gated*, ema_gated) against its
+# definition and Scale-then-AdamW (bit for bit); on the GPU: gate_test.go TestGatedOptimizerAgainstCPU.
 set -e
 cd "$(dirname "$0")"
 out=${TMPDIR:-/tmp}/cuda_emu
 mkdir -p "$out"
-for t in t_ln t_rms t_gate; do
+for t in t_ln t_rms t_gate t_optim; do
     g++ -std=c++20 -O2 -w -pthread -o "$out/$t" $t.cpp
     "$out/$t"
 done
