@@ -28,11 +28,15 @@
 #             forward+backward profile (AB12_PROFILE_OFF=1: also without the GELU epilogues); forward
 #             4,680 (graph)
 #     ab9     the tail split on and off, alternated, attention at 32,760 tokens
+#     s10     ours with the batched QKV GEMMs and without (FEWSTEP_QKV=0), profiles, dmd trainer step
+#             (device and host noise), attention; tests also runs trainer.test's GPU tests
 #     s9      ours with the backward's tail split and without (FEWSTEP_ATTN_TAIL=0): train step, attention
 #             at 32,760 / chunks of 4,680 / 4,680 tokens; forwards and profiles; wan_ref.py eager at 32,760
 # The call of session 5: bash $G/gpu-speed.sh peers-start build tests ab eager peers-wait
 # The last call of session 6: bash $G/gpu-speed.sh peers-start build tests s6 sf demo peers-wait
 # The last call of session 7: BUILD_ONLY="attention layernorm modulate rmsnorm" bash $G/gpu-speed.sh build sf peers-start tests ab14 s7 demo peers-wait
+# The calls of session 10: bash $G/gpu-speed.sh build tests (fatbins and every GPU test); then, with
+#   the fatbins committed: bash $G/gpu-speed.sh sf peers-start s10 demo peers-wait
 # The calls of session 9: BUILD_ONLY=attention bash $G/gpu-speed.sh build sf peers-start tests s9 demo peers-wait
 #   (its tests' output did not come back: more than 8 files in $OUT; the script now ends by packing all but log.txt, bench.jsonl and kernels.tgz into side.tgz), then with the built fatbin
 #   committed: bash $G/gpu-speed.sh tests ab9
@@ -51,8 +55,9 @@ if [ "${1:-}" = prepare ]; then
     go test -c -ldflags="-s -w" -o "$dst/cuda.test" ./kernels/cuda
     go test -c -ldflags="-s -w" -o "$dst/gputest.test" ./kernels/cuda/gputest
     go test -c -ldflags="-s -w" -o "$dst/objectives.test" ./objectives
+    go test -c -ldflags="-s -w" -o "$dst/trainer.test" ./trainer
     go build -ldflags="-s -w" -o "$dst/fewstep" ./cmd/fewstep
-    for f in cuda.test gputest.test objectives.test fewstep; do xz -9 -T2 "$dst/$f"; done # xz: the tree that travels stays under 64 MiB
+    for f in cuda.test gputest.test objectives.test trainer.test fewstep; do xz -9 -T2 "$dst/$f"; done # xz: the tree that travels stays under 64 MiB
     cp kernels/cuda/*.cu kernels/cuda/*.cuh "$dst/src/kernels/cuda/"
     cp kernels/cuda/build/*.fatbin kernels/cuda/build/MANIFEST "$dst/src/kernels/cuda/build/" # the committed fatbins (the build step replaces them)
     cp scripts/build-kernels.sh "$dst/src/scripts/"
@@ -64,7 +69,7 @@ if [ "${1:-}" = prepare ]; then
 fi
 L=$OUT/log.txt
 log() { echo "$@" | tee -a "$L"; }
-for f in cuda.test gputest.test objectives.test fewstep; do
+for f in cuda.test gputest.test objectives.test trainer.test fewstep; do
     [ -f $G/$f.gz ] && gunzip -f $G/$f.gz
     [ -f $G/$f.xz ] && python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" $G/$f.xz $G/$f && rm -f $G/$f.xz
 done
@@ -117,6 +122,10 @@ tests)
     (cd objectives && timeout 150 ../$G/objectives.test -test.run 'TestGPUTrainingFollowsCPU|TestGPURolloutBF16Cache' -test.v -test.count=1) > "$OUT/follow.txt" 2>&1
     log "objectives.test GPU-vs-CPU exit $? in $(( $(date +%s) - t0 )) s"
     grep -E -- "--- (PASS|FAIL|SKIP)|panic" "$OUT/follow.txt" | head -30 | tee -a "$L"
+    t0=$(date +%s)
+    (cd trainer && timeout 120 ../$G/trainer.test -test.run "${TRAINER_TESTS:-GPU|Recompute}" -test.v -test.count=1) > "$OUT/trainer.txt" 2>&1
+    log "trainer.test GPU exit $? in $(( $(date +%s) - t0 )) s"
+    grep -E -- "--- (PASS|FAIL|SKIP)|panic" "$OUT/trainer.txt" | head -30 | tee -a "$L"
     T=models/testdata
     for v in bidir causal; do
         flag=""; [ $v = causal ] && flag="--chunk-frames 1"
@@ -249,6 +258,23 @@ s9) # session 9 (ATTENTION_NOTES.md v9, the backward's tail split): the train st
         run 40 env FEWSTEP_ATTN_TAIL=0 $FS bench attention --json $a --heads 12 --head-dim 128 --iters 10
     done
     run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;
+s10) # session 10 (NOTES.md v16): the step and the forwards with the batched QKV / cross K/V GEMMs and
+     # without (FEWSTEP_QKV=0), alternated; profiles of both; the objectives' trainer steps (gated
+     # optimizer, device noise, and host noise for the A/B); the forward at 32,760 and the attention
+    for i in 1 2; do
+        run 45 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+        run 45 env FEWSTEP_QKV=0 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    done
+    run 45 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 45 env FEWSTEP_QKV=0 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10 --profile
+    run 60 env FEWSTEP_QKV=0 $FS bench forward --json $W --frames 3 --graph --iters 10
+    run 90 $FS bench forward --json $W --frames 21 --iters 2 --warmup 1
+    run 60 $FS bench train --json $W --frames 3 --objective dmd --iters 4 --warmup 1
+    run 60 $FS bench train --json $W --frames 3 --objective dmd --iters 4 --warmup 1 --noise host
+    for i in 1 2 3; do run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 10; done
+    run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 10
+    run 40 $FS bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10 ;;
 ab9) # the tail split's A/B at 32,760 tokens, alternated (a card's clocks drift between runs)
     for i in 1 2 3; do
         run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 10
