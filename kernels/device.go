@@ -109,4 +109,9 @@ type Device interface {
 	AdamW(w, g, m, v *Tensor, lr, beta1, beta2, eps, wd float32, step int)
 	// EMA: ema = decay·ema + (1−decay)·w.
 	EMA(ema, w *Tensor, decay float32)
+
+	// RandnPhilox fills t with N(0, 1) drawn on the device: t is len(keys) equal slabs (t [B, ...]
+	// with keys [B]), slab b from Philox4x32-10 under key keys[b] and the 64-bit counter counter,
+	// Box–Muller to fp32 (kernels/philox.go: the layout, and the Go reference every device matches).
+	RandnPhilox(t *Tensor, keys []uint64, counter uint64)
 }

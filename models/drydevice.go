@@ -359,5 +359,6 @@ func (d *DryDevice) SumAbsGroups(dst []float64, x *kernels.Tensor) {
 }
 func (d *DryDevice) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd float32, step int) {}
 func (d *DryDevice) EMA(ema, w *kernels.Tensor, decay float32)                                     {}
+func (d *DryDevice) RandnPhilox(t *kernels.Tensor, keys []uint64, counter uint64)                  {}
 
 var _ kernels.Device = (*DryDevice)(nil)

@@ -6,6 +6,8 @@
 # fallback is). Each test runs the summing kernel on random inputs with Go's grid (sumRows,
 # gateAddBackSums) and checks it against the plain kernel (bit for bit) and double sums. This checks
 # the kernels' logic only: cuda_test.go TestColumnSums is the test on the GPU.
+# t_random: random.cu's Philox against Random123's known answers, and its normals bit for bit
+# against the Go reference (philox_ref.go; on the GPU: random_test.go TestRandnPhiloxAgainstGo).
 set -e
 cd "$(dirname "$0")"
 out=${TMPDIR:-/tmp}/cuda_emu
@@ -14,3 +16,7 @@ for t in t_ln t_rms t_gate; do
     g++ -std=c++20 -O2 -w -pthread -o "$out/$t" $t.cpp
     "$out/$t"
 done
+g++ -std=c++20 -O2 -w -pthread -o "$out/t_random" t_random.cpp
+"$out/t_random" | tee "$out/t_random.txt"
+grep -v 'philox4x32\|failures' "$out/t_random.txt" > "$out/t_random.bits"
+go run philox_ref.go | diff "$out/t_random.bits" - && echo "random.cu normals: the Go reference's, bit for bit"
