@@ -53,17 +53,19 @@ func ulps(a, b float32) int64 {
 	return d
 }
 
-// TestRandnPhiloxAgainstGo: Device.RandnPhilox on the GPU against kernels.PhiloxRandn (the CPU
-// device's op): fp32 tensors of 3 and of 70 slabs (two launches: 64 keys per launch), slab sizes
+// TestRandnPhiloxAgainstGo: Device.RandnPhilox on the GPU against the CPU device's (which is
+// kernels.PhiloxRandn per slab: kernels/philox_test.go), on fresh random keys: fp32 tensors of 3 and of 70 slabs (two launches: 64 keys per launch), slab sizes
 // that are not multiples of 4, a view at an offset; every value within 1 ulp of the Go value (the
 // device's double log and sincos may round differently from Go's in a rare last bit: the test logs
 // how many differ), nothing outside the tensor written; bf16 tensors within one bf16 ulp.
 func TestRandnPhiloxAgainstGo(t *testing.T) {
 	g := gpu(t)
+	r := seedRand(t)
 	keys := make([]uint64, 70)
 	for i := range keys {
-		keys[i] = uint64(i)*0x9e3779b97f4a7c15 + 1
+		keys[i] = r.Uint64()
 	}
+	cpu := kernels.CPU()
 	for _, c := range []struct {
 		B, per  int
 		counter uint64
@@ -90,12 +92,12 @@ func TestRandnPhiloxAgainstGo(t *testing.T) {
 				t.Fatalf("B %d per %d: the guard band was written: %v %v", c.B, c.per, h[i], h[pad+n+i])
 			}
 		}
+		ref := cpu.Alloc(kernels.F32, c.B, c.per)
+		cpu.RandnPhilox(ref, keys[:c.B], c.counter)
 		var differ int
 		var worst int64
-		want := make([]float32, c.per)
 		for b := 0; b < c.B; b++ {
-			kernels.PhiloxRandn(want, keys[b], c.counter)
-			for i, w := range want {
+			for i, w := range ref.F32[b*c.per : (b+1)*c.per] {
 				got := h[pad+b*c.per+i]
 				if c.dt == kernels.BF16 {
 					wb := BF16ToF32(F32ToBF16(w))
