@@ -351,6 +351,10 @@ func (d *DryDevice) Scale(x *kernels.Tensor, alpha float32)                     
 func (d *DryDevice) Combine(out, x, y *kernels.Tensor, a, b []float32)           {}
 func (d *DryDevice) CombineFrames(out, x, y *kernels.Tensor, a, b []float32, B, C, F, HW int) {
 }
+
+// RandnPhilox draws nothing: a dry run computes no values.
+func (d *DryDevice) RandnPhilox(t *kernels.Tensor, keys []uint64, counter uint64) {}
+
 func (d *DryDevice) Dot(a, b *kernels.Tensor) float64  { return 0 }
 func (d *DryDevice) SumSquares(acc, x *kernels.Tensor) {}
 func (d *DryDevice) SumAbsGroups(dst []float64, x *kernels.Tensor) {
@@ -359,6 +363,5 @@ func (d *DryDevice) SumAbsGroups(dst []float64, x *kernels.Tensor) {
 }
 func (d *DryDevice) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd float32, step int) {}
 func (d *DryDevice) EMA(ema, w *kernels.Tensor, decay float32)                                     {}
-func (d *DryDevice) RandnPhilox(t *kernels.Tensor, keys []uint64, counter uint64)                  {}
 
 var _ kernels.Device = (*DryDevice)(nil)
