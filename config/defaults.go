@@ -60,6 +60,7 @@ func Defaults() Job {
 			SampleEvery: 0,
 			Shard:       "none",
 			MaxBadSteps: 3,
+			Noise:       "auto",
 		},
 		Sample: Sample{
 			Steps:   50,
@@ -245,6 +246,11 @@ func (j *Job) Validate() error {
 	case "none", "optimizer", "full":
 	default:
 		bad("train.shard: %q, want none, optimizer or full", t.Shard)
+	}
+	switch t.Noise {
+	case "auto", "host", "device":
+	default:
+		bad("train.noise: %q, want auto, host or device", t.Noise)
 	}
 	if t.LogEvery < 0 || t.CkptEvery < 0 || t.SampleEvery < 0 {
 		bad("train.log_every/ckpt_every/sample_every: must be >= 0 (0 = never)")

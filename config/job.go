@@ -96,6 +96,10 @@ type Train struct {
 	// MaxBadSteps: a step whose loss or gradient norm is NaN or Inf is skipped (no update); up to
 	// this many are skipped in a run, one more stops the job with an error (0 = stop at the first).
 	MaxBadSteps int `mapstructure:"max_bad_steps" yaml:"max_bad_steps" json:"max_bad_steps"`
+	// Noise is where a step's Gaussian noise is drawn (objectives.RandnSamples): host (each sample's
+	// PCG stream, uploaded: the CPU-equal draws), device (Philox4x32-10 on the device, keyed by the
+	// same streams) or auto (device on a GPU, host on the CPU).
+	Noise string `mapstructure:"noise" yaml:"noise" json:"noise"`
 }
 
 // Sample is how validation and `fewstep sample` draw videos.

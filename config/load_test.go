@@ -130,6 +130,7 @@ func TestUnknownKeys(t *testing.T) {
 		{set: "params.guidance=.nan", want: []string{"params.guidance", "finite"}},
 		{file: "params:\n  dmd:\n    weights: [1, .inf]\n", want: []string{"params.dmd.weights[1]", "finite"}},
 		{set: "train.max_bad_steps=-1", want: []string{"train.max_bad_steps"}},
+		{set: "train.noise=gpu", want: []string{"train.noise", `"gpu"`, "auto, host or device"}},
 		{set: "data.synth.count=99999999999", want: []string{"data.synth", "limits"}},
 		{set: "data.batch_size=1000000000", want: []string{"data.batch_size"}},
 	}

@@ -69,6 +69,8 @@ type opArgs struct {
 	x [8]float32
 	m [2]mat
 	d []float64
+	u []uint64 // RandnPhilox's keys
+	k uint64   // RandnPhilox's counter
 }
 
 // args returns the device's argument block, cleared.

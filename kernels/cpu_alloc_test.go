@@ -27,6 +27,7 @@ func TestNoAllocs(t *testing.T) {
 		mt := dev.Alloc(kernels.F32, B, D)
 		coef := []float32{0.5, 2}
 		sums := make([]float64, 2)
+		keys := []uint64{7, 8} // RandnPhilox: two equal slabs of o
 		ops := map[string]func(){
 			"Linear":         func() { dev.Linear(o, x, w, bias) },
 			"LinearBack":     func() { dev.LinearBack(y, w, bias, o, x, w) },
@@ -56,6 +57,7 @@ func TestNoAllocs(t *testing.T) {
 			"CombineFrames":  func() { dev.CombineFrames(vid, vid, vid, coef, coef, B, C, F, 64) },
 			"Reductions":     func() { _ = dev.Dot(x, y); dev.SumAbsGroups(sums, x) },
 			"AdamW+EMA":      func() { dev.AdamW(w, w, w, w, 1e-3, 0.9, 0.99, 1e-8, 0.01, 1); dev.EMA(bias, bias, 0.9) },
+			"RandnPhilox":    func() { dev.RandnPhilox(o, keys, 3) },
 			"Copy/Fill/Zero": func() { dev.Copy(o, x); dev.Fill(o, 1); dev.Zero(o) },
 		}
 		for name, fn := range ops {

@@ -94,6 +94,10 @@ type Device interface {
 	Combine(out, x, y *Tensor, a, b []float32)
 	// CombineFrames: like Combine for video tensors [B,C,F,H,W], with a, b of length B·F indexed b·F+f.
 	CombineFrames(out, x, y *Tensor, a, b []float32, B, C, F, HW int)
+	// RandnPhilox fills t with N(0, 1) drawn on the device: t is len(keys) equal slabs (t [B, ...]
+	// with keys [B]), slab b from Philox4x32-10 under key keys[b] and the 64-bit counter counter,
+	// Box–Muller to fp32 (kernels/philox.go: the layout, and the Go reference every device matches).
+	RandnPhilox(t *Tensor, keys []uint64, counter uint64)
 
 	// Reductions, returned to the host in float64 (they synchronize).
 	Dot(a, b *Tensor) float64              // Σ a·b

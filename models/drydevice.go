@@ -351,6 +351,10 @@ func (d *DryDevice) Scale(x *kernels.Tensor, alpha float32)                     
 func (d *DryDevice) Combine(out, x, y *kernels.Tensor, a, b []float32)           {}
 func (d *DryDevice) CombineFrames(out, x, y *kernels.Tensor, a, b []float32, B, C, F, HW int) {
 }
+
+// RandnPhilox draws nothing: a dry run computes no values.
+func (d *DryDevice) RandnPhilox(t *kernels.Tensor, keys []uint64, counter uint64) {}
+
 func (d *DryDevice) Dot(a, b *kernels.Tensor) float64  { return 0 }
 func (d *DryDevice) SumSquares(acc, x *kernels.Tensor) {}
 func (d *DryDevice) SumAbsGroups(dst []float64, x *kernels.Tensor) {

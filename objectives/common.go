@@ -85,9 +85,27 @@ func Randn(dev kernels.Device, t *kernels.Tensor, host []float32, rng *rand.Rand
 	fill(dev, t, host, func() float32 { return float32(rng.NormFloat64()) })
 }
 
-// RandnSamples fills t [B, ...] with N(0, 1): sample b's slab from its stream s.Sample(b).
+// RandnSamples fills t [B, ...] with N(0, 1): sample b's slab from its stream s.Sample(b), in one of
+// two ways (Step.Noise, the job's train.noise):
+//   - on the host (NoiseHost; the default on the CPU, where the README's tables were drawn): the
+//     stream's NormFloat64s, written into host (scratch of at least t.Numel()) and uploaded;
+//   - on the device (NoiseDevice; the default on a GPU): Device.RandnPhilox with slab b's key the
+//     next Uint64 of sample b's stream and the counter the number of earlier calls in this step.
+//     The key is a function of (job seed, step, micro-batch, the sample's global index, the draws
+//     before it in that stream), so N ranks with batch B/N draw what one rank with batch B draws,
+//     a resumed step draws what it drew, and every call of a step draws new values (a new key, and
+//     a new counter besides). host is not touched.
 func RandnSamples(dev kernels.Device, t *kernels.Tensor, host []float32, s *Step) {
 	B := t.Shape[0]
+	if s.deviceNoise(dev) {
+		s.keys = s.keys[:0]
+		for b := 0; b < B; b++ {
+			s.keys = append(s.keys, s.Sample(b).Uint64())
+		}
+		dev.RandnPhilox(t, s.keys, s.draws) // t [B, ...]
+		s.draws++
+		return
+	}
 	per := t.Numel() / B
 	h := host[:t.Numel()]
 	for b := 0; b < B; b++ {

@@ -8,7 +8,9 @@ package objectives_test
 // another seed (other noise, σ and exit steps), whose Δw differs from the first by `seed` (≈ 1).
 // Two GPU precisions: fp32 GEMMs (GEMMExact: the GPU's arithmetic must match the CPU's closely) and
 // the training precision, bf16 GEMM operands with fp32 accumulation (GEMMBF16: bf16 tolerance).
-// Skips without a GPU.
+// The noise is drawn on the host on both devices (train.noise host, the CPU-equal draws), except
+// in dmd-device-noise (train.noise device on both: Philox on each device, equal to the last bit of
+// a double log/sincos). Skips without a GPU.
 
 import (
 	"math"
@@ -23,6 +25,7 @@ import (
 	"github.com/fewstep/fewstep/kernels"
 	"github.com/fewstep/fewstep/kernels/cuda"
 	"github.com/fewstep/fewstep/models"
+	"github.com/fewstep/fewstep/objectives"
 	"github.com/fewstep/fewstep/trainer"
 )
 
@@ -36,6 +39,9 @@ type gpuRun struct {
 
 func trainOn(t *testing.T, dev kernels.Device, job *config.Job, m *modes, s models.Shape) gpuRun {
 	t.Helper()
+	if job.Train.Noise == "" || job.Train.Noise == objectives.NoiseAuto {
+		job.Train.Noise = objectives.NoiseHost // the CPU-equal draws on both devices (train.noise)
+	}
 	tr, err := trainer.New(trainer.Options{Job: job, Dev: dev, Model: m.cfg, Shape: s,
 		Null: make([]float32, mL*m.cfg.TextDim), Source: &source{m: m, noDrop: job.Objective != "flowmatch"}})
 	if err != nil {
@@ -167,6 +173,15 @@ func followsCPU(t *testing.T, g *cuda.Device, m *modes, teacher string, all bool
 		}, shape},
 		{"dmd", func(dir string) *config.Job {
 			j := baseJob(dir, "dmd", gpuSteps)
+			j.Params = map[string]any{"cfg": 2, "generator_update_ratio": 1}
+			j.Roles["teacher"] = config.Role{Weights: teacher}
+			j.Roles["student"] = adam(1e-3, 0, 0.999)
+			j.Roles["critic"] = adam(1e-3, 0, 0.999)
+			return j
+		}, shape},
+		{"dmd-device-noise", func(dir string) *config.Job { // train.noise device on both: the GPU's Philox draws are the CPU's
+			j := baseJob(dir, "dmd", gpuSteps)
+			j.Train.Noise = objectives.NoiseDevice
 			j.Params = map[string]any{"cfg": 2, "generator_update_ratio": 1}
 			j.Roles["teacher"] = config.Role{Weights: teacher}
 			j.Roles["student"] = adam(1e-3, 0, 0.999)

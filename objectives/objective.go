@@ -189,6 +189,41 @@ type Step struct {
 	// sums are on the host, all in one copy, before the trainer reads the step's metrics. false:
 	// not queued; SqNorm computes it at once. nil (objective tests): every SqNorm is at once.
 	Defer func(x *kernels.Tensor, set func(sq float64)) bool
+	// Noise is where RandnSamples draws the step's Gaussian noise (the job's train.noise): NoiseHost,
+	// NoiseDevice, or NoiseAuto / "" (device on a GPU, host on the CPU). See RandnSamples.
+	Noise string
+
+	draws uint64   // RandnSamples calls so far in this step: the Philox counter of the next
+	keys  []uint64 // RandnSamples' per-sample keys (scratch)
+}
+
+// Where the step's Gaussian noise is drawn (Step.Noise, train.noise).
+const (
+	NoiseAuto   = "auto"   // NoiseDevice on a GPU, NoiseHost on the CPU (also "")
+	NoiseHost   = "host"   // each sample's stream's normals, drawn on the host and uploaded: the CPU-equal mode
+	NoiseDevice = "device" // Device.RandnPhilox, keyed by the samples' streams (RandnSamples)
+)
+
+// CheckNoise names a bad train.noise.
+func CheckNoise(mode string) error {
+	switch mode {
+	case "", NoiseAuto, NoiseHost, NoiseDevice:
+		return nil
+	}
+	return fmt.Errorf("train.noise: %q, want auto, host or device", mode)
+}
+
+// deviceNoise resolves Noise for dev.
+func (s *Step) deviceNoise(dev kernels.Device) bool {
+	switch s.Noise {
+	case NoiseHost:
+		return false
+	case NoiseDevice:
+		return true
+	case "", NoiseAuto:
+		return dev.Name() != "cpu"
+	}
+	panic(CheckNoise(s.Noise).Error())
 }
 
 // SqNorm calls set(Σ x²) (= dev.Dot(x, x), bit for bit): at once, or under the trainer after the

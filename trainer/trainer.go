@@ -172,6 +172,9 @@ func New(opt Options) (*Trainer, error) {
 	default:
 		return nil, fmt.Errorf("train.shard: %q, want none, optimizer or full", job.Train.Shard)
 	}
+	if err := objectives.CheckNoise(job.Train.Noise); err != nil {
+		return nil, err
+	}
 	t.Env = &objectives.Env{Dev: opt.Dev, Cfg: opt.Model, Shape: opt.Shape, Roles: map[string]*objectives.Role{}}
 
 	if c, ok := obj.(objectives.Configurable); ok { // roles sized by the model (adversarial's head)
@@ -590,7 +593,7 @@ func (t *Trainer) launch() (*pendingStep, error) {
 			return nil, err
 		}
 		s := &objectives.Step{Step: n, Micro: micro, Accum: accum, RNG: objectives.StepRNG(job.Seed, n, micro),
-			Samples: objectives.StepSamples(job.Seed, n, micro, t.opt.Shape.B, t.rank(), t.world())}
+			Samples: objectives.StepSamples(job.Seed, n, micro, t.opt.Shape.B, t.rank(), t.world()), Noise: job.Train.Noise}
 		if micro == accum-1 && t.overlaps() {
 			s.LastBackward = t.lastBackward
 		}

@@ -8,6 +8,8 @@
 # the kernels' logic only: cuda_test.go TestColumnSums is the test on the GPU.
 # t_optim runs optim.cu's gated optimizer step (step_gate, adamw_gated*, ema_gated) against its
 # definition and Scale-then-AdamW (bit for bit); on the GPU: gate_test.go TestGatedOptimizerAgainstCPU.
+# t_random: random.cu's Philox against Random123's known answers, and its normals bit for bit
+# against the Go reference (philox_ref.go; on the GPU: random_test.go TestRandnPhiloxAgainstGo).
 set -e
 cd "$(dirname "$0")"
 out=${TMPDIR:-/tmp}/cuda_emu
@@ -16,3 +18,7 @@ for t in t_ln t_rms t_gate t_optim; do
     g++ -std=c++20 -O2 -w -pthread -o "$out/$t" $t.cpp
     "$out/$t"
 done
+g++ -std=c++20 -O2 -w -pthread -o "$out/t_random" t_random.cpp
+"$out/t_random" | tee "$out/t_random.txt"
+grep -v 'philox4x32\|failures' "$out/t_random.txt" > "$out/t_random.bits"
+go run philox_ref.go | diff "$out/t_random.bits" - && echo "random.cu normals: the Go reference's, bit for bit"
