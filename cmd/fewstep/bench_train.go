@@ -68,6 +68,7 @@ func init() {
 	f.Bool("peer-compile", false, "also run the peer with --compile")
 	f.String("device", "cuda", "cuda or cuda:N")
 	f.String("gemm", "bf16", "fp32 GEMMs: bf16 (tensor cores, bf16 operands), tf32, or fp32 (exact)")
+	f.String("noise", "auto", "an objective's step: train.noise (auto: on the device on a GPU; host: drawn on the host and uploaded, as the CPU does)")
 	f.Int("iters", 5, "timed steps (the median is reported)")
 	f.Int("warmup", 2, "untimed steps first")
 	benchCmd.AddCommand(benchTrainCmd)
@@ -278,6 +279,8 @@ func runBenchTrain(cmd *cobra.Command, _ []string) error {
 		gm, _ := fl.GetString("gemm")
 		job := benchJob(obj, gm == "bf16")
 		job.Train.Shard, _ = fl.GetString("shard") // one rank: no communicator, nothing to shard
+		job.Train.Noise, _ = fl.GetString("noise")
+		res["noise"] = job.Train.Noise
 		if obj == "selfforcing" {
 			s.ChunkFrames = chunk
 		}
