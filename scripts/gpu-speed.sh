@@ -28,15 +28,17 @@
 #             forward+backward profile (AB12_PROFILE_OFF=1: also without the GELU epilogues); forward
 #             4,680 (graph)
 #     ab9     the tail split on and off, alternated, attention at 32,760 tokens
-#     s10     ours with the batched QKV GEMMs and without (FEWSTEP_QKV=0), profiles, dmd trainer step
-#             (device and host noise), attention; tests also runs trainer.test's GPU tests
+#     ab10    the batched QKV GEMMs on and off (FEWSTEP_QKV=0): train step, profiles, forward; the dmd
+#             trainer step with device and host noise
+#     s10     the measuring call's figures of ours (beside peers-start/peers-wait); vjp: model vjp only
+#     (tests also runs trainer.test's GPU tests)
 #     s9      ours with the backward's tail split and without (FEWSTEP_ATTN_TAIL=0): train step, attention
 #             at 32,760 / chunks of 4,680 / 4,680 tokens; forwards and profiles; wan_ref.py eager at 32,760
 # The call of session 5: bash $G/gpu-speed.sh peers-start build tests ab eager peers-wait
 # The last call of session 6: bash $G/gpu-speed.sh peers-start build tests s6 sf demo peers-wait
 # The last call of session 7: BUILD_ONLY="attention layernorm modulate rmsnorm" bash $G/gpu-speed.sh build sf peers-start tests ab14 s7 demo peers-wait
 # The calls of session 10: bash $G/gpu-speed.sh build tests (fatbins and every GPU test); then, with
-#   the fatbins committed: bash $G/gpu-speed.sh sf peers-start s10 demo peers-wait
+#   the fatbins committed: TESTS=. bash $G/gpu-speed.sh quicktests vjp ab10; last: sf peers-start s10 demo peers-wait
 # The calls of session 9: BUILD_ONLY=attention bash $G/gpu-speed.sh build sf peers-start tests s9 demo peers-wait
 #   (its tests' output did not come back: more than 8 files in $OUT; the script now ends by packing all but log.txt, bench.jsonl and kernels.tgz into side.tgz), then with the built fatbin
 #   committed: bash $G/gpu-speed.sh tests ab9
@@ -258,23 +260,44 @@ s9) # session 9 (ATTENTION_NOTES.md v9, the backward's tail split): the train st
         run 40 env FEWSTEP_ATTN_TAIL=0 $FS bench attention --json $a --heads 12 --head-dim 128 --iters 10
     done
     run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;
-s10) # session 10 (NOTES.md v16): the step and the forwards with the batched QKV / cross K/V GEMMs and
-     # without (FEWSTEP_QKV=0), alternated; profiles of both; the objectives' trainer steps (gated
-     # optimizer, device noise, and host noise for the A/B); the forward at 32,760 and the attention
+ab10) # session 10 (NOTES.md v16): A/B in one binary: the train step with the batched QKV / cross K/V
+      # GEMMs and without (FEWSTEP_QKV=0), alternated; both profiles; the forward (graph) both ways; the
+      # dmd trainer step (gated optimizer) with device noise and with host noise
     for i in 1 2; do
         run 45 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
         run 45 env FEWSTEP_QKV=0 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
     done
     run 45 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
     run 45 env FEWSTEP_QKV=0 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
-    run 60 $FS bench forward --json $W --frames 3 --graph --iters 10 --profile
-    run 60 env FEWSTEP_QKV=0 $FS bench forward --json $W --frames 3 --graph --iters 10
-    run 90 $FS bench forward --json $W --frames 21 --iters 2 --warmup 1
+    run 45 $FS bench forward --json $W --frames 3 --graph --iters 10
+    run 45 env FEWSTEP_QKV=0 $FS bench forward --json $W --frames 3 --graph --iters 10
     run 60 $FS bench train --json $W --frames 3 --objective dmd --iters 4 --warmup 1
-    run 60 $FS bench train --json $W --frames 3 --objective dmd --iters 4 --warmup 1 --noise host
+    run 60 $FS bench train --json $W --frames 3 --objective dmd --iters 4 --warmup 1 --noise host ;;
+s10) # session 10's measuring call (beside peers-start/peers-wait): the train step, the forwards with
+     # the profile, the attention at 32,760 tokens three times, chunks of 4,680, 4,680 tokens, and
+     # the eager peer's forward at 32,760
+    run 45 $FS bench train --json $W --frames 3 --iters 5 --warmup 2
+    run 45 $FS bench forward --json $W --frames 3 --train --profile --iters 3 --warmup 1
+    run 45 $FS bench forward --json $W --frames 3 --graph --iters 10 --profile
+    run 90 $FS bench forward --json $W --frames 21 --iters 2 --warmup 1
     for i in 1 2 3; do run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 10; done
     run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --chunk-tokens 4680 --iters 10
-    run 40 $FS bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10 ;;
+    run 40 $FS bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10
+    run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;
+vjp) # model vjp on the GPU against the PyTorch goldens (also the end of tests)
+    T=models/testdata
+    for v in bidir causal; do
+        flag=""; [ $v = causal ] && flag="--chunk-frames 1"
+        $FS model vjp --model-config $T/odd.config.json --weights $T/odd.weights.safetensors \
+            --inputs $T/odd_$v.inputs.safetensors $flag --device cuda --out $G/vjp_$v.safetensors > /dev/null 2>> "$L" || log "model vjp $v FAILED"
+        python3 - $G/vjp_$v.safetensors $T/odd_$v.expect.safetensors <<'PY' | tee -a "$L"
+import sys, numpy as np
+from safetensors.numpy import load_file
+got, want = load_file(sys.argv[1]), load_file(sys.argv[2])
+worst = max(((float(np.linalg.norm(got[k].astype(np.float64) - want[k]) / max(np.linalg.norm(want[k].astype(np.float64)), 1e-30)), k) for k in want), default=(float("nan"), "-"))
+print("model vjp --device cuda vs PyTorch golden %s: %d tensors, worst rel error %.3g (%s)" % (sys.argv[2].split("/")[-1], len(want), worst[0], worst[1]))
+PY
+    done ;;
 ab9) # the tail split's A/B at 32,760 tokens, alternated (a card's clocks drift between runs)
     for i in 1 2 3; do
         run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 10

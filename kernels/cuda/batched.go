@@ -35,7 +35,9 @@ func batchDims(op string, outs []*kernels.Tensor, in *kernels.Tensor, ws, bs []*
 	for i, out := range outs {
 		must(len(ws[i].Shape) == 2 && ws[i].Shape[0] == N && ws[i].Shape[1] == K, "%s: weight %d %v, weight 0 %v", op, i, ws[i].Shape, w0.Shape)
 		must(out.Numel() == M*N, "%s: output %d %v for in %v, weight %v", op, i, out.Shape, in.Shape, w0.Shape)
-		must(bs == nil || bs[i] == nil || bs[i].Numel() == N, "%s: bias %d %v for %d outputs", op, i, bs[i], N)
+		if bs != nil && bs[i] != nil { // (must's arguments are evaluated: bs[i] only when bs has it)
+			must(bs[i].Numel() == N, "%s: bias %d %v for %d outputs", op, i, bs[i].Shape, N)
+		}
 	}
 	return M, N, K
 }
