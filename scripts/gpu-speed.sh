@@ -228,7 +228,7 @@ ab14) # session 7 (colfuse, kernels/cuda/NOTES.md v14): the train step and the f
     run 45 env FEWSTEP_COLFUSE_BIAS=0 $FS bench train --json $W --frames 3 --iters 5 --warmup 2 ;;
 quicktests) # cuda.test's ops against the CPU (TESTS: the -test.run pattern)
     t0=$(date +%s)
-    (cd $G/src/kernels/cuda && timeout 90 ../../../cuda.test -test.v -test.count=1 -test.run "${TESTS:-TestOpsAgainstCPU|TestColumnSums|TestArtifactsFresh}") > "$OUT/tests.txt" 2>&1
+    (cd $G/src/kernels/cuda && timeout ${QT_TO:-90} ../../../cuda.test -test.v -test.count=1 -test.run "${TESTS:-TestOpsAgainstCPU|TestColumnSums|TestArtifactsFresh}") > "$OUT/tests.txt" 2>&1
     log "cuda.test exit $? in $(( $(date +%s) - t0 )) s"
     grep -E "^(--- FAIL|FAIL|ok|PASS)|rel error .* >|panic" "$OUT/tests.txt" | head -40 | tee -a "$L" ;;
 ditests) # gputest: the whole DiT against the CPU
