@@ -102,20 +102,17 @@ func linearBatchedCase(t *testing.T, g *Device, cpu kernels.Device, r interface{
 		}
 	}()
 	params := func(dt kernels.DType, weights bool) (ws, bs []*kernels.Tensor) {
-		if lay == "weights apart" {
-			for i := 0; i < n; i++ {
-				ws = append(ws, alloc(dt, N, K))
-				bs = append(bs, alloc(dt, N))
-			}
-			return
-		}
 		buf := alloc(dt, n*S)
 		if weights && mode == "bf16 operands" { // fp32 weights whose bf16 copy the device caches (as models' W)
 			g.MarkWeights(buf)
 		}
 		for i := 0; i < n; i++ {
-			ws = append(ws, buf.View(i*S, N, K))
-			bs = append(bs, buf.View(i*S+pad(N*K), N))
+			o := i * S
+			if lay == "weights apart" { // in reverse order: never at one (positive) stride (separate
+				o = (n - 1 - i) * S // allocations can happen to be, as on the H200)
+			}
+			ws = append(ws, buf.View(o, N, K))
+			bs = append(bs, buf.View(o+pad(N*K), N))
 		}
 		return
 	}
