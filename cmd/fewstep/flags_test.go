@@ -109,6 +109,7 @@ var flagTable = map[string]struct {
 	"peer-compile":      {"bool", []string{"--compile"}},
 	"peak-tflops":       {"float64", []string{"peak"}},
 	"mem-limit-gib":     {"float64", []string{"memory"}},
+	"noise":             {"string", []string{"noise"}},
 	"recompute":         {"bool", []string{"recompute"}},
 	"shard":             {"string", []string{"shard"}},
 	"world":             {"int", []string{"ranks"}},
