@@ -135,22 +135,23 @@ func (d *backBiasCPU) ModulateLayerNormBackBias(dX, dMod, dBias, dH, ln, x, mean
 	return d.addCols(dBias, dX)
 }
 
-// TestBackBiasWiring: on a device whose norm and gate backwards take the next Linear's bias
-// gradient (kernels.BackBiaser: q, k, cross q, cross k, ffn.2, both output projections), the
-// training pass computes the same output, input gradient and parameter gradients, bit for bit, as
-// the plain CPU pass (each bias counted once: its LinearBack gets no dB); a frozen network's
-// backward takes none.
-func TestBackBiasWiring(t *testing.T) {
+// tinyLayers is tinyTrainingPass's number of blocks.
+const tinyLayers = 3
+
+// tinyTrainingPass returns a function that runs one forward and backward of a tinyLayers-block tiny
+// DiT (weights from randomize(m, wseed), inputs and output gradient from seed) on a device and
+// returns the output, the input gradient and, with grads, every parameter's gradient.
+func tinyTrainingPass(seed, wseed int64) func(dev kernels.Device, grads bool) (out, dx, g []float32) {
 	cfg, _ := Preset("tiny")
-	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, 3
+	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, tinyLayers
 	B, F, H, W, L := 1, 2, 4, 4, 3
 	C := cfg.InDim
-	rng := rand.New(rand.NewSource(12))
+	rng := rand.New(rand.NewSource(seed))
 	xv, tv := randn(rng, B*C*F*H*W, 1), randTimesteps(rng, B*F)
 	cv, gv := randn(rng, B*L*cfg.TextDim, 1), randn(rng, B*C*F*H*W, 1)
 	run := func(dev kernels.Device, grads bool) (out, dx, g []float32) {
 		m := New(dev, cfg, grads)
-		randomize(m, 6)
+		randomize(m, wseed)
 		p := m.NewPass(Shape{B: B, F: F, H: H, W: W, L: L})
 		out = host(dev, m.Forward(p, devT(dev, xv, B, C, F, H, W), devT(dev, tv, B, F), devT(dev, cv, B, L, cfg.TextDim)))
 		dx = host(dev, m.Backward(p, devT(dev, gv, B, C, F, H, W)))
@@ -159,13 +160,23 @@ func TestBackBiasWiring(t *testing.T) {
 		}
 		return out, dx, g
 	}
+	return run
+}
+
+// TestBackBiasWiring: on a device whose norm and gate backwards take the next Linear's bias
+// gradient (kernels.BackBiaser: q, k, cross q, cross k, ffn.2, both output projections), the
+// training pass computes the same output, input gradient and parameter gradients, bit for bit, as
+// the plain CPU pass (each bias counted once: its LinearBack gets no dB); a frozen network's
+// backward takes none.
+func TestBackBiasWiring(t *testing.T) {
+	run := tinyTrainingPass(12, 6)
 	o0, dx0, g0 := run(kernels.CPU(), true)
 	fd := &backBiasCPU{Device: kernels.CPU()}
 	o1, dx1, g1 := run(fd, true)
 	sameBits(t, "output", o0, o1)
 	sameBits(t, "dx", dx0, dx1)
 	sameBits(t, "parameter gradients", g0, g1)
-	if want := 7 * cfg.Layers; fd.took != want {
+	if want := 7 * tinyLayers; fd.took != want {
 		t.Errorf("took %d biases, want %d (7 a block)", fd.took, want)
 	}
 	_, fdx0, _ := run(kernels.CPU(), false)
@@ -226,31 +237,14 @@ func (d *batchCPU) LinearBatchedBack(dIn *kernels.Tensor, dWs, dBs, dOuts []*ker
 // longer take q's, k's and cross k's: 4 of BackBiaser's 7 a block); the results equal the plain
 // CPU pass's bit for bit. A frozen network's backward passes no weight or bias gradient.
 func TestBatchedLinearWiring(t *testing.T) {
-	cfg, _ := Preset("tiny")
-	cfg.InDim, cfg.OutDim, cfg.Layers = 4, 4, 3
-	B, F, H, W, L := 1, 2, 4, 4, 3
-	C := cfg.InDim
-	rng := rand.New(rand.NewSource(13))
-	xv, tv := randn(rng, B*C*F*H*W, 1), randTimesteps(rng, B*F)
-	cv, gv := randn(rng, B*L*cfg.TextDim, 1), randn(rng, B*C*F*H*W, 1)
-	run := func(dev kernels.Device, grads bool) (out, dx, g []float32) {
-		m := New(dev, cfg, grads)
-		randomize(m, 7)
-		p := m.NewPass(Shape{B: B, F: F, H: H, W: W, L: L})
-		out = host(dev, m.Forward(p, devT(dev, xv, B, C, F, H, W), devT(dev, tv, B, F), devT(dev, cv, B, L, cfg.TextDim)))
-		dx = host(dev, m.Backward(p, devT(dev, gv, B, C, F, H, W)))
-		if grads {
-			g = host(dev, m.G)
-		}
-		return out, dx, g
-	}
+	run := tinyTrainingPass(13, 7)
 	o0, dx0, g0 := run(kernels.CPU(), true)
 	fd := &batchCPU{backBiasCPU: backBiasCPU{Device: kernels.CPU()}}
 	o1, dx1, g1 := run(fd, true)
 	sameBits(t, "output", o0, o1)
 	sameBits(t, "dx", dx0, dx1)
 	sameBits(t, "parameter gradients", g0, g1)
-	n := cfg.Layers
+	n := tinyLayers
 	if fd.fwd != 2*n || fd.back != 2*n || fd.biases != 5*n || fd.took != 4*n || fd.uneven != 0 {
 		t.Errorf("batched forwards %d, backwards %d, bias gradients %d, BackBiaser's %d, not at one stride %d: want %d, %d, %d, %d, 0",
 			fd.fwd, fd.back, fd.biases, fd.took, fd.uneven, 2*n, 2*n, 5*n, 4*n)

@@ -161,6 +161,17 @@ func TestGPUTrainingFollowsCPU(t *testing.T) {
 // all: every objective (else flowmatch and dmd only).
 func followsCPU(t *testing.T, g *cuda.Device, m *modes, teacher string, all bool) {
 	shape := models.Shape{B: mB, F: mF, H: mH, W: mW, L: mL}
+	dmdJob := func(dir, noise string) *config.Job { // noise "": the test's host draws (trainOn)
+		j := baseJob(dir, "dmd", gpuSteps)
+		if noise != "" {
+			j.Train.Noise = noise
+		}
+		j.Params = map[string]any{"cfg": 2, "generator_update_ratio": 1}
+		j.Roles["teacher"] = config.Role{Weights: teacher}
+		j.Roles["student"] = adam(1e-3, 0, 0.999)
+		j.Roles["critic"] = adam(1e-3, 0, 0.999)
+		return j
+	}
 	cases := []struct {
 		name  string
 		job   func(dir string) *config.Job
@@ -171,22 +182,9 @@ func followsCPU(t *testing.T, g *cuda.Device, m *modes, teacher string, all bool
 			j.Roles["student"] = adam(1e-3)
 			return j
 		}, shape},
-		{"dmd", func(dir string) *config.Job {
-			j := baseJob(dir, "dmd", gpuSteps)
-			j.Params = map[string]any{"cfg": 2, "generator_update_ratio": 1}
-			j.Roles["teacher"] = config.Role{Weights: teacher}
-			j.Roles["student"] = adam(1e-3, 0, 0.999)
-			j.Roles["critic"] = adam(1e-3, 0, 0.999)
-			return j
-		}, shape},
+		{"dmd", func(dir string) *config.Job { return dmdJob(dir, "") }, shape},
 		{"dmd-device-noise", func(dir string) *config.Job { // train.noise device on both: the GPU's Philox draws are the CPU's
-			j := baseJob(dir, "dmd", gpuSteps)
-			j.Train.Noise = objectives.NoiseDevice
-			j.Params = map[string]any{"cfg": 2, "generator_update_ratio": 1}
-			j.Roles["teacher"] = config.Role{Weights: teacher}
-			j.Roles["student"] = adam(1e-3, 0, 0.999)
-			j.Roles["critic"] = adam(1e-3, 0, 0.999)
-			return j
+			return dmdJob(dir, objectives.NoiseDevice)
 		}, shape},
 		{"consistency", func(dir string) *config.Job {
 			j := baseJob(dir, "consistency", gpuSteps)

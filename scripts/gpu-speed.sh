@@ -83,6 +83,23 @@ J=$OUT/bench.jsonl
 PIN=""
 command -v taskset > /dev/null && PIN="taskset -c 0-3" # ours on CPUs 0-3, the compiling peers on 4-15
 run() { local to=$1; shift; log "+ $*"; local t0=$(date +%s); timeout "$to" $PIN "$@" 2>>"$L" | tee -a "$J"; log "  exit ${PIPESTATUS[0]} in $(( $(date +%s) - t0 )) s"; }
+# vjp_check: model vjp on the GPU against the PyTorch goldens of models/testdata (bidirectional, causal)
+vjp_check() {
+    T=models/testdata
+    for v in bidir causal; do
+        flag=""; [ $v = causal ] && flag="--chunk-frames 1"
+        $FS model vjp --model-config $T/odd.config.json --weights $T/odd.weights.safetensors \
+            --inputs $T/odd_$v.inputs.safetensors $flag --device cuda --out $G/vjp_$v.safetensors > /dev/null 2>> "$L" || log "model vjp $v FAILED"
+        python3 - $G/vjp_$v.safetensors $T/odd_$v.expect.safetensors <<'PY' | tee -a "$L"
+import sys, numpy as np
+from safetensors.numpy import load_file
+got, want = load_file(sys.argv[1]), load_file(sys.argv[2])
+worst = max(((float(np.linalg.norm(got[k].astype(np.float64) - want[k]) / max(np.linalg.norm(want[k].astype(np.float64)), 1e-30)), k) for k in want), default=(float("nan"), "-"))
+missing = [k for k in want if k not in got]
+print("model vjp --device cuda vs PyTorch golden %s: %d tensors, worst rel error %.3g (%s)%s" % (sys.argv[2].split("/")[-1], len(want), worst[0], worst[1], ", MISSING %s" % missing if missing else ""))
+PY
+    done
+}
 OFF="env FEWSTEP_FUSE=0 FEWSTEP_ATTN_SPLIT=0" # the fusions of session 5 off: the code as before them
 case $OUT in /*) BARRIER=$OUT/.barrier ;; *) BARRIER=$PWD/$OUT/.barrier ;; esac
 W="--preset wan2.1-1.3b --height 60 --width 104 --ctx 512"
@@ -128,20 +145,7 @@ tests)
     (cd trainer && timeout 120 ../$G/trainer.test -test.run "${TRAINER_TESTS:-GPU|Recompute}" -test.v -test.count=1) > "$OUT/trainer.txt" 2>&1
     log "trainer.test GPU exit $? in $(( $(date +%s) - t0 )) s"
     grep -E -- "--- (PASS|FAIL|SKIP)|panic" "$OUT/trainer.txt" | head -30 | tee -a "$L"
-    T=models/testdata
-    for v in bidir causal; do
-        flag=""; [ $v = causal ] && flag="--chunk-frames 1"
-        $FS model vjp --model-config $T/odd.config.json --weights $T/odd.weights.safetensors \
-            --inputs $T/odd_$v.inputs.safetensors $flag --device cuda --out $G/vjp_$v.safetensors > /dev/null 2>> "$L" || log "model vjp $v FAILED"
-        python3 - $G/vjp_$v.safetensors $T/odd_$v.expect.safetensors <<'PY' | tee -a "$L"
-import sys, numpy as np
-from safetensors.numpy import load_file
-got, want = load_file(sys.argv[1]), load_file(sys.argv[2])
-worst = max(((float(np.linalg.norm(got[k].astype(np.float64) - want[k]) / max(np.linalg.norm(want[k].astype(np.float64)), 1e-30)), k) for k in want), default=(float("nan"), "-"))
-missing = [k for k in want if k not in got]
-print("model vjp --device cuda vs PyTorch golden %s: %d tensors, worst rel error %.3g (%s)%s" % (sys.argv[2].split("/")[-1], len(want), worst[0], worst[1], ", MISSING %s" % missing if missing else ""))
-PY
-    done ;;
+    vjp_check ;;
 sf)  run 200 $FS bench train --json $W --frames 21 --objective selfforcing --chunk-frames 3 --recompute --mem-limit-gib 79.6 --iters ${SF_ITERS:-2} --warmup 1 ;;
 ours)
     run 60 $FS bench forward --json $W --frames 3 --graph --iters 10 --profile
@@ -285,19 +289,7 @@ s10) # session 10's measuring call (beside peers-start/peers-wait): the train st
     run 40 $FS bench attention --json --tokens 4680 --heads 12 --head-dim 128 --iters 10
     run 120 python3 $G/wan_ref.py --preset wan1.3b --frames 21 ;;
 vjp) # model vjp on the GPU against the PyTorch goldens (also the end of tests)
-    T=models/testdata
-    for v in bidir causal; do
-        flag=""; [ $v = causal ] && flag="--chunk-frames 1"
-        $FS model vjp --model-config $T/odd.config.json --weights $T/odd.weights.safetensors \
-            --inputs $T/odd_$v.inputs.safetensors $flag --device cuda --out $G/vjp_$v.safetensors > /dev/null 2>> "$L" || log "model vjp $v FAILED"
-        python3 - $G/vjp_$v.safetensors $T/odd_$v.expect.safetensors <<'PY' | tee -a "$L"
-import sys, numpy as np
-from safetensors.numpy import load_file
-got, want = load_file(sys.argv[1]), load_file(sys.argv[2])
-worst = max(((float(np.linalg.norm(got[k].astype(np.float64) - want[k]) / max(np.linalg.norm(want[k].astype(np.float64)), 1e-30)), k) for k in want), default=(float("nan"), "-"))
-print("model vjp --device cuda vs PyTorch golden %s: %d tensors, worst rel error %.3g (%s)" % (sys.argv[2].split("/")[-1], len(want), worst[0], worst[1]))
-PY
-    done ;;
+    vjp_check ;;
 ab9) # the tail split's A/B at 32,760 tokens, alternated (a card's clocks drift between runs)
     for i in 1 2 3; do
         run 40 $FS bench attention --json --tokens 32760 --heads 12 --head-dim 128 --iters 10

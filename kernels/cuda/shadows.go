@@ -177,10 +177,15 @@ func (c *bf16Copies) wroteMarked(lo, hi uintptr) {
 	if c.capturing() {
 		c.capW = append(c.capW, region{lo, hi})
 	}
+	c.keepWeights(func(e bf16Copy) bool { return !(lo < e.src+uintptr(4*e.n) && e.src < hi) })
+}
+
+// keepWeights keeps the marked sources' copies for which keep is true and drops the others.
+func (c *bf16Copies) keepWeights(keep func(bf16Copy) bool) {
 	for p, es := range c.weights {
 		k := 0
 		for _, e := range es {
-			if !(lo < e.src+uintptr(4*e.n) && e.src < hi) {
+			if keep(e) {
 				es[k] = e
 				k++
 			}
@@ -300,20 +305,7 @@ func (c *bf16Copies) dropIn(sh uintptr) {
 		}
 	}
 	c.acts = c.acts[:k]
-	for p, es := range c.weights {
-		k := 0
-		for _, e := range es {
-			if e.sh != sh {
-				es[k] = e
-				k++
-			}
-		}
-		if k == 0 {
-			delete(c.weights, p)
-		} else {
-			c.weights[p] = es[:k]
-		}
-	}
+	c.keepWeights(func(e bf16Copy) bool { return e.sh != sh })
 }
 
 // forget drops what the table keeps about [lo, hi) (memory about to be freed): its marks, the
