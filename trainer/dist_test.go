@@ -129,6 +129,25 @@ var dpObjectives = []string{"flowmatch", "consistency", "dmd", "adversarial", "s
 
 // dpRun trains job on world ranks with batch globalB/world each (steps optimizer steps, through
 // Run) and returns the trainers. dirs, when set, gives rank r its own out_dir (to see who writes).
+// dpLeg runs job's first steps steps on world ranks into a fresh folder and returns it (the first
+// leg of an interrupted run, for dpResume).
+func dpLeg(t *testing.T, job *config.Job, steps, world, globalB int) string {
+	t.Helper()
+	leg := *job
+	leg.OutDir, leg.Train.Steps = t.TempDir(), steps
+	dpRun(t, &leg, world, globalB, nil)
+	return leg.OutDir
+}
+
+// dpResume runs job to its end on world ranks, resumed from the run folder legDir, into a fresh
+// folder.
+func dpResume(t *testing.T, job *config.Job, legDir string, world, globalB int) []*Trainer {
+	t.Helper()
+	res := *job
+	res.OutDir, res.Train.Resume = t.TempDir(), legDir
+	return dpRun(t, &res, world, globalB, nil)
+}
+
 func dpRun(t *testing.T, job *config.Job, world, globalB int, dirs []string) []*Trainer {
 	t.Helper()
 	cfg, err := models.Preset("tiny")
@@ -456,15 +475,10 @@ func TestDataParallelResume(t *testing.T) {
 			init := initWeights(t, job)
 			straight := dpRun(t, job, 2, 6, nil)
 
-			legDir := t.TempDir()
-			leg := *job
-			leg.OutDir, leg.Train.Steps = legDir, 2
-			dpRun(t, &leg, 2, 6, nil)
+			legDir := dpLeg(t, job, 2, 2, 6)
 
 			for _, world := range []int{2, 3, 1} {
-				res := *job
-				res.OutDir, res.Train.Resume = t.TempDir(), legDir
-				trs := dpRun(t, &res, world, 6, nil)
+				trs := dpResume(t, job, legDir, world, 6)
 				if trs[0].Step != 4 {
 					t.Fatalf("resumed on %d ranks: at step %d, want 4", world, trs[0].Step)
 				}
@@ -894,13 +908,7 @@ func TestOptimizerShardMasterBF16(t *testing.T) {
 			t.Errorf("role %s: only %d of %d checkpointed weights are off the bf16 grid: the checkpoint holds the bf16 copy, not the fp32 master", name, offBF16, off)
 		}
 	}
-	legDir := t.TempDir()
-	leg := *job
-	leg.OutDir, leg.Train.Steps = legDir, 2
-	dpRun(t, &leg, 2, 6, nil)
-	res := *job
-	res.OutDir, res.Train.Resume = t.TempDir(), legDir
-	trs := dpRun(t, &res, 2, 6, nil)
+	trs := dpResume(t, job, dpLeg(t, job, 2, 2, 6), 2, 6)
 	for _, f := range []string{"student", "critic", "ema", "optim.student", "optim.critic"} {
 		a, b := readCkpt(t, straight[0].Dir, f+".safetensors"), readCkpt(t, trs[0].Dir, f+".safetensors")
 		for k, v := range a {

@@ -38,13 +38,7 @@ func TestDeviceNoiseRanksAndResume(t *testing.T) {
 				}
 			}
 
-			legDir := t.TempDir()
-			leg := *job
-			leg.OutDir, leg.Train.Steps = legDir, 2
-			dpRun(t, &leg, 1, 6, nil)
-			res := *job
-			res.OutDir, res.Train.Resume = t.TempDir(), legDir
-			resumed := dpRun(t, &res, 1, 6, nil)
+			resumed := dpResume(t, job, dpLeg(t, job, 2, 1, 6), 1, 6)
 			for _, r := range one[0].roles {
 				if !bitsEqual(hostW(one[0], r.Spec.Name), hostW(resumed[0], r.Spec.Name)) {
 					t.Errorf("device noise, resumed at step 2: role %s is not the straight run's bit for bit", r.Spec.Name)
