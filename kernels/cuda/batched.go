@@ -63,7 +63,7 @@ func (d *Device) spanOK(w0, in *kernels.Tensor) bool {
 // weightSpan is the n weights at stride sW from w0 as one tensor, as the GEMMs read it: as stored,
 // or its cached bf16 copy (inside an entered op; nil after an error).
 func (d *Device) weightSpan(w0 *kernels.Tensor, n, sW int) *kernels.Tensor {
-	span := &kernels.Tensor{Dev: d, DType: w0.DType, Shape: []int{(n-1)*sW + w0.Numel()}, Ptr: w0.Ptr}
+	span := spanOf(w0, n, sW)
 	if w0.DType == kernels.F32 && d.GEMM == GEMMBF16 {
 		p := d.bf16Operand(span)
 		if p == 0 {
@@ -76,12 +76,13 @@ func (d *Device) weightSpan(w0 *kernels.Tensor, n, sW int) *kernels.Tensor {
 
 // spanOf is the tensor of n views at stride s from t0 (one header over all of them).
 func spanOf(t0 *kernels.Tensor, n, s int) *kernels.Tensor {
-	return &kernels.Tensor{Dev: t0.Dev, DType: t0.DType, Shape: []int{(n-1)*s + t0.Numel()}, Ptr: t0.Ptr}
+	return viewAt(t0, 0, (n-1)*s+t0.Numel())
 }
 
-// sub is the [rows, cols] matrix at element off of span.
-func sub(span *kernels.Tensor, off, rows, cols int) *kernels.Tensor {
-	return &kernels.Tensor{Dev: span.Dev, DType: span.DType, Shape: []int{rows, cols}, Ptr: span.Ptr + uintptr(off*span.DType.Size())}
+// viewAt is a header of the given shape at element off of t (no bounds check: t may be a span
+// whose header is shorter than the memory it stands for).
+func viewAt(t *kernels.Tensor, off int, shape ...int) *kernels.Tensor {
+	return &kernels.Tensor{Dev: t.Dev, DType: t.DType, Shape: shape, Ptr: t.Ptr + uintptr(off*t.DType.Size())}
 }
 
 // LinearBatched: outs[i] = in·ws[i]ᵀ + bs[i], one strided-batched GEMM where the outputs (and the
@@ -124,7 +125,7 @@ func (d *Device) LinearBatched(outs []*kernels.Tensor, in *kernels.Tensor, ws, b
 		if bs != nil {
 			b = bs[i]
 		}
-		d.gemm("Linear", opT, opN, N, M, K, sub(wspan, i*sW, N, K), K, in, K, out, N, 0, b)
+		d.gemm("Linear", opT, opN, N, M, K, viewAt(wspan, i*sW, N, K), K, in, K, out, N, 0, b)
 	}
 	return true
 }
@@ -196,7 +197,7 @@ func (d *Device) LinearBatchedBack(dIn *kernels.Tensor, dWs, dBs, dOuts []*kerne
 		if sh != 0 {
 			gspan = bf16View(d, gspan, sh)
 			for i := range g {
-				g[i] = sub(gspan, i*M*N, M, N)
+				g[i] = viewAt(gspan, i*M*N, M, N)
 			}
 		}
 	} else if d.GEMM == GEMMBF16 {
@@ -222,7 +223,7 @@ func (d *Device) LinearBatchedBack(dIn *kernels.Tensor, dWs, dBs, dOuts []*kerne
 			if i == 0 {
 				beta = betaIn
 			}
-			d.gemm("LinearBatchedBack(dIn)", opN, opN, K, M, N, sub(wspan, i*sW, N, K), K, g[i], N, dIn, K, beta, nil)
+			d.gemm("LinearBatchedBack(dIn)", opN, opN, K, M, N, viewAt(wspan, i*sW, N, K), K, g[i], N, dIn, K, beta, nil)
 		}
 	}
 	if kernels.AllNil(dWs) {

@@ -36,7 +36,7 @@ func (d *Device) StepGate(gate, acc *kernels.Tensor, mask uint32, roles, deferre
 	d.launch("step_gate", 1, 1, 1, 32, 1, 1, 0)
 }
 
-// AdamWGated is AdamW's launcher (float4 body, scalar head and tail) on the gated kernels.
+// AdamWGated is AdamW's launcher (adamwParts: float4 body, scalar head and tail) on the gated kernels.
 func (d *Device) AdamWGated(w, g, m, v, gate *kernels.Tensor, role int, lr, beta1, beta2, eps, wd float32) {
 	n := sameNumel("AdamWGated", w, g, m, v)
 	must(m.DType == v.DType, "AdamWGated: m %v and v %v dtypes differ", m, v)
@@ -47,8 +47,7 @@ func (d *Device) AdamWGated(w, g, m, v, gate *kernels.Tensor, role int, lr, beta
 	defer d.leave()
 	d.touch(w)
 	decay := 1 - lr*wd
-	off := int(w.Ptr%16) / 4
-	scalar := func(i0, k int) {
+	d.adamwParts(n, w, g, m, v, func(i0, k int) {
 		if k == 0 {
 			return
 		}
@@ -56,21 +55,11 @@ func (d *Device) AdamWGated(w, g, m, v, gate *kernels.Tensor, role int, lr, beta
 		d.args.reset().ptr(at(w)).i32(int(w.DType)).ptr(at(g)).i32(int(g.DType)).ptr(at(m)).ptr(at(v)).i32(int(m.DType)).
 			ptr(gate.Ptr).i32(role).f32(lr).f32(beta1).f32(beta2).f32(eps).f32(decay).i64(k)
 		d.ew("adamw_gated", k)
-	}
-	if d.vec && w.DType == kernels.F32 && g.DType == kernels.F32 && m.DType == kernels.F32 &&
-		g.Ptr%16 == w.Ptr%16 && m.Ptr%16 == w.Ptr%16 && v.Ptr%16 == w.Ptr%16 && w.Ptr%4 == 0 && n >= 64 {
-		head := (4 - off) % 4
-		n4 := (n - head) / 4
-		tail := n - head - 4*n4
-		scalar(0, head)
-		b := uintptr(4 * head)
+	}, func(b uintptr, n4 int) {
 		d.args.reset().ptr(w.Ptr + b).ptr(g.Ptr + b).ptr(m.Ptr + b).ptr(v.Ptr + b).ptr(gate.Ptr).i32(role).
 			f32(lr).f32(beta1).f32(beta2).f32(eps).f32(decay).i64(n4)
 		d.ew("adamw_gated_f32x4", n4)
-		scalar(head+4*n4, tail)
-		return
-	}
-	scalar(0, n)
+	})
 }
 
 // EMAGated queues ema_gated.

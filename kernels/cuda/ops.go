@@ -242,7 +242,7 @@ func batchView(t *kernels.Tensor, i, stride, n int) *kernels.Tensor {
 	if stride == 0 && i == 0 && t.Numel() == n {
 		return t
 	}
-	return &kernels.Tensor{Dev: t.Dev, DType: t.DType, Shape: []int{n}, Ptr: t.Ptr + uintptr(i*stride*t.DType.Size())}
+	return viewAt(t, i*stride, n)
 }
 
 // getPlan returns the cached cuBLASLt plan of key, making it on first use (nil after an error).
@@ -1347,22 +1347,29 @@ func (d *Device) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd flo
 	stepSize := float32(float64(lr) / bc1)
 	rbc2 := float32(1 / math.Sqrt(bc2))
 	decay := 1 - lr*wd
-	// All fp32 with the same address offset mod 16 (views at one offset into four buffers): a
-	// scalar head up to the 16-byte boundary, the float4 body, a scalar tail.
-	off := int(w.Ptr%16) / 4
-	if d.vec && w.DType == kernels.F32 && g.DType == kernels.F32 && m.DType == kernels.F32 &&
-		g.Ptr%16 == w.Ptr%16 && m.Ptr%16 == w.Ptr%16 && v.Ptr%16 == w.Ptr%16 && w.Ptr%4 == 0 && n >= 64 {
-		head := (4 - off) % 4
-		n4 := (n - head) / 4
-		tail := n - head - 4*n4
-		d.adamwScalar(w, g, m, v, 0, head, beta1, beta2, eps, decay, stepSize, rbc2)
-		b := uintptr(4 * head)
+	d.adamwParts(n, w, g, m, v, func(i0, k int) {
+		d.adamwScalar(w, g, m, v, i0, k, beta1, beta2, eps, decay, stepSize, rbc2)
+	}, func(b uintptr, n4 int) {
 		d.args.reset().ptr(w.Ptr + b).ptr(g.Ptr + b).ptr(m.Ptr + b).ptr(v.Ptr + b).f32(beta1).f32(beta2).f32(eps).f32(decay).f32(stepSize).f32(rbc2).i64(n4)
 		d.ew("adamw_f32x4", n4)
-		d.adamwScalar(w, g, m, v, head+4*n4, tail, beta1, beta2, eps, decay, stepSize, rbc2)
+	})
+}
+
+// adamwParts splits AdamW's n elements between its kernels (AdamW, AdamWGated). All fp32 with the
+// same address offset mod 16 (views at one offset into four buffers): scalar(i0, k) for the head up
+// to the 16-byte boundary, body(b, n4) for the float4 body (b its byte offset), scalar for the tail
+// (k may be 0); else scalar for all n.
+func (d *Device) adamwParts(n int, w, g, m, v *kernels.Tensor, scalar func(i0, k int), body func(b uintptr, n4 int)) {
+	if d.vec && w.DType == kernels.F32 && g.DType == kernels.F32 && m.DType == kernels.F32 &&
+		g.Ptr%16 == w.Ptr%16 && m.Ptr%16 == w.Ptr%16 && v.Ptr%16 == w.Ptr%16 && w.Ptr%4 == 0 && n >= 64 {
+		head := (4 - int(w.Ptr%16)/4) % 4
+		n4 := (n - head) / 4
+		scalar(0, head)
+		body(uintptr(4*head), n4)
+		scalar(head+4*n4, n-head-4*n4)
 		return
 	}
-	d.adamwScalar(w, g, m, v, 0, n, beta1, beta2, eps, decay, stepSize, rbc2)
+	scalar(0, n)
 }
 
 // adamwScalar queues the scalar adamw kernel on elements [i0, i0+n) of the four tensors.
