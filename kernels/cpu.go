@@ -426,23 +426,23 @@ func (c *cpuDevice) AdamW(w, g, m, v *Tensor, lr, beta1, beta2, eps, wd float32,
 	if !(step >= 1) {
 		panicf("AdamW: step %d < 1", step)
 	}
-	bc1 := 1 - math.Pow(float64(beta1), float64(step))
-	bc2 := 1 - math.Pow(float64(beta2), float64(step))
 	a := c.args()
 	a.s[0], a.s[1], a.s[2], a.s[3] = f32(w), f32(g), f32(m), f32(v)
 	a.x[0], a.x[1] = beta1, beta2
-	a.x[2] = float32(float64(lr) / bc1)  // step size
-	a.x[3] = float32(1 / math.Sqrt(bc2)) // 1/√(1−β2^step)
-	a.x[4], a.x[5] = eps, 1-lr*wd        // decoupled decay as a factor
+	a.x[2], a.x[3] = AdamScalars(lr, beta1, beta2, step) // step size, 1/√(1−β2^step)
+	a.x[4], a.x[5] = eps, 1-lr*wd                        // decoupled decay as a factor
+	a.x[6] = 1                                           // the gradient's factor (AdamWGated: the clip)
 	c.pool.For(n, c.pool.grain(n, 12), adamRows, a)
 }
 
+// adamRows is AdamW on the rows [lo, hi) of the gradient times a.x[6] (1, or the gate's clip: the
+// product is what Scale(g, clip) would have stored; g·1 is g exactly).
 func adamRows(a *opArgs, _, lo, hi int) {
 	ww, gg, mm, vv := a.s[0], a.s[1], a.s[2], a.s[3]
 	beta1, beta2, stepSize, rbc2 := a.x[0], a.x[1], a.x[2], a.x[3]
-	eps, decay := a.x[4], a.x[5]
+	eps, decay, clip := a.x[4], a.x[5], a.x[6]
 	for i := lo; i < hi; i++ {
-		gi := gg[i]
+		gi := gg[i] * clip
 		mi := beta1*mm[i] + (1-beta1)*gi
 		vi := beta2*vv[i] + (1-beta2)*gi*gi
 		mm[i], vv[i] = mi, vi

@@ -65,29 +65,14 @@ func (c *cpuDevice) AdamWGated(w, g, m, v, gate *Tensor, role int, lr, beta1, be
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	stepSize, rbc2 := adamScalars(lr, beta1, beta2, step)
+	stepSize, rbc2 := AdamScalars(lr, beta1, beta2, step)
 	a := c.args()
 	a.s[0], a.s[1], a.s[2], a.s[3] = f32(w), f32(g), f32(m), f32(v)
 	a.x[0], a.x[1] = beta1, beta2
 	a.x[2], a.x[3] = stepSize, rbc2
 	a.x[4], a.x[5] = eps, 1-lr*wd
 	a.x[6] = GateClip(gt, role)
-	c.pool.For(n, c.pool.grain(n, 13), adamGatedRows, a)
-}
-
-// adamGatedRows is adamRows on g·clip: the product is what Scale(g, clip) would have stored.
-func adamGatedRows(a *opArgs, _, lo, hi int) {
-	ww, gg, mm, vv := a.s[0], a.s[1], a.s[2], a.s[3]
-	beta1, beta2, stepSize, rbc2 := a.x[0], a.x[1], a.x[2], a.x[3]
-	eps, decay, clip := a.x[4], a.x[5], a.x[6]
-	for i := lo; i < hi; i++ {
-		gi := gg[i] * clip
-		mi := beta1*mm[i] + (1-beta1)*gi
-		vi := beta2*vv[i] + (1-beta2)*gi*gi
-		mm[i], vv[i] = mi, vi
-		denom := float32(math.Sqrt(float64(vi)))*rbc2 + eps
-		ww[i] = ww[i]*decay - stepSize*mi/denom
-	}
+	c.pool.For(n, c.pool.grain(n, 13), adamRows, a) // on g·clip: what Scale(g, clip) would have stored
 }
 
 func (c *cpuDevice) EMAGated(ema, w, gate *Tensor, decay float32) {

@@ -40,9 +40,9 @@ func clipFactor(sq, clip float64) float32 {
 	return 1
 }
 
-// adamScalars are AdamW's per-step scalars for step count t (CPU AdamW): stepSize = lr/(1−β1^t),
-// rbc2 = 1/√(1−β2^t), in float64 and rounded once.
-func adamScalars(lr, beta1, beta2 float32, t int) (stepSize, rbc2 float32) {
+// AdamScalars are AdamW's per-step scalars for step count t (the CPU's AdamW and AdamWGated, the
+// CUDA AdamW): stepSize = lr/(1−β1^t), rbc2 = 1/√(1−β2^t), in float64 and rounded once.
+func AdamScalars(lr, beta1, beta2 float32, t int) (stepSize, rbc2 float32) {
 	bc1 := 1 - math.Pow(float64(beta1), float64(t))
 	bc2 := 1 - math.Pow(float64(beta2), float64(t))
 	return float32(float64(lr) / bc1), float32(1 / math.Sqrt(bc2))

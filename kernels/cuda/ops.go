@@ -1342,10 +1342,7 @@ func (d *Device) AdamW(w, g, m, v *kernels.Tensor, lr, beta1, beta2, eps, wd flo
 	}
 	defer d.leave()
 	d.touch(w)
-	bc1 := 1 - math.Pow(float64(beta1), float64(step))
-	bc2 := 1 - math.Pow(float64(beta2), float64(step))
-	stepSize := float32(float64(lr) / bc1)
-	rbc2 := float32(1 / math.Sqrt(bc2))
+	stepSize, rbc2 := kernels.AdamScalars(lr, beta1, beta2, step)
 	decay := 1 - lr*wd
 	d.adamwParts(n, w, g, m, v, func(i0, k int) {
 		d.adamwScalar(w, g, m, v, i0, k, beta1, beta2, eps, decay, stepSize, rbc2)
